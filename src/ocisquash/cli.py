@@ -1,0 +1,80 @@
+"""The ``ocisquash`` command: argument parsing and one handler that turns errors into one line.
+
+Each subcommand lives in ``ocisquash.commands.<name>`` and exposes
+``add_parser(subparsers)`` and ``run(args) -> int``; this module only wires them up,
+so that ``ocisquash --help`` stays quick (subcommand modules import lazily what
+they need).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import OcisquashError
+
+#: Subcommands in the order ``--help`` lists them.
+COMMANDS = ("compile", "pull", "inspect", "pack", "cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocisquash",
+        description=(
+            "Compile OCI and Docker container images into one flattened, compressed, "
+            "read-only squashfs image that a VM, sandbox or HPC job mounts as its root."
+        ),
+        epilog=(
+            "examples:\n"
+            "  ocisquash compile alpine:3.20 -o alpine.squashfs\n"
+            "  ocisquash compile oci:./layout:latest -o app.squashfs --compression zstd\n"
+            "  ocisquash inspect --json 127.0.0.1:5000/app:1.0\n"
+            "  ocisquash pack ./rootfs rootfs.squashfs\n"
+            "\nRun 'ocisquash COMMAND --help' for a command's options."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ocisquash {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"ocisquash.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"ocisquash.commands.{name}":
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        status: int = args.func(args)
+        return status
+    except OcisquashError as e:
+        if args.debug or os.environ.get("OCISQUASH_DEBUG"):
+            raise
+        print(f"ocisquash: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("ocisquash: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

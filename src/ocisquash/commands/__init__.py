@@ -1,0 +1,1 @@
+"""One module per ``ocisquash`` subcommand: ``add_parser(subparsers)`` and ``run(args)``."""

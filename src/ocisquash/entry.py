@@ -1,0 +1,36 @@
+"""Metadata of one filesystem entry, as it crosses from the layer reader to the writers.
+
+Paths everywhere in ocisquash are ``bytes``: relative to the image root, no leading
+``/``, components joined by ``b"/"``, the root itself is ``b""``. Bytes keep names
+that are not UTF-8 exactly as the layer had them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Permission bits a mode may carry: rwx for all three classes plus setuid, setgid, sticky.
+PERMISSION_MASK = 0o7777
+
+
+@dataclass(frozen=True, slots=True)
+class EntryMeta:
+    """Owner, permissions, time and extended attributes of one entry.
+
+    ``mode`` holds only permission bits (``0o7777``), never the file type: the type
+    is given by which ``add_*`` method of a writer receives the entry.
+    ``xattrs`` is sorted by name; names carry their namespace prefix
+    (``b"security.capability"``).
+    """
+
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    xattrs: tuple[tuple[bytes, bytes], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.mode & ~PERMISSION_MASK:
+            raise ValueError(f"mode {self.mode:#o} has bits outside {PERMISSION_MASK:#o}")
+        if not (0 <= self.uid < 2**32 and 0 <= self.gid < 2**32):
+            raise ValueError(f"uid/gid {self.uid}/{self.gid} outside 0..2**32-1")

@@ -1,0 +1,1 @@
+"""Image sources: registries, OCI layouts, OCI archives and ``docker save`` archives."""

@@ -1,0 +1,211 @@
+"""Content-addressed blob store under the cache directory.
+
+Layout (``ROOT`` is ``$XDG_CACHE_HOME/ocisquash`` unless overridden)::
+
+    ROOT/blobs/sha256/<hex>          verified blobs, read-only once published
+    ROOT/blobs/partial/<hex>.part    an interrupted download, resumed from its length
+    ROOT/tmp/                        temporary files of this store's writers
+
+A blob is published only after its digest and size were checked, by renaming a
+fsynced temporary file onto its final name, so a crash never leaves a half blob
+under a digest name. Several processes may download the same blob at once: each
+writes its own temporary file and the rename is atomic, so the last one wins
+with identical bytes. Resumable partials are taken under an ``fcntl`` lock so two
+processes never append to the same one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .digest import Digest
+from .errors import CacheError, DigestMismatchError, OutputError, SizeMismatchError
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ocisquash``, else ``~/.cache/ocisquash``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ocisquash"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+class BlobWriter:
+    """Receives one blob's bytes, hashing as it goes; ``commit()`` verifies and publishes.
+
+    ``offset`` is how many bytes a previous, interrupted attempt already holds:
+    a downloader asks the server for the rest with a ``Range`` request, or calls
+    ``restart()`` when the server cannot resume.
+    """
+
+    def __init__(self, store: BlobStore, digest: Digest, size: int | None, part: Path, lock_fd: int) -> None:
+        self._store = store
+        self.digest = digest
+        self.size = size
+        self._part = part
+        self._lock_fd = lock_fd
+        self._hash = hashlib.new(digest.algorithm)
+        self._file: BinaryIO = open(part, "ab+")  # noqa: SIM115 - closed in commit/close
+        self._file.seek(0)
+        while chunk := self._file.read(1 << 20):
+            self._hash.update(chunk)
+        self.offset = self._file.tell()
+        if size is not None and self.offset > size:
+            self.restart()
+
+    def restart(self) -> None:
+        """Drop what an earlier attempt left; start from byte 0."""
+        self._file.seek(0)
+        self._file.truncate()
+        self._hash = hashlib.new(self.digest.algorithm)
+        self.offset = 0
+
+    def write(self, data: bytes) -> None:
+        if self.size is not None and self.offset + len(data) > self.size:
+            self.restart()
+            raise SizeMismatchError(
+                f"blob is longer than the expected {self.size} bytes", context=f"blob {self.digest.short}"
+            )
+        try:
+            self._file.write(data)
+        except OSError as e:
+            raise OutputError(f"cannot write {self._part}: {e.strerror}") from e
+        self._hash.update(data)
+        self.offset += len(data)
+
+    def commit(self) -> Path:
+        """Verify size and digest, then publish the blob; on mismatch drop the bytes and raise."""
+        try:
+            if self.size is not None and self.offset != self.size:
+                raise SizeMismatchError(
+                    f"blob ended after {self.offset} of {self.size} bytes",
+                    context=f"blob {self.digest.short}",
+                )
+            if self._hash.hexdigest() != self.digest.hex:
+                self.restart()
+                raise DigestMismatchError(
+                    f"content has digest {self.digest.algorithm}:{self._hash.hexdigest()[:12]}…, "
+                    f"expected {self.digest}",
+                    context=f"blob {self.digest.short}",
+                )
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                final = self._store.blob_path(self.digest)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(self._part, 0o444)
+                os.replace(self._part, final)
+                fsync_dir(final.parent)
+            except OSError as e:
+                raise OutputError(f"cannot publish blob {self.digest.short} in {self._store.root}: {e.strerror}") from e
+            return final
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Keep what was written as a resumable partial and release the lock."""
+        if not self._file.closed:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+class BlobStore:
+    """Verified blobs, shared between images and processes."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        try:
+            for sub in ("blobs/sha256", "blobs/sha512", "blobs/partial", "tmp"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create cache directory {self.root}: {e.strerror}") from e
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.hex
+
+    def has(self, digest: Digest) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def open(self, digest: Digest) -> BinaryIO:
+        """Open a stored blob for reading; ``FileNotFoundError`` when absent."""
+        return open(self.blob_path(digest), "rb")
+
+    def read_bytes(self, digest: Digest) -> bytes:
+        return self.blob_path(digest).read_bytes()
+
+    @contextlib.contextmanager
+    def writer(self, digest: Digest, size: int | None = None) -> Iterator[BlobWriter]:
+        """A writer for ``digest``; waits while another process writes the same blob.
+
+        Leave the ``with`` block without ``commit()`` (or with an exception) and the
+        bytes stay as a partial that the next writer resumes.
+        """
+        part = self.root / "blobs" / "partial" / f"{digest.algorithm}-{digest.hex}.part"
+        lock_path = part.with_suffix(".lock")
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        w = BlobWriter(self, digest, size, part, lock_fd)
+        try:
+            yield w
+        finally:
+            w.close()
+
+    def put_stream(self, digest: Digest, size: int | None, stream: BinaryIO) -> Path:
+        """Copy ``stream`` into the store, verifying it; return the blob's path."""
+        if self.has(digest):
+            return self.blob_path(digest)
+        with self.writer(digest, size) as w:
+            if self.has(digest):
+                return self.blob_path(digest)
+            w.restart()
+            while chunk := stream.read(1 << 20):
+                w.write(chunk)
+            return w.commit()
+
+    def put_bytes(self, digest: Digest, data: bytes) -> Path:
+        """Store a small blob already in memory (a manifest or config), verifying it."""
+        import io
+
+        return self.put_stream(digest, len(data), io.BytesIO(data))
+
+    def iter_blobs(self) -> Iterator[tuple[Digest, Path]]:
+        for algo in ("sha256", "sha512"):
+            d = self.root / "blobs" / algo
+            if d.is_dir():
+                for p in sorted(d.iterdir()):
+                    yield Digest(algo, p.name), p
