@@ -1,0 +1,36 @@
+"""The settings every image source accepts, as one frozen value.
+
+Local sources use only a few of them (``cache_dir`` for a compressed archive's
+unpacked blobs, ``progress``); the registry source uses the rest (credentials,
+TLS, mirrors, parallelism, timeouts and retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOptions:
+    """How to reach and read an image source.
+
+    ``insecure`` skips TLS certificate verification; ``plain_http`` allows HTTP
+    without TLS (``Reference.is_loopback`` tells where that is a local registry).
+    ``registry_mirrors`` are hosts tried before ``docker.io``. ``progress``
+    receives progress events (plain data) and must not block.
+    """
+
+    cache_dir: Path | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never shown in logs
+    auth_file: Path | None = None
+    ca_cert: Path | None = None
+    insecure: bool = False
+    plain_http: bool = False
+    registry_mirrors: tuple[str, ...] = ()
+    max_parallel: int = 4
+    timeout: float = 60.0
+    retries: int = 5
+    progress: Callable[[object], None] | None = None
