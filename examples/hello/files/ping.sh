@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "ping: a stand-in that carries cap_net_raw"

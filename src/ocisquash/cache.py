@@ -1,0 +1,274 @@
+"""The cache of compiled images, beside the blob store.
+
+Layout under the cache root::
+
+    images/<key>/image.squashfs   the compiled image (read-only)
+    images/<key>/manifest.json    the platform manifest, as received
+    images/<key>/config.json      the image config, as received
+    images/<key>/info.json        source reference, digests, platform, sizes, time
+    refs/<ref-key>                a reference (+ platform + options) → entry key
+    locks/<key>.lock              held (flock) while one process builds <key>
+
+``<key>`` is the sha256 of the platform manifest's digest, the squashfs writer's
+format version and the output options, so any change that alters the bytes of
+the output gives a new key. An entry is built in ``tmp/`` and published by one
+``rename`` of its directory: readers see a whole entry or none. The build lock is
+an ``flock``, which the kernel drops when its holder dies, so a killed compile
+never leaves a lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .digest import Digest
+from .errors import CacheError, OutputError
+from .store import BlobStore, default_cache_dir, fsync_dir, write_atomic
+
+IMAGE_FILE = "image.squashfs"
+INFO_FILE = "info.json"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One compiled image in the cache."""
+
+    key: str
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def image(self) -> Path:
+        return self.path / IMAGE_FILE
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    @property
+    def created(self) -> float:
+        return float(self.info.get("created", 0))
+
+
+def entry_key(manifest_digest: Digest, format_version: str, options: dict[str, Any]) -> str:
+    """The cache key of a compile: manifest digest + writer format version + output options."""
+    blob = json.dumps(
+        {"manifest": str(manifest_digest), "format": format_version, "options": options},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ImageCache:
+    """Compiled images plus the blob store they share a root with."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.blobs = BlobStore(self.root)
+        try:
+            for sub in ("images", "refs", "locks", "tmp"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot create cache directory {self.root}: {e.strerror}") from e
+
+    # -- entries -----------------------------------------------------------------
+    def entry_path(self, key: str) -> Path:
+        return self.root / "images" / key
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The published entry for ``key``, or None."""
+        path = self.entry_path(key)
+        try:
+            info = json.loads((path / INFO_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        if not (path / IMAGE_FILE).is_file():
+            return None
+        return CacheEntry(key, path, info)
+
+    def entries(self) -> list[CacheEntry]:
+        out = []
+        for p in sorted((self.root / "images").iterdir()):
+            e = self.get(p.name)
+            if e is not None:
+                out.append(e)
+        return out
+
+    @contextlib.contextmanager
+    def build_lock(self, key: str) -> Iterator[None]:
+        """Hold the build lock of ``key``; waits while another process holds it."""
+        fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh directory in ``tmp/`` to build an entry in; removed unless published."""
+        path = Path(tempfile.mkdtemp(prefix="build-", dir=self.root / "tmp"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, key: str, staged: Path, info: dict[str, Any]) -> CacheEntry:
+        """Move a fully written staging directory into place as entry ``key``."""
+        info = {**info, "key": key, "created": info.get("created", time.time())}
+        try:
+            write_atomic(staged / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
+            for p in staged.iterdir():
+                os.chmod(p, 0o444)
+            final = self.entry_path(key)
+            if final.exists():
+                # Someone published the same key (same bytes); keep theirs.
+                shutil.rmtree(staged, ignore_errors=True)
+            else:
+                os.rename(staged, final)
+                fsync_dir(final.parent)
+        except OSError as e:
+            raise OutputError(f"cannot publish cache entry in {self.root}: {e.strerror}") from e
+        entry = self.get(key)
+        if entry is None:
+            raise CacheError(f"cache entry {key[:12]} vanished right after it was published")
+        return entry
+
+    def remove(self, key: str) -> bool:
+        """Remove entry ``key`` (renamed away first, so readers never see half of it)."""
+        path = self.entry_path(key)
+        if not path.exists():
+            return False
+        doomed = Path(tempfile.mkdtemp(prefix="rm-", dir=self.root / "tmp"))
+        os.rename(path, doomed / "entry")
+        shutil.rmtree(doomed, ignore_errors=True)
+        for ref in (self.root / "refs").iterdir():
+            with contextlib.suppress(OSError):
+                if ref.read_text().strip() == key:
+                    ref.unlink()
+        return True
+
+    # -- reference → key records ------------------------------------------------
+    @staticmethod
+    def ref_key(reference: str, platform: str, options: dict[str, Any], format_version: str) -> str:
+        blob = json.dumps([reference, platform, options, format_version], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def lookup_ref(self, ref_key: str) -> CacheEntry | None:
+        try:
+            key = (self.root / "refs" / ref_key).read_text().strip()
+        except OSError:
+            return None
+        return self.get(key)
+
+    def record_ref(self, ref_key: str, key: str) -> None:
+        with contextlib.suppress(OSError):
+            write_atomic(self.root / "refs" / ref_key, key.encode())
+
+    # -- maintenance -------------------------------------------------------------
+    def clean_tmp(self, older_than: float = 3600.0) -> int:
+        """Remove staging leftovers of killed processes older than ``older_than`` seconds."""
+        n = 0
+        now = time.time()
+        for p in (self.root / "tmp").iterdir():
+            with contextlib.suppress(OSError):
+                if now - p.lstat().st_mtime > older_than:
+                    if p.is_dir():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        p.unlink()
+                    n += 1
+        return n
+
+    def unused_blobs(self) -> list[Path]:
+        """Blobs that no compiled image's manifest names (its config or a layer)."""
+        used: set[str] = set()
+        for entry in self.entries():
+            try:
+                man = json.loads((entry.path / "manifest.json").read_bytes())
+                used.add(man["config"]["digest"])
+                used.update(layer["digest"] for layer in man["layers"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return [p for d, p in self.blobs.iter_blobs() if str(d) not in used]
+
+    def verify(self, *, repair: bool = False) -> list[str]:
+        """Re-hash every blob and compiled image; return one line per problem found.
+
+        With ``repair``, damaged blobs and entries are removed.
+        """
+        problems: list[str] = []
+        for digest, path in self.blobs.iter_blobs():
+            h = hashlib.new(digest.algorithm)
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            if h.hexdigest() != digest.hex:
+                problems.append(f"blob {digest.short}: content does not match its digest")
+                if repair:
+                    with contextlib.suppress(OSError):
+                        os.chmod(path, 0o644)
+                        path.unlink()
+        for entry in self.entries():
+            want = entry.info.get("squashfs_sha256")
+            h = hashlib.sha256()
+            with open(entry.image, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            bad = want != h.hexdigest()
+            for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
+                p = entry.path / name
+                if p.exists() and field in entry.info:
+                    if "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() != entry.info[field]:
+                        bad = True
+            if bad:
+                problems.append(
+                    f"compiled image {entry.key[:12]} ({entry.info.get('reference', '?')}): "
+                    "content does not match its record"
+                )
+                if repair:
+                    self.remove(entry.key)
+        return problems
+
+
+def place_output(src: Path, dest: Path) -> str:
+    """Put a cached image at ``dest``: reflink, else hardlink, else copy. Returns which."""
+    dest = dest.absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.ocisquash-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    how = "copy"
+    try:
+        try:
+            with open(src, "rb") as fi, open(tmp, "wb") as fo:
+                fcntl.ioctl(fo.fileno(), 0x40049409, fi.fileno())  # FICLONE
+            how = "reflink"
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            try:
+                os.link(src, tmp)
+                how = "hardlink"
+            except OSError:
+                shutil.copyfile(src, tmp)
+                os.chmod(tmp, 0o644)
+                how = "copy"
+        os.replace(tmp, dest)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"cannot write {dest}: {e.strerror}") from e
+    return how

@@ -1,0 +1,107 @@
+"""``ocisquash cache``: list, remove, prune and verify compiled images and blobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("cache", help="list, remove, prune or verify the cache",
+                       description="Manage the cache of compiled images and verified blobs.")
+    p.add_argument("--cache-dir", metavar="DIR", help="cache directory (default $XDG_CACHE_HOME/ocisquash)")
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    ls = csub.add_parser("ls", help="list compiled images")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    rm = csub.add_parser("rm", help="remove compiled images by reference or digest")
+    rm.add_argument("targets", nargs="+", metavar="IMAGE|DIGEST")
+    pr = csub.add_parser("prune", help="remove old or excess entries")
+    pr.add_argument("--max-size", metavar="SIZE", help="keep the newest entries within SIZE (e.g. 10G)")
+    pr.add_argument("--older-than", metavar="AGE", help="remove entries older than AGE (e.g. 7d, 12h)")
+    pr.add_argument("--blobs", action="store_true", help="also remove blobs no compiled image uses")
+    ve = csub.add_parser("verify", help="re-hash every blob and compiled image")
+    ve.add_argument("--repair", action="store_true", help="remove what is damaged")
+    p.set_defaults(func=run)
+
+
+def parse_age(text: str) -> float:
+    from ..errors import UsageError
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", text.strip())
+    if not m:
+        raise UsageError(f"invalid age {text!r}", hint="use a number with s, m, h, d or w")
+    mult = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return float(m.group(1)) * mult
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cache import ImageCache
+    from .compile import parse_size
+
+    cache = ImageCache(args.cache_dir)
+    cmd = args.cache_command
+    if cmd == "ls":
+        entries = cache.entries()
+        if args.json:
+            json.dump([{**e.info, "path": str(e.image), "entry_size": e.size} for e in entries],
+                      sys.stdout, indent=2, sort_keys=True)
+            sys.stdout.write("\n")
+        else:
+            for e in entries:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
+                print(f"{e.key[:12]}  {e.info.get('digest', '')[:19]}  {e.size / 1e6:9.1f} MB  "
+                      f"{when}  {e.info.get('platform', '')}  {e.info.get('reference', '')}")
+        return 0
+    if cmd == "rm":
+        status = 0
+        for t in args.targets:
+            matched = [e for e in cache.entries()
+                       if t in (e.info.get("reference"), e.info.get("source"), e.info.get("digest"))
+                       or e.key.startswith(t) or str(e.info.get("digest", "")).startswith(t)]
+            if not matched:
+                print(f"ocisquash: no cached image matches {t}", file=sys.stderr)
+                status = 1
+            for e in matched:
+                cache.remove(e.key)
+                print(f"removed {e.key[:12]} {e.info.get('reference', '')}")
+        return status
+    if cmd == "prune":
+        removed = 0
+        entries = sorted(cache.entries(), key=lambda e: e.created, reverse=True)
+        now = time.time()
+        if args.older_than:
+            age = parse_age(args.older_than)
+            for e in list(entries):
+                if now - e.created > age:
+                    cache.remove(e.key)
+                    entries.remove(e)
+                    removed += 1
+        if args.max_size:
+            limit = parse_size(args.max_size)
+            total = 0
+            for e in list(entries):
+                total += e.size
+                if total > limit:
+                    cache.remove(e.key)
+                    removed += 1
+        removed_blobs = 0
+        if args.blobs:
+            for path in cache.unused_blobs():
+                path.unlink(missing_ok=True)
+                removed_blobs += 1
+        removed_tmp = cache.clean_tmp()
+        print(f"pruned {removed} compiled image(s), {removed_blobs} blob(s), "
+              f"{removed_tmp} leftover temporary file(s)")
+        return 0
+    if cmd == "verify":
+        problems = cache.verify(repair=args.repair)
+        for line in problems:
+            print(f"ocisquash: {line}" + (" (removed)" if args.repair else ""), file=sys.stderr)
+        n_blobs = sum(1 for _ in cache.blobs.iter_blobs())
+        print(f"verified {n_blobs} blob(s) and {len(cache.entries())} compiled image(s): "
+              f"{len(problems)} problem(s)")
+        return 1 if problems and not args.repair else 0
+    return 2
