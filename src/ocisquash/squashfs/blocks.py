@@ -1,0 +1,243 @@
+"""File data: block splitting, parallel compression, fragments, sparse blocks, dedup.
+
+Format rules enforced here:
+
+* files are "divided into fixed size blocks that are separately compressed and stored
+  in order"; "there MUST NOT be any gaps between data blocks from a single file";
+* "if the compressed size would exceed the input size ... the original, uncompressed
+  data is stored" and bit 24 of the block size says so;
+* "if a block has an on-disk size of 0 this translates to an entire block filled with
+  0 bytes": all-zero full blocks are not written at all;
+* tail ends shorter than a block are packed into fragment blocks of at most one block
+  size, located through the fragment table (or, without fragments, stored as a short
+  last block);
+* identical files may share blocks ("Doing so is NOT counted as a hard link").
+
+Blocks are compressed by a thread pool but written strictly in submission order, with
+at most ``2 × workers`` blocks in flight, so the output is byte-identical whatever the
+thread timing and memory stays bounded by a few blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO
+
+from ..errors import SquashfsError
+from .compressor import Compressor
+from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
+
+#: Called once a block is on disk with (absolute offset, on-disk size field).
+Placed = Callable[[int, int], None]
+
+
+def _compress_block(compressor: Compressor, data: bytes) -> tuple[bytes, int]:
+    packed = compressor.compress(data)
+    if len(packed) < len(data):
+        return packed, len(packed)
+    return data, len(data) | DATA_UNCOMPRESSED
+
+
+class BlockPipeline:
+    """Compresses blocks in parallel and writes them to ``out`` in submission order."""
+
+    def __init__(self, out: BinaryIO, position: int, compressor: Compressor, workers: int) -> None:
+        self._out = out
+        self._compressor = compressor
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-sqfs")
+        self._queue: deque[tuple[Future[tuple[bytes, int]] | None, Placed]] = deque()
+        self._limit = 2 * workers
+        self._submitted = 0
+        self._retired = 0
+        #: absolute offset where the next retired block goes
+        self.position = position
+
+    @property
+    def submitted(self) -> int:
+        """Number of blocks submitted so far; a mark for :meth:`discard_since`."""
+        return self._submitted
+
+    def submit(self, data: bytes, placed: Placed) -> None:
+        """Queue ``data`` for compression; ``placed`` is told where it landed."""
+        self._queue.append((self._pool.submit(_compress_block, self._compressor, data), placed))
+        self._submitted += 1
+        while len(self._queue) > self._limit:
+            self._retire()
+
+    def submit_sparse(self, placed: Placed) -> None:
+        """Queue an all-zero block: nothing is written, its size field is 0."""
+        self._queue.append((None, placed))
+        self._submitted += 1
+
+    def _retire(self) -> None:
+        future, placed = self._queue.popleft()
+        self._retired += 1
+        if future is None:
+            placed(self.position, 0)
+            return
+        payload, field = future.result()
+        self._out.write(payload)
+        placed(self.position, field)
+        self.position += len(payload)
+
+    def discard_since(self, mark: int, rewind_to: int | None) -> None:
+        """Forget every block submitted after ``mark`` and move the write position back
+        to ``rewind_to`` (the first of those blocks' offset, if any was written)."""
+        while self._submitted > max(mark, self._retired):
+            future, _ = self._queue.pop()
+            if future is not None:
+                future.cancel()
+            self._submitted -= 1
+        if rewind_to is not None and rewind_to != self.position:
+            self.position = rewind_to
+            self._out.seek(rewind_to)
+
+    def drain(self) -> None:
+        """Write every queued block."""
+        while self._queue:
+            self._retire()
+
+    def close(self, cancel: bool = False) -> None:
+        if cancel:
+            for future, _ in self._queue:
+                if future is not None:
+                    future.cancel()
+            self._queue.clear()
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+class FileData:
+    """Where one file's contents landed: what its inode needs."""
+
+    __slots__ = ("fragment", "fragment_offset", "size", "sizes", "sparse", "start")
+
+    def __init__(self) -> None:
+        self.size = 0
+        #: absolute offset of the first block ("blocks start"); 0 when there is none
+        self.start: int | None = None
+        #: on-disk size field of each block (0 = sparse, bit 24 = uncompressed)
+        self.sizes = array("I")
+        self.fragment = INVALID_INDEX
+        self.fragment_offset = 0
+        #: "The number of bytes saved by omitting zero bytes."
+        self.sparse = 0
+
+    def placed(self, position: int, field: int) -> None:
+        if self.start is None:
+            self.start = position
+        self.sizes.append(field)
+
+
+class DataWriter:
+    """Streams file contents into the data area; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        pipeline: BlockPipeline,
+        block_size: int,
+        *,
+        fragments: bool,
+        dedup: bool,
+    ) -> None:
+        self._pipeline = pipeline
+        self._block_size = block_size
+        self._zero = bytes(block_size)
+        self._use_fragments = fragments
+        self._dedup = dedup
+        self._seen: dict[tuple[int, bytes], FileData] = {}
+        self._fragment = bytearray()
+        #: packed fragment table entries, in fragment index order
+        self.fragment_table: list[bytes] = []
+        self._fragment_count = 0
+        self.bytes_in = 0
+        self.duplicates = 0
+
+    @property
+    def fragment_count(self) -> int:
+        return self._fragment_count
+
+    def write_file(self, stream: BinaryIO, size: int | None) -> FileData:
+        """Read ``size`` bytes of ``stream`` (to EOF when None) and store them."""
+        bs = self._block_size
+        record = FileData()
+        mark = self._pipeline.submitted
+        hasher = hashlib.sha256() if self._dedup else None
+        remaining = size
+        total = 0
+        tail = b""
+        while remaining is None or remaining > 0:
+            want = bs if remaining is None else min(bs, remaining)
+            block = _read_exactly(stream, want)
+            if remaining is not None:
+                if len(block) != want:
+                    raise SquashfsError(
+                        f"file data ended after {total + len(block)} of {size} bytes"
+                    )
+                remaining -= want
+            if not block:
+                break
+            total += len(block)
+            if hasher is not None:
+                hasher.update(block)
+            if len(block) < bs:
+                tail = block
+                break
+            if block == self._zero:
+                record.sparse += bs
+                self._pipeline.submit_sparse(record.placed)
+            else:
+                self._pipeline.submit(block, record.placed)
+        record.size = total
+        self.bytes_in += total
+        if hasher is not None:
+            key = (total, hasher.digest())
+            previous = self._seen.get(key)
+            if previous is not None:
+                self._pipeline.discard_since(mark, record.start)
+                self.duplicates += 1
+                return previous
+            self._seen[key] = record
+        if tail:
+            if self._use_fragments:
+                record.fragment, record.fragment_offset = self._add_fragment(tail)
+            else:
+                self._pipeline.submit(tail, record.placed)
+        return record
+
+    def _add_fragment(self, tail: bytes) -> tuple[int, int]:
+        if len(self._fragment) + len(tail) > self._block_size:
+            self.flush_fragment()
+        offset = len(self._fragment)
+        self._fragment += tail
+        return self._fragment_count, offset
+
+    def flush_fragment(self) -> None:
+        """Write the fragment block being filled, if it holds anything."""
+        if not self._fragment:
+            return
+        self._pipeline.submit(bytes(self._fragment), self._fragment_placed)
+        self._fragment.clear()
+        self._fragment_count += 1
+
+    def _fragment_placed(self, position: int, field: int) -> None:
+        self.fragment_table.append(FRAGMENT_ENTRY.pack(position, field, 0))
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes:
+    """Read ``n`` bytes, fewer only at EOF (raw streams and pipes return short reads)."""
+    data = stream.read(n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = stream.read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

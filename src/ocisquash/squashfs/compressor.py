@@ -1,0 +1,222 @@
+"""Block compressors and their compressor-options block.
+
+Format rules enforced here:
+
+* one compressor for data and metadata ("Using one compressor for data and switching
+  to a different compressor for e.g. inodes is not supported");
+* gzip writes zlib streams ("just zlib streams (no gzip headers!)");
+* xz uses CRC32 checks only ("The lzma 2 aka xz compressor MUST use CRC32 checksums
+  only") and a dictionary the size of a data block; of the requested BCJ filters the
+  smallest result wins, like mksquashfs;
+* lz4 writes raw blocks and always has an options block with "Version MUST be set to 1";
+* the options block is written only when it differs from the compressor's defaults
+  (except lz4, where it is mandatory).
+
+``compress`` is safe to call from several threads at once: zlib-ng, lzma and zstd
+release the GIL, which is what makes the thread pool in ``blocks.py`` pay off.
+"""
+
+from __future__ import annotations
+
+import lzma
+import struct
+import threading
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from ..errors import MissingExtraError, UsageError
+from .format import CompressorId
+
+
+class Compression(Enum):
+    """Compressor names as the CLI and the API spell them."""
+
+    GZIP = "gzip"
+    XZ = "xz"
+    ZSTD = "zstd"
+    LZ4 = "lz4"
+    LZO = "lzo"
+
+
+#: XZ "Filters" bit field of the options block, and the lzma filter id of each.
+XZ_FILTERS: dict[str, tuple[int, int]] = {
+    "x86": (0x0001, lzma.FILTER_X86),
+    "powerpc": (0x0002, lzma.FILTER_POWERPC),
+    "ia64": (0x0004, lzma.FILTER_IA64),
+    "arm": (0x0008, lzma.FILTER_ARM),
+    "armthumb": (0x0010, lzma.FILTER_ARMTHUMB),
+    "sparc": (0x0020, lzma.FILTER_SPARC),
+}
+
+#: (lowest, highest, default) level of each compressor.
+LEVELS: dict[Compression, tuple[int, int, int]] = {
+    Compression.GZIP: (1, 9, 9),
+    Compression.XZ: (0, 9, 6),
+    Compression.ZSTD: (1, 22, 15),
+    # lz4 levels only mean something in HC mode (lz4 HC levels 1..12, 9 = lz4's default).
+    Compression.LZ4: (1, 12, 9),
+    # python-lzo offers lzo1x_1 (level 1) and lzo1x_999 (level 9, i.e. its level 8).
+    Compression.LZO: (1, 9, 9),
+}
+
+
+def _load_zlib() -> Any:
+    try:
+        from zlib_ng import zlib_ng
+
+        return zlib_ng
+    except ImportError:  # pragma: no cover - zlib-ng is a dependency; stdlib is a fallback
+        import zlib
+
+        return zlib
+
+
+class Compressor:
+    """Compresses blocks with one configuration; build with :func:`make_compressor`."""
+
+    def __init__(
+        self,
+        kind: Compression,
+        compressor_id: CompressorId,
+        func: Callable[[bytes], bytes],
+        options: bytes | None,
+    ) -> None:
+        self.kind = kind
+        self.id = compressor_id
+        self._func = func
+        #: payload of the compressor-options metadata block, or None when default
+        self.options = options
+
+    def compress(self, data: bytes) -> bytes:
+        """Return the compressed form of ``data`` (the caller keeps it only if smaller)."""
+        return self._func(data)
+
+
+def make_compressor(
+    kind: Compression,
+    *,
+    level: int | None,
+    block_size: int,
+    gzip_window: int = 15,
+    xz_filters: tuple[str, ...] = (),
+    lz4_hc: bool = False,
+) -> Compressor:
+    """Build the compressor for ``kind``; raise UsageError for impossible settings and
+    MissingExtraError when the Python package for it is not installed."""
+    low, high, default = LEVELS[kind]
+    if level is None:
+        level = default
+    if not low <= level <= high:
+        raise UsageError(
+            f"{kind.value} level {level} is outside {low}..{high}",
+            hint=f"the default for {kind.value} is {default}",
+        )
+    if kind is Compression.GZIP:
+        return _gzip(level, gzip_window)
+    if kind is Compression.XZ:
+        return _xz(level, block_size, xz_filters)
+    if kind is Compression.ZSTD:
+        return _zstd(level)
+    if kind is Compression.LZ4:
+        return _lz4(level, lz4_hc)
+    return _lzo(level)
+
+
+def _gzip(level: int, window: int) -> Compressor:
+    if not 8 <= window <= 15:
+        raise UsageError(f"gzip window {window} is outside 8..15")
+    zlib = _load_zlib()
+
+    def compress(data: bytes) -> bytes:
+        out: bytes = zlib.compress(data, level, window)
+        return out
+
+    # "compression level ... Defaults to 9", "window size ... Defaults to 15",
+    # strategies 0 = "the default strategy is implicitly used".
+    options = None if (level, window) == (9, 15) else struct.pack("<IHH", level, window, 0)
+    return Compressor(Compression.GZIP, CompressorId.GZIP, compress, options)
+
+
+def _xz(level: int, block_size: int, filters: tuple[str, ...]) -> Compressor:
+    mask = 0
+    for name in filters:
+        if name not in XZ_FILTERS:
+            raise UsageError(
+                f"unknown xz filter {name!r}",
+                hint="squashfs xz supports: " + ", ".join(XZ_FILTERS),
+            )
+        mask |= XZ_FILTERS[name][0]
+    lzma2 = {"id": lzma.FILTER_LZMA2, "preset": level, "dict_size": block_size}
+    chains: list[list[dict[str, Any]]] = [[lzma2]]
+    chains += [[{"id": bcj}, lzma2] for bit, bcj in XZ_FILTERS.values() if mask & bit]
+
+    def compress(data: bytes) -> bytes:
+        best: bytes | None = None
+        for chain in chains:
+            out = lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=chain)
+            if best is None or len(out) < len(best):
+                best = out
+        assert best is not None
+        return best
+
+    # "dictionary size ... must be either a power of 2, or the sum of two consecutive
+    # powers of 2"; the default (options absent) is the block size and no filters.
+    options = None if mask == 0 else struct.pack("<II", block_size, mask)
+    return Compressor(Compression.XZ, CompressorId.XZ, compress, options)
+
+
+def _zstd(level: int) -> Compressor:
+    import zstandard
+
+    local = threading.local()
+
+    def compress(data: bytes) -> bytes:
+        # A ZstdCompressor must not be shared between threads.
+        cctx = getattr(local, "cctx", None)
+        if cctx is None:
+            cctx = local.cctx = zstandard.ZstdCompressor(level=level)
+        out: bytes = cctx.compress(data)
+        return out
+
+    # "compression level ... The default value is 15."
+    options = None if level == 15 else struct.pack("<I", level)
+    return Compressor(Compression.ZSTD, CompressorId.ZSTD, compress, options)
+
+
+def _lz4(level: int, hc: bool) -> Compressor:
+    import lz4.block
+
+    def compress(data: bytes) -> bytes:
+        if hc:
+            out: bytes = lz4.block.compress(
+                data, mode="high_compression", compression=level, store_size=False
+            )
+        else:
+            out = lz4.block.compress(data, store_size=False)
+        return out
+
+    # "For LZ4, the compressor options always have to be present": Version 1 (legacy
+    # block format), Flags 0x1 = "Use LZ4 High Compression(HC) mode".
+    options = struct.pack("<II", 1, 1 if hc else 0)
+    return Compressor(Compression.LZ4, CompressorId.LZ4, compress, options)
+
+
+def _lzo(level: int) -> Compressor:
+    try:
+        import lzo
+    except ImportError as e:
+        raise MissingExtraError(
+            "lzo compression needs the python-lzo package",
+            hint="pip install ocisquash[lzo]",
+        ) from e
+    py_level = 1 if level < 9 else 9
+
+    def compress(data: bytes) -> bytes:
+        out: bytes = lzo.compress(data, py_level, False)
+        return out
+
+    # algorithm 0 = lzo1x_1 (level MUST be 0), 4 = lzo1x_999 (default, level 8): python-lzo's
+    # level 9 is lzo1x_999 at its default level 8, i.e. the format's default settings.
+    options = None if py_level == 9 else struct.pack("<II", 0, 0)
+    return Compressor(Compression.LZO, CompressorId.LZO, compress, options)

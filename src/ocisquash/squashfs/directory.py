@@ -1,0 +1,92 @@
+"""Directory listings in the directory table, and their index.
+
+Format rules enforced here:
+
+* "The entry list itself is sorted ASCIIbetically by entry name" (bytewise here);
+* "Every time, the inode block changes or the difference of the inode number to the
+  reference in the header cannot be encoded in 16 bits anymore, a new header is emitted",
+  and "A header must be followed by AT MOST 256 entries";
+* "a new header should be emitted every time the entry list crosses a metadata block
+  boundary", and each such header gets an index entry (u32 byte offset from the first
+  header, u32 metadata block start, name of the first entry after it) so the kernel
+  can seek in large directories;
+* the header "count" and the entry "name size" are stored off by one, the entry "type"
+  is always the basic type, and the inode's "file size" is the listing size plus 3
+  ("The Linux kernel creates "." and ".." entries for offsets 0 and 1").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .format import (
+    DIR_ENTRY,
+    DIR_HEADER,
+    DIR_INDEX,
+    MAX_DIR_ENTRIES_PER_HEADER,
+    METADATA_SIZE,
+    InodeType,
+)
+from .metadata import MetadataWriter
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    name: bytes
+    type: InodeType  # basic type
+    number: int  # inode number
+    ref: int  # inode reference: block start << 16 | offset
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Where a directory's listing went: what its inode records."""
+
+    block: int  # "block index": metadata block start relative to the directory table
+    offset: int  # "block offset" within that uncompressed block
+    file_size: int  # listing size + 3
+    index: bytes  # packed directory index entries
+    index_count: int
+
+
+def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
+    """Append the listing of ``entries`` (sorted by name) to ``table``."""
+    block, offset = table.reference()
+    start = table.position
+    listing = bytearray()
+    headers: list[tuple[int, bytes]] = []  # (listing offset, first name) of indexed headers
+    header_at = -1
+    count = 0
+    base_number = 0
+    base_block = -1
+    for entry in entries:
+        entry_block = entry.ref >> 16
+        delta = entry.number - base_number
+        crosses = (start + header_at) // METADATA_SIZE != (start + len(listing)) // METADATA_SIZE
+        if (
+            header_at < 0
+            or count == MAX_DIR_ENTRIES_PER_HEADER
+            or entry_block != base_block
+            or not -0x8000 <= delta <= 0x7FFF
+            or crosses
+        ):
+            if header_at >= 0:
+                DIR_HEADER.pack_into(listing, header_at, count - 1, base_block, base_number)
+                if crosses:
+                    headers.append((len(listing), entry.name))
+            header_at = len(listing)
+            listing += bytes(DIR_HEADER.size)
+            count = 0
+            base_number = entry.number
+            base_block = entry_block
+            delta = 0
+        listing += DIR_ENTRY.pack(entry.ref & 0xFFFF, delta, entry.type, len(entry.name) - 1)
+        listing += entry.name
+        count += 1
+    if header_at >= 0:
+        DIR_HEADER.pack_into(listing, header_at, count - 1, base_block, base_number)
+    table.write(listing)
+    index = bytearray()
+    for at, name in headers:
+        index += DIR_INDEX.pack(at, table.block_start_of(start + at), len(name) - 1) + name
+    return Listing(block, offset, len(listing) + 3, bytes(index), len(headers))

@@ -1,0 +1,146 @@
+"""The in-memory tree of entries a writer has been given, and path rules.
+
+Only metadata lives here (file contents are already in the image when a file node is
+created), so a tree of a million entries costs memory but never file data.
+
+Rules enforced here:
+
+* a path is bytes relative to the root, components joined by ``b"/"``; a component that
+  is empty, ``.``, ``..``, contains NUL or is longer than the format's 256-byte name
+  limit is refused;
+* entries arrive in any order: missing parents are created with default metadata, a
+  later ``add_directory`` updates them, and adding an existing path replaces it (a
+  non-directory standing where a parent must be is replaced by a directory);
+* a hard link shares the node object; replacing one of its names leaves the others on
+  the old node.
+"""
+
+from __future__ import annotations
+
+from ..entry import EntryMeta
+from ..errors import SquashfsError
+from .blocks import FileData
+from .format import MAX_NAME_LEN, InodeType
+
+
+class Node:
+    """One inode: its metadata plus what the finish sequence assigns to it."""
+
+    __slots__ = ("meta", "nlink", "number", "ref", "type")
+
+    def __init__(self, meta: EntryMeta, inode_type: InodeType) -> None:
+        #: basic inode type; the writer upgrades to the extended type when needed
+        self.type = inode_type
+        self.meta = meta
+        #: "inode number": assigned when the image is finished, 0 until then
+        self.number = 0
+        #: 64-bit inode reference, assigned when the inode is written
+        self.ref = -1
+        self.nlink = 0
+
+
+class DirNode(Node):
+    __slots__ = ("children", "parent_number")
+
+    def __init__(self, meta: EntryMeta) -> None:
+        super().__init__(meta, InodeType.DIR)
+        self.children: dict[bytes, Node] = {}
+        self.parent_number = 0
+
+
+class FileNode(Node):
+    __slots__ = ("data",)
+
+    def __init__(self, meta: EntryMeta, data: FileData) -> None:
+        super().__init__(meta, InodeType.FILE)
+        self.data = data
+
+
+class SymlinkNode(Node):
+    __slots__ = ("target",)
+
+    def __init__(self, meta: EntryMeta, target: bytes) -> None:
+        super().__init__(meta, InodeType.SYMLINK)
+        self.target = target
+
+
+class SpecialNode(Node):
+    """Character or block device, FIFO or socket."""
+
+    __slots__ = ("rdev",)
+
+    def __init__(self, meta: EntryMeta, inode_type: InodeType, rdev: int = 0) -> None:
+        super().__init__(meta, inode_type)
+        self.rdev = rdev
+
+
+def split_path(path: bytes) -> list[bytes]:
+    """Validate ``path`` and return its components (``[]`` for the root ``b""``)."""
+    if not isinstance(path, bytes):
+        raise SquashfsError(f"path {path!r} must be bytes")
+    if path == b"":
+        return []
+    parts = path.split(b"/")
+    for part in parts:
+        if part in (b"", b".", b"..") or b"\0" in part:
+            raise SquashfsError(
+                f"path {path!r} has an invalid component {part!r}",
+                hint="paths are relative, without leading '/', '.', '..', '//' or NUL",
+            )
+        if len(part) > MAX_NAME_LEN:
+            raise SquashfsError(
+                f"name {part[:32]!r}… is {len(part)} bytes; squashfs allows {MAX_NAME_LEN}"
+            )
+    return parts
+
+
+class Tree:
+    """Directory tree rooted at ``root``, with last-add-wins replacement."""
+
+    def __init__(self, default_dir_meta: EntryMeta) -> None:
+        self._default = default_dir_meta
+        self.root = DirNode(default_dir_meta)
+
+    def _parent(self, parts: list[bytes]) -> DirNode:
+        node = self.root
+        for part in parts[:-1]:
+            child = node.children.get(part)
+            if not isinstance(child, DirNode):
+                child = node.children[part] = DirNode(self._default)
+            node = child
+        return node
+
+    def get(self, path: bytes) -> Node | None:
+        node: Node = self.root
+        for part in split_path(path):
+            if not isinstance(node, DirNode):
+                return None
+            found = node.children.get(part)
+            if found is None:
+                return None
+            node = found
+        return node
+
+    def add_directory(self, path: bytes, meta: EntryMeta) -> None:
+        parts = split_path(path)
+        if not parts:
+            self.root.meta = meta
+            return
+        parent = self._parent(parts)
+        existing = parent.children.get(parts[-1])
+        if isinstance(existing, DirNode):
+            existing.meta = meta
+        else:
+            parent.children[parts[-1]] = DirNode(meta)
+
+    def put(self, path: bytes, node: Node) -> None:
+        """Place a non-directory ``node`` at ``path``, replacing whatever was there."""
+        parts = split_path(path)
+        if not parts:
+            raise SquashfsError("the root of the image must be a directory")
+        self._parent(parts).children[parts[-1]] = node
+
+    def check_placeable(self, path: bytes) -> None:
+        """Raise before file data is written if ``path`` can never be placed."""
+        if not split_path(path):
+            raise SquashfsError("the root of the image must be a directory")

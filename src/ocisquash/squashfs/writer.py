@@ -1,0 +1,536 @@
+"""The squashfs writer: public API and the finish sequence.
+
+Data blocks are streamed into the image as files are added; everything else is
+metadata kept in memory and laid out by :meth:`SquashfsWriter.finish`, in the order
+the kernel insists on ("most implementations, including the one in the Linux kernel,
+insist on this exact order"):
+
+    superblock · compressor options · data and fragment blocks · inode table ·
+    directory table · fragment table · export table · id table · xattr table
+
+The kernel checks that each lookup table's location list ends exactly where the next
+table begins (and the last one at "bytes used"), so the tables are written back to
+back. The image is then padded to a multiple of 4 KiB, "the device block size".
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import BinaryIO, Literal
+
+from ..entry import EntryMeta
+from ..errors import OutputError, SquashfsError, UsageError
+from .blocks import BlockPipeline, DataWriter
+from .compressor import Compression, Compressor, make_compressor
+from .directory import DirEntry, write_listing
+from .format import (
+    DEVICE_BLOCK_SIZE,
+    INVALID_TABLE,
+    MAX_BLOCK_SIZE,
+    METADATA_UNCOMPRESSED,
+    MIN_BLOCK_SIZE,
+    InodeType,
+    Superblock,
+    SuperFlags,
+    encode_device,
+    inode_ref,
+)
+from .inode import directory_body, file_body, header, special_body, symlink_body
+from .metadata import MetadataWriter, pack_lookup_table
+from .tables import IdTable, XattrTable, check_xattrs
+from .tree import DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
+
+#: Bump when the bytes written for the same input and options change (a cache key).
+FORMAT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """How to write the image. Invalid combinations raise UsageError when the writer
+    is created (block size, levels, window, filters)."""
+
+    compression: Compression = Compression.GZIP
+    #: compressor level; None = that compressor's default (gzip 9, xz 6, zstd 15, lz4hc 9)
+    level: int | None = None
+    gzip_window: int = 15
+    #: xz BCJ filters to try per block: x86, powerpc, ia64, arm, armthumb, sparc
+    xz_filters: tuple[str, ...] = ()
+    lz4_hc: bool = False
+    block_size: int = 131072
+    fragments: bool = True
+    dedup: bool = True
+    exportable: bool = True
+    xattrs: bool = True
+    #: image timestamp; None = $SOURCE_DATE_EPOCH if set, else the current time
+    mkfs_time: int | None = None
+    #: compression threads; None = os.cpu_count()
+    workers: int | None = None
+    #: store every entry as owned by uid 0 / gid 0
+    all_root: bool = False
+    #: metadata of directories created implicitly (and of the root unless given)
+    default_dir_meta: EntryMeta = field(default_factory=lambda: EntryMeta(mode=0o755))
+
+    def check(self) -> None:
+        bs = self.block_size
+        if not (MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE and bs & (bs - 1) == 0):
+            raise UsageError(
+                f"block size {bs} is not a power of two between 4 KiB and 1 MiB",
+                hint="use e.g. 128K or 1M",
+            )
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"workers must be at least 1, not {self.workers}")
+        if self.mkfs_time is not None and not 0 <= self.mkfs_time < 2**32:
+            raise UsageError(f"mkfs time {self.mkfs_time} is outside 0..2**32-1")
+
+    def resolved_mkfs_time(self) -> int:
+        if self.mkfs_time is not None:
+            return self.mkfs_time
+        env = os.environ.get("SOURCE_DATE_EPOCH")
+        if env:
+            try:
+                value = int(env)
+            except ValueError:
+                raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
+            if not 0 <= value < 2**32:
+                raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is outside 0..2**32-1")
+            return value
+        import time
+
+        return int(time.time())
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    """What :meth:`SquashfsWriter.finish` wrote."""
+
+    bytes_written: int  # image size, padded to 4 KiB
+    inodes: int
+    files: int  # regular-file inodes
+    directories: int
+    symlinks: int
+    devices: int  # character and block devices, FIFOs and sockets
+    hardlinks: int  # directory entries beyond the first for an inode
+    data_bytes_in: int  # file bytes read, duplicates included
+    duplicates: int  # files whose data was shared with an identical earlier file
+    fragments: int  # fragment blocks
+    compression: str
+    block_size: int
+
+
+_SPECIAL_KINDS = {
+    "char": InodeType.CHAR_DEV,
+    "block": InodeType.BLOCK_DEV,
+}
+
+
+class SquashfsWriter:
+    """Writes one squashfs 4.0 image; add entries in any order, then :meth:`finish`.
+
+    ``output`` is a path (created or truncated) or a seekable, writable binary stream
+    positioned anywhere (the image starts at offset 0). File data is compressed and
+    written as it is added; the rest is written by :meth:`finish`. Use as a context
+    manager to have an exception abort the writer.
+    """
+
+    def __init__(
+        self,
+        output: str | os.PathLike[str] | BinaryIO,
+        options: WriterOptions = WriterOptions(),
+    ) -> None:
+        options.check()
+        self._options = options
+        self._compressor = make_compressor(
+            options.compression,
+            level=options.level,
+            block_size=options.block_size,
+            gzip_window=options.gzip_window,
+            xz_filters=options.xz_filters,
+            lz4_hc=options.lz4_hc,
+        )
+        self._mkfs_time = options.resolved_mkfs_time()
+        self._owned = not hasattr(output, "write")
+        try:
+            if self._owned:
+                self._out: BinaryIO = open(output, "w+b")  # type: ignore[arg-type,assignment]  # noqa: SIM115
+            else:
+                self._out = output  # type: ignore[assignment]
+            self._out.seek(0)
+            self._out.write(self._header_placeholder())
+        except OSError as e:
+            raise OutputError(
+                f"cannot write the image: {e.strerror or e}", context=str(output)
+            ) from e
+        self._tree = Tree(self._meta(options.default_dir_meta))
+        workers = options.workers or os.cpu_count() or 1
+        self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers)
+        self._data = DataWriter(
+            self._pipeline,
+            options.block_size,
+            fragments=options.fragments,
+            dedup=options.dedup,
+        )
+        self._closed = False
+
+    def _header_placeholder(self) -> bytes:
+        """Room for the superblock, then the compressor options: "a single metadata
+        block, which is always uncompressed"."""
+        placeholder = bytes(Superblock.SIZE)
+        options = self._compressor.options
+        if options is not None:
+            placeholder += (len(options) | METADATA_UNCOMPRESSED).to_bytes(2, "little") + options
+        return placeholder
+
+    # -- adding entries -------------------------------------------------------------
+
+    def _meta(self, meta: EntryMeta) -> EntryMeta:
+        if not self._options.xattrs and meta.xattrs:
+            meta = EntryMeta(meta.mode, meta.uid, meta.gid, meta.mtime, ())
+        if self._options.all_root and (meta.uid or meta.gid):
+            meta = EntryMeta(meta.mode, 0, 0, meta.mtime, meta.xattrs)
+        if meta.xattrs:
+            check_xattrs(meta.xattrs)
+        if not 0 <= meta.mtime < 2**32:
+            # The format stores an unsigned 32-bit time; clamp rather than wrap.
+            meta = EntryMeta(
+                meta.mode, meta.uid, meta.gid, min(max(meta.mtime, 0), 2**32 - 1), meta.xattrs
+            )
+        return meta
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SquashfsError("the writer is already finished or aborted")
+
+    def add_directory(self, path: bytes, meta: EntryMeta) -> None:
+        """Create the directory ``path``, or update the metadata of an existing one
+        (its children are kept)."""
+        self._check_open()
+        self._tree.add_directory(path, self._meta(meta))
+
+    def add_file(
+        self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes, size: int | None = None
+    ) -> None:
+        """Add a regular file, reading ``data`` block by block (exactly ``size`` bytes if
+        given, else to EOF); the contents are never held in memory as a whole."""
+        self._check_open()
+        meta = self._meta(meta)
+        self._tree.check_placeable(path)
+        if isinstance(data, bytes | bytearray | memoryview):
+            stream: BinaryIO = io.BytesIO(data)
+        else:
+            stream = data
+        if size is not None and size < 0:
+            raise SquashfsError(f"negative file size {size}", context=repr(path))
+        try:
+            written = self._data.write_file(stream, size)
+        except SquashfsError as e:
+            raise e.with_context(repr(path)) from None
+        except OSError as e:
+            raise OutputError(f"cannot write the image: {e}", context=repr(path)) from e
+        self._tree.put(path, FileNode(meta, written))
+
+    def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
+        self._check_open()
+        if not target or b"\0" in target:
+            raise SquashfsError(
+                f"symlink target {target!r} is empty or has NUL", context=repr(path)
+            )
+        self._tree.put(path, SymlinkNode(self._meta(meta), target))
+
+    def add_device(
+        self, path: bytes, meta: EntryMeta, kind: Literal["char", "block"], major: int, minor: int
+    ) -> None:
+        self._check_open()
+        if kind not in _SPECIAL_KINDS:
+            raise SquashfsError(
+                f"device kind {kind!r} is not 'char' or 'block'", context=repr(path)
+            )
+        if not (0 <= major < 1 << 12 and 0 <= minor < 1 << 20):
+            raise SquashfsError(
+                f"device {major}:{minor} does not fit the format (major < 4096, minor < 2**20)",
+                context=repr(path),
+            )
+        node = SpecialNode(self._meta(meta), _SPECIAL_KINDS[kind], encode_device(major, minor))
+        self._tree.put(path, node)
+
+    def add_fifo(self, path: bytes, meta: EntryMeta) -> None:
+        self._check_open()
+        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.FIFO))
+
+    def add_socket(self, path: bytes, meta: EntryMeta) -> None:
+        self._check_open()
+        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.SOCKET))
+
+    def add_hardlink(self, path: bytes, target: bytes) -> None:
+        """Make ``path`` another name of the existing non-directory ``target``."""
+        self._check_open()
+        node = self._tree.get(target)
+        if node is None:
+            raise SquashfsError(f"hard link target {target!r} does not exist", context=repr(path))
+        if isinstance(node, DirNode):
+            raise SquashfsError(f"hard link target {target!r} is a directory", context=repr(path))
+        if path != target:
+            self._tree.put(path, node)
+
+    def exists(self, path: bytes) -> bool:
+        return self._tree.get(path) is not None
+
+    # -- finishing ------------------------------------------------------------------
+
+    def __enter__(self) -> SquashfsWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.finish()
+
+    def abort(self) -> None:
+        """Stop the compression threads and discard the image being written."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pipeline.close(cancel=True)
+        if self._owned:
+            self._out.close()
+
+    def finish(self) -> WriteSummary:
+        """Write all tables and the superblock, pad to 4 KiB, flush; return a summary."""
+        self._check_open()
+        try:
+            summary = self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        if self._owned:
+            self._out.close()
+        return summary
+
+    def _finish(self) -> WriteSummary:
+        opts = self._options
+        self._data.flush_fragment()
+        self._pipeline.drain()
+        self._pipeline.close()
+        position = self._pipeline.position
+        out = self._out
+        out.seek(position)
+
+        layout = _Layout(self._tree.root, self._compressor)
+        root_ref = layout.build()
+
+        inode_table = position
+        inode_bytes = b"".join(layout.inodes.finish())
+        directory_table = inode_table + len(inode_bytes)
+        dir_bytes = b"".join(layout.dirs.finish())
+        end = directory_table + len(dir_bytes)
+        chunks = [inode_bytes, dir_bytes]
+
+        # With no fragments, unsquashfs reads the directory table up to the fragment
+        # table start, so that start must be the end of the directory table.
+        fragment_table = end
+        if self._data.fragment_count:
+            table, fragment_table = pack_lookup_table(
+                self._compressor, b"".join(self._data.fragment_table), end
+            )
+            chunks.append(table)
+            end += len(table)
+
+        export_table = INVALID_TABLE
+        if opts.exportable:
+            table, export_table = pack_lookup_table(
+                self._compressor, b"".join(r.to_bytes(8, "little") for r in layout.export), end
+            )
+            chunks.append(table)
+            end += len(table)
+
+        table, id_table = pack_lookup_table(self._compressor, layout.ids.records(), end)
+        chunks.append(table)
+        end += len(table)
+
+        xattr_table = INVALID_TABLE
+        if len(layout.xattrs):
+            table, xattr_table = layout.xattrs.pack(end)
+            chunks.append(table)
+            end += len(table)
+
+        for chunk in chunks:
+            out.write(chunk)
+        bytes_used = end
+        padded = -(-bytes_used // DEVICE_BLOCK_SIZE) * DEVICE_BLOCK_SIZE
+        out.write(bytes(padded - bytes_used))
+        # A duplicate file rewound the data area: drop bytes past the image end.
+        out.truncate(padded)
+
+        flags = SuperFlags(0)
+        if self._compressor.options is not None:
+            flags |= SuperFlags.COMPRESSOR_OPTIONS
+        if not opts.fragments:
+            flags |= SuperFlags.NO_FRAGMENTS
+        if opts.dedup:
+            flags |= SuperFlags.DUPLICATES
+        if opts.exportable:
+            flags |= SuperFlags.EXPORTABLE
+        if xattr_table == INVALID_TABLE:
+            flags |= SuperFlags.NO_XATTRS
+        superblock = Superblock(
+            inode_count=layout.count,
+            mod_time=self._mkfs_time,
+            block_size=opts.block_size,
+            fragment_count=self._data.fragment_count,
+            compressor=self._compressor.id,
+            flags=flags,
+            id_count=len(layout.ids),
+            root_inode=root_ref,
+            bytes_used=bytes_used,
+            id_table=id_table,
+            xattr_table=xattr_table,
+            inode_table=inode_table,
+            directory_table=directory_table,
+            fragment_table=fragment_table,
+            export_table=export_table,
+        )
+        out.seek(0)
+        out.write(superblock.pack())
+        out.flush()
+        stats = layout.stats
+        return WriteSummary(
+            bytes_written=padded,
+            inodes=layout.count,
+            files=stats["files"],
+            directories=stats["directories"],
+            symlinks=stats["symlinks"],
+            devices=stats["devices"],
+            hardlinks=stats["hardlinks"],
+            data_bytes_in=self._data.bytes_in,
+            duplicates=self._data.duplicates,
+            fragments=self._data.fragment_count,
+            compression=opts.compression.value,
+            block_size=opts.block_size,
+        )
+
+
+class _Layout:
+    """Numbers the inodes and writes the inode and directory tables.
+
+    Order (like mksquashfs): directories in post-order, sub-directories first; within a
+    directory its other children's inodes in name order, then its listing, then its own
+    inode. So every inode a listing references is already written, and the root inode
+    comes last with the highest number.
+    """
+
+    def __init__(self, root: DirNode, compressor: Compressor) -> None:
+        self.root = root
+        self.inodes = MetadataWriter(compressor)
+        self.dirs = MetadataWriter(compressor)
+        self.ids = IdTable()
+        self.xattrs = XattrTable(compressor)
+        self.export: list[int] = []
+        self.count = 0
+        self.stats = {"files": 0, "directories": 0, "symlinks": 0, "devices": 0, "hardlinks": 0}
+
+    def _postorder(self) -> list[tuple[DirNode, list[tuple[bytes, Node]]]]:
+        """Directories in post-order, each with its children sorted by name."""
+        order: list[tuple[DirNode, list[tuple[bytes, Node]]]] = []
+        stack: list[tuple[DirNode, list[tuple[bytes, Node]], int]] = []
+        root_children = sorted(self.root.children.items())
+        stack.append((self.root, root_children, 0))
+        while stack:
+            node, children, i = stack.pop()
+            while i < len(children) and not isinstance(children[i][1], DirNode):
+                i += 1
+            if i < len(children):
+                stack.append((node, children, i + 1))
+                sub = children[i][1]
+                assert isinstance(sub, DirNode)
+                stack.append((sub, sorted(sub.children.items()), 0))
+            else:
+                order.append((node, children))
+        return order
+
+    def build(self) -> int:
+        """Write every inode and listing; return the root inode reference."""
+        order = self._postorder()
+        # Pass 1: link counts and inode numbers (a directory's children need its number).
+        for node, children in order:
+            node.number = 0
+            node.ref = -1
+            subdirs = 0
+            for _, child in children:
+                if isinstance(child, DirNode):
+                    subdirs += 1
+                else:
+                    child.nlink = 0
+                    child.number = 0
+                    child.ref = -1
+            # "a directory with N entries has at least N + 2 link count" in the spec; the
+            # kernel and mksquashfs count 2 + sub-directories, as Linux filesystems do.
+            node.nlink = 2 + subdirs
+        number = 0
+        for node, children in order:
+            for _, child in children:
+                if isinstance(child, DirNode):
+                    child.parent_number = -1  # set below, once this directory has a number
+                    continue
+                if child.nlink:
+                    self.stats["hardlinks"] += 1
+                else:
+                    number += 1
+                    child.number = number
+                child.nlink += 1
+            number += 1
+            node.number = number
+            for _, child in children:
+                if isinstance(child, DirNode):
+                    child.parent_number = number
+        self.count = number
+        # mksquashfs gives the root the parent number inode_count + 1.
+        self.root.parent_number = number + 1
+        self.export = [0] * number
+
+        # Pass 2: write inodes and listings in the same order.
+        for node, children in order:
+            for _, child in children:
+                if not isinstance(child, DirNode) and child.ref < 0:
+                    self._write_inode(child)
+            entries = [
+                DirEntry(name, child.type.basic, child.number, child.ref)
+                for name, child in children
+            ]
+            listing = write_listing(self.dirs, entries)
+            xattr = self.xattrs.index(node.meta.xattrs)
+            kind, body = directory_body(listing, node.nlink, node.parent_number, xattr)
+            self._emit(node, kind, body)
+            self.stats["directories"] += 1
+        return self.root.ref
+
+    def _write_inode(self, node: Node) -> None:
+        xattr = self.xattrs.index(node.meta.xattrs)
+        if isinstance(node, FileNode):
+            kind, body = file_body(node.data, node.nlink, xattr)
+            self.stats["files"] += 1
+        elif isinstance(node, SymlinkNode):
+            kind, body = symlink_body(node.target, node.nlink, xattr)
+            self.stats["symlinks"] += 1
+        else:
+            assert isinstance(node, SpecialNode)
+            kind, body = special_body(node.type, node.rdev, node.nlink, xattr)
+            self.stats["devices"] += 1
+        self._emit(node, kind, body)
+
+    def _emit(self, node: Node, kind: InodeType, body: bytes) -> None:
+        meta = node.meta
+        block, offset = self.inodes.reference()
+        node.ref = inode_ref(block, offset)
+        self.export[node.number - 1] = node.ref
+        uid = self.ids.index(meta.uid)
+        gid = self.ids.index(meta.gid)
+        self.inodes.write(header(kind, meta.mode, uid, gid, meta.mtime, node.number) + body)
