@@ -1,0 +1,40 @@
+"""Turn an image spec (``docker://``, ``oci:``, ``oci-archive:``, ``docker-archive:``) into its source."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..reference import (
+    DockerArchiveSpec,
+    ImageSpec,
+    OciArchiveSpec,
+    OciLayoutSpec,
+    RegistrySpec,
+    parse_image_spec,
+)
+from .archive import DockerArchiveSource, OciArchiveSource
+from .base import ImageSource
+from .oci_layout import OciLayoutSource
+from .options import SourceOptions
+
+
+def open_source(spec: str | ImageSpec, *, options: SourceOptions | None = None) -> ImageSource:
+    """The source for ``spec``; a string is parsed with ``parse_image_spec`` (no transport: registry).
+
+    Opening does no I/O for registries and layouts; ``resolve()`` does the work.
+    """
+    options = options or SourceOptions()
+    if isinstance(spec, str):
+        spec = parse_image_spec(spec)
+    if isinstance(spec, RegistrySpec):
+        # Imported on demand: local sources must not pay for the HTTP stack.
+        registry = importlib.import_module("ocisquash.sources.registry")
+        source: ImageSource = registry.RegistrySource(spec.reference, options)
+        return source
+    if isinstance(spec, OciLayoutSpec):
+        return OciLayoutSource(spec.path, spec.tag)
+    if isinstance(spec, OciArchiveSpec):
+        return OciArchiveSource(spec.path, spec.tag, options=options)
+    if isinstance(spec, DockerArchiveSpec):
+        return DockerArchiveSource(spec.path, spec.reference, index=spec.index, options=options)
+    raise TypeError(f"not an image spec: {spec!r}")
