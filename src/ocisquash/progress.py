@@ -1,0 +1,161 @@
+"""Progress as plain data, and a terminal renderer kept apart from it.
+
+Downloaders emit the frozen events below to a ``progress`` callable
+(``SourceOptions.progress``); they know nothing about terminals. ``TtyProgress``
+draws one line per blob on a terminal (stderr), redrawing at most a few times a
+second; ``make_renderer`` returns None when nothing should be drawn (``--quiet``
+or output that is not a terminal), so callers just pass its result on.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from .digest import Digest
+
+#: What a source calls with each event; it must return quickly and never raise.
+ProgressCallback = Callable[[object], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStarted:
+    """A download starts; ``offset`` bytes are already there from an interrupted one."""
+
+    digest: Digest
+    size: int
+    what: str
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BlobProgress:
+    """``done`` of ``size`` bytes of a blob are on disk."""
+
+    digest: Digest
+    done: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRetrying:
+    """A download failed for a temporary reason and is tried again after ``delay`` seconds."""
+
+    digest: Digest
+    attempt: int
+    reason: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDone:
+    """A blob is verified in the store; ``cached`` when it was there already."""
+
+    digest: Digest
+    size: int
+    what: str
+    cached: bool = False
+
+
+ProgressEvent = BlobStarted | BlobProgress | BlobRetrying | BlobDone
+
+
+def emit(callback: ProgressCallback | None, event: ProgressEvent) -> None:
+    """Hand ``event`` to ``callback`` if there is one."""
+    if callback is not None:
+        callback(event)
+
+
+def human_size(n: float) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover - the loop always returns
+
+
+@dataclass
+class _Row:
+    what: str
+    digest: Digest
+    size: int
+    done: int = 0
+    state: str = "downloading"
+
+
+class TtyProgress:
+    """Draws one line per blob on a terminal and redraws them in place."""
+
+    BAR_WIDTH = 24
+    INTERVAL = 0.1
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._rows: dict[Digest, _Row] = {}
+        self._drawn = 0
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: object) -> None:
+        with self._lock:
+            force = True
+            if isinstance(event, BlobStarted):
+                self._rows[event.digest] = _Row(event.what, event.digest, event.size, event.offset)
+            elif isinstance(event, BlobProgress):
+                row = self._rows.get(event.digest)
+                if row is None:
+                    return
+                row.done = event.done
+                force = False
+            elif isinstance(event, BlobRetrying):
+                row = self._rows.get(event.digest)
+                if row is None:
+                    return
+                row.state = f"retry {event.attempt} in {event.delay:.1f}s"
+            elif isinstance(event, BlobDone):
+                row = self._rows.setdefault(event.digest, _Row(event.what, event.digest, event.size))
+                row.done = event.size
+                row.state = "cached" if event.cached else "done"
+            else:
+                return
+            now = time.monotonic()
+            if force or now - self._last >= self.INTERVAL:
+                self._last = now
+                self._draw()
+
+    def _line(self, row: _Row) -> str:
+        frac = row.done / row.size if row.size else 1.0
+        filled = int(frac * self.BAR_WIDTH)
+        bar = "#" * filled + "." * (self.BAR_WIDTH - filled)
+        state = "" if row.state == "downloading" else f"  {row.state}"
+        return (f"{row.what:<12} {row.digest.short}  [{bar}] "
+                f"{human_size(row.done):>10} / {human_size(row.size)}{state}")
+
+    def _draw(self) -> None:
+        out = []
+        if self._drawn:
+            out.append(f"\x1b[{self._drawn}F")  # back to the first line drawn
+        for row in self._rows.values():
+            out.append("\x1b[2K" + self._line(row) + "\n")
+        self._drawn = len(self._rows)
+        self._stream.write("".join(out))
+        self._stream.flush()
+
+    def close(self) -> None:
+        """Draw the final state."""
+        with self._lock:
+            if self._rows:
+                self._draw()
+
+
+def make_renderer(quiet: bool = False, stream: TextIO | None = None) -> TtyProgress | None:
+    """A renderer for ``stream`` (stderr), or None when quiet or not a terminal."""
+    stream = stream if stream is not None else sys.stderr
+    if quiet or not stream.isatty():
+        return None
+    return TtyProgress(stream)

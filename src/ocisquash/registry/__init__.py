@@ -1,0 +1,16 @@
+"""A client for the OCI distribution API (registry v2), in four layers.
+
+``transport``   one HTTP request: TLS, timeouts, redirects (dropping credentials
+                when they leave the registry), scheme fallback for local registries
+``auth``        the ``WWW-Authenticate`` challenge flow: Bearer tokens and Basic
+``credentials`` where a user's credentials come from: options, auth files, helpers
+``client``      manifests and blobs of one repository, with retries driven by
+                errors that know whether they are temporary, and resumed downloads
+"""
+
+from __future__ import annotations
+
+from .client import FetchedManifest, RegistryClient
+from .credentials import Credentials, find_credentials
+
+__all__ = ["Credentials", "FetchedManifest", "RegistryClient", "find_credentials"]

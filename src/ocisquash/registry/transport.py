@@ -1,0 +1,428 @@
+"""One HTTP request to a registry: TLS, timeouts, redirects, scheme fallback, retries.
+
+TLS is verified by default against the system's CAs (OpenSSL honours
+``SSL_CERT_FILE``/``SSL_CERT_DIR``), plus ``SourceOptions.ca_cert`` when given;
+``insecure`` turns verification off. ``plain_http`` speaks HTTP to the registry.
+
+A registry on a loopback address may speak plain HTTP without a flag, as local
+test registries usually do: like Docker does for its insecure registries, HTTPS
+is tried first and, when the TLS handshake or the connection fails (but not when
+a certificate is refused: that server does speak TLS), the same request is sent
+over HTTP, and the answer is remembered for that host. ``insecure`` allows the
+same fallback for any host.
+
+Redirects are followed here, not by urllib3, so that the ``Authorization``
+header is dropped as soon as a redirect leaves the registry's host (blob storage
+gets its own signed URL and must never see the registry credentials).
+
+Failures become typed errors: a connection that fails, times out or is cut, and
+the statuses 408, 429, 500, 502, 503 and 504, raise ``TransientRegistryError``
+(``temporary`` is true), which ``RetryPolicy`` retries with exponential backoff,
+honouring ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import ssl
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import urllib3
+import urllib3.exceptions
+
+from ..errors import (
+    AuthError,
+    ImageNotFoundError,
+    OcisquashError,
+    RegistryError,
+    TransientRegistryError,
+    UsageError,
+)
+from ..sources.options import SourceOptions
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Statuses that say "try again later" (as go-containerregistry's transport counts them).
+TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
+_ERROR_BODY_LIMIT = 8192
+_USER_AGENT = "ocisquash"
+
+
+def redact_url(url: str) -> str:
+    """The URL without query and credentials: signed storage URLs carry secrets there."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def is_loopback_host(netloc: str) -> bool:
+    """Whether ``host[:port]`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = urlsplit("//" + netloc).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a registry's API lives: ``host[:port]`` and a scheme.
+
+    ``scheme`` is ``https``, ``http``, or ``auto`` (HTTPS, falling back to HTTP
+    when the TLS handshake or the connection fails).
+    """
+
+    host: str
+    scheme: str = "https"
+
+    @classmethod
+    def for_host(cls, host: str, options: SourceOptions) -> Endpoint:
+        """The endpoint of a registry named by host, honouring the TLS options."""
+        if options.plain_http:
+            return cls(host, "http")
+        if options.insecure or is_loopback_host(host):
+            return cls(host, "auto")
+        return cls(host, "https")
+
+    @classmethod
+    def parse(cls, text: str, options: SourceOptions) -> Endpoint:
+        """A mirror as given by the user: ``host[:port]`` or ``http(s)://host[:port]``."""
+        if "://" in text:
+            parts = urlsplit(text)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise UsageError(f"invalid registry mirror {text!r}",
+                                 hint="use HOST[:PORT] or https://HOST[:PORT]")
+            return cls(parts.netloc, parts.scheme)
+        return cls.for_host(text.strip().rstrip("/"), options)
+
+
+def make_ssl_context(options: SourceOptions) -> ssl.SSLContext:
+    """The TLS settings of every connection: verified unless ``insecure``."""
+    ctx = ssl.create_default_context()
+    if options.ca_cert is not None:
+        path = Path(options.ca_cert)
+        try:
+            ctx.load_verify_locations(cafile=str(path))
+        except (OSError, ssl.SSLError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise UsageError(f"cannot load CA certificate {path}: {reason}",
+                             hint="give a PEM file with --ca-cert") from None
+    if options.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _is_cert_error(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if any(isinstance(a, ssl.SSLCertVerificationError) for a in seen.args):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now_ts = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now_ts)
+
+
+class Response:
+    """A response whose body is read raw (no content decoding) with typed errors."""
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str) -> None:
+        self._raw = raw
+        self.url = url
+        self.status = raw.status
+        self.headers = raw.headers
+        self._done = False
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        return str(value) if value is not None else None
+
+    def header_list(self, name: str) -> list[str]:
+        return list(self.headers.getlist(name))
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the body, ``b""`` at its end; a cut raises a transient error."""
+        try:
+            data = self._raw.read(n, decode_content=False)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            self._done = True
+            self._raw.close()
+            raise TransientRegistryError(f"connection broke while reading the body: {_reason(e)}",
+                                         context=redact_url(self.url)) from None
+        if not data:
+            self._done = True
+        return data
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole body; more than ``limit`` bytes is an error of the caller's choosing."""
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := self.read(min(1 << 16, limit + 1 - total) or 1):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                break
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Give the connection back when the body was read, else close it."""
+        if not self._done:
+            self._raw.close()
+        self._raw.release_conn()
+
+    def __enter__(self) -> Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(e: BaseException) -> str:
+    """A short reason for a network error, without the URLs urllib3 puts in."""
+    inner = e
+    if isinstance(e, urllib3.exceptions.MaxRetryError) and e.reason is not None:
+        inner = e.reason
+    if isinstance(inner, urllib3.exceptions.ProtocolError) and inner.args and isinstance(
+            inner.args[-1], BaseException):
+        inner = inner.args[-1]
+    text = str(inner)
+    if isinstance(inner, urllib3.exceptions.NewConnectionError):
+        text = text.rpartition(": ")[2] or text
+    return text or type(inner).__name__
+
+
+def error_for_status(resp: Response, what: str) -> RegistryError | ImageNotFoundError:
+    """The typed error for a non-success response; reads (a bounded part of) its body."""
+    detail = ""
+    try:
+        body = resp.read_all(_ERROR_BODY_LIMIT)
+        obj = json.loads(body) if body else None
+        if isinstance(obj, dict) and isinstance(obj.get("errors"), list) and obj["errors"]:
+            first = obj["errors"][0]
+            if isinstance(first, dict):
+                detail = f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+    except (OcisquashError, ValueError):
+        pass
+    status = resp.status
+    suffix = f" ({detail})" if detail else ""
+    if status == 404:
+        return ImageNotFoundError(f"not found in the registry{suffix}", context=what,
+                                  hint="check the repository name, tag or digest")
+    if status in (401, 403):
+        return AuthError(
+            f"{'access denied' if status == 403 else 'authentication required'} "
+            f"(HTTP {status}){suffix}", context=what, status=status,
+            hint="check the image name; for a private image give credentials with "
+                 "--username/--password-stdin or log in with 'podman login'/'docker login'")
+    if status in TEMPORARY_STATUSES:
+        return TransientRegistryError(
+            f"registry answered HTTP {status}{suffix}", context=what, status=status,
+            retry_after=parse_retry_after(resp.header("Retry-After")))
+    return RegistryError(f"registry answered HTTP {status}{suffix}", context=what, status=status)
+
+
+class Transport:
+    """Sends requests with one pool of connections shared by all threads."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        self.options = options
+        self.timeout = options.timeout
+        ctx = make_ssl_context(options)
+        self._pool = urllib3.PoolManager(
+            num_pools=16,
+            maxsize=max(options.max_parallel, 1) + 2,
+            ssl_context=ctx,
+            cert_reqs=ssl.CERT_NONE if options.insecure else ssl.CERT_REQUIRED,
+            assert_hostname=False if options.insecure else None,
+            retries=False,
+            timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
+        )
+        self._schemes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def base_url(self, endpoint: Endpoint) -> str:
+        """``scheme://host`` of the endpoint as far as known (``auto`` reads as HTTPS until it fell back)."""
+        with self._lock:
+            scheme = self._schemes.get(endpoint.host, endpoint.scheme)
+        return f"{'https' if scheme == 'auto' else scheme}://{endpoint.host}"
+
+    def open(self, method: str, endpoint: Endpoint, path: str, headers: Mapping[str, str],
+             *, what: str) -> Response:
+        """Send a request to a registry endpoint, falling back from HTTPS to HTTP for ``auto``."""
+        with self._lock:
+            scheme = self._schemes.get(endpoint.host, endpoint.scheme)
+        if scheme != "auto":
+            return self.request(method, f"{scheme}://{endpoint.host}{path}", headers, what=what)
+        try:
+            resp = self.request(method, f"https://{endpoint.host}{path}", headers, what=what,
+                                _fallback=True)
+            with self._lock:
+                self._schemes[endpoint.host] = "https"
+            return resp
+        except _FallbackSignal as first:
+            log.info("%s does not speak TLS (%s); using plain HTTP", endpoint.host, first.reason)
+            try:
+                resp = self.request(method, f"http://{endpoint.host}{path}", headers, what=what)
+            except TransientRegistryError as e:
+                raise TransientRegistryError(
+                    f"cannot connect over HTTPS ({first.reason}) nor over HTTP ({e.message})",
+                    context=what) from None
+            with self._lock:
+                self._schemes[endpoint.host] = "http"
+            return resp
+
+    def request(self, method: str, url: str, headers: Mapping[str, str], *, what: str,
+                body: bytes | None = None, _fallback: bool = False) -> Response:
+        """Send one request and follow redirects; the ``Authorization`` header stays home."""
+        origin = urlsplit(url)
+        hdrs = {"User-Agent": _USER_AGENT, **headers}
+        current = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            raw = self._send(method, current, hdrs, body, what=what,
+                             fallback=_fallback and current == url)
+            location = raw.headers.get("Location")
+            if raw.status not in _REDIRECT_STATUSES or not location:
+                return Response(raw, current)
+            raw.drain_conn()
+            raw.release_conn()
+            target = urljoin(current, location)
+            parts = urlsplit(target)
+            if parts.scheme not in ("http", "https"):
+                raise RegistryError(f"redirected to an unsupported URL scheme {parts.scheme!r}",
+                                    context=what)
+            if parts.netloc != origin.netloc or (origin.scheme == "https" and parts.scheme != "https"):
+                # Credentials are for the registry only, never for blob storage elsewhere.
+                hdrs = {k: v for k, v in hdrs.items() if k.lower() != "authorization"}
+            if raw.status == 303:
+                method, body = "GET", None
+            log.debug("%s redirected to %s", redact_url(current), redact_url(target))
+            current = target
+        raise RegistryError(f"more than {MAX_REDIRECTS} redirects", context=what)
+
+    def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
+              *, what: str, fallback: bool) -> urllib3.BaseHTTPResponse:
+        insecure = self.options.insecure
+        try:
+            with warnings.catch_warnings():
+                if insecure:
+                    warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                return self._pool.request(method, url, headers=dict(headers), body=body,
+                                          preload_content=False, redirect=False, retries=False,
+                                          decode_content=False)
+        except urllib3.exceptions.SSLError as e:
+            if _is_cert_error(e):
+                raise RegistryError(
+                    f"TLS certificate of {urlsplit(url).netloc} not trusted: {_reason(e)}",
+                    context=what,
+                    hint="give the registry's CA with --ca-cert, or skip verification with "
+                         "--insecure") from None
+            if fallback:
+                raise _FallbackSignal(_reason(e)) from None
+            raise RegistryError(f"TLS handshake with {urlsplit(url).netloc} failed: {_reason(e)}",
+                                context=what,
+                                hint="use --plain-http if the registry speaks plain HTTP") from None
+        except urllib3.exceptions.TimeoutError as e:
+            if fallback and not isinstance(e, urllib3.exceptions.ReadTimeoutError):
+                raise _FallbackSignal(_reason(e)) from None
+            raise TransientRegistryError(
+                f"{urlsplit(url).netloc} did not answer within {self.timeout:g}s", context=what
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            if fallback:
+                raise _FallbackSignal(_reason(e)) from None
+            raise TransientRegistryError(
+                f"cannot connect to {urlsplit(url).netloc}: {_reason(e)}", context=what
+            ) from None
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+class _FallbackSignal(Exception):
+    """HTTPS failed in a way that plain HTTP may fix (internal to ``Transport.open``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a temporary failure is retried.
+
+    ``attempts`` counts the first try. The delay doubles from ``base_delay`` up to
+    ``max_delay`` with jitter; a server's ``Retry-After`` replaces it, up to
+    ``max_retry_after`` (a longer wait fails instead: the budget is bounded).
+    """
+
+    attempts: int = 6
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    max_retry_after: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def from_options(cls, options: SourceOptions) -> RetryPolicy:
+        return cls(attempts=max(options.retries, 0) + 1)
+
+    def delay(self, attempt: int, error: OcisquashError) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, (int, float)):
+            return float(retry_after)
+        d: float = min(self.base_delay * (2 ** attempt), self.max_delay)
+        return d * (0.75 + random.random() / 4)
+
+    def call(self, operation: Callable[[], T], *,
+             on_retry: Callable[[int, OcisquashError, float], None] | None = None) -> T:
+        """Run ``operation``, retrying while it raises errors whose ``temporary`` is true."""
+        attempt = 0
+        while True:
+            try:
+                return operation()
+            except OcisquashError as e:
+                if not getattr(e, "temporary", False):
+                    raise
+                delay = self.delay(attempt, e)
+                attempt += 1
+                if attempt >= self.attempts or delay > self.max_retry_after:
+                    if not e.hint:
+                        e.hint = (f"gave up after {attempt} attempts; try again later"
+                                  if delay <= self.max_retry_after
+                                  else f"the registry asked to wait {delay:.0f}s")
+                    raise
+                log.info("%s; retrying in %.1fs (attempt %d of %d)", e, delay, attempt + 1,
+                         self.attempts)
+                if on_retry is not None:
+                    on_retry(attempt, e, delay)
+                self.sleep(delay)
