@@ -1,0 +1,472 @@
+"""Merge an image's layers into one tree by the OCI image-spec rules, streaming, top-down.
+
+No root filesystem is built on disk. Layers are read from the top (last) to the
+bottom, each once, and an in-memory map remembers which paths the layers above have
+decided. An entry of a lower layer reaches the sink only if it survives:
+
+* no upper layer has whited it out (``.wh.NAME``), nor one of its ancestors;
+* no strict ancestor is opaque in an upper layer (``.wh..wh..opq`` hides the *lower*
+  layers' children of its directory; a layer's own children stay, whatever their
+  order in its tar — so markers are held until the end of their layer, and applied
+  only to the layers below);
+* no strict ancestor was decided as a non-directory by an upper layer;
+* the path itself was not decided by an upper layer — except a directory over a
+  directory, which merges: the upper directory's metadata wins, but a directory the
+  upper layers only created implicitly (as the parent of something) takes the
+  metadata of the first lower layer that lists it, as overlayfs and umoci do.
+
+Within one layer the last entry for a path wins (the sink replaces it). Whiteout
+entries never reach the sink. Only surviving files' data is read out of the tar;
+hidden files are skipped in the decompressed stream.
+
+Hard links point at an earlier entry of the same layer, by name. When the target's
+name is hidden by an upper layer but a link survives, the target's data was skipped;
+the flattener then reads that one layer a second time (rare) and adds the data under
+the first surviving name, the other names as hard links to it.
+
+Symlinks are stored, never followed. A path is always taken literally, so nothing
+can be written outside the image:
+
+* an entry beneath a non-directory that the *same* layer created before it (``etc ->
+  /`` then ``etc/passwd``) is refused with ``UnsafeLayerError``: extracting such a tar
+  would write through the symlink, and real layers never contain this;
+* an entry beneath a path that a *lower* layer holds as a symlink stays where its
+  path says, and the directory wins over the lower symlink (Docker and umoci would
+  write through the symlink, into its target). This is recorded in the report's
+  fidelity issues as ``symlink-replaced-by-directory``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO, Literal, Protocol
+
+from .entry import EntryMeta
+from .errors import LayerError, LimitExceededError, UnsafeLayerError
+from .layers import Fidelity, FidelityIssue, Limits, TarEntry, layer_context, read_layer
+from .sources.base import Layer
+
+DEFAULT_LIMITS = Limits()
+WHITEOUT_PREFIX = b".wh."
+OPAQUE_MARKER = b".wh..wh..opq"
+
+
+class TreeSink(Protocol):
+    """Where the flattened tree goes; ``SquashfsWriter`` and ``TarSink`` implement it.
+
+    Paths are bytes relative to the root (the root is ``b""``). Missing parents are
+    created implicitly with default metadata; ``add_directory`` on an existing
+    directory updates its metadata and keeps its children; adding any other existing
+    path replaces what was there.
+    """
+
+    def add_directory(self, path: bytes, meta: EntryMeta) -> None: ...
+
+    def add_file(self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes,
+                 size: int | None = None) -> None: ...
+
+    def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None: ...
+
+    def add_device(self, path: bytes, meta: EntryMeta, kind: Literal["char", "block"],
+                   major: int, minor: int) -> None: ...
+
+    def add_fifo(self, path: bytes, meta: EntryMeta) -> None: ...
+
+    def add_socket(self, path: bytes, meta: EntryMeta) -> None: ...
+
+    def add_hardlink(self, path: bytes, target: bytes) -> None:
+        """Make ``path`` another name of the already added non-directory ``target``."""
+        ...
+
+    def exists(self, path: bytes) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FlattenReport:
+    """What :func:`flatten` did."""
+
+    layers: int
+    #: tar entries read (first pass), whiteouts included
+    entries: int
+    #: regular files whose data went to the sink
+    files: int
+    #: bytes of file data that went to the sink
+    bytes: int
+    #: entries skipped because an upper layer hides them
+    hidden: int
+    #: whiteout and opaque markers read
+    whiteouts: int
+    #: layers read a second time to fetch hidden hard-link targets
+    second_passes: int
+    fidelity: tuple[FidelityIssue, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FlattenProgress:
+    """A progress event: ``phase`` is ``start``, ``done`` or ``second-pass`` of a layer."""
+
+    phase: str
+    #: 1-based, counted from the top layer down (the order they are read in)
+    layer: int
+    layers: int
+    digest: str
+    entries: int
+    bytes: int
+
+
+# Kinds of decided paths.
+_DIR, _NONDIR, _WHITEOUT, _NONE = 0, 1, 2, 3
+
+
+class _Decided:
+    """What the layers read so far say about one path.
+
+    ``layer`` is the index (bottom = 0) of the layer that decided it; ``_NONE`` means
+    only a marker touched the path (an opaque directory the layer did not list).
+    ``opaque``: lower layers' descendants are hidden. ``implicit``: a directory that
+    exists only as a parent, whose metadata a lower layer may still supply.
+    """
+
+    __slots__ = ("implicit", "kind", "layer", "opaque")
+
+    def __init__(self, kind: int, layer: int, implicit: bool = False) -> None:
+        self.kind = kind
+        self.layer = layer
+        self.implicit = implicit
+        self.opaque = False
+
+
+class _Inode:
+    """A non-directory of the layer being read, as hard links see it."""
+
+    __slots__ = ("deferred", "entry", "written")
+
+    def __init__(self, entry: TarEntry) -> None:
+        self.entry = entry
+        #: sink paths that hold this inode now
+        self.written: list[bytes] = []
+        #: surviving link names waiting for the second pass (target data was skipped)
+        self.deferred: list[bytes] = []
+
+
+def _parent(path: bytes) -> bytes:
+    i = path.rfind(b"/")
+    return path[:i] if i >= 0 else b""
+
+
+def _show(path: bytes) -> str:
+    return "/" + path.decode("utf-8", "backslashreplace")
+
+
+def flatten(
+    layers: Sequence[Layer],
+    sink: TreeSink,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Callable[[FlattenProgress], None] | None = None,
+) -> FlattenReport:
+    """Apply ``layers`` (bottom first, as a manifest lists them) into ``sink``.
+
+    Each layer is read, decompressed and verified once (twice for the rare layer
+    whose hidden hard-link targets are needed). Raises ``LayerError`` (or its
+    ``UnsafeLayerError``) for invalid or hostile layers, ``IntegrityError`` when a blob
+    does not match its digests, ``LimitExceededError`` when a ``limits`` bound is hit.
+    """
+    return _Flattener(layers, sink, limits, progress).run()
+
+
+class _Flattener:
+    def __init__(self, layers: Sequence[Layer], sink: TreeSink, limits: Limits,
+                 progress: Callable[[FlattenProgress], None] | None) -> None:
+        if len(layers) > limits.max_layers:
+            raise LimitExceededError(
+                f"image has {len(layers)} layers, more than the limit of {limits.max_layers}")
+        self.layers = layers
+        self.sink = sink
+        self.limits = limits
+        self.progress = progress
+        self.fidelity = Fidelity()
+        self.decided: dict[bytes, _Decided] = {b"": _Decided(_DIR, len(layers), implicit=True)}
+        self.entries = self.files = self.bytes = self.hidden = self.whiteouts = 0
+        self.second_passes = 0
+
+    def run(self) -> FlattenReport:
+        n = len(self.layers)
+        for position, layer_index in enumerate(reversed(range(n))):
+            layer = self.layers[layer_index]
+            self._event("start", position, layer)
+            _LayerPass(self, layer, layer_index).run()
+            self._event("done", position, layer)
+        return FlattenReport(n, self.entries, self.files, self.bytes, self.hidden,
+                             self.whiteouts, self.second_passes, self.fidelity.issues())
+
+    def _event(self, phase: str, position: int, layer: Layer) -> None:
+        if self.progress is not None:
+            self.progress(FlattenProgress(phase, position + 1, len(self.layers),
+                                          str(layer.descriptor.digest), self.entries, self.bytes))
+
+
+class _LayerPass:
+    """Reads one layer against the decisions of the layers above it."""
+
+    def __init__(self, f: _Flattener, layer: Layer, index: int) -> None:
+        self.f = f
+        self.sink = f.sink
+        self.decided = f.decided
+        self.layer = layer
+        self.index = index
+        self.context = layer_context(layer, index)
+        self.whiteouts: list[bytes] = []
+        self.opaques: list[bytes] = []
+        #: this layer's non-directories by name, as tar extraction would see them
+        self.names: dict[bytes, _Inode] = {}
+        #: link names waiting for the second pass → their inode
+        self.deferred: dict[bytes, _Inode] = {}
+
+    # -- the first pass -----------------------------------------------------------
+
+    def run(self) -> None:
+        f = self.f
+        for entry, data in read_layer(self.layer, limits=f.limits, fidelity=f.fidelity,
+                                      index=self.index):
+            f.entries += 1
+            if f.entries > f.limits.max_entries:
+                raise LimitExceededError(
+                    f"more than {f.limits.max_entries} entries in the image",
+                    context=self.context)
+            self._entry(entry, data)
+        self._second_pass()
+        self._apply_markers()
+
+    def _entry(self, e: TarEntry, data: BinaryIO | None) -> None:
+        path = e.path
+        base = path[path.rfind(b"/") + 1:]
+        if base.startswith(WHITEOUT_PREFIX):
+            self._marker(path, base)
+            return
+        if not path and e.kind != "dir":
+            raise UnsafeLayerError(f"the layer replaces the root directory with a {e.kind}",
+                                   context=self.context)
+        missing = self._visible(path)
+        if missing is None:
+            self.f.hidden += 1
+            self._shadow(e)
+            return
+        node = self.decided.get(path)
+        if node is None:
+            self._emit(e, data)
+            self.decided[path] = _Decided(_DIR if e.kind == "dir" else _NONDIR, self.index)
+        elif node.layer > self.index:  # decided by an upper layer
+            if node.kind == _DIR and e.kind == "dir":
+                if node.implicit:
+                    self.sink.add_directory(path, e.meta)
+                    node.implicit = False
+            elif node.kind == _NONE:
+                self._emit(e, data)
+                node.kind, node.layer = (_DIR if e.kind == "dir" else _NONDIR), self.index
+            else:
+                if node.kind == _DIR and node.implicit:
+                    self.f.fidelity.note("symlink-replaced-by-directory", path)
+                self.f.hidden += 1
+                self._shadow(e)
+                return
+        else:  # the same layer lists the path again: the last entry wins
+            if node.kind == _DIR and e.kind == "dir":
+                self.sink.add_directory(path, e.meta)
+                node.implicit = False
+            else:
+                if node.kind == _DIR:
+                    self._forget_below(path)
+                self._emit(e, data)
+                node.kind, node.implicit = (_DIR if e.kind == "dir" else _NONDIR), False
+        for parent in missing:
+            self.decided[parent] = _Decided(_DIR, self.index, implicit=True)
+
+    def _visible(self, path: bytes) -> list[bytes] | None:
+        """``None`` when an upper layer hides ``path`` through an ancestor; else the
+        ancestors not decided yet (they become implicit directories)."""
+        missing: list[bytes] = []
+        p = path
+        while p:
+            p = _parent(p)
+            node = self.decided.get(p)
+            if node is None:
+                missing.append(p)
+                continue
+            if node.opaque or node.kind == _WHITEOUT:
+                return None
+            if node.kind == _NONDIR:
+                if node.layer > self.index:
+                    return None
+                raise UnsafeLayerError(
+                    f"entry {_show(path)} lies beneath {_show(p)}, which this layer made a "
+                    "non-directory (a symlink?) before it",
+                    context=self.context,
+                    hint="extracting the layer would write through that entry; ocisquash "
+                         "refuses such layers",
+                )
+        return missing
+
+    def _marker(self, path: bytes, base: bytes) -> None:
+        self.f.whiteouts += 1
+        parent = _parent(path)
+        if base == OPAQUE_MARKER:
+            target, into = parent, self.opaques
+        elif base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # other AUFS metadata (.wh..wh.plnk, …): not part of the tree
+        else:
+            name = base[len(WHITEOUT_PREFIX):]
+            if name in (b"", b".", b".."):
+                raise UnsafeLayerError(f"whiteout {_show(path)} names no file",
+                                       context=self.context)
+            target, into = (parent + b"/" + name if parent else name), self.whiteouts
+        try:
+            visible = self._visible(target) is not None
+        except UnsafeLayerError:
+            visible = False  # beneath this layer's own non-directory: nothing below to hide
+        if visible:
+            into.append(target)
+
+    def _apply_markers(self) -> None:
+        """Whiteouts and opaque markers act on the layers below only, so they take
+        effect once their own layer is done."""
+        for path in self.whiteouts:
+            node = self.decided.get(path)
+            if node is None:
+                self.decided[path] = _Decided(_WHITEOUT, self.index)
+            elif node.kind == _NONE:
+                node.kind = _WHITEOUT
+            elif node.kind == _DIR:
+                # The lower directory is gone; what stays is this or an upper layer's,
+                # with nothing from below.
+                node.opaque = True
+                node.implicit = False
+        for path in self.opaques:
+            node = self.decided.get(path)
+            if node is None:
+                node = self.decided[path] = _Decided(_NONE, self.index)
+            node.opaque = True
+
+    # -- writing entries and hard links -------------------------------------------
+
+    def _emit(self, e: TarEntry, data: BinaryIO | None) -> None:
+        path = e.path
+        self._release(path)
+        if e.kind == "dir":
+            self.sink.add_directory(path, e.meta)
+        elif e.kind == "hardlink":
+            self._link(e)
+        else:
+            self._write(path, e, data)
+            inode = _Inode(e)
+            inode.written.append(path)
+            self.names[path] = inode
+
+    def _write(self, path: bytes, e: TarEntry, data: BinaryIO | None) -> None:
+        """Hand one non-directory, non-link entry to the sink under ``path``."""
+        sink = self.sink
+        if e.kind == "file":
+            assert data is not None
+            sink.add_file(path, e.meta, data, e.size)
+            self.f.files += 1
+            self.f.bytes += e.size
+        elif e.kind == "symlink":
+            sink.add_symlink(path, e.meta, e.linkname)
+        elif e.kind == "char" or e.kind == "block":
+            sink.add_device(path, e.meta, e.kind, e.devmajor, e.devminor)
+        elif e.kind == "fifo":
+            sink.add_fifo(path, e.meta)
+
+    def _shadow(self, e: TarEntry) -> None:
+        """Remember a hidden non-directory: a surviving hard link may need it."""
+        if e.kind == "dir":
+            return
+        if e.kind == "hardlink":
+            target = self.names.get(e.linkname)
+            if target is None:
+                raise self._dangling(e)
+            self.names[e.path] = target
+        else:
+            self.names[e.path] = _Inode(e)
+
+    def _dangling(self, e: TarEntry) -> LayerError:
+        return LayerError(
+            f"hard link {_show(e.path)} points to {_show(e.linkname)}, which is not an "
+            "earlier non-directory entry of this layer",
+            context=self.context,
+        )
+
+    def _link(self, e: TarEntry) -> None:
+        inode = self.names.get(e.linkname)
+        if inode is None:
+            raise self._dangling(e)
+        path = e.path
+        self.names[path] = inode
+        if inode.written:
+            self.sink.add_hardlink(path, inode.written[0])
+            inode.written.append(path)
+            return
+        t = inode.entry
+        if t.kind == "file":
+            inode.deferred.append(path)  # its data was skipped: fetch it in a second pass
+            self.deferred[path] = inode
+            return
+        # A hidden symlink, device or fifo carries everything in its header.
+        self._write(path, t, None)
+        inode.written.append(path)
+
+    def _release(self, path: bytes) -> None:
+        """``path`` is about to be replaced in the sink: it no longer holds its inode."""
+        old = self.names.pop(path, None)
+        if old is not None and path in old.written:
+            old.written.remove(path)
+        waiting = self.deferred.pop(path, None)
+        if waiting is not None:
+            waiting.deferred.remove(path)
+
+    def _forget_below(self, path: bytes) -> None:
+        """A directory of this layer is replaced: its subtree leaves the sink."""
+        prefix = path + b"/"
+        for name in [n for n in self.names if n.startswith(prefix)]:
+            self._release(name)
+        for name in [n for n in self.deferred if n.startswith(prefix)]:
+            self._release(name)
+
+    # -- the second pass ------------------------------------------------------------
+
+    def _second_pass(self) -> None:
+        wanted: dict[int, _Inode] = {}
+        for inode in self.deferred.values():
+            if inode.deferred:
+                wanted[inode.entry.index] = inode
+        if not wanted:
+            return
+        f = self.f
+        f.second_passes += 1
+        if f.progress is not None:
+            f.progress(FlattenProgress("second-pass", len(f.layers) - self.index,
+                                       len(f.layers), str(self.layer.descriptor.digest),
+                                       f.entries, f.bytes))
+        for entry, data in read_layer(self.layer, limits=f.limits, index=self.index):
+            wanted_inode = wanted.get(entry.index)
+            if wanted_inode is None or data is None:
+                continue
+            inode = wanted_inode
+            first, *rest = inode.deferred
+            self.sink.add_file(first, inode.entry.meta, data, entry.size)
+            f.files += 1
+            f.bytes += entry.size
+            for name in rest:
+                self.sink.add_hardlink(name, first)
+        self.deferred.clear()
+
+
+__all__ = [
+    "FidelityIssue",
+    "FlattenProgress",
+    "FlattenReport",
+    "Limits",
+    "TreeSink",
+    "flatten",
+]
