@@ -9,7 +9,8 @@ Format rules enforced here:
 * "a new header should be emitted every time the entry list crosses a metadata block
   boundary", and each such header gets an index entry (u32 byte offset from the first
   header, u32 metadata block start, name of the first entry after it) so the kernel
-  can seek in large directories;
+  can seek in large directories; the kernel resumes reading at that block and at
+  offset ``(index + block offset) % 8192``, so the header must start in that block;
 * the header "count" and the entry "name size" are stored off by one, the entry "type"
   is always the basic type, and the inode's "file size" is the listing size plus 3
   ("The Linux kernel creates "." and ".." entries for offsets 0 and 1").
@@ -50,11 +51,17 @@ class Listing:
 
 
 def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
-    """Append the listing of ``entries`` (sorted by name) to ``table``."""
+    """Append the listing of ``entries`` (sorted by name) to ``table``.
+
+    Like mksquashfs, a header is indexed when the entries since the previous indexed
+    point would exceed one metadata block (counted within the listing), and the index
+    entry records the directory-table block the header actually starts in.
+    """
     block, offset = table.reference()
     start = table.position
     listing = bytearray()
     headers: list[tuple[int, bytes]] = []  # (listing offset, first name) of indexed headers
+    indexed_from = 0
     header_at = -1
     count = 0
     base_number = 0
@@ -62,7 +69,8 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
     for entry in entries:
         entry_block = entry.ref >> 16
         delta = entry.number - base_number
-        crosses = (start + header_at) // METADATA_SIZE != (start + len(listing)) // METADATA_SIZE
+        entry_size = DIR_ENTRY.size + len(entry.name)
+        crosses = header_at >= 0 and len(listing) + entry_size - indexed_from > METADATA_SIZE
         if (
             header_at < 0
             or count == MAX_DIR_ENTRIES_PER_HEADER
@@ -74,6 +82,7 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
                 DIR_HEADER.pack_into(listing, header_at, count - 1, base_block, base_number)
                 if crosses:
                     headers.append((len(listing), entry.name))
+                    indexed_from = len(listing)
             header_at = len(listing)
             listing += bytes(DIR_HEADER.size)
             count = 0
@@ -90,3 +99,11 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
     for at, name in headers:
         index += DIR_INDEX.pack(at, table.block_start_of(start + at), len(name) - 1) + name
     return Listing(block, offset, len(listing) + 3, bytes(index), len(headers))
+
+
+def needs_extended(entries: list[DirEntry]) -> bool:
+    """mksquashfs's rule for a "large" directory: 257 entries or more, or entries whose
+    names plus entry structs reach one metadata block. Such directories get the extended
+    inode even when no index entry was needed."""
+    size = sum(DIR_ENTRY.size + len(e.name) for e in entries)
+    return len(entries) > MAX_DIR_ENTRIES_PER_HEADER or size >= METADATA_SIZE

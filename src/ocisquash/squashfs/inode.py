@@ -40,9 +40,15 @@ def header(kind: InodeType, mode: int, uid: int, gid: int, mtime: int, number: i
 
 
 def directory_body(
-    listing: Listing, nlink: int, parent: int, xattr: int
+    listing: Listing, nlink: int, parent: int, xattr: int, large: bool
 ) -> tuple[InodeType, bytes]:
-    if xattr == INVALID_INDEX and listing.index_count == 0 and listing.file_size <= 0xFFFF:
+    """``large``: the directory counts as large by mksquashfs's rule (see directory.py)."""
+    if (
+        xattr == INVALID_INDEX
+        and not large
+        and listing.index_count == 0
+        and listing.file_size <= 0xFFFF
+    ):
         return InodeType.DIR, DIR_INODE.pack(
             listing.block, nlink, listing.file_size, listing.offset, parent
         )
@@ -71,8 +77,11 @@ def file_body(data: FileData, nlink: int, xattr: int) -> tuple[InodeType, bytes]
         return InodeType.FILE, FILE_INODE.pack(
             start, data.fragment, data.fragment_offset, data.size
         ) + blocks
+    # mksquashfs keeps "sparse" below the file size (the kernel derives i_blocks from
+    # size - sparse).
+    sparse = min(data.sparse, data.size - 1) if data.sparse else 0
     body = EXT_FILE_INODE.pack(
-        start, data.size, data.sparse, nlink, data.fragment, data.fragment_offset, xattr
+        start, data.size, sparse, nlink, data.fragment, data.fragment_offset, xattr
     )
     return InodeType.EXT_FILE, body + blocks
 

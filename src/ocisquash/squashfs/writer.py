@@ -25,7 +25,7 @@ from ..entry import EntryMeta
 from ..errors import OutputError, SquashfsError, UsageError
 from .blocks import BlockPipeline, DataWriter
 from .compressor import Compression, Compressor, make_compressor
-from .directory import DirEntry, write_listing
+from .directory import DirEntry, needs_extended, write_listing
 from .format import (
     DEVICE_BLOCK_SIZE,
     INVALID_TABLE,
@@ -507,7 +507,9 @@ class _Layout:
             ]
             listing = write_listing(self.dirs, entries)
             xattr = self.xattrs.index(node.meta.xattrs)
-            kind, body = directory_body(listing, node.nlink, node.parent_number, xattr)
+            kind, body = directory_body(
+                listing, node.nlink, node.parent_number, xattr, needs_extended(entries)
+            )
             self._emit(node, kind, body)
             self.stats["directories"] += 1
         return self.root.ref
