@@ -29,7 +29,7 @@ import tarfile
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, Self
+from typing import Any, BinaryIO, Literal, Self, cast
 
 from .digest import Digest
 from .entry import PERMISSION_MASK, EntryMeta
@@ -379,7 +379,7 @@ _TYPES: dict[bytes, EntryKind] = {
     tarfile.FIFOTYPE: "fifo",
 }
 
-Member = tuple[TarEntry, "_MemberData | None"]
+Member = tuple[TarEntry, BinaryIO | None]
 
 
 def layer_context(layer: Layer, index: int | None = None) -> str:
@@ -473,7 +473,8 @@ def _members(stream: _Hashing, limits: Limits, fid: Fidelity, context: str) -> I
         if entry.kind == "file":
             fobj = tf.extractfile(ti)
             assert fobj is not None
-            yield entry, _MemberData(fobj, entry.size, f"{context}: {_show(entry.path)}")
+            yield entry, cast(BinaryIO, _MemberData(fobj, entry.size,
+                                                    f"{context}: {_show(entry.path)}"))
         else:
             yield entry, None
     stop = getattr(tf, "_ocisquash_stop", None)
