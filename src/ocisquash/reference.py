@@ -13,8 +13,10 @@ The reference grammar is Docker's (``distribution/reference``)::
     digest     := algorithm ":" hex      (sha256 or sha512 here)
 
 The first ``/``-separated part is a registry host only when it contains ``.`` or
-``:``, is ``localhost``, or has an uppercase letter; otherwise the name lives on
-Docker Hub: ``alpine`` → ``docker.io/library/alpine:latest``. ``index.docker.io``
+``:`` or is ``localhost``; otherwise the name lives on Docker Hub: ``alpine`` →
+``docker.io/library/alpine:latest``. (Newer Docker also takes an uppercase first
+part for a host; like skopeo we call ``Foo/bar`` an uppercase repository, which
+is almost always what it is.) IPv6 hosts (``[::1]:5000``) are accepted. ``index.docker.io``
 is spelled ``docker.io``. A name without tag or digest gets the tag ``latest``.
 
 Image specs add a transport, as skopeo does: ``docker://REF`` (the default when
@@ -162,7 +164,7 @@ def _parse(text: str) -> tuple[Reference, bool]:
         raise _fail(text, "repository name is empty")
 
     first, sep, remainder = rest.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+    if sep and ("." in first or ":" in first or first == "localhost"):
         registry, repository = _parse_domain(text, first), remainder
     else:
         registry, repository = DEFAULT_REGISTRY, rest
