@@ -9,10 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import require_or_skip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imagebuilder import Entry, write_oci_layout
 
 from ocisquash.digest import Digest
 from ocisquash.errors import ReferenceSyntaxError
@@ -25,6 +23,9 @@ from ocisquash.reference import (
     parse_image_spec,
     parse_reference,
 )
+
+from conftest import require_or_skip
+from imagebuilder import Entry, write_oci_layout
 
 HEX = "0123456789abcdef" * 4
 DIGEST = f"sha256:{HEX}"
@@ -183,7 +184,7 @@ def test_reference_round_trips_through_its_normalised_form(text: str) -> None:
         assert ref.registry == text.split("/", 1)[0]
 
 
-_reference_alphabet = st.sampled_from(list("aAz09:/@._-[]") + ["sha256:", "localhost", HEX[:32], "__"])
+_reference_alphabet = st.sampled_from([*list("aAz09:/@._-[]"), "sha256:", "localhost", HEX[:32], "__"])
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
