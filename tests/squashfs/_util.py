@@ -6,11 +6,13 @@ kernel), never by ocisquash itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,26 @@ def inode_type(image: Path, path: str) -> str:
         if line.startswith("Inode type:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(f"no inode type in:\n{out}")
+
+
+@contextlib.contextmanager
+def mounted(image: Path, where: Path) -> Iterator[Path]:
+    """Loop-mount ``image`` read-only with the kernel's squashfs driver; skip (fail under
+    CI=true) when that is impossible here."""
+    require_or_skip(is_root(), "mounting needs root")
+    where.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(where)],
+        capture_output=True,
+        text=True,
+    )
+    require_or_skip(
+        proc.returncode == 0, f"mount -t squashfs -o loop failed: {proc.stderr.strip()}"
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
 
 
 def write_image(path: Path, build: object, **options: object) -> WriteSummary:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +16,9 @@ from ._util import (
     build_feature_tree,
     diff_snapshots,
     inode_type,
-    is_root,
     link_groups,
     mksquashfs,
-    require_or_skip,
+    mounted,
     require_root,
     run,
     snapshot,
@@ -69,7 +66,9 @@ def test_sqfsdiff_against_mksquashfs_finds_no_difference(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_listing_equals_mksquashfs_listing(feature_tree: Path, packed: Path, tmp_path: Path) -> None:
+def test_listing_equals_mksquashfs_listing(
+    feature_tree: Path, packed: Path, tmp_path: Path
+) -> None:
     reference = tmp_path / "mk.squashfs"
     mksquashfs(feature_tree, reference)
     assert unsquashfs_listing(packed) == unsquashfs_listing(reference)
@@ -138,32 +137,12 @@ def test_duplicates_share_data_without_becoming_hard_links(
     assert os.stat(out / "dup-a").st_ino != os.stat(out / "dir/dup-b").st_ino
 
 
-@contextlib.contextmanager
-def _mounted(image: Path, where: Path) -> Iterator[bool]:
-    where.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
-
-
 def test_kernel_mount_shows_the_source_tree(
     feature_tree: Path, packed: Path, tmp_path: Path
 ) -> None:
-    require_or_skip(is_root(), "mounting needs root")
-    with _mounted(packed, tmp_path / "mnt") as ok:
-        require_or_skip(ok, "mount -t squashfs -o loop failed (no loop devices or no squashfs)")
-        mounted = snapshot(tmp_path / "mnt")
-        assert diff_snapshots(snapshot(feature_tree), mounted) == []
-        assert link_groups(tmp_path / "mnt") == link_groups(feature_tree)
+    with mounted(packed, tmp_path / "mnt") as mnt:
+        assert diff_snapshots(snapshot(feature_tree), snapshot(mnt)) == []
+        assert link_groups(mnt) == link_groups(feature_tree)
         # The kernel's i_nlink comes from the inode's link count.
-        assert os.lstat(tmp_path / "mnt/dir").st_nlink == 3
-        assert os.lstat(tmp_path / "mnt/hardlink-1").st_nlink == 3
+        assert os.lstat(mnt / "dir").st_nlink == 3
+        assert os.lstat(mnt / "hardlink-1").st_nlink == 3

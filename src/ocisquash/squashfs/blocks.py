@@ -165,6 +165,8 @@ class DataWriter:
         bs = self._block_size
         record = FileData()
         mark = self._pipeline.submitted
+        # The dedup key: the size and a hash over per-block records (0x00 for a zero
+        # block, 0x01 + sha256 for any other), unambiguous because records have fixed sizes.
         hasher = hashlib.sha256() if self._dedup else None
         remaining = size
         total = 0
@@ -181,15 +183,20 @@ class DataWriter:
             if not block:
                 break
             total += len(block)
-            if hasher is not None:
-                hasher.update(block)
             if len(block) < bs:
                 tail = block
+                if hasher is not None:
+                    hasher.update(b"\x01" + hashlib.sha256(block).digest())
                 break
             if block == self._zero:
+                # Zero blocks are not hashed, so sparse files cost no hashing.
+                if hasher is not None:
+                    hasher.update(b"\x00")
                 record.sparse += bs
                 self._pipeline.submit_sparse(record.placed)
             else:
+                if hasher is not None:
+                    hasher.update(b"\x01" + hashlib.sha256(block).digest())
                 self._pipeline.submit(block, record.placed)
         record.size = total
         self.bytes_in += total

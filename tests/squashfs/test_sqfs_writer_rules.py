@@ -1,0 +1,365 @@
+"""SquashfsWriter API rules, each checked through external readers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from ocisquash.entry import EntryMeta
+from ocisquash.errors import SquashfsError, UsageError
+from ocisquash.squashfs import FORMAT_VERSION, SquashfsWriter, WriterOptions
+
+from ._util import (
+    inode_type,
+    mounted,
+    run,
+    unsquashfs_extract,
+    unsquashfs_listing,
+    write_image,
+)
+
+F = EntryMeta(mode=0o644, mtime=1_000_000)
+D = EntryMeta(mode=0o755, mtime=1_000_000)
+
+
+class ZeroStream(io.RawIOBase):
+    """``size`` zero bytes, produced without touching a disk."""
+
+    def __init__(self, size: int) -> None:
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._left)
+        buffer[:n] = bytes(n)
+        self._left -= n
+        return n
+
+
+class TrickleStream(io.RawIOBase):
+    """Returns at most ``step`` bytes per read, like a pipe."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._step, len(self._data))
+        buffer[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n
+
+
+def test_children_before_parents_create_parents_that_later_meta_updates(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"a/b/c.txt", F, b"c")
+        w.add_directory(b"a", EntryMeta(mode=0o700, uid=5, gid=6, mtime=42))
+        w.add_directory(b"", EntryMeta(mode=0o711, mtime=7))
+
+    write_image(image, build, default_dir_meta=EntryMeta(mode=0o750, mtime=9))
+    listing = unsquashfs_listing(image)
+    assert listing[0].startswith("drwx--x--x 0/0")
+    assert any(
+        line.startswith("drwx------ 5/6") and line.endswith("squashfs-root/a") for line in listing
+    )
+    assert any(
+        line.startswith("drwxr-x--- 0/0") and line.endswith("squashfs-root/a/b") for line in listing
+    )
+
+
+def test_adding_an_existing_path_replaces_it(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"x", F, b"first")
+        w.add_hardlink(b"keeps-old", b"x")
+        w.add_file(b"x", F, b"second")
+        w.add_file(b"d/child", F, b"gone")
+        w.add_symlink(b"d", F, b"target")  # a non-directory replaces the subtree
+        w.add_file(b"f", F, b"file")
+        w.add_directory(b"f", D)  # a directory replaces the file
+
+    write_image(image, build)
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "x").read_bytes() == b"second"
+    assert (out / "keeps-old").read_bytes() == b"first"
+    assert os.stat(out / "keeps-old").st_nlink == 1
+    assert os.readlink(out / "d") == "target"
+    assert (out / "f").is_dir()
+
+
+def test_add_directory_on_existing_directory_keeps_children(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"d/kept", F, b"k")
+        w.add_directory(b"d", EntryMeta(mode=0o701))
+
+    write_image(image, build)
+    assert any(line.endswith("squashfs-root/d/kept") for line in unsquashfs_listing(image))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"/abs", b"a//b", b"a/./b", b"a/../b", b"..", b".", b"nul\0name", b"trailing/", b"n" * 257],
+)
+def test_invalid_paths_are_refused(tmp_path: Path, path: bytes) -> None:
+    with SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(mkfs_time=0)) as w:
+        with pytest.raises(SquashfsError):
+            w.add_file(path, F, b"")
+        with pytest.raises(SquashfsError):
+            w.add_directory(path, D)
+
+
+def test_hardlink_to_missing_or_directory_target_is_refused(tmp_path: Path) -> None:
+    with SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(mkfs_time=0)) as w:
+        w.add_directory(b"dir", D)
+        with pytest.raises(SquashfsError, match="does not exist"):
+            w.add_hardlink(b"l1", b"missing")
+        with pytest.raises(SquashfsError, match="directory"):
+            w.add_hardlink(b"l2", b"dir")
+        assert not w.exists(b"l1")
+
+
+@pytest.mark.parametrize("size", [0, 1000, 4095, 3 * 4096 + 1, 2 * 1024 * 1024 + 1])
+def test_block_size_must_be_a_power_of_two_between_4k_and_1m(tmp_path: Path, size: int) -> None:
+    with pytest.raises(UsageError):
+        SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(block_size=size))
+
+
+def test_unknown_xattr_namespace_is_refused(tmp_path: Path) -> None:
+    with SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(mkfs_time=0)) as w:
+        meta = EntryMeta(xattrs=((b"system.posix_acl_access", b"x"),))
+        with pytest.raises(SquashfsError, match="namespace"):
+            w.add_file(b"f", meta, b"")
+
+
+def test_short_stream_with_declared_size_is_an_error(tmp_path: Path) -> None:
+    with (
+        SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(mkfs_time=0)) as w,
+        pytest.raises(SquashfsError, match="ended after 3 of 10"),
+    ):
+        w.add_file(b"f", F, io.BytesIO(b"abc"), size=10)
+
+
+def test_declared_size_reads_only_that_many_bytes(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    stream = io.BytesIO(b"0123456789")
+    write_image(image, lambda w: w.add_file(b"f", F, stream, size=4))
+    assert stream.tell() == 4
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "f").read_bytes() == b"0123"
+
+
+@pytest.mark.parametrize("block_size", [4096, 131072, 1 << 20])
+@pytest.mark.parametrize("fragments", [True, False])
+def test_file_sizes_around_block_boundaries_round_trip(
+    tmp_path: Path, block_size: int, fragments: bool
+) -> None:
+    rng = hashlib.sha256()
+    sizes = [0, 1, block_size - 1, block_size, block_size + 1, 3 * block_size]
+    contents = {}
+    for size in sizes:
+        rng.update(str(size).encode())
+        contents[f"f{size}".encode()] = (rng.digest() * (size // 32 + 1))[:size]
+    image = tmp_path / "i.sqfs"
+
+    def build(w: SquashfsWriter) -> None:
+        for name, data in contents.items():
+            # Short reads, as from a pipe, must not change the result.
+            w.add_file(name, F, TrickleStream(data, 1000))  # type: ignore[arg-type]
+
+    write_image(image, build, block_size=block_size, fragments=fragments)
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    for name, data in contents.items():
+        assert (out / name.decode()).read_bytes() == data
+
+
+def test_incompressible_blocks_are_stored_uncompressed(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    data = os.urandom(3 * 131072)
+    write_image(image, lambda w: w.add_file(b"random", F, data), fragments=False)
+    stat_out = run("rdsquashfs", "-s", "/random", image).stdout
+    assert stat_out.count("(uncompressed)") == 3
+    assert image.stat().st_size < len(data) + 8192
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "random").read_bytes() == data
+
+
+def test_identical_files_are_stored_once(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    data = os.urandom(5 * 131072 + 77)
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"one", F, data)
+        w.add_file(b"two", F, io.BytesIO(data))
+        w.add_file(b"three", F, data[:-1] + b"!")
+
+    summary = write_image(image, build)
+    assert summary.duplicates == 1
+    # two copies of random data, not three
+    assert image.stat().st_size < 2 * len(data) + 16384
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "two").read_bytes() == data
+    assert (out / "three").read_bytes() == data[:-1] + b"!"
+
+
+def test_duplicate_detection_rewinds_when_later_files_follow(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    big = os.urandom(20 * 131072)
+    after = os.urandom(131072 * 2 + 5)
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"a", F, big)
+        w.add_file(b"b", F, big)  # its blocks were being written: must be rewound
+        w.add_file(b"c", F, after)
+
+    write_image(image, build, workers=2)
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "b").read_bytes() == big
+    assert (out / "c").read_bytes() == after
+    assert image.stat().st_size < len(big) + len(after) + 16384
+
+
+def test_five_gib_zero_file_uses_extended_inode_and_no_data(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    size = 5 * 1024**3
+    write_image(
+        image,
+        lambda w: w.add_file(b"huge", F, ZeroStream(size), size=size),  # type: ignore[arg-type]
+        block_size=1 << 20,
+    )
+    assert inode_type(image, "/huge") == "extended file"
+    assert any(f" {size} " in line and line.endswith("/huge") for line in unsquashfs_listing(image))
+    assert image.stat().st_size < 64 * 1024
+
+
+def test_large_directory_splits_headers_and_is_indexed(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    names = [f"entry-{i:05d}-{'x' * (i % 40)}".encode() for i in range(3000)]
+
+    def build(w: SquashfsWriter) -> None:
+        for i, name in enumerate(reversed(names)):
+            if i % 3 == 0:
+                w.add_directory(b"big/" + name, D)
+            else:
+                w.add_file(b"big/" + name, F, name)
+
+    write_image(image, build)
+    stat_out = run("rdsquashfs", "-s", "/big", image).stdout
+    assert "Inode type: extended directory" in stat_out
+    index_count = int(stat_out.split("Directory index entries:")[1].split()[0])
+    assert index_count >= 5
+    listed = [line.rsplit("/", 1)[1] for line in unsquashfs_listing(image)[2:]]
+    assert listed == sorted(n.decode() for n in names)
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    for name in names[1::3]:
+        assert (out / "big" / name.decode()).read_bytes() == name
+
+
+@pytest.mark.root
+def test_kernel_reads_large_directory_through_its_index(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    names = [f"entry-{i:05d}-{'y' * (i % 50)}".encode() for i in range(3000)]
+
+    links = [f"link-{i:04d}".encode() for i in range(700)]
+
+    def build(w: SquashfsWriter) -> None:
+        for i, name in enumerate(names):
+            w.add_file(b"big/" + name, F, name if i % 2 else b"")
+        # 700 names of one inode: only the 256-entries rule splits their headers.
+        w.add_file(b"target", F, b"shared")
+        for name in links:
+            w.add_hardlink(b"links/" + name, b"target")
+
+    write_image(image, build)
+    with mounted(image, tmp_path / "mnt") as mnt:
+        assert sorted(os.listdir(os.fsencode(mnt / "big"))) == sorted(names)
+        assert sorted(os.listdir(os.fsencode(mnt / "links"))) == links
+        assert (mnt / "links/link-0699").read_bytes() == b"shared"
+        assert os.stat(mnt / "target").st_nlink == 701
+        # Lookups by name go through the directory index (first, middle, last, absent).
+        for i in (0, 1, 1499, 2998, 2999):
+            expected = names[i] if i % 2 else b""
+            assert (mnt / "big" / names[i].decode()).read_bytes() == expected
+        assert not (mnt / "big" / "entry-99999").exists()
+        assert not (mnt / "big" / "a-before-all").exists()
+
+
+def test_same_input_gives_identical_bytes(tmp_path: Path) -> None:
+    data = os.urandom(700_000)
+
+    def build(w: SquashfsWriter) -> None:
+        for i in range(40):
+            w.add_file(f"d{i % 4}/f{i}".encode(), F, data[: i * 17_000])
+        w.add_symlink(b"s", F, b"d0/f1")
+
+    images = []
+    for workers in (1, 2, 4):
+        image = tmp_path / f"i{workers}.sqfs"
+        write_image(image, build, workers=workers)
+        images.append(image.read_bytes())
+    assert images[0] == images[1] == images[2]
+
+
+def test_mkfs_time_comes_from_source_date_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567890")
+    image = tmp_path / "i.sqfs"
+    with SquashfsWriter(image) as w:
+        w.add_file(b"f", F, b"x")
+    assert int.from_bytes(image.read_bytes()[8:12], "little") == 1234567890
+
+
+def test_image_is_padded_to_4k_and_writes_to_streams(tmp_path: Path) -> None:
+    buffer = io.BytesIO(b"junk that must be overwritten" * 1000)
+    with SquashfsWriter(buffer, WriterOptions(mkfs_time=0)) as w:
+        w.add_file(b"f", F, b"hello")
+        summary = w.finish()
+    data = buffer.getvalue()
+    assert len(data) == summary.bytes_written
+    assert len(data) % 4096 == 0
+    image = tmp_path / "i.sqfs"
+    image.write_bytes(data)
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "f").read_bytes() == b"hello"
+
+
+def test_abort_in_context_manager_stops_workers(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), SquashfsWriter(tmp_path / "i.sqfs") as w:
+        w.add_file(b"f", F, os.urandom(1 << 20))
+        raise RuntimeError("boom")
+    with pytest.raises(SquashfsError):
+        w.add_file(b"g", F, b"")
+
+
+def test_all_root_and_no_xattrs_options(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    meta = EntryMeta(mode=0o600, uid=1000, gid=1000, xattrs=((b"user.k", b"v"),))
+    write_image(image, lambda w: w.add_file(b"f", meta, b"x"), all_root=True, xattrs=False)
+    assert inode_type(image, "/f") == "file"
+    assert any(line.startswith("-rw------- 0/0") for line in unsquashfs_listing(image))
+
+
+def test_format_version_is_a_string() -> None:
+    assert isinstance(FORMAT_VERSION, str) and FORMAT_VERSION
