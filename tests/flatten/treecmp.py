@@ -101,9 +101,11 @@ def tree_from_sink(sink: RecordingSink) -> Tree:
     return Tree(records, {frozenset(v) for v in inodes.values() if len(v) > 1})
 
 
-def differences(expected: Tree, actual: Tree, *, root_meta: bool = False) -> list[str]:
+def differences(expected: Tree, actual: Tree, *, root_meta: bool = False,
+                ignore_mtime: frozenset[bytes] = frozenset()) -> list[str]:
     """Human-readable differences; fields that are ``None`` in ``actual`` (implicit
-    directories) are not compared, and neither is the root's metadata unless asked."""
+    directories' mtimes) are not compared, nor are the mtimes of ``ignore_mtime`` paths,
+    nor the root's metadata unless asked."""
     out = []
     for path in sorted(set(expected.records) | set(actual.records)):
         e, a = expected.records.get(path), actual.records.get(path)
@@ -114,6 +116,8 @@ def differences(expected: Tree, actual: Tree, *, root_meta: bool = False) -> lis
             ev, av = getattr(e, name), getattr(a, name)
             if av is None or (path == b"" and not root_meta and name != "kind"):
                 continue
+            if name == "mtime" and path in ignore_mtime:
+                continue
             if a.kind == "dir" and a.mtime is None and name == "xattrs":
                 continue
             if ev != av:
@@ -122,6 +126,11 @@ def differences(expected: Tree, actual: Tree, *, root_meta: bool = False) -> lis
         out.append(f"hard-link groups: expected {sorted(map(sorted, expected.links))}, "
                    f"got {sorted(map(sorted, actual.links))}")
     return out
+
+
+def implicit_dirs(sink: RecordingSink) -> frozenset[bytes]:
+    """Directories the flattening created only as parents (each tool dates them itself)."""
+    return frozenset(p for p, n in sink.nodes.items() if n.kind == "dir" and n.meta is None)
 
 
 def umoci_unpack(layout: Path, bundle: Path, tag: str = "latest") -> Path:
