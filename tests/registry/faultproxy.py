@@ -10,7 +10,7 @@ Faults match a request path by regular expression and apply ``times`` times
 (``-1``: always):
 
 ``status``    answer ``status`` with ``headers``/``body`` instead of forwarding
-``stall``     wait ``delay`` seconds, then forward
+``stall``     wait ``delay`` seconds, then close the connection without an answer
 ``cut``       send the headers and ``after`` bytes of the body, then close the socket
 ``truncate``  send only ``after`` bytes, with a Content-Length saying so
 ``corrupt``   flip the byte at offset ``after``
@@ -159,7 +159,10 @@ class FaultProxy:
             self._send(h, 307, [("Location", f"http://{self.storage}/storage{h.path}")], b"")
             return
         if fault is not None and kind == "stall":
+            self._record(role, h, 0)
             time.sleep(fault.delay)
+            h.close_connection = True
+            return
         if fault is not None and kind == "no_range":
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         status, rheaders, body = self._forward(h, h.path, headers)

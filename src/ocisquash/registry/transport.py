@@ -263,7 +263,6 @@ class Transport:
             maxsize=max(options.max_parallel, 1) + 2,
             ssl_context=ctx,
             cert_reqs=ssl.CERT_NONE if options.insecure else ssl.CERT_REQUIRED,
-            assert_hostname=False if options.insecure else None,
             retries=False,
             timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
         )
@@ -352,8 +351,14 @@ class Transport:
                                 context=what,
                                 hint="use --plain-http if the registry speaks plain HTTP") from None
         except urllib3.exceptions.TimeoutError as e:
+            # A refused connection is a NewConnectionError, which urllib3 files under timeouts.
+            refused = isinstance(e, urllib3.exceptions.NewConnectionError)
             if fallback and not isinstance(e, urllib3.exceptions.ReadTimeoutError):
                 raise _FallbackSignal(_reason(e)) from None
+            if refused:
+                raise TransientRegistryError(
+                    f"cannot connect to {urlsplit(url).netloc}: {_reason(e)}", context=what
+                ) from None
             raise TransientRegistryError(
                 f"{urlsplit(url).netloc} did not answer within {self.timeout:g}s", context=what
             ) from None

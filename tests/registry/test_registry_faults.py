@@ -1,0 +1,183 @@
+"""Retries, resumed downloads, integrity and redirects, through a fault-injecting proxy."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from ocisquash.errors import (
+    DigestMismatchError,
+    RegistryError,
+    SizeMismatchError,
+    TransientRegistryError,
+)
+from ocisquash.model import Platform
+from ocisquash.progress import BlobDone, BlobRetrying
+from ocisquash.registry.transport import RetryPolicy
+from ocisquash.sources.registry import RegistryImage, pull
+
+from .conftest import BIG_LAYER_SIZE, HTPASSWD_PASSWORD, HTPASSWD_USER, Registries
+from .faultproxy import FaultProxy
+from .helpers import file_digest, source
+from .servers import free_port
+
+AMD64 = Platform.parse("linux/amd64")
+
+
+def _resolve(proxy: FaultProxy, options: Any, ref: str = "app:oci") -> RegistryImage:
+    return source(f"{proxy.host}/{ref}", options).resolve(AMD64)
+
+
+def _big(image: RegistryImage) -> Any:
+    """The layer with the 3 MiB of random bytes."""
+    return max(image.layers(), key=lambda layer: layer.descriptor.size)
+
+
+def test_server_errors_are_retried_until_the_request_succeeds(
+        registries: Registries, proxy: FaultProxy, make_options: Any) -> None:
+    proxy.add("status", "/manifests/oci", status=500, times=2)
+    image = _resolve(proxy, make_options(plain_http=True))
+    assert [s.status for s in proxy.requests(path="/manifests/")] == [500, 500, 200]
+    assert image.manifest().layers
+
+
+def test_429_waits_as_long_as_retry_after_says(proxy: FaultProxy, make_options: Any) -> None:
+    proxy.add("status", "/manifests/oci", status=429, headers={"Retry-After": "1"})
+    start = time.monotonic()
+    _resolve(proxy, make_options(plain_http=True))
+    assert time.monotonic() - start >= 0.95
+    assert [s.status for s in proxy.requests(path="/manifests/")] == [429, 200]
+
+
+def test_retry_budget_is_bounded_and_the_error_says_temporary(
+        proxy: FaultProxy, make_options: Any) -> None:
+    proxy.add("status", "/manifests/oci", status=503, times=-1)
+    with pytest.raises(TransientRegistryError) as err:
+        _resolve(proxy, make_options(plain_http=True, retries=2))
+    assert err.value.temporary and err.value.status == 503
+    assert "gave up after 3 attempts" in err.value.hint
+    assert len(proxy.requests(path="/manifests/")) == 3
+
+
+def test_retry_after_beyond_the_budget_fails_without_waiting(
+        proxy: FaultProxy, make_options: Any) -> None:
+    proxy.add("status", "/manifests/oci", status=429, headers={"Retry-After": "3600"})
+    start = time.monotonic()
+    with pytest.raises(TransientRegistryError, match="429"):
+        _resolve(proxy, make_options(plain_http=True))
+    assert time.monotonic() - start < 5
+
+
+def test_connection_cut_mid_blob_resumes_with_a_range_request(
+        proxy: FaultProxy, make_options: Any) -> None:
+    events: list[object] = []
+    image = _resolve(proxy, make_options(plain_http=True, progress=events.append))
+    big = _big(image)
+    cut = 1 << 20
+    proxy.add("cut", f"/blobs/{big.descriptor.digest}", after=cut)
+    path = big.fetch()
+    assert file_digest(path) == str(big.descriptor.digest)
+    assert path.stat().st_size == big.descriptor.size > BIG_LAYER_SIZE
+    gets = proxy.requests(path=f"/blobs/{big.descriptor.digest}")
+    assert "range" not in gets[0].headers
+    assert gets[1].headers["range"] == f"bytes={cut}-" and gets[1].status == 206
+    assert any(isinstance(e, BlobRetrying) for e in events)
+    assert any(isinstance(e, BlobDone) and e.digest == big.descriptor.digest for e in events)
+
+
+def test_server_that_cannot_resume_makes_the_download_start_over(
+        proxy: FaultProxy, make_options: Any) -> None:
+    image = _resolve(proxy, make_options(plain_http=True))
+    big = _big(image)
+    proxy.add("cut", f"/blobs/{big.descriptor.digest}", after=500_000)
+    proxy.add("no_range", f"/blobs/{big.descriptor.digest}")
+    path = big.fetch()
+    assert file_digest(path) == str(big.descriptor.digest)
+    gets = proxy.requests(path=f"/blobs/{big.descriptor.digest}")
+    assert gets[1].headers["range"] == "bytes=500000-" and gets[1].status == 200
+
+
+def test_truncated_body_is_a_size_error_and_nothing_is_published(
+        proxy: FaultProxy, make_options: Any) -> None:
+    image = _resolve(proxy, make_options(plain_http=True, retries=1))
+    big = _big(image)
+    proxy.add("truncate", f"/blobs/{big.descriptor.digest}", after=1000, times=-1)
+    with pytest.raises(SizeMismatchError, match=f"of {big.descriptor.size} bytes"):
+        big.fetch()
+    assert not image.source.store.has(big.descriptor.digest)
+
+
+def test_corrupted_body_is_a_digest_error_and_nothing_is_kept(
+        proxy: FaultProxy, make_options: Any) -> None:
+    image = _resolve(proxy, make_options(plain_http=True))
+    big = _big(image)
+    proxy.add("corrupt", f"/blobs/{big.descriptor.digest}", after=12345, times=-1)
+    with pytest.raises(DigestMismatchError, match=big.descriptor.digest.short):
+        big.fetch()
+    store = image.source.store
+    assert not store.has(big.descriptor.digest)
+    partial = store.root / "blobs" / "partial" / f"sha256-{big.descriptor.digest.hex}.part"
+    assert not partial.exists() or partial.stat().st_size == 0
+
+
+def test_bad_bytes_left_by_an_earlier_download_are_dropped_and_fetched_again(
+        proxy: FaultProxy, make_options: Any) -> None:
+    image = _resolve(proxy, make_options(plain_http=True))
+    big = _big(image)
+    store = image.source.store
+    partial = store.root / "blobs" / "partial" / f"sha256-{big.descriptor.digest.hex}.part"
+    partial.write_bytes(b"\0" * 4096)
+    path = big.fetch()
+    assert file_digest(path) == str(big.descriptor.digest)
+    gets = proxy.requests(path=f"/blobs/{big.descriptor.digest}")
+    assert gets[0].headers["range"] == "bytes=4096-"
+    assert "range" not in gets[1].headers
+
+
+def test_redirect_to_another_host_does_not_forward_the_credentials(
+        auth_proxy: FaultProxy, make_options: Any) -> None:
+    options = make_options(plain_http=True, username=HTPASSWD_USER, password=HTPASSWD_PASSWORD)
+    image = _resolve(auth_proxy, options)
+    auth_proxy.add("redirect", "/blobs/", times=-1)
+    paths = pull(image)
+    for layer, path in zip(image.layers(), paths, strict=True):
+        assert file_digest(path) == str(layer.descriptor.digest)
+    at_registry = auth_proxy.requests(path="/blobs/sha256:")
+    at_storage = auth_proxy.requests("storage")
+    assert len(at_storage) == len(image.layers()) + 1  # and the config
+    assert all(s.status == 200 for s in at_storage)
+    assert all(s.headers.get("authorization", "").startswith("Basic ") for s in at_registry)
+    assert all("authorization" not in s.headers for s in at_storage)
+
+
+def test_a_stalled_response_times_out_and_is_retried(
+        proxy: FaultProxy, make_options: Any) -> None:
+    proxy.add("stall", "/manifests/oci", delay=1.5)
+    image = _resolve(proxy, make_options(plain_http=True, timeout=0.5))
+    assert image.digest
+    assert len(proxy.requests(path="/manifests/")) >= 2
+
+
+def test_a_registry_that_never_answers_fails_naming_the_timeout(
+        proxy: FaultProxy, make_options: Any) -> None:
+    proxy.add("stall", "/manifests/oci", delay=1.0, times=-1)
+    with pytest.raises(TransientRegistryError, match=r"did not answer within 0\.3s"):
+        _resolve(proxy, make_options(plain_http=True, timeout=0.3, retries=0))
+
+
+def test_refused_connection_is_temporary_and_retried(make_options: Any) -> None:
+    port = free_port()
+    sleeps: list[float] = []
+    src = source(f"127.0.0.1:{port}/app:oci", make_options(plain_http=True, retries=2))
+    src.client._remotes[0].retry = RetryPolicy(3, sleep=sleeps.append)
+    with pytest.raises(TransientRegistryError, match=f"cannot connect to 127.0.0.1:{port}"):
+        src.resolve(AMD64)
+    assert len(sleeps) == 2 and sleeps[1] > sleeps[0]
+
+
+def test_plain_http_fallback_reports_both_failures(make_options: Any) -> None:
+    port = free_port()
+    with pytest.raises(RegistryError, match="nor over HTTP"):
+        source(f"127.0.0.1:{port}/app:oci", make_options(retries=0)).resolve(AMD64)
