@@ -1,0 +1,218 @@
+"""Reading one layer: compression sniffing, verification at EOF, tar dialects, limits."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import tarfile
+
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ocisquash.digest import Digest
+from ocisquash.errors import (
+    DigestMismatchError,
+    IntegrityError,
+    LayerError,
+    LimitExceededError,
+    UnsafeLayerError,
+    UnsupportedError,
+)
+from ocisquash.flatten import flatten
+from ocisquash.layers import Fidelity, Limits, read_layer, sniff_compression
+
+from .cases import D, F, H
+from .layerkit import MEDIA, BlobLayer, RecordingSink
+from imagebuilder import Entry, make_tar
+
+TAR = make_tar([D("etc"), F("etc/hosts", b"127.0.0.1 localhost\n"), F("big", bytes(range(256)) * 4096)])
+
+
+def entries(layer: BlobLayer, **kw: object) -> dict[bytes, bytes | None]:
+    return {e.path: (d.read() if d else None) for e, d in read_layer(layer, **kw)}  # type: ignore[arg-type]
+
+
+def test_compression_is_sniffed_from_magic_bytes_not_media_type() -> None:
+    for blob, label in ((gzip.compress(TAR), "tar"), (zstandard.compress(TAR), "gzip"),
+                        (TAR, "zstd")):
+        layer = BlobLayer(blob, Digest.of(TAR), MEDIA[label])
+        assert entries(layer)[b"etc/hosts"] == b"127.0.0.1 localhost\n"
+    assert sniff_compression(b"\x1f\x8b\x08\x00") == "gzip"
+    assert sniff_compression(b"\x28\xb5\x2f\xfd") == "zstd"
+    assert sniff_compression(b"etc/") == "tar"
+
+
+def test_unknown_media_type_is_refused_naming_it() -> None:
+    layer = BlobLayer(gzip.compress(TAR), Digest.of(TAR), "application/vnd.example.squashfs")
+    with pytest.raises(UnsupportedError, match=r"application/vnd\.example\.squashfs"):
+        entries(layer)
+
+
+@pytest.mark.parametrize("media_type", [
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+])
+def test_docker_and_nondistributable_media_types_are_read(media_type: str) -> None:
+    assert b"big" in entries(BlobLayer(gzip.compress(TAR), Digest.of(TAR), media_type))
+
+
+def test_multi_member_gzip_and_multi_frame_zstd_are_read_to_the_end() -> None:
+    half = len(TAR) // 2
+    gz = gzip.compress(TAR[:half]) + gzip.compress(TAR[half:])
+    zst = zstandard.compress(TAR[:half]) + zstandard.compress(TAR[half:])
+    for blob, media in ((gz, MEDIA["gzip"]), (zst, MEDIA["zstd"])):
+        got = entries(BlobLayer(blob, Digest.of(TAR), media))
+        assert got[b"big"] == bytes(range(256)) * 4096
+
+
+@pytest.mark.parametrize("compression,cut,message", [
+    ("gzip", -9, "gzip stream truncated"),
+    ("gzip", 40, "gzip stream truncated"),
+    ("zstd", -3, "zstd stream truncated"),
+    ("zstd", 30, "zstd stream truncated"),
+])
+def test_truncated_compressed_stream_is_a_layer_error_naming_the_layer(
+        compression: str, cut: int, message: str) -> None:
+    blob = (gzip.compress(TAR) if compression == "gzip" else zstandard.compress(TAR))[:cut]
+    layer = BlobLayer(blob, None, MEDIA[compression])
+    with pytest.raises(LayerError, match=message) as info:
+        entries(layer)
+    assert f"layer sha256:{layer.descriptor.digest.hex[:12]}" in str(info.value)
+
+
+@pytest.mark.parametrize("cut", [512 + 100, 512 * 3 + 10, 700])
+def test_truncated_tar_is_a_layer_error(cut: int) -> None:
+    with pytest.raises(LayerError, match="truncated"):
+        entries(BlobLayer(TAR[:cut], None, MEDIA["tar"]))
+
+
+def test_tar_without_end_blocks_ending_on_a_header_boundary_is_accepted() -> None:
+    one = make_tar([F("a", b"x" * 10)])
+    assert entries(BlobLayer(one[:1024], None, MEDIA["tar"])) == {b"a": b"x" * 10}
+
+
+def test_empty_blob_is_an_empty_layer() -> None:
+    assert entries(BlobLayer(b"", Digest.of(b""), MEDIA["tar"])) == {}
+
+
+def test_diff_id_is_checked_even_when_the_tar_ends_before_the_stream() -> None:
+    """Regression: the parser stops at the end-of-archive blocks; data after them must
+    still be hashed, or a layer with appended bytes would pass as the config's diff_id."""
+    blob = gzip.compress(TAR + b"appended after the end of the archive")
+    layer = BlobLayer(blob, Digest.of(TAR), MEDIA["gzip"])
+    with pytest.raises(DigestMismatchError, match=r"the image config says"):
+        entries(layer)
+
+
+def test_blob_digest_is_checked_even_when_the_tar_ends_early() -> None:
+    blob = gzip.compress(TAR)
+    layer = BlobLayer(blob, Digest.of(TAR), MEDIA["gzip"])
+    layer.blob = blob + gzip.compress(b"\0" * 1024)  # a second gzip member the digest does not cover
+    with pytest.raises(IntegrityError):
+        entries(layer)
+
+
+def test_xattrs_keep_user_trusted_security_and_record_the_rest() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {
+            "SCHILY.xattr.user.a": "1",
+            "SCHILY.xattr.system.posix_acl_access": "\x02\x00",
+            "LIBARCHIVE.xattr.security.capability": base64.b64encode(b"\x01\x00\xff").decode(),
+            "LIBARCHIVE.xattr.trusted.%41": base64.b64encode(b"pct").decode().rstrip("="),
+        }
+        tf.addfile(ti, io.BytesIO(b""))
+    fid = Fidelity()
+    (entry, _), = list(read_layer(BlobLayer.of(buf.getvalue(), "tar"), fidelity=fid))
+    assert entry.meta.xattrs == ((b"security.capability", b"\x01\x00\xff"),
+                                 (b"trusted.A", b"pct"), (b"user.a", b"1"))
+    (issue,) = fid.issues()
+    assert (issue.kind, issue.count, issue.examples) == ("xattr-dropped", 1, (b"f",))
+
+
+def test_out_of_range_mtime_is_clamped_and_recorded() -> None:
+    layer = BlobLayer.of([F("old", mtime=-100), F("far", mtime=2**33)], "tar")
+    fid = Fidelity()
+    got = {e.path: e.meta.mtime for e, _ in read_layer(layer, fidelity=fid)}
+    assert got == {b"old": 0, b"far": 2**32 - 1}
+    assert [(i.kind, i.count) for i in fid.issues()] == [("mtime-clamped", 2)]
+
+
+def test_mode_holds_permission_bits_only() -> None:
+    (e, _), = list(read_layer(BlobLayer.of([F("x", mode=0o104755)], "tar")))
+    assert e.meta.mode == 0o4755
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "a/.."])
+def test_dot_dot_component_is_refused_naming_layer_and_path(name: str) -> None:
+    layer = BlobLayer.of([F(name, b"x")], "tar")
+    with pytest.raises(UnsafeLayerError, match=r"\.\.") as info:
+        entries(layer)
+    assert "layer sha256:" in str(info.value)
+
+
+def test_hardlink_outside_the_root_is_refused() -> None:
+    with pytest.raises(UnsafeLayerError):
+        entries(BlobLayer.of([H("l", "../../etc/shadow")], "tar"))
+
+
+def test_limits_are_enforced() -> None:
+    with pytest.raises(LimitExceededError, match="longer than 20"):
+        entries(BlobLayer.of([F("a" * 30)], "tar"), limits=Limits(max_path_length=20))
+    with pytest.raises(LimitExceededError, match="xattr"):
+        entries(BlobLayer.of([F("a", xattrs={"user.big": b"x" * 100})], "tar"),
+                limits=Limits(max_xattr_size=99))
+    with pytest.raises(LimitExceededError, match="entries"):
+        flatten([BlobLayer.of([F("a"), F("b"), F("c")])], RecordingSink(),
+                limits=Limits(max_entries=2))
+    with pytest.raises(LimitExceededError, match="layers"):
+        flatten([BlobLayer.of([F("a")])] * 3, RecordingSink(), limits=Limits(max_layers=2))
+    bomb = make_tar([F("zeros", bytes(64 << 20))])
+    with pytest.raises(LimitExceededError, match="expands"):
+        entries(BlobLayer(zstandard.compress(bomb), None, MEDIA["zstd"]),
+                limits=Limits(max_ratio=100, ratio_floor=1 << 20))
+
+
+def test_hardlink_to_an_entry_not_in_the_layer_is_a_layer_error() -> None:
+    with pytest.raises(LayerError, match="not an earlier"):
+        flatten([BlobLayer.of([F("a"), H("b", "missing")])], RecordingSink())
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=30))
+def test_file_data_reads_the_same_whatever_the_read_sizes(sizes: list[int]) -> None:
+    want = bytes(range(256)) * 4096
+    for entry, data in read_layer(BlobLayer(gzip.compress(TAR), Digest.of(TAR), MEDIA["gzip"])):
+        if entry.path != b"big":
+            continue
+        assert data is not None
+        got, i = bytearray(), 0
+        while chunk := data.read(sizes[i % len(sizes)]):
+            got += chunk
+            i += 1
+        assert bytes(got) == want
+
+
+def test_unsupported_entry_types_are_skipped_and_recorded() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        ti = tarfile.TarInfo("label")
+        ti.type = tarfile.GNUTYPE_LONGNAME[:0] + b"V"  # a GNU volume header
+        tf.addfile(ti)
+        tf.addfile(tarfile.TarInfo("ok"), io.BytesIO(b""))
+    fid = Fidelity()
+    assert [e.path for e, _ in read_layer(BlobLayer.of(buf.getvalue(), "tar"), fidelity=fid)] == [b"ok"]
+    assert [i.kind for i in fid.issues()] == ["entry-type-skipped"]
+
+
+def test_entry_kinds() -> None:
+    layer = BlobLayer.of([Entry("c", "char", devmajor=4, devminor=64), Entry("p", "fifo"),
+                          Entry("s", "symlink", linkname="/abs/target")], "tar")
+    got = {e.path: (e.kind, e.devmajor, e.devminor, e.linkname) for e, _ in read_layer(layer)}
+    assert got == {b"c": ("char", 4, 64, b""), b"p": ("fifo", 0, 0, b""),
+                   b"s": ("symlink", 0, 0, b"/abs/target")}
