@@ -41,11 +41,16 @@ DEVICE_BLOCK_SIZE = 4096
 
 
 class CompressorId(IntEnum):
-    """Superblock "compressor" field."""
+    """Superblock "compressor" field.
+
+    format.adoc's table swaps LZO and LZMA; these are the values of the kernel's
+    ``squashfs_fs.h`` (``LZMA_COMPRESSION 2``, ``LZO_COMPRESSION 3``), which squashfs-tools
+    use too and which an image must carry to be read.
+    """
 
     GZIP = 1
-    LZO = 2
-    LZMA = 3
+    LZMA = 2
+    LZO = 3
     XZ = 4
     LZ4 = 5
     ZSTD = 6
