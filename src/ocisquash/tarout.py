@@ -18,7 +18,9 @@ implicitly takes a lower layer's metadata later). So:
 * a path added twice (a layer listing a name twice: the last entry wins) is simply
   written twice, in that order; a hard link is written after its target. When a
   layer replaces a non-empty directory by a file this way (the spec forbids
-  duplicate names in a layer), GNU tar needs ``--recursive-unlink`` to apply it.
+  duplicate names in a layer), GNU tar needs ``--recursive-unlink`` to apply it; and
+  GNU tar creates absolute symlinks after everything else, so a symlink that such a
+  layer replaces by a file may still win when GNU tar unpacks the stream.
 
 Sockets cannot be stored in tar and are left out (layers, being tar, never hold any).
 """
