@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from ..reference import (
     DockerArchiveSpec,
     ImageSpec,
@@ -28,9 +26,9 @@ def open_source(spec: str | ImageSpec, *, options: SourceOptions | None = None) 
         spec = parse_image_spec(spec)
     if isinstance(spec, RegistrySpec):
         # Imported on demand: local sources must not pay for the HTTP stack.
-        registry = importlib.import_module("ocisquash.sources.registry")
-        source: ImageSource = registry.RegistrySource(spec.reference, options)
-        return source
+        from .registry import RegistrySource
+
+        return RegistrySource(spec.reference, options)
     if isinstance(spec, OciLayoutSpec):
         return OciLayoutSource(spec.path, spec.tag)
     if isinstance(spec, OciArchiveSpec):
