@@ -106,7 +106,7 @@ class FaultProxy:
 
         httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
         httpd.daemon_threads = True
-        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
         return httpd
 
     def _record(self, role: str, h: http.server.BaseHTTPRequestHandler, status: int) -> None:

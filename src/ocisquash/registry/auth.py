@@ -89,20 +89,29 @@ def parse_challenges(headers: list[str]) -> list[Challenge]:
 class Token:
     value: str = field(repr=False)
     expires_at: float  # time.monotonic()
+    margin: float = _EXPIRY_MARGIN
+
+    @classmethod
+    def issued(cls, value: str, expires_in: float) -> Token:
+        """A token valid for ``expires_in`` seconds from now (renewed a little early)."""
+        return cls(value, time.monotonic() + expires_in, min(_EXPIRY_MARGIN, expires_in / 10))
 
     def valid(self) -> bool:
-        return time.monotonic() < self.expires_at - _EXPIRY_MARGIN
+        return time.monotonic() < self.expires_at - self.margin
 
 
 _TokenKey = tuple[str, str, str, str]
 _token_cache: dict[_TokenKey, Token] = {}
+#: The last challenge each registry sent, so a new client authorizes its first request.
+_known_challenges: dict[str, Challenge] = {}
 _token_cache_lock = threading.Lock()
 
 
 def clear_token_cache() -> None:
-    """Forget every cached token (tests; a long-lived process after a credential change)."""
+    """Forget every cached token and challenge (tests; after a credential change)."""
     with _token_cache_lock:
         _token_cache.clear()
+        _known_challenges.clear()
 
 
 class Authenticator:
@@ -135,10 +144,14 @@ class Authenticator:
         """The ``Authorization`` value known for this registry without a round trip, if any."""
         challenge = self._challenge
         if challenge is None:
-            return None
+            with _token_cache_lock:
+                challenge = _known_challenges.get(self.registry)
+            if challenge is None:
+                return None
         if challenge.scheme == "basic":
             creds = self.credentials()
             return creds.basic_auth if creds is not None and creds.username else None
+        self.credentials()  # the cache key names whose token it is
         with _token_cache_lock:
             token = _token_cache.get(self._key(challenge))
         return f"Bearer {token.value}" if token is not None and token.valid() else None
@@ -155,6 +168,8 @@ class Authenticator:
             if not challenge.get("realm"):
                 raise AuthError("registry sent a Bearer challenge without a realm", context=what)
             creds = self.credentials()
+            with _token_cache_lock:
+                _known_challenges[self.registry] = challenge
             with self._lock:
                 self._challenge = challenge
                 key = self._key(challenge)
@@ -174,6 +189,8 @@ class Authenticator:
                     hint="give them with --username/--password-stdin or log in with "
                          "'podman login'/'docker login'")
             self._challenge = by_scheme["basic"]
+            with _token_cache_lock:
+                _known_challenges[self.registry] = self._challenge
             return creds.basic_auth
         schemes = ", ".join(sorted(by_scheme)) or "none"
         raise AuthError(f"registry asked for unsupported authentication ({schemes})", context=what)
@@ -239,6 +256,6 @@ class Authenticator:
         if not isinstance(expires_in, (int, float)) or expires_in <= 0:
             expires_in = DEFAULT_EXPIRES_IN
         log.debug("got a token from %s for %s, valid %ss", parts.netloc, scope, expires_in)
-        return Token(value, time.monotonic() + float(expires_in))
+        return Token.issued(value, float(expires_in))
 
 
