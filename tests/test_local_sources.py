@@ -120,6 +120,7 @@ def test_layout_image_matches_what_skopeo_reads(layout: BuiltImage) -> None:
     assert str(image.digest) == sha256(raw_manifest) == layout.manifest_digest
     assert image.config().raw == raw_config
     assert image.platform == AMD64
+    assert image.index is None
     assert image.reference == f"oci:{layout.path}:v1"
     skopeo_layers = json.loads(raw_manifest)["layers"]
     assert [str(layer.descriptor.digest) for layer in image.layers()] == [d["digest"] for d in skopeo_layers]
@@ -167,6 +168,8 @@ def test_multi_platform_index_selects_the_requested_platform(
                 if m["platform"]["architecture"] == arch and m["platform"].get("variant", "") == variant)
     image = OciLayoutSource(multi.path, "v1").resolve(Platform.parse(platform))
     assert str(image.digest) == want
+    assert image.index is not None  # what inspect shows
+    assert [str(d.digest) for d in image.index.manifests] == [m["digest"] for m in index["manifests"]]
     assert image.config().architecture == arch
     assert len(read_all(image)) == 2
 

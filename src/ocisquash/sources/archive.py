@@ -459,7 +459,7 @@ class DockerArchiveSource:
         store = _DockerArchiveBlobs(self._archive)
         manifest = self._synthesise(entry, store)
         spec = DockerArchiveSpec(self.path, ref, None if ref else self.index)
-        return build_image(store, manifest, None, platform, False, str(spec))
+        return build_image(store, manifest, None, platform, None, str(spec))
 
     def _synthesise(self, entry: _SaveEntry, store: _DockerArchiveBlobs) -> Manifest:
         archive = self._archive

@@ -38,6 +38,7 @@ from ..model import (
     parse_manifest_or_index,
 )
 from ..reference import OciLayoutSpec
+from .base import IndexInfo
 
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 #: Largest manifest or index accepted (registries commonly cap manifests at 4 MiB).
@@ -156,6 +157,8 @@ class LocalImage:
     _manifest: Manifest = field(repr=False)
     _config: ImageConfig = field(repr=False)
     _layers: tuple[LocalLayer, ...] = field(repr=False)
+    #: the index the image was chosen from, when there was a choice
+    index: IndexInfo | None = None
 
     def manifest(self) -> Manifest:
         return self._manifest
@@ -260,8 +263,8 @@ def resolve_layout(
     top = _read_top_index(store)
     picked, tag = _pick_top(store, top, tag)
     want = platform or Platform.host()
+    chosen_from: Index | None = picked if isinstance(picked, Index) else None
     desc = _select(picked, want, store.where) if isinstance(picked, Index) else picked
-    chose_platform = isinstance(picked, Index) and desc.platform is not None
     for _depth in range(MAX_INDEX_DEPTH + 1):
         raw = read_small_blob(store, desc, "manifest", MAX_MANIFEST_SIZE)
         try:
@@ -271,10 +274,13 @@ def resolve_layout(
         if isinstance(obj, Manifest):
             break
         desc = _select(obj, want, f"{store.where}: index {desc.digest.short}")
-        chose_platform = chose_platform or desc.platform is not None
+        chosen_from = obj
     else:
         raise ManifestError(f"indexes nested more than {MAX_INDEX_DEPTH} deep", context=store.where)
-    return build_image(store, obj, desc.platform, platform, chose_platform, reference(tag))
+    index = None
+    if chosen_from is not None and desc.platform is not None:
+        index = IndexInfo(chosen_from.digest, chosen_from.media_type, chosen_from.manifests)
+    return build_image(store, obj, desc.platform, platform, index, reference(tag))
 
 
 def build_image(
@@ -282,10 +288,14 @@ def build_image(
     manifest: Manifest,
     desc_platform: Platform | None,
     requested: Platform | None,
-    chose_platform: bool,
+    index: IndexInfo | None,
     reference: str,
 ) -> LocalImage:
-    """Read and check the config of ``manifest`` and check that its layer blobs exist."""
+    """Read and check the config of ``manifest`` and check that its layer blobs exist.
+
+    ``index`` is the index the manifest was chosen from by platform; without one
+    the config's platform is checked against ``requested``.
+    """
     where = store.where
     raw_config = read_small_blob(store, manifest.config, "config", MAX_CONFIG_SIZE)
     try:
@@ -294,7 +304,7 @@ def build_image(
         raise e.with_context(f"{where}: config {manifest.config.digest.short}") from None
     image_platform = desc_platform.normalized() if desc_platform else (
         config.platform if config.os and config.architecture else None)
-    if requested is not None and not chose_platform and image_platform is not None \
+    if requested is not None and index is None and image_platform is not None \
             and not requested.matches(image_platform):
         raise PlatformNotFoundError(
             f"no image for platform {requested}; the image has: {image_platform}",
@@ -314,7 +324,8 @@ def build_image(
             return store.open_blob(d)
 
         layers.append(LocalLayer(desc, diff_id, opener, where))
-    return LocalImage(reference, manifest.digest, image_platform, manifest, config, tuple(layers))
+    return LocalImage(reference, manifest.digest, image_platform, manifest, config, tuple(layers),
+                      index)
 
 
 class OciLayoutSource:
