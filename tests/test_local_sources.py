@@ -27,6 +27,7 @@ from ocisquash.errors import (
     DigestMismatchError,
     ImageNotFoundError,
     ManifestError,
+    OcisquashError,
     PlatformNotFoundError,
     SizeMismatchError,
     UnsafeLayerError,
@@ -542,3 +543,24 @@ def test_open_source_hands_registry_references_to_the_registry_source() -> None:
     assert isinstance(source, RegistrySource)
     source = open_source("docker://alpine")
     assert isinstance(source, RegistrySource)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_archives_raise_only_ocisquash_errors(docker_archive: Path, oci_archive: Path,
+                                                      tmp_path: Path, data: st.DataObject) -> None:
+    kind, original = data.draw(st.sampled_from([(DockerArchiveSource, docker_archive),
+                                                (OciArchiveSource, oci_archive)]))
+    blob = bytearray(original.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="length")]
+    else:
+        for offset in data.draw(st.lists(st.integers(0, len(blob) - 1), min_size=1, max_size=4)):
+            blob[offset] ^= 0xFF
+    damaged = tmp_path / "damaged.tar"
+    damaged.write_bytes(bytes(blob))
+    try:
+        with kind(damaged) as source:
+            read_all(source.resolve())
+    except OcisquashError as e:
+        assert e.message

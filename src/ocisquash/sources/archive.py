@@ -206,6 +206,9 @@ class TarArchive:
                     name = _normalize(ti.name)
                     self._members[name] = _Member(name, ti.offset_data, ti.size, ti.type, ti.linkname)
         except tarfile.ReadError as e:
+            if self._members:
+                raise IntegrityError(f"the tar archive is damaged or cut short ({e})",
+                                     context=self.where) from None
             raise UnsupportedError(
                 f"not a tar archive ({e})", context=self.where,
                 hint="expected a tar file, optionally compressed with gzip, zstd, bzip2 or xz",
