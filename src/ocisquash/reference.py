@@ -318,7 +318,9 @@ def parse_image_spec(text: str) -> ImageSpec:
     (``oci:/data/layout:v1``), so a path may contain colons; end the spec with
     ``:`` to take all of it as the path (``oci:/data/a:b:`` → path ``/data/a:b``).
     For ``docker-archive`` the split is at the first ``:`` followed by a
-    ``NAME:TAG`` or ``@INDEX``.
+    ``NAME:TAG`` or ``@INDEX``. A transport name shadows a Docker Hub image of
+    the same name (``oci:1``); ``docker://oci:1`` names the image.
+    ``docker:dind`` is the image, as it parses as one.
     """
     if text.startswith("docker://"):
         return RegistrySpec(parse_reference(text[len("docker://"):]))
@@ -326,10 +328,14 @@ def parse_image_spec(text: str) -> ImageSpec:
     if not colon or "/" in transport:
         return RegistrySpec(parse_reference(text))
     if transport == "docker":
-        raise ReferenceSyntaxError(
-            "the docker transport needs '//'", context=f"image {text!r}",
-            hint=f"write docker://{details}",
-        )
+        # 'docker:dind' is Docker Hub's image 'docker' with tag 'dind', not a transport.
+        try:
+            return RegistrySpec(parse_reference(text))
+        except ReferenceSyntaxError:
+            raise ReferenceSyntaxError(
+                "the docker transport needs '//'", context=f"image {text!r}",
+                hint=f"write docker://{details}",
+            ) from None
     if transport in ("oci", "oci-archive"):
         path, tag = _split_path_tag(text, details)
         return OciLayoutSpec(path, tag) if transport == "oci" else OciArchiveSpec(path, tag)
