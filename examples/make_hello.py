@@ -3,7 +3,8 @@
     python examples/make_hello.py
 
 Layer 1 is a tiny root filesystem; layer 2 updates it the way image builders do:
-a whiteout, an opaque directory, a hardlink, a symlink and a file capability, so
+a whiteout, an opaque directory, a symlink and a file capability (layer 1
+holds a hardlink: tar hardlinks point within their own layer), so
 that compiling the example shows every layer rule at work.
 """
 
@@ -28,6 +29,7 @@ def main() -> None:
     base = [
         Entry("bin", "dir", mode=0o755),
         Entry("bin/hello", data=text["hello.sh"], mode=0o755),
+        Entry("bin/hi", "hardlink", linkname="bin/hello"),
         Entry("etc", "dir", mode=0o755),
         Entry("etc/motd", data=text["motd"]),
         Entry("etc/os-release", data=text["os-release"]),
@@ -50,7 +52,6 @@ def main() -> None:
         Entry("var/cache/.wh..wh..opq"),
         Entry("var/cache/fresh", data=b"fresh\n"),
         Entry("bin/ping", data=text["ping.sh"], mode=0o755, xattrs={"security.capability": CAP_NET_RAW}),
-        Entry("bin/hi", "hardlink", linkname="bin/hello"),
         Entry("bin/sh", "symlink", linkname="hello", mode=0o777),
         Entry("home", "dir", mode=0o755),
         Entry("home/user", "dir", mode=0o700, uid=1000, gid=1000),

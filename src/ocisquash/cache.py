@@ -230,9 +230,10 @@ class ImageCache:
             bad = want != h.hexdigest()
             for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
                 p = entry.path / name
-                if p.exists() and field in entry.info:
-                    if "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() != entry.info[field]:
-                        bad = True
+                if p.exists() and field in entry.info and (
+                    "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() != entry.info[field]
+                ):
+                    bad = True
             if bad:
                 problems.append(
                     f"compiled image {entry.key[:12]} ({entry.info.get('reference', '?')}): "

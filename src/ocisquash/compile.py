@@ -1,0 +1,405 @@
+"""Compile an image: resolve it, flatten its layers into the squashfs writer, cache the result.
+
+The flow of one compile::
+
+    spec ──open_source──▶ source ──resolve──▶ image (manifest digest known)
+         cache hit? ──yes──▶ place the cached squashfs at the output
+                     no ──▶ build lock ─▶ fetch layers ─▶ flatten ─▶ SquashfsWriter
+                                         ─▶ publish entry atomically ─▶ output
+
+Only the manifest request happens before the cache is consulted, so a second
+compile of the same image costs one request (none with ``pull="never"`` or a
+digest reference already compiled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from .cache import IMAGE_FILE, ImageCache, entry_key, place_output
+from .digest import Digest
+from .errors import ImageNotFoundError, OcisquashError, OutputError, UsageError
+from .model import ImageConfig, Manifest, Platform
+from .sources.base import Layer, ResolvedImage
+from .sources.options import SourceOptions
+from .squashfs import FORMAT_VERSION, WriterOptions
+
+PullPolicy = Literal["never", "missing", "always"]
+OutputFormat = Literal["squashfs", "tar"]
+
+
+@dataclass(frozen=True)
+class CompiledImage:
+    """The result of :func:`compile_image`."""
+
+    #: the squashfs (or tar) file written; for a cached squashfs without ``output``, the cache's copy
+    path: Path | None
+    reference: str
+    #: digest of the platform-specific image manifest
+    digest: Digest
+    platform: str
+    manifest: Manifest
+    config: ImageConfig
+    format: OutputFormat
+    size: int
+    files: int
+    #: True when the result came from the cache without building
+    cached: bool
+    #: things the layers held that squashfs cannot (see the README's fidelity section)
+    fidelity: tuple[dict[str, Any], ...] = ()
+    #: how the output was placed: "reflink", "hardlink", "copy", "written" or "none"
+    placed: str = "none"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.config.config
+        return {
+            "reference": self.reference,
+            "digest": str(self.digest),
+            "platform": self.platform,
+            "output": str(self.path) if self.path else None,
+            "format": self.format,
+            "size": self.size,
+            "files": self.files,
+            "cached": self.cached,
+            "placed": self.placed,
+            "fidelity": list(self.fidelity),
+            "config": {
+                "entrypoint": list(c.entrypoint) if c.entrypoint is not None else None,
+                "cmd": list(c.cmd) if c.cmd is not None else None,
+                "env": list(c.env),
+                "working_dir": c.working_dir,
+                "user": c.user,
+                "labels": dict(c.labels),
+            },
+            "stats": self.stats,
+        }
+
+
+#: The compressor ocisquash uses unless told otherwise (see the README for why).
+DEFAULT_COMPRESSION = "zstd"
+
+
+def default_writer_options() -> WriterOptions:
+    """The writer options of a compile that names none: zstd, 128 KiB blocks."""
+    from .squashfs import Compression
+
+    return WriterOptions(compression=Compression(DEFAULT_COMPRESSION))
+
+
+def _writer_options_key(options: WriterOptions) -> dict[str, Any]:
+    """The output-affecting writer options, as the cache key sees them."""
+    d = asdict(options)
+    d.pop("workers", None)  # thread count never changes the bytes
+    return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
+
+
+def _prefetch(image: ResolvedImage, layers: Sequence[Layer]) -> None:
+    """Let a remote source download all layers in parallel before flattening."""
+    fetch = getattr(image, "fetch_layers", None)
+    if callable(fetch):
+        fetch()
+
+
+def _flatten_into(layers: Sequence[Layer], sink: Any, progress: Callable[[object], None] | None) -> Any:
+    from .flatten import flatten
+
+    return flatten(layers, sink, progress=progress)
+
+
+def _fidelity_json(report: Any) -> tuple[dict[str, Any], ...]:
+    out = []
+    for issue in getattr(report, "fidelity", ()):
+        if hasattr(issue, "__dataclass_fields__"):
+            out.append(json.loads(json.dumps(asdict(issue), default=lambda o: o.decode("utf-8", "replace") if isinstance(o, bytes) else str(o))))
+        else:
+            out.append({"issue": str(issue)})
+    return tuple(out)
+
+
+def _build_squashfs(
+    image: ResolvedImage,
+    dest: Path,
+    writer_options: WriterOptions,
+    progress: Callable[[object], None] | None,
+) -> tuple[Any, Any]:
+    import dataclasses
+
+    from .squashfs import SquashfsWriter
+
+    if writer_options.mkfs_time is None and "SOURCE_DATE_EPOCH" not in os.environ:
+        # Deterministic by default: the image's own creation date stamps the squashfs.
+        writer_options = dataclasses.replace(
+            writer_options, mkfs_time=_epoch(image.config().created))
+    layers = image.layers()
+    _prefetch(image, layers)
+    with SquashfsWriter(dest, writer_options) as writer:
+        report = _flatten_into(layers, writer, progress)
+        summary = writer.finish()
+    return report, summary
+
+
+def _epoch(created: str) -> int:
+    """Seconds since 1970 of an RFC 3339 ``created`` date; 0 when absent or invalid."""
+    from datetime import datetime
+
+    try:
+        t = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0
+    return min(max(int(t), 0), 2**32 - 1)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compile_image(
+    source: str,
+    output: str | os.PathLike[str] | BinaryIO | None = None,
+    *,
+    platform: str | Platform | None = None,
+    format: OutputFormat = "squashfs",
+    writer_options: WriterOptions | None = None,  # default: default_writer_options()
+    source_options: SourceOptions | None = None,
+    pull: PullPolicy = "missing",
+    use_cache: bool = True,
+    progress: Callable[[object], None] | None = None,
+) -> CompiledImage:
+    """Compile the image ``source`` into a flattened squashfs (or tar) at ``output``.
+
+    ``source`` is an image reference in any transport ocisquash reads
+    (``alpine:3.20``, ``docker://host:5000/app:1``, ``oci:DIR[:TAG]``,
+    ``oci-archive:FILE[:TAG]``, ``docker-archive:FILE[:REF]``). ``platform``
+    (``"linux/arm64"``) chooses from a multi-platform image; the default is the
+    host's. ``pull`` works as in other container tools: ``missing`` asks the source
+    for the manifest and reuses a cached compile of the same digest, ``never``
+    uses only what the cache has, ``always`` builds again. With ``output=None`` a
+    squashfs stays in the cache only and ``CompiledImage.path`` points there.
+
+    Raises an :class:`~ocisquash.errors.OcisquashError` subclass for every
+    expected failure.
+    """
+    from .sources.open import open_source
+
+    if pull not in ("never", "missing", "always"):
+        raise UsageError(f"unknown pull policy {pull!r}", hint="use never, missing or always")
+    if format not in ("squashfs", "tar"):
+        raise UsageError(f"unknown output format {format!r}", hint="use squashfs or tar")
+    wopts = writer_options or default_writer_options()
+    sopts = source_options or SourceOptions()
+    want = Platform.parse(platform) if isinstance(platform, str) else platform
+    cache = ImageCache(sopts.cache_dir)
+    if sopts.cache_dir is None:
+        sopts = _with_cache_dir(sopts, cache.root)
+    started = time.monotonic()
+
+    if format == "tar":
+        return _compile_tar(source, output, want, sopts, progress)
+
+    okey = _writer_options_key(wopts)
+    ref_key = ImageCache.ref_key(source, str(want or Platform.host()), okey, FORMAT_VERSION)
+    if use_cache and pull == "never":
+        entry = cache.lookup_ref(ref_key)
+        if entry is None:
+            raise ImageNotFoundError(
+                f"{source} is not in the cache", hint="compile it once with --pull missing"
+            )
+        return _from_entry(entry, output, cached=True, started=started)
+    if use_cache and pull == "missing" and _is_digest_reference(source):
+        entry = cache.lookup_ref(ref_key)
+        if entry is not None:
+            return _from_entry(entry, output, cached=True, started=started)
+
+    src = open_source(source, options=sopts)
+    image = src.resolve(want)
+    key = entry_key(image.digest, FORMAT_VERSION, okey)
+
+    if not use_cache:
+        return _compile_uncached(image, output, wopts, progress, started)
+
+    if pull == "missing":
+        entry = cache.get(key)
+        if entry is not None:
+            cache.record_ref(ref_key, key)
+            return _from_entry(entry, output, cached=True, started=started)
+
+    with cache.build_lock(key):
+        entry = cache.get(key)
+        built = False
+        if entry is None or pull == "always":
+            if entry is not None:
+                cache.remove(key)
+            with cache.staging() as staged:
+                manifest = image.manifest()
+                config = image.config()
+                report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts, progress)
+                (staged / "manifest.json").write_bytes(manifest.raw)
+                (staged / "config.json").write_bytes(config.raw)
+                info = {
+                    "reference": image.reference,
+                    "source": source,
+                    "digest": str(image.digest),
+                    "manifest_digest": str(manifest.digest),
+                    "config_digest": str(config.digest),
+                    "platform": str(image.platform or config.platform),
+                    "format_version": FORMAT_VERSION,
+                    "options": okey,
+                    "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
+                    "squashfs_sha256": _sha256_file(staged / IMAGE_FILE),
+                    "files": getattr(summary, "inodes", 0),
+                    "layers": len(manifest.layers),
+                    "layer_bytes": sum(d.size for d in manifest.layers),
+                    "fidelity": list(_fidelity_json(report)),
+                    "stats": _stats(report, summary),
+                    "created": time.time(),
+                }
+                entry = cache.publish(key, staged, info)
+                built = True
+        cache.record_ref(ref_key, key)
+    return _from_entry(entry, output, cached=not built, started=started)
+
+
+def _with_cache_dir(opts: SourceOptions, root: Path) -> SourceOptions:
+    import dataclasses
+
+    return dataclasses.replace(opts, cache_dir=root)
+
+
+def _is_digest_reference(source: str) -> bool:
+    return "@sha256:" in source or "@sha512:" in source
+
+
+def _stats(report: Any, summary: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, obj in (("flatten", report), ("squashfs", summary)):
+        if hasattr(obj, "__dataclass_fields__"):
+            d = {k: v for k, v in asdict(obj).items() if isinstance(v, int | float | str)}
+            out[name] = d
+    return out
+
+
+def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> CompiledImage:
+    info = entry.info
+    manifest_raw = (entry.path / "manifest.json").read_bytes()
+    from .model import parse_manifest_or_index
+
+    manifest = parse_manifest_or_index(manifest_raw)
+    assert isinstance(manifest, Manifest)
+    config = ImageConfig.parse((entry.path / "config.json").read_bytes())
+    path: Path | None = entry.image
+    placed = "none"
+    if output is not None:
+        if isinstance(output, str | os.PathLike):
+            path = Path(output)
+            placed = place_output(entry.image, path)
+        else:
+            with open(entry.image, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    output.write(chunk)
+            path, placed = None, "written"
+    stats = dict(info.get("stats", {}))
+    stats["seconds"] = round(time.monotonic() - started, 3)
+    return CompiledImage(
+        path=path,
+        reference=info.get("reference", ""),
+        digest=Digest.parse(info["digest"]),
+        platform=info.get("platform", ""),
+        manifest=manifest,
+        config=config,
+        format="squashfs",
+        size=int(info.get("squashfs_size", 0)),
+        files=int(info.get("files", 0)),
+        cached=cached,
+        fidelity=tuple(info.get("fidelity", ())),
+        placed=placed,
+        stats=stats,
+    )
+
+
+def _compile_uncached(
+    image: ResolvedImage, output: Any, wopts: WriterOptions,
+    progress: Callable[[object], None] | None, started: float,
+) -> CompiledImage:
+    if output is None or not isinstance(output, str | os.PathLike):
+        raise UsageError("compiling without the cache needs an output path")
+    dest = Path(output).absolute()
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        report, summary = _build_squashfs(image, Path(tmp), wopts, progress)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    manifest, config = image.manifest(), image.config()
+    return CompiledImage(
+        path=dest, reference=image.reference, digest=image.digest,
+        platform=str(image.platform or config.platform), manifest=manifest, config=config,
+        format="squashfs", size=dest.stat().st_size, files=getattr(summary, "inodes", 0),
+        cached=False, fidelity=_fidelity_json(report), placed="written",
+        stats={**_stats(report, summary), "seconds": round(time.monotonic() - started, 3)},
+    )
+
+
+def _compile_tar(
+    source: str, output: Any, want: Platform | None, sopts: SourceOptions,
+    progress: Callable[[object], None] | None,
+) -> CompiledImage:
+    """Write the flattened tree as one tar stream (not cached)."""
+    from .sources.open import open_source
+    from .tarout import TarSink
+
+    image = open_source(source, options=sopts).resolve(want)
+    layers = image.layers()
+    _prefetch(image, layers)
+    started = time.monotonic()
+    if output is None:
+        raise UsageError("--format tar needs an output (a file, or - for stdout)")
+    if isinstance(output, str | os.PathLike):
+        dest = Path(output).absolute()
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                sink = TarSink(f)
+                report = _flatten_into(layers, sink, progress)
+                sink.finish()
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        path: Path | None = dest
+        size = dest.stat().st_size
+    else:
+        sink = TarSink(output)
+        report = _flatten_into(layers, sink, progress)
+        sink.finish()
+        path, size = None, 0
+    manifest, config = image.manifest(), image.config()
+    return CompiledImage(
+        path=path, reference=image.reference, digest=image.digest,
+        platform=str(image.platform or config.platform), manifest=manifest, config=config,
+        format="tar", size=size, files=int(getattr(report, "entries", 0)), cached=False,
+        fidelity=_fidelity_json(report), placed="written",
+        stats={**_stats(report, None), "seconds": round(time.monotonic() - started, 3)},
+    )
+
+
+__all__ = ["CompiledImage", "OcisquashError", "OutputError", "compile_image"]
