@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ocisquash.digest import Digest
@@ -173,6 +173,7 @@ def valid_references(draw: st.DrawFn, *, digests: bool = True, ipv6: bool = True
     return text
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_references())
 def test_reference_round_trips_through_its_normalised_form(text: str) -> None:
     ref = parse_reference(text)
@@ -187,7 +188,7 @@ def test_reference_round_trips_through_its_normalised_form(text: str) -> None:
 _reference_alphabet = st.sampled_from([*list("aAz09:/@._-[]"), "sha256:", "localhost", HEX[:32], "__"])
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(max_size=60), st.lists(_reference_alphabet, max_size=20).map("".join)))
 def test_any_text_parses_or_raises_reference_syntax_error(text: str) -> None:
     try:
@@ -198,6 +199,7 @@ def test_any_text_parses_or_raises_reference_syntax_error(text: str) -> None:
     assert parse_reference(str(ref)) == ref
 
 
+@settings(deadline=None)
 @given(st.text(max_size=60))
 def test_any_spec_parses_or_raises_reference_syntax_error(text: str) -> None:
     try:
@@ -293,7 +295,9 @@ def _skopeo_repo_tags(layout: Path, out: Path, names: list[str]) -> list[str] | 
 
 
 # skopeo 1.9 predates IPv6 hosts and does not bound ports: those cases are left out.
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# No shrinking: each step would run skopeo again; the failing list is printed whole.
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(valid_references(digests=False, ipv6=False), min_size=1, max_size=25, unique=True))
 def test_normalisation_agrees_with_skopeo(tiny_layout: Path, tmp_path: Path, names: list[str]) -> None:
     require_or_skip(shutil.which("skopeo") is not None, "skopeo is not installed")
