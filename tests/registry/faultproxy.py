@@ -11,6 +11,7 @@ Faults match a request path by regular expression and apply ``times`` times
 
 ``status``    answer ``status`` with ``headers``/``body`` instead of forwarding
 ``stall``     wait ``delay`` seconds, then close the connection without an answer
+``delay``     wait ``delay`` seconds, then forward (to make downloads overlap)
 ``cut``       send the headers and ``after`` bytes of the body, then close the socket
 ``truncate``  send only ``after`` bytes, with a Content-Length saying so
 ``corrupt``   flip the byte at offset ``after``
@@ -64,6 +65,9 @@ class FaultProxy:
         self.upstream_auth = upstream_auth
         self.faults: list[Fault] = []
         self.seen: list[Seen] = []
+        #: requests being answered now, and the most at once
+        self.inflight = 0
+        self.max_inflight = 0
         self._lock = threading.Lock()
         self._proxy = self._serve("127.0.0.1", "proxy")
         self._storage = self._serve(storage_host, "storage")
@@ -99,7 +103,14 @@ class FaultProxy:
                 pass
 
             def do_GET(self) -> None:
-                proxy._handle(self, role)
+                with proxy._lock:
+                    proxy.inflight += 1
+                    proxy.max_inflight = max(proxy.max_inflight, proxy.inflight)
+                try:
+                    proxy._handle(self, role)
+                finally:
+                    with proxy._lock:
+                        proxy.inflight -= 1
 
             def do_HEAD(self) -> None:
                 proxy._handle(self, role)
@@ -163,6 +174,8 @@ class FaultProxy:
             time.sleep(fault.delay)
             h.close_connection = True
             return
+        if fault is not None and kind == "delay":
+            time.sleep(fault.delay)
         if fault is not None and kind == "no_range":
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         status, rheaders, body = self._forward(h, h.path, headers)

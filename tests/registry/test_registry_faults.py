@@ -181,3 +181,28 @@ def test_plain_http_fallback_reports_both_failures(make_options: Any) -> None:
     port = free_port()
     with pytest.raises(RegistryError, match="nor over HTTP"):
         source(f"127.0.0.1:{port}/app:oci", make_options(retries=0)).resolve(AMD64)
+
+
+@pytest.mark.parametrize("max_parallel", [1, 2])
+def test_layers_download_in_parallel_up_to_max_parallel(
+        proxy: FaultProxy, make_options: Any, max_parallel: int) -> None:
+    image = _resolve(proxy, make_options(plain_http=True, max_parallel=max_parallel))
+    image.config()
+    proxy.max_inflight = 0
+    proxy.add("delay", "/blobs/", delay=0.3, times=-1)
+    paths = pull(image)
+    assert [file_digest(p) for p in paths] == [str(la.descriptor.digest) for la in image.layers()]
+    assert proxy.max_inflight == max_parallel
+
+
+def test_one_failing_layer_fails_the_pull_and_the_others_stay_stored(
+        proxy: FaultProxy, make_options: Any) -> None:
+    image = _resolve(proxy, make_options(plain_http=True))
+    big = _big(image)
+    proxy.add("corrupt", f"/blobs/{big.descriptor.digest}", after=10, times=-1)
+    with pytest.raises(DigestMismatchError):
+        pull(image)
+    store = image.source.store
+    assert not store.has(big.descriptor.digest)
+    others = [la for la in image.layers() if la is not big]
+    assert all(store.has(la.descriptor.digest) for la in others)
