@@ -93,6 +93,15 @@ def test_index_without_the_platform_names_the_ones_it_has(
     assert "multi:latest" in str(err.value)
 
 
+def test_single_platform_image_of_another_platform_is_refused(
+        registries: Registries, make_options: Any) -> None:
+    image = source(f"{registries.plain.host}/app:oci", make_options()).resolve(ARM64)
+    with pytest.raises(PlatformNotFoundError, match="the image has: linux/amd64"):
+        image.config()
+    unasked = source(f"{registries.plain.host}/app:oci", make_options()).resolve()
+    assert unasked.config().platform == AMD64
+
+
 def test_docker_schema2_image_pulls_the_blobs_skopeo_pulls(
         registries: Registries, make_options: Any) -> None:
     options = make_options()

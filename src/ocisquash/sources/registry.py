@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..digest import Digest, VerifyingReader, verify_bytes
-from ..errors import ManifestError, OcisquashError
+from ..errors import ManifestError, OcisquashError, PlatformNotFoundError
 from ..model import (
     Descriptor,
     ImageConfig,
@@ -79,7 +79,7 @@ class RegistrySource:
                 raise e.with_context(str(ref)) from None
             info = IndexInfo(fetched.digest, parsed.media_type, parsed.manifests)
             return RegistryImage(self, desc.digest, desc.platform, index=info, descriptor=desc)
-        return RegistryImage(self, fetched.digest, None, manifest=parsed)
+        return RegistryImage(self, fetched.digest, None, manifest=parsed, requested=platform)
 
     def fetch_layers(self, image: RegistryImage, progress: ProgressCallback | None = None) -> list[Path]:
         """Download every layer of ``image`` into the store, in parallel; return their paths."""
@@ -124,8 +124,9 @@ class RegistryImage:
 
     def __init__(self, source: RegistrySource, digest: Digest, platform: Platform | None, *,
                  manifest: Manifest | None = None, index: IndexInfo | None = None,
-                 descriptor: Descriptor | None = None) -> None:
+                 descriptor: Descriptor | None = None, requested: Platform | None = None) -> None:
         self.source = source
+        self._requested = requested
         self._digest = digest
         self._platform = platform
         self._manifest = manifest
@@ -206,9 +207,18 @@ class RegistryImage:
             raw = path.read_bytes()
             verify_bytes(raw, desc.digest, desc.size, what="config")
             try:
-                self._config = ImageConfig.parse(raw)
+                config = ImageConfig.parse(raw)
             except OcisquashError as e:
                 raise e.with_context(f"{self._what}: config {desc.digest.short}") from None
+            # A single-platform image asked for by platform must be of that platform.
+            want = self._requested
+            if (want is not None and config.os and config.architecture
+                    and not want.matches(config.platform)):
+                raise PlatformNotFoundError(
+                    f"no image for platform {want}; the image has: {config.platform}",
+                    context=str(self.source.reference),
+                    hint="choose one with --platform OS/ARCH[/VARIANT]")
+            self._config = config
         return self._config
 
     def layers(self) -> Sequence[RegistryLayer]:
