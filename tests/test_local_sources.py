@@ -564,3 +564,10 @@ def test_damaged_archives_raise_only_ocisquash_errors(docker_archive: Path, oci_
             read_all(source.resolve())
     except OcisquashError as e:
         assert e.message
+
+
+@pytest.mark.parametrize("bad", [{"max_parallel": 0}, {"timeout": 0.0}, {"retries": -1}])
+def test_source_options_refuse_nonsense(bad: dict[str, Any]) -> None:
+    with pytest.raises(UsageError):
+        SourceOptions(**bad)
+    assert "hunter2" not in repr(SourceOptions(username="u", password="hunter2"))

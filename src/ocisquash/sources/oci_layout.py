@@ -70,6 +70,7 @@ class BlobStore(Protocol):
 
 
 def missing_blob(digest: Digest, where: str, what: str = "blob") -> ImageNotFoundError:
+    """The error for a blob a layout or archive should hold but does not."""
     return ImageNotFoundError(
         f"{what} {digest} is missing", context=where,
         hint="the image layout is incomplete; copy the image again",

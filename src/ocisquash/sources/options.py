@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True, slots=True)
 class SourceOptions:
@@ -34,3 +36,11 @@ class SourceOptions:
     timeout: float = 60.0
     retries: int = 5
     progress: Callable[[object], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_parallel < 1:
+            raise UsageError(f"max_parallel must be at least 1, not {self.max_parallel}")
+        if not self.timeout > 0:
+            raise UsageError(f"timeout must be a positive number of seconds, not {self.timeout}")
+        if self.retries < 0:
+            raise UsageError(f"retries must not be negative, not {self.retries}")
