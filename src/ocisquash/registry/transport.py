@@ -283,8 +283,8 @@ class Transport:
         if scheme != "auto":
             return self.request(method, f"{scheme}://{endpoint.host}{path}", headers, what=what)
         try:
-            resp = self.request(method, f"https://{endpoint.host}{path}", headers, what=what,
-                                _fallback=True)
+            resp = self._request(method, f"https://{endpoint.host}{path}", headers, what=what,
+                                 body=None, fallback=True)
             with self._lock:
                 self._schemes[endpoint.host] = "https"
             return resp
@@ -301,14 +301,18 @@ class Transport:
             return resp
 
     def request(self, method: str, url: str, headers: Mapping[str, str], *, what: str,
-                body: bytes | None = None, _fallback: bool = False) -> Response:
+                body: bytes | None = None) -> Response:
         """Send one request and follow redirects; the ``Authorization`` header stays home."""
+        return self._request(method, url, headers, what=what, body=body, fallback=False)
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str], *, what: str,
+                 body: bytes | None, fallback: bool) -> Response:
         origin = urlsplit(url)
         hdrs = {"User-Agent": _USER_AGENT, **headers}
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
             raw = self._send(method, current, hdrs, body, what=what,
-                             fallback=_fallback and current == url)
+                             fallback=fallback and current == url)
             location = raw.headers.get("Location")
             if raw.status not in _REDIRECT_STATUSES or not location:
                 return Response(raw, current)
