@@ -61,13 +61,20 @@ def tree_of(root: Path) -> dict[str, tuple[object, ...]]:
             except OSError:
                 xattrs = ()
             group = None
-            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            if stat.S_ISREG(st.st_mode):
                 group = inodes.setdefault((st.st_dev, st.st_ino), rel)
             rdev = st.st_rdev if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else 0
             mtime = int(st.st_mtime) if not stat.S_ISDIR(st.st_mode) else None
             out[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, content, target,
                         rdev, xattrs, group, mtime)
-    return out
+    # A hardlink group is named by its first path; a file alone in the tree has no group
+    # (st_nlink is not used: overlayfs counts names that upper layers hid).
+    sizes: dict[str, int] = {}
+    for rec in out.values():
+        if rec[8] is not None:
+            sizes[str(rec[8])] = sizes.get(str(rec[8]), 0) + 1
+    return {p: (*r[:8], r[8] if r[8] is not None and sizes[str(r[8])] > 1 else None, r[9])
+            for p, r in out.items()}
 
 
 def rule_layers() -> list[list[Entry]]:
