@@ -251,6 +251,11 @@ def error_for_status(resp: Response, what: str) -> RegistryError | ImageNotFound
     return RegistryError(f"registry answered HTTP {status}{suffix}", context=what, status=status)
 
 
+#: What ``auto`` endpoints turned out to speak, for every client in the process.
+_learned_schemes: dict[str, str] = {}
+_schemes_lock = threading.Lock()
+
+
 class Transport:
     """Sends requests with one pool of connections shared by all threads."""
 
@@ -266,27 +271,26 @@ class Transport:
             retries=False,
             timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
         )
-        self._schemes: dict[str, str] = {}
-        self._lock = threading.Lock()
+
 
     def base_url(self, endpoint: Endpoint) -> str:
         """``scheme://host`` of the endpoint as far as known (``auto`` reads as HTTPS until it fell back)."""
-        with self._lock:
-            scheme = self._schemes.get(endpoint.host, endpoint.scheme)
+        with _schemes_lock:
+            scheme = _learned_schemes.get(endpoint.host, endpoint.scheme)
         return f"{'https' if scheme == 'auto' else scheme}://{endpoint.host}"
 
     def open(self, method: str, endpoint: Endpoint, path: str, headers: Mapping[str, str],
              *, what: str) -> Response:
         """Send a request to a registry endpoint, falling back from HTTPS to HTTP for ``auto``."""
-        with self._lock:
-            scheme = self._schemes.get(endpoint.host, endpoint.scheme)
+        with _schemes_lock:
+            scheme = _learned_schemes.get(endpoint.host, endpoint.scheme)
         if scheme != "auto":
             return self.request(method, f"{scheme}://{endpoint.host}{path}", headers, what=what)
         try:
             resp = self._request(method, f"https://{endpoint.host}{path}", headers, what=what,
                                  body=None, fallback=True)
-            with self._lock:
-                self._schemes[endpoint.host] = "https"
+            with _schemes_lock:
+                _learned_schemes[endpoint.host] = "https"
             return resp
         except _FallbackSignal as first:
             log.info("%s does not speak TLS (%s); using plain HTTP", endpoint.host, first.reason)
@@ -296,8 +300,8 @@ class Transport:
                 raise TransientRegistryError(
                     f"cannot connect over HTTPS ({first.reason}) nor over HTTP ({e.message})",
                     context=what) from None
-            with self._lock:
-                self._schemes[endpoint.host] = "http"
+            with _schemes_lock:
+                _learned_schemes[endpoint.host] = "http"
             return resp
 
     def request(self, method: str, url: str, headers: Mapping[str, str], *, what: str,
