@@ -221,6 +221,10 @@ class RegistryImage:
             self._config = config
         return self._config
 
+    def fetch_layers(self, progress: ProgressCallback | None = None) -> list[Path]:
+        """Download manifest, config and all layers into the store, layers in parallel."""
+        return pull(self, progress=progress)
+
     def layers(self) -> Sequence[RegistryLayer]:
         """The layers, lowest first, each with its diff ID from the config."""
         if self._layers is None:
