@@ -20,7 +20,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -225,52 +225,64 @@ def compile_image(
             return _from_entry(entry, output, cached=True, started=started)
 
     src = open_source(source, options=sopts)
-    image = src.resolve(want)
-    key = entry_key(image.digest, FORMAT_VERSION, okey)
+    with _closing(src):
+        image = src.resolve(want)
+        key = entry_key(image.digest, FORMAT_VERSION, okey)
 
-    if not use_cache:
-        return _compile_uncached(image, output, wopts, progress, started)
+        if not use_cache:
+            return _compile_uncached(image, output, wopts, progress, started)
 
-    if pull == "missing":
-        entry = cache.get(key)
-        if entry is not None:
-            cache.record_ref(ref_key, key)
-            return _from_entry(entry, output, cached=True, started=started)
-
-    with cache.build_lock(key):
-        entry = cache.get(key)
-        built = False
-        if entry is None or pull == "always":
+        if pull == "missing":
+            entry = cache.get(key)
             if entry is not None:
-                cache.remove(key)
-            with cache.staging() as staged:
-                manifest = image.manifest()
-                config = image.config()
-                report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts, progress)
-                (staged / "manifest.json").write_bytes(manifest.raw)
-                (staged / "config.json").write_bytes(config.raw)
-                info = {
-                    "reference": image.reference,
-                    "source": source,
-                    "digest": str(image.digest),
-                    "manifest_digest": str(manifest.digest),
-                    "config_digest": str(config.digest),
-                    "platform": str(image.platform or config.platform),
-                    "format_version": FORMAT_VERSION,
-                    "options": okey,
-                    "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
-                    "squashfs_sha256": _sha256_file(staged / IMAGE_FILE),
-                    "files": getattr(summary, "inodes", 0),
-                    "layers": len(manifest.layers),
-                    "layer_bytes": sum(d.size for d in manifest.layers),
-                    "fidelity": list(_fidelity_json(report)),
-                    "stats": _stats(report, summary),
-                    "created": time.time(),
-                }
-                entry = cache.publish(key, staged, info)
-                built = True
-        cache.record_ref(ref_key, key)
-    return _from_entry(entry, output, cached=not built, started=started)
+                cache.record_ref(ref_key, key)
+                return _from_entry(entry, output, cached=True, started=started)
+
+        with cache.build_lock(key):
+            entry = cache.get(key)
+            built = False
+            if entry is None or pull == "always":
+                if entry is not None:
+                    cache.remove(key)
+                with cache.staging() as staged:
+                    manifest = image.manifest()
+                    config = image.config()
+                    report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts, progress)
+                    (staged / "manifest.json").write_bytes(manifest.raw)
+                    (staged / "config.json").write_bytes(config.raw)
+                    info = {
+                        "reference": image.reference,
+                        "source": source,
+                        "digest": str(image.digest),
+                        "manifest_digest": str(manifest.digest),
+                        "config_digest": str(config.digest),
+                        "platform": str(image.platform or config.platform),
+                        "format_version": FORMAT_VERSION,
+                        "options": okey,
+                        "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
+                        "squashfs_sha256": _sha256_file(staged / IMAGE_FILE),
+                        "files": getattr(summary, "inodes", 0),
+                        "layers": len(manifest.layers),
+                        "layer_bytes": sum(d.size for d in manifest.layers),
+                        "fidelity": list(_fidelity_json(report)),
+                        "stats": _stats(report, summary),
+                        "created": time.time(),
+                    }
+                    entry = cache.publish(key, staged, info)
+                    built = True
+            cache.record_ref(ref_key, key)
+        return _from_entry(entry, output, cached=not built, started=started)
+
+
+@contextlib.contextmanager
+def _closing(source: object) -> Iterator[None]:
+    """Release what a source holds open (an archive's file, a registry's connections)."""
+    try:
+        yield
+    finally:
+        close = getattr(source, "close", None)
+        if callable(close):
+            close()
 
 
 def _with_cache_dir(opts: SourceOptions, root: Path) -> SourceOptions:
@@ -363,9 +375,18 @@ def _compile_tar(
 ) -> CompiledImage:
     """Write the flattened tree as one tar stream (not cached)."""
     from .sources.open import open_source
+
+    src = open_source(source, options=sopts)
+    with _closing(src):
+        return _write_tar(src.resolve(want), output, want, progress)
+
+
+def _write_tar(
+    image: ResolvedImage, output: Any, want: Platform | None,
+    progress: Callable[[object], None] | None,
+) -> CompiledImage:
     from .tarout import TarSink
 
-    image = open_source(source, options=sopts).resolve(want)
     layers = image.layers()
     _prefetch(image, layers)
     started = time.monotonic()
