@@ -112,7 +112,7 @@ class Platform:
             str(obj.get("architecture", "")),
             str(obj.get("variant", "") or ""),
             str(obj.get("os.version", "") or ""),
-            tuple(str(f) for f in obj.get("os.features", []) or []),
+            _str_list(obj.get("os.features"), "platform os.features"),
         )
 
 
@@ -173,11 +173,31 @@ class Descriptor:
         return out
 
 
+def _str_list(value: Any, what: str) -> tuple[str, ...]:
+    """A JSON list of strings (absent: empty); anything else is a ``ManifestError``."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ManifestError(f"{what} is not a list")
+    return tuple(str(v) for v in value)
+
+
+def _keys(value: Any, what: str) -> tuple[str, ...]:
+    """The sorted keys of a JSON object such as ``ExposedPorts`` (absent: empty)."""
+    if not value:
+        return ()
+    if not isinstance(value, dict):
+        raise ManifestError(f"{what} is not an object")
+    return tuple(sorted(str(k) for k in value))
+
+
 def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ManifestError(f"{what} is nested too deeply to be valid JSON") from None
     if not isinstance(obj, dict):
         raise ManifestError(f"{what} is not a JSON object")
     return obj
@@ -343,8 +363,8 @@ class ImageConfig:
                 user=str(c.get("User") or ""),
                 labels=tuple(sorted((str(k), str(v)) for k, v in labels.items()))
                 if isinstance(labels, dict) else (),
-                exposed_ports=tuple(sorted(str(k) for k in (c.get("ExposedPorts") or {}))),
-                volumes=tuple(sorted(str(k) for k in (c.get("Volumes") or {}))),
+                exposed_ports=_keys(c.get("ExposedPorts"), "image config ExposedPorts"),
+                volumes=_keys(c.get("Volumes"), "image config Volumes"),
                 stop_signal=str(c.get("StopSignal") or ""),
             ),
             tuple(Digest.parse(d) for d in diff_ids),
