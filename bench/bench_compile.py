@@ -1,0 +1,468 @@
+"""Time registry → squashfs for ocisquash and its peer pipelines (issue 5); write bench/RESULTS.md.
+
+Run: ``python bench/bench_compile.py --images debian,bigfile --runs 3``
+(``--images all`` for the five images of ``bench/images.py``; see bench/README.md).
+
+Contenders, run in the same process, alternating within each round (the order is
+reversed every other round), each cold from a local ``docker-registry``:
+
+* ``P1``: ``skopeo copy`` → ``umoci unpack`` → ``mksquashfs ROOTFS OUT -noappend -quiet``
+  (mksquashfs's defaults: gzip level 9, 128 KiB blocks, all cores);
+* ``P3``: ``skopeo copy`` → ``umoci unpack`` → ``tar -C ROOTFS -cf - . | tar2sqfs -c gzip -j NPROC``
+  (tar2sqfs defaults to xz, so gzip is asked for; its gzip level defaults to 9);
+* ``ocisquash-equal``: ``ocisquash compile --compression gzip --level 9 --block-size 128K``
+  (fragments and duplicate detection on, all cores), empty cache directory;
+* ``ocisquash-default``: ``ocisquash compile`` with its defaults, empty cache directory;
+* ``warm-registry``: the same image again by tag from the registry, cache filled by the
+  default run; ``warm-layout``: the same from the image's OCI layout.
+
+Each step runs as a child process reaped with ``os.wait4``: CPU is user+sys of all
+steps (including their own children), peak RSS is the largest ``ru_maxrss`` of any
+step. The page cache is never dropped (the machine is shared; every contender reads
+the same registry blobs from the same warm cache). The floor of an image is the wall
+time to decompress its layer blobs once (``pigz -dc`` / ``zstd -dc`` to /dev/null)
+plus the CPU time to compress the flattened tree's blocks with ocisquash's own
+compressor (one thread, fragments and duplicate files modelled like the writer's)
+divided by the number of cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import images
+
+HERE = Path(__file__).resolve().parent
+NPROC = os.cpu_count() or 1
+CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "warm-registry", "warm-layout")
+EQUAL = ["--compression", "gzip", "--level", "9", "--block-size", "128K"]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Measure:
+    """One contender's run: wall seconds, CPU seconds, peak RSS bytes, output size, step walls."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+    rss: int = 0
+    size: int = 0
+    steps: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    info: dict[str, object] = field(default_factory=dict)
+
+
+class StepFailed(Exception):
+    pass
+
+
+def step(m: Measure, name: str, cmds: list[list[str]], *, stdout_path: Path | None = None,
+         capture: bool = False) -> bytes:
+    """Run ``cmds`` as a pipeline (stdout of each into the next); account its rusage in ``m``."""
+    t0 = time.perf_counter()
+    procs: list[subprocess.Popen[bytes]] = []
+    errfiles: list[typing.IO[bytes]] = []
+    prev = None
+    out_f = stdout_path.open("wb") if stdout_path else None
+    for i, cmd in enumerate(cmds):
+        last = i == len(cmds) - 1
+        stdout = (subprocess.PIPE if (not last or capture) else
+                  (out_f if out_f else subprocess.DEVNULL))
+        err_f = tempfile.TemporaryFile()  # noqa: SIM115 - closed after wait4
+        p = subprocess.Popen(cmd, stdin=prev, stdout=stdout, stderr=err_f)
+        errfiles.append(err_f)
+        if prev is not None:
+            prev.close()  # so the reader sees EOF / the writer SIGPIPE
+        prev = p.stdout if not last else None
+        procs.append(p)
+    out = b""
+    if capture and procs[-1].stdout is not None:
+        out = procs[-1].stdout.read()
+    errs = []
+    for p, cmd, err_f in zip(procs, cmds, errfiles, strict=True):
+        _, status, ru = os.wait4(p.pid, 0)
+        err_f.seek(0)
+        err = err_f.read()
+        err_f.close()
+        p.returncode = os.waitstatus_to_exitcode(status)
+        m.cpu += ru.ru_utime + ru.ru_stime
+        m.rss = max(m.rss, ru.ru_maxrss * 1024)
+        if p.returncode != 0:
+            errs.append(f"{Path(cmd[0]).name} exited {p.returncode}: "
+                        f"{err.decode(errors='replace').strip().splitlines()[-1:] or ''}")
+    if out_f:
+        out_f.close()
+    dt = time.perf_counter() - t0
+    m.steps[name] = m.steps.get(name, 0.0) + dt
+    m.wall += dt
+    if errs:
+        raise StepFailed(f"{name}: " + "; ".join(errs))
+    return out
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+def run_peer(kind: str, ref: str, tmp: Path) -> Measure:
+    m = Measure()
+    out = tmp / "out.squashfs"
+    try:
+        step(m, "copy", [["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                          f"docker://{ref}", f"oci:{tmp / 'oci'}:bench"]])
+        step(m, "unpack", [["umoci", "unpack", "--image", f"{tmp / 'oci'}:bench",
+                            str(tmp / "bundle")]])
+        rootfs = tmp / "bundle" / "rootfs"
+        if kind == "P1":
+            step(m, "pack", [["mksquashfs", str(rootfs), str(out), "-noappend", "-quiet",
+                              "-no-progress"]])
+        else:
+            step(m, "pack", [["tar", "-C", str(rootfs), "-cf", "-", "."],
+                             ["tar2sqfs", "-c", "gzip", "-j", str(NPROC), "-q", "-f", str(out)]])
+        m.size = out.stat().st_size
+    except StepFailed as e:
+        m.error = str(e)
+    return m
+
+
+def run_ocisquash(image: str, tmp: Path, cache: Path, extra: list[str]) -> Measure:
+    m = Measure()
+    out = tmp / "out.squashfs"
+    try:
+        res = step(m, "compile", [["ocisquash", "compile", image, "-o", str(out),
+                                   "--cache-dir", str(cache), "--json", *extra]], capture=True)
+        info = json.loads(res)
+        m.info = {"cached": info.get("cached"), "compression":
+                  info.get("stats", {}).get("squashfs", {}).get("compression")}
+        m.size = out.stat().st_size
+    except (StepFailed, ValueError) as e:
+        m.error = str(e)
+    return m
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+def decompress_seconds(layout: Path) -> float:
+    total = 0.0
+    for blob, mt in images.layout_layers(layout):
+        tool = ["zstd", "-dcq"] if mt.endswith("zstd") else ["pigz", "-dc"]
+        t0 = time.perf_counter()
+        with blob.open("rb") as f:
+            subprocess.run([*tool], stdin=f, stdout=subprocess.DEVNULL, check=True)
+        total += time.perf_counter() - t0
+    return total
+
+
+def iter_files(root: Path):  # type: ignore[no-untyped-def]
+    seen: set[tuple[int, int]] = set()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            yield p
+
+
+def compress_cpu(root: Path, compression: str | None, level: int | None, bs: int = 131072) -> float:
+    """Thread CPU seconds to compress the tree's data like the writer: blocks, tails, dedup."""
+    from ocisquash.squashfs import Compression
+    from ocisquash.squashfs.compressor import make_compressor
+
+    comp = make_compressor(Compression(compression or "zstd"), level=level, block_size=bs)
+    cpu = 0.0
+    seen: set[bytes] = set()
+    frag = bytearray()
+    for p in iter_files(root):
+        with open(p, "rb") as f:
+            data = f.read()
+        if not data:
+            continue
+        h = hashlib.sha256(data).digest()
+        if h in seen:
+            continue
+        seen.add(h)
+        full = len(data) - len(data) % bs
+        t0 = time.thread_time()
+        for off in range(0, full, bs):
+            comp.compress(data[off:off + bs])
+        frag += data[full:]
+        while len(frag) >= bs:
+            comp.compress(bytes(frag[:bs]))
+            del frag[:bs]
+        cpu += time.thread_time() - t0
+    t0 = time.thread_time()
+    if frag:
+        comp.compress(bytes(frag))
+    return cpu + time.thread_time() - t0
+
+
+def floor_for(name: str, ref: str, layout: Path, default_compression: str, workdir: Path) -> dict[str, float]:
+    """Decompress seconds, and compress CPU seconds for gzip-9 and the default; cached by digest."""
+    cache_file = workdir / "floor.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    key = f"{name}:{hashlib.sha256((layout / 'index.json').read_bytes()).hexdigest()[:16]}"
+    if key in cache and cache[key].get("default_compression") == default_compression:
+        return dict(cache[key])
+    log(f"floor for {name}: decompressing layers, compressing the flattened tree")
+    res: dict[str, float] = {"decompress": decompress_seconds(layout)}
+    tmp = workdir / "tmp" / "floor"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        m = Measure()
+        try:
+            step(m, "copy", [["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                              f"docker://{ref}", f"oci:{tmp / 'oci'}:bench"]])
+            step(m, "unpack", [["umoci", "unpack", "--image", f"{tmp / 'oci'}:bench",
+                                str(tmp / "bundle")]])
+            root = tmp / "bundle" / "rootfs"
+        except StepFailed:
+            # umoci cannot read zstd layers: take the flattened tree from ocisquash's tar output
+            root = tmp / "rootfs"
+            root.mkdir()
+            step(m, "tar", [["ocisquash", "compile", f"oci:{layout}:latest", "--format", "tar",
+                             "-o", "-", "--no-cache", "--cache-dir", str(tmp / "cache")],
+                            ["tar", "-C", str(root), "-xf", "-"]])
+        res["compress_gzip9"] = compress_cpu(root, "gzip", 9)
+        res["compress_default"] = compress_cpu(root, default_compression, None)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["default_compression"] = default_compression  # type: ignore[assignment]
+    cache[key] = res
+    cache_file.write_text(json.dumps(cache, indent=2))
+    return res
+
+
+# --------------------------------------------------------------------------- the rounds
+
+
+def bench_image(name: str, ref: str, layout: Path, runs: int, workdir: Path,
+                contenders: list[str], loads: list[str]) -> dict[str, list[Measure]]:
+    results: dict[str, list[Measure]] = {c: [] for c in contenders}
+    cold = [c for c in contenders if not c.startswith("warm")]
+    for r in range(runs):
+        order = cold if r % 2 == 0 else cold[::-1]
+        log(f"{name} round {r + 1}/{runs}: {', '.join(order)}; load {os.getloadavg()[0]:.2f}")
+        loads.append(f"{name}#{r + 1} {os.getloadavg()[0]:.2f}")
+        cache_default = None
+        for c in order:
+            tmp = workdir / "tmp" / f"{name}-{c}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            cache = workdir / "tmp" / f"cache-{name}-{c}"
+            shutil.rmtree(cache, ignore_errors=True)
+            if c in ("P1", "P3"):
+                m = run_peer(c, ref, tmp)
+            elif c == "ocisquash-equal":
+                m = run_ocisquash(f"docker://{ref}", tmp, cache, EQUAL)
+            else:
+                m = run_ocisquash(f"docker://{ref}", tmp, cache, [])
+                cache_default = cache
+            log(f"  {c}: {m.wall:.2f} s, cpu {m.cpu:.1f} s, rss {m.rss / 2**20:.0f} MiB, "
+                f"{m.size / 1e6:.1f} MB {m.error}")
+            results[c].append(m)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if c != "ocisquash-default":
+                shutil.rmtree(cache, ignore_errors=True)
+        if cache_default is not None:
+            for c, image in (("warm-registry", f"docker://{ref}"),
+                             ("warm-layout", f"oci:{layout}:latest")):
+                if c not in contenders:
+                    continue
+                tmp = workdir / "tmp" / f"{name}-{c}"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                m = run_ocisquash(image, tmp, cache_default, [])
+                log(f"  {c}: {m.wall:.3f} s, cached={m.info.get('cached')} {m.error}")
+                results[c].append(m)
+                shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(cache_default, ignore_errors=True)
+    return results
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def machine() -> dict[str, str]:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().split("\n")[0].split()[1]
+
+    def ver(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+            return (out.stdout or out.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": f"{NPROC} × {model}",
+        "ram": f"{int(mem) / 2**20:.1f} GiB",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "ocisquash": f"{ver(['ocisquash', '--version'])} (git {git})",
+        "skopeo": ver(["skopeo", "--version"]),
+        "umoci": ver(["umoci", "--version"]),
+        "mksquashfs": ver(["mksquashfs", "-version"]),
+        "tar2sqfs": ver(["tar2sqfs", "--version"]),
+        "docker-registry": ver(["docker-registry", "--version"]),
+    }
+
+
+def report(all_results: dict[str, dict[str, list[Measure]]], floors: dict[str, dict[str, float]],
+           runs: int, loads: list[str], started: str, out: Path) -> None:
+    mach = machine()
+    lines = [
+        "# ocisquash compile vs. peer pipelines (issue 5)",
+        "",
+        f"Run {started} → {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+        f"`python bench/bench_compile.py --images {','.join(all_results)} --runs {runs}`; "
+        "medians over the runs; ratios are the median of the per-round ratios to P1 "
+        "(same round). Cold = empty ocisquash cache, fresh skopeo/umoci directories; the "
+        "page cache was not dropped for anyone. See bench/README.md for the contenders.",
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in mach.items()),
+        "",
+        "Load (shared machine, 1-min load average at each round's start): " + ", ".join(loads),
+        "",
+        "| image | contender | wall s (median) | ratio to P1 | CPU s (user+sys) | peak RSS MiB "
+        "| output MB | steps (median s) | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    verdicts: list[str] = []
+    for name, res in all_results.items():
+        p1 = res.get("P1", [])
+        fl = floors.get(name, {})
+        for c, ms in res.items():
+            ok = [m for m in ms if not m.error]
+            if not ok:
+                err = ms[0].error if ms else "not run"
+                lines.append(f"| {name} | {c} | fails | | | | | | {err[:120]} |")
+                continue
+            ratios = [m.wall / p.wall for m, p in zip(ms, p1, strict=False)
+                      if not m.error and not p.error and p.wall > 0]
+            steps = {k: med([m.steps.get(k, 0.0) for m in ok]) for k in ok[0].steps}
+            notes = []
+            if c.startswith("warm"):
+                notes.append("cached=" + ",".join(str(m.info.get("cached")) for m in ok))
+            if c == "ocisquash-default" and ok[0].info.get("compression"):
+                notes.append(f"compression {ok[0].info['compression']}")
+            lines.append(
+                f"| {name} | {c} | {med([m.wall for m in ok]):.2f} | "
+                f"{med(ratios):.3f} | {med([m.cpu for m in ok]):.1f} | "
+                f"{max(m.rss for m in ok) / 2**20:.0f} | {med([m.size for m in ok]) / 1e6:.1f} | "
+                + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()) + " | "
+                + "; ".join(notes) + " |"
+            )
+        if fl:
+            for setting, key in (("gzip-9", "compress_gzip9"), ("default", "compress_default")):
+                f = fl["decompress"] + fl[key] / NPROC
+                lines.append(f"| {name} | floor ({setting}) | {f:.2f} | | | | | decompress "
+                             f"{fl['decompress']:.2f}, compress CPU {fl[key]:.1f} / {NPROC} | |")
+        verdicts += targets(name, res, fl)
+    lines += ["", "## Targets of issue 5", ""] + [f"- {v}" for v in verdicts]
+    out.write_text("\n".join(lines) + "\n")
+    log(f"wrote {out}")
+
+
+def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> list[str]:
+    v = []
+
+    def ratio(c: str) -> float:
+        return med([m.wall / p.wall for m, p in zip(res.get(c, []), res.get("P1", []), strict=False)
+                    if not m.error and not p.error])
+
+    def yes(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    def size(c: str) -> float:
+        return med([m.size for m in res.get(c, []) if not m.error])
+
+    if res.get("P1") and res.get("ocisquash-equal"):
+        r, s = ratio("ocisquash-equal"), size("ocisquash-equal") / size("P1")
+        v.append(f"{name}: equal settings ratio {r:.3f} (≤ 0.5: {yes(r <= 0.5)}), "
+                 f"size {s:.3f}× mksquashfs (≤ 1.02: {yes(s <= 1.02)})")
+    if res.get("P1") and res.get("ocisquash-default"):
+        r, s = ratio("ocisquash-default"), size("ocisquash-default") / size("P1")
+        v.append(f"{name}: defaults ratio {r:.3f} (≤ 0.15: {yes(r <= 0.15)}), "
+                 f"size {s:.3f}× P1 (≤ 1: {yes(s <= 1.0)})")
+    for c in ("warm-registry", "warm-layout"):
+        ok = [m.wall for m in res.get(c, []) if not m.error]
+        if ok:
+            v.append(f"{name}: {c} {med(ok):.3f} s (≤ 0.3 s: {yes(med(ok) <= 0.3)})")
+    rss = [m.rss for c in ("ocisquash-equal", "ocisquash-default") for m in res.get(c, [])
+           if not m.error]
+    if rss:
+        v.append(f"{name}: ocisquash peak RSS {max(rss) / 1e6:.0f} MB (≤ 200 MB: "
+                 f"{yes(max(rss) <= 200e6)})")
+    if fl:
+        for c, key in (("ocisquash-equal", "compress_gzip9"), ("ocisquash-default", "compress_default")):
+            ok = [m.wall for m in res.get(c, []) if not m.error]
+            if ok:
+                f = fl["decompress"] + fl[key] / NPROC
+                v.append(f"{name}: {c} wall / floor = {med(ok) / f:.2f} (≤ 1.15 on devel and "
+                         f"bigfile: {yes(med(ok) / f <= 1.15)})")
+    return v
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", default="debian,bigfile",
+                    help=f"comma-separated subset of {','.join(images.IMAGES)} (or 'all')")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--contenders", default=",".join(CONTENDERS),
+                    help=f"comma-separated subset of {','.join(CONTENDERS)}")
+    ap.add_argument("--workdir", type=Path, default=images.DEFAULT_WORKDIR)
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
+    ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    args = ap.parse_args()
+    names = list(images.IMAGES) if args.images == "all" else args.images.split(",")
+    contenders = args.contenders.split(",")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    all_results: dict[str, dict[str, list[Measure]]] = {}
+    floors: dict[str, dict[str, float]] = {}
+    loads: list[str] = []
+    with images.serving(names, args.workdir) as (_reg, refs):
+        for name in names:
+            layout = args.workdir / "layouts" / name
+            if not args.no_floor:
+                floors[name] = floor_for(name, refs[name], layout, "zstd", args.workdir)
+                log(f"floor {name}: {floors[name]}")
+            all_results[name] = bench_image(name, refs[name], layout, args.runs, args.workdir,
+                                            contenders, loads)
+            # write after every image, so a long run leaves its results behind
+            report(all_results, floors, args.runs, loads, started, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
