@@ -28,7 +28,7 @@ from ..model import (
 )
 from ..progress import ProgressCallback
 from ..reference import Reference
-from ..registry.client import MANIFEST_LIMIT, RegistryClient
+from ..registry.client import RegistryClient
 from ..store import BlobStore
 from .base import IndexInfo
 from .options import SourceOptions
@@ -185,10 +185,7 @@ class RegistryImage:
 
     def store_manifest(self) -> Path:
         """Keep the manifest in the blob store (``pull`` does, so that ``manifest()`` reads it)."""
-        m = self.manifest()
-        if len(m.raw) > MANIFEST_LIMIT:  # pragma: no cover - the client refuses those
-            raise ManifestError("manifest too large", context=self._what)
-        return self.source.store.put_bytes(self._digest, m.raw)
+        return self.source.store.put_bytes(self._digest, self.manifest().raw)
 
     def fetch_blob(self, desc: Descriptor, what: str,
                    progress: ProgressCallback | None = None) -> Path:
