@@ -229,3 +229,15 @@ def test_token_scope_is_per_repository(token_registry: TokenRegistry, make_optio
     source(f"{token_registry.host}/multi:latest", options).resolve(AMD64)
     scopes = [urllib.parse.unquote(r.query["scope"][0]) for r in _token_gets(token_registry)]
     assert scopes == ["repository:app:pull", "repository:multi:pull"]
+
+
+def test_debug_logs_carry_no_secrets(token_registry: TokenRegistry, make_options: Any,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="ocisquash")
+    options = make_options(username=TOKEN_USER, password=TOKEN_PASSWORD)
+    image = source(f"{token_registry.host}/private/app:oci", options).resolve(AMD64)
+    pull(image)
+    assert caplog.records  # the flow did log
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert TOKEN_PASSWORD not in text and _b64(f"{TOKEN_USER}:{TOKEN_PASSWORD}") not in text
+    assert "Bearer " not in text and "eyJ" not in text  # no JWT
