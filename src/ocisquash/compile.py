@@ -85,15 +85,18 @@ class CompiledImage:
         }
 
 
-#: The compressor ocisquash uses unless told otherwise (see the README for why).
+#: The compressor and level ocisquash uses unless told otherwise. Measured on a Debian
+#: bookworm root filesystem in 128 KiB blocks (see the README): zstd level 6 gives 4 %
+#: smaller output than gzip level 9 at about 4x its speed, and decodes several times faster.
 DEFAULT_COMPRESSION = "zstd"
+DEFAULT_ZSTD_LEVEL = 6
 
 
 def default_writer_options() -> WriterOptions:
-    """The writer options of a compile that names none: zstd, 128 KiB blocks."""
+    """The writer options of a compile that names none: zstd level 6, 128 KiB blocks."""
     from .squashfs import Compression
 
-    return WriterOptions(compression=Compression(DEFAULT_COMPRESSION))
+    return WriterOptions(compression=Compression(DEFAULT_COMPRESSION), level=DEFAULT_ZSTD_LEVEL)
 
 
 def _writer_options_key(options: WriterOptions) -> dict[str, Any]:

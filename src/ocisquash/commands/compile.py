@@ -13,8 +13,11 @@ def add_writer_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("squashfs output")
     g.add_argument("--compression", "-c", default=None,
                    choices=("gzip", "xz", "zstd", "lz4", "lzo"),
-                   help="compressor (default: zstd; every current Linux kernel mounts it)")
-    g.add_argument("--level", type=int, default=None, help="compression level (compressor's default)")
+                   help="compressor (compile's default: zstd level 6; every current Linux kernel "
+                        "mounts it)")
+    g.add_argument("--level", type=int, default=None,
+                   help="compression level (default: 6 for compile's zstd, else the compressor's "
+                        "own default, as mksquashfs: gzip 9, xz 6, zstd 15)")
     g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
                    help="data block size, a power of two from 4K to 1M (default 128K)")
     g.add_argument("--no-fragments", action="store_true", help="do not pack file tails into fragments")
@@ -100,10 +103,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compile import DEFAULT_COMPRESSION, compile_image
+    from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL, compile_image
     from ..errors import UsageError
     from ._common import source_options_from_args
 
+    if args.compression is None and args.level is None:
+        args.level = DEFAULT_ZSTD_LEVEL
     wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION)
     sopts = source_options_from_args(args)
     output: object = args.output
