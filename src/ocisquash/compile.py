@@ -113,10 +113,71 @@ def _prefetch(image: ResolvedImage, layers: Sequence[Layer]) -> None:
         fetch()
 
 
+class _CountingStream:
+    """Reports how much of a layer blob the flattener has consumed."""
+
+    STEP = 1 << 20
+
+    def __init__(self, raw: BinaryIO, report: Callable[[int], None]) -> None:
+        self._raw = raw
+        self._report = report
+        self._done = 0
+        self._next = self.STEP
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._done += len(data)
+        if self._done >= self._next or (not data and self._next != -1):
+            self._next = self._done + self.STEP if data else -1
+            self._report(self._done)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+@dataclass(frozen=True)
+class _ReportingLayer:
+    """A layer whose stream emits ``LayerApplying`` progress events."""
+
+    layer: Layer
+    index: int
+    count: int
+    progress: Callable[[object], None]
+
+    @property
+    def descriptor(self) -> Any:
+        return self.layer.descriptor
+
+    @property
+    def diff_id(self) -> Digest | None:
+        return self.layer.diff_id
+
+    def open(self) -> BinaryIO:
+        from .progress import LayerApplying
+
+        d = self.layer.descriptor
+
+        def report(done: int) -> None:
+            self.progress(LayerApplying(d.digest, self.index, self.count, min(done, d.size), d.size))
+
+        return _CountingStream(self.layer.open(), report)  # type: ignore[return-value]
+
+
 def _flatten_into(layers: Sequence[Layer], sink: Any, progress: Callable[[object], None] | None) -> Any:
     from .flatten import flatten
+    from .progress import Finishing
 
-    return flatten(layers, sink, progress=progress)
+    if progress is None:
+        return flatten(layers, sink)
+    n = len(layers)
+    wrapped = [_ReportingLayer(layer, n - i, n, progress) for i, layer in enumerate(layers)]
+    report = flatten(wrapped, sink)
+    progress(Finishing(int(getattr(report, "entries", 0))))
+    return report
 
 
 def _fidelity_json(report: Any) -> tuple[dict[str, Any], ...]:

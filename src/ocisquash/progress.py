@@ -61,7 +61,25 @@ class BlobDone:
     cached: bool = False
 
 
-ProgressEvent = BlobStarted | BlobProgress | BlobRetrying | BlobDone
+@dataclass(frozen=True, slots=True)
+class LayerApplying:
+    """``done`` of ``size`` bytes of layer ``index`` (1 = top) have been read and applied."""
+
+    digest: Digest
+    index: int
+    count: int
+    done: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finishing:
+    """All layers are applied; the squashfs tables are being written."""
+
+    files: int
+
+
+ProgressEvent = BlobStarted | BlobProgress | BlobRetrying | BlobDone | LayerApplying | Finishing
 
 
 def emit(callback: ProgressCallback | None, event: ProgressEvent) -> None:
@@ -121,6 +139,16 @@ class TtyProgress:
                 row = self._rows.setdefault(event.digest, _Row(event.what, event.digest, event.size))
                 row.done = event.size
                 row.state = "cached" if event.cached else "done"
+            elif isinstance(event, LayerApplying):
+                key = Digest("apply", f"{event.index}-{event.digest.hex}")
+                row = self._rows.setdefault(
+                    key, _Row(f"apply {event.index}/{event.count}", event.digest, event.size))
+                row.done = event.done
+                row.state = "applied" if event.done >= event.size else "applying"
+                force = event.done >= event.size
+            elif isinstance(event, Finishing):
+                key = Digest("finish", "")
+                self._rows[key] = _Row("squashfs", key, 1, 1, f"writing tables of {event.files} files")
             else:
                 return
             now = time.monotonic()
@@ -132,7 +160,9 @@ class TtyProgress:
         frac = row.done / row.size if row.size else 1.0
         filled = int(frac * self.BAR_WIDTH)
         bar = "#" * filled + "." * (self.BAR_WIDTH - filled)
-        state = "" if row.state == "downloading" else f"  {row.state}"
+        state = "" if row.state in ("downloading", "applying") else f"  {row.state}"
+        if row.digest.algorithm == "finish":
+            return f"{row.what:<12} {row.state}"
         return (f"{row.what:<12} {row.digest.short}  [{bar}] "
                 f"{human_size(row.done):>10} / {human_size(row.size)}{state}")
 

@@ -105,7 +105,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL, compile_image
     from ..errors import UsageError
-    from ._common import source_options_from_args
+    from ._common import close_progress, source_options_from_args
 
     if args.compression is None and args.level is None:
         args.level = DEFAULT_ZSTD_LEVEL
@@ -118,17 +118,20 @@ def run(args: argparse.Namespace) -> int:
         output = sys.stdout.buffer
     elif args.output is not None:
         output = Path(args.output)
-    result = compile_image(
-        args.image,
-        output,  # type: ignore[arg-type]
-        platform=args.platform,
-        format=args.format,
-        writer_options=wopts,  # type: ignore[arg-type]
-        source_options=sopts,
-        pull=args.pull,
-        use_cache=not args.no_cache,
-        progress=getattr(sopts, "progress", None),
-    )
+    try:
+        result = compile_image(
+            args.image,
+            output,  # type: ignore[arg-type]
+            platform=args.platform,
+            format=args.format,
+            writer_options=wopts,  # type: ignore[arg-type]
+            source_options=sopts,
+            pull=args.pull,
+            use_cache=not args.no_cache,
+            progress=sopts.progress,
+        )
+    finally:
+        close_progress(sopts)
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
