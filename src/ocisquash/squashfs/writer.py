@@ -15,6 +15,8 @@ back. The image is then padded to a multiple of 4 KiB, "the device block size".
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 from dataclasses import dataclass, field
@@ -152,6 +154,9 @@ class SquashfsWriter:
         )
         self._mkfs_time = options.resolved_mkfs_time()
         self._owned = not hasattr(output, "write")
+        #: what error messages call the output: its path, or the stream's name
+        self._name = os.fspath(output) if self._owned else str(  # type: ignore[arg-type]
+            getattr(output, "name", "the output stream"))
         try:
             if self._owned:
                 self._out: BinaryIO = open(output, "w+b")  # type: ignore[arg-type,assignment]  # noqa: SIM115
@@ -228,7 +233,7 @@ class SquashfsWriter:
         except SquashfsError as e:
             raise e.with_context(repr(path)) from None
         except OSError as e:
-            raise OutputError(f"cannot write the image: {e}", context=repr(path)) from e
+            raise self._write_error(e, path) from e
         self._tree.put(path, FileNode(meta, written))
 
     def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
@@ -293,6 +298,14 @@ class SquashfsWriter:
         elif not self._closed:
             self.finish()
 
+    def _write_error(self, e: OSError, path: bytes | None = None) -> OutputError:
+        """The error for a failed write of the image (a full disk, most often)."""
+        what = f" (adding {path.decode('utf-8', 'replace')})" if path is not None else ""
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        return OutputError(
+            f"cannot write the image{what}: {e.strerror or e}", context=self._name,
+            hint="free space on that filesystem or write elsewhere" if full else "")
+
     def abort(self) -> None:
         """Stop the compression threads and discard the image being written."""
         if self._closed:
@@ -300,19 +313,25 @@ class SquashfsWriter:
         self._closed = True
         self._pipeline.close(cancel=True)
         if self._owned:
-            self._out.close()
+            # Flushing what is buffered may fail again (a full disk): the image is
+            # discarded anyway, and the error that made us abort is the one to report.
+            with contextlib.suppress(OSError):
+                self._out.close()
 
     def finish(self) -> WriteSummary:
         """Write all tables and the superblock, pad to 4 KiB, flush; return a summary."""
         self._check_open()
         try:
             summary = self._finish()
+            if self._owned:
+                self._out.close()
+        except OSError as e:
+            self.abort()
+            raise self._write_error(e) from e
         except BaseException:
             self.abort()
             raise
         self._closed = True
-        if self._owned:
-            self._out.close()
         return summary
 
     def _finish(self) -> WriteSummary:
