@@ -333,3 +333,24 @@ def test_unknown_tag_names_what_exists(rules_image: Path, tmp_path: Path) -> Non
     proc = run_cli("compile", f"oci:{rules_image}:nope", "-o", str(tmp_path / "o.squashfs"),
                    "--cache-dir", str(tmp_path / "cache"), check=False)
     assert proc.returncode != 0 and "latest" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fidelity_losses_are_named_in_warning_and_json(tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, [[
+        Entry("acl", data=b"x", xattrs={"system.posix_acl_access": b"\x02\x00\x00\x00"}),
+        Entry("future", data=b"y", mtime=2**33),
+        Entry("fine", data=b"z", xattrs={"user.kept": b"1"}),
+    ]])
+    args = ["compile", f"oci:{layout}", "-o", str(tmp_path / "o.squashfs"),
+            "--cache-dir", str(tmp_path / "cache")]
+    proc = run_cli(*args)
+    assert "warning: 1 entries: extended attributes outside" in proc.stderr and "/acl" in proc.stderr
+    assert "modification times outside" in proc.stderr and "/future" in proc.stderr
+    summary = json.loads(run_cli(*args, "--json").stdout)
+    kinds = {f["kind"]: f for f in summary["fidelity"]}
+    assert kinds["xattr-dropped"]["examples"] == ["acl"]
+    assert kinds["mtime-clamped"]["count"] == 1
+    listing = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "o.squashfs")],
+                             capture_output=True, text=True, check=True).stdout
+    assert "2106-02-07" in listing  # clamped to 2**32-1, not wrapped

@@ -144,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         for issue in result.fidelity:
-            print(f"ocisquash: warning: {issue}", file=sys.stderr)
+            examples = ", ".join("/" + str(e) for e in issue.get("examples", ())[:3])
+            print(f"ocisquash: warning: {issue.get('count', '?')} entries: "
+                  f"{issue.get('detail', issue.get('kind', issue))}"
+                  + (f" (e.g. {examples})" if examples else ""), file=sys.stderr)
         if args.output is None:
             print(result.path)
     return 0
