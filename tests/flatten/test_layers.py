@@ -216,3 +216,36 @@ def test_entry_kinds() -> None:
     got = {e.path: (e.kind, e.devmajor, e.devminor, e.linkname) for e, _ in read_layer(layer)}
     assert got == {b"c": ("char", 4, 64, b""), b"p": ("fifo", 0, 0, b""),
                    b"s": ("symlink", 0, 0, b"/abs/target")}
+
+
+def test_pax_global_header_applies_to_every_following_entry() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"uid": "77", "mtime": "1234.5"}) as tf:
+        for name in ("a", "b"):
+            tf.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
+    ours = {e.path: (e.meta.uid, e.meta.mtime) for e, _ in read_layer(BlobLayer.of(buf.getvalue(), "tar"))}
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        theirs = {m.name.encode(): (m.uid, int(m.mtime)) for m in tf.getmembers()}
+    assert ours == theirs == {b"a": (77, 1234), b"b": (77, 1234)}
+
+
+def test_old_style_directory_marked_by_trailing_slash_only() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        ti = tarfile.TarInfo("olddir/")
+        ti.type = tarfile.AREGTYPE
+        tf.addfile(ti, io.BytesIO(b""))
+    ((entry, data),) = list(read_layer(BlobLayer.of(buf.getvalue(), "tar")))
+    assert (entry.path, entry.kind, data) == (b"olddir", "dir", None)
+
+
+def test_header_with_signed_checksum_is_accepted_and_bad_checksum_refused() -> None:
+    tar = bytearray(make_tar([F("caf\xe9", b"x")], format=tarfile.USTAR_FORMAT))
+    block = tar[:512]
+    signed = sum(b - 256 if b > 127 else b for b in block[:148] + b" " * 8 + block[156:])
+    tar[148:156] = b"%06o\0 " % signed
+    assert [e.path for e, _ in read_layer(BlobLayer.of(bytes(tar), "tar"))] == [b"caf\xc3\xa9"]
+    tar[148:156] = b"%06o\0 " % (signed + 1)
+    with pytest.raises(LayerError, match="bad checksum"):
+        list(read_layer(BlobLayer.of(bytes(tar), "tar")))
