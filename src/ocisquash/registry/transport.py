@@ -23,6 +23,7 @@ honouring ``Retry-After``.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -254,6 +255,32 @@ def error_for_status(resp: Response, what: str) -> RegistryError | ImageNotFound
 #: What ``auto`` endpoints turned out to speak, for every client in the process.
 _learned_schemes: dict[str, str] = {}
 _schemes_lock = threading.Lock()
+#: Schemes learned by earlier runs for ``auto`` endpoints, from the cache directory.
+_scheme_hints: dict[str, str] = {}
+_HINTS_FILE = "registry-schemes.json"
+
+
+def _load_scheme_hints(cache_dir: Path | None) -> None:
+    if cache_dir is None or _scheme_hints:
+        return
+    try:
+        data = json.loads((Path(cache_dir) / _HINTS_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict):
+        _scheme_hints.update({str(k): str(v) for k, v in data.items() if v in ("http", "https")})
+
+
+def _save_scheme_hint(cache_dir: Path | None, host: str, scheme: str) -> None:
+    """Remember that a loopback (or ``--insecure``) host speaks ``scheme``, for later runs."""
+    if cache_dir is None or _scheme_hints.get(host) == scheme:
+        return
+    from ..store import write_atomic
+
+    _scheme_hints[host] = scheme
+    with contextlib.suppress(OSError):  # only a hint
+        write_atomic(Path(cache_dir) / _HINTS_FILE,
+                     json.dumps(_scheme_hints, sort_keys=True).encode())
 
 
 class Transport:
@@ -262,15 +289,30 @@ class Transport:
     def __init__(self, options: SourceOptions) -> None:
         self.options = options
         self.timeout = options.timeout
-        ctx = make_ssl_context(options)
-        self._pool = urllib3.PoolManager(
-            num_pools=16,
-            maxsize=max(options.max_parallel, 1) + 2,
-            ssl_context=ctx,
-            cert_reqs=ssl.CERT_NONE if options.insecure else ssl.CERT_REQUIRED,
-            retries=False,
-            timeout=urllib3.Timeout(connect=options.timeout, read=options.timeout),
-        )
+        if options.ca_cert is not None:
+            make_ssl_context(options)  # a bad --ca-cert is a usage error at once
+        self._pools: dict[str, urllib3.PoolManager] = {}
+        self._pools_lock = threading.Lock()
+        _load_scheme_hints(options.cache_dir)
+
+    def _pool(self, scheme: str) -> urllib3.PoolManager:
+        """The connection pool of ``scheme``; TLS settings (slow to load) only when needed."""
+        with self._pools_lock:
+            pool = self._pools.get(scheme)
+            if pool is None:
+                kw: dict[str, object] = {}
+                if scheme == "https":
+                    kw = {"ssl_context": make_ssl_context(self.options),
+                          "cert_reqs": ssl.CERT_NONE if self.options.insecure else ssl.CERT_REQUIRED}
+                pool = urllib3.PoolManager(
+                    num_pools=16,
+                    maxsize=max(self.options.max_parallel, 1) + 2,
+                    retries=False,
+                    timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                    **kw,  # type: ignore[arg-type]
+                )
+                self._pools[scheme] = pool
+            return pool
 
 
     def base_url(self, endpoint: Endpoint) -> str:
@@ -286,6 +328,19 @@ class Transport:
             scheme = _learned_schemes.get(endpoint.host, endpoint.scheme)
         if scheme != "auto":
             return self.request(method, f"{scheme}://{endpoint.host}{path}", headers, what=what)
+        if _scheme_hints.get(endpoint.host) == "http":
+            # An earlier run learned that this host speaks plain HTTP: try that first, and
+            # skip loading TLS settings. A TLS server answers plain HTTP with 400 or a reset.
+            try:
+                resp = self._request(method, f"http://{endpoint.host}{path}", headers, what=what,
+                                     body=None, fallback=True)
+                if resp.status != 400:
+                    with _schemes_lock:
+                        _learned_schemes[endpoint.host] = "http"
+                    return resp
+                resp.close()
+            except _FallbackSignal:
+                pass
         try:
             resp = self._request(method, f"https://{endpoint.host}{path}", headers, what=what,
                                  body=None, fallback=True)
@@ -302,6 +357,7 @@ class Transport:
                     context=what) from None
             with _schemes_lock:
                 _learned_schemes[endpoint.host] = "http"
+            _save_scheme_hint(self.options.cache_dir, endpoint.host, "http")
             return resp
 
     def request(self, method: str, url: str, headers: Mapping[str, str], *, what: str,
@@ -343,7 +399,8 @@ class Transport:
             with warnings.catch_warnings():
                 if insecure:
                     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                return self._pool.request(method, url, headers=dict(headers), body=body,
+                return self._pool(urlsplit(url).scheme).request(
+                                          method, url, headers=dict(headers), body=body,
                                           preload_content=False, redirect=False, retries=False,
                                           decode_content=False)
         except urllib3.exceptions.SSLError as e:
@@ -378,7 +435,9 @@ class Transport:
             ) from None
 
     def close(self) -> None:
-        self._pool.clear()
+        with self._pools_lock:
+            for pool in self._pools.values():
+                pool.clear()
 
 
 class _FallbackSignal(Exception):
