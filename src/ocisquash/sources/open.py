@@ -10,9 +10,7 @@ from ..reference import (
     RegistrySpec,
     parse_image_spec,
 )
-from .archive import DockerArchiveSource, OciArchiveSource
 from .base import ImageSource
-from .oci_layout import OciLayoutSource
 from .options import SourceOptions
 
 
@@ -29,10 +27,17 @@ def open_source(spec: str | ImageSpec, *, options: SourceOptions | None = None) 
         from .registry import RegistrySource
 
         return RegistrySource(spec.reference, options)
+    # Each source module is imported only when used, so a warm compile starts fast.
     if isinstance(spec, OciLayoutSpec):
+        from .oci_layout import OciLayoutSource
+
         return OciLayoutSource(spec.path, spec.tag)
     if isinstance(spec, OciArchiveSpec):
+        from .archive import OciArchiveSource
+
         return OciArchiveSource(spec.path, spec.tag, options=options)
     if isinstance(spec, DockerArchiveSpec):
+        from .archive import DockerArchiveSource
+
         return DockerArchiveSource(spec.path, spec.reference, index=spec.index, options=options)
     raise TypeError(f"not an image spec: {spec!r}")
