@@ -249,3 +249,15 @@ def test_header_with_signed_checksum_is_accepted_and_bad_checksum_refused() -> N
     tar[148:156] = b"%06o\0 " % (signed + 1)
     with pytest.raises(LayerError, match="bad checksum"):
         list(read_layer(BlobLayer.of(bytes(tar), "tar")))
+
+
+def test_owner_ids_beyond_32_bits_are_replaced_and_recorded() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("huge")
+        ti.uid, ti.gid = 2**40, 3_000_000
+        tf.addfile(ti, io.BytesIO(b""))
+    fid = Fidelity()
+    ((entry, _),) = list(read_layer(BlobLayer.of(buf.getvalue(), "tar"), fidelity=fid))
+    assert (entry.meta.uid, entry.meta.gid) == (65534, 3_000_000)
+    assert [(i.kind, i.examples) for i in fid.issues()] == [("id-clamped", (b"huge",))]
