@@ -223,6 +223,16 @@ def _epoch(created: str) -> int:
     return min(max(int(t), 0), 2**32 - 1)
 
 
+def _write_staged(path: Path, data: bytes) -> None:
+    """Write a small file of a cache entry being built; a full disk is an ``OutputError``."""
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}",
+                          hint="free space in the cache directory or choose another "
+                               "with --cache-dir") from e
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -312,8 +322,8 @@ def compile_image(
                     manifest = image.manifest()
                     config = image.config()
                     report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts, progress)
-                    (staged / "manifest.json").write_bytes(manifest.raw)
-                    (staged / "config.json").write_bytes(config.raw)
+                    _write_staged(staged / "manifest.json", manifest.raw)
+                    _write_staged(staged / "config.json", config.raw)
                     info = {
                         "reference": image.reference,
                         "source": source,
