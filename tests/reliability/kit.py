@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,10 +25,29 @@ OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[str]:
-    """``python -m ocisquash ARGS``; never raises on a non-zero exit."""
-    return subprocess.run([sys.executable, "-m", "ocisquash", *args], capture_output=True,
-                          text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, errors="replace")
+    """``python -m ocisquash ARGS``; never raises on a non-zero exit. A run that hangs
+    fails with the Python stacks of the hung process (``py-spy dump``, when installed)."""
+    cmd = [sys.executable, "-m", "ocisquash", *args]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, **(env or {})}, errors="replace") as p:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = stack_dump(p.pid)
+            p.kill()
+            p.communicate()
+            raise AssertionError(
+                f"ocisquash {' '.join(args)} hung for {timeout}s:\n{stacks}") from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def stack_dump(pid: int) -> str:
+    """The Python stacks of process ``pid``, or why they cannot be had."""
+    if not shutil.which("py-spy"):
+        return "(py-spy is not installed: no stacks)"
+    proc = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True,
+                          timeout=60)
+    return proc.stdout + proc.stderr
 
 
 def clean_error_line(proc: subprocess.CompletedProcess[str]) -> str:
