@@ -89,6 +89,8 @@ class Limits:
     ratio_floor: int = 1 << 30
     #: layers of one image (Docker refuses more than 127)
     max_layers: int = 1000
+    #: size of one file, holes of a sparse file included (1 TiB)
+    max_file_size: int = 1 << 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +451,7 @@ class _MemberData:
             if k <= 0:
                 return b""
             if not is_data:
+                k = min(k, _CHUNK)
                 self._pos += k
                 return bytes(k)
             data = self._buf.some(k)
@@ -811,6 +814,10 @@ def _entry(raw_path: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtim
             context=context,
         )
     path = normalize_path(raw_path, context=context)
+    if size > limits.max_file_size:
+        raise LimitExceededError(
+            f"file {_show(path)} is {size} bytes, more than {limits.max_file_size}",
+            context=context, hint="raise Limits.max_file_size if the image is genuine")
     if not 0 <= mtime <= MAX_MTIME:
         fid.note("mtime-clamped", path)
         mtime = min(max(mtime, 0), MAX_MTIME)

@@ -172,6 +172,8 @@ def test_limits_are_enforced() -> None:
                 limits=Limits(max_entries=2))
     with pytest.raises(LimitExceededError, match="layers"):
         flatten([BlobLayer.of([F("a")])] * 3, RecordingSink(), limits=Limits(max_layers=2))
+    with pytest.raises(LimitExceededError, match="more than 10"):
+        entries(BlobLayer.of([F("eleven", b"x" * 11)], "tar"), limits=Limits(max_file_size=10))
     bomb = make_tar([F("zeros", bytes(64 << 20))])
     with pytest.raises(LimitExceededError, match="expands"):
         entries(BlobLayer(zstandard.compress(bomb), None, MEDIA["zstd"]),
