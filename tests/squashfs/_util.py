@@ -266,6 +266,9 @@ def build_feature_tree(root: Path, *, block_size: int = 131072) -> None:
     os.setxattr(p(b"dir"), b"trusted.overlay.opaque", b"y")
     os.setxattr(p(b"dup-a"), b"user.same", b"shared value longer than eight bytes")
     os.setxattr(p(b"dir/dup-b"), b"user.same", b"shared value longer than eight bytes")
+    # A different set sharing a long value: stored out of line, pointing at the first copy.
+    os.setxattr(p(b"dir/sub/deeper"), b"user.same", b"shared value longer than eight bytes")
+    os.setxattr(p(b"dir/sub/deeper"), b"user.more", b"m")
     os.setxattr(p(b"fifo"), b"trusted.on-fifo", b"")
     os.setxattr(p(b"link-rel"), b"trusted.on-symlink", b"1", follow_symlinks=False)
     os.setxattr(p(b"dir/char"), b"trusted.on-device", b"x")

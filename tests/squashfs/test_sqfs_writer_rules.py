@@ -363,3 +363,43 @@ def test_all_root_and_no_xattrs_options(tmp_path: Path) -> None:
 
 def test_format_version_is_a_string() -> None:
     assert isinstance(FORMAT_VERSION, str) and FORMAT_VERSION
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"exportable": False},
+        {"fragments": False},
+        {"exportable": False, "fragments": False, "dedup": False},
+    ],
+)
+def test_kernel_mounts_images_without_optional_tables(
+    tmp_path: Path, options: dict[str, bool]
+) -> None:
+    image = tmp_path / "i.sqfs"
+    files = {f"f{i}".encode(): os.urandom(i * 3000) for i in range(60)}
+
+    def build(w: SquashfsWriter) -> None:
+        for name, data in files.items():
+            w.add_file(name, F, data)
+
+    write_image(image, build, **options)
+    with mounted(image, tmp_path / "mnt") as mnt:
+        for name, data in files.items():
+            assert (mnt / name.decode()).read_bytes() == data
+
+
+def test_abort_removes_the_image_file_it_created(tmp_path: Path) -> None:
+    image = tmp_path / "i.sqfs"
+    writer = SquashfsWriter(image, WriterOptions(mkfs_time=0))
+    writer.add_file(b"f", F, os.urandom(300_000))
+    writer.abort()
+    assert not image.exists()
+
+
+def test_symlink_target_longer_than_a_page_is_refused(tmp_path: Path) -> None:
+    with SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(mkfs_time=0)) as w:
+        w.add_symlink(b"ok", F, b"t" * 4095)
+        with pytest.raises(SquashfsError, match="4095"):
+            w.add_symlink(b"long", F, b"t" * 4096)

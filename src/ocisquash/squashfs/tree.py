@@ -133,14 +133,16 @@ class Tree:
         else:
             parent.children[parts[-1]] = DirNode(meta)
 
-    def put(self, path: bytes, node: Node) -> None:
-        """Place a non-directory ``node`` at ``path``, replacing whatever was there."""
+    def put(self, path: bytes | list[bytes], node: Node) -> None:
+        """Place a non-directory ``node`` at ``path`` (or its :meth:`placeable` parts),
+        replacing whatever was there."""
+        parts = self.placeable(path) if isinstance(path, bytes) else path
+        self._parent(parts).children[parts[-1]] = node
+
+    def placeable(self, path: bytes) -> list[bytes]:
+        """Validate a path for a non-directory and return its parts; raise before any
+        file data is written if it can never be placed."""
         parts = split_path(path)
         if not parts:
             raise SquashfsError("the root of the image must be a directory")
-        self._parent(parts).children[parts[-1]] = node
-
-    def check_placeable(self, path: bytes) -> None:
-        """Raise before file data is written if ``path`` can never be placed."""
-        if not split_path(path):
-            raise SquashfsError("the root of the image must be a directory")
+        return parts

@@ -75,7 +75,12 @@ class WriterOptions:
     #: metadata of directories created implicitly (and of the root unless given)
     default_dir_meta: EntryMeta = field(default_factory=lambda: EntryMeta(mode=0o755))
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
+        """Raise UsageError for settings no image can have (compressor settings are
+        checked when a writer builds its compressor)."""
         bs = self.block_size
         if not (MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE and bs & (bs - 1) == 0):
             raise UsageError(
@@ -122,6 +127,9 @@ class WriteSummary:
     block_size: int
 
 
+#: PATH_MAX minus the NUL; the kernel's squashfs refuses targets longer than a page.
+MAX_SYMLINK_TARGET = 4095
+
 _SPECIAL_KINDS = {
     "char": InodeType.CHAR_DEV,
     "block": InodeType.BLOCK_DEV,
@@ -154,9 +162,15 @@ class SquashfsWriter:
         )
         self._mkfs_time = options.resolved_mkfs_time()
         self._owned = not hasattr(output, "write")
+        self._path: str | bytes | None = None
+        if self._owned:
+            self._path = os.fspath(output)  # type: ignore[arg-type]
         #: what error messages call the output: its path, or the stream's name
-        self._name = os.fspath(output) if self._owned else str(  # type: ignore[arg-type]
-            getattr(output, "name", "the output stream"))
+        self._name = (
+            os.fspath(output)  # type: ignore[arg-type]
+            if self._owned
+            else str(getattr(output, "name", "the output stream"))
+        )
         try:
             if self._owned:
                 self._out: BinaryIO = open(output, "w+b")  # type: ignore[arg-type,assignment]  # noqa: SIM115
@@ -221,7 +235,7 @@ class SquashfsWriter:
         given, else to EOF); the contents are never held in memory as a whole."""
         self._check_open()
         meta = self._meta(meta)
-        self._tree.check_placeable(path)
+        parts = self._tree.placeable(path)
         if isinstance(data, bytes | bytearray | memoryview):
             stream: BinaryIO = io.BytesIO(data)
         else:
@@ -234,10 +248,16 @@ class SquashfsWriter:
             raise e.with_context(repr(path)) from None
         except OSError as e:
             raise self._write_error(e, path) from e
-        self._tree.put(path, FileNode(meta, written))
+        self._tree.put(parts, FileNode(meta, written))
 
     def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
         self._check_open()
+        if len(target) > MAX_SYMLINK_TARGET:
+            # The kernel refuses symlink inodes whose target exceeds a page.
+            raise SquashfsError(
+                f"symlink target is {len(target)} bytes; Linux allows {MAX_SYMLINK_TARGET}",
+                context=repr(path),
+            )
         if not target or b"\0" in target:
             raise SquashfsError(
                 f"symlink target {target!r} is empty or has NUL", context=repr(path)
@@ -303,8 +323,10 @@ class SquashfsWriter:
         what = f" (adding {path.decode('utf-8', 'replace')})" if path is not None else ""
         full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         return OutputError(
-            f"cannot write the image{what}: {e.strerror or e}", context=self._name,
-            hint="free space on that filesystem or write elsewhere" if full else "")
+            f"cannot write the image{what}: {e.strerror or e}",
+            context=self._name,
+            hint="free space on that filesystem or write elsewhere" if full else "",
+        )
 
     def abort(self) -> None:
         """Stop the compression threads and discard the image being written."""
@@ -317,6 +339,10 @@ class SquashfsWriter:
             # discarded anyway, and the error that made us abort is the one to report.
             with contextlib.suppress(OSError):
                 self._out.close()
+        if self._path is not None:
+            # A half-written image must not look like one.
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
 
     def finish(self) -> WriteSummary:
         """Write all tables and the superblock, pad to 4 KiB, flush; return a summary."""
