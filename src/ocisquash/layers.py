@@ -110,6 +110,7 @@ class FidelityIssue:
 _FIDELITY_DETAIL = {
     "xattr-dropped": "extended attributes outside user./trusted./security. were dropped",
     "mtime-clamped": "modification times outside 0..2^32-1 were clamped",
+    "mtime-subsecond-truncated": "sub-second modification times were truncated to seconds",
     "id-clamped": f"owner ids above 2^32-1 were replaced by {OVERFLOW_ID}",
     "entry-type-skipped": "tar entries of a type a filesystem cannot hold were skipped",
     "symlink-replaced-by-directory": (
@@ -687,6 +688,7 @@ def _members(stream: _Hashing, limits: Limits, fid: Fidelity, context: str) -> I
             devmajor = _num(block[329:337], "devmajor", context)
             devminor = _num(block[337:345], "devminor", context)
         xattrs: list[tuple[bytes, bytes]] = []
+        subsecond = False
         sparse: list[tuple[int, int]] | None = None
         real_size = size
         fields = {**globals_, **pax} if globals_ else pax
@@ -705,9 +707,11 @@ def _members(stream: _Hashing, limits: Limits, fid: Fidelity, context: str) -> I
                     gid = _pax_int(value, key, context)
                 elif key == b"mtime":
                     try:
-                        mtime = math.floor(float(value))
+                        exact = float(value)
+                        mtime = math.floor(exact)
                     except (ValueError, OverflowError):
                         raise LayerError(f"invalid PAX mtime {value!r}", context=context) from None
+                    subsecond = exact != mtime
                 elif key.startswith((b"SCHILY.xattr.", b"LIBARCHIVE.xattr.")):
                     xattrs.append((key, value))
             if b"GNU.sparse.name" in fields:
@@ -759,6 +763,8 @@ def _members(stream: _Hashing, limits: Limits, fid: Fidelity, context: str) -> I
                            real_size if kind == "file" else 0, devmajor, devminor, xattrs,
                            index, limits, fid, context)
         index += 1
+        if subsecond and entry is not None:
+            fid.note("mtime-subsecond-truncated", entry.path)
         if entry is not None and entry.kind == "file":
             data_stream = _MemberData(buf, size, real_size, sparse,
                                       f"{context}: {_show(entry.path)}")

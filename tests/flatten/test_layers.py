@@ -143,6 +143,14 @@ def test_out_of_range_mtime_is_clamped_and_recorded() -> None:
     assert [(i.kind, i.count) for i in fid.issues()] == [("mtime-clamped", 2)]
 
 
+def test_sub_second_mtime_is_truncated_and_recorded() -> None:
+    layer = BlobLayer.of([F("frac", mtime=1_700_000_000.75), F("whole")], "tar")  # type: ignore[arg-type]
+    fid = Fidelity()
+    got = {e.path: e.meta.mtime for e, _ in read_layer(layer, fidelity=fid)}
+    assert got == {b"frac": 1_700_000_000, b"whole": 1_700_000_000}
+    assert [(i.kind, i.examples) for i in fid.issues()] == [("mtime-subsecond-truncated", (b"frac",))]
+
+
 def test_mode_holds_permission_bits_only() -> None:
     (e, _), = list(read_layer(BlobLayer.of([F("x", mode=0o104755)], "tar")))
     assert e.meta.mode == 0o4755
