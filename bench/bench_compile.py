@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import stat
 import statistics
 import subprocess
@@ -51,6 +52,43 @@ HERE = Path(__file__).resolve().parent
 NPROC = os.cpu_count() or 1
 CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "warm-registry", "warm-layout")
 EQUAL = ["--compression", "gzip", "--level", "9", "--block-size", "128K"]
+#: How ocisquash is run: ``python -m ocisquash`` from a snapshot of one commit (see snapshot()).
+OCISQUASH = [sys.executable, "-m", "ocisquash"]
+
+
+def snapshot(workdir: Path, rev: str) -> str:
+    """Export ``rev``'s src/ to WORKDIR/ocisquash/SHA and put it first on the import path.
+
+    The checkout is shared with engineers who commit while the benchmark runs; running the
+    editable install would mix versions between rounds. Returns the short commit id.
+    """
+    sha = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", rev], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dest = workdir / "ocisquash" / sha
+    if not (dest / "src" / "ocisquash").is_dir():
+        tmp = dest.with_name(sha + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", sha, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-C", str(tmp), "-xf", "-"], input=archive, check=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    src = str(dest / "src")
+    os.environ["PYTHONPATH"] = src + os.pathsep + os.environ.get("PYTHONPATH", "")
+    sys.path.insert(0, src)
+    return sha
+
+
+def compile_defaults() -> tuple[str, int | None]:
+    """The compressor and level that ``ocisquash compile`` uses without options."""
+    import importlib
+
+    for mod in ("ocisquash.compile", "ocisquash.commands.compile"):
+        m = importlib.import_module(mod)
+        if hasattr(m, "DEFAULT_COMPRESSION"):
+            return str(m.DEFAULT_COMPRESSION), getattr(m, "DEFAULT_ZSTD_LEVEL", None)
+    return "zstd", None
 
 
 def log(msg: str) -> None:
@@ -146,7 +184,7 @@ def run_ocisquash(image: str, tmp: Path, cache: Path, extra: list[str]) -> Measu
     m = Measure()
     out = tmp / "out.squashfs"
     try:
-        res = step(m, "compile", [["ocisquash", "compile", image, "-o", str(out),
+        res = step(m, "compile", [[*OCISQUASH, "compile", image, "-o", str(out),
                                    "--cache-dir", str(cache), "--json", *extra]], capture=True)
         info = json.loads(res)
         m.info = {"cached": info.get("cached"), "compression":
@@ -183,15 +221,47 @@ def iter_files(root: Path):  # type: ignore[no-untyped-def]
             yield p
 
 
-def compress_cpu(root: Path, compression: str | None, level: int | None, bs: int = 131072) -> float:
-    """Thread CPU seconds to compress the tree's data like the writer: blocks, tails, dedup."""
+def _decoder(compression: str):  # type: ignore[no-untyped-def]
+    if compression == "gzip":
+        from zlib_ng import zlib_ng
+        return zlib_ng.decompress
+    if compression == "zstd":
+        import zstandard
+        d = zstandard.ZstdDecompressor()
+        return lambda b: d.decompressobj().decompress(b)
+    if compression == "lz4":
+        import lz4.block
+        return lambda b: lz4.block.decompress(b, uncompressed_size=1 << 20)
+    import lzma
+    return lzma.decompress
+
+
+def compress_pass(root: Path, compression: str, level: int | None, bs: int = 131072,
+                  decode: bool = False) -> tuple[float, int, int, float]:
+    """Compress the tree's data like the writer (blocks, tails in fragments, duplicate files
+    once) with ocisquash's compressor in this thread: (CPU s, bytes in, bytes out, decode CPU s)."""
     from ocisquash.squashfs import Compression
     from ocisquash.squashfs.compressor import make_compressor
 
-    comp = make_compressor(Compression(compression or "zstd"), level=level, block_size=bs)
-    cpu = 0.0
+    comp = make_compressor(Compression(compression), level=level, block_size=bs)
+    dec = _decoder(compression) if decode else None
+    cpu = dcpu = 0.0
+    n_in = n_out = 0
     seen: set[bytes] = set()
     frag = bytearray()
+
+    def one(block: bytes) -> None:
+        nonlocal cpu, dcpu, n_in, n_out
+        t0 = time.thread_time()
+        packed = comp.compress(block)
+        cpu += time.thread_time() - t0
+        n_in += len(block)
+        n_out += min(len(packed), len(block))
+        if dec is not None and len(packed) < len(block):
+            t0 = time.thread_time()
+            dec(packed)
+            dcpu += time.thread_time() - t0
+
     for p in iter_files(root):
         with open(p, "rb") as f:
             data = f.read()
@@ -202,49 +272,81 @@ def compress_cpu(root: Path, compression: str | None, level: int | None, bs: int
             continue
         seen.add(h)
         full = len(data) - len(data) % bs
-        t0 = time.thread_time()
         for off in range(0, full, bs):
-            comp.compress(data[off:off + bs])
+            one(data[off:off + bs])
         frag += data[full:]
         while len(frag) >= bs:
-            comp.compress(bytes(frag[:bs]))
+            one(bytes(frag[:bs]))
             del frag[:bs]
-        cpu += time.thread_time() - t0
-    t0 = time.thread_time()
     if frag:
-        comp.compress(bytes(frag))
-    return cpu + time.thread_time() - t0
+        one(bytes(frag))
+    return cpu, n_in, n_out, dcpu
 
 
-def floor_for(name: str, ref: str, layout: Path, default_compression: str, workdir: Path) -> dict[str, float]:
+def compress_cpu(root: Path, compression: str, level: int | None, bs: int = 131072) -> float:
+    """Thread CPU seconds to compress the tree's data like the writer."""
+    return compress_pass(root, compression, level, bs)[0]
+
+
+#: Settings of the ``--sweep`` measurement: (compressor, level).
+SWEEP = (("gzip", 6), ("gzip", 9), ("zstd", 1), ("zstd", 3), ("zstd", 6), ("zstd", 9),
+         ("zstd", 12), ("zstd", 15), ("zstd", 19), ("lz4", None), ("xz", 6))
+
+
+def unpacked_tree(ref: str, layout: Path, tmp: Path) -> Path:
+    """The image's flattened tree on disk: umoci's, or ocisquash's tar for zstd layers."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    m = Measure()
+    try:
+        step(m, "copy", [["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                          f"docker://{ref}", f"oci:{tmp / 'oci'}:bench"]])
+        step(m, "unpack", [["umoci", "unpack", "--image", f"{tmp / 'oci'}:bench",
+                            str(tmp / "bundle")]])
+        return tmp / "bundle" / "rootfs"
+    except StepFailed:
+        # umoci 0.4.7 cannot read zstd layers: take the tree from ocisquash's tar output
+        root = tmp / "rootfs"
+        root.mkdir()
+        step(m, "tar", [[*OCISQUASH, "compile", f"oci:{layout}:latest", "--format", "tar",
+                         "-o", "-", "--no-cache", "--cache-dir", str(tmp / "cache")],
+                        ["tar", "-C", str(root), "-xf", "-"]])
+        return root
+
+
+def sweep(name: str, ref: str, layout: Path, workdir: Path) -> None:
+    """One-thread compress/decode CPU and output size per setting; to WORKDIR/sweep-NAME.json."""
+    tmp = workdir / "tmp" / "sweep"
+    try:
+        root = unpacked_tree(ref, layout, tmp)
+        rows = []
+        for comp, level in SWEEP:
+            cpu, n_in, n_out, dcpu = compress_pass(root, comp, level, decode=True)
+            rows.append({"compression": comp, "level": level, "cpu": cpu, "in": n_in,
+                         "out": n_out, "decode_cpu": dcpu})
+            log(f"sweep {name} {comp} {level}: {cpu:.1f} s CPU, {n_out / 1e6:.1f} MB, "
+                f"decode {dcpu:.2f} s")
+        (workdir / f"sweep-{name}.json").write_text(json.dumps(rows, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def floor_for(name: str, ref: str, layout: Path, default: tuple[str, int | None],
+              workdir: Path) -> dict[str, float]:
     """Decompress seconds, and compress CPU seconds for gzip-9 and the default; cached by digest."""
     cache_file = workdir / "floor.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     key = f"{name}:{hashlib.sha256((layout / 'index.json').read_bytes()).hexdigest()[:16]}"
+    default_compression = f"{default[0]}-{default[1]}"
     if key in cache and cache[key].get("default_compression") == default_compression:
         return dict(cache[key])
     log(f"floor for {name}: decompressing layers, compressing the flattened tree")
     res: dict[str, float] = {"decompress": decompress_seconds(layout)}
     tmp = workdir / "tmp" / "floor"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        m = Measure()
-        try:
-            step(m, "copy", [["skopeo", "copy", "--quiet", "--src-tls-verify=false",
-                              f"docker://{ref}", f"oci:{tmp / 'oci'}:bench"]])
-            step(m, "unpack", [["umoci", "unpack", "--image", f"{tmp / 'oci'}:bench",
-                                str(tmp / "bundle")]])
-            root = tmp / "bundle" / "rootfs"
-        except StepFailed:
-            # umoci cannot read zstd layers: take the flattened tree from ocisquash's tar output
-            root = tmp / "rootfs"
-            root.mkdir()
-            step(m, "tar", [["ocisquash", "compile", f"oci:{layout}:latest", "--format", "tar",
-                             "-o", "-", "--no-cache", "--cache-dir", str(tmp / "cache")],
-                            ["tar", "-C", str(root), "-xf", "-"]])
+        root = unpacked_tree(ref, layout, tmp)
         res["compress_gzip9"] = compress_cpu(root, "gzip", 9)
-        res["compress_default"] = compress_cpu(root, default_compression, None)
+        res["compress_default"] = compress_cpu(root, default[0], default[1])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res["default_compression"] = default_compression  # type: ignore[assignment]
@@ -307,7 +409,7 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def machine() -> dict[str, str]:
+def machine(sha: str) -> dict[str, str]:
     model = "?"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -322,14 +424,12 @@ def machine() -> dict[str, str]:
         except (OSError, IndexError, subprocess.TimeoutExpired):
             return "?"
 
-    git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True).stdout.strip()
     return {
         "cpu": f"{NPROC} × {model}",
         "ram": f"{int(mem) / 2**20:.1f} GiB",
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "ocisquash": f"{ver(['ocisquash', '--version'])} (git {git})",
+        "ocisquash": f"{ver([*OCISQUASH, '--version'])} (commit {sha})",
         "skopeo": ver(["skopeo", "--version"]),
         "umoci": ver(["umoci", "--version"]),
         "mksquashfs": ver(["mksquashfs", "-version"]),
@@ -339,8 +439,8 @@ def machine() -> dict[str, str]:
 
 
 def report(all_results: dict[str, dict[str, list[Measure]]], floors: dict[str, dict[str, float]],
-           runs: int, loads: list[str], started: str, out: Path) -> None:
-    mach = machine()
+           runs: int, loads: list[str], started: str, out: Path, workdir: Path, sha: str) -> None:
+    mach = machine(sha)
     lines = [
         "# ocisquash compile vs. peer pipelines (issue 5)",
         "",
@@ -384,14 +484,40 @@ def report(all_results: dict[str, dict[str, list[Measure]]], floors: dict[str, d
                 + "; ".join(notes) + " |"
             )
         if fl:
-            for setting, key in (("gzip-9", "compress_gzip9"), ("default", "compress_default")):
+            for setting, key in (("gzip-9", "compress_gzip9"),
+                                 (f"default {fl.get('default_compression')}", "compress_default")):
                 f = fl["decompress"] + fl[key] / NPROC
                 lines.append(f"| {name} | floor ({setting}) | {f:.2f} | | | | | decompress "
                              f"{fl['decompress']:.2f}, compress CPU {fl[key]:.1f} / {NPROC} | |")
         verdicts += targets(name, res, fl)
     lines += ["", "## Targets of issue 5", ""] + [f"- {v}" for v in verdicts]
+    lines += sweep_section(workdir)
     out.write_text("\n".join(lines) + "\n")
     log(f"wrote {out}")
+
+
+def sweep_section(workdir: Path) -> list[str]:
+    files = sorted(workdir.glob("sweep-*.json"))
+    if not files:
+        return []
+    lines = [
+        "", "## Compressor settings (`bench_compile.py --sweep`)", "",
+        "One thread, ocisquash's compressor, 128 KiB blocks, tails packed, duplicate files "
+        "once, over the image's flattened tree. MB/s are of uncompressed data; decode is "
+        "the CPU to decompress every compressed block once (what a mount pays).", "",
+        "| image | setting | compress CPU s | compress MB/s | output MB | ratio | decode CPU s "
+        "| decode MB/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for f in files:
+        name = f.stem.removeprefix("sweep-")
+        for r in json.loads(f.read_text()):
+            setting = f"{r['compression']} {r['level'] if r['level'] is not None else 'default'}"
+            lines.append(
+                f"| {name} | {setting} | {r['cpu']:.1f} | {r['in'] / 1e6 / max(r['cpu'], 1e-9):.0f} "
+                f"| {r['out'] / 1e6:.1f} | {r['out'] / r['in']:.3f} | {r['decode_cpu']:.2f} "
+                f"| {r['in'] / 1e6 / max(r['decode_cpu'], 1e-9):.0f} |")
+    return lines
 
 
 def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> list[str]:
@@ -444,23 +570,35 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=images.DEFAULT_WORKDIR)
     ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--rev", default="HEAD", help="the ocisquash commit to benchmark (default HEAD)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="instead of the rounds: measure compressor settings on each image's tree")
     args = ap.parse_args()
     names = list(images.IMAGES) if args.images == "all" else args.images.split(",")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the registry is stopped
+    sha = snapshot(args.workdir, args.rev)
+    defaults = compile_defaults()
+    log(f"ocisquash {sha} from {os.environ['PYTHONPATH'].split(os.pathsep)[0]}; "
+        f"compile's default: {defaults[0]} level {defaults[1]}")
     contenders = args.contenders.split(",")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     all_results: dict[str, dict[str, list[Measure]]] = {}
     floors: dict[str, dict[str, float]] = {}
     loads: list[str] = []
     with images.serving(names, args.workdir) as (_reg, refs):
+        if args.sweep:
+            for name in names:
+                sweep(name, refs[name], args.workdir / "layouts" / name, args.workdir)
+            return 0
         for name in names:
             layout = args.workdir / "layouts" / name
             if not args.no_floor:
-                floors[name] = floor_for(name, refs[name], layout, "zstd", args.workdir)
+                floors[name] = floor_for(name, refs[name], layout, defaults, args.workdir)
                 log(f"floor {name}: {floors[name]}")
             all_results[name] = bench_image(name, refs[name], layout, args.runs, args.workdir,
                                             contenders, loads)
             # write after every image, so a long run leaves its results behind
-            report(all_results, floors, args.runs, loads, started, args.output)
+            report(all_results, floors, args.runs, loads, started, args.output, args.workdir, sha)
     return 0
 
 

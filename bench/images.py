@@ -378,7 +378,7 @@ class Registry:
     def __enter__(self) -> Registry:
         storage = self.workdir / "registry"
         storage.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "registry-config.yml"
+        config = self.workdir / f"registry-config-{self.port}.yml"
         config.write_text(
             "version: 0.1\n"
             "log:\n  level: error\n  accesslog:\n    disabled: true\n"
@@ -406,6 +406,7 @@ class Registry:
             self.proc.terminate()
             self.proc.wait(10)
         self.logfile.close()
+        (self.workdir / f"registry-config-{self.port}.yml").unlink(missing_ok=True)
 
     def ref(self, name: str) -> str:
         return f"{self.host}/bench/{name}:{TAG}"
