@@ -257,14 +257,18 @@ class _ZstdReader:
         self._obj: Any = None
         self._pending = b""
         self._out = b""
+        #: how much of ``_out`` was handed out: slicing off the rest on every read would
+        #: copy up to 64 MiB per call (quadratic on highly compressible layers)
+        self._pos = 0
         self._eof = False
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = 1 << 62
-        while not self._out and not self._eof:
+        while self._pos >= len(self._out) and not self._eof:
             self._fill()
-        out, self._out = self._out[:n], self._out[n:]
+        out = self._out[self._pos:self._pos + n]
+        self._pos += len(out)
         return out
 
     def _fill(self) -> None:
@@ -278,6 +282,7 @@ class _ZstdReader:
         if self._obj is None:
             self._obj = self._dctx.decompressobj()
         self._out = self._obj.decompress(data)
+        self._pos = 0
         if self._obj.eof:
             self._pending = self._obj.unused_data
             self._obj = None
