@@ -1,0 +1,87 @@
+"""Integrity at rest: ``cache verify`` finds a flipped byte in any blob (layer, config,
+manifest) and in any file of a compiled image; ``--repair`` drops what is damaged and the
+next compile fetches again and gives the right image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .conftest import Site, cli_source_args
+from .kit import assert_cache_whole, clean_error_line, run_cli
+
+
+def _flip(path: Path, offset: int) -> None:
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _prime(site: Site, cache: Path, out: Path) -> None:
+    proc = run_cli("compile", site.ref("big"), "-o", str(out), *cli_source_args(cache))
+    assert proc.returncode == 0, proc.stderr
+
+
+def _blob(cache: Path, digest: str) -> Path:
+    return cache / "blobs" / "sha256" / digest.split(":")[1]
+
+
+@pytest.mark.parametrize("which", ["layer", "config", "manifest"])
+def test_flipped_byte_in_a_blob_is_found_and_repaired(site: Site, tmp_path: Path,
+                                                      which: str) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    _prime(site, cache, out)
+    built = site.layouts["big"]
+    digest = {"layer": built.layer_digests[1], "config": built.config_digest,
+              "manifest": built.manifest_digest}[which]
+    path = _blob(cache, digest)
+    if not path.exists():
+        pytest.skip(f"the {which} is not kept as a blob in this cache layout")
+    _flip(path, path.stat().st_size // 2)
+    bad = run_cli("cache", "--cache-dir", str(cache), "verify")
+    assert bad.returncode == 1
+    assert f"blob {digest[:19]}" in bad.stderr and "does not match" in bad.stderr, bad.stderr
+    fixed = run_cli("cache", "--cache-dir", str(cache), "verify", "--repair")
+    assert fixed.returncode == 0 and "(removed)" in fixed.stderr
+    assert not path.exists()
+    again = run_cli("compile", site.ref("big"), "-o", str(out), *cli_source_args(cache),
+                    "--pull", "always")
+    assert again.returncode == 0, again.stderr
+    assert out.read_bytes() == site.reference["big"]
+    assert path.exists()
+    assert_cache_whole(cache)
+
+
+def test_damaged_blob_used_by_a_build_is_a_clear_error(site: Site, tmp_path: Path) -> None:
+    """Without a repair, a build that reads the damaged layer stops with a digest error;
+    it never produces an image from the bad bytes."""
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    _prime(site, cache, out)
+    _flip(_blob(cache, site.layouts["big"].layer_digests[1]), 1000)
+    out.unlink()
+    proc = run_cli("compile", site.ref("big"), "-o", str(out), *cli_source_args(cache),
+                   "--pull", "always")
+    line = clean_error_line(proc)
+    assert site.layouts["big"].layer_digests[1].split(":")[1][:12] in line, line
+    assert not out.exists() and list((cache / "images").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["image.squashfs", "manifest.json", "config.json"])
+def test_flipped_byte_in_a_compiled_image_is_found_and_repaired(site: Site, tmp_path: Path,
+                                                                name: str) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    _prime(site, cache, out)
+    (entry,) = (cache / "images").iterdir()
+    _flip(entry / name, 77)
+    bad = run_cli("cache", "--cache-dir", str(cache), "verify")
+    assert bad.returncode == 1 and "compiled image" in bad.stderr, bad.stderr
+    assert run_cli("cache", "--cache-dir", str(cache), "verify", "--repair").returncode == 0
+    assert not entry.exists()
+    again = run_cli("compile", site.ref("big"), "-o", str(out), *cli_source_args(cache), "--json")
+    assert again.returncode == 0, again.stderr
+    assert '"cached": false' in again.stdout
+    assert out.read_bytes() == site.reference["big"]
+    assert_cache_whole(cache)
