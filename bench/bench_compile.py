@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -365,7 +365,7 @@ def bench_image(name: str, ref: str, layout: Path, runs: int, workdir: Path,
     for r in range(runs):
         order = cold if r % 2 == 0 else cold[::-1]
         log(f"{name} round {r + 1}/{runs}: {', '.join(order)}; load {os.getloadavg()[0]:.2f}")
-        loads.append(f"{name}#{r + 1} {os.getloadavg()[0]:.2f}")
+        loads.append(f"{os.getloadavg()[0]:.1f}")
         cache_default = None
         for c in order:
             tmp = workdir / "tmp" / f"{name}-{c}"
@@ -438,21 +438,51 @@ def machine(sha: str) -> dict[str, str]:
     }
 
 
-def report(all_results: dict[str, dict[str, list[Measure]]], floors: dict[str, dict[str, float]],
-           runs: int, loads: list[str], started: str, out: Path, workdir: Path, sha: str) -> None:
+def save(workdir: Path, name: str, sha: str, runs: int, started: str, loads: list[str],
+         results: dict[str, list[Measure]], floor: dict[str, float]) -> None:
+    """Keep one image's results in WORKDIR/results/NAME.json, so separate runs make one report."""
+    d = workdir / "results"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.json").write_text(json.dumps({
+        "sha": sha, "runs": runs, "started": started,
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loads": loads,
+        "floor": floor, "results": {c: [asdict(m) for m in ms] for c, ms in results.items()},
+    }, indent=1))
+
+
+def load_saved(workdir: Path, sha: str) -> list[tuple[str, dict[str, object]]]:
+    """Saved results of commit ``sha``, in the order of images.IMAGES."""
+    out = []
+    for name in images.IMAGES:
+        f = workdir / "results" / f"{name}.json"
+        if f.exists():
+            data = json.loads(f.read_text())
+            if data["sha"] == sha:
+                out.append((name, data))
+    return out
+
+
+def report(workdir: Path, sha: str, out: Path) -> None:
+    saved = load_saved(workdir, sha)
+    all_results = {name: {c: [Measure(**m) for m in ms] for c, ms in d["results"].items()}
+                   for name, d in saved}
+    floors = {name: d["floor"] for name, d in saved if d["floor"]}
     mach = machine(sha)
     lines = [
         "# ocisquash compile vs. peer pipelines (issue 5)",
         "",
-        f"Run {started} → {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
-        f"`python bench/bench_compile.py --images {','.join(all_results)} --runs {runs}`; "
+        "By `python bench/bench_compile.py --images IMAGES --runs N` (see bench/README.md); "
         "medians over the runs; ratios are the median of the per-round ratios to P1 "
         "(same round). Cold = empty ocisquash cache, fresh skopeo/umoci directories; the "
-        "page cache was not dropped for anyone. See bench/README.md for the contenders.",
+        "page cache was not dropped for anyone.",
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in mach.items()),
         "",
-        "Load (shared machine, 1-min load average at each round's start): " + ", ".join(loads),
+        "Runs (UTC) and the 1-min load average at each round's start (the machine is shared; "
+        "2 cores):",
+        "",
+    ] + [f"- {name}: {d['runs']} runs, {d['started']} → {d['finished']}; load "
+         + ", ".join(str(x) for x in d["loads"]) for name, d in saved] + [
         "",
         "| image | contender | wall s (median) | ratio to P1 | CPU s (user+sys) | peak RSS MiB "
         "| output MB | steps (median s) | notes |",
@@ -571,6 +601,8 @@ def main() -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     ap.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--rev", default="HEAD", help="the ocisquash commit to benchmark (default HEAD)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only write the report from the saved results of --rev")
     ap.add_argument("--sweep", action="store_true",
                     help="instead of the rounds: measure compressor settings on each image's tree")
     args = ap.parse_args()
@@ -581,10 +613,9 @@ def main() -> int:
     log(f"ocisquash {sha} from {os.environ['PYTHONPATH'].split(os.pathsep)[0]}; "
         f"compile's default: {defaults[0]} level {defaults[1]}")
     contenders = args.contenders.split(",")
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    all_results: dict[str, dict[str, list[Measure]]] = {}
-    floors: dict[str, dict[str, float]] = {}
-    loads: list[str] = []
+    if args.report_only:
+        report(args.workdir, sha, args.output)
+        return 0
     with images.serving(names, args.workdir) as (_reg, refs):
         if args.sweep:
             for name in names:
@@ -592,13 +623,17 @@ def main() -> int:
             return 0
         for name in names:
             layout = args.workdir / "layouts" / name
+            floor: dict[str, float] = {}
             if not args.no_floor:
-                floors[name] = floor_for(name, refs[name], layout, defaults, args.workdir)
-                log(f"floor {name}: {floors[name]}")
-            all_results[name] = bench_image(name, refs[name], layout, args.runs, args.workdir,
-                                            contenders, loads)
+                floor = floor_for(name, refs[name], layout, defaults, args.workdir)
+                log(f"floor {name}: {floor}")
+            started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            loads: list[str] = []
+            results = bench_image(name, refs[name], layout, args.runs, args.workdir,
+                                  contenders, loads)
+            save(args.workdir, name, sha, args.runs, started, loads, results, floor)
             # write after every image, so a long run leaves its results behind
-            report(all_results, floors, args.runs, loads, started, args.output, args.workdir, sha)
+            report(args.workdir, sha, args.output)
     return 0
 
 
