@@ -349,6 +349,29 @@ def compile_image(
 
 
 @contextlib.contextmanager
+def _atomic_output(dest: Path) -> Iterator[Path]:
+    """A temporary path beside ``dest`` that becomes ``dest`` only if the block succeeds."""
+    try:
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {dest}: {e.strerror}") from e
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and not isinstance(e, OcisquashError):
+            raise OutputError(f"cannot write {dest}: {e.strerror or e}") from e
+        if isinstance(e, OutputError) and str(dest) not in str(e):
+            e.with_context(str(dest))
+        raise
+
+
+@contextlib.contextmanager
 def _closing(source: object) -> Iterator[None]:
     """Release what a source holds open (an archive's file, a registry's connections)."""
     try:
@@ -423,16 +446,8 @@ def _compile_uncached(
     if output is None or not isinstance(output, str | os.PathLike):
         raise UsageError("compiling without the cache needs an output path")
     dest = Path(output).absolute()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        report, summary = _build_squashfs(image, Path(tmp), wopts, progress)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with _atomic_output(dest) as tmp:
+        report, summary = _build_squashfs(image, tmp, wopts, progress)
     manifest, config = image.manifest(), image.config()
     return CompiledImage(
         path=dest, reference=image.reference, digest=image.digest,
@@ -468,18 +483,10 @@ def _write_tar(
         raise UsageError("--format tar needs an output (a file, or - for stdout)")
     if isinstance(output, str | os.PathLike):
         dest = Path(output).absolute()
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                sink = TarSink(f)
-                report = _flatten_into(layers, sink, progress)
-                sink.finish()
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with _atomic_output(dest) as tmp, open(tmp, "wb") as f:
+            sink = TarSink(f)
+            report = _flatten_into(layers, sink, progress)
+            sink.finish()
         path: Path | None = dest
         size = dest.stat().st_size
     else:

@@ -129,7 +129,8 @@ class TarSink:
             self._tf.close()
             self._out.flush()
         except OSError as e:
-            raise OutputError(f"cannot write the tar stream: {e}") from e
+            self._abandon()
+            raise OutputError(f"cannot write the tar stream: {e.strerror or e}") from e
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -176,4 +177,14 @@ class TarSink:
         try:
             self._tf.addfile(ti, data)
         except OSError as e:
-            raise OutputError(f"cannot write the tar stream: {e}", context=ti.name) from e
+            self._abandon()
+            raise OutputError(f"cannot write the tar stream: {e.strerror or e}",
+                              context=ti.name) from e
+
+    def _abandon(self) -> None:
+        """After a failed write: never touch the output again (tarfile would flush on GC)."""
+        self._finished = True
+        self._tf.closed = True  # type: ignore[attr-defined]
+        stream = getattr(self._tf, "fileobj", None)
+        if stream is not None and hasattr(stream, "closed"):
+            stream.closed = True

@@ -354,3 +354,24 @@ def test_fidelity_losses_are_named_in_warning_and_json(tmp_path: Path) -> None:
     listing = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "o.squashfs")],
                              capture_output=True, text=True, check=True).stdout
     assert "2106-02-07" in listing  # clamped to 2**32-1, not wrapped
+
+
+@pytest.mark.root
+def test_tar_output_on_a_full_disk_is_one_clear_line(tmp_path: Path) -> None:
+    require_or_skip(os.geteuid() == 0, "mounting a small tmpfs needs root")
+    layout = big_image(tmp_path / "layout")
+    full = tmp_path / "full"
+    full.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)],
+                             capture_output=True)
+    require_or_skip(mounted.returncode == 0, "tmpfs mounts are not permitted here")
+    try:
+        proc = run_cli("compile", f"oci:{layout}", "--format", "tar", "-o", str(full / "t.tar"),
+                       "--cache-dir", str(tmp_path / "cache"), "-q", check=False)
+        assert proc.returncode == 1
+        assert proc.stderr.startswith(f"ocisquash: {full / 't.tar'}: ")
+        assert "No space left on device" in proc.stderr
+        assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+        assert list(full.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
