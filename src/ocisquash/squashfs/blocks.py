@@ -119,17 +119,23 @@ class FileData:
         self.size = 0
         #: absolute offset of the first block ("blocks start"); 0 when there is none
         self.start: int | None = None
-        #: on-disk size field of each block (0 = sparse, bit 24 = uncompressed)
-        self.sizes = array("I")
+        #: on-disk size field of each block (0 = sparse, bit 24 = uncompressed); None
+        #: until the first block, as most files fit in a fragment
+        self.sizes: array[int] | None = None
         self.fragment = INVALID_INDEX
         self.fragment_offset = 0
         #: "The number of bytes saved by omitting zero bytes."
         self.sparse = 0
 
     def placed(self, position: int, field: int) -> None:
-        if self.start is None:
+        if self.sizes is None:
             self.start = position
+            self.sizes = array("I")
         self.sizes.append(field)
+
+    def block_list(self) -> bytes:
+        """The inode's "block sizes" array, packed."""
+        return b"" if self.sizes is None else self.sizes.tobytes()
 
 
 class DataWriter:
@@ -148,7 +154,8 @@ class DataWriter:
         self._zero = bytes(block_size)
         self._use_fragments = fragments
         self._dedup = dedup
-        self._seen: dict[tuple[int, bytes], FileData] = {}
+        #: dedup key (digest + 8-byte size, one bytes object to keep it small) -> data
+        self._seen: dict[bytes, FileData] = {}
         self._fragment = bytearray()
         #: packed fragment table entries, in fragment index order
         self.fragment_table: list[bytes] = []
@@ -201,7 +208,7 @@ class DataWriter:
         record.size = total
         self.bytes_in += total
         if hasher is not None:
-            key = (total, hasher.digest())
+            key = hasher.digest() + total.to_bytes(8, "little")
             previous = self._seen.get(key)
             if previous is not None:
                 self._pipeline.discard_since(mark, record.start)
@@ -221,6 +228,11 @@ class DataWriter:
         offset = len(self._fragment)
         self._fragment += tail
         return self._fragment_count, offset
+
+    def close(self) -> None:
+        """Write the last fragment block and forget the dedup map (no more files)."""
+        self.flush_fragment()
+        self._seen.clear()
 
     def flush_fragment(self) -> None:
         """Write the fragment block being filled, if it holds anything."""

@@ -66,7 +66,7 @@ def directory_body(
 
 def file_body(data: FileData, nlink: int, xattr: int) -> tuple[InodeType, bytes]:
     start = data.start or 0
-    blocks = data.sizes.tobytes()
+    blocks = data.block_list()
     if (
         nlink == 1
         and xattr == INVALID_INDEX

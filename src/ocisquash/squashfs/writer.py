@@ -182,6 +182,7 @@ class SquashfsWriter:
             raise OutputError(
                 f"cannot write the image: {e.strerror or e}", context=str(output)
             ) from e
+        self._metas: dict[EntryMeta, EntryMeta] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
         workers = options.workers or os.cpu_count() or 1
         self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers)
@@ -216,7 +217,8 @@ class SquashfsWriter:
             meta = EntryMeta(
                 meta.mode, meta.uid, meta.gid, min(max(meta.mtime, 0), 2**32 - 1), meta.xattrs
             )
-        return meta
+        # Many entries share owner, mode and time: keep one object for each.
+        return self._metas.setdefault(meta, meta)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -362,7 +364,7 @@ class SquashfsWriter:
 
     def _finish(self) -> WriteSummary:
         opts = self._options
-        self._data.flush_fragment()
+        self._data.close()
         self._pipeline.drain()
         self._pipeline.close()
         position = self._pipeline.position
