@@ -188,6 +188,9 @@ def main() -> int:
     ]
     report = "\n".join(header)
     print(report, flush=True)
+    if args.markdown:
+        with open(args.markdown, "a") as f:
+            f.write(report + "\n")
     _warm(args.source)
     with tempfile.TemporaryDirectory(prefix="bench-pack-", dir=args.tmp) as tmp:
         for comp in args.compression:
@@ -197,10 +200,9 @@ def main() -> int:
             )
             section = summarize(comp, level, results)
             print(section, flush=True)
-            report += "\n" + section
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(report + "\n")
+            if args.markdown:  # section by section, so a long run leaves partial results
+                with open(args.markdown, "a") as f:
+                    f.write("\n" + section + "\n")
     return 0
 
 

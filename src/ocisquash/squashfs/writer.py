@@ -19,6 +19,7 @@ import contextlib
 import errno
 import io
 import os
+import struct
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import BinaryIO, Literal
@@ -394,7 +395,7 @@ class SquashfsWriter:
         export_table = INVALID_TABLE
         if opts.exportable:
             table, export_table = pack_lookup_table(
-                self._compressor, b"".join(r.to_bytes(8, "little") for r in layout.export), end
+                self._compressor, struct.pack(f"<{len(layout.export)}Q", *layout.export), end
             )
             chunks.append(table)
             end += len(table)
