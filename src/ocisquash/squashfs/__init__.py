@@ -1,6 +1,18 @@
 """Pure-Python squashfs 4.0 writer: the images the Linux kernel, squashfuse and
 squashfs-tools read.
 
+    from ocisquash.entry import EntryMeta
+    from ocisquash.squashfs import SquashfsWriter, WriterOptions, Compression
+
+    with SquashfsWriter("out.squashfs", WriterOptions(compression=Compression.ZSTD)) as w:
+        w.add_file(b"etc/hostname", EntryMeta(mode=0o644), b"box\n")
+        w.add_symlink(b"bin", EntryMeta(mode=0o777), b"usr/bin")
+        summary = w.finish()
+
+Entries may arrive in any order (parents are created as needed) and a later add of
+the same path replaces the earlier one. File data streams through a bounded pool of
+compression threads; only metadata is kept in memory until :meth:`finish`.
+
 One module per on-disk concern::
 
     format.py      constants and fixed-size structures (superblock, inodes, entries)
