@@ -19,6 +19,7 @@ Format rules enforced here:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .format import (
     DIR_ENTRY,
@@ -31,8 +32,9 @@ from .format import (
 from .metadata import MetadataWriter
 
 
-@dataclass(frozen=True, slots=True)
-class DirEntry:
+class DirEntry(NamedTuple):
+    """One name in a listing (a NamedTuple: built once per entry, so kept cheap)."""
+
     name: bytes
     type: InodeType  # basic type
     number: int  # inode number
