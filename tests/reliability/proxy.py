@@ -34,6 +34,9 @@ class SlowProxy(FaultProxy):
     def trickle(self, path: str, chunk: int = 32 << 10, delay: float = 0.02) -> None:
         self._trickle.append((path, chunk, delay))
 
+    def clear_trickle(self) -> None:
+        self._trickle.clear()
+
     def sent(self, path: str) -> int:
         """Body bytes sent so far on requests whose path matches ``path``."""
         with self._sent_lock:
@@ -108,7 +111,11 @@ class SlowProxy(FaultProxy):
         h.send_header("Content-Length", str(len(body) if length is None else length))
         h.end_headers()
         for i in range(0, len(body), chunk):
-            h.wfile.write(body[i:i + chunk])
-            h.wfile.flush()
+            try:
+                h.wfile.write(body[i:i + chunk])
+                h.wfile.flush()
+            except OSError:  # the client went away (killed): nothing more to send
+                h.close_connection = True
+                return
             self._count(h.path, len(body[i:i + chunk]))
             time.sleep(delay)

@@ -1,0 +1,158 @@
+"""Resource limits a hostile image cannot exceed, with their default values, through the CLI:
+manifest and config size, layer count, path and link length, xattr size, decompression
+ratio. Each refusal is one ``ocisquash:`` line naming the limit; the defaults are the
+ones the README's Guarantees section documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import zstandard
+
+from ocisquash.layers import Limits
+from ocisquash.registry.client import MANIFEST_LIMIT
+from ocisquash.sources.oci_layout import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
+
+from .conftest import Site, cli_source_args
+from .kit import clean_error_line, run_cli, sha256, write_raw_layout
+from .proxy import SlowProxy
+from imagebuilder import Entry, make_tar, write_oci_layout
+
+ROOT = Path(__file__).resolve().parents[2]
+TAR_MEDIA = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _refused(layout: Path, tmp_path: Path, pattern: str) -> str:
+    out = tmp_path / "out.squashfs"
+    proc = run_cli("compile", f"oci:{layout}:latest", "-o", str(out), "--cache-dir",
+                   str(tmp_path / "cache"), "--quiet")
+    line = clean_error_line(proc)
+    assert re.search(pattern, line), line
+    assert not out.exists() and list((tmp_path / "cache" / "images").iterdir()) == []
+    return line
+
+
+def test_registry_manifest_larger_than_4_mib_is_refused(site: Site, slow_proxy: SlowProxy,
+                                                        tmp_path: Path) -> None:
+    assert MANIFEST_LIMIT == 4 << 20
+    huge = json.dumps({"schemaVersion": 2, "layers": [], "pad": "x" * MANIFEST_LIMIT}).encode()
+    slow_proxy.add("body", "/manifests/", times=-1, body=huge,
+                   headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    proc = run_cli("compile", site.ref("big", slow_proxy.host), "-o", str(tmp_path / "o.sqfs"),
+                   *cli_source_args(tmp_path / "cache"))
+    line = clean_error_line(proc)
+    assert f"larger than the {MANIFEST_LIMIT} bytes" in line, line
+
+
+def test_layout_manifest_and_config_size_limits(tmp_path: Path) -> None:
+    assert (MAX_MANIFEST_SIZE, MAX_CONFIG_SIZE) == (4 << 20, 8 << 20)
+    tar = make_tar([Entry("a", data=b"a")])
+    pad = " " * (MAX_MANIFEST_SIZE + 1)
+    manifest = json.dumps({"schemaVersion": 2, "layers": [], "config": {}}).encode()[:-1] + \
+        pad.encode() + b"}"
+    _refused(write_raw_layout(tmp_path / "m", manifest=manifest, layers=[tar],
+                              layer_media=TAR_MEDIA), tmp_path / "mw",
+             r"manifest sha256:\w+ is \d+ bytes, more than the 4194304 allowed")
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": [sha256(tar)]}, "pad": "y" * MAX_CONFIG_SIZE}).encode()
+    _refused(write_raw_layout(tmp_path / "c", config=config, layers=[tar], layer_media=TAR_MEDIA),
+             tmp_path / "cw", r"config sha256:\w+ is \d+ bytes, more than the 8388608 allowed")
+
+
+def test_more_than_1000_layers_is_refused(tmp_path: Path) -> None:
+    n = Limits().max_layers + 1
+    assert n == 1001
+    layers = [[Entry(f"f{i}", data=b"")] for i in range(n)]
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, layers, compression="tar")
+    _refused(layout, tmp_path, r"1001 layers, more than the limit of 1000")
+
+
+def test_path_link_and_xattr_limits(tmp_path: Path) -> None:
+    lim = Limits()
+    assert (lim.max_path_length, lim.max_xattr_size) == (4096, 65536)
+    long_path = "/".join(["d" * 200] * 21)  # 4220 bytes
+    cases = {
+        "path": ([Entry(long_path, data=b"x")], r"path of 4220 bytes is longer than 4096"),
+        "link": ([Entry("l", "symlink", linkname="t" * 4097)],
+                 r"symlink target of 4097 bytes is longer than 4096"),
+        "xattr": ([Entry("f", data=b"x", xattrs={"user.big": b"v" * 65537})],
+                  r"user\.big.* 65537 bytes, more than 65536"),
+    }
+    for name, (entries, pattern) in cases.items():
+        layout = tmp_path / name
+        write_oci_layout(layout, [entries], compression="gzip")
+        line = _refused(layout, tmp_path / f"{name}-work", pattern)
+        assert line.startswith("ocisquash: layer sha256:"), line
+
+
+def _zeros_tar_stream(size: int) -> tuple[bytes, bytes, str]:
+    """Header, trailer and diff_id of a tar holding one file of ``size`` zero bytes."""
+    ti = tarfile.TarInfo("zeros")
+    ti.size = size
+    head = ti.tobuf(tarfile.PAX_FORMAT)
+    tail = bytes((-size) % 512 + 1024)
+    h = hashlib.sha256(head)
+    zeros = bytes(1 << 20)
+    for _ in range(size >> 20):
+        h.update(zeros)
+    h.update(tail)
+    return head, tail, "sha256:" + h.hexdigest()
+
+
+def test_zstd_bomb_is_refused_by_the_default_ratio_limit(tmp_path: Path) -> None:
+    """1.1 GiB of zeros in ~60 KB of zstd frames: past the 1 GiB floor the 10000× ratio trips."""
+    lim = Limits()
+    assert (lim.max_ratio, lim.ratio_floor) == (10_000, 1 << 30)
+    size = (1 << 30) + (128 << 20)
+    head, tail, diff_id = _zeros_tar_stream(size)
+    cctx = zstandard.ZstdCompressor(level=19)
+    frame = cctx.compress(bytes(1 << 20))
+    blob = cctx.compress(head) + frame * (size >> 20) + cctx.compress(tail)
+    layout = write_raw_layout(tmp_path / "layout", layers=[blob], diff_ids=[diff_id],
+                              layer_media="application/vnd.oci.image.layer.v1.tar+zstd")
+    _refused(layout, tmp_path, r"expands more than 10000×")
+
+
+def test_gzip_bomb_is_bounded_by_the_format_and_streams_in_bounded_memory(
+        tmp_path: Path) -> None:
+    """Deflate cannot expand more than ~1032×, below any ratio limit real layers allow: a
+    gzip bomb costs time in proportion to its uncompressed size, never memory or disk."""
+    size = 256 << 20
+    head, tail, diff_id = _zeros_tar_stream(size)
+    member = zlib.compressobj(9, zlib.DEFLATED, 31)
+    blob = member.compress(head) + b"".join(member.compress(bytes(1 << 20))
+                                             for _ in range(size >> 20))
+    blob += member.compress(tail) + member.flush()
+    assert size / len(blob) > 1000
+    layout = write_raw_layout(tmp_path / "layout", layers=[blob], diff_ids=[diff_id])
+    out = tmp_path / "out.squashfs"
+    p = subprocess.Popen([sys.executable, "-m", "ocisquash", "compile", f"oci:{layout}:latest",
+                          "-o", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+                         stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(p.pid, 0)
+    err = p.stderr.read() if p.stderr else b""
+    assert os.waitstatus_to_exitcode(status) == 0, err
+    assert usage.ru_maxrss < 400 * 1024, f"peak RSS {usage.ru_maxrss} KiB"
+    assert out.stat().st_size < 64 << 10  # the zeros are holes in the squashfs
+    listing = subprocess.run(["unsquashfs", "-lls", str(out)], capture_output=True, text=True,
+                             check=True).stdout
+    assert str(size) in listing
+
+
+def test_the_readme_documents_every_default() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Guarantees"):]
+    lim = Limits()
+    for value in ("4 MiB", "8 MiB", f"{lim.max_layers}", "4096", "65536", "10000×", "1 GiB",
+                  "10,000,000", "1 TiB"):
+        assert value in section, value
