@@ -585,8 +585,11 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
             ok = [m.wall for m in res.get(c, []) if not m.error]
             if ok:
                 f = fl["decompress"] + fl[key] / NPROC
+                cpu = med([m.cpu for m in res.get(c, []) if not m.error])
+                fcpu = fl["decompress"] + fl[key]
                 v.append(f"{name}: {c} wall / floor = {med(ok) / f:.2f} (≤ 1.15 on devel and "
-                         f"bigfile: {yes(med(ok) / f <= 1.15)})")
+                         f"bigfile: {yes(med(ok) / f <= 1.15)}); CPU / floor CPU (decompress "
+                         f"+ compress, load-independent) = {cpu:.1f} / {fcpu:.1f} = {cpu / fcpu:.2f}")
     return v
 
 
