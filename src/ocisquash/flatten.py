@@ -15,9 +15,18 @@ decided. An entry of a lower layer reaches the sink only if it survives:
   upper layers only created implicitly (as the parent of something) takes the
   metadata of the first lower layer that lists it, as overlayfs and umoci do.
 
-Within one layer the last entry for a path wins (the sink replaces it). Whiteout
-entries never reach the sink. Only surviving files' data is read out of the tar;
-hidden files are skipped in the decompressed stream.
+A layer that puts a non-directory where an upper layer has a directory loses that
+entry, but still removes everything below it from the layers further down (the
+upper directory is treated as opaque from there on). Directories a layer creates
+only as parents of its entries exist even when those entries are hidden.
+
+Within one layer the last entry for a path wins (the sink replaces it); a directory
+made after a non-directory of the same name starts empty. Whiteout entries never
+reach the sink. Only surviving files' data is read out of the tar; hidden files are
+skipped in the decompressed stream.
+
+These rules are checked against ``umoci unpack`` by a table of named cases and by
+random layer stacks (tests/flatten/test_differential.py).
 
 Hard links point at an earlier entry of the same layer, by name. When the target's
 name is hidden by an upper layer but a link survives, the target's data was skipped;
@@ -48,6 +57,9 @@ from .layers import Fidelity, FidelityIssue, Limits, TarEntry, layer_context, re
 from .sources.base import Layer
 
 DEFAULT_LIMITS = Limits()
+#: metadata of a directory that exists only because a layer needs it as a parent
+#: (the squashfs writer's and TarSink's default too)
+IMPLICIT_DIR_META = EntryMeta(mode=0o755)
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 
@@ -128,13 +140,15 @@ class _Decided:
     exists only as a parent, whose metadata a lower layer may still supply.
     """
 
-    __slots__ = ("implicit", "kind", "layer", "opaque")
+    __slots__ = ("implicit", "kind", "layer", "meta_layer", "opaque")
 
     def __init__(self, kind: int, layer: int, implicit: bool = False) -> None:
         self.kind = kind
         self.layer = layer
         self.implicit = implicit
         self.opaque = False
+        #: the layer whose entry gave a directory its metadata (-1: none yet)
+        self.meta_layer = -1
 
 
 class _Inode:
@@ -250,24 +264,37 @@ class _LayerPass:
                                    context=self.context)
         missing = self._visible(path)
         if missing is None:
+            self._keep_parents(path)
             self.f.hidden += 1
             self._shadow(e)
             return
         node = self.decided.get(path)
         if node is None:
             self._emit(e, data)
-            self.decided[path] = _Decided(_DIR if e.kind == "dir" else _NONDIR, self.index)
+            node = self.decided[path] = _Decided(_DIR if e.kind == "dir" else _NONDIR,
+                                                 self.index)
+            node.meta_layer = self.index
         elif node.layer > self.index:  # decided by an upper layer
             if node.kind == _DIR and e.kind == "dir":
-                if node.implicit:
+                if node.implicit or node.meta_layer == self.index:
+                    # An upper layer only needed the directory; its metadata comes from
+                    # the first layer below that lists it (its last entry, if several).
                     self.sink.add_directory(path, e.meta)
-                    node.implicit = False
+                    node.implicit, node.meta_layer = False, self.index
             elif node.kind == _NONE:
                 self._emit(e, data)
                 node.kind, node.layer = (_DIR if e.kind == "dir" else _NONDIR), self.index
+                node.meta_layer = self.index
             else:
-                if node.kind == _DIR and node.implicit:
-                    self.f.fidelity.note("symlink-replaced-by-directory", path)
+                self._create_parents(missing)
+                if node.kind == _DIR and e.kind != "dir":
+                    # This layer puts a non-directory where an upper layer has a
+                    # directory: the directory wins, but nothing from below this
+                    # layer's entry survives under it.
+                    if node.implicit and e.kind == "symlink":
+                        self.f.fidelity.note("symlink-replaced-by-directory", path)
+                    self.whiteouts.append(path)
+                    self._note_clobbered_own_entries(path)
                 self.f.hidden += 1
                 self._shadow(e)
                 return
@@ -278,10 +305,57 @@ class _LayerPass:
             else:
                 if node.kind == _DIR:
                     self._forget_below(path)
+                elif e.kind == "dir":
+                    # The layer replaced what was below with a non-directory first: the
+                    # directory it makes now starts empty, like an opaque one.
+                    self.opaques.append(path)
                 self._emit(e, data)
                 node.kind, node.implicit = (_DIR if e.kind == "dir" else _NONDIR), False
         for parent in missing:
             self.decided[parent] = _Decided(_DIR, self.index, implicit=True)
+
+    def _keep_parents(self, path: bytes) -> None:
+        """``path`` is hidden by an ancestor's decision; the directories above it that
+        this layer creates (as its parents) and nothing hides still exist."""
+        parts = path.split(b"/")[:-1]
+        missing: list[bytes] = []
+        for i in range(1, len(parts) + 1):
+            p = b"/".join(parts[:i])
+            node = self.decided.get(p)
+            if node is None:
+                missing.append(p)
+                continue
+            if node.kind == _NONE:  # an upper opaque marker: the directory exists, empty
+                missing.append(p)
+                break
+            if node.kind != _DIR or node.opaque:
+                break
+        self._create_parents(missing[::-1])
+
+    def _create_parents(self, missing: list[bytes]) -> None:
+        """Make the directories ``missing`` (deepest first) exist, with default
+        metadata a lower layer may still replace."""
+        if not missing:
+            return
+        self.sink.add_directory(missing[0], IMPLICIT_DIR_META)
+        for p in missing:
+            node = self.decided.get(p)
+            if node is None:
+                self.decided[p] = _Decided(_DIR, self.index, implicit=True)
+            else:
+                node.kind, node.layer, node.implicit = _DIR, self.index, True
+
+    def _note_clobbered_own_entries(self, path: bytes) -> None:
+        """This layer replaced its own directory ``path`` by a non-directory, but an
+        upper layer's directory stands there: the entries this layer already put
+        beneath it stay (the sink cannot take them back), where extracting the layers
+        in order would have dropped them. Layers never do this (the spec forbids
+        duplicate names), so it is recorded rather than handled."""
+        prefix = path + b"/"
+        for name, node in self.decided.items():
+            if node.layer == self.index and name.startswith(prefix):
+                self.f.fidelity.note("same-layer-replacement-ignored", path)
+                return
 
     def _visible(self, path: bytes) -> list[bytes] | None:
         """``None`` when an upper layer hides ``path`` through an ancestor; else the

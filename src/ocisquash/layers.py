@@ -112,6 +112,10 @@ _FIDELITY_DETAIL = {
     "mtime-clamped": "modification times outside 0..2^32-1 were clamped",
     "mtime-subsecond-truncated": "sub-second modification times were truncated to seconds",
     "id-clamped": f"owner ids above 2^32-1 were replaced by {OVERFLOW_ID}",
+    "same-layer-replacement-ignored": (
+        "a layer replaced its own directory by a non-directory under an upper layer's "
+        "directory; the entries it had put in it were kept"
+    ),
     "entry-type-skipped": "tar entries of a type a filesystem cannot hold were skipped",
     "symlink-replaced-by-directory": (
         "a lower layer's non-directory stood where an upper layer put entries beneath it; "

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ocisquash.flatten import IMPLICIT_DIR_META
+
 from .layerkit import RecordingSink
 
 
@@ -88,7 +90,7 @@ def tree_from_sink(sink: RecordingSink) -> Tree:
     records: dict[bytes, Record] = {}
     inodes: dict[int, set[bytes]] = {}
     for path, n in sink.nodes.items():
-        m = n.meta
+        m = None if n.meta == IMPLICIT_DIR_META and n.kind == "dir" else n.meta
         records[path] = Record(
             n.kind,
             0o755 if m is None else None if n.kind == "symlink" else m.mode,
@@ -130,7 +132,8 @@ def differences(expected: Tree, actual: Tree, *, root_meta: bool = False,
 
 def implicit_dirs(sink: RecordingSink) -> frozenset[bytes]:
     """Directories the flattening created only as parents (each tool dates them itself)."""
-    return frozenset(p for p, n in sink.nodes.items() if n.kind == "dir" and n.meta is None)
+    return frozenset(p for p, n in sink.nodes.items()
+                     if n.kind == "dir" and n.meta in (None, IMPLICIT_DIR_META))
 
 
 def umoci_unpack(layout: Path, bundle: Path, tag: str = "latest") -> Path:
