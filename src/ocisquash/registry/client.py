@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,8 @@ class RegistryClient:
         self.reference = reference
         self.repository = reference.repository
         self.options = options
+        #: set to make running blob downloads stop at their next chunk (see ``pull``)
+        self.cancelled = threading.Event()
         self.transport = transport or Transport(options)
         policy = retry or RetryPolicy.from_options(options)
         self._remotes: list[_Remote] = []
@@ -274,6 +277,9 @@ class RegistryClient:
             else:
                 raise error_for_status(resp, context)
             while chunk := resp.read(_CHUNK):
+                if self.cancelled.is_set():
+                    # Ctrl-C in the main thread: stop now, keep the bytes as a partial.
+                    raise OcisquashError("download cancelled", context=context)
                 w.write(chunk)
                 emit(progress, BlobProgress(desc.digest, w.offset, desc.size))
         if w.offset < desc.size:

@@ -256,7 +256,15 @@ def pull(image: RegistryImage, progress: ProgressCallback | None = None,
     workers = max(1, min(max_parallel or image.source.options.max_parallel, len(layers) or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-pull") as pool:
         futures = [pool.submit(layer.fetch, progress) for layer in layers]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:
+            # Ctrl-C: leaving the pool waits for the running downloads, so make them stop
+            # at their next chunk (their bytes stay as resumable partials).
+            image.source.client.cancelled.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            image.source.client.cancelled.clear()
+            raise
         for f in futures:
             if f.done() and f.exception() is not None:
                 for other in futures:
