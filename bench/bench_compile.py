@@ -52,6 +52,8 @@ HERE = Path(__file__).resolve().parent
 NPROC = os.cpu_count() or 1
 CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "warm-registry", "warm-layout")
 EQUAL = ["--compression", "gzip", "--level", "9", "--block-size", "128K"]
+#: GNU time, for each step's own peak RSS (see step()).
+TIME = "/usr/bin/time"
 #: How ocisquash is run: ``python -m ocisquash`` from a snapshot of one commit (see snapshot()).
 OCISQUASH = [sys.executable, "-m", "ocisquash"]
 
@@ -114,10 +116,16 @@ class StepFailed(Exception):
 
 def step(m: Measure, name: str, cmds: list[list[str]], *, stdout_path: Path | None = None,
          capture: bool = False) -> bytes:
-    """Run ``cmds`` as a pipeline (stdout of each into the next); account its rusage in ``m``."""
+    """Run ``cmds`` as a pipeline (stdout of each into the next); account its rusage in ``m``.
+
+    Each command runs under GNU ``time -f %M``, which reports its peak RSS: the
+    ``ru_maxrss`` that ``wait4`` gives for a child of this process also counts this
+    process's own high-water mark, which the child's memory map inherits at fork.
+    """
     t0 = time.perf_counter()
     procs: list[subprocess.Popen[bytes]] = []
     errfiles: list[typing.IO[bytes]] = []
+    rssfiles: list[str] = []
     prev = None
     out_f = stdout_path.open("wb") if stdout_path else None
     for i, cmd in enumerate(cmds):
@@ -125,7 +133,11 @@ def step(m: Measure, name: str, cmds: list[list[str]], *, stdout_path: Path | No
         stdout = (subprocess.PIPE if (not last or capture) else
                   (out_f if out_f else subprocess.DEVNULL))
         err_f = tempfile.TemporaryFile()  # noqa: SIM115 - closed after wait4
-        p = subprocess.Popen(cmd, stdin=prev, stdout=stdout, stderr=err_f)
+        fd, rssfile = tempfile.mkstemp(prefix="bench-rss-")
+        os.close(fd)
+        rssfiles.append(rssfile)
+        p = subprocess.Popen([TIME, "-f", "%M", "-o", rssfile, *cmd], stdin=prev,
+                             stdout=stdout, stderr=err_f)
         errfiles.append(err_f)
         if prev is not None:
             prev.close()  # so the reader sees EOF / the writer SIGPIPE
@@ -135,14 +147,17 @@ def step(m: Measure, name: str, cmds: list[list[str]], *, stdout_path: Path | No
     if capture and procs[-1].stdout is not None:
         out = procs[-1].stdout.read()
     errs = []
-    for p, cmd, err_f in zip(procs, cmds, errfiles, strict=True):
+    for p, cmd, err_f, rssfile in zip(procs, cmds, errfiles, rssfiles, strict=True):
         _, status, ru = os.wait4(p.pid, 0)
         err_f.seek(0)
         err = err_f.read()
         err_f.close()
         p.returncode = os.waitstatus_to_exitcode(status)
-        m.cpu += ru.ru_utime + ru.ru_stime
-        m.rss = max(m.rss, ru.ru_maxrss * 1024)
+        m.cpu += ru.ru_utime + ru.ru_stime  # time's own CPU is negligible
+        lines = [x for x in Path(rssfile).read_text().split() if x.isdigit()]
+        os.unlink(rssfile)
+        if lines:
+            m.rss = max(m.rss, int(lines[-1]) * 1024)
         if p.returncode != 0:
             errs.append(f"{Path(cmd[0]).name} exited {p.returncode}: "
                         f"{err.decode(errors='replace').strip().splitlines()[-1:] or ''}")
