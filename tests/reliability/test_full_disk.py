@@ -100,6 +100,11 @@ def test_full_output_filesystem(layouts: dict[str, Path], tmp_path: Path) -> Non
         line = clean_error_line(proc)
         assert str(outdir / "big.squashfs") in line and "No space left" in line, line
         assert os.listdir(outdir) == [], "a partial output was left"
+        tar = run_cli("compile", f"oci:{layouts['big']}:latest", "--format", "tar", "-o",
+                      str(outdir / "big.tar"), "--cache-dir", str(cache), "--quiet")
+        line = clean_error_line(tar)
+        assert str(outdir / "big.tar") in line and "No space left" in line, line
+        assert os.listdir(outdir) == [], "a partial tar was left"
     assert_cache_whole(cache)  # the cache entry itself was whole and stays usable
     ok = _compile(layouts["big"], tmp_path / "big.squashfs", cache)
     assert ok.returncode == 0, ok.stderr
