@@ -65,12 +65,17 @@ def test_random_layer_stacks_match_umoci(layers: list[list[Entry]]) -> None:
     require_or_skip(os.geteuid() == 0, "umoci keeps owners only as root")
     for entries in layers:
         # A whiteout of a directory the same layer also puts entries in: the spec says
-        # the whiteout removes only the lower directory (so its metadata too), umoci
-        # keeps the lower directory when the whiteout comes after the entries.
+        # the whiteout removes the lower directory (so its metadata too); umoci keeps
+        # the lower directory when the whiteout comes after the entries.
+        # Likewise an opaque directory holding a directory the layer creates only as a
+        # parent: umoci keeps the lower one (and its metadata) when the marker comes last.
         names = [e.path for e in entries if isinstance(e.path, str)]
         gone = [n.replace(".wh.", "") for n in names if n.rpartition("/")[2].startswith(".wh.")
                 and ".wh..wh." not in n]
         assume(not any(n.startswith(g + "/") for g in gone for n in names))
+        opaque = [n.rpartition("/")[0] for n in names if n.endswith(".wh..wh..opq")]
+        assume(not any(n.startswith(o + "/") and "/" in n[len(o) + 1:]
+                       for o in opaque for n in names))
     tars = [make_tar(entries) for entries in layers]
     sink = RecordingSink()
     try:
