@@ -481,6 +481,11 @@ def report(workdir: Path, sha: str, out: Path) -> None:
     saved = load_saved(workdir, sha)
     all_results = {name: {c: [Measure(**m) for m in ms] for c, ms in d["results"].items()}
                    for name, d in saved}
+    # a separate measurement may replace recorded peak RSS values (see its note)
+    for name, d in saved:
+        for c, rss in d.get("rss_override", {}).items():
+            for m in all_results[name].get(c, []):
+                m.rss = rss
     floors = {name: d["floor"] for name, d in saved if d["floor"]}
     mach = machine(sha)
     lines = [
@@ -535,6 +540,9 @@ def report(workdir: Path, sha: str, out: Path) -> None:
                 lines.append(f"| {name} | floor ({setting}) | {f:.2f} | | | | | decompress "
                              f"{fl['decompress']:.2f}, compress CPU {fl[key]:.1f} / {NPROC} | |")
         verdicts += targets(name, res, fl)
+    notes = [f"- {name}: {n}" for name, d in saved for n in d.get("notes", [])]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     lines += ["", "## Targets of issue 5", ""] + [f"- {v}" for v in verdicts]
     lines += sweep_section(workdir)
     out.write_text("\n".join(lines) + "\n")
