@@ -329,13 +329,14 @@ def unpacked_tree(ref: str, layout: Path, tmp: Path) -> Path:
         return root
 
 
-def sweep(name: str, ref: str, layout: Path, workdir: Path) -> None:
+def sweep(name: str, ref: str, layout: Path, workdir: Path,
+          settings: tuple[tuple[str, int | None], ...] = SWEEP) -> None:
     """One-thread compress/decode CPU and output size per setting; to WORKDIR/sweep-NAME.json."""
     tmp = workdir / "tmp" / "sweep"
     try:
         root = unpacked_tree(ref, layout, tmp)
         rows = []
-        for comp, level in SWEEP:
+        for comp, level in settings:
             cpu, n_in, n_out, dcpu = compress_pass(root, comp, level, decode=True)
             rows.append({"compression": comp, "level": level, "cpu": cpu, "in": n_in,
                          "out": n_out, "decode_cpu": dcpu})
@@ -629,6 +630,8 @@ def main() -> int:
     ap.add_argument("--rev", default="HEAD", help="the ocisquash commit to benchmark (default HEAD)")
     ap.add_argument("--report-only", action="store_true",
                     help="only write the report from the saved results of --rev")
+    ap.add_argument("--sweep-settings", metavar="C:L,...",
+                    help="settings for --sweep, e.g. gzip:9,zstd:6 (default: a fixed list)")
     ap.add_argument("--sweep", action="store_true",
                     help="instead of the rounds: measure compressor settings on each image's tree")
     args = ap.parse_args()
@@ -645,7 +648,10 @@ def main() -> int:
     with images.serving(names, args.workdir) as (_reg, refs):
         if args.sweep:
             for name in names:
-                sweep(name, refs[name], args.workdir / "layouts" / name, args.workdir)
+                sweep(name, refs[name], args.workdir / "layouts" / name, args.workdir,
+                      tuple((c, int(lv) if lv else None) for c, _, lv in
+                            (x.partition(":") for x in args.sweep_settings.split(",")))
+                      if args.sweep_settings else SWEEP)
             return 0
         for name in names:
             layout = args.workdir / "layouts" / name
