@@ -469,6 +469,8 @@ class _LayerPass:
             f"hard link {_show(e.path)} points to {_show(e.linkname)}, which is not an "
             "earlier non-directory entry of this layer",
             context=self.context,
+            hint="ocisquash links only within one layer, as the image spec describes; "
+                 "rebuild the layer with the link target in it",
         )
 
     def _link(self, e: TarEntry) -> None:

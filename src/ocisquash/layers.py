@@ -99,7 +99,7 @@ class FidelityIssue:
 
     #: short stable name, e.g. ``xattr-dropped``, ``mtime-clamped``
     kind: str
-    #: how many entries were affected
+    #: how many times it happened (once per entry and kind)
     count: int
     #: the first few paths affected
     examples: tuple[bytes, ...]
@@ -135,7 +135,7 @@ class Fidelity:
     def note(self, kind: str, path: bytes) -> None:
         self._counts[kind] = self._counts.get(kind, 0) + 1
         ex = self._examples.setdefault(kind, [])
-        if len(ex) < self._max:
+        if len(ex) < self._max and path not in ex:
             ex.append(path)
 
     def issues(self) -> tuple[FidelityIssue, ...]:
@@ -866,6 +866,7 @@ def _entry(raw_path: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtim
 def _xattrs(pax: list[tuple[bytes, bytes]], path: bytes, limits: Limits, fid: Fidelity,
             context: str) -> tuple[tuple[bytes, bytes], ...]:
     found: dict[bytes, bytes] = {}
+    dropped = False
     for key, value in pax:
         if key.startswith(b"SCHILY.xattr."):
             name, data = key[len(b"SCHILY.xattr."):], value
@@ -883,9 +884,11 @@ def _xattrs(pax: list[tuple[bytes, bytes]], path: bytes, limits: Limits, fid: Fi
                 f"xattr {name!r} of {_show(path)} is {len(data)} bytes, more than "
                 f"{limits.max_xattr_size}", context=context)
         if not name.startswith(KEPT_XATTR_NAMESPACES) or b"\0" in name or not name:
-            fid.note("xattr-dropped", path)
+            dropped = True
             continue
         found[name] = data
+    if dropped:
+        fid.note("xattr-dropped", path)
     return tuple(sorted(found.items()))
 
 
