@@ -252,6 +252,11 @@ class RegistryClient:
         # to the digest (pip's network/utils.py explains the same trap).
         headers = {"Accept-Encoding": "identity"}
         offset = w.offset
+        if offset and offset == desc.size:
+            # A run stopped between the last byte and publishing it: nothing is left to ask
+            # for (a Range past the end gets 416, or a broken answer from some proxies).
+            # A wrong digest drops the bytes and the caller downloads afresh.
+            return w.commit()
         if offset:
             headers["Range"] = f"bytes={offset}-"
         resp = self._request(remote, f"/v2/{self.repository}/blobs/{desc.digest}", headers,
