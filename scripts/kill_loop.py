@@ -121,8 +121,10 @@ class Round:
         sig = signal.SIGINT if rnd.random() < 0.2 else signal.SIGKILL
         self.before_kill()
         tmp_before = self.tmp_listing()
+        # A shell's background job inherits SIGINT ignored; give the child the default back.
         p = subprocess.Popen(compile_cmd(self.image, self.out, self.cache, self.extra),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(rnd.uniform(0.02, 1.1) * self.duration)
         alive = p.poll() is None
         p.send_signal(sig)

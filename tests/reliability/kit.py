@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -48,6 +49,12 @@ def stack_dump(pid: int) -> str:
     proc = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True,
                           timeout=60)
     return proc.stdout + proc.stderr
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for children that get SIGINT: a shell's background job inherits SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def clean_error_line(proc: subprocess.CompletedProcess[str]) -> str:

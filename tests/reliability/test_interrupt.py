@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from .conftest import Site, cli_source_args
-from .kit import assert_cache_whole, cache_state, clean_error_line, file_sha256, run_cli
+from .kit import (
+    assert_cache_whole,
+    cache_state,
+    clean_error_line,
+    default_sigint,
+    file_sha256,
+    run_cli,
+)
 from .proxy import SlowProxy
 from imagebuilder import Entry, write_oci_layout
 
@@ -50,7 +57,8 @@ def test_interrupted_download_resumes_with_a_range_request(
     size = len((site.layouts["big"].path / "blobs" / "sha256" / big.split(":")[1]).read_bytes())
     cut = rnd.randrange(size // 10, size * 8 // 10)
     proc = subprocess.Popen(_compile_cmd(site.ref("big", slow_proxy.host), out, cache),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=default_sigint)
     _wait_for_bytes(slow_proxy, blob_path, cut, proc)
     proc.send_signal(sig)
     t0 = time.monotonic()
@@ -129,7 +137,8 @@ def test_ctrl_c_during_squashfs_writing_cleans_up(tmp_path: Path) -> None:
     layout = _local_big_image(tmp_path / "layout")
     cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
     p = subprocess.Popen(_compile_cmd(f"oci:{layout}:latest", out, cache, "--compression", "xz"),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         preexec_fn=default_sigint)
     deadline = time.monotonic() + 30
     # wait until the staging directory holds a squashfs being written
     while not any((cache / "tmp").glob("build-*/image.squashfs")) if (cache / "tmp").is_dir() \
@@ -145,3 +154,31 @@ def test_ctrl_c_during_squashfs_writing_cleans_up(tmp_path: Path) -> None:
     assert cache_state(cache)["images"] == [] and cache_state(cache)["tmp"] == []
     assert not out.exists()
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_stopped_between_last_byte_and_publishing(site: Site, slow_proxy: SlowProxy,
+                                                  tmp_path: Path, damaged: bool) -> None:
+    """A partial that already holds every byte (killed just before the rename) is verified
+    and published without asking for bytes past its end; a damaged one is fetched again."""
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    built = site.layouts["big"]
+    for digest in (built.config_digest, built.layer_digests[1]):
+        data = bytearray((built.path / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
+        if damaged:
+            data[len(data) // 2] ^= 0x01
+        part = cache / "blobs" / "partial" / f"sha256-{digest.split(':')[1]}.part"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(bytes(data))
+    done = run_cli("compile", site.ref("big", slow_proxy.host), "-o", str(out),
+                   *cli_source_args(cache), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == site.reference["big"]
+    for digest in (built.config_digest, built.layer_digests[1]):
+        got = slow_proxy.requests(path=f"/blobs/{digest}")
+        if damaged:  # dropped and downloaded afresh, from byte 0
+            assert [s.headers.get("range") for s in got] == [None], got
+        else:
+            assert got == [], "asked the registry for bytes it already had"
+    assert_cache_whole(cache)
+    assert cache_state(cache)["partial"] == []
