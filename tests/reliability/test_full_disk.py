@@ -143,6 +143,7 @@ def test_cache_filling_at_every_stage_of_publishing(layouts: dict[str, Path],
             assert cache_state(cache)["tmp"] == []
             filler.unlink()
             _earlier_entry_intact(cache, layouts["small"], tmp_path / "small2.squashfs")
+    print(f"fill sweep: {results}")
     assert results["clean error"] >= 2, results
 
 

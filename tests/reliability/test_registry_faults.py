@@ -156,4 +156,5 @@ def test_mixed_faults_many_rounds(site: Site, slow_proxy: SlowProxy, tmp_path: P
         else:
             outcomes["right image"] += 1
             assert out.read_bytes() == site.reference["big"]
+    print(f"mixed faults: {outcomes}")
     assert outcomes["right image"] >= 1, outcomes
