@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from conftest import require_or_skip
 
 TOOLS = ["unsquashfs", "mksquashfs", "sqfsdiff", "rdsquashfs", "docker-registry", "skopeo", "umoci"]
