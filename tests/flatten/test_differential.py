@@ -35,7 +35,7 @@ def layer(draw: st.DrawFn) -> list[Entry]:
     files: list[str] = []
     for _ in range(draw(st.integers(1, 7))):
         op = draw(st.sampled_from(["file", "file", "dir", "symlink", "whiteout", "opaque",
-                                   "hardlink"]))
+                                   "hardlink", "hardlink", "special"]))
         mode = draw(st.sampled_from([0o644, 0o600, 0o4755, 0o750]))
         uid = draw(st.sampled_from([0, 1000]))
         mtime = draw(st.sampled_from([1_600_000_000, 1_700_000_000]))
@@ -47,7 +47,15 @@ def layer(draw: st.DrawFn) -> list[Entry]:
         elif op == "dir":
             entries.append(D(draw(st.sampled_from(DIRS)), mode, uid=uid, mtime=mtime))
         elif op == "symlink":
-            entries.append(S(draw(st.sampled_from(LEAVES)), draw(st.sampled_from(["x", "/a"]))))
+            path = draw(st.sampled_from(LEAVES))
+            entries.append(S(path, draw(st.sampled_from(["x", "/a"]))))
+            files.append(path)
+        elif op == "special":
+            path = draw(st.sampled_from(LEAVES))
+            kind = draw(st.sampled_from(["fifo", "char"]))
+            entries.append(Entry(path, kind, mode=mode, uid=uid, mtime=mtime, devmajor=1,
+                                 devminor=draw(st.sampled_from([3, 5]))))
+            files.append(path)
         elif op == "whiteout":
             entries.append(W(draw(st.sampled_from(PATHS))))
         elif op == "opaque":
@@ -59,7 +67,7 @@ def layer(draw: st.DrawFn) -> list[Entry]:
 
 @settings(max_examples=int(os.environ.get("OCISQUASH_DIFF_EXAMPLES", "40")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(st.lists(layer(), min_size=1, max_size=4))
+@given(st.lists(layer(), min_size=1, max_size=5))
 def test_random_layer_stacks_match_umoci(layers: list[list[Entry]]) -> None:
     require_or_skip(shutil.which("umoci") is not None, "umoci is not installed")
     require_or_skip(os.geteuid() == 0, "umoci keeps owners only as root")
