@@ -182,6 +182,8 @@ def sniff_compression(head: bytes) -> Compression:
         return "gzip"
     if head.startswith(ZSTD_MAGIC):
         return "zstd"
+    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+        return "zstd"  # a zstd skippable frame (metadata) before the first data frame
     return "tar"
 
 

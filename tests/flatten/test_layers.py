@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import struct
 import tarfile
 
 import pytest
@@ -43,6 +44,9 @@ def test_compression_is_sniffed_from_magic_bytes_not_media_type() -> None:
     assert sniff_compression(b"\x1f\x8b\x08\x00") == "gzip"
     assert sniff_compression(b"\x28\xb5\x2f\xfd") == "zstd"
     assert sniff_compression(b"etc/") == "tar"
+    skippable = struct.pack("<II", 0x184D2A5E, 3) + b"abc"
+    layer = BlobLayer(skippable + zstandard.compress(TAR), Digest.of(TAR), MEDIA["zstd"])
+    assert entries(layer)[b"etc/hosts"] == b"127.0.0.1 localhost\n"
 
 
 def test_unknown_media_type_is_refused_naming_it() -> None:
