@@ -202,10 +202,6 @@ def normalize_path(raw: bytes, *, context: str = "") -> bytes:
     return b"/".join(parts)
 
 
-def _enc(s: str) -> bytes:
-    return s.encode("utf-8", "surrogateescape")
-
-
 class _PeekReader:
     """A reader that hands back a few bytes it has already read (for magic sniffing)."""
 
