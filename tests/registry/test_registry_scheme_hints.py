@@ -18,6 +18,8 @@ AMD64 = Platform("linux", "amd64")
 def test_plain_http_loopback_registry_is_remembered_in_the_cache(
         registries: Any, make_options: Any, tmp_path: Path) -> None:
     transport._scheme_hints.clear()
+    with transport._schemes_lock:  # forget what earlier tests of this process learned
+        transport._learned_schemes.pop(registries.plain.host, None)
     opts = make_options(cache_dir=tmp_path / "cache")
     (tmp_path / "cache").mkdir()
     src = source(f"{registries.plain.host}/app:oci", opts)
