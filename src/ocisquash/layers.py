@@ -586,7 +586,10 @@ def _pax_records(data: bytes, context: str) -> list[tuple[bytes, bytes]]:
             length = int(data[pos:sp]) if sp > pos else 0
         except ValueError:
             length = 0
-        if length <= sp - pos or pos + length > end or data[pos + length - 1] != 0x0A:
+        # No space within 20 bytes (sp == -1) must fail too: a length of 0 would
+        # otherwise pass the checks below and never advance ``pos``.
+        if sp <= pos or length <= sp - pos or pos + length > end \
+                or data[pos + length - 1] != 0x0A:
             raise LayerError("invalid PAX header record", context=context)
         key, eq, value = data[sp + 1:pos + length - 1].partition(b"=")
         if not eq:
