@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,25 @@ def test_unparsable_layout_documents_give_one_error_line(tmp_path: Path) -> None
         line = clean_error_line(proc)
         assert not (tmp_path / f"{name}.sqfs").exists(), name
         assert len(line) < 400, line
+
+
+def _raw_tar(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    out = b""
+    for ti, data in members:
+        ti.size = len(data)
+        out += ti.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512)
+    return out + bytes(1024)
+
+
+def test_pax_record_without_a_length_fails_instead_of_hanging(tmp_path: Path) -> None:
+    """Found by fuzz/fuzz_parsers.py: a PAX record with no space in its first 20 bytes,
+    right after a good record, looped forever (growing a list) in the tar parser."""
+    pax = tarfile.TarInfo("././@PaxHeader")
+    pax.type = tarfile.XHDTYPE
+    tar = _raw_tar((pax, b"7 a=bc\n" + b"X" * 25), (tarfile.TarInfo("file"), b"data"))
+    layout = write_raw_layout(tmp_path / "layout", layers=[tar],
+                              layer_media="application/vnd.oci.image.layer.v1.tar")
+    proc = run_cli("compile", f"oci:{layout}:latest", "-o", str(tmp_path / "o.squashfs"),
+                   "--cache-dir", str(tmp_path / "cache"), "--quiet", timeout=30)
+    line = clean_error_line(proc)
+    assert "invalid PAX header record" in line, line
