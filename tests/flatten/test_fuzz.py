@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shutil
 import tarfile
 
 import zstandard
@@ -16,7 +17,7 @@ from ocisquash.digest import Digest
 from ocisquash.errors import OcisquashError
 from ocisquash.flatten import flatten
 
-from .cases import CAP_NET_RAW, D, F, H, O, S, W
+from .cases import CAP_NET_RAW, D, F, H, O, S, W, _sparse_tree, gnu_tar
 from .layerkit import MEDIA, BlobLayer, RecordingSink
 from imagebuilder import Entry, make_tar
 
@@ -27,6 +28,9 @@ _ENTRIES = [
     Entry("dev/null", "char", devmajor=1, devminor=3), F("tail", b"x" * 5000),
 ]
 BASES = [make_tar(_ENTRIES, format=tarfile.PAX_FORMAT), make_tar(_ENTRIES, format=tarfile.GNU_FORMAT)]
+if shutil.which("tar"):  # sparse entries: old GNU 'S' headers and PAX sparse 1.0 maps
+    BASES += [gnu_tar(_sparse_tree, "--sparse", "--format=gnu")(),
+              gnu_tar(_sparse_tree, "--sparse", "--format=pax")()]
 
 FUZZ = settings(max_examples=int(os.environ.get("OCISQUASH_FUZZ_EXAMPLES", "50")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -38,14 +42,14 @@ def run(blob: bytes, diff_id: Digest | None, media: str) -> None:
 
 @FUZZ
 @given(base=st.sampled_from(BASES),
-       edits=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1,
+       edits=st.lists(st.tuples(st.integers(0, 16383), st.integers(0, 255)), min_size=1,
                       max_size=12),
        cut=st.one_of(st.none(), st.integers(0, 6000)))
 def test_damaged_tar_headers_fail_cleanly(base: bytes, edits: list[tuple[int, int]],
                                           cut: int | None) -> None:
     tar = bytearray(base)
-    for pos, value in edits:  # the first 4 KiB hold the PAX/GNU headers and the first members
-        tar[pos] = value
+    for pos, value in edits:  # the first 16 KiB hold the PAX/GNU/sparse headers
+        tar[pos % len(tar)] = value
     blob = bytes(tar[:cut] if cut is not None else tar)
     run(blob, Digest.of(blob), MEDIA["tar"])
 
