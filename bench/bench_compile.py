@@ -530,7 +530,7 @@ def report(workdir: Path, sha: str, out: Path) -> None:
             lines.append(
                 f"| {name} | {c} | {med([m.wall for m in ok]):.2f} | "
                 f"{med(ratios):.3f} | {med([m.cpu for m in ok]):.1f} | "
-                f"{max(m.rss for m in ok) / 2**20:.0f} | {med([m.size for m in ok]) / 1e6:.1f} | "
+                f"{rss_text(max(m.rss for m in ok))} | {med([m.size for m in ok]) / 1e6:.1f} | "
                 + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()) + " | "
                 + "; ".join(notes) + " |"
             )
@@ -548,6 +548,10 @@ def report(workdir: Path, sha: str, out: Path) -> None:
     lines += sweep_section(workdir)
     out.write_text("\n".join(lines) + "\n")
     log(f"wrote {out}")
+
+
+def rss_text(rss: int) -> str:
+    return f"{rss / 2**20:.0f}" if rss > 0 else "n/a"
 
 
 def sweep_section(workdir: Path) -> list[str]:
@@ -600,7 +604,7 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
         if ok:
             v.append(f"{name}: {c} {med(ok):.3f} s (≤ 0.3 s: {yes(med(ok) <= 0.3)})")
     rss = [m.rss for c in ("ocisquash-equal", "ocisquash-default") for m in res.get(c, [])
-           if not m.error]
+           if not m.error and m.rss > 0]
     if rss:
         v.append(f"{name}: ocisquash peak RSS {max(rss) / 1e6:.0f} MB (≤ 200 MB: "
                  f"{yes(max(rss) <= 200e6)})")
