@@ -159,7 +159,7 @@ def test_writes_failing_at_random_offsets(layouts: dict[str, Path], tmp_path: Pa
     assert _compile(layouts["big"], ref, tmp_path / "ref-cache").returncode == 0
     size = ref.stat().st_size
     rnd = random.Random(9)
-    limits = [0, 4096, *sorted(rnd.randrange(size) for _ in range(3)), size - 2000, size - 100]
+    limits = [0, *sorted(rnd.randrange(size) for _ in range(2)), size - 2000, size - 100]
     cache = tmp_path / "cache"
     for limit in limits:
         proc = subprocess.run(
