@@ -591,11 +591,14 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
     def size(c: str) -> float:
         return med([m.size for m in res.get(c, []) if not m.error])
 
-    if res.get("P1") and res.get("ocisquash-equal"):
+    p1_ok = any(not m.error for m in res.get("P1", []))
+    if res.get("P1") and not p1_ok:
+        v.append(f"{name}: P1 failed in every round ({res['P1'][0].error[:90]}…), so no ratios")
+    if p1_ok and res.get("ocisquash-equal"):
         r, s = ratio("ocisquash-equal"), size("ocisquash-equal") / size("P1")
         v.append(f"{name}: equal settings ratio {r:.3f} (≤ 0.5: {yes(r <= 0.5)}), "
                  f"size {s:.3f}× mksquashfs (≤ 1.02: {yes(s <= 1.02)})")
-    if res.get("P1") and res.get("ocisquash-default"):
+    if p1_ok and res.get("ocisquash-default"):
         r, s = ratio("ocisquash-default"), size("ocisquash-default") / size("P1")
         v.append(f"{name}: defaults ratio {r:.3f} (≤ 0.15: {yes(r <= 0.15)}), "
                  f"size {s:.3f}× P1 (≤ 1: {yes(s <= 1.0)})")
