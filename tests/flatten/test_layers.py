@@ -275,3 +275,17 @@ def test_owner_ids_beyond_32_bits_are_replaced_and_recorded() -> None:
     ((entry, _),) = list(read_layer(BlobLayer.of(buf.getvalue(), "tar"), fidelity=fid))
     assert (entry.meta.uid, entry.meta.gid) == (65534, 3_000_000)
     assert [(i.kind, i.examples) for i in fid.issues()] == [("id-clamped", (b"huge",))]
+
+
+def test_pax_record_without_length_after_a_good_record_is_refused() -> None:
+    """Regression: a length-less record after a valid one used to loop forever."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"SCHILY.xattr.user.a": "1", "SCHILY.xattr.user.b": "2"}
+        tf.addfile(ti, io.BytesIO(b""))
+    tar = buf.getvalue()
+    good, bad = b"25 SCHILY.xattr.user.a=1\n", b"25 SCHILY.xattr.user.b=2\n"
+    assert good in tar and bad in tar
+    with pytest.raises(LayerError, match="invalid PAX header record"):
+        list(read_layer(BlobLayer.of(tar.replace(bad, b"x" * len(bad)), "tar")))
