@@ -529,7 +529,7 @@ def report(workdir: Path, sha: str, out: Path) -> None:
                 notes.append(f"compression {ok[0].info['compression']}")
             lines.append(
                 f"| {name} | {c} | {med([m.wall for m in ok]):.2f} | "
-                f"{med(ratios):.3f} | {med([m.cpu for m in ok]):.1f} | "
+                f"{f'{med(ratios):.3f}' if ratios else '–'} | {med([m.cpu for m in ok]):.1f} | "
                 f"{rss_text(max(m.rss for m in ok))} | {med([m.size for m in ok]) / 1e6:.1f} | "
                 + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()) + " | "
                 + "; ".join(notes) + " |"
