@@ -741,6 +741,9 @@ def _members(stream: _Hashing, limits: Limits, fid: Fidelity, context: str) -> I
                 size -= used
                 padded -= used
         pax, pax_sparse_pairs, long_name, long_link = {}, [], None, None
+        if size < 0 or real_size < 0:
+            raise LayerError(f"invalid tar header at offset {header_at} (negative size)",
+                             context=context)
 
         if typeflag == b"S":  # old GNU sparse: map in the header and extension blocks
             sparse = []

@@ -299,3 +299,16 @@ def test_pax_record_without_length_after_a_good_record_is_refused() -> None:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_negative_pax_size_is_refused() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"comment": "x" * 9}
+        tf.addfile(ti, io.BytesIO(b""))
+    record, negative = b"21 comment=xxxxxxxxx\n", b"21 size=-00000000005\n"
+    assert len(record) == len(negative) and record in buf.getvalue()
+    tar = buf.getvalue().replace(record, negative)
+    with pytest.raises(LayerError, match="negative size"):
+        list(read_layer(BlobLayer.of(tar, "tar")))
