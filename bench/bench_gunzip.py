@@ -6,6 +6,16 @@ it is gzipped once (stdlib, level 6) and then each candidate decoder reads it
 back in 1 MiB chunks from a file object, as ``ocisquash.layers`` does. The gzip
 stream is written as two members, so every decoder must handle multi-member
 gzip. Prints MB/s of decompressed output per decoder, best of ``--repeat``.
+
+Measured on the 2-core development VM (105 MB tar, 64.5 MB gzip, best of 2):
+
+    stdlib gzip                 208 MB/s
+    isal.igzip                  534 MB/s
+    isal.igzip_threaded         553 MB/s   <- ocisquash.layers uses this
+    zlib_ng.gzip_ng             510 MB/s
+    zlib_ng.gzip_ng_threaded    371 MB/s
+
+The threaded isal reader also decodes beside the tar parser, in its own thread.
 """
 
 from __future__ import annotations
