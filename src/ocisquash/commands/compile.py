@@ -145,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         )
         for issue in result.fidelity:
             examples = ", ".join("/" + str(e) for e in issue.get("examples", ())[:3])
-            print(f"ocisquash: warning: {issue.get('count', '?')} entries: "
+            # squashfs keeps whole seconds only; most build tools write finer times, so
+            # that loss is a note, not a warning that every compile would print.
+            level = "note" if issue.get("kind") == "mtime-subsecond-truncated" else "warning"
+            print(f"ocisquash: {level}: {issue.get('count', '?')} entries: "
                   f"{issue.get('detail', issue.get('kind', issue))}"
                   + (f" (e.g. {examples})" if examples else ""), file=sys.stderr)
         if args.output is None:
