@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ocisquash.commands import pack as pack_command
+from ocisquash.commands._common import parse_size
 from ocisquash.errors import SquashfsError, UsageError
 from ocisquash.pack import pack_directory
 from ocisquash.squashfs import WriterOptions
@@ -40,13 +41,18 @@ def source(tmp_path: Path) -> Path:
     ("text", "value"), [("131072", 131072), ("128K", 131072), ("4k", 4096), ("1M", 1 << 20)]
 )
 def test_block_size_suffixes(text: str, value: int) -> None:
-    assert pack_command.parse_size(text) == value
+    assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "12Q", "-4K", "1.5M"])
+@pytest.mark.parametrize("text", ["", "12Q", "-4K", "nan"])
 def test_bad_block_size_text_is_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError):
-        pack_command.parse_size(text)
+        parse_size(text)
+
+
+def test_fractional_block_size_is_refused_as_not_a_power_of_two() -> None:
+    with pytest.raises(UsageError):
+        WriterOptions(block_size=parse_size("1.5M"))
 
 
 def test_json_summary_describes_the_image(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..model import Platform
     from ..sources.options import SourceOptions
+    from ..squashfs import WriterOptions
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,3 +90,64 @@ def close_progress(options: SourceOptions) -> None:
     close = getattr(options.progress, "close", None)
     if callable(close):
         close()
+
+
+def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
+                         time_help: str) -> None:
+    """Options of the squashfs writer, shared by ``compile`` and ``pack``."""
+    g = p.add_argument_group("squashfs output")
+    g.add_argument("--compression", "-c", default=None,
+                   choices=("gzip", "xz", "zstd", "lz4", "lzo"), help=compression_help)
+    g.add_argument("--level", type=int, default=None,
+                   help="compression level (default: as above, else the compressor's own, as "
+                        "mksquashfs: gzip 9, xz 6, zstd 15)")
+    g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
+                   help="data block size, a power of two from 4K to 1M (default 128K)")
+    g.add_argument("--no-fragments", action="store_true", help="do not pack file tails into fragments")
+    g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
+    g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
+    g.add_argument("--mkfs-time", type=int, default=None, metavar="EPOCH", help=time_help)
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="compression threads (default: all cores)")
+
+
+def parse_size(text: str) -> int:
+    """``131072``, ``128K``, ``1M``, ``20G`` → bytes."""
+    from ..errors import UsageError
+
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if t.endswith(suffix):
+            t, mult = t[:-1], m
+            break
+    try:
+        value = float(t)
+    except ValueError:
+        raise UsageError(f"invalid size {text!r}",
+                         hint="use a number with an optional K, M or G") from None
+    if value < 0 or value != value:
+        raise UsageError(f"invalid size {text!r}", hint="use a non-negative number")
+    return int(value * mult)
+
+
+def writer_options_from_args(args: argparse.Namespace, *, default_compression: str,
+                             default_level: int | None = None,
+                             all_root: bool = False) -> WriterOptions:
+    """The ``WriterOptions`` of the parsed arguments; ``default_level`` only with the default compressor."""
+    from ..squashfs import Compression, WriterOptions
+
+    level = args.level
+    if level is None and args.compression is None:
+        level = default_level
+    return WriterOptions(
+        compression=Compression(args.compression or default_compression),
+        level=level,
+        block_size=parse_size(args.block_size),
+        fragments=not args.no_fragments,
+        dedup=not args.no_dedup,
+        xattrs=not args.no_xattrs,
+        mkfs_time=args.mkfs_time,
+        workers=args.workers,
+        all_root=all_root,
+    )

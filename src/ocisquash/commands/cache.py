@@ -39,7 +39,7 @@ def parse_age(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from ..cache import ImageCache
-    from .compile import parse_size
+    from ._common import parse_size
 
     cache = ImageCache(args.cache_dir)
     cmd = args.cache_command

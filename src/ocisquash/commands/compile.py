@@ -8,58 +8,8 @@ import sys
 from pathlib import Path
 
 
-def add_writer_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of the squashfs writer that compile shares with pack."""
-    g = p.add_argument_group("squashfs output")
-    g.add_argument("--compression", "-c", default=None,
-                   choices=("gzip", "xz", "zstd", "lz4", "lzo"),
-                   help="compressor (compile's default: zstd level 6; every current Linux kernel "
-                        "mounts it)")
-    g.add_argument("--level", type=int, default=None,
-                   help="compression level (default: 6 for compile's zstd, else the compressor's "
-                        "own default, as mksquashfs: gzip 9, xz 6, zstd 15)")
-    g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
-                   help="data block size, a power of two from 4K to 1M (default 128K)")
-    g.add_argument("--no-fragments", action="store_true", help="do not pack file tails into fragments")
-    g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
-    g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
-    g.add_argument("--mkfs-time", type=int, default=None, metavar="EPOCH",
-                   help="image timestamp (default: $SOURCE_DATE_EPOCH, else the image's config date)")
-    g.add_argument("--workers", type=int, default=None, help="compression threads (default: all cores)")
-
-
-def parse_size(text: str) -> int:
-    from ..errors import UsageError
-
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = 1
-    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if t.endswith(suffix):
-            t, mult = t[:-1], m
-            break
-    try:
-        return int(float(t) * mult)
-    except ValueError:
-        raise UsageError(f"invalid size {text!r}", hint="use a number with an optional K, M or G") from None
-
-
-def writer_options_from_args(args: argparse.Namespace, *, default_compression: str) -> object:
-    from ..squashfs import Compression, WriterOptions
-
-    return WriterOptions(
-        compression=Compression(args.compression or default_compression),
-        level=args.level,
-        block_size=parse_size(args.block_size),
-        fragments=not args.no_fragments,
-        dedup=not args.no_dedup,
-        xattrs=not args.no_xattrs,
-        mkfs_time=args.mkfs_time,
-        workers=args.workers,
-    )
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from ._common import add_source_arguments
+    from ._common import add_source_arguments, add_writer_arguments
 
     p = sub.add_parser(
         "compile",
@@ -98,18 +48,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="build straight to OUT without storing the compiled image")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_source_arguments(p)
-    add_writer_arguments(p)
+    add_writer_arguments(
+        p, compression_help="compressor (default: zstd level 6; every current Linux kernel "
+                            "mounts it)",
+        time_help="image timestamp (default: $SOURCE_DATE_EPOCH, else the image's config date)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL, compile_image
     from ..errors import UsageError
-    from ._common import close_progress, source_options_from_args
+    from ._common import close_progress, source_options_from_args, writer_options_from_args
 
-    if args.compression is None and args.level is None:
-        args.level = DEFAULT_ZSTD_LEVEL
-    wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION)
+    wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
+                                     default_level=DEFAULT_ZSTD_LEVEL)
     sopts = source_options_from_args(args)
     output: object = args.output
     if args.output == "-":
@@ -124,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             output,  # type: ignore[arg-type]
             platform=args.platform,
             format=args.format,
-            writer_options=wopts,  # type: ignore[arg-type]
+            writer_options=wopts,
             source_options=sopts,
             pull=args.pull,
             use_cache=not args.no_cache,
