@@ -27,7 +27,14 @@ from typing import Any, BinaryIO, Literal
 
 from .cache import IMAGE_FILE, ImageCache, entry_key, place_output
 from .digest import Digest
-from .errors import ImageNotFoundError, OcisquashError, OutputError, UsageError
+from .errors import (
+    ImageNotFoundError,
+    IntegrityError,
+    LayerError,
+    OcisquashError,
+    OutputError,
+    UsageError,
+)
 from .model import ImageConfig, Manifest, Platform
 from .sources.base import Layer, ResolvedImage
 from .sources.options import SourceOptions
@@ -233,6 +240,24 @@ def _write_staged(path: Path, data: bytes) -> None:
                                "with --cache-dir") from e
 
 
+def _drop_damaged_blobs(cache: ImageCache, manifest: Manifest) -> list[Digest]:
+    """Remove the image's blobs whose stored bytes no longer match their digest."""
+    damaged = []
+    for desc in (manifest.config, *manifest.layers):
+        path = cache.blobs.blob_path(desc.digest)
+        if not path.is_file():
+            continue
+        h = desc.digest.hasher()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() != desc.digest.hex:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            damaged.append(desc.digest)
+    return damaged
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -321,7 +346,16 @@ def compile_image(
                 with cache.staging() as staged:
                     manifest = image.manifest()
                     config = image.config()
-                    report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts, progress)
+                    try:
+                        report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts,
+                                                          progress)
+                    except (LayerError, IntegrityError):
+                        # A blob damaged in the store after it was verified reads as a bad
+                        # layer: drop what no longer matches its digest, fetch it again once.
+                        if not _drop_damaged_blobs(cache, manifest):
+                            raise
+                        report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts,
+                                                          progress)
                     _write_staged(staged / "manifest.json", manifest.raw)
                     _write_staged(staged / "config.json", config.raw)
                     info = {

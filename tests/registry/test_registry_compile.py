@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +55,28 @@ def test_second_compile_by_tag_costs_one_manifest_request(
     mark = len(proxy.requests())
     subprocess.run([*args[:4], digest_ref, *args[5:]], check=True, capture_output=True)
     assert proxy.requests()[mark:] == []
+
+
+def test_blob_damaged_in_the_cache_is_dropped_and_fetched_again(
+        registries: Any, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    ref = f"{registries.plain.host}/app:oci"
+    first = compile_image(ref, tmp_path / "a.squashfs", source_options=SourceOptions(cache_dir=cache))
+    layer = first.manifest.layers[0].digest
+    blob = cache / "blobs" / layer.algorithm / layer.hex
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    # Other output options: a new compile that must read the damaged layer.
+    from ocisquash.squashfs import Compression, WriterOptions
+
+    second = compile_image(ref, tmp_path / "b.squashfs", source_options=SourceOptions(cache_dir=cache),
+                           writer_options=WriterOptions(compression=Compression.GZIP))
+    assert not second.cached
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == layer.hex  # fetched again, whole
+    a = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "a.squashfs")], capture_output=True,
+                       text=True, check=True).stdout
+    b = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "b.squashfs")], capture_output=True,
+                       text=True, check=True).stdout
+    assert a == b
