@@ -178,10 +178,20 @@ class ImageCache:
             write_atomic(self.root / "refs" / ref_key, key.encode())
 
     # -- maintenance -------------------------------------------------------------
-    def clean_tmp(self, older_than: float = 3600.0) -> int:
-        """Remove staging leftovers of killed processes older than ``older_than`` seconds."""
+    def clean_tmp(self, older_than: float = 3600.0, partials_older_than: float = 86400.0) -> int:
+        """Remove leftovers of killed processes: staging files older than ``older_than``
+        seconds, and resumable partial downloads untouched for ``partials_older_than``.
+
+        Lock files stay: removing one that a live process holds would let a second
+        process take a lock of its own on a new file.
+        """
         n = 0
         now = time.time()
+        for p in (self.root / "blobs" / "partial").glob("*.part"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > partials_older_than:
+                    p.unlink()
+                    n += 1
         for p in (self.root / "tmp").iterdir():
             with contextlib.suppress(OSError):
                 if now - p.lstat().st_mtime > older_than:

@@ -376,3 +376,20 @@ def test_tar_output_on_a_full_disk_is_one_clear_line(tmp_path: Path) -> None:
         assert list(full.iterdir()) == []
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_prune_removes_old_partials_and_staging_but_keeps_fresh_ones(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run_cli("cache", "--cache-dir", str(cache), "ls")
+    partial = cache / "blobs" / "partial"
+    old_part, new_part = partial / "sha256-old.part", partial / "sha256-new.part"
+    old_stage = cache / "tmp" / "build-old"
+    for p in (old_part, new_part):
+        p.write_bytes(b"x")
+    old_stage.mkdir()
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old_part, (two_days_ago, two_days_ago))
+    os.utime(old_stage, (two_days_ago, two_days_ago))
+    out = run_cli("cache", "--cache-dir", str(cache), "prune").stdout
+    assert "2 leftover" in out
+    assert not old_part.exists() and not old_stage.exists() and new_part.exists()
