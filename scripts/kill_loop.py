@@ -27,7 +27,6 @@ for the registry mode; everything is written below a temporary directory.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import random
 import re
 import shutil
@@ -43,16 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from ocisquash.cache import ImageCache  # noqa: E402
+from ocisquash.digest import Digest  # noqa: E402
 
 from imagebuilder import Entry, write_oci_layout  # noqa: E402
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return Digest.of_file(path).hex
 
 
 def compile_cmd(image: str, out: Path, cache: Path, extra: list[str]) -> list[str]:

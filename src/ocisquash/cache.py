@@ -221,28 +221,17 @@ class ImageCache:
         """
         problems: list[str] = []
         for digest, path in self.blobs.iter_blobs():
-            h = hashlib.new(digest.algorithm)
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            if h.hexdigest() != digest.hex:
+            if not digest.matches_file(path):
                 problems.append(f"blob {digest.short}: content does not match its digest")
                 if repair:
                     with contextlib.suppress(OSError):
                         os.chmod(path, 0o644)
                         path.unlink()
         for entry in self.entries():
-            want = entry.info.get("squashfs_sha256")
-            h = hashlib.sha256()
-            with open(entry.image, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            bad = want != h.hexdigest()
+            bad = entry.info.get("squashfs_sha256") != Digest.of_file(entry.image).hex
             for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
                 p = entry.path / name
-                if p.exists() and field in entry.info and (
-                    "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() != entry.info[field]
-                ):
+                if p.exists() and field in entry.info and str(Digest.of_file(p)) != entry.info[field]:
                     bad = True
             if bad:
                 problems.append(

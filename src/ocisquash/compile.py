@@ -15,9 +15,9 @@ digest reference already compiled).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -245,25 +245,11 @@ def _drop_damaged_blobs(cache: ImageCache, manifest: Manifest) -> list[Digest]:
     damaged = []
     for desc in (manifest.config, *manifest.layers):
         path = cache.blobs.blob_path(desc.digest)
-        if not path.is_file():
-            continue
-        h = desc.digest.hasher()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        if h.hexdigest() != desc.digest.hex:
+        if path.is_file() and not desc.digest.matches_file(path):
             with contextlib.suppress(OSError):
                 path.unlink()
             damaged.append(desc.digest)
     return damaged
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compile_image(
@@ -368,7 +354,7 @@ def compile_image(
                         "format_version": FORMAT_VERSION,
                         "options": okey,
                         "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
-                        "squashfs_sha256": _sha256_file(staged / IMAGE_FILE),
+                        "squashfs_sha256": Digest.of_file(staged / IMAGE_FILE).hex,
                         "files": getattr(summary, "inodes", 0),
                         "layers": len(manifest.layers),
                         "layer_bytes": sum(d.size for d in manifest.layers),
@@ -451,8 +437,7 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
             placed = place_output(entry.image, path)
         else:
             with open(entry.image, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    output.write(chunk)
+                shutil.copyfileobj(f, output, 1 << 20)
             path, placed = None, "written"
     stats = dict(info.get("stats", {}))
     stats["seconds"] = round(time.monotonic() - started, 3)

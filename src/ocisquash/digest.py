@@ -8,6 +8,7 @@ check runs when the wrapped stream reaches EOF, so callers must read to the end
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -43,6 +44,19 @@ class Digest:
     def of(cls, data: bytes, algorithm: str = "sha256") -> Digest:
         """The digest of ``data``."""
         return cls(algorithm, hashlib.new(algorithm, data).hexdigest())
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike[str], algorithm: str = "sha256") -> Digest:
+        """The digest of a file's contents, read in 1 MiB pieces."""
+        h = hashlib.new(algorithm)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return cls(algorithm, h.hexdigest())
+
+    def matches_file(self, path: str | os.PathLike[str]) -> bool:
+        """Whether the file at ``path`` has this digest."""
+        return Digest.of_file(path, self.algorithm) == self
 
     def hasher(self) -> hashlib._Hash:
         """A fresh hash object of this digest's algorithm."""

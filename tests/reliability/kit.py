@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ocisquash.cache import ImageCache
+from ocisquash.digest import Digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -75,11 +76,7 @@ def sha256(data: bytes) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return Digest.of_file(path).hex
 
 
 def put_blob(root: Path, data: bytes) -> str:
