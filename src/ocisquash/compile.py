@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from .cache import IMAGE_FILE, ImageCache, entry_key, place_output
 from .digest import Digest
@@ -35,10 +35,14 @@ from .errors import (
     OutputError,
     UsageError,
 )
-from .model import ImageConfig, Manifest, Platform
+from .model import Descriptor, ImageConfig, Manifest, Platform
 from .sources.base import Layer, ResolvedImage
 from .sources.options import SourceOptions
 from .squashfs import FORMAT_VERSION, WriterOptions
+
+if TYPE_CHECKING:
+    from .flatten import FlattenReport, TreeSink
+    from .squashfs import WriteSummary
 
 PullPolicy = Literal["never", "missing", "always"]
 OutputFormat = Literal["squashfs", "tar"]
@@ -113,7 +117,7 @@ def _writer_options_key(options: WriterOptions) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
 
 
-def _prefetch(image: ResolvedImage, layers: Sequence[Layer]) -> None:
+def _prefetch(image: ResolvedImage) -> None:
     """Let a remote source download all layers in parallel before flattening."""
     fetch = getattr(image, "fetch_layers", None)
     if callable(fetch):
@@ -156,7 +160,7 @@ class _ReportingLayer:
     progress: Callable[[object], None]
 
     @property
-    def descriptor(self) -> Any:
+    def descriptor(self) -> Descriptor:
         return self.layer.descriptor
 
     @property
@@ -174,7 +178,8 @@ class _ReportingLayer:
         return _CountingStream(self.layer.open(), report)  # type: ignore[return-value]
 
 
-def _flatten_into(layers: Sequence[Layer], sink: Any, progress: Callable[[object], None] | None) -> Any:
+def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
+                  progress: Callable[[object], None] | None) -> FlattenReport:
     from .flatten import flatten
     from .progress import Finishing
 
@@ -183,18 +188,17 @@ def _flatten_into(layers: Sequence[Layer], sink: Any, progress: Callable[[object
     n = len(layers)
     wrapped = [_ReportingLayer(layer, n - i, n, progress) for i, layer in enumerate(layers)]
     report = flatten(wrapped, sink)
-    progress(Finishing(int(getattr(report, "entries", 0))))
+    progress(Finishing(report.entries))
     return report
 
 
-def _fidelity_json(report: Any) -> tuple[dict[str, Any], ...]:
-    out = []
-    for issue in getattr(report, "fidelity", ()):
-        if hasattr(issue, "__dataclass_fields__"):
-            out.append(json.loads(json.dumps(asdict(issue), default=lambda o: o.decode("utf-8", "replace") if isinstance(o, bytes) else str(o))))
-        else:
-            out.append({"issue": str(issue)})
-    return tuple(out)
+def _fidelity_json(report: FlattenReport) -> tuple[dict[str, Any], ...]:
+    """The fidelity issues as JSON-ready records (paths shown as text)."""
+    return tuple(
+        {"kind": i.kind, "count": i.count, "detail": i.detail,
+         "examples": [e.decode("utf-8", "replace") for e in i.examples]}
+        for i in report.fidelity
+    )
 
 
 def _build_squashfs(
@@ -202,7 +206,7 @@ def _build_squashfs(
     dest: Path,
     writer_options: WriterOptions,
     progress: Callable[[object], None] | None,
-) -> tuple[Any, Any]:
+) -> tuple[FlattenReport, WriteSummary]:
     import dataclasses
 
     from .squashfs import SquashfsWriter
@@ -212,7 +216,7 @@ def _build_squashfs(
         writer_options = dataclasses.replace(
             writer_options, mkfs_time=_epoch(image.config().created))
     layers = image.layers()
-    _prefetch(image, layers)
+    _prefetch(image)
     with SquashfsWriter(dest, writer_options) as writer:
         report = _flatten_into(layers, writer, progress)
         summary = writer.finish()
@@ -355,7 +359,7 @@ def compile_image(
                         "options": okey,
                         "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
                         "squashfs_sha256": Digest.of_file(staged / IMAGE_FILE).hex,
-                        "files": getattr(summary, "inodes", 0),
+                        "files": summary.inodes,
                         "layers": len(manifest.layers),
                         "layer_bytes": sum(d.size for d in manifest.layers),
                         "fidelity": list(_fidelity_json(report)),
@@ -412,12 +416,12 @@ def _is_digest_reference(source: str) -> bool:
     return "@sha256:" in source or "@sha512:" in source
 
 
-def _stats(report: Any, summary: Any) -> dict[str, Any]:
+def _stats(report: FlattenReport, summary: WriteSummary | None) -> dict[str, Any]:
+    """The numbers of the flatten report and the writer summary, for ``--json``."""
     out: dict[str, Any] = {}
     for name, obj in (("flatten", report), ("squashfs", summary)):
-        if hasattr(obj, "__dataclass_fields__"):
-            d = {k: v for k, v in asdict(obj).items() if isinstance(v, int | float | str)}
-            out[name] = d
+        if obj is not None:
+            out[name] = {k: v for k, v in asdict(obj).items() if isinstance(v, int | float | str)}
     return out
 
 
@@ -471,7 +475,7 @@ def _compile_uncached(
     return CompiledImage(
         path=dest, reference=image.reference, digest=image.digest,
         platform=str(image.platform or config.platform), manifest=manifest, config=config,
-        format="squashfs", size=dest.stat().st_size, files=getattr(summary, "inodes", 0),
+        format="squashfs", size=dest.stat().st_size, files=summary.inodes,
         cached=False, fidelity=_fidelity_json(report), placed="written",
         stats={**_stats(report, summary), "seconds": round(time.monotonic() - started, 3)},
     )
@@ -496,7 +500,7 @@ def _write_tar(
     from .tarout import TarSink
 
     layers = image.layers()
-    _prefetch(image, layers)
+    _prefetch(image)
     started = time.monotonic()
     if output is None:
         raise UsageError("--format tar needs an output (a file, or - for stdout)")
@@ -517,7 +521,7 @@ def _write_tar(
     return CompiledImage(
         path=path, reference=image.reference, digest=image.digest,
         platform=str(image.platform or config.platform), manifest=manifest, config=config,
-        format="tar", size=size, files=int(getattr(report, "entries", 0)), cached=False,
+        format="tar", size=size, files=report.entries, cached=False,
         fidelity=_fidelity_json(report), placed="written",
         stats={**_stats(report, None), "seconds": round(time.monotonic() - started, 3)},
     )
