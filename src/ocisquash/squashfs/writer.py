@@ -47,7 +47,7 @@ from .tables import IdTable, XattrTable, check_xattrs
 from .tree import DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
 
 #: Bump when the bytes written for the same input and options change (a cache key).
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 
 @dataclass(frozen=True)
