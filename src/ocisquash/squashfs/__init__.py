@@ -24,9 +24,31 @@ One module per on-disk concern::
     tables.py      id table and xattr table
     tree.py        the in-memory tree of entries and path rules
     writer.py      SquashfsWriter: the public API and the finish sequence
+    version.py     FORMAT_VERSION, importable without the writer (a cache key)
+
+The writer's names are imported on first use: a cached compile imports
+``ocisquash.squashfs.version`` only and must not pay for the writer's threads and
+compressors.
 """
 
-from .compressor import Compression
-from .writer import FORMAT_VERSION, SquashfsWriter, WriterOptions, WriteSummary
+from typing import TYPE_CHECKING, Any
+
+from .version import FORMAT_VERSION
+
+if TYPE_CHECKING:
+    from .compressor import Compression
+    from .writer import SquashfsWriter, WriterOptions, WriteSummary
 
 __all__ = ["FORMAT_VERSION", "Compression", "SquashfsWriter", "WriteSummary", "WriterOptions"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Compression":
+        from .compressor import Compression
+
+        return Compression
+    if name in ("SquashfsWriter", "WriterOptions", "WriteSummary"):
+        from . import writer
+
+        return getattr(writer, name)
+    raise AttributeError(f"module 'ocisquash.squashfs' has no attribute {name!r}")

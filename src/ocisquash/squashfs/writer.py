@@ -46,8 +46,8 @@ from .metadata import MetadataWriter, pack_lookup_table
 from .tables import IdTable, XattrTable, check_xattrs
 from .tree import DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
 
-#: Bump when the bytes written for the same input and options change (a cache key).
-FORMAT_VERSION = "2"
+#: The cache key of the bytes written; kept in version.py so that reading it is cheap.
+from .version import FORMAT_VERSION as FORMAT_VERSION
 
 
 @dataclass(frozen=True)
