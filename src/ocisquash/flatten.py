@@ -156,12 +156,13 @@ class _Inode:
 
     __slots__ = ("deferred", "entry", "written")
 
-    def __init__(self, entry: TarEntry) -> None:
+    def __init__(self, entry: TarEntry, written: list[bytes]) -> None:
         self.entry = entry
         #: sink paths that hold this inode now
-        self.written: list[bytes] = []
-        #: surviving link names waiting for the second pass (target data was skipped)
-        self.deferred: list[bytes] = []
+        self.written = written
+        #: surviving link names waiting for the second pass (target data was skipped);
+        #: None until there is one, as one such object exists per file of the layer
+        self.deferred: list[bytes] | None = None
 
 
 def _parent(path: bytes) -> bytes:
@@ -433,9 +434,7 @@ class _LayerPass:
             self._link(e)
         else:
             self._write(path, e, data)
-            inode = _Inode(e)
-            inode.written.append(path)
-            self.names[path] = inode
+            self.names[path] = _Inode(e, [path])
 
     def _write(self, path: bytes, e: TarEntry, data: BinaryIO | None) -> None:
         """Hand one non-directory, non-link entry to the sink under ``path``."""
@@ -462,7 +461,7 @@ class _LayerPass:
                 raise self._dangling(e)
             self.names[e.path] = target
         else:
-            self.names[e.path] = _Inode(e)
+            self.names[e.path] = _Inode(e, [])
 
     def _dangling(self, e: TarEntry) -> LayerError:
         return LayerError(
@@ -485,7 +484,10 @@ class _LayerPass:
             return
         t = inode.entry
         if t.kind == "file":
-            inode.deferred.append(path)  # its data was skipped: fetch it in a second pass
+            # Its data was skipped: fetch it in a second pass.
+            if inode.deferred is None:
+                inode.deferred = []
+            inode.deferred.append(path)
             self.deferred[path] = inode
             return
         # A hidden symlink, device or fifo carries everything in its header.
@@ -498,7 +500,7 @@ class _LayerPass:
         if old is not None and path in old.written:
             old.written.remove(path)
         waiting = self.deferred.pop(path, None)
-        if waiting is not None:
+        if waiting is not None and waiting.deferred is not None:
             waiting.deferred.remove(path)
 
     def _forget_below(self, path: bytes) -> None:
@@ -529,6 +531,7 @@ class _LayerPass:
             if wanted_inode is None or data is None:
                 continue
             inode = wanted_inode
+            assert inode.deferred is not None
             first, *rest = inode.deferred
             self.sink.add_file(first, inode.entry.meta, data, entry.size)
             f.files += 1
