@@ -3,7 +3,7 @@
 Each subcommand lives in ``ocisquash.commands.<name>`` and exposes
 ``add_parser(subparsers)`` and ``run(args) -> int``; this module only wires them up,
 so that ``ocisquash --help`` stays quick (subcommand modules import lazily what
-they need).
+they need). A command line that names its subcommand builds only that one's parser.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from .errors import OcisquashError
 COMMANDS = ("compile", "pull", "inspect", "pack", "cache")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of ``command`` alone (one of ``COMMANDS``)."""
     parser = argparse.ArgumentParser(
         prog="ocisquash",
         description=(
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ocisquash {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if command is None else (command,):
         try:
             module = importlib.import_module(f"ocisquash.commands.{name}")
         except ModuleNotFoundError as e:
@@ -52,10 +53,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, if parsing needs no other (the top-level options take no
+    value, so the first word that is not an option is the subcommand)."""
+    for arg in argv:
+        if arg in ("-h", "--help", "--version", "--"):
+            return None  # help lists every command
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     try:
-        parser = build_parser()  # imports every subcommand: Ctrl-C may land here too
+        argv = sys.argv[1:] if argv is None else list(argv)
+        # imports the subcommand modules: Ctrl-C may land here too
+        parser = build_parser(_command_named(argv))
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("ocisquash: interrupted", file=sys.stderr)

@@ -9,7 +9,9 @@ The flow of one compile::
 
 Only the manifest request happens before the cache is consulted, so a second
 compile of the same image costs one request (none with ``pull="never"`` or a
-digest reference already compiled).
+digest reference already compiled). A cache hit imports only what it uses: the
+squashfs writer, the flattener and the layer readers are imported by a build
+(``tests/compile/test_warm_imports.py`` checks it).
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ from .errors import (
     UsageError,
 )
 from .model import Descriptor, ImageConfig, Manifest, Platform
-from .sources.base import Layer, ResolvedImage
 from .sources.options import SourceOptions
-from .squashfs import FORMAT_VERSION, WriterOptions
+from .squashfs.version import FORMAT_VERSION
 
 if TYPE_CHECKING:
     from .flatten import FlattenReport, TreeSink
-    from .squashfs import WriteSummary
+    from .sources.base import Layer, ResolvedImage
+    from .squashfs import WriterOptions, WriteSummary
 
 PullPolicy = Literal["never", "missing", "always"]
 OutputFormat = Literal["squashfs", "tar"]
@@ -105,13 +107,26 @@ DEFAULT_ZSTD_LEVEL = 6
 
 def default_writer_options() -> WriterOptions:
     """The writer options of a compile that names none: zstd level 6, 128 KiB blocks."""
-    from .squashfs import Compression
+    from .squashfs import Compression, WriterOptions
 
     return WriterOptions(compression=Compression(DEFAULT_COMPRESSION), level=DEFAULT_ZSTD_LEVEL)
 
 
-def _writer_options_key(options: WriterOptions) -> dict[str, Any]:
-    """The output-affecting writer options, as the cache key sees them."""
+#: ``_writer_options_key(default_writer_options())`` written out, so that a compile
+#: naming no options finds its cached image without importing the writer.
+#: tests/compile/test_warm_imports.py fails when it no longer matches the writer's options.
+_DEFAULT_OPTIONS_KEY: dict[str, Any] = {
+    "compression": "Compression.ZSTD", "level": DEFAULT_ZSTD_LEVEL, "gzip_window": 15,
+    "xz_filters": [], "lz4_hc": False, "block_size": 131072, "fragments": True,
+    "dedup": True, "exportable": True, "xattrs": True, "mkfs_time": None, "all_root": False,
+    "default_dir_meta": {"mode": 0o755, "uid": 0, "gid": 0, "mtime": 0, "xattrs": []},
+}
+
+
+def _writer_options_key(options: WriterOptions | None) -> dict[str, Any]:
+    """The output-affecting writer options, as the cache key sees them (None: the defaults)."""
+    if options is None:
+        return json.loads(json.dumps(_DEFAULT_OPTIONS_KEY))  # type: ignore[no-any-return]
     d = asdict(options)
     d.pop("workers", None)  # thread count never changes the bytes
     return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
@@ -204,13 +219,15 @@ def _fidelity_json(report: FlattenReport) -> tuple[dict[str, Any], ...]:
 def _build_squashfs(
     image: ResolvedImage,
     dest: Path,
-    writer_options: WriterOptions,
+    writer_options: WriterOptions | None,
     progress: Callable[[object], None] | None,
 ) -> tuple[FlattenReport, WriteSummary]:
     import dataclasses
 
     from .squashfs import SquashfsWriter
 
+    if writer_options is None:
+        writer_options = default_writer_options()
     if writer_options.mkfs_time is None and "SOURCE_DATE_EPOCH" not in os.environ:
         # Deterministic by default: the image's own creation date stamps the squashfs.
         writer_options = dataclasses.replace(
@@ -282,13 +299,10 @@ def compile_image(
     Raises an :class:`~ocisquash.errors.OcisquashError` subclass for every
     expected failure.
     """
-    from .sources.open import open_source
-
     if pull not in ("never", "missing", "always"):
         raise UsageError(f"unknown pull policy {pull!r}", hint="use never, missing or always")
     if format not in ("squashfs", "tar"):
         raise UsageError(f"unknown output format {format!r}", hint="use squashfs or tar")
-    wopts = writer_options or default_writer_options()
     sopts = source_options or SourceOptions()
     want = Platform.parse(platform) if isinstance(platform, str) else platform
     cache = ImageCache(sopts.cache_dir)
@@ -299,7 +313,7 @@ def compile_image(
     if format == "tar":
         return _compile_tar(source, output, want, sopts, progress)
 
-    okey = _writer_options_key(wopts)
+    okey = _writer_options_key(writer_options)
     ref_key = ImageCache.ref_key(source, str(want or Platform.host()), okey, FORMAT_VERSION)
     if use_cache and pull == "never":
         entry = cache.lookup_ref(ref_key)
@@ -313,13 +327,15 @@ def compile_image(
         if entry is not None:
             return _from_entry(entry, output, cached=True, started=started)
 
+    from .sources.open import open_source
+
     src = open_source(source, options=sopts)
     with _closing(src):
         image = src.resolve(want)
         key = entry_key(image.digest, FORMAT_VERSION, okey)
 
         if not use_cache:
-            return _compile_uncached(image, output, wopts, progress, started)
+            return _compile_uncached(image, output, writer_options, progress, started)
 
         if pull == "missing":
             entry = cache.get(key)
@@ -337,15 +353,15 @@ def compile_image(
                     manifest = image.manifest()
                     config = image.config()
                     try:
-                        report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts,
-                                                          progress)
+                        report, summary = _build_squashfs(image, staged / IMAGE_FILE,
+                                                          writer_options, progress)
                     except (LayerError, IntegrityError):
                         # A blob damaged in the store after it was verified reads as a bad
                         # layer: drop what no longer matches its digest, fetch it again once.
                         if not _drop_damaged_blobs(cache, manifest):
                             raise
-                        report, summary = _build_squashfs(image, staged / IMAGE_FILE, wopts,
-                                                          progress)
+                        report, summary = _build_squashfs(image, staged / IMAGE_FILE,
+                                                          writer_options, progress)
                     _write_staged(staged / "manifest.json", manifest.raw)
                     _write_staged(staged / "config.json", config.raw)
                     info = {
@@ -463,7 +479,7 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
 
 
 def _compile_uncached(
-    image: ResolvedImage, output: Any, wopts: WriterOptions,
+    image: ResolvedImage, output: Any, wopts: WriterOptions | None,
     progress: Callable[[object], None] | None, started: float,
 ) -> CompiledImage:
     if output is None or not isinstance(output, str | os.PathLike):

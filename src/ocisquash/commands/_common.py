@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..model import Platform
@@ -56,7 +57,6 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
     was not given, else None.
     """
     from ..errors import UsageError
-    from ..progress import make_renderer
     from ..sources.options import SourceOptions
 
     password: str | None = None
@@ -81,8 +81,17 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
         plain_http=args.plain_http,
         registry_mirrors=tuple(args.registry_mirrors),
         max_parallel=args.max_parallel,
-        progress=make_renderer(args.quiet),
+        progress=_renderer(args.quiet),
     )
+
+
+def _renderer(quiet: bool) -> Callable[[object], None] | None:
+    """``progress.make_renderer`` for stderr, imported only when there is a terminal to draw on."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from ..progress import make_renderer
+
+    return make_renderer()
 
 
 def close_progress(options: SourceOptions) -> None:
@@ -92,23 +101,41 @@ def close_progress(options: SourceOptions) -> None:
         close()
 
 
+#: The squashfs output options' values when none is given on the command line.
+_WRITER_DEFAULTS: dict[str, Any] = {
+    "compression": None, "level": None, "block_size": "128K", "no_fragments": False,
+    "no_dedup": False, "no_xattrs": False, "mkfs_time": None, "workers": None,
+}
+
+
 def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                          time_help: str) -> None:
     """Options of the squashfs writer, shared by ``compile`` and ``pack``."""
+    d = _WRITER_DEFAULTS
     g = p.add_argument_group("squashfs output")
-    g.add_argument("--compression", "-c", default=None,
+    g.add_argument("--compression", "-c", default=d["compression"],
                    choices=("gzip", "xz", "zstd", "lz4", "lzo"), help=compression_help)
-    g.add_argument("--level", type=int, default=None,
+    g.add_argument("--level", type=int, default=d["level"],
                    help="compression level (default: as above, else the compressor's own, as "
                         "mksquashfs: gzip 9, xz 6, zstd 15)")
-    g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
+    g.add_argument("--block-size", "-b", default=d["block_size"], metavar="SIZE",
                    help="data block size, a power of two from 4K to 1M (default 128K)")
     g.add_argument("--no-fragments", action="store_true", help="do not pack file tails into fragments")
     g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
     g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
-    g.add_argument("--mkfs-time", type=int, default=None, metavar="EPOCH", help=time_help)
-    g.add_argument("--workers", type=int, default=None, metavar="N",
+    g.add_argument("--mkfs-time", type=int, default=d["mkfs_time"], metavar="EPOCH",
+                   help=time_help)
+    g.add_argument("--workers", type=int, default=d["workers"], metavar="N",
                    help="compression threads (default: all cores)")
+
+
+def writer_options_given(args: argparse.Namespace) -> bool:
+    """Whether any squashfs output option differs from its default.
+
+    When none does, ``compile`` passes no ``WriterOptions`` at all: a cached compile
+    then finds its image without importing the squashfs writer.
+    """
+    return any(getattr(args, name) != value for name, value in _WRITER_DEFAULTS.items())
 
 
 def parse_size(text: str) -> int:
