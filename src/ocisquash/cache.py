@@ -174,8 +174,12 @@ class ImageCache:
         return self.get(key)
 
     def record_ref(self, ref_key: str, key: str) -> None:
+        path = self.root / "refs" / ref_key
         with contextlib.suppress(OSError):
-            write_atomic(self.root / "refs" / ref_key, key.encode())
+            if path.read_bytes() == key.encode():
+                return  # a cache hit: no write, no fsync
+        with contextlib.suppress(OSError):
+            write_atomic(path, key.encode())
 
     # -- maintenance -------------------------------------------------------------
     def clean_tmp(self, older_than: float = 3600.0, partials_older_than: float = 86400.0) -> int:
