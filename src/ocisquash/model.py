@@ -7,7 +7,7 @@ always computed on exactly what was received, never on a re-serialisation.
 from __future__ import annotations
 
 import json
-import platform as _platform
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,7 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         """The platform of the machine running ocisquash (always ``linux``)."""
-        machine = _platform.machine().lower()
+        machine = os.uname().machine.lower()  # platform.machine(), without importing it
         if machine in ("aarch64", "arm64"):
             return cls("linux", "arm64", "v8")
         if machine.startswith("armv7"):

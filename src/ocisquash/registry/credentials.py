@@ -26,7 +26,6 @@ import binascii
 import json
 import logging
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +113,8 @@ def run_helper(name: str, registry: str) -> Credentials | None:
     A helper that is not installed is skipped with a warning (stale Docker
     configs often name one); a helper that fails otherwise raises ``AuthError``.
     """
+    import subprocess  # here: most pulls never run a helper
+
     program = f"docker-credential-{name}"
     server = helper_server(registry)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import BinaryIO
 
@@ -250,6 +249,9 @@ def pull(image: RegistryImage, progress: ProgressCallback | None = None,
     ``SourceOptions.max_parallel``) at a time; the first failure cancels what
     has not started and is raised once the running downloads have ended.
     """
+    # Imported here: a cached compile resolves the manifest and never pulls.
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
     image.store_manifest()
     image.config()
     layers = image.layers()
