@@ -406,7 +406,7 @@ class _MemberData:
     the holes of a sparse file filled with zeros."""
 
     def __init__(self, buf: _Buffer, stored: int, size: int,
-                 sparse: list[tuple[int, int]] | None, context: str) -> None:
+                 sparse: list[tuple[int, int]] | None, context: str, path: bytes) -> None:
         self._buf = buf
         self.size = size
         self._stored_total = stored
@@ -428,7 +428,13 @@ class _MemberData:
             runs.append((0, size, True))
         self._runs = runs
         self._run = 0
-        self._context = context
+        self._layer_context = context
+        self._path = path
+
+    @property
+    def _context(self) -> str:
+        # Built only for an error message: most files never need it.
+        return f"{self._layer_context}: {_show(self._path)}"
 
     def read(self, n: int = -1) -> bytes:
         """Exactly ``n`` bytes (all that is left when ``n`` is negative or too large),
@@ -779,8 +785,7 @@ def _members(stream: _Hashing, limits: Limits, fid: Fidelity, context: str) -> I
         if subsecond and entry is not None:
             fid.note("mtime-subsecond-truncated", entry.path)
         if entry is not None and entry.kind == "file":
-            data_stream = _MemberData(buf, size, real_size, sparse,
-                                      f"{context}: {_show(entry.path)}")
+            data_stream = _MemberData(buf, size, real_size, sparse, context, entry.path)
             yield entry, cast(BinaryIO, data_stream)
             data_stream.finish()
         else:

@@ -220,6 +220,33 @@ def test_identical_files_are_stored_once(tmp_path: Path) -> None:
     assert (out / "three").read_bytes() == data[:-1] + b"!"
 
 
+def test_files_shorter_than_a_block_are_deduplicated_with_or_without_a_known_size(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "i.sqfs"
+    small = os.urandom(3000)
+    block = os.urandom(131072)  # exactly one block: keyed by the per-block records
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"a", F, small)
+        w.add_file(b"b", F, io.BytesIO(small))  # size unknown until EOF
+        w.add_file(b"c", F, small[:-1] + b"!")  # same size, other bytes
+        w.add_file(b"d", F, block)
+        w.add_file(b"e", F, io.BytesIO(block))
+        w.add_file(b"f", F, b"")
+        w.add_file(b"g", F, io.BytesIO(b""))
+
+    summary = write_image(image, build)
+    assert summary.duplicates == 3
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "b").read_bytes() == small
+    assert (out / "c").read_bytes() == small[:-1] + b"!"
+    assert (out / "e").read_bytes() == block
+    assert (out / "g").read_bytes() == b""
+    assert image.stat().st_size < 2 * len(small) + len(block) + 16384
+
+
 def test_duplicate_detection_rewinds_when_later_files_follow(tmp_path: Path) -> None:
     image = tmp_path / "i.sqfs"
     big = os.urandom(20 * 131072)

@@ -173,11 +173,25 @@ class DataWriter:
         record = FileData()
         mark = self._pipeline.submitted
         # The dedup key: the size and a hash over per-block records (0x00 for a zero
-        # block, 0x01 + sha256 for any other), unambiguous because records have fixed sizes.
-        hasher = hashlib.sha256() if self._dedup else None
+        # block, 0x01 + sha256 for any other), unambiguous because records have fixed
+        # sizes. A file shorter than a block (most files) is keyed by its own sha256
+        # instead: its size, in the key, tells the two kinds apart.
+        hasher = None
         remaining = size
         total = 0
         tail = b""
+        small_key = b""
+        if size is not None and size < bs:
+            block = _read_exactly(stream, size)
+            if len(block) != size:
+                raise SquashfsError(f"file data ended after {len(block)} of {size} bytes")
+            total = size
+            tail = block
+            if self._dedup:
+                small_key = hashlib.sha256(block).digest()
+            remaining = 0
+        elif self._dedup:
+            hasher = hashlib.sha256()
         while remaining is None or remaining > 0:
             want = bs if remaining is None else min(bs, remaining)
             block = _read_exactly(stream, want)
@@ -207,8 +221,15 @@ class DataWriter:
                 self._pipeline.submit(block, record.placed)
         record.size = total
         self.bytes_in += total
-        if hasher is not None:
-            key = hasher.digest() + total.to_bytes(8, "little")
+        if self._dedup:
+            if total >= bs:
+                assert hasher is not None
+                digest = hasher.digest()
+            elif hasher is None:
+                digest = small_key
+            else:  # a stream of unknown size that turned out shorter than a block
+                digest = hashlib.sha256(tail).digest()
+            key = digest + total.to_bytes(8, "little")
             previous = self._seen.get(key)
             if previous is not None:
                 self._pipeline.discard_since(mark, record.start)
