@@ -74,6 +74,9 @@ def snapshot(workdir: Path, rev: str) -> str:
         archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", sha, "src"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-C", str(tmp), "-xf", "-"], input=archive, check=True)
+        # Byte-compile as `pip install` does: without it, and with PYTHONDONTWRITEBYTECODE
+        # set (as on the project's machines), every run would compile every module again.
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tmp / "src")], check=True)
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)
     src = str(dest / "src")
