@@ -7,11 +7,16 @@ alike. Each run is a child process; its peak RSS comes from ``os.wait4``. Report
 median wall time, the time ratio, image sizes and their ratio, peak RSS.
 
     python bench/bench_pack.py --source /usr --compression gzip zstd --runs 3
+
+``--baseline REV`` also runs ocisquash as of git revision REV (its ``src`` tree,
+exported to a temporary directory), alternating with the other two, to measure a
+change before and after on the same machine in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import os
 import platform
 import shutil
@@ -56,13 +61,27 @@ def _measure(argv: list[str], output: Path, tool: str) -> Run:
 
 
 def _ocisquash_argv(
-    src: Path, out: Path, comp: str, level: int | None, bs: int, workers: int
+    src: Path,
+    out: Path,
+    comp: str,
+    level: int | None,
+    bs: int,
+    workers: int,
+    code: Path | None = None,
 ) -> list[str]:
     # The pack subcommand exactly as the console script runs it; invoked through its
     # module so the benchmark does not depend on the other subcommands importing.
+    # ``code``: a src directory to import ocisquash from instead of the installed one.
     runner = (
         "import argparse, sys\n"
-        "from ocisquash.commands import pack\n"
+        + (f"sys.path.insert(0, {str(code)!r})\n" if code is not None else "")
+        + "import ocisquash\n"
+        + (
+            f"assert ocisquash.__file__.startswith({str(code)!r}), ocisquash.__file__\n"
+            if code is not None
+            else ""
+        )
+        + "from ocisquash.commands import pack\n"
         "p = argparse.ArgumentParser(prog='ocisquash'); pack.add_parser(p.add_subparsers())\n"
         "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
     )
@@ -103,13 +122,37 @@ def shlex_quote(text: str) -> str:
     return shlex.quote(text)
 
 
+def _export_revision(rev: str, dest: Path) -> Path:
+    """Export ``src`` of git revision ``rev`` of this repository below ``dest``."""
+    repo = Path(__file__).resolve().parent.parent
+    dest.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", rev, "src"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "src"
+
+
 def bench(
-    src: Path, comp: str, level: int | None, bs: int, workers: int, runs: int, tmp: Path
+    src: Path,
+    comp: str,
+    level: int | None,
+    bs: int,
+    workers: int,
+    runs: int,
+    tmp: Path,
+    baseline: Path | None = None,
 ) -> list[Run]:
     results: list[Run] = []
     ours, theirs = tmp / "ocisquash.sqfs", tmp / "mksquashfs.sqfs"
+    before = tmp / "baseline.sqfs"
     for i in range(runs):
         print(f"  {comp} run {i + 1}/{runs}", file=sys.stderr, flush=True)
+        if baseline is not None:
+            argv = _ocisquash_argv(src, before, comp, level, bs, workers, baseline)
+            results.append(_measure(argv, before, "baseline"))
         results.append(
             _measure(_ocisquash_argv(src, ours, comp, level, bs, workers), ours, "ocisquash")
         )
@@ -119,7 +162,13 @@ def bench(
     return results
 
 
-def summarize(comp: str, level: int | None, results: list[Run]) -> str:
+def summarize(
+    comp: str,
+    level: int | None,
+    results: list[Run],
+    baseline_rev: str | None = None,
+    identical: bool = False,
+) -> str:
     def pick(tool: str) -> list[Run]:
         return [r for r in results if r.tool == tool]
 
@@ -135,7 +184,11 @@ def summarize(comp: str, level: int | None, results: list[Run]) -> str:
         "| tool | wall s (runs) | median wall s | median CPU s | image bytes | peak RSS MiB |",
         "|---|---|---|---|---|---|",
     ]
-    for tool, rs in (("ocisquash", ours), ("mksquashfs", theirs)):
+    rows = [("ocisquash", ours), ("mksquashfs", theirs)]
+    before = pick("baseline")
+    if before:
+        rows.insert(0, (f"ocisquash @ {baseline_rev}", before))
+    for tool, rs in rows:
         walls = ", ".join(f"{r.seconds:.1f}" for r in rs)
         cpu = statistics.median(r.cpu_seconds for r in rs)
         lines.append(
@@ -149,6 +202,18 @@ def summarize(comp: str, level: int | None, results: list[Run]) -> str:
         f"peak RSS: ocisquash {rss_ours:.0f} MiB, mksquashfs {rss_theirs:.0f} MiB",
         "",
     ]
+    if before:
+        t_before = statistics.median(r.seconds for r in before)
+        cpu_ratio = statistics.median(r.cpu_seconds for r in ours) / statistics.median(
+            r.cpu_seconds for r in before
+        )
+        same = "byte-identical" if identical else "different"
+        lines += [
+            f"baseline {baseline_rev}: time ratio to mksquashfs {t_before / t_theirs:.2f}; "
+            f"ocisquash / baseline: wall {t_ours / t_before:.2f}, CPU {cpu_ratio:.2f}; "
+            f"images {same}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -164,6 +229,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tmp", type=Path, help="directory for the images (default: a temp dir)")
     parser.add_argument("--markdown", type=Path, help="append the report to this file")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also run ocisquash as of this git revision"
+    )
     args = parser.parse_args()
     if not shutil.which("mksquashfs"):
         raise SystemExit("mksquashfs is not installed")
@@ -193,12 +261,25 @@ def main() -> int:
             f.write(report + "\n")
     _warm(args.source)
     with tempfile.TemporaryDirectory(prefix="bench-pack-", dir=args.tmp) as tmp:
+        baseline = (
+            _export_revision(args.baseline, Path(tmp) / "baseline") if args.baseline else None
+        )
         for comp in args.compression:
             level = args.level if args.level is not None else DEFAULT_LEVELS.get(comp)
             results = bench(
-                args.source, comp, level, args.block_size, args.workers, args.runs, Path(tmp)
+                args.source,
+                comp,
+                level,
+                args.block_size,
+                args.workers,
+                args.runs,
+                Path(tmp),
+                baseline,
             )
-            section = summarize(comp, level, results)
+            identical = baseline is not None and filecmp.cmp(
+                Path(tmp) / "baseline.sqfs", Path(tmp) / "ocisquash.sqfs", shallow=False
+            )
+            section = summarize(comp, level, results, args.baseline, identical)
             print(section, flush=True)
             if args.markdown:  # section by section, so a long run leaves partial results
                 with open(args.markdown, "a") as f:
