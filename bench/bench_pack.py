@@ -132,6 +132,9 @@ def _export_revision(rev: str, dest: Path) -> Path:
         check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    # Byte-compile as an install would, so no run pays for compiling (nor writes
+    # bytecode, under PYTHONDONTWRITEBYTECODE, and compiles again).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(dest / "src")], check=True)
     return dest / "src"
 
 
