@@ -44,7 +44,8 @@ from .squashfs.version import FORMAT_VERSION
 if TYPE_CHECKING:
     from .flatten import FlattenReport, TreeSink
     from .sources.base import Layer, ResolvedImage
-    from .squashfs import WriterOptions, WriteSummary
+    from .squashfs import WriteSummary
+    from .squashfs.options import WriterOptions
 
 PullPolicy = Literal["never", "missing", "always"]
 OutputFormat = Literal["squashfs", "tar"]
@@ -107,27 +108,14 @@ DEFAULT_ZSTD_LEVEL = 6
 
 def default_writer_options() -> WriterOptions:
     """The writer options of a compile that names none: zstd level 6, 128 KiB blocks."""
-    from .squashfs import Compression, WriterOptions
+    from .squashfs.options import Compression, WriterOptions
 
     return WriterOptions(compression=Compression(DEFAULT_COMPRESSION), level=DEFAULT_ZSTD_LEVEL)
 
 
-#: ``_writer_options_key(default_writer_options())`` written out, so that a compile
-#: naming no options finds its cached image without importing the writer.
-#: tests/compile/test_warm_imports.py fails when it no longer matches the writer's options.
-_DEFAULT_OPTIONS_KEY: dict[str, Any] = {
-    "compression": "Compression.ZSTD", "level": DEFAULT_ZSTD_LEVEL, "gzip_window": 15,
-    "xz_filters": [], "lz4_hc": False, "block_size": 131072, "fragments": True,
-    "dedup": True, "exportable": True, "xattrs": True, "mkfs_time": None, "all_root": False,
-    "default_dir_meta": {"mode": 0o755, "uid": 0, "gid": 0, "mtime": 0, "xattrs": []},
-}
-
-
 def _writer_options_key(options: WriterOptions | None) -> dict[str, Any]:
     """The output-affecting writer options, as the cache key sees them (None: the defaults)."""
-    if options is None:
-        return json.loads(json.dumps(_DEFAULT_OPTIONS_KEY))  # type: ignore[no-any-return]
-    d = asdict(options)
+    d = asdict(default_writer_options() if options is None else options)
     d.pop("workers", None)  # thread count never changes the bytes
     return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
 

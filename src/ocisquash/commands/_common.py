@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..model import Platform
     from ..sources.options import SourceOptions
-    from ..squashfs import WriterOptions
+    from ..squashfs.options import WriterOptions
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,41 +101,24 @@ def close_progress(options: SourceOptions) -> None:
         close()
 
 
-#: The squashfs output options' values when none is given on the command line.
-_WRITER_DEFAULTS: dict[str, Any] = {
-    "compression": None, "level": None, "block_size": "128K", "no_fragments": False,
-    "no_dedup": False, "no_xattrs": False, "mkfs_time": None, "workers": None,
-}
-
-
 def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                          time_help: str) -> None:
     """Options of the squashfs writer, shared by ``compile`` and ``pack``."""
-    d = _WRITER_DEFAULTS
     g = p.add_argument_group("squashfs output")
-    g.add_argument("--compression", "-c", default=d["compression"],
+    g.add_argument("--compression", "-c", default=None,
                    choices=("gzip", "xz", "zstd", "lz4", "lzo"), help=compression_help)
-    g.add_argument("--level", type=int, default=d["level"],
+    g.add_argument("--level", type=int, default=None,
                    help="compression level (default: as above, else the compressor's own, as "
                         "mksquashfs: gzip 9, xz 6, zstd 15)")
-    g.add_argument("--block-size", "-b", default=d["block_size"], metavar="SIZE",
+    g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
                    help="data block size, a power of two from 4K to 1M (default 128K)")
     g.add_argument("--no-fragments", action="store_true", help="do not pack file tails into fragments")
     g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
     g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
-    g.add_argument("--mkfs-time", type=int, default=d["mkfs_time"], metavar="EPOCH",
+    g.add_argument("--mkfs-time", type=int, default=None, metavar="EPOCH",
                    help=time_help)
-    g.add_argument("--workers", type=int, default=d["workers"], metavar="N",
+    g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="compression threads (default: all cores)")
-
-
-def writer_options_given(args: argparse.Namespace) -> bool:
-    """Whether any squashfs output option differs from its default.
-
-    When none does, ``compile`` passes no ``WriterOptions`` at all: a cached compile
-    then finds its image without importing the squashfs writer.
-    """
-    return any(getattr(args, name) != value for name, value in _WRITER_DEFAULTS.items())
 
 
 def parse_size(text: str) -> int:
@@ -162,7 +145,7 @@ def writer_options_from_args(args: argparse.Namespace, *, default_compression: s
                              default_level: int | None = None,
                              all_root: bool = False) -> WriterOptions:
     """The ``WriterOptions`` of the parsed arguments; ``default_level`` only with the default compressor."""
-    from ..squashfs import Compression, WriterOptions
+    from ..squashfs.options import Compression, WriterOptions
 
     level = args.level
     if level is None and args.compression is None:

@@ -58,18 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL, compile_image
     from ..errors import UsageError
-    from ._common import (
-        close_progress,
-        source_options_from_args,
-        writer_options_from_args,
-        writer_options_given,
-    )
+    from ._common import close_progress, source_options_from_args, writer_options_from_args
 
-    # No options given: compile_image uses its defaults (the same), and a cache hit
-    # needs no writer import.
-    wopts = (writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
-                                      default_level=DEFAULT_ZSTD_LEVEL)
-             if writer_options_given(args) else None)
+    wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
+                                     default_level=DEFAULT_ZSTD_LEVEL)
     sopts = source_options_from_args(args)
     output: object = args.output
     if args.output == "-":

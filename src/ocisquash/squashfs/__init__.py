@@ -16,6 +16,7 @@ compression threads; only metadata is kept in memory until :meth:`finish`.
 One module per on-disk concern::
 
     format.py      constants and fixed-size structures (superblock, inodes, entries)
+    options.py     WriterOptions and the Compression names, importable without the writer
     compressor.py  gzip / xz / zstd / lz4 / lzo blocks and the compressor-options block
     blocks.py      file data: parallel block compression, fragments, sparse, dedup
     metadata.py    8 KiB metadata blocks and lookup tables
@@ -27,7 +28,7 @@ One module per on-disk concern::
     version.py     FORMAT_VERSION, importable without the writer (a cache key)
 
 The writer's names are imported on first use: a cached compile imports
-``ocisquash.squashfs.version`` only and must not pay for the writer's threads and
+``ocisquash.squashfs.version`` and ``.options`` only and must not pay for the writer's threads and
 compressors.
 """
 
@@ -36,18 +37,18 @@ from typing import TYPE_CHECKING, Any
 from .version import FORMAT_VERSION
 
 if TYPE_CHECKING:
-    from .compressor import Compression
-    from .writer import SquashfsWriter, WriterOptions, WriteSummary
+    from .options import Compression, WriterOptions
+    from .writer import SquashfsWriter, WriteSummary
 
 __all__ = ["FORMAT_VERSION", "Compression", "SquashfsWriter", "WriteSummary", "WriterOptions"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Compression":
-        from .compressor import Compression
+    if name in ("Compression", "WriterOptions"):
+        from . import options
 
-        return Compression
-    if name in ("SquashfsWriter", "WriterOptions", "WriteSummary"):
+        return getattr(options, name)
+    if name in ("SquashfsWriter", "WriteSummary"):
         from . import writer
 
         return getattr(writer, name)

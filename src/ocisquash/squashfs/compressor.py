@@ -27,22 +27,11 @@ import lzma
 import struct
 import threading
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 from ..errors import MissingExtraError, UsageError
 from .format import CompressorId
-
-
-class Compression(Enum):
-    """Compressor names as the CLI and the API spell them."""
-
-    GZIP = "gzip"
-    XZ = "xz"
-    ZSTD = "zstd"
-    LZ4 = "lz4"
-    LZO = "lzo"
-
+from .options import Compression as Compression
 
 #: XZ "Filters" bit field of the options block, and the lzma filter id of each.
 XZ_FILTERS: dict[str, tuple[int, int]] = {

@@ -20,21 +20,19 @@ import errno
 import io
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, Literal
 
 from ..entry import EntryMeta
-from ..errors import OutputError, SquashfsError, UsageError
+from ..errors import OutputError, SquashfsError
 from .blocks import BlockPipeline, DataWriter
-from .compressor import Compression, Compressor, make_compressor
+from .compressor import Compressor, make_compressor
 from .directory import DirEntry, needs_extended, write_listing
 from .format import (
     DEVICE_BLOCK_SIZE,
     INVALID_TABLE,
-    MAX_BLOCK_SIZE,
     METADATA_UNCOMPRESSED,
-    MIN_BLOCK_SIZE,
     InodeType,
     Superblock,
     SuperFlags,
@@ -43,71 +41,12 @@ from .format import (
 )
 from .inode import directory_body, file_body, header, special_body, symlink_body
 from .metadata import MetadataWriter, pack_lookup_table
+from .options import WriterOptions as WriterOptions
 from .tables import IdTable, XattrTable, check_xattrs
 from .tree import DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
 
 #: The cache key of the bytes written; kept in version.py so that reading it is cheap.
 from .version import FORMAT_VERSION as FORMAT_VERSION
-
-
-@dataclass(frozen=True)
-class WriterOptions:
-    """How to write the image. Invalid combinations raise UsageError when the writer
-    is created (block size, levels, window, filters)."""
-
-    compression: Compression = Compression.GZIP
-    #: compressor level; None = that compressor's default (gzip 9, xz 6, zstd 15, lz4hc 9)
-    level: int | None = None
-    gzip_window: int = 15
-    #: xz BCJ filters to try per block: x86, powerpc, ia64, arm, armthumb, sparc
-    xz_filters: tuple[str, ...] = ()
-    lz4_hc: bool = False
-    block_size: int = 131072
-    fragments: bool = True
-    dedup: bool = True
-    exportable: bool = True
-    xattrs: bool = True
-    #: image timestamp; None = $SOURCE_DATE_EPOCH if set, else the current time
-    mkfs_time: int | None = None
-    #: compression threads; None = os.cpu_count()
-    workers: int | None = None
-    #: store every entry as owned by uid 0 / gid 0
-    all_root: bool = False
-    #: metadata of directories created implicitly (and of the root unless given)
-    default_dir_meta: EntryMeta = field(default_factory=lambda: EntryMeta(mode=0o755))
-
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self) -> None:
-        """Raise UsageError for settings no image can have (compressor settings are
-        checked when a writer builds its compressor)."""
-        bs = self.block_size
-        if not (MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE and bs & (bs - 1) == 0):
-            raise UsageError(
-                f"block size {bs} is not a power of two between 4 KiB and 1 MiB",
-                hint="use e.g. 128K or 1M",
-            )
-        if self.workers is not None and self.workers < 1:
-            raise UsageError(f"workers must be at least 1, not {self.workers}")
-        if self.mkfs_time is not None and not 0 <= self.mkfs_time < 2**32:
-            raise UsageError(f"mkfs time {self.mkfs_time} is outside 0..2**32-1")
-
-    def resolved_mkfs_time(self) -> int:
-        if self.mkfs_time is not None:
-            return self.mkfs_time
-        env = os.environ.get("SOURCE_DATE_EPOCH")
-        if env:
-            try:
-                value = int(env)
-            except ValueError:
-                raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
-            if not 0 <= value < 2**32:
-                raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is outside 0..2**32-1")
-            return value
-        import time
-
-        return int(time.time())
 
 
 @dataclass(frozen=True)
@@ -149,8 +88,10 @@ class SquashfsWriter:
     def __init__(
         self,
         output: str | os.PathLike[str] | BinaryIO,
-        options: WriterOptions = WriterOptions(),
+        options: WriterOptions | None = None,
     ) -> None:
+        if options is None:
+            options = WriterOptions()
         options.check()
         self._options = options
         self._compressor = make_compressor(
