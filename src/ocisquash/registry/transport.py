@@ -15,6 +15,13 @@ Redirects are followed here, not by urllib3, so that the ``Authorization``
 header is dropped as soon as a redirect leaves the registry's host (blob storage
 gets its own signed URL and must never see the registry credentials).
 
+Proxies are read from the environment as Go's ``ProxyFromEnvironment`` and curl
+read them (see ``ProxySettings``): ``https://`` URLs go through ``HTTPS_PROXY``
+(a CONNECT tunnel, so TLS and its checks stay end to end), ``http://`` URLs
+through ``HTTP_PROXY``, except hosts that ``NO_PROXY`` names and loopback hosts.
+A failure of the proxy itself is reported as such, naming the proxy (without
+its credentials).
+
 Failures become typed errors: a connection that fails, times out or is cut, and
 the statuses 408, 429, 500, 502, 503 and 504, raise ``TransientRegistryError``
 (``temporary`` is true), which ``RetryPolicy`` retries with exponential backoff,
@@ -27,6 +34,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import os
 import random
 import ssl
 import threading
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import urllib3
 import urllib3.exceptions
@@ -71,10 +79,144 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def redact_proxy(url: str) -> str:
+    """A proxy URL as it may be shown: ``scheme://host:port``, never its credentials.
+
+    Cuts at the last ``@`` so that even a password with unescaped ``/`` or ``@``
+    stays hidden.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "http", url
+    return f"{scheme}://{rest.rpartition('@')[2].partition('/')[0]}"
+
+
 def is_loopback_host(netloc: str) -> bool:
     """Whether ``host[:port]`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
     host = urlsplit("//" + netloc).hostname or ""
     return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A proxy to send requests through: its URL without credentials, and its auth header."""
+
+    url: str
+    authorization: str | None = None
+
+
+#: Loopback hosts never use a proxy (as in Go). Tests turn this off to put a proxy in
+#: front of their loopback registries; it is no user setting.
+_BYPASS_LOOPBACK = True
+
+
+def _env(*names: str) -> str:
+    """The first of ``names`` set to a non-empty value (lower case first, as curl reads them)."""
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """The proxies of the environment: ``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY``.
+
+    The lower-case names win over the upper-case ones. ``NO_PROXY`` is a comma-separated
+    list of hosts (``registry.example.com``), domain suffixes (``example.com`` and
+    ``.example.com`` both match the domain and its subdomains, ``*.example.com`` too),
+    ``host:port``, IP addresses and CIDR ranges; ``*`` turns proxies off. Loopback hosts
+    never use a proxy.
+    """
+
+    https: str = ""
+    http: str = ""
+    no_proxy: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls) -> ProxySettings:
+        no_proxy = tuple(e.strip().lower() for e in _env("no_proxy", "NO_PROXY").split(",")
+                         if e.strip())
+        return cls(_env("https_proxy", "HTTPS_PROXY"), _env("http_proxy", "HTTP_PROXY"), no_proxy)
+
+    def proxy_for(self, url: str) -> Proxy | None:
+        """The proxy to reach ``url`` through, or None to connect directly."""
+        parts = urlsplit(url)
+        configured = self.https if parts.scheme == "https" else self.http
+        if not configured or (_BYPASS_LOOPBACK and is_loopback_host(parts.netloc)) \
+                or self._bypassed(parts):
+            return None
+        return _parse_proxy(configured, "HTTPS_PROXY" if parts.scheme == "https" else "HTTP_PROXY")
+
+    def _bypassed(self, parts: SplitResult) -> bool:
+        if not self.no_proxy:
+            return False
+        host = (parts.hostname or "").rstrip(".")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        for entry in self.no_proxy:
+            if entry == "*":
+                return True
+            if entry.startswith("[") or entry.count(":") == 1:  # host:port, [v6]:port
+                entry_parts = urlsplit("//" + entry)
+                name = entry_parts.hostname or ""
+                try:
+                    entry_port = entry_parts.port
+                except ValueError:
+                    continue
+                if entry_port is not None and entry_port != port:
+                    continue
+                entry = name
+            entry = entry.removeprefix("*").rstrip(".")
+            if _host_matches(host, entry):
+                return True
+        return False
+
+
+def _host_matches(host: str, entry: str) -> bool:
+    if not entry:
+        return False
+    if entry[0].isdigit() or ":" in entry:  # an address or a CIDR range
+        import ipaddress
+
+        try:
+            net = ipaddress.ip_network(entry.strip("[]"), strict=False)
+            return ipaddress.ip_address(host) in net
+        except ValueError:
+            pass
+    domain = entry.lstrip(".")
+    return host == domain or host.endswith("." + domain)
+
+
+def _parse_proxy(text: str, variable: str) -> Proxy:
+    """A proxy URL from the environment (``http://[user:pass@]host[:port]``; scheme optional)."""
+    if "://" not in text:
+        text = "http://" + text
+    scheme, _, rest = text.partition("://")
+    scheme = scheme.lower()
+    userinfo, at, hostport = rest.partition("/")[0].rpartition("@")
+    shown = f"{scheme}://{hostport}"
+    if scheme not in ("http", "https") or not hostport:
+        raise UsageError(f"unsupported proxy {shown} in {variable}",
+                         hint="give an http://HOST:PORT proxy")
+    authorization = None
+    if at:
+        import base64
+        from urllib.parse import unquote
+
+        user, _, password = userinfo.partition(":")
+        token = f"{unquote(user)}:{unquote(password)}".encode()
+        authorization = "Basic " + base64.b64encode(token).decode()
+    return Proxy(shown, authorization)
+
+
+def _tunnel_failure(e: BaseException) -> str | None:
+    """The proxy's answer when a CONNECT was refused (``"407 Proxy Authentication Required"``)."""
+    if len(e.args) > 1 and isinstance(e.args[-1], BaseException):  # a ProxyError's cause
+        e = e.args[-1]
+    reason = _reason(e)
+    prefix = "Tunnel connection failed: "
+    return reason[len(prefix):] if reason.startswith(prefix) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,29 +433,35 @@ class Transport:
         self.timeout = options.timeout
         if options.ca_cert is not None:
             make_ssl_context(options)  # a bad --ca-cert is a usage error at once
-        self._pools: dict[str, urllib3.PoolManager] = {}
+        self._pools: dict[tuple[str, Proxy | None], urllib3.PoolManager] = {}
         self._pools_lock = threading.Lock()
+        self.proxies = ProxySettings.from_environment()
         _load_scheme_hints(options.cache_dir)
 
-    def _pool(self, scheme: str) -> urllib3.PoolManager:
-        """The connection pool of ``scheme``; TLS settings (slow to load) only when needed."""
+    def _pool(self, scheme: str, proxy: Proxy | None = None) -> urllib3.PoolManager:
+        """The connection pool of ``scheme`` (through ``proxy``); TLS settings only when needed."""
         with self._pools_lock:
-            pool = self._pools.get(scheme)
+            pool = self._pools.get((scheme, proxy))
             if pool is None:
                 kw: dict[str, object] = {}
                 if scheme == "https":
                     kw = {"ssl_context": make_ssl_context(self.options),
                           "cert_reqs": ssl.CERT_NONE if self.options.insecure else ssl.CERT_REQUIRED}
-                pool = urllib3.PoolManager(
-                    num_pools=16,
-                    maxsize=max(self.options.max_parallel, 1) + 2,
-                    retries=False,
-                    timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
-                    **kw,  # type: ignore[arg-type]
-                )
-                self._pools[scheme] = pool
+                common: dict[str, object] = {
+                    "num_pools": 16,
+                    "maxsize": max(self.options.max_parallel, 1) + 2,
+                    "retries": False,
+                    "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout),
+                }
+                if proxy is None:
+                    pool = urllib3.PoolManager(**common, **kw)  # type: ignore[arg-type]
+                else:
+                    # HTTPS goes through a CONNECT tunnel: TLS with the registry stays end to end.
+                    headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
+                    pool = urllib3.ProxyManager(proxy.url, proxy_headers=headers,
+                                                **common, **kw)  # type: ignore[arg-type]
+                self._pools[(scheme, proxy)] = pool
             return pool
-
 
     def base_url(self, endpoint: Endpoint) -> str:
         """``scheme://host`` of the endpoint as far as known (``auto`` reads as HTTPS until it fell back)."""
@@ -395,14 +543,24 @@ class Transport:
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
               *, what: str, fallback: bool) -> urllib3.BaseHTTPResponse:
         insecure = self.options.insecure
+        scheme = urlsplit(url).scheme
+        proxy = self.proxies.proxy_for(url)
+        if proxy is not None:
+            log.debug("%s through proxy %s", redact_url(url), proxy.url)
         try:
             with warnings.catch_warnings():
                 if insecure:
                     warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                return self._pool(urlsplit(url).scheme).request(
+                raw = self._pool(scheme, proxy).request(
                                           method, url, headers=dict(headers), body=body,
                                           preload_content=False, redirect=False, retries=False,
                                           decode_content=False)
+        except urllib3.exceptions.ProxyError as e:
+            assert proxy is not None
+            answer = _tunnel_failure(e)
+            if answer is not None:
+                raise _proxy_refused(proxy, answer, urlsplit(url).netloc, what) from None
+            raise _proxy_unreachable(proxy, e, what) from None
         except urllib3.exceptions.SSLError as e:
             if _is_cert_error(e):
                 raise RegistryError(
@@ -428,16 +586,60 @@ class Transport:
                 f"{urlsplit(url).netloc} did not answer within {self.timeout:g}s", context=what
             ) from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            answer = _tunnel_failure(e) if proxy is not None else None
+            if proxy is not None and answer is not None:
+                raise _proxy_refused(proxy, answer, urlsplit(url).netloc, what) from None
             if fallback:
                 raise _FallbackSignal(_reason(e)) from None
             raise TransientRegistryError(
                 f"cannot connect to {urlsplit(url).netloc}: {_reason(e)}", context=what
             ) from None
+        if proxy is not None and raw.status == 407:
+            raw.drain_conn()
+            raw.release_conn()
+            raise _proxy_refused(proxy, f"407 {raw.reason or 'Proxy Authentication Required'}",
+                                 urlsplit(url).netloc, what)
+        return raw
 
     def close(self) -> None:
         with self._pools_lock:
             for pool in self._pools.values():
                 pool.clear()
+
+
+def _proxy_unreachable(proxy: Proxy, e: BaseException, what: str) -> TransientRegistryError:
+    """The proxy itself cannot be reached (refused, timed out, its TLS failed)."""
+    inner: BaseException = e
+    if len(e.args) > 1 and isinstance(e.args[-1], BaseException):
+        inner = e.args[-1]
+    if isinstance(inner, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
+            inner, urllib3.exceptions.NewConnectionError):  # refused is filed under timeouts
+        reason = "no answer (timed out)"
+    else:
+        reason = _reason(inner)
+    reason = reason.removeprefix("[Errno 111] ").removeprefix("[Errno 113] ")
+    return TransientRegistryError(
+        f"cannot reach the registry through proxy {proxy.url}: {reason.lower()}", context=what,
+        hint="the proxy, not the registry, failed: check HTTPS_PROXY/HTTP_PROXY, or list the "
+             "registry in NO_PROXY to connect directly")
+
+
+def _proxy_refused(proxy: Proxy, answer: str, netloc: str, what: str) -> RegistryError:
+    """The proxy answered with an error instead of connecting to the registry.
+
+    407 (the proxy wants other credentials) will not mend by retrying; the others
+    (502, 503, …) are the proxy's temporary trouble.
+    """
+    message = f"proxy {proxy.url} refused to connect to {netloc}: {answer}"
+    if answer.startswith("407"):
+        hint = ("check the user and password in the proxy URL (http://USER:PASSWORD@HOST:PORT)"
+                if proxy.authorization else
+                "the proxy wants credentials: give them in the proxy URL "
+                "(http://USER:PASSWORD@HOST:PORT)")
+        return RegistryError(message, context=what, hint=hint, status=407)
+    return TransientRegistryError(message, context=what,
+                                  hint="the proxy, not the registry, failed; try again later "
+                                       "or list the registry in NO_PROXY")
 
 
 class _FallbackSignal(Exception):
