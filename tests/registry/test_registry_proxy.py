@@ -131,6 +131,10 @@ def test_compile_over_tls_through_a_connect_tunnel_is_byte_identical(
     assert (tmp_path / "proxied.squashfs").read_bytes() == (tmp_path / "direct.squashfs").read_bytes()
     seen = fwd.requests()
     assert seen and all(s.method == "CONNECT" and s.target == f"{NAME}:{reg.port}" for s in seen)
+    # --insecure works through the tunnel as without a proxy.
+    before = len(fwd.requests())
+    insecure = source(ref, make_options(cache_dir=tmp_path / "c4", insecure=True)).resolve(None)
+    assert insecure.digest == direct.digest and len(fwd.requests("CONNECT")) > before
     # TLS is end to end: without the test CA the registry's certificate is refused.
     with pytest.raises(RegistryError, match=r"TLS certificate of registry\.test:\d+ not trusted"):
         compile_image(ref, tmp_path / "x.squashfs",
@@ -295,6 +299,8 @@ def test_no_proxy_matching_rules(host: str, no_proxy: str, expected: str | None,
 
 
 def test_proxy_urls_are_shown_without_credentials() -> None:
+    proxy = transport._parse_proxy("http://u:hidden@proxy:3128", "HTTPS_PROXY")
+    assert proxy.authorization and proxy.authorization not in repr(proxy) and "hidden" not in repr(proxy)
     assert redact_proxy("http://u:p@proxy:3128") == "http://proxy:3128"
     assert redact_proxy("u:p/w@d@proxy:3128/") == "http://proxy:3128"
     with pytest.raises(Exception, match=r"unsupported proxy socks5://proxy:1080 in HTTPS_PROXY") as err:

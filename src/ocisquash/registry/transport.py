@@ -41,7 +41,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
 from typing import TypeVar
@@ -102,7 +102,7 @@ class Proxy:
     """A proxy to send requests through: its URL without credentials, and its auth header."""
 
     url: str
-    authorization: str | None = None
+    authorization: str | None = field(default=None, repr=False)
 
 
 #: Loopback hosts never use a proxy (as in Go). Tests turn this off to put a proxy in
