@@ -195,7 +195,7 @@ def _parse_proxy(text: str, variable: str) -> Proxy:
     scheme, _, rest = text.partition("://")
     scheme = scheme.lower()
     userinfo, at, hostport = rest.partition("/")[0].rpartition("@")
-    shown = f"{scheme}://{hostport}"
+    shown = redact_proxy(f"{scheme}://{hostport}")
     if scheme not in ("http", "https") or not hostport:
         raise UsageError(f"unsupported proxy {shown} in {variable}",
                          hint="give an http://HOST:PORT proxy")
