@@ -352,10 +352,14 @@ def sweep(name: str, ref: str, layout: Path, workdir: Path,
 
 def floor_for(name: str, ref: str, layout: Path, default: tuple[str, int | None],
               workdir: Path) -> dict[str, float]:
-    """Decompress seconds, and compress CPU seconds for gzip-9 and the default; cached by digest."""
+    """Decompress seconds, and compress CPU seconds for gzip-9 and the default; cached by
+    image digest and the writer's FORMAT_VERSION (bumped when a compressor changes)."""
+    from ocisquash.squashfs import FORMAT_VERSION
+
     cache_file = workdir / "floor.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    key = f"{name}:{hashlib.sha256((layout / 'index.json').read_bytes()).hexdigest()[:16]}"
+    digest = hashlib.sha256((layout / "index.json").read_bytes()).hexdigest()[:16]
+    key = f"{name}:{digest}:format-{FORMAT_VERSION}"
     default_compression = f"{default[0]}-{default[1]}"
     if key in cache and cache[key].get("default_compression") == default_compression:
         return dict(cache[key])
