@@ -644,6 +644,9 @@ def main() -> int:
     ap.add_argument("--rev", default="HEAD", help="the ocisquash commit to benchmark (default HEAD)")
     ap.add_argument("--report-only", action="store_true",
                     help="only write the report from the saved results of --rev")
+    ap.add_argument("--refloor", action="store_true",
+                    help="measure the floors of --rev's saved results again (e.g. after a "
+                         "compressor change) and rewrite the report")
     ap.add_argument("--sweep-settings", metavar="C:L,...",
                     help="settings for --sweep, e.g. gzip:9,zstd:6 (default: a fixed list)")
     ap.add_argument("--sweep", action="store_true",
@@ -666,6 +669,16 @@ def main() -> int:
                       tuple((c, int(lv) if lv else None) for c, _, lv in
                             (x.partition(":") for x in args.sweep_settings.split(",")))
                       if args.sweep_settings else SWEEP)
+            return 0
+        if args.refloor:
+            for name, data in load_saved(args.workdir, sha):
+                if name in names:
+                    data["floor"] = floor_for(name, refs[name], args.workdir / "layouts" / name,
+                                              defaults, args.workdir)
+                    log(f"floor {name}: {data['floor']}")
+                    path = args.workdir / "results" / f"{name}.json"
+                    path.write_text(json.dumps(data, indent=1))
+            report(args.workdir, sha, args.output)
             return 0
         for name in names:
             layout = args.workdir / "layouts" / name
