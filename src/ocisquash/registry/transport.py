@@ -31,7 +31,6 @@ honouring ``Retry-After``.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import logging
 import os
@@ -286,6 +285,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # only a server asking to wait pays for this import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
