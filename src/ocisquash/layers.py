@@ -560,6 +560,15 @@ def _read(raw_stream: BinaryIO, diff_id: Digest | None, limits: Limits, fid: Fid
 
 def _num(field: bytes, what: str, context: str) -> int:
     """A numeric header field: octal text, or GNU base-256 when the top bit is set."""
+    try:
+        # The common case, NUL-terminated octal digits, in one call; anything else
+        # (base-256, junk after the NUL, all NULs) takes the general path.
+        return int(field.rstrip(b"\0"), 8)
+    except ValueError:
+        return _num_general(field, what, context)
+
+
+def _num_general(field: bytes, what: str, context: str) -> int:
     if field and field[0] & 0x80:
         value = int.from_bytes(field, "big")
         if field[0] == 0xFF:  # negative, two's complement over the whole field

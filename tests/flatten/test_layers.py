@@ -24,7 +24,7 @@ from ocisquash.errors import (
     UnsupportedError,
 )
 from ocisquash.flatten import flatten
-from ocisquash.layers import Fidelity, Limits, read_layer, sniff_compression
+from ocisquash.layers import Fidelity, Limits, _num, normalize_path, read_layer, sniff_compression
 
 from .cases import D, F, H
 from .layerkit import MEDIA, BlobLayer, RecordingSink
@@ -312,3 +312,53 @@ def test_negative_pax_size_is_refused() -> None:
     tar = buf.getvalue().replace(record, negative)
     with pytest.raises(LayerError, match="negative size"):
         list(read_layer(BlobLayer.of(tar, "tar")))
+
+
+def _normalized_by_definition(raw: bytes) -> bytes | None:
+    """The rule normalize_path implements, spelled out: None where it must refuse."""
+    if b"\0" in raw:
+        return None
+    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
+    return None if b".." in parts else b"/".join(parts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=st.lists(st.sampled_from([b"/", b".", b"..", b"a", b".wh.", b"b.c", b"\0"]),
+                    max_size=8).map(b"".join))
+def test_normalize_path_fast_path_agrees_with_the_rule(raw: bytes) -> None:
+    want = _normalized_by_definition(raw)
+    if want is None:
+        with pytest.raises(UnsafeLayerError):
+            normalize_path(raw)
+    else:
+        assert normalize_path(raw) == want
+
+
+def _num_by_definition(field: bytes) -> int | None:
+    """Octal text up to the first NUL, spaces around it ignored; base-256 with the top
+    bit set; None where the field must be refused."""
+    if field and field[0] & 0x80:
+        value = int.from_bytes(field, "big")
+        if field[0] == 0xFF:
+            return value - (1 << (8 * len(field)))
+        return value - (0x80 << (8 * (len(field) - 1)))
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(field=st.one_of(
+    st.lists(st.sampled_from([b"0", b"7", b"1", b"8", b" ", b"\0", b"-", b"x"]),
+             min_size=1, max_size=12).map(b"".join),
+    st.binary(min_size=8, max_size=12),
+))
+def test_numeric_header_field_fast_path_agrees_with_the_rule(field: bytes) -> None:
+    want = _num_by_definition(field)
+    if want is None:
+        with pytest.raises(LayerError):
+            _num(field, "size", "layer")
+    else:
+        assert _num(field, "size", "layer") == want
