@@ -673,8 +673,13 @@ def main() -> int:
         if args.refloor:
             for name, data in load_saved(args.workdir, sha):
                 if name in names:
+                    load = os.getloadavg()[0]
                     data["floor"] = floor_for(name, refs[name], args.workdir / "layouts" / name,
                                               defaults, args.workdir)
+                    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                    data.setdefault("notes", []).append(
+                        f"floor measured again after the rounds ({when}, load {load:.1f}) with "
+                        "this commit's compressors (`--refloor`)")
                     log(f"floor {name}: {data['floor']}")
                     path = args.workdir / "results" / f"{name}.json"
                     path.write_text(json.dumps(data, indent=1))
