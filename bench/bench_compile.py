@@ -334,18 +334,24 @@ def unpacked_tree(ref: str, layout: Path, tmp: Path) -> Path:
 
 def sweep(name: str, ref: str, layout: Path, workdir: Path,
           settings: tuple[tuple[str, int | None], ...] = SWEEP) -> None:
-    """One-thread compress/decode CPU and output size per setting; to WORKDIR/sweep-NAME.json."""
+    """One-thread compress/decode CPU and output size per setting; to WORKDIR/sweep-NAME.json,
+    replacing the rows of the same settings measured before and keeping the others."""
+    from ocisquash.squashfs import FORMAT_VERSION
+
     tmp = workdir / "tmp" / "sweep"
+    saved = workdir / f"sweep-{name}.json"
     try:
         root = unpacked_tree(ref, layout, tmp)
-        rows = []
+        rows = [r for r in (json.loads(saved.read_text()) if saved.exists() else [])
+                if (r["compression"], r["level"]) not in settings]
         for comp, level in settings:
             cpu, n_in, n_out, dcpu = compress_pass(root, comp, level, decode=True)
             rows.append({"compression": comp, "level": level, "cpu": cpu, "in": n_in,
-                         "out": n_out, "decode_cpu": dcpu})
+                         "out": n_out, "decode_cpu": dcpu, "format_version": FORMAT_VERSION,
+                         "when": time.strftime("%Y-%m-%d", time.gmtime())})
             log(f"sweep {name} {comp} {level}: {cpu:.1f} s CPU, {n_out / 1e6:.1f} MB, "
                 f"decode {dcpu:.2f} s")
-        (workdir / f"sweep-{name}.json").write_text(json.dumps(rows, indent=2))
+        saved.write_text(json.dumps(rows, indent=2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -569,19 +575,23 @@ def sweep_section(workdir: Path) -> list[str]:
         "", "## Compressor settings (`bench_compile.py --sweep`)", "",
         "One thread, ocisquash's compressor, 128 KiB blocks, tails packed, duplicate files "
         "once, over the image's flattened tree. MB/s are of uncompressed data; decode is "
-        "the CPU to decompress every compressed block once (what a mount pays).", "",
+        "the CPU to decompress every compressed block once (what a mount pays). Writer "
+        "format 1 compressed gzip with zlib-ng, format 2 with libdeflate.", "",
         "| image | setting | compress CPU s | compress MB/s | output MB | ratio | decode CPU s "
-        "| decode MB/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| decode MB/s | writer format, measured |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for f in files:
         name = f.stem.removeprefix("sweep-")
-        for r in json.loads(f.read_text()):
+        rows = sorted(json.loads(f.read_text()),
+                      key=lambda r: (r["compression"], r["level"] if r["level"] is not None else -1))
+        for r in rows:
             setting = f"{r['compression']} {r['level'] if r['level'] is not None else 'default'}"
             lines.append(
                 f"| {name} | {setting} | {r['cpu']:.1f} | {r['in'] / 1e6 / max(r['cpu'], 1e-9):.0f} "
                 f"| {r['out'] / 1e6:.1f} | {r['out'] / r['in']:.3f} | {r['decode_cpu']:.2f} "
-                f"| {r['in'] / 1e6 / max(r['decode_cpu'], 1e-9):.0f} |")
+                f"| {r['in'] / 1e6 / max(r['decode_cpu'], 1e-9):.0f} "
+                f"| {r.get('format_version', '1')}, {r.get('when', '2026-11-27')} |")
     return lines
 
 
