@@ -505,6 +505,8 @@ def report(workdir: Path, sha: str, out: Path) -> None:
     lines = [
         "# ocisquash compile vs. peer pipelines (issue 5)",
         "",
+        "(`ocisquash pack` against mksquashfs, issue 2: `bench/RESULTS-pack.md`.)",
+        "",
         "By `python bench/bench_compile.py --images IMAGES --runs N` (see bench/README.md); "
         "medians over the runs; ratios are the median of the per-round ratios to P1 "
         "(same round). Cold = empty ocisquash cache, fresh skopeo/umoci directories; the "
