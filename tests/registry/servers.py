@@ -70,8 +70,8 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_tls(directory: Path) -> TlsFiles:
-    """A test CA and a server certificate for 127.0.0.1 and localhost signed by it."""
+def make_tls(directory: Path, *, names: tuple[str, ...] = ()) -> TlsFiles:
+    """A test CA and a server certificate for 127.0.0.1, localhost and ``names`` signed by it."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -95,7 +95,8 @@ def make_tls(directory: Path) -> TlsFiles:
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=2))
             .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.DNSName("localhost"), *(x509.DNSName(n) for n in names),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)

@@ -10,8 +10,6 @@ host) switch the loopback rule off with the transport's private switch.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import os
 import subprocess
@@ -21,10 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from ocisquash.compile import compile_image
 from ocisquash.errors import RegistryError, TransientRegistryError
@@ -36,7 +30,7 @@ from .conftest import HTPASSWD_PASSWORD, HTPASSWD_USER, Registries
 from .faultproxy import FaultProxy
 from .forwardproxy import ForwardProxy, basic
 from .helpers import file_digest, source
-from .servers import RegistryProcess, TlsFiles, free_port
+from .servers import RegistryProcess, TlsFiles, free_port, make_tls
 
 NAME = "registry.test"
 PROXY_USER, PROXY_PASSWORD = "proxyuser", "pr0xy-s3cret-pw"
@@ -44,44 +38,11 @@ PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROX
               "ALL_PROXY", "all_proxy")
 
 
-def _make_tls(directory: Path) -> TlsFiles:
-    """A CA and a server certificate valid for ``registry.test`` (and 127.0.0.1)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = (x509.CertificateBuilder().subject_name(name("proxy test CA")).issuer_name(name("proxy test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (x509.CertificateBuilder().subject_name(name(NAME)).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
-    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.server_key.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption()))
-    return files
-
-
 @pytest.fixture(scope="module")
 def named_tls(registries: Registries,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryProcess, TlsFiles]]:
     work = tmp_path_factory.mktemp("proxy-tls")
-    tls = _make_tls(work / "tls")
+    tls = make_tls(work / "tls", names=(NAME,))
     reg = RegistryProcess(work / "registry", registries.storage, tls=tls)
     yield reg, tls
     reg.stop()
