@@ -127,7 +127,8 @@ class SquashfsWriter:
         self._metas: dict[EntryMeta, EntryMeta] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
         workers = options.workers or os.cpu_count() or 1
-        self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers)
+        self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers,
+                                       options.block_size)
         self._data = DataWriter(
             self._pipeline,
             options.block_size,
