@@ -238,6 +238,10 @@ class _LayerPass:
         self.names: dict[bytes, _Inode] = {}
         #: link names waiting for the second pass → their inode
         self.deferred: dict[bytes, _Inode] = {}
+        #: a directory whose ancestors (and itself) were all found decided, passable
+        #: directories: its children need no walk up the tree. Entries directly under
+        #: it cannot change that chain (see _entry), and any other parent replaces it.
+        self.clear_parent: bytes | None = None
 
     # -- the first pass -----------------------------------------------------------
 
@@ -263,7 +267,16 @@ class _LayerPass:
         if not path and e.kind != "dir":
             raise UnsafeLayerError(f"the layer replaces the root directory with a {e.kind}",
                                    context=self.context)
-        missing = self._visible(path)
+        parent = path[:len(path) - len(base) - 1] if len(base) < len(path) else b""
+        missing: list[bytes] | None
+        if parent == self.clear_parent and path:
+            # An entry directly under the cached parent touches only its own node,
+            # whiteout lists applied after the layer, and its own subtree: the chain
+            # above stays decided and passable.
+            missing = []
+        else:
+            missing = self._visible(path)
+            self.clear_parent = parent if missing == [] and path else None
         if missing is None:
             self._keep_parents(path)
             self.f.hidden += 1
@@ -517,7 +530,7 @@ class _LayerPass:
         wanted: dict[int, _Inode] = {}
         for inode in self.deferred.values():
             if inode.deferred:
-                wanted[inode.entry.index] = inode
+                wanted[inode.entry.position] = inode
         if not wanted:
             return
         f = self.f
@@ -527,7 +540,7 @@ class _LayerPass:
                                        len(f.layers), str(self.layer.descriptor.digest),
                                        f.entries, f.bytes))
         for entry, data in read_layer(self.layer, limits=f.limits, index=self.index):
-            wanted_inode = wanted.get(entry.index)
+            wanted_inode = wanted.get(entry.position)
             if wanted_inode is None or data is None:
                 continue
             inode = wanted_inode

@@ -24,7 +24,15 @@ from ocisquash.errors import (
     UnsupportedError,
 )
 from ocisquash.flatten import flatten
-from ocisquash.layers import Fidelity, Limits, _num, normalize_path, read_layer, sniff_compression
+from ocisquash.layers import (
+    Fidelity,
+    Limits,
+    _byte_sum,
+    _num,
+    normalize_path,
+    read_layer,
+    sniff_compression,
+)
 
 from .cases import D, F, H
 from .layerkit import MEDIA, BlobLayer, RecordingSink
@@ -332,6 +340,13 @@ def test_normalize_path_fast_path_agrees_with_the_rule(raw: bytes) -> None:
             normalize_path(raw)
     else:
         assert normalize_path(raw) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(block=st.one_of(st.binary(min_size=512, max_size=512),
+                       st.sampled_from([b"\xff" * 512, bytes(512), b"\x80" * 512])))
+def test_header_byte_sum_is_the_plain_sum(block: bytes) -> None:
+    assert _byte_sum(block) == sum(block)
 
 
 def _num_by_definition(field: bytes) -> int | None:
