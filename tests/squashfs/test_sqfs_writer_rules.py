@@ -8,10 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ocisquash.entry import EntryMeta
 from ocisquash.errors import SquashfsError, UsageError
 from ocisquash.squashfs import FORMAT_VERSION, SquashfsWriter, WriterOptions
+from ocisquash.squashfs.tree import split_path
 
 from ._util import (
     inode_type,
@@ -98,6 +101,53 @@ def test_adding_an_existing_path_replaces_it(tmp_path: Path) -> None:
     assert os.stat(out / "keeps-old").st_nlink == 1
     assert os.readlink(out / "d") == "target"
     assert (out / "f").is_dir()
+
+
+def _split_by_definition(path: bytes) -> list[bytes] | None:
+    """The rule split_path implements, spelled out: None where it must refuse."""
+    if path == b"":
+        return []
+    parts = path.split(b"/")
+    if any(p in (b"", b".", b"..") or b"\0" in p or len(p) > 256 for p in parts):
+        return None
+    return parts
+
+
+@settings(max_examples=400, deadline=None)
+@given(path=st.one_of(
+    st.lists(st.sampled_from([b"/", b".", b"..", b"a", b".wh.x", b"b.c", b"\0"]),
+             max_size=8).map(b"".join),
+    st.lists(st.sampled_from([b"/", b"n" * 100, b"m" * 157, b"."]), max_size=5).map(b"".join),
+))
+def test_split_path_fast_path_agrees_with_the_rule(path: bytes) -> None:
+    want = _split_by_definition(path)
+    if want is None:
+        with pytest.raises(SquashfsError):
+            split_path(path)
+    else:
+        assert split_path(path) == want
+
+
+def test_a_directory_replaced_between_siblings_starts_empty(tmp_path: Path) -> None:
+    # The tree remembers the last parent it found; replacing that directory (or one
+    # above it) must not leave later siblings in the detached old directory.
+    image = tmp_path / "i.sqfs"
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"a/b/x", F, b"x")
+        w.add_file(b"a/b/y", F, b"y")
+        w.add_file(b"a/b", F, b"now a file")
+        w.add_file(b"a/b/z", F, b"z")  # b becomes a directory again, holding z only
+        w.add_file(b"p/q/r", F, b"r")
+        w.add_symlink(b"p", F, b"elsewhere")
+        w.add_file(b"p/q/s", F, b"s")
+
+    write_image(image, build)
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert sorted(os.listdir(out / "a" / "b")) == ["z"]
+    assert (out / "a" / "b" / "z").read_bytes() == b"z"
+    assert sorted(os.listdir(out / "p" / "q")) == ["s"]
 
 
 def test_add_directory_on_existing_directory_keeps_children(tmp_path: Path) -> None:

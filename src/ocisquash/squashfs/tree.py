@@ -80,6 +80,12 @@ def split_path(path: bytes) -> list[bytes]:
         raise SquashfsError(f"path {path!r} must be bytes")
     if path == b"":
         return []
+    # Fast path, most paths: with no "//", "/." or NUL, not starting with "/" or "." and
+    # not ending with "/", no component is empty, "." or ".."; a path of at most 256
+    # bytes has no component longer than that.
+    if (len(path) <= MAX_NAME_LEN and path[0] not in b"/." and path[-1] != 0x2F
+            and b"//" not in path and b"/." not in path and b"\0" not in path):
+        return path.split(b"/")
     parts = path.split(b"/")
     for part in parts:
         if part in (b"", b".", b"..") or b"\0" in part:
@@ -100,14 +106,21 @@ class Tree:
     def __init__(self, default_dir_meta: EntryMeta) -> None:
         self._default = default_dir_meta
         self.root = DirNode(default_dir_meta)
+        #: the parent found last, by its components: entries come grouped by directory
+        self._last_head: list[bytes] | None = None
+        self._last_dir = self.root
 
     def _parent(self, parts: list[bytes]) -> DirNode:
+        head = parts[:-1]
+        if head == self._last_head:
+            return self._last_dir
         node = self.root
-        for part in parts[:-1]:
+        for part in head:
             child = node.children.get(part)
             if not isinstance(child, DirNode):
                 child = node.children[part] = DirNode(self._default)
             node = child
+        self._last_head, self._last_dir = head, node
         return node
 
     def get(self, path: bytes) -> Node | None:
@@ -137,7 +150,10 @@ class Tree:
         """Place a non-directory ``node`` at ``path`` (or its :meth:`placeable` parts),
         replacing whatever was there."""
         parts = self.placeable(path) if isinstance(path, bytes) else path
-        self._parent(parts).children[parts[-1]] = node
+        children = self._parent(parts).children
+        if isinstance(children.get(parts[-1]), DirNode):
+            self._last_head = None  # a directory leaves the tree: the cache may be in it
+        children[parts[-1]] = node
 
     def placeable(self, path: bytes) -> list[bytes]:
         """Validate a path for a non-directory and return its parts; raise before any

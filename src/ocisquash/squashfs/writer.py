@@ -125,6 +125,7 @@ class SquashfsWriter:
                 f"cannot write the image: {e.strerror or e}", context=str(output)
             ) from e
         self._metas: dict[EntryMeta, EntryMeta] = {}
+        self._meta_ids: dict[int, tuple[EntryMeta, EntryMeta]] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
         workers = options.workers or os.cpu_count() or 1
         self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers,
@@ -149,6 +150,18 @@ class SquashfsWriter:
     # -- adding entries -------------------------------------------------------------
 
     def _meta(self, meta: EntryMeta) -> EntryMeta:
+        # Sources hand the same EntryMeta object to many entries; by identity first
+        # (the value keeps the object alive, so its id cannot be reused).
+        known = self._meta_ids.get(id(meta))
+        if known is not None:
+            return known[1]
+        kept = self._meta_value(meta)
+        if len(self._meta_ids) >= 1 << 16:
+            self._meta_ids.clear()  # a source that makes a new object per entry
+        self._meta_ids[id(meta)] = (meta, kept)
+        return kept
+
+    def _meta_value(self, meta: EntryMeta) -> EntryMeta:
         if not self._options.xattrs and meta.xattrs:
             meta = EntryMeta(meta.mode, meta.uid, meta.gid, meta.mtime, ())
         if self._options.all_root and (meta.uid or meta.gid):
