@@ -8,6 +8,7 @@ import io
 import signal
 import struct
 import tarfile
+import threading
 
 import pytest
 import zstandard
@@ -127,6 +128,37 @@ def test_blob_digest_is_checked_even_when_the_tar_ends_early() -> None:
     layer.blob = blob + gzip.compress(b"\0" * 1024)  # a second gzip member the digest does not cover
     with pytest.raises(IntegrityError):
         entries(layer)
+
+
+def _decode_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ocisquash-decode"]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "tar"])
+def test_a_reader_left_half_way_stops_its_decoding_thread(compression: str) -> None:
+    # Many 1 MiB chunks, so that the decoder is blocked handing one over when the
+    # consumer walks away (as the flattener does when a later entry is refused).
+    tar = make_tar([F(f"f{i}", bytes([i]) * (1 << 20)) for i in range(12)])
+    layer = BlobLayer.of(tar, compression)
+    before = len(_decode_threads())
+    members = read_layer(layer)
+    first, data = next(members)
+    assert first.path == b"f0" and data is not None and data.read(10) == bytes(10)
+    assert len(_decode_threads()) == before + 1
+    members.close()
+    assert len(_decode_threads()) == before
+
+
+def test_a_decoding_error_arrives_after_the_entries_before_it() -> None:
+    # The decoder runs ahead of the parser; its error must still come in stream order.
+    tar = make_tar([F("a", b"a" * 5000), F("b", b"b" * (3 << 20))])
+    blob = gzip.compress(tar)
+    layer = BlobLayer(blob[:len(blob) // 2], None, MEDIA["gzip"])
+    seen = []
+    with pytest.raises(LayerError, match="gzip stream truncated"):
+        for entry, data in read_layer(layer):
+            seen.append((entry.path, data.read() if data else None))
+    assert seen == [(b"a", b"a" * 5000)]
 
 
 def test_xattrs_keep_user_trusted_security_and_record_the_rest() -> None:
