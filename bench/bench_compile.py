@@ -23,7 +23,10 @@ the same registry blobs from the same warm cache). The floor of an image is the 
 time to decompress its layer blobs once (``pigz -dc`` / ``zstd -dc`` to /dev/null)
 plus the CPU time to compress the flattened tree's blocks with ocisquash's own
 compressor (one thread, fragments and duplicate files modelled like the writer's)
-divided by the number of cores.
+divided by the number of cores. It is measured in every round, as the contender
+``floor``, between the others (the tree to compress is unpacked once, untimed), so
+that wall / floor compares numbers taken minutes apart rather than hours: this shared
+machine's speed drifts by 15-20 % over an hour, CPU seconds included.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ import images
 
 HERE = Path(__file__).resolve().parent
 NPROC = os.cpu_count() or 1
-CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "warm-registry", "warm-layout")
+CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "warm-registry", "warm-layout",
+              "floor")
 EQUAL = ["--compression", "gzip", "--level", "9", "--block-size", "128K"]
 #: GNU time, for each step's own peak RSS (see step()).
 TIME = "/usr/bin/time"
@@ -387,48 +391,80 @@ def floor_for(name: str, ref: str, layout: Path, default: tuple[str, int | None]
 # --------------------------------------------------------------------------- the rounds
 
 
+def measure_floor(layout: Path, root: Path, default: tuple[str, int | None]) -> Measure:
+    """One round's floor: decompress wall plus compress CPU (gzip-9 and the default)."""
+    m = Measure()
+    dec = decompress_seconds(layout)
+    g9 = compress_cpu(root, "gzip", 9)
+    dflt = compress_cpu(root, default[0], default[1])
+    m.wall = dec + dflt / NPROC
+    m.info = {"decompress": dec, "compress_gzip9": g9, "compress_default": dflt,
+              "default_compression": f"{default[0]}-{default[1]}"}
+    return m
+
+
 def bench_image(name: str, ref: str, layout: Path, runs: int, workdir: Path,
-                contenders: list[str], loads: list[str]) -> dict[str, list[Measure]]:
+                contenders: list[str], loads: list[str],
+                default: tuple[str, int | None]) -> dict[str, list[Measure]]:
     results: dict[str, list[Measure]] = {c: [] for c in contenders}
     cold = [c for c in contenders if not c.startswith("warm")]
-    for r in range(runs):
-        order = cold if r % 2 == 0 else cold[::-1]
-        log(f"{name} round {r + 1}/{runs}: {', '.join(order)}; load {os.getloadavg()[0]:.2f}")
-        loads.append(f"{os.getloadavg()[0]:.1f}")
-        cache_default = None
-        for c in order:
+    floor_tmp = workdir / "tmp" / "floor-rounds"
+    root = unpacked_tree(ref, layout, floor_tmp) if "floor" in contenders else None
+    try:
+        for r in range(runs):
+            order = cold if r % 2 == 0 else cold[::-1]
+            log(f"{name} round {r + 1}/{runs}: {', '.join(order)}; "
+                f"load {os.getloadavg()[0]:.2f}")
+            loads.append(f"{os.getloadavg()[0]:.1f}")
+            _round(name, ref, layout, workdir, contenders, order, results, root, default)
+    finally:
+        shutil.rmtree(floor_tmp, ignore_errors=True)
+    return results
+
+
+def _round(name: str, ref: str, layout: Path, workdir: Path, contenders: list[str],
+           order: list[str], results: dict[str, list[Measure]], root: Path | None,
+           default: tuple[str, int | None]) -> None:
+    """One round: each cold contender in ``order``, then the warm ones."""
+    cache_default = None
+    for c in order:
+        if c == "floor":
+            assert root is not None
+            m = measure_floor(layout, root, default)
+            log(f"  floor: {m.wall:.2f} s ({json.dumps(m.info)})")
+            results[c].append(m)
+            continue
+        tmp = workdir / "tmp" / f"{name}-{c}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        cache = workdir / "tmp" / f"cache-{name}-{c}"
+        shutil.rmtree(cache, ignore_errors=True)
+        if c in ("P1", "P3"):
+            m = run_peer(c, ref, tmp)
+        elif c == "ocisquash-equal":
+            m = run_ocisquash(f"docker://{ref}", tmp, cache, EQUAL)
+        else:
+            m = run_ocisquash(f"docker://{ref}", tmp, cache, [])
+            cache_default = cache
+        log(f"  {c}: {m.wall:.2f} s, cpu {m.cpu:.1f} s, rss {m.rss / 2**20:.0f} MiB, "
+            f"{m.size / 1e6:.1f} MB {m.error}")
+        results[c].append(m)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if c != "ocisquash-default":
+            shutil.rmtree(cache, ignore_errors=True)
+    if cache_default is not None:
+        for c, image in (("warm-registry", f"docker://{ref}"),
+                         ("warm-layout", f"oci:{layout}:latest")):
+            if c not in contenders:
+                continue
             tmp = workdir / "tmp" / f"{name}-{c}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            cache = workdir / "tmp" / f"cache-{name}-{c}"
-            shutil.rmtree(cache, ignore_errors=True)
-            if c in ("P1", "P3"):
-                m = run_peer(c, ref, tmp)
-            elif c == "ocisquash-equal":
-                m = run_ocisquash(f"docker://{ref}", tmp, cache, EQUAL)
-            else:
-                m = run_ocisquash(f"docker://{ref}", tmp, cache, [])
-                cache_default = cache
-            log(f"  {c}: {m.wall:.2f} s, cpu {m.cpu:.1f} s, rss {m.rss / 2**20:.0f} MiB, "
-                f"{m.size / 1e6:.1f} MB {m.error}")
+            m = run_ocisquash(image, tmp, cache_default, [])
+            log(f"  {c}: {m.wall:.3f} s, cached={m.info.get('cached')} {m.error}")
             results[c].append(m)
             shutil.rmtree(tmp, ignore_errors=True)
-            if c != "ocisquash-default":
-                shutil.rmtree(cache, ignore_errors=True)
-        if cache_default is not None:
-            for c, image in (("warm-registry", f"docker://{ref}"),
-                             ("warm-layout", f"oci:{layout}:latest")):
-                if c not in contenders:
-                    continue
-                tmp = workdir / "tmp" / f"{name}-{c}"
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir(parents=True)
-                m = run_ocisquash(image, tmp, cache_default, [])
-                log(f"  {c}: {m.wall:.3f} s, cached={m.info.get('cached')} {m.error}")
-                results[c].append(m)
-                shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(cache_default, ignore_errors=True)
-    return results
+        shutil.rmtree(cache_default, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the report
@@ -529,6 +565,8 @@ def report(workdir: Path, sha: str, out: Path) -> None:
         p1 = res.get("P1", [])
         fl = floors.get(name, {})
         for c, ms in res.items():
+            if c == "floor":
+                continue  # rows of their own below
             ok = [m for m in ms if not m.error]
             if not ok:
                 err = ms[0].error if ms else "not run"
@@ -549,7 +587,18 @@ def report(workdir: Path, sha: str, out: Path) -> None:
                 + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()) + " | "
                 + "; ".join(notes) + " |"
             )
-        if fl:
+        rounds = [m.info for m in res.get("floor", []) if not m.error]
+        if rounds:
+            for setting, key in (("gzip-9", "compress_gzip9"),
+                                 (f"default {rounds[0].get('default_compression')}",
+                                  "compress_default")):
+                dec = med([float(i["decompress"]) for i in rounds])  # type: ignore[arg-type]
+                cpu = med([float(i[key]) for i in rounds])  # type: ignore[arg-type]
+                lines.append(
+                    f"| {name} | floor ({setting}) | "
+                    f"{med(floor_walls(res, key)):.2f} | | | | | decompress {dec:.2f}, "
+                    f"compress CPU {cpu:.1f} / {NPROC} | measured in each round |")
+        elif fl:
             for setting, key in (("gzip-9", "compress_gzip9"),
                                  (f"default {fl.get('default_compression')}", "compress_default")):
                 f = fl["decompress"] + fl[key] / NPROC
@@ -597,6 +646,12 @@ def sweep_section(workdir: Path) -> list[str]:
     return lines
 
 
+def floor_walls(res: dict[str, list[Measure]], key: str) -> list[float]:
+    """Each round's floor for one setting: decompress wall + compress CPU / cores."""
+    return [float(m.info["decompress"]) + float(m.info[key]) / NPROC  # type: ignore[arg-type]
+            for m in res.get("floor", []) if not m.error]
+
+
 def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> list[str]:
     v = []
 
@@ -630,7 +685,21 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
     if rss:
         v.append(f"{name}: ocisquash peak RSS {max(rss) / 1e6:.0f} MB (≤ 200 MB: "
                  f"{yes(max(rss) <= 200e6)})")
-    if fl:
+    if res.get("floor"):
+        for c, key in (("ocisquash-equal", "compress_gzip9"), ("ocisquash-default", "compress_default")):
+            pairs = [(m, f) for m, f in zip(res.get(c, []), floor_walls(res, key), strict=False)
+                     if not m.error]
+            if pairs:
+                r = med([m.wall / f for m, f in pairs])
+                rounds = [m.info for m in res["floor"] if not m.error]
+                fcpu = med([float(i["decompress"]) + float(i[key])  # type: ignore[arg-type]
+                            for i in rounds])
+                cpu = med([m.cpu for m, _ in pairs])
+                v.append(f"{name}: {c} wall / floor = {r:.2f}, the median of the rounds' "
+                         f"ratios (" + ", ".join(f"{m.wall / f:.2f}" for m, f in pairs)
+                         + f"; ≤ 1.15 on devel and bigfile: {yes(r <= 1.15)}); CPU / floor "
+                         f"CPU (decompress + compress) = {cpu:.1f} / {fcpu:.1f} = {cpu / fcpu:.2f}")
+    elif fl:
         for c, key in (("ocisquash-equal", "compress_gzip9"), ("ocisquash-default", "compress_default")):
             ok = [m.wall for m in res.get(c, []) if not m.error]
             if ok:
@@ -706,7 +775,7 @@ def main() -> int:
             started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
             loads: list[str] = []
             results = bench_image(name, refs[name], layout, args.runs, args.workdir,
-                                  contenders, loads)
+                                  contenders, loads, defaults)
             save(args.workdir, name, sha, args.runs, started, loads, results, floor)
             # write after every image, so a long run leaves its results behind
             report(args.workdir, sha, args.output)
