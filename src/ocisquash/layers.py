@@ -47,6 +47,7 @@ from zlib import adler32
 from .digest import Digest
 from .entry import PERMISSION_MASK, EntryMeta
 from .errors import (
+    IntegrityError,
     LayerError,
     LimitExceededError,
     OcisquashError,
@@ -349,9 +350,11 @@ class _TarStream:
                 except OcisquashError:
                     raise
                 except EOFError:
-                    raise LayerError(f"{compression} stream truncated", context=context) from None
+                    raise _blob_fault(raw) or LayerError(
+                        f"{compression} stream truncated", context=context) from None
                 except Exception as e:
-                    raise LayerError(f"invalid {compression} stream: {e}", context=context) from None
+                    raise _blob_fault(raw) or LayerError(
+                        f"invalid {compression} stream: {e}", context=context) from None
                 if not data:
                     break
                 self.hash.update(data)
@@ -416,6 +419,19 @@ class _TarStream:
             except Exception:  # queue.Empty
                 pass
             self._thread.join(0.05)
+
+
+def _blob_fault(raw: _PeekReader) -> IntegrityError | None:
+    """After a decoder error, the blob read to its end: when it does not match its digest
+    (bytes damaged on the way or on disk), that is the fault to report."""
+    try:
+        while raw.read(_CHUNK):
+            pass
+    except IntegrityError as e:
+        return e
+    except Exception:  # the decoder's error is reported instead
+        return None
+    return None
 
 
 class _Buffer:
