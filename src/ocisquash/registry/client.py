@@ -338,6 +338,10 @@ class _BlobStream:
         self._progress = progress
         #: bytes handed to the reader so far
         self._delivered = 0
+        #: a chunk received, stored, and not yet all handed out (readers such as the
+        #: zstd decoder ask for a few KiB at a time)
+        self._chunk = b""
+        self._pos = 0
         self._file: BinaryIO | None = None
         self._resp: Response | None = None
         self._w: BlobWriter | None = None
@@ -370,6 +374,12 @@ class _BlobStream:
         self._file.seek(self._delivered)
 
     def read(self, n: int = -1) -> bytes:
+        if self._pos < len(self._chunk):
+            end = len(self._chunk) if n is None or n < 0 else self._pos + n
+            data = self._chunk[self._pos:end]
+            self._pos += len(data)
+            self._delivered += len(data)
+            return data
         if self._file is not None:
             data = self._file.read(n)
             self._delivered += len(data)
@@ -378,7 +388,7 @@ class _BlobStream:
         if self._client.cancelled.is_set():
             raise OcisquashError("download cancelled", context=f"{self._what} {self._desc.digest.short}")
         try:
-            chunk = self._resp.read(n if n is not None and 0 < n < (1 << 20) else 1 << 20)
+            chunk = self._resp.read(1 << 20)
         except TransientRegistryError as e:
             log.info("%s %s: %s; resuming", self._what, self._desc.digest.short, e.message)
             self._hand_over()
@@ -397,9 +407,9 @@ class _BlobStream:
             self._stack.close()
             return self.read(n)
         w.write(chunk)
-        self._delivered += len(chunk)
         emit(self._progress, BlobProgress(self._desc.digest, w.offset, self._desc.size))
-        return chunk
+        self._chunk, self._pos = chunk, 0
+        return self.read(n)
 
     def readable(self) -> bool:
         return True
