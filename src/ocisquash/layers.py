@@ -39,7 +39,7 @@ import binascii
 import hashlib
 import math
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, NamedTuple, cast
 from zlib import adler32
@@ -421,6 +421,22 @@ class _TarStream:
             self._thread.join(0.05)
 
 
+def _gather(first: bytes, n: int, more: Callable[[int], bytes]) -> bytes:
+    """``first`` and then pieces from ``more(missing)`` until there are ``n`` bytes or a
+    piece is empty (the end)."""
+    if len(first) == n or not first:
+        return first
+    parts = [first]
+    got = len(first)
+    while got < n:
+        piece = more(n - got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
+
+
 def _blob_fault(raw: _PeekReader) -> IntegrityError | None:
     """After a decoder error, the blob read to its end: when it does not match its digest
     (bytes damaged on the way or on disk), that is the fault to report."""
@@ -493,18 +509,7 @@ class _Buffer:
             self._pos = pos + n
             self.offset += n
             return buf[pos:pos + n]
-        first = self.some(n)
-        if len(first) == n or not first:
-            return first
-        parts = [first]
-        got = len(first)
-        while got < n:
-            more = self.some(n - got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
+        return _gather(self.some(n), n, self.some)
 
     def skip(self, n: int) -> int:
         """Discard ``n`` bytes; returns how many were there."""
@@ -564,18 +569,7 @@ class _MemberData:
             self._pos += n
             self._stored_left -= n
             return data
-        first = self._piece(n)
-        if len(first) == n or not first:
-            return first
-        parts = [first]
-        got = len(first)
-        while got < n:
-            piece = self._piece(n - got)
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-        return b"".join(parts)
+        return _gather(self._piece(n), n, self._piece)
 
     def _piece(self, n: int) -> bytes:
         assert self._runs is not None

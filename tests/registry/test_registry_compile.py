@@ -84,11 +84,12 @@ def test_blob_damaged_in_the_cache_is_dropped_and_fetched_again(
     assert a == b
 
 
-def _layout_bytes(registries: Any, tmp_path: Path) -> bytes:
+def _from_layout(registries: Any, tmp_path: Path) -> tuple[bytes, Any]:
+    """The test image compiled from its layout: the squashfs bytes and the manifest."""
     out = tmp_path / "layout.squashfs"
-    compile_image(f"oci:{registries.layout}:latest", out,
-                  source_options=SourceOptions(cache_dir=tmp_path / "layout-cache"))
-    return out.read_bytes()
+    done = compile_image(f"oci:{registries.layout}:latest", out,
+                         source_options=SourceOptions(cache_dir=tmp_path / "layout-cache"))
+    return out.read_bytes(), done.manifest
 
 
 def test_cold_compile_applies_upper_layers_as_they_download_and_stores_every_blob(
@@ -99,7 +100,7 @@ def test_cold_compile_applies_upper_layers_as_they_download_and_stores_every_blo
     caplog.set_level(logging.DEBUG, logger="ocisquash.registry.client")
     opts = make_options(plain_http=True)
     result = compile_image(f"{proxy.host}/app:oci", tmp_path / "o.squashfs", source_options=opts)
-    assert (tmp_path / "o.squashfs").read_bytes() == _layout_bytes(registries, tmp_path)
+    assert (tmp_path / "o.squashfs").read_bytes() == _from_layout(registries, tmp_path)[0]
     layers = [d.digest for d in result.manifest.layers]
     streamed = [r.getMessage() for r in caplog.records if "as it downloads" in r.getMessage()]
     assert len(streamed) == 2
@@ -116,12 +117,11 @@ def test_cold_compile_applies_upper_layers_as_they_download_and_stores_every_blo
 def test_a_layer_cut_off_while_applied_resumes_with_a_range_request(
         registries: Any, proxy: FaultProxy, make_options: Any, tmp_path: Path) -> None:
     opts = make_options(plain_http=True)
-    image = compile_image(f"oci:{registries.layout}:latest", tmp_path / "layout.squashfs",
-                          source_options=SourceOptions(cache_dir=tmp_path / "layout-cache"))
-    big = image.manifest.layers[1].digest
+    want, manifest = _from_layout(registries, tmp_path)
+    big = manifest.layers[1].digest
     proxy.add("cut", f"/blobs/{big}", after=1 << 20)
     compile_image(f"{proxy.host}/app:oci", tmp_path / "o.squashfs", source_options=opts)
-    assert (tmp_path / "o.squashfs").read_bytes() == (tmp_path / "layout.squashfs").read_bytes()
+    assert (tmp_path / "o.squashfs").read_bytes() == want
     gets = proxy.requests(path=f"/blobs/{big}")
     assert len(gets) == 2 and "range" not in gets[0].headers
     assert gets[1].headers["range"] == f"bytes={1 << 20}-" and gets[1].status == 206
@@ -130,9 +130,7 @@ def test_a_layer_cut_off_while_applied_resumes_with_a_range_request(
 def test_a_layer_corrupted_while_applied_fails_the_compile_and_nothing_is_kept(
         registries: Any, proxy: FaultProxy, make_options: Any, tmp_path: Path) -> None:
     opts = make_options(plain_http=True)
-    layout = compile_image(f"oci:{registries.layout}:latest", tmp_path / "layout.squashfs",
-                           source_options=SourceOptions(cache_dir=tmp_path / "layout-cache"))
-    big = layout.manifest.layers[1].digest
+    big = _from_layout(registries, tmp_path)[1].layers[1].digest
     proxy.add("corrupt", f"/blobs/{big}", after=100_000, times=-1)
     with pytest.raises(IntegrityError, match=big.short):
         compile_image(f"{proxy.host}/app:oci", tmp_path / "o.squashfs", source_options=opts)
