@@ -222,11 +222,8 @@ def _build_squashfs(
         writer_options = dataclasses.replace(
             writer_options, mkfs_time=_epoch(image.config().created))
     layers = image.layers()
-    # A registry image's layers are applied as they download (the top one first),
-    # while background threads fetch the lower ones.
-    streaming = getattr(image, "streaming", None)
-    with (streaming() if callable(streaming) else contextlib.nullcontext()), \
-            SquashfsWriter(dest, writer_options) as writer:
+    _prefetch(image)
+    with SquashfsWriter(dest, writer_options) as writer:
         report = _flatten_into(layers, writer, progress)
         summary = writer.finish()
     return report, summary

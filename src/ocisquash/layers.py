@@ -47,7 +47,6 @@ from zlib import adler32
 from .digest import Digest
 from .entry import PERMISSION_MASK, EntryMeta
 from .errors import (
-    IntegrityError,
     LayerError,
     LimitExceededError,
     OcisquashError,
@@ -350,11 +349,9 @@ class _TarStream:
                 except OcisquashError:
                     raise
                 except EOFError:
-                    raise _blob_fault(raw) or LayerError(
-                        f"{compression} stream truncated", context=context) from None
+                    raise LayerError(f"{compression} stream truncated", context=context) from None
                 except Exception as e:
-                    raise _blob_fault(raw) or LayerError(
-                        f"invalid {compression} stream: {e}", context=context) from None
+                    raise LayerError(f"invalid {compression} stream: {e}", context=context) from None
                 if not data:
                     break
                 self.hash.update(data)
@@ -435,19 +432,6 @@ def _gather(first: bytes, n: int, more: Callable[[int], bytes]) -> bytes:
         parts.append(piece)
         got += len(piece)
     return b"".join(parts)
-
-
-def _blob_fault(raw: _PeekReader) -> IntegrityError | None:
-    """After a decoder error, the blob read to its end: when it does not match its digest
-    (bytes damaged on the way or on disk), that is the fault to report."""
-    try:
-        while raw.read(_CHUNK):
-            pass
-    except IntegrityError as e:
-        return e
-    except Exception:  # the decoder's error is reported instead
-        return None
-    return None
 
 
 class _Buffer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 
 from ocisquash.compile import compile_image
-from ocisquash.errors import IntegrityError
 from ocisquash.sources.options import SourceOptions
 
 from .faultproxy import FaultProxy
@@ -82,59 +80,3 @@ def test_blob_damaged_in_the_cache_is_dropped_and_fetched_again(
     b = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "b.squashfs")], capture_output=True,
                        text=True, check=True).stdout
     assert a == b
-
-
-def _from_layout(registries: Any, tmp_path: Path) -> tuple[bytes, Any]:
-    """The test image compiled from its layout: the squashfs bytes and the manifest."""
-    out = tmp_path / "layout.squashfs"
-    done = compile_image(f"oci:{registries.layout}:latest", out,
-                         source_options=SourceOptions(cache_dir=tmp_path / "layout-cache"))
-    return out.read_bytes(), done.manifest
-
-
-def test_cold_compile_applies_upper_layers_as_they_download_and_stores_every_blob(
-        registries: Any, proxy: FaultProxy, make_options: Any, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
-    # app:oci is small etc/ (bottom), a 3 MiB layer, and a small top layer: the top two
-    # are read as they download, the bottom one is fetched beside them.
-    caplog.set_level(logging.DEBUG, logger="ocisquash.registry.client")
-    opts = make_options(plain_http=True)
-    result = compile_image(f"{proxy.host}/app:oci", tmp_path / "o.squashfs", source_options=opts)
-    assert (tmp_path / "o.squashfs").read_bytes() == _from_layout(registries, tmp_path)[0]
-    layers = [d.digest for d in result.manifest.layers]
-    streamed = [r.getMessage() for r in caplog.records if "as it downloads" in r.getMessage()]
-    assert len(streamed) == 2
-    assert any(layers[2].short in m for m in streamed) and any(layers[1].short in m for m in streamed)
-    assert not any(layers[0].short in m for m in streamed)
-    for d in layers:  # each blob once, and kept whole in the store
-        assert len(proxy.requests(path=f"/blobs/{d}")) == 1
-        blob = opts.cache_dir / "blobs" / d.algorithm / d.hex
-        assert hashlib.sha256(blob.read_bytes()).hexdigest() == d.hex
-    again = compile_image(f"{proxy.host}/app:oci", tmp_path / "again.squashfs", source_options=opts)
-    assert again.cached
-
-
-def test_a_layer_cut_off_while_applied_resumes_with_a_range_request(
-        registries: Any, proxy: FaultProxy, make_options: Any, tmp_path: Path) -> None:
-    opts = make_options(plain_http=True)
-    want, manifest = _from_layout(registries, tmp_path)
-    big = manifest.layers[1].digest
-    proxy.add("cut", f"/blobs/{big}", after=1 << 20)
-    compile_image(f"{proxy.host}/app:oci", tmp_path / "o.squashfs", source_options=opts)
-    assert (tmp_path / "o.squashfs").read_bytes() == want
-    gets = proxy.requests(path=f"/blobs/{big}")
-    assert len(gets) == 2 and "range" not in gets[0].headers
-    assert gets[1].headers["range"] == f"bytes={1 << 20}-" and gets[1].status == 206
-
-
-def test_a_layer_corrupted_while_applied_fails_the_compile_and_nothing_is_kept(
-        registries: Any, proxy: FaultProxy, make_options: Any, tmp_path: Path) -> None:
-    opts = make_options(plain_http=True)
-    big = _from_layout(registries, tmp_path)[1].layers[1].digest
-    proxy.add("corrupt", f"/blobs/{big}", after=100_000, times=-1)
-    with pytest.raises(IntegrityError, match=big.short):
-        compile_image(f"{proxy.host}/app:oci", tmp_path / "o.squashfs", source_options=opts)
-    assert not (tmp_path / "o.squashfs").exists()
-    assert not (opts.cache_dir / "blobs" / big.algorithm / big.hex).exists()
-    entries = opts.cache_dir / "images"
-    assert not entries.exists() or not any(entries.iterdir())

@@ -11,11 +11,6 @@ keeps what it received and continues with ``Range: bytes=N-``; a server that
 answers ``200`` instead of ``206``, or a ``Content-Range`` that does not start at
 ``N``, makes it start over. The store publishes a blob only after its size and
 digest were checked, so a corrupt or truncated body never lands under its name.
-
-``open_blob`` reads a blob while it downloads (compile applies a layer as it
-arrives): each chunk goes into the store's partial file first, then to the reader.
-Any failure hands over to ``fetch_blob``, which resumes from that partial with its
-retries and mirrors, and the rest is read from the stored blob.
 """
 
 from __future__ import annotations
@@ -26,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from ..digest import Digest, verify_bytes
 from ..errors import (
@@ -218,32 +213,6 @@ class RegistryClient:
         return self._each_remote(
             lambda remote: self._blob_from(remote, desc, store, what, progress), context)
 
-    def open_blob(self, desc: Descriptor, store: BlobStore, *, what: str = "blob",
-                  progress: ProgressCallback | None = None) -> BinaryIO:
-        """The blob's bytes as they arrive, stored on the way (see the module docstring).
-
-        The reader must verify what it reads (``VerifyingReader``): after a hand-over
-        its bytes come from two downloads. Close it to release the store's lock.
-        """
-        return _BlobStream(self, desc, store, what, progress)  # type: ignore[return-value]
-
-    def _stream_start(self, desc: Descriptor, what: str) -> Response | None:
-        """The body of ``desc`` from the origin, or None to leave it to fetch_blob (which
-        also handles mirrors: one serving bad bytes is skipped there, not here)."""
-        if len(self._remotes) > 1:
-            return None
-        try:
-            resp = self._request(self._remotes[0], f"/v2/{self.repository}/blobs/{desc.digest}",
-                                 {"Accept-Encoding": "identity"}, f"{what} {desc.digest.short}")
-        except OcisquashError as e:
-            log.info("%s %s: streaming failed (%s); downloading it first", what,
-                     desc.digest.short, e.message)
-            return None
-        if resp.status != 200:
-            resp.close()
-            return None
-        return resp
-
     def _blob_from(self, remote: _Remote, desc: Descriptor, store: BlobStore, what: str,
                    progress: ProgressCallback | None) -> Path:
         context = f"{what} {desc.digest.short}"
@@ -322,103 +291,3 @@ class RegistryClient:
             raise _ShortBody(SizeMismatchError(
                 f"blob ended after {w.offset} of {desc.size} bytes", context=context))
         return w.commit()
-
-
-class _BlobStream:
-    """One blob read while it downloads; see ``RegistryClient.open_blob``."""
-
-    def __init__(self, client: RegistryClient, desc: Descriptor, store: BlobStore, what: str,
-                 progress: ProgressCallback | None) -> None:
-        import contextlib
-
-        self._client = client
-        self._desc = desc
-        self._store = store
-        self._what = what
-        self._progress = progress
-        #: bytes handed to the reader so far
-        self._delivered = 0
-        #: a chunk received, stored, and not yet all handed out (readers such as the
-        #: zstd decoder ask for a few KiB at a time)
-        self._chunk = b""
-        self._pos = 0
-        self._file: BinaryIO | None = None
-        self._resp: Response | None = None
-        self._w: BlobWriter | None = None
-        self._stack = contextlib.ExitStack()
-        try:
-            if not store.has(desc.digest):
-                w = self._stack.enter_context(store.writer(desc.digest, desc.size))
-                if not store.has(desc.digest) and w.offset == 0:
-                    self._resp = client._stream_start(desc, what)
-                    if self._resp is not None:
-                        self._w = w
-                        log.debug("reading %s %s as it downloads", what, desc.digest.short)
-                        emit(progress, BlobStarted(desc.digest, desc.size, what, 0))
-            if self._resp is None:
-                self._hand_over()
-        except BaseException:
-            self.close()
-            raise
-
-    def _hand_over(self) -> None:
-        """Leave the rest to fetch_blob (it resumes from the partial), then read the blob."""
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
-        self._w = None
-        self._stack.close()  # keeps the partial, releases the lock for fetch_blob
-        path = self._client.fetch_blob(self._desc, self._store, what=self._what,
-                                       progress=self._progress)
-        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._file.seek(self._delivered)
-
-    def read(self, n: int = -1) -> bytes:
-        if self._pos < len(self._chunk):
-            end = len(self._chunk) if n is None or n < 0 else self._pos + n
-            data = self._chunk[self._pos:end]
-            self._pos += len(data)
-            self._delivered += len(data)
-            return data
-        if self._file is not None:
-            data = self._file.read(n)
-            self._delivered += len(data)
-            return data
-        assert self._resp is not None and self._w is not None
-        if self._client.cancelled.is_set():
-            raise OcisquashError("download cancelled", context=f"{self._what} {self._desc.digest.short}")
-        try:
-            chunk = self._resp.read(1 << 20)
-        except TransientRegistryError as e:
-            log.info("%s %s: %s; resuming", self._what, self._desc.digest.short, e.message)
-            self._hand_over()
-            return self.read(n)
-        w = self._w
-        if not chunk:
-            if w.offset != self._desc.size:
-                self._hand_over()  # cut short: fetch_blob resumes, or names the error
-                return self.read(n)
-            w.commit()  # verified: a wrong digest drops the bytes and raises here
-            self._resp.close()
-            self._resp = None
-            emit(self._progress, BlobDone(self._desc.digest, self._desc.size, self._what))
-            self._file = open(self._store.blob_path(self._desc.digest), "rb")  # noqa: SIM115
-            self._file.seek(self._delivered)
-            self._stack.close()
-            return self.read(n)
-        w.write(chunk)
-        emit(self._progress, BlobProgress(self._desc.digest, w.offset, self._desc.size))
-        self._chunk, self._pos = chunk, 0
-        return self.read(n)
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
-        self._stack.close()
-        if self._file is not None:
-            self._file.close()
-            self._file = None

@@ -10,10 +10,8 @@ later pull of the same image reads them from disk.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -110,18 +108,10 @@ class RegistryLayer:
         return self._image.fetch_blob(self._descriptor, self.what, progress)
 
     def open(self) -> BinaryIO:
-        """The blob read through a verifier (the store's file could rot on disk): from the
-        store, or, during a ``streaming`` prefetch, as it downloads when no one fetches it yet."""
+        """The stored blob, read through a verifier (the store's file could rot on disk)."""
+        self.fetch()
         d = self._descriptor
-        source = self._image.source
-        prefetch = self._image._prefetch
-        raw: BinaryIO
-        if prefetch is not None and prefetch.claim(self):
-            raw = source.client.open_blob(d, source.store, what=self.what,
-                                          progress=source.options.progress)
-        else:
-            self.fetch()
-            raw = source.store.open(d.digest)
+        raw = self._image.source.store.open(d.digest)
         return VerifyingReader(raw, d.digest, d.size, what=self.what)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
@@ -144,7 +134,6 @@ class RegistryImage:
         self._layers: tuple[RegistryLayer, ...] | None = None
         #: the index the image was chosen from, if the reference named one
         self.index = index
-        self._prefetch: _Prefetch | None = None
 
     @property
     def reference(self) -> str:
@@ -232,23 +221,6 @@ class RegistryImage:
         """Download manifest, config and all layers into the store, layers in parallel."""
         return pull(self, progress=progress)
 
-    @contextlib.contextmanager
-    def streaming(self) -> Iterator[None]:
-        """Within the block, layers download in the background or, opened before anyone
-        fetches them, as they are read (see ``_Prefetch``); leaving it stops the rest."""
-        self.store_manifest()
-        self.config()
-        prefetch = _Prefetch(self)
-        self._prefetch = prefetch
-        try:
-            yield
-        except BaseException:
-            prefetch.close(cancel=True)
-            raise
-        finally:
-            self._prefetch = None
-        prefetch.close(cancel=False)
-
     def layers(self) -> Sequence[RegistryLayer]:
         """The layers, lowest first, each with its diff ID from the config."""
         if self._layers is None:
@@ -263,81 +235,6 @@ class RegistryImage:
                 RegistryLayer(self, d, diff_ids[i], f"layer {i + 1}/{n}")
                 for i, d in enumerate(manifest.layers))
         return self._layers
-
-
-class _Prefetch:
-    """Who downloads which layer while an image is flattened top-down.
-
-    The flattener reads the top layer first. Background threads take layers from the
-    bottom, but only one whose upper layers together are at least as large as it
-    (the flattener will be busy with those for at least as long as the download
-    takes); any other layer is left to whoever opens it first, and the flattener
-    then reads it as it downloads. A layer one side has begun, the other waits for.
-    """
-
-    def __init__(self, image: RegistryImage) -> None:
-        self._image = image
-        self._layers = list(image.layers())  # lowest first
-        self._lock = threading.Lock()
-        #: layer index -> Event set when the background download ended; None: streamed
-        self._claims: dict[int, threading.Event | None] = {}
-        self._errors: dict[int, BaseException] = {}
-        sizes = [layer.descriptor.size for layer in self._layers]
-        self._above = [sum(sizes[i + 1:]) for i in range(len(sizes))]
-        store = image.source.store
-        self._todo = [i for i, layer in enumerate(self._layers)
-                      if self._above[i] >= sizes[i] and not store.has(layer.descriptor.digest)]
-        workers = min(len(self._todo), max(image.source.options.max_parallel - 1, 0))
-        self._threads = [threading.Thread(target=self._work, name="ocisquash-prefetch",
-                                          daemon=True) for _ in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                todo = [i for i in self._todo if i not in self._claims]
-                if not todo:
-                    return
-                i = todo[0]
-                done = self._claims[i] = threading.Event()
-            try:
-                self._layers[i].fetch()
-            except BaseException as e:  # raised in the flattener's thread when it gets there
-                self._errors[i] = e
-            finally:
-                done.set()
-
-    def claim(self, layer: RegistryLayer) -> bool:
-        """True: the caller streams ``layer``; False: it is in the store (or failed:
-        then its error is raised here)."""
-        i = self._layers.index(layer)
-        if self._image.source.store.has(layer.descriptor.digest):
-            return False
-        with self._lock:
-            if i not in self._claims:
-                self._claims[i] = None
-                return True
-            done = self._claims[i]
-        if done is None:
-            return True  # read a second time (hard links): stream it again
-        done.wait()
-        if i in self._errors:
-            raise self._errors[i]
-        return False
-
-    def close(self, *, cancel: bool) -> None:
-        """Wait for the background downloads; with ``cancel``, make them stop first."""
-        client = self._image.source.client
-        if cancel:
-            with self._lock:
-                for i in self._todo:
-                    self._claims.setdefault(i, None)  # nothing more gets started
-            client.cancelled.set()
-        for t in self._threads:
-            t.join()
-        if cancel:
-            client.cancelled.clear()
 
 
 def _silent(event: object) -> None:
