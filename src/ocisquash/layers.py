@@ -38,6 +38,8 @@ import base64
 import binascii
 import hashlib
 import math
+import queue
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -323,16 +325,12 @@ class _TarStream:
 
     def __init__(self, inner: Any, raw: _PeekReader, algorithm: str, compression: Compression,
                  limits: Limits, context: str) -> None:
-        import queue
-        import threading
-
         self.hash = hashlib.new(algorithm)
         self.count = 0
         self.eof = False
         self._chunk = b""
         self._pos = 0
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.QUEUED)
-        self._full = queue.Full
         self._stopped = False
         self._thread = threading.Thread(
             target=self._decode, args=(inner, raw, compression, limits, context),
@@ -376,7 +374,7 @@ class _TarStream:
             try:
                 self._queue.put(item, timeout=0.1)
                 return True
-            except self._full:
+            except queue.Full:
                 continue
         return False
 
@@ -413,7 +411,7 @@ class _TarStream:
             try:
                 while True:
                     self._queue.get_nowait()
-            except Exception:  # queue.Empty
+            except queue.Empty:
                 pass
             self._thread.join(0.05)
 
@@ -981,11 +979,12 @@ def _entry(raw_path: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtim
         # Most members of a layer share a few owner/mode/time combinations: build
         # each EntryMeta once (frozen, so sharing is safe).
         key = (mode, uid, gid, mtime)
-        meta = metas.get(key)  # type: ignore[assignment]
-        if meta is None:
+        shared = metas.get(key)
+        if shared is None:
             if len(metas) >= _METAS_KEPT:
                 metas.clear()
-            meta = metas[key] = EntryMeta(mode, uid, gid, mtime)
+            shared = metas[key] = EntryMeta(mode, uid, gid, mtime)
+        meta = shared
     linkname = b""
     if kind == "symlink":
         linkname = raw_link
