@@ -81,6 +81,9 @@ class BlobWriter:
         while chunk := self._file.read(1 << 20):
             self._hash.update(chunk)
         self.offset = self._file.tell()
+        #: some bytes came from an earlier request at some point (a downloader sets it when
+        #: the server resumes): when the whole does not verify, they may be what was wrong
+        self.resumed = self.offset > 0
         if size is not None and self.offset > size:
             self.restart()
 
@@ -112,10 +115,11 @@ class BlobWriter:
                     f"blob ended after {self.offset} of {self.size} bytes",
                     context=f"blob {self.digest.short}",
                 )
-            if self._hash.hexdigest() != self.digest.hex:
+            got = self._hash.hexdigest()
+            if got != self.digest.hex:
                 self.restart()
                 raise DigestMismatchError(
-                    f"content has digest {self.digest.algorithm}:{self._hash.hexdigest()[:12]}…, "
+                    f"content has digest {self.digest.algorithm}:{got[:12]}…, "
                     f"expected {self.digest}",
                     context=f"blob {self.digest.short}",
                 )

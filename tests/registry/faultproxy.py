@@ -18,6 +18,11 @@ Faults match a request path by regular expression and apply ``times`` times
 ``redirect``  answer ``307`` to the same path under the storage host
 ``no_range``  drop the ``Range`` header (a server that cannot resume)
 ``body``      answer ``200`` with ``headers``/``body`` (a canned manifest)
+
+Any fault that forwards a body may also send it slowly: ``pace`` seconds between
+64 KiB pieces (``slow`` is the fault that does only that), so that a client
+reads a blob while it is still arriving; and damage one byte of it: ``flip`` is
+the offset of a byte to invert (``-1``: none), for a body that is also cut.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class Fault:
     after: int = 0
     delay: float = 0.0
     method: str = "GET"
+    pace: float = 0.0
+    flip: int = -1
 
 
 @dataclass(frozen=True)
@@ -138,14 +145,22 @@ class FaultProxy:
             conn.close()
 
     def _send(self, h: http.server.BaseHTTPRequestHandler, status: int,
-              headers: list[tuple[str, str]], body: bytes, *, length: int | None = None) -> None:
+              headers: list[tuple[str, str]], body: bytes, *, length: int | None = None,
+              pace: float = 0.0) -> None:
         h.send_response(status)
         for k, v in headers:
             h.send_header(k, v)
         h.send_header("Content-Length", str(len(body) if length is None else length))
         h.end_headers()
-        if h.command != "HEAD":
+        if h.command == "HEAD":
+            return
+        if not pace:
             h.wfile.write(body)
+            return
+        for at in range(0, len(body), 1 << 16):
+            h.wfile.write(body[at:at + (1 << 16)])
+            h.wfile.flush()
+            time.sleep(pace)
 
     def _handle(self, h: http.server.BaseHTTPRequestHandler, role: str) -> None:
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -180,8 +195,11 @@ class FaultProxy:
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         status, rheaders, body = self._forward(h, h.path, headers)
         self._record(role, h, status)
+        pace = fault.pace if fault is not None else 0.0
+        if fault is not None and 0 <= fault.flip < len(body) and status in (200, 206):
+            body = body[: fault.flip] + bytes([body[fault.flip] ^ 0xFF]) + body[fault.flip + 1:]
         if fault is not None and kind == "cut" and status in (200, 206):
-            self._send(h, status, rheaders, body[: fault.after], length=len(body))
+            self._send(h, status, rheaders, body[: fault.after], length=len(body), pace=pace)
             h.close_connection = True
             with contextlib.suppress(OSError):
                 h.connection.shutdown(socket.SHUT_RDWR)
@@ -190,7 +208,7 @@ class FaultProxy:
             body = body[: fault.after]
         if fault is not None and kind == "corrupt" and status in (200, 206) and fault.after < len(body):
             body = body[: fault.after] + bytes([body[fault.after] ^ 0xFF]) + body[fault.after + 1:]
-        self._send(h, status, rheaders, body)
+        self._send(h, status, rheaders, body, pace=pace)
 
     def close(self) -> None:
         for httpd in (self._proxy, self._storage):

@@ -20,7 +20,7 @@ from ocisquash.sources.registry import RegistryImage, pull
 
 from .conftest import BIG_LAYER_SIZE, HTPASSWD_PASSWORD, HTPASSWD_USER, Registries
 from .faultproxy import FaultProxy
-from .helpers import file_digest, source
+from .helpers import file_digest, sha256, source
 from .servers import free_port
 
 AMD64 = Platform.parse("linux/amd64")
@@ -114,12 +114,37 @@ def test_corrupted_body_is_a_digest_error_and_nothing_is_kept(
     image = _resolve(proxy, make_options(plain_http=True))
     big = _big(image)
     proxy.add("corrupt", f"/blobs/{big.descriptor.digest}", after=12345, times=-1)
-    with pytest.raises(DigestMismatchError, match=big.descriptor.digest.short):
+    with pytest.raises(DigestMismatchError, match=big.descriptor.digest.short) as err:
         big.fetch()
+    # The message names the digest of the bytes received.
+    body = bytearray(proxy_blob(proxy, big))
+    body[12345] ^= 0xFF
+    assert f"content has digest {sha256(bytes(body))[:19]}…" in str(err.value)
     store = image.source.store
     assert not store.has(big.descriptor.digest)
     partial = store.root / "blobs" / "partial" / f"sha256-{big.descriptor.digest.hex}.part"
     assert not partial.exists() or partial.stat().st_size == 0
+
+
+def test_bad_bytes_received_before_a_resume_in_the_same_run_are_fetched_again(
+        proxy: FaultProxy, make_options: Any) -> None:
+    image = _resolve(proxy, make_options(plain_http=True))
+    big = _big(image)
+    # A damaged first answer, cut; the resumed rest is fine, the whole does not verify.
+    proxy.add("cut", f"/blobs/{big.descriptor.digest}", after=1 << 20, flip=1000)
+    path = big.fetch()
+    assert file_digest(path) == str(big.descriptor.digest)
+    ranges = [s.headers.get("range") for s in proxy.requests(path=f"/blobs/{big.descriptor.digest}")]
+    assert ranges == [None, f"bytes={1 << 20}-", None]
+
+
+def proxy_blob(proxy: FaultProxy, layer: Any) -> bytes:
+    """The blob's bytes as the registry behind the proxy serves them."""
+    import urllib.request
+
+    url = f"http://{proxy.upstream}/v2/app/blobs/{layer.descriptor.digest}"
+    with urllib.request.urlopen(url) as resp:
+        return resp.read()  # type: ignore[no-any-return]
 
 
 def test_bad_bytes_left_by_an_earlier_download_are_dropped_and_fetched_again(

@@ -98,10 +98,11 @@ class SlowProxy(FaultProxy):
         return None
 
     def _send(self, h: http.server.BaseHTTPRequestHandler, status: int,
-              headers: list[tuple[str, str]], body: bytes, *, length: int | None = None) -> None:
+              headers: list[tuple[str, str]], body: bytes, *, length: int | None = None,
+              pace: float = 0.0) -> None:
         slow = next(((c, d) for p, c, d in self._trickle if re.search(p, h.path)), None)
         if slow is None or h.command != "GET" or status not in (200, 206):
-            super()._send(h, status, headers, body, length=length)
+            super()._send(h, status, headers, body, length=length, pace=pace)
             self._count(h.path, len(body) if h.command == "GET" else 0)
             return
         chunk, delay = slow

@@ -221,7 +221,6 @@ class RegistryClient:
                 if store.has(desc.digest):  # another process finished it while we waited
                     emit(progress, BlobDone(desc.digest, desc.size, what, cached=True))
                     return store.blob_path(desc.digest)
-                resumed = w.offset > 0
                 emit(progress, BlobStarted(desc.digest, desc.size, what, w.offset))
 
                 def on_retry(attempt: int, err: OcisquashError, delay: float) -> None:
@@ -237,7 +236,7 @@ class RegistryClient:
                 except DigestMismatchError:
                     # The bytes kept from an earlier attempt may be what was wrong:
                     # the store dropped them, so one fresh download settles it.
-                    if resumed and not fresh:
+                    if w.resumed and not fresh:
                         log.warning("%s: resumed download did not verify; downloading again",
                                     context)
                         continue
@@ -271,6 +270,7 @@ class RegistryClient:
                         f"{resp.header('Content-Range')!r}, wanted byte {offset}); starting over",
                         context=context)
                 log.info("%s: resuming at byte %d", context, offset)
+                w.resumed = True
             elif resp.status == 200:
                 if offset:
                     log.info("%s: server cannot resume; starting over", context)
