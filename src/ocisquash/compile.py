@@ -222,11 +222,28 @@ def _build_squashfs(
         writer_options = dataclasses.replace(
             writer_options, mkfs_time=_epoch(image.config().created))
     layers = image.layers()
-    _prefetch(image)
-    with SquashfsWriter(dest, writer_options) as writer:
-        report = _flatten_into(layers, writer, progress)
-        summary = writer.finish()
-    return report, summary
+
+    def build() -> tuple[FlattenReport, WriteSummary]:
+        with SquashfsWriter(dest, writer_options) as writer:
+            report = _flatten_into(layers, writer, progress)
+            return report, writer.finish()
+
+    # A registry image's layers are applied as they download (the top one first).
+    downloading = getattr(image, "downloading", None)
+    if not callable(downloading):
+        _prefetch(image)
+        return build()
+    downloads = None
+    try:
+        with downloading() as downloads:
+            return build()
+    except (LayerError, IntegrityError):
+        if downloads is None or downloads.failed is not None or not downloads.rewound:
+            raise
+        # Every layer verified in the store, but a download started over after its
+        # first bytes were read: what was read may not be what verified. Read the
+        # layers again, from the store.
+        return build()
 
 
 def _epoch(created: str) -> int:

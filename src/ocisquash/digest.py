@@ -135,6 +135,13 @@ class VerifyingReader:
         self._check()
         return b""
 
+    def abort(self) -> None:
+        """End a read that waits for bytes, when the stream can (a blob read as it
+        downloads)."""
+        abort = getattr(self._raw, "abort", None)
+        if abort is not None:
+            abort()
+
     def _check(self) -> None:
         if self.size is not None and self.count != self.size:
             raise SizeMismatchError(

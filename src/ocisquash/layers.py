@@ -324,8 +324,11 @@ class _TarStream:
     QUEUED = 4
 
     def __init__(self, inner: Any, raw: _PeekReader, algorithm: str, compression: Compression,
-                 limits: Limits, context: str) -> None:
+                 limits: Limits, context: str,
+                 abort: Callable[[], None] | None = None) -> None:
         self.hash = hashlib.new(algorithm)
+        #: ends a read of the blob that waits for bytes (a layer read as it downloads)
+        self._abort = abort
         self.count = 0
         self.eof = False
         self._chunk = b""
@@ -405,8 +408,11 @@ class _TarStream:
             pass
 
     def close(self) -> None:
-        """Stop the thread (it may be waiting to hand over a chunk) and wait for it."""
+        """Stop the thread (it may be waiting to hand over a chunk, or for the blob's
+        bytes to arrive) and wait for it."""
         self._stopped = True
+        if self._abort is not None and self._thread.is_alive():
+            self._abort()
         while self._thread.is_alive():
             try:
                 while True:
@@ -640,7 +646,7 @@ def _read(raw_stream: BinaryIO, diff_id: Digest | None, limits: Limits, fid: Fid
     else:
         inner = raw
     stream = _TarStream(inner, raw, diff_id.algorithm if diff_id else "sha256", compression,
-                        limits, context)
+                        limits, context, getattr(raw_stream, "abort", None))
     try:
         yield from _members(stream, limits, fid, context)
         stream.drain()

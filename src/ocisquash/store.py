@@ -102,6 +102,9 @@ class BlobWriter:
             )
         try:
             self._file.write(data)
+            # On disk before anyone hears of it: compile reads a layer from the partial
+            # file while it downloads, up to the offset the progress events report.
+            self._file.flush()
         except OSError as e:
             raise OutputError(f"cannot write {self._part}: {e.strerror}") from e
         self._hash.update(data)
@@ -162,6 +165,10 @@ class BlobStore:
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
 
+    def partial_path(self, digest: Digest) -> Path:
+        """Where a download of ``digest`` keeps its bytes until they are verified."""
+        return self.root / "blobs" / "partial" / f"{digest.algorithm}-{digest.hex}.part"
+
     def has(self, digest: Digest) -> bool:
         return self.blob_path(digest).is_file()
 
@@ -179,7 +186,7 @@ class BlobStore:
         Leave the ``with`` block without ``commit()`` (or with an exception) and the
         bytes stay as a partial that the next writer resumes.
         """
-        part = self.root / "blobs" / "partial" / f"{digest.algorithm}-{digest.hex}.part"
+        part = self.partial_path(digest)
         lock_path = part.with_suffix(".lock")
         lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(lock_fd, fcntl.LOCK_EX)

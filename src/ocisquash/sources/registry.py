@@ -6,12 +6,22 @@ digest returned *without* fetching that manifest: the compile cache keys on it,
 so a cached compile needs nothing more. Manifest, config and layers are fetched
 on demand, verified against their digests, and kept in the ``BlobStore`` so a
 later pull of the same image reads them from disk.
+
+``RegistryImage.downloading()`` lets compile apply layers while they download:
+every missing layer downloads in the background exactly as ``pull`` would (with
+its retries, resumed ranges and mirrors), and a layer opened before its download
+has ended is read from the store's partial file, up to the bytes the download
+reports on disk. The reader still checks the blob's digest at its end; compile
+reads the layers again from the store if what it read did not verify.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,7 +35,7 @@ from ..model import (
     Platform,
     parse_manifest_or_index,
 )
-from ..progress import ProgressCallback
+from ..progress import BlobProgress, BlobStarted, ProgressCallback
 from ..reference import Reference
 from ..registry.client import RegistryClient
 from ..store import BlobStore
@@ -108,10 +118,14 @@ class RegistryLayer:
         return self._image.fetch_blob(self._descriptor, self.what, progress)
 
     def open(self) -> BinaryIO:
-        """The stored blob, read through a verifier (the store's file could rot on disk)."""
-        self.fetch()
+        """The blob, read through a verifier (the store's file could rot on disk): from
+        the store, or within ``RegistryImage.downloading()`` as it downloads."""
         d = self._descriptor
-        raw = self._image.source.store.open(d.digest)
+        downloads = self._image._downloads
+        raw = downloads.reader(self) if downloads is not None else None
+        if raw is None:
+            self.fetch()
+            raw = self._image.source.store.open(d.digest)
         return VerifyingReader(raw, d.digest, d.size, what=self.what)  # type: ignore[return-value]
 
     def __repr__(self) -> str:
@@ -134,6 +148,7 @@ class RegistryImage:
         self._layers: tuple[RegistryLayer, ...] | None = None
         #: the index the image was chosen from, if the reference named one
         self.index = index
+        self._downloads: Downloads | None = None
 
     @property
     def reference(self) -> str:
@@ -221,6 +236,36 @@ class RegistryImage:
         """Download manifest, config and all layers into the store, layers in parallel."""
         return pull(self, progress=progress)
 
+    @contextlib.contextmanager
+    def downloading(self) -> Iterator[Downloads]:
+        """Within the block every missing layer downloads in the background, and a layer
+        opened meanwhile is read as it arrives (see the module docstring).
+
+        Leaving the block waits for the downloads; the first that failed (in layer
+        order) is raised in place of the block's own error, as ``pull`` would have
+        raised it before any layer was read. Ctrl-C stops them at their next chunk
+        and keeps their bytes as resumable partials.
+        """
+        self.store_manifest()
+        self.config()
+        downloads = Downloads(self)
+        self._downloads = downloads
+        try:
+            yield downloads
+        except Exception:
+            downloads.close(cancel=False)
+            if downloads.failed is not None:
+                raise downloads.failed from None
+            raise
+        except BaseException:
+            downloads.close(cancel=True)
+            raise
+        finally:
+            self._downloads = None
+        downloads.close(cancel=False)
+        if downloads.failed is not None:  # pragma: no cover - the reader raised it already
+            raise downloads.failed
+
     def layers(self) -> Sequence[RegistryLayer]:
         """The layers, lowest first, each with its diff ID from the config."""
         if self._layers is None:
@@ -235,6 +280,205 @@ class RegistryImage:
                 RegistryLayer(self, d, diff_ids[i], f"layer {i + 1}/{n}")
                 for i, d in enumerate(manifest.layers))
         return self._layers
+
+
+class _Arrival:
+    """How much of one blob's download is on disk, and how it ended."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.cond = threading.Condition()
+        self._progress = progress
+        #: bytes of the partial file on disk (fewer again after a download starts over)
+        self.offset = 0
+        self.started = False
+        #: the download started over after bytes were on disk: a reader may have read
+        #: bytes that were then replaced
+        self.rewound = False
+        self.path: Path | None = None
+        self.error: BaseException | None = None
+
+    def tap(self, event: object) -> None:
+        """The progress callback of this blob's download: note, then pass on."""
+        if isinstance(event, BlobStarted | BlobProgress):
+            offset = event.offset if isinstance(event, BlobStarted) else event.done
+            with self.cond:
+                if self.started and offset < self.offset:
+                    self.rewound = True
+                self.started = True
+                self.offset = offset
+                self.cond.notify_all()
+        if self._progress is not None:
+            self._progress(event)
+
+    def end(self, path: Path | None, error: BaseException | None) -> None:
+        with self.cond:
+            self.path, self.error = path, error
+            self.cond.notify_all()
+
+
+class _ArrivingBlob:
+    """Reads one blob while it downloads: from the partial file, never past the bytes
+    on disk, then from the published blob. Its bytes are checked by the caller's
+    ``VerifyingReader``; ``abort()`` (from any thread) ends a read that waits."""
+
+    #: bytes read from the file at once (zstd's reader asks for a few KiB at a time)
+    CHUNK = 1 << 20
+
+    def __init__(self, arrival: _Arrival, part: Path, size: int, context: str) -> None:
+        self._arrival = arrival
+        self._part = part
+        self._size = size
+        self._context = context
+        self._fd = -1
+        self._pos = 0
+        #: the last bytes read from the file, handed out from ``_at`` on
+        self._buf = b""
+        self._at = 0
+        self._aborted = False
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._size + 1
+        buf, at = self._buf, self._at
+        if at >= len(buf):
+            if self._pos >= self._size:
+                return b""
+            buf, at = self._buf, self._at = self._fill(), 0
+        if at == 0 and n >= len(buf):
+            self._at = len(buf)
+            return buf
+        self._at = at + n
+        return buf[at:at + n]
+
+    def _fill(self) -> bytes:
+        a = self._arrival
+        while True:
+            with a.cond:
+                while True:
+                    if self._aborted:
+                        raise OcisquashError("reading stopped", context=self._context)
+                    if a.error is not None:
+                        raise a.error
+                    if a.path is not None:
+                        if self._fd < 0 or os.fstat(self._fd).st_nlink == 0:
+                            self._reopen(a.path)
+                        want = self._size - self._pos
+                        break
+                    if a.started and a.offset > self._pos:
+                        want = a.offset - self._pos
+                        break
+                    a.cond.wait(1.0)
+            if self._fd < 0:
+                try:
+                    self._fd = os.open(self._part, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:  # just published: the path comes with the end
+                    with a.cond:
+                        a.cond.wait(0.05)
+                    continue
+            data = os.pread(self._fd, min(want, self.CHUNK), self._pos)
+            if data:
+                self._pos += len(data)
+                return data
+            if a.path is not None:  # the published blob is shorter: the reader's check says so
+                return b""
+            # The download started over and truncated the file: wait until it is back.
+            with a.cond:
+                a.cond.wait(0.05)
+
+    def _reopen(self, path: Path) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def abort(self) -> None:
+        with self._arrival.cond:
+            self._aborted = True
+            self._arrival.cond.notify_all()
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Downloads:
+    """An image's missing layers downloading in the background, the top one first
+    (the flattener reads it first), at most ``max_parallel`` at a time."""
+
+    def __init__(self, image: RegistryImage) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._image = image
+        source = image.source
+        self._layers = list(image.layers())
+        self._arrivals: dict[int, _Arrival] = {}
+        todo = [i for i in reversed(range(len(self._layers)))
+                if not source.store.has(self._layers[i].descriptor.digest)]
+        self._readers: list[_ArrivingBlob] = []
+        self._lock = threading.Lock()
+        workers = max(1, min(source.options.max_parallel, len(todo) or 1))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-pull")
+        for i in todo:
+            self._arrivals[i] = _Arrival(source.options.progress)
+        self._futures = [self._pool.submit(self._fetch, i) for i in todo]
+
+    def _fetch(self, i: int) -> None:
+        arrival = self._arrivals[i]
+        try:
+            path = self._layers[i].fetch(arrival.tap)
+        except BaseException as e:  # raised where the layer is read, and by close()
+            arrival.end(None, e)
+        else:
+            arrival.end(path, None)
+
+    def reader(self, layer: RegistryLayer) -> BinaryIO | None:
+        """A reader of ``layer`` as it arrives; None when it is in the store already.
+        A download that failed raises its error here."""
+        i = self._layers.index(layer)
+        arrival = self._arrivals.get(i)
+        if arrival is None:
+            return None
+        with arrival.cond:
+            if arrival.error is not None:
+                raise arrival.error
+            if arrival.path is not None:
+                return None
+        d = layer.descriptor
+        r = _ArrivingBlob(arrival, self._image.source.store.partial_path(d.digest), d.size,
+                          f"{layer.what} {d.digest.short}")
+        with self._lock:
+            self._readers.append(r)
+        return r  # type: ignore[return-value]
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The first download that failed, in layer order (after ``close()``)."""
+        for i in sorted(self._arrivals):
+            if self._arrivals[i].error is not None:
+                return self._arrivals[i].error
+        return None
+
+    @property
+    def rewound(self) -> bool:
+        """Whether a download started over after some of its bytes were on disk."""
+        return any(a.rewound for a in self._arrivals.values())
+
+    def close(self, *, cancel: bool) -> None:
+        """Wait for the downloads; with ``cancel``, make them stop at their next chunk."""
+        client = self._image.source.client
+        if cancel:
+            client.cancelled.set()
+        with self._lock:
+            for r in self._readers:
+                r.abort()
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+        finally:
+            if cancel:
+                client.cancelled.clear()
 
 
 def _silent(event: object) -> None:
