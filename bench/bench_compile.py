@@ -32,6 +32,7 @@ machine's speed drifts by 15-20 % over an hour, CPU seconds included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -503,10 +504,41 @@ def machine(sha: str) -> dict[str, str]:
     }
 
 
+#: where results are kept under the workdir (another directory for a shaped link)
+RESULTS = "results"
+#: the ``--link-rate`` of this run, if any
+LINK_RATE = ""
+
+
+@contextlib.contextmanager
+def shaped_link(port: int, rate: str) -> typing.Iterator[None]:
+    """Limit what the registry on 127.0.0.1:``port`` sends to ``rate`` (a ``tc`` rate such as
+    400mbit), with an htb qdisc on ``lo``; removed again at the end. Needs root."""
+    have = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True, text=True,
+                          check=True).stdout
+    if "htb" in have or "netem" in have:
+        raise SystemExit(f"lo already has a qdisc ({have.strip()}); not touching it")
+    cmds = [
+        ["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10"],
+        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:1", "htb", "rate", rate],
+        ["tc", "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb",
+         "rate", "100gbit"],
+        ["tc", "filter", "add", "dev", "lo", "protocol", "ip", "parent", "1:", "prio", "1", "u32",
+         "match", "ip", "sport", str(port), "0xffff", "flowid", "1:1"],
+    ]
+    try:
+        for c in cmds:
+            subprocess.run(c, check=True, capture_output=True)
+        log(f"registry port {port} shaped to {rate}")
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
+
+
 def save(workdir: Path, name: str, sha: str, runs: int, started: str, loads: list[str],
          results: dict[str, list[Measure]], floor: dict[str, float]) -> None:
     """Keep one image's results in WORKDIR/results/NAME.json, so separate runs make one report."""
-    d = workdir / "results"
+    d = workdir / RESULTS
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{name}.json").write_text(json.dumps({
         "sha": sha, "runs": runs, "started": started,
@@ -519,7 +551,7 @@ def load_saved(workdir: Path, sha: str) -> list[tuple[str, dict[str, object]]]:
     """Saved results of commit ``sha``, in the order of images.IMAGES."""
     out = []
     for name in images.IMAGES:
-        f = workdir / "results" / f"{name}.json"
+        f = workdir / RESULTS / f"{name}.json"
         if f.exists():
             data = json.loads(f.read_text())
             if data["sha"] == sha:
@@ -548,6 +580,12 @@ def report(workdir: Path, sha: str, out: Path) -> None:
         "(same round). Cold = empty ocisquash cache, fresh skopeo/umoci directories; the "
         "page cache was not dropped for anyone.",
         "",
+    ] + ([
+        f"**Over a shaped link** (`--link-rate {LINK_RATE}`): the registry's answers "
+        f"were limited to {LINK_RATE} by a `tc` htb class on its loopback port, as from a "
+        "registry across a network; every contender pulls over it. No floor is measured.",
+        "",
+    ] if LINK_RATE else []) + [
         "Machine: " + "; ".join(f"{k} {v}" for k, v in mach.items()),
         "",
         "Runs (UTC) and the 1-min load average at each round's start (the machine is shared; "
@@ -730,10 +768,22 @@ def main() -> int:
                          "compressor change) and rewrite the report")
     ap.add_argument("--sweep-settings", metavar="C:L,...",
                     help="settings for --sweep, e.g. gzip:9,zstd:6 (default: a fixed list)")
+    ap.add_argument("--link-rate", metavar="RATE",
+                    help="limit the registry's answers to RATE (a tc rate, e.g. 400mbit) as "
+                         "over a network; needs root and tc; results go to their own "
+                         "report (default bench/RESULTS-link.md) and no floor is measured")
     ap.add_argument("--sweep", action="store_true",
                     help="instead of the rounds: measure compressor settings on each image's tree")
     args = ap.parse_args()
     names = list(images.IMAGES) if args.images == "all" else args.images.split(",")
+    global RESULTS, LINK_RATE
+    if args.link_rate:
+        RESULTS, LINK_RATE = f"results-link-{args.link_rate}", args.link_rate
+        args.no_floor = True
+        if args.output == HERE / "RESULTS.md":
+            args.output = HERE / "RESULTS-link.md"
+        contenders = [c for c in args.contenders.split(",") if c != "floor"]
+        args.contenders = ",".join(contenders)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the registry is stopped
     sha = snapshot(args.workdir, args.rev)
     defaults = compile_defaults()
@@ -743,7 +793,9 @@ def main() -> int:
     if args.report_only:
         report(args.workdir, sha, args.output)
         return 0
-    with images.serving(names, args.workdir) as (_reg, refs):
+    with images.serving(names, args.workdir) as (reg, refs), \
+            (shaped_link(reg.port, args.link_rate) if args.link_rate
+             else contextlib.nullcontext()):
         if args.sweep:
             for name in names:
                 sweep(name, refs[name], args.workdir / "layouts" / name, args.workdir,
@@ -762,7 +814,7 @@ def main() -> int:
                         f"floor measured again after the rounds ({when}, load {load:.1f}) with "
                         "this commit's compressors (`--refloor`)")
                     log(f"floor {name}: {data['floor']}")
-                    path = args.workdir / "results" / f"{name}.json"
+                    path = args.workdir / RESULTS / f"{name}.json"
                     path.write_text(json.dumps(data, indent=1))
             report(args.workdir, sha, args.output)
             return 0
