@@ -41,26 +41,33 @@ def _big(registries: Any) -> str:
     return str(registries.image.layer_digests[1])
 
 
-def _compile(proxy: FaultProxy, tmp_path: Path, events: list[object]) -> Path:
+def _applied_while_arriving(events: list[object], digest: str, past: int = 0) -> bool:
+    """Whether more than ``past`` bytes of the layer were applied before its first BlobDone."""
+    done = next(i for i, e in enumerate(events)
+                if isinstance(e, BlobDone) and str(e.digest) == digest)
+    return any(isinstance(e, LayerApplying) and str(e.digest) == digest and e.done > past
+               for e in events[:done])
+
+
+def _compile(proxy: FaultProxy, tmp_path: Path, layout_bytes: bytes) -> list[object]:
+    """Compile the test image through ``proxy``; check it against the layout's compile;
+    return the progress events (downloads and layers applied, in the order they came)."""
+    events: list[object] = []
     out = tmp_path / "registry.squashfs"
     compile_image(f"{proxy.host}/app:oci", out, progress=events.append,
                   source_options=SourceOptions(cache_dir=tmp_path / "cache", plain_http=True,
                                                progress=events.append))
-    return out
+    assert out.read_bytes() == layout_bytes
+    return events
 
 
 def test_a_layer_is_applied_while_it_downloads(
         registries: Any, proxy: FaultProxy, layout_bytes: bytes, tmp_path: Path) -> None:
     big = _big(registries)
     proxy.add("slow", f"/blobs/{big}", pace=PACE)
-    events: list[object] = []
-    out = _compile(proxy, tmp_path, events)
-    assert out.read_bytes() == layout_bytes
-    applying = [i for i, e in enumerate(events)
-                if isinstance(e, LayerApplying) and str(e.digest) == big and e.done > 0]
-    done = [i for i, e in enumerate(events) if isinstance(e, BlobDone) and str(e.digest) == big]
-    assert applying and len(done) == 1
-    assert applying[0] < done[0], "the layer was read only after its download ended"
+    events = _compile(proxy, tmp_path, layout_bytes)
+    assert _applied_while_arriving(events, big), "the layer was read after its download ended"
+    assert sum(isinstance(e, BlobDone) and str(e.digest) == big for e in events) == 1
     # Each blob was asked for once, and stored whole.
     blobs = [s.path for s in proxy.requests(path="/blobs/")]
     assert len(blobs) == len(set(blobs))
@@ -73,15 +80,10 @@ def test_a_cut_while_the_layer_is_applied_resumes_with_a_range_request(
     big = _big(registries)
     proxy.add("cut", f"/blobs/{big}", after=1 << 20, pace=PACE)
     proxy.add("slow", f"/blobs/{big}", pace=PACE)
-    events: list[object] = []
-    out = _compile(proxy, tmp_path, events)
-    assert out.read_bytes() == layout_bytes
+    events = _compile(proxy, tmp_path, layout_bytes)
     asked = proxy.requests(path=f"/blobs/{big}")
     assert len(asked) == 2 and asked[1].headers.get("range") == f"bytes={1 << 20}-"
-    first_done = next(i for i, e in enumerate(events)
-                      if isinstance(e, BlobDone) and str(e.digest) == big)
-    assert any(isinstance(e, LayerApplying) and str(e.digest) == big and e.done > 0
-               for e in events[:first_done])
+    assert _applied_while_arriving(events, big)
 
 
 def test_a_server_that_cannot_resume_starts_the_layer_over_and_the_image_is_right(
@@ -89,9 +91,7 @@ def test_a_server_that_cannot_resume_starts_the_layer_over_and_the_image_is_righ
     big = _big(registries)
     proxy.add("cut", f"/blobs/{big}", after=1 << 20, pace=PACE)
     proxy.add("no_range", f"/blobs/{big}", pace=PACE)
-    events: list[object] = []
-    out = _compile(proxy, tmp_path, events)
-    assert out.read_bytes() == layout_bytes
+    events = _compile(proxy, tmp_path, layout_bytes)
     offsets = [e.done for e in events if isinstance(e, BlobProgress) and str(e.digest) == big]
     assert any(b < a for a, b in itertools.pairwise(offsets)), "the download did not start over"
 
@@ -104,15 +104,11 @@ def test_bytes_read_before_a_download_started_over_are_read_again_from_the_store
     big = _big(registries)
     proxy.add("cut", f"/blobs/{big}", after=1 << 20, flip=100_000, pace=PACE)
     proxy.add("slow", f"/blobs/{big}", pace=PACE, times=2)
-    events: list[object] = []
-    out = _compile(proxy, tmp_path, events)
-    assert out.read_bytes() == layout_bytes
+    events = _compile(proxy, tmp_path, layout_bytes)
     ranges = [s.headers.get("range") for s in proxy.requests(path=f"/blobs/{big}")]
     assert ranges == [None, f"bytes={1 << 20}-", None]
-    first_done = next(i for i, e in enumerate(events)
-                      if isinstance(e, BlobDone) and str(e.digest) == big)
-    assert any(isinstance(e, LayerApplying) and str(e.digest) == big and e.done > 100_000
-               for e in events[:first_done]), "the damaged bytes were not read as they arrived"
+    assert _applied_while_arriving(events, big, past=100_000), \
+        "the damaged bytes were not read as they arrived"
 
 
 def test_a_layer_damaged_on_every_attempt_fails_naming_the_blob(

@@ -423,7 +423,7 @@ class Downloads:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-pull")
         for i in todo:
             self._arrivals[i] = _Arrival(source.options.progress)
-        self._futures = [self._pool.submit(self._fetch, i) for i in todo]
+            self._pool.submit(self._fetch, i)
 
     def _fetch(self, i: int) -> None:
         arrival = self._arrivals[i]
