@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
 from .cache import IMAGE_FILE, ImageCache, entry_key, place_output
 from .digest import Digest
@@ -228,7 +228,15 @@ def _build_squashfs(
             report = _flatten_into(layers, writer, progress)
             return report, writer.finish()
 
-    # A registry image's layers are applied as they download (the top one first).
+    return _while_downloading(image, build)
+
+
+_T = TypeVar("_T")
+
+
+def _while_downloading(image: ResolvedImage, build: Callable[[], _T]) -> _T:
+    """``build()``, which reads the image's layers once and writes its output from the
+    start: for a registry image while the layers download (the top one first)."""
     downloading = getattr(image, "downloading", None)
     if not callable(downloading):
         _prefetch(image)
@@ -522,19 +530,25 @@ def _write_tar(
     from .tarout import TarSink
 
     layers = image.layers()
-    _prefetch(image)
     started = time.monotonic()
     if output is None:
         raise UsageError("--format tar needs an output (a file, or - for stdout)")
     if isinstance(output, str | os.PathLike):
         dest = Path(output).absolute()
-        with _atomic_output(dest) as tmp, open(tmp, "wb") as f:
-            sink = TarSink(f)
-            report = _flatten_into(layers, sink, progress)
-            sink.finish()
+
+        def build() -> FlattenReport:
+            with _atomic_output(dest) as tmp, open(tmp, "wb") as f:
+                sink = TarSink(f)
+                report = _flatten_into(layers, sink, progress)
+                sink.finish()
+            return report
+
+        report = _while_downloading(image, build)
         path: Path | None = dest
         size = dest.stat().st_size
     else:
+        # A stream cannot be written again: its layers are all downloaded first.
+        _prefetch(image)
         sink = TarSink(output)
         report = _flatten_into(layers, sink, progress)
         sink.finish()

@@ -147,3 +147,20 @@ def test_closing_a_layer_reader_while_it_waits_for_bytes_does_not_wait_for_them(
     # Leaving the block waited for the download, which the reader's end did not cancel.
     assert any(isinstance(e, BlobDone) and str(e.digest) == big for e in events)
     assert len(proxy.requests(path=f"/blobs/{big}")) == 2
+
+
+def test_a_tar_output_is_written_while_the_layers_download(
+        registries: Any, proxy: FaultProxy, tmp_path: Path) -> None:
+    big = _big(registries)
+    compile_image(f"oci:{registries.layout}:latest", tmp_path / "layout.tar", format="tar",
+                  source_options=SourceOptions(cache_dir=tmp_path / "c1"))
+    # A cut while the layer is applied, so the resumed download is exercised as well.
+    proxy.add("cut", f"/blobs/{big}", after=1 << 20, pace=PACE)
+    proxy.add("slow", f"/blobs/{big}", pace=PACE)
+    events: list[object] = []
+    compile_image(f"{proxy.host}/app:oci", tmp_path / "registry.tar", format="tar",
+                  progress=events.append,
+                  source_options=SourceOptions(cache_dir=tmp_path / "c2", plain_http=True,
+                                               progress=events.append))
+    assert (tmp_path / "registry.tar").read_bytes() == (tmp_path / "layout.tar").read_bytes()
+    assert _applied_while_arriving(events, big)
