@@ -254,11 +254,13 @@ def test_incompressible_blocks_are_stored_uncompressed(tmp_path: Path) -> None:
 def test_identical_files_are_stored_once(tmp_path: Path) -> None:
     image = tmp_path / "i.sqfs"
     data = os.urandom(5 * 131072 + 77)
+    # The last byte changed (a fixed replacement would match it one time in 256).
+    changed = data[:-1] + bytes([data[-1] ^ 1])
 
     def build(w: SquashfsWriter) -> None:
         w.add_file(b"one", F, data)
         w.add_file(b"two", F, io.BytesIO(data))
-        w.add_file(b"three", F, data[:-1] + b"!")
+        w.add_file(b"three", F, changed)
 
     summary = write_image(image, build)
     assert summary.duplicates == 1
@@ -267,7 +269,7 @@ def test_identical_files_are_stored_once(tmp_path: Path) -> None:
     out = tmp_path / "out"
     unsquashfs_extract(image, out)
     assert (out / "two").read_bytes() == data
-    assert (out / "three").read_bytes() == data[:-1] + b"!"
+    assert (out / "three").read_bytes() == changed
 
 
 def test_files_shorter_than_a_block_are_deduplicated_with_or_without_a_known_size(
@@ -275,12 +277,13 @@ def test_files_shorter_than_a_block_are_deduplicated_with_or_without_a_known_siz
 ) -> None:
     image = tmp_path / "i.sqfs"
     small = os.urandom(3000)
+    other = small[:-1] + bytes([small[-1] ^ 1])  # same size, other bytes
     block = os.urandom(131072)  # exactly one block: keyed by the per-block records
 
     def build(w: SquashfsWriter) -> None:
         w.add_file(b"a", F, small)
         w.add_file(b"b", F, io.BytesIO(small))  # size unknown until EOF
-        w.add_file(b"c", F, small[:-1] + b"!")  # same size, other bytes
+        w.add_file(b"c", F, other)
         w.add_file(b"d", F, block)
         w.add_file(b"e", F, io.BytesIO(block))
         w.add_file(b"f", F, b"")
@@ -291,7 +294,7 @@ def test_files_shorter_than_a_block_are_deduplicated_with_or_without_a_known_siz
     out = tmp_path / "out"
     unsquashfs_extract(image, out)
     assert (out / "b").read_bytes() == small
-    assert (out / "c").read_bytes() == small[:-1] + b"!"
+    assert (out / "c").read_bytes() == other
     assert (out / "e").read_bytes() == block
     assert (out / "g").read_bytes() == b""
     assert image.stat().st_size < 2 * len(small) + len(block) + 16384
