@@ -198,11 +198,7 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
 
 def _fidelity_json(report: FlattenReport) -> tuple[dict[str, Any], ...]:
     """The fidelity issues as JSON-ready records (paths shown as text)."""
-    return tuple(
-        {"kind": i.kind, "count": i.count, "detail": i.detail,
-         "examples": [e.decode("utf-8", "replace") for e in i.examples]}
-        for i in report.fidelity
-    )
+    return tuple(i.to_json() for i in report.fidelity)
 
 
 def _build_squashfs(

@@ -110,6 +110,11 @@ class FidelityIssue:
     #: what was done about it, in words
     detail: str
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record (paths shown as text)."""
+        return {"kind": self.kind, "count": self.count, "detail": self.detail,
+                "examples": [e.decode("utf-8", "replace") for e in self.examples]}
+
 
 _FIDELITY_DETAIL = {
     "xattr-dropped": "extended attributes outside user./trusted./security. were dropped",

@@ -4,7 +4,9 @@ The tree is walked with ``os.scandir`` and ``lstat``, never following symlinks, 
 name order (depth first, like mksquashfs, so file data lands in the same order).
 Owners, permission bits (setuid/setgid/sticky included), mtimes, device numbers and
 ``user.``/``trusted.``/``security.`` xattrs are kept; other xattr namespaces (e.g.
-``system.posix_acl_*``) cannot be stored in squashfs and are skipped. Hard links are
+``system.posix_acl_*``) cannot be stored in squashfs and are skipped, and mtimes
+outside 0..2^32-1 are clamped; both are counted, with examples, in the ``fidelity``
+collector a caller passes (the command line prints them as warnings). Hard links are
 found by ``(st_dev, st_ino)``.
 
 Reading runs ahead of writing: one walker thread lists directories, stats entries,
@@ -41,6 +43,7 @@ from typing import Final
 
 from .entry import EntryMeta
 from .errors import OcisquashError, OutputError, SquashfsError, UsageError
+from .layers import Fidelity
 from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
 
 _XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
@@ -135,9 +138,12 @@ class _Walker:
     """
 
     def __init__(
-        self, src: bytes, options: WriterOptions, skip: set[tuple[int, int]], budget: int
+        self, src: bytes, options: WriterOptions, skip: set[tuple[int, int]], budget: int,
+        fidelity: Fidelity | None = None,
     ) -> None:
         self._src = src
+        #: what the image cannot hold (noted by the walker thread only)
+        self._fidelity = fidelity if fidelity is not None else Fidelity()
         self._xattrs = options.xattrs
         self._skip = skip
         self._budget = budget
@@ -210,7 +216,10 @@ class _Walker:
 
     def _meta(self, path: bytes, st: os.stat_result) -> EntryMeta:
         mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-        mtime = max(0, min(int(st.st_mtime), 2**32 - 1))
+        mtime = int(st.st_mtime)
+        if not 0 <= mtime < 2**32:
+            mtime = max(0, min(mtime, 2**32 - 1))
+            self._fidelity.note("mtime-clamped", self._image_path(path))
         xattrs = self._read_xattrs(path, st.st_dev) if self._xattrs else ()
         if xattrs:
             return EntryMeta(mode=mode, uid=uid, gid=gid, mtime=mtime, xattrs=xattrs)
@@ -219,6 +228,10 @@ class _Walker:
         if meta is None:
             meta = self._metas[key] = EntryMeta(mode=mode, uid=uid, gid=gid, mtime=mtime)
         return meta
+
+    def _image_path(self, path: bytes) -> bytes:
+        """``path`` (below the source directory) as a path in the image."""
+        return path[len(self._src):].lstrip(b"/")
 
     def _read_xattrs(self, path: bytes, dev: int) -> tuple[tuple[bytes, bytes], ...]:
         if dev in self._no_xattrs:
@@ -232,15 +245,19 @@ class _Walker:
         if not names:
             return ()
         found = []
+        dropped = False
         for name in names:
             raw = os.fsencode(name)
             if not raw.startswith(_XATTR_PREFIXES):
+                dropped = True
                 continue
             try:
                 value = os.getxattr(path, name, follow_symlinks=False)
             except OSError:  # removed meanwhile, or unreadable
                 continue
             found.append((raw, value))
+        if dropped:
+            self._fidelity.note("xattr-dropped", self._image_path(path))
         return tuple(sorted(found))
 
     def _walk(self) -> None:
@@ -330,9 +347,10 @@ def _add_tree(
     src_st: os.stat_result,
     options: WriterOptions,
     skip: set[tuple[int, int]],
+    fidelity: Fidelity | None,
 ) -> None:
     """Add ``src`` (a directory, as the image root) and everything below it."""
-    walker = _Walker(src, options, skip, READ_AHEAD_BYTES)
+    walker = _Walker(src, options, skip, READ_AHEAD_BYTES, fidelity)
     writer.add_directory(b"", walker.root_meta(src_st))
     with walker:
         while (batch := walker.next_batch()) is not None:
@@ -377,8 +395,12 @@ def _stream_file(writer: SquashfsWriter, e: _Entry) -> None:
         raise _read_error(e.path, err) from err
 
 
-def pack_directory(src: Path, output: Path, options: WriterOptions) -> WriteSummary:
-    """Write the tree below ``src`` as a squashfs image at ``output``; return the summary."""
+def pack_directory(src: Path, output: Path, options: WriterOptions,
+                   fidelity: Fidelity | None = None) -> WriteSummary:
+    """Write the tree below ``src`` as a squashfs image at ``output``; return the summary.
+
+    What the image cannot hold (xattrs outside user./trusted./security., mtimes out of
+    range) is noted in ``fidelity`` when one is given."""
     src_bytes = os.fsencode(src)
     try:
         root_st = os.stat(src_bytes)
@@ -402,7 +424,7 @@ def pack_directory(src: Path, output: Path, options: WriterOptions) -> WriteSumm
                 out_st = os.stat(output)
                 skip.add((out_st.st_dev, out_st.st_ino))
             with SquashfsWriter(out, options) as writer:
-                _add_tree(writer, src_bytes, root_st, options, skip)
+                _add_tree(writer, src_bytes, root_st, options, skip, fidelity)
                 summary = writer.finish()
             out.flush()
             os.fsync(out.fileno())

@@ -80,6 +80,43 @@ def test_one_line_summary_and_quiet(
     assert capsys.readouterr().out == ""
 
 
+def _posix_acl(uid: int) -> bytes:
+    """A system.posix_acl_access value: owner rw, user ``uid`` r, group r, mask r, other r."""
+    import struct
+
+    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 4, uid), (0x04, 4, 0xFFFFFFFF),
+               (0x10, 4, 0xFFFFFFFF), (0x20, 4, 0xFFFFFFFF)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def test_what_squashfs_cannot_hold_is_named_not_dropped_silently(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        os.setxattr(source / "sub/file", "system.posix_acl_access", _posix_acl(1000))
+    except OSError as e:
+        pytest.skip(f"the test directory's filesystem takes no POSIX ACLs: {e.strerror}")
+    os.utime(source / "same", (0, -5))
+    out = tmp_path / "o.sqfs"
+    assert _run(["pack", str(source), str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert ("ocisquash: warning: 1 entries: extended attributes outside "
+            "user./trusted./security. were dropped (e.g. /sub/file)") in err
+    assert ("ocisquash: warning: 1 entries: modification times outside 0..2^32-1 "
+            "were clamped (e.g. /same)") in err
+    assert _run(["pack", str(source), str(out), "--json"]) == 0
+    kinds = {i["kind"]: i for i in json.loads(capsys.readouterr().out)["fidelity"]}
+    assert kinds["xattr-dropped"]["examples"] == ["sub/file"]
+    assert kinds["mtime-clamped"]["count"] == 1
+    # What squashfs can hold stays: the user. xattr, and time 0 for the clamped one.
+    assert any("user.tag" in line for line in run("rdsquashfs", "-x", "/same", out)
+               .stdout.splitlines())
+    assert " 1970-01-01 00:00 " in next(
+        line for line in unsquashfs_listing(out) if line.endswith("/same"))
+    assert _run(["pack", str(source), str(out), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_flags_reach_the_image(source: Path, tmp_path: Path) -> None:
     os.chown(source / "sub/file", 1234, 5678)
     out = tmp_path / "o.sqfs"

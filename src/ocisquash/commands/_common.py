@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..model import Platform
@@ -161,3 +161,15 @@ def writer_options_from_args(args: argparse.Namespace, *, default_compression: s
         workers=args.workers,
         all_root=all_root,
     )
+
+
+def print_fidelity(issues: Iterable[Mapping[str, Any]]) -> None:
+    """One stderr line per kind of thing the image could not hold exactly."""
+    for issue in issues:
+        examples = ", ".join("/" + str(e) for e in issue.get("examples", ())[:3])
+        # squashfs keeps whole seconds only; most build tools write finer times, so
+        # that loss is a note, not a warning that every compile would print.
+        level = "note" if issue.get("kind") == "mtime-subsecond-truncated" else "warning"
+        print(f"ocisquash: {level}: {issue.get('count', '?')} entries: "
+              f"{issue.get('detail', issue.get('kind', issue))}"
+              + (f" (e.g. {examples})" if examples else ""), file=sys.stderr)

@@ -58,7 +58,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL, compile_image
     from ..errors import UsageError
-    from ._common import close_progress, source_options_from_args, writer_options_from_args
+    from ._common import (
+        close_progress,
+        print_fidelity,
+        source_options_from_args,
+        writer_options_from_args,
+    )
 
     wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
                                      default_level=DEFAULT_ZSTD_LEVEL)
@@ -95,14 +100,7 @@ def run(args: argparse.Namespace) -> int:
             f"{where}, {result.size / 1e6:.1f} MB, {result.files} inodes",
             file=sys.stderr,
         )
-        for issue in result.fidelity:
-            examples = ", ".join("/" + str(e) for e in issue.get("examples", ())[:3])
-            # squashfs keeps whole seconds only; most build tools write finer times, so
-            # that loss is a note, not a warning that every compile would print.
-            level = "note" if issue.get("kind") == "mtime-subsecond-truncated" else "warning"
-            print(f"ocisquash: {level}: {issue.get('count', '?')} entries: "
-                  f"{issue.get('detail', issue.get('kind', issue))}"
-                  + (f" (e.g. {examples})" if examples else ""), file=sys.stderr)
+        print_fidelity(result.fidelity)
         if args.output is None:
             print(result.path)
     return 0

@@ -32,13 +32,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..layers import Fidelity
     from ..pack import pack_directory
-    from ._common import writer_options_from_args
+    from ._common import print_fidelity, writer_options_from_args
 
     options = writer_options_from_args(args, default_compression="gzip", all_root=args.all_root)
-    summary = pack_directory(args.source, args.output, options)
+    fidelity = Fidelity()
+    summary = pack_directory(args.source, args.output, options, fidelity)
+    issues = [i.to_json() for i in fidelity.issues()]
     if args.json:
-        json.dump(dataclasses.asdict(summary), sys.stdout, indent=2)
+        json.dump({**dataclasses.asdict(summary), "fidelity": issues}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif not args.quiet:
         print(
@@ -49,4 +52,6 @@ def run(args: argparse.Namespace) -> int:
             f"{summary.duplicates} duplicates, {summary.fragments} fragment blocks, "
             f"{summary.compression} {summary.block_size // 1024}K blocks"
         )
+    if not args.json and not args.quiet:
+        print_fidelity(issues)
     return 0
