@@ -263,7 +263,7 @@ class RegistryImage:
         finally:
             self._downloads = None
         downloads.close(cancel=False)
-        if downloads.failed is not None:  # pragma: no cover - the reader raised it already
+        if downloads.failed is not None:  # a layer the block did not read failed
             raise downloads.failed
 
     def layers(self) -> Sequence[RegistryLayer]:
@@ -296,6 +296,8 @@ class _Arrival:
         self.rewound = False
         self.path: Path | None = None
         self.error: BaseException | None = None
+        #: the downloads are being closed: readers still waiting give up
+        self.closed = False
 
     def tap(self, event: object) -> None:
         """The progress callback of this blob's download: note, then pass on."""
@@ -313,6 +315,11 @@ class _Arrival:
     def end(self, path: Path | None, error: BaseException | None) -> None:
         with self.cond:
             self.path, self.error = path, error
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
             self.cond.notify_all()
 
 
@@ -351,43 +358,49 @@ class _ArrivingBlob:
         return buf[at:at + n]
 
     def _fill(self) -> bytes:
-        a = self._arrival
         while True:
-            with a.cond:
-                while True:
-                    if self._aborted:
-                        raise OcisquashError("reading stopped", context=self._context)
-                    if a.error is not None:
-                        raise a.error
-                    if a.path is not None:
-                        if self._fd < 0 or os.fstat(self._fd).st_nlink == 0:
-                            self._reopen(a.path)
-                        want = self._size - self._pos
-                        break
-                    if a.started and a.offset > self._pos:
-                        want = a.offset - self._pos
-                        break
-                    a.cond.wait(1.0)
-            if self._fd < 0:
-                try:
-                    self._fd = os.open(self._part, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:  # just published: the path comes with the end
-                    with a.cond:
-                        a.cond.wait(0.05)
-                    continue
-            data = os.pread(self._fd, min(want, self.CHUNK), self._pos)
-            if data:
-                self._pos += len(data)
-                return data
-            if a.path is not None:  # the published blob is shorter: the reader's check says so
-                return b""
-            # The download started over and truncated the file: wait until it is back.
-            with a.cond:
-                a.cond.wait(0.05)
+            want = self._wait_for_bytes()
+            if self._fd >= 0:
+                data = os.pread(self._fd, min(want, self.CHUNK), self._pos)
+                if data:
+                    self._pos += len(data)
+                    return data
+                if self._arrival.path is not None:  # shorter than said: the check says so
+                    return b""
+            # The partial was just published (renamed), or the download started over and
+            # truncated it: wait a moment for what comes next.
+            with self._arrival.cond:
+                self._arrival.cond.wait(0.05)
+
+    def _wait_for_bytes(self) -> int:
+        """Wait until bytes past ``_pos`` are on disk (or the download ended), open the
+        file to read them from, and return how many there are."""
+        a = self._arrival
+        with a.cond:
+            while not (self._aborted or a.closed or a.error is not None or a.path is not None
+                       or (a.started and a.offset > self._pos)):
+                a.cond.wait(1.0)
+            if self._aborted or a.closed:
+                raise OcisquashError("reading stopped", context=self._context)
+            if a.error is not None:
+                raise a.error
+            published = a.path
+            want = (self._size if published is not None else a.offset) - self._pos
+        if published is not None:
+            # The partial file became the blob by a rename: the same file, unless someone
+            # removed it meanwhile.
+            if self._fd < 0 or os.fstat(self._fd).st_nlink == 0:
+                self._reopen(published)
+        elif self._fd < 0:
+            # Gone only when just published: the next wait brings the blob's path.
+            with contextlib.suppress(FileNotFoundError):
+                self._fd = os.open(self._part, os.O_RDONLY | os.O_CLOEXEC)
+        return want
 
     def _reopen(self, path: Path) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def abort(self) -> None:
@@ -417,8 +430,6 @@ class Downloads:
         self._arrivals: dict[int, _Arrival] = {}
         todo = [i for i in reversed(range(len(self._layers)))
                 if not source.store.has(self._layers[i].descriptor.digest)]
-        self._readers: list[_ArrivingBlob] = []
-        self._lock = threading.Lock()
         workers = max(1, min(source.options.max_parallel, len(todo) or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-pull")
         for i in todo:
@@ -447,11 +458,9 @@ class Downloads:
             if arrival.path is not None:
                 return None
         d = layer.descriptor
-        r = _ArrivingBlob(arrival, self._image.source.store.partial_path(d.digest), d.size,
-                          f"{layer.what} {d.digest.short}")
-        with self._lock:
-            self._readers.append(r)
-        return r  # type: ignore[return-value]
+        return _ArrivingBlob(  # type: ignore[return-value]
+            arrival, self._image.source.store.partial_path(d.digest), d.size,
+            f"{layer.what} {d.digest.short}")
 
     @property
     def failed(self) -> BaseException | None:
@@ -471,9 +480,8 @@ class Downloads:
         client = self._image.source.client
         if cancel:
             client.cancelled.set()
-        with self._lock:
-            for r in self._readers:
-                r.abort()
+        for arrival in self._arrivals.values():
+            arrival.close()  # a reader still waiting for bytes gives up
         try:
             self._pool.shutdown(wait=True, cancel_futures=cancel)
         finally:
