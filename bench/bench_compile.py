@@ -549,8 +549,10 @@ def shaped_link(port: int, rate: str) -> typing.Iterator[None]:
         ["tc", "filter", "add", "dev", "lo", "protocol", "ip", "parent", "1:", "prio", "1", "u32",
          "match", "ip", "sport", str(port), "0xffff", "flowid", "1:1"],
     ]
+    # The root qdisc is ours to remove only once we have added it (lo may have another).
+    subprocess.run(cmds[0], check=True, capture_output=True)
     try:
-        for c in cmds:
+        for c in cmds[1:]:
             subprocess.run(c, check=True, capture_output=True)
         log(f"registry port {port} shaped to {rate}")
         yield
@@ -810,7 +812,9 @@ def main() -> int:
     global RESULTS, LINK_RATE
     RESULTS = args.results
     if args.link_rate:
-        RESULTS, LINK_RATE = f"results-link-{args.link_rate}", args.link_rate
+        LINK_RATE = args.link_rate
+        if args.results == "results":  # a full run's results stay apart from the link's
+            RESULTS = f"results-link-{args.link_rate}"
         args.no_floor = True
         if args.output == HERE / "RESULTS.md":
             args.output = HERE / "RESULTS-link.md"
