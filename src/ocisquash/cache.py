@@ -12,9 +12,12 @@ Layout under the cache root::
 ``<key>`` is the sha256 of the platform manifest's digest, the squashfs writer's
 format version and the output options, so any change that alters the bytes of
 the output gives a new key. An entry is built in ``tmp/`` and published by one
-``rename`` of its directory: readers see a whole entry or none. The build lock is
-an ``flock``, which the kernel drops when its holder dies, so a killed compile
-never leaves a lock behind.
+``rename`` of its directory, after its files are fsynced: readers see a whole entry
+or none, and so does the next boot after a crash. An entry whose image is missing
+or differs in size from its record (a crash of a kernel that lost the data, a file
+removed by hand) is not used: compile builds it again, ``cache verify`` reports it.
+The build lock is an ``flock``, which the kernel drops when its holder dies, so a
+killed compile never leaves a lock behind.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -88,15 +92,28 @@ class ImageCache:
         return self.root / "images" / key
 
     def get(self, key: str) -> CacheEntry | None:
-        """The published entry for ``key``, or None."""
+        """The published entry for ``key``, or None (also when it is damaged, see
+        :meth:`damage`)."""
         path = self.entry_path(key)
-        try:
-            info = json.loads((path / INFO_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-        if not (path / IMAGE_FILE).is_file():
+        info = _read_info(path)
+        if info is None or _damage(path, info) is not None:
             return None
         return CacheEntry(key, path, info)
+
+    def damage(self, key: str) -> str | None:
+        """Why the entry directory of ``key`` cannot be used, or None when it is whole or
+        absent."""
+        path = self.entry_path(key)
+        if not path.exists():
+            return None
+        info = _read_info(path)
+        if info is None:
+            return f"its {INFO_FILE} cannot be read"
+        return _damage(path, info)
+
+    def keys(self) -> list[str]:
+        """The keys of every entry directory, whole or damaged."""
+        return sorted(p.name for p in (self.root / "images").iterdir())
 
     def entries(self) -> list[CacheEntry]:
         out = []
@@ -129,6 +146,8 @@ class ImageCache:
         """Move a fully written staging directory into place as entry ``key``."""
         info = {**info, "key": key, "created": info.get("created", time.time())}
         try:
+            for p in staged.iterdir():
+                _fsync_file(p)
             write_atomic(staged / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
             for p in staged.iterdir():
                 os.chmod(p, 0o444)
@@ -231,6 +250,12 @@ class ImageCache:
                     with contextlib.suppress(OSError):
                         os.chmod(path, 0o644)
                         path.unlink()
+        for key in self.keys():
+            damage = self.damage(key)
+            if damage is not None:
+                problems.append(f"compiled image {key[:12]}: {damage}")
+                if repair:
+                    self.remove(key)
         for entry in self.entries():
             bad = entry.info.get("squashfs_sha256") != Digest.of_file(entry.image).hex
             for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
@@ -245,6 +270,37 @@ class ImageCache:
                 if repair:
                     self.remove(entry.key)
         return problems
+
+
+def _read_info(path: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads((path / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _damage(path: Path, info: dict[str, Any]) -> str | None:
+    """What a glance shows wrong with an entry: its image missing, or not the size its
+    record says (after a crash, a file whose data never reached the disk is short)."""
+    try:
+        st = os.stat(path / IMAGE_FILE)
+    except OSError:
+        return f"its {IMAGE_FILE} is missing"
+    if not stat.S_ISREG(st.st_mode):
+        return f"its {IMAGE_FILE} is not a file"
+    want = info.get("squashfs_size")
+    if st.st_size != want:
+        return f"its {IMAGE_FILE} holds {st.st_size} bytes, its record says {want}"
+    return None
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def place_output(src: Path, dest: Path) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from .sources.base import Layer, ResolvedImage
     from .squashfs import WriteSummary
     from .squashfs.options import WriterOptions
+
+log = logging.getLogger(__name__)
 
 PullPolicy = Literal["never", "missing", "always"]
 OutputFormat = Literal["squashfs", "tar"]
@@ -356,9 +359,10 @@ def compile_image(
         with cache.build_lock(key):
             entry = cache.get(key)
             built = False
+            if entry is None and (damage := cache.damage(key)) is not None:
+                log.warning("cache entry %s is damaged (%s); building it again", key[:12], damage)
             if entry is None or pull == "always":
-                if entry is not None:
-                    cache.remove(key)
+                cache.remove(key)  # whole (pull="always"), damaged, or absent
                 with cache.staging() as staged:
                     manifest = image.manifest()
                     config = image.config()

@@ -88,3 +88,68 @@ def test_flipped_byte_in_a_compiled_image_is_found_and_repaired(site: Site, tmp_
     assert '"cached": false' in again.stdout
     assert out.read_bytes() == site.reference["big"]
     assert_cache_whole(cache)
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "short"])
+def test_compiled_image_cut_short_is_reported_and_built_again(site: Site, tmp_path: Path,
+                                                              damage: str) -> None:
+    """What a crash can leave of an entry whose data never reached the disk (or a file
+    removed by hand): the entry is never handed out, compile says so and builds it again,
+    and ``cache verify`` names it."""
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    _prime(site, cache, out)
+    out.unlink()  # it may be a hard link to the entry's image
+    (entry,) = (cache / "images").iterdir()
+    image = entry / "image.squashfs"
+    os.chmod(image, 0o644)
+    if damage == "missing":
+        image.unlink()
+    else:
+        os.truncate(image, 0 if damage == "empty" else image.stat().st_size // 2)
+    bad = run_cli("cache", "--cache-dir", str(cache), "verify")
+    assert bad.returncode == 1, bad.stderr
+    assert f"compiled image {entry.name[:12]}: its image.squashfs " in bad.stderr, bad.stderr
+    again = run_cli("compile", site.ref("big"), "-o", str(out), *cli_source_args(cache), "--json")
+    assert again.returncode == 0, again.stderr
+    assert '"cached": false' in again.stdout
+    assert f"cache entry {entry.name[:12]} is damaged" in again.stderr, again.stderr
+    assert out.read_bytes() == site.reference["big"]
+    assert run_cli("cache", "--cache-dir", str(cache), "verify").returncode == 0
+    assert_cache_whole(cache)
+
+
+def test_verify_repair_removes_an_entry_cut_short(site: Site, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    _prime(site, cache, out)
+    out.unlink()
+    (entry,) = (cache / "images").iterdir()
+    os.chmod(entry / "image.squashfs", 0o644)
+    os.truncate(entry / "image.squashfs", 4096)
+    fixed = run_cli("cache", "--cache-dir", str(cache), "verify", "--repair")
+    assert fixed.returncode == 0 and "(removed)" in fixed.stderr, fixed.stderr
+    assert not entry.exists()
+
+
+def test_publish_syncs_every_file_before_the_rename(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files of an entry reach the disk while they are still in the staging directory,
+    so the rename never publishes data that a crash could lose."""
+    from ocisquash.cache import ImageCache
+
+    cache = ImageCache(tmp_path / "cache")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with cache.staging() as staged:
+        (staged / "image.squashfs").write_bytes(bytes(8192))
+        (staged / "manifest.json").write_bytes(b"{}")
+        entry = cache.publish("ab" * 32, staged, {"squashfs_size": 8192})
+    staging_files = {Path(p).name for p in synced if Path(p).parent == staged}
+    assert staging_files >= {"image.squashfs", "manifest.json"}, synced
+    assert any(n.startswith(".info.json.") for n in staging_files), synced  # written, renamed
+    assert entry.image.stat().st_size == 8192
