@@ -38,7 +38,7 @@ from typing import Any
 
 from .digest import Digest
 from .errors import CacheError, OutputError
-from .store import BlobStore, default_cache_dir, fsync_dir, write_atomic
+from .store import BlobStore, default_cache_dir, fsync_dir, fsync_path, write_atomic
 
 IMAGE_FILE = "image.squashfs"
 INFO_FILE = "info.json"
@@ -147,7 +147,7 @@ class ImageCache:
         info = {**info, "key": key, "created": info.get("created", time.time())}
         try:
             for p in staged.iterdir():
-                _fsync_file(p)
+                fsync_path(p)
             write_atomic(staged / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
             for p in staged.iterdir():
                 os.chmod(p, 0o444)
@@ -293,14 +293,6 @@ def _damage(path: Path, info: dict[str, Any]) -> str | None:
     if st.st_size != want:
         return f"its {IMAGE_FILE} holds {st.st_size} bytes, its record says {want}"
     return None
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def place_output(src: Path, dest: Path) -> str:

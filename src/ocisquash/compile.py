@@ -42,6 +42,7 @@ from .errors import (
 from .model import Descriptor, ImageConfig, Manifest, Platform
 from .sources.options import SourceOptions
 from .squashfs.version import FORMAT_VERSION
+from .store import fsync_path
 
 if TYPE_CHECKING:
     from .flatten import FlattenReport, TreeSink
@@ -271,11 +272,7 @@ def _hash_while_syncing(path: Path) -> Digest:
     A sync error is left for publishing to report."""
     def sync() -> None:
         with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(path)
 
     syncer = threading.Thread(target=sync, name="ocisquash-fsync", daemon=True)
     syncer.start()

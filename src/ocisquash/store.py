@@ -37,7 +37,12 @@ def default_cache_dir() -> Path:
 
 def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_path(path, os.O_DIRECTORY)
+
+
+def fsync_path(path: Path, flags: int = 0) -> None:
+    """Write the file (or, with ``os.O_DIRECTORY``, the directory) at ``path`` to disk."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
