@@ -42,7 +42,8 @@ BUILD_ONLY = (
     "concurrent.futures",
 )
 #: What a compile from a layout never needs: the HTTP stack, and progress events and
-#: their renderer (stderr is no terminal here; the registry client does import the events).
+#: their renderer (stderr is no terminal here; the registry client imports the events
+#: only to download).
 NETWORK = ("urllib3", "http.client", "ocisquash.registry", "ocisquash.sources.registry",
            "ocisquash.progress")
 
@@ -180,3 +181,5 @@ def test_cached_compile_by_tag_imports_no_writer(registry_ref: str, tmp_path: Pa
     assert (tmp_path / "warm.squashfs").read_bytes() == (tmp_path / "cold.squashfs").read_bytes()
     assert imported_of(modules, BUILD_ONLY) == []
     assert "urllib3" in modules  # it did ask the registry for the tag's manifest
+    assert "ocisquash.progress" in cold_modules  # the control: downloads report progress
+    assert "ocisquash.progress" not in modules

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ..digest import Digest, verify_bytes
 from ..errors import (
@@ -36,12 +36,14 @@ from ..errors import (
     TransientRegistryError,
 )
 from ..model import MANIFEST_ACCEPT, Descriptor
-from ..progress import BlobDone, BlobProgress, BlobRetrying, BlobStarted, ProgressCallback, emit
 from ..sources.options import SourceOptions
 from ..store import BlobStore, BlobWriter
 from .auth import Authenticator, parse_challenges
 from .credentials import Credentials, find_credentials
 from .transport import Endpoint, Response, RetryPolicy, Transport, error_for_status
+
+if TYPE_CHECKING:  # the events are imported where blobs are fetched: a warm compile needs none
+    from ..progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +210,8 @@ class RegistryClient:
     def fetch_blob(self, desc: Descriptor, store: BlobStore, *, what: str = "blob",
                    progress: ProgressCallback | None = None) -> Path:
         """Download the blob ``desc`` names into ``store`` (unless there) and return its path."""
+        from ..progress import BlobDone, emit
+
         if store.has(desc.digest):
             emit(progress, BlobDone(desc.digest, desc.size, what, cached=True))
             return store.blob_path(desc.digest)
@@ -217,6 +221,8 @@ class RegistryClient:
 
     def _blob_from(self, remote: _Remote, desc: Descriptor, store: BlobStore, what: str,
                    progress: ProgressCallback | None) -> Path:
+        from ..progress import BlobDone, BlobRetrying, BlobStarted, emit
+
         context = f"{what} {desc.digest.short}"
         for fresh in (False, True):
             with store.writer(desc.digest, desc.size) as w:
@@ -249,6 +255,8 @@ class RegistryClient:
 
     def _blob_once(self, remote: _Remote, desc: Descriptor, w: BlobWriter, context: str,
                    progress: ProgressCallback | None) -> Path:
+        from ..progress import BlobProgress, emit
+
         # Ask for the bytes as stored: a transparently decompressed body would not hash
         # to the digest (pip's network/utils.py explains the same trap).
         headers = {"Accept-Encoding": "identity"}

@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ..digest import Digest, VerifyingReader, verify_bytes
 from ..errors import ManifestError, OcisquashError, PlatformNotFoundError
@@ -35,12 +35,14 @@ from ..model import (
     Platform,
     parse_manifest_or_index,
 )
-from ..progress import BlobProgress, BlobStarted, ProgressCallback
 from ..reference import Reference
 from ..registry.client import RegistryClient
 from ..store import BlobStore
 from .base import IndexInfo
 from .options import SourceOptions
+
+if TYPE_CHECKING:  # the events are imported where layers download: a warm compile needs none
+    from ..progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +288,9 @@ class _Arrival:
     """How much of one blob's download is on disk, and how it ended."""
 
     def __init__(self, progress: ProgressCallback | None) -> None:
+        from ..progress import BlobProgress, BlobStarted
+
+        self._kinds = (BlobStarted, BlobProgress)
         self.cond = threading.Condition()
         self._progress = progress
         #: bytes of the partial file on disk (fewer again after a download starts over)
@@ -301,8 +306,9 @@ class _Arrival:
 
     def tap(self, event: object) -> None:
         """The progress callback of this blob's download: note, then pass on."""
-        if isinstance(event, BlobStarted | BlobProgress):
-            offset = event.offset if isinstance(event, BlobStarted) else event.done
+        started, moved = self._kinds
+        if isinstance(event, started | moved):
+            offset = event.offset if isinstance(event, started) else event.done
             with self.cond:
                 if self.started and offset < self.offset:
                     self.rewound = True
