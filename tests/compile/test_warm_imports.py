@@ -37,6 +37,7 @@ BUILD_ONLY = (
     "ocisquash.squashfs.writer",
     "ocisquash.squashfs.blocks",
     "ocisquash.squashfs.compressor",
+    "ocisquash.squashfs.format",
     "ocisquash.flatten",
     "ocisquash.layers",
     "concurrent.futures",

@@ -28,9 +28,8 @@ DATA_UNCOMPRESSED = 1 << 24
 INVALID_TABLE = 0xFFFF_FFFF_FFFF_FFFF
 #: fragment index / xattr index meaning "none".
 INVALID_INDEX = 0xFFFF_FFFF
+# The block size bounds are in limits.py.
 
-MIN_BLOCK_SIZE = 4096
-MAX_BLOCK_SIZE = 1 << 20
 #: "the kernel implementation currently imposes an arbitrary limit of 255 on the name
 #: size field. Since the field is off-by-one, ... a file name ... can be at most 256".
 MAX_NAME_LEN = 256

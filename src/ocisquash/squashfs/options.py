@@ -13,7 +13,7 @@ from enum import Enum
 
 from ..entry import EntryMeta
 from ..errors import UsageError
-from .format import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from .limits import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 
 
 class Compression(Enum):
