@@ -116,12 +116,8 @@ class ImageCache:
         return sorted(p.name for p in (self.root / "images").iterdir())
 
     def entries(self) -> list[CacheEntry]:
-        out = []
-        for p in sorted((self.root / "images").iterdir()):
-            e = self.get(p.name)
-            if e is not None:
-                out.append(e)
-        return out
+        """Every usable entry (damaged ones are left out; see :meth:`verify`)."""
+        return [e for key in self.keys() if (e := self.get(key)) is not None]
 
     @contextlib.contextmanager
     def build_lock(self, key: str) -> Iterator[None]:
@@ -252,23 +248,16 @@ class ImageCache:
                         path.unlink()
         for key in self.keys():
             damage = self.damage(key)
+            entry = self.get(key) if damage is None else None
             if damage is not None:
                 problems.append(f"compiled image {key[:12]}: {damage}")
-                if repair:
-                    self.remove(key)
-        for entry in self.entries():
-            bad = entry.info.get("squashfs_sha256") != Digest.of_file(entry.image).hex
-            for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
-                p = entry.path / name
-                if p.exists() and field in entry.info and str(Digest.of_file(p)) != entry.info[field]:
-                    bad = True
-            if bad:
-                problems.append(
-                    f"compiled image {entry.key[:12]} ({entry.info.get('reference', '?')}): "
-                    "content does not match its record"
-                )
-                if repair:
-                    self.remove(entry.key)
+            elif entry is not None and not _matches_record(entry):
+                problems.append(f"compiled image {key[:12]} ({entry.info.get('reference', '?')}): "
+                                "content does not match its record")
+            else:
+                continue
+            if repair:
+                self.remove(key)
         return problems
 
 
@@ -278,6 +267,17 @@ def _read_info(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return info if isinstance(info, dict) else None
+
+
+def _matches_record(entry: CacheEntry) -> bool:
+    """Whether the entry's image, manifest and config hash to what its record says."""
+    if entry.info.get("squashfs_sha256") != Digest.of_file(entry.image).hex:
+        return False
+    for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
+        p = entry.path / name
+        if p.exists() and field in entry.info and str(Digest.of_file(p)) != entry.info[field]:
+            return False
+    return True
 
 
 def _damage(path: Path, info: dict[str, Any]) -> str | None:
