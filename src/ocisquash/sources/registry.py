@@ -306,9 +306,8 @@ class _Arrival:
 
     def tap(self, event: object) -> None:
         """The progress callback of this blob's download: note, then pass on."""
-        started, moved = self._kinds
-        if isinstance(event, started | moved):
-            offset = event.offset if isinstance(event, started) else event.done
+        if isinstance(event, self._kinds):
+            offset = event.offset if isinstance(event, self._kinds[0]) else event.done
             with self.cond:
                 if self.started and offset < self.offset:
                     self.rewound = True
