@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -137,3 +138,67 @@ def test_impossible_compressor_settings_are_usage_errors(
 ) -> None:
     with pytest.raises(UsageError):
         SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(**options))  # type: ignore[arg-type]
+
+
+def _mixed(size: int) -> bytes:
+    """Each 64 KiB: 16 KiB of random bytes, then 48 KiB of text (as ELF code beside its
+    strings, or packed data beside text): the case zstd's single table set pays for."""
+    words = [b"%x" % (i * 7919) for i in range(3000)]
+    parts = []
+    for i in range(size // 65536):
+        text = b" ".join(words[(i * 131 + j * 17) % 3000] for j in range(12000))
+        parts.append(os.urandom(16384) + text[:49152])
+    return b"".join(parts)
+
+
+def test_zstd_codes_each_32k_part_of_a_block_with_its_own_tables() -> None:
+    import zstandard
+
+    from ocisquash.squashfs.compressor import make_compressor
+
+    ours = make_compressor(Compression.ZSTD, level=6, block_size=131072)
+    whole = zstandard.ZstdCompressor(level=6)
+    data = _mixed(1 << 20)
+    split = unsplit = 0
+    for start in range(0, len(data), 131072):
+        block = data[start : start + 131072]
+        out = ours.compress(block)
+        assert zstandard.ZstdDecompressor().decompress(out) == block
+        split += len(out)
+        unsplit += len(whole.compress(block))
+    # One frame of 4 zstd blocks per 128 KiB: the 16 KiB runs of random bytes no
+    # longer share their tables with the text.
+    assert split < 0.97 * unsplit, (split, unsplit)
+
+
+MIXED = _mixed(3 << 20) + b"tail" * 9000
+
+
+def _write_mixed(image: Path, block_size: int) -> None:
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"mixed", F, MIXED)
+        w.add_file(b"small", F, MIXED[:40000])  # a fragment of more than one part
+
+    write_image(image, build, compression=Compression.ZSTD, level=6, block_size=block_size)
+
+
+@pytest.mark.parametrize("block_size", [131072, 1 << 20])
+def test_zstd_parts_are_read_by_unsquashfs_and_rdsquashfs(tmp_path: Path, block_size: int) -> None:
+    image = tmp_path / "i.sqfs"
+    _write_mixed(image, block_size)
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    assert (out / "mixed").read_bytes() == MIXED
+    assert (out / "small").read_bytes() == MIXED[:40000]
+    cat = subprocess.run(["rdsquashfs", "-c", "/mixed", image], capture_output=True, check=True)
+    assert cat.stdout == MIXED
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("block_size", [131072, 1 << 20])
+def test_kernel_reads_zstd_parts(tmp_path: Path, block_size: int) -> None:
+    image = tmp_path / "i.sqfs"
+    _write_mixed(image, block_size)
+    with mounted(image, tmp_path / "mnt") as mnt:
+        assert (mnt / "mixed").read_bytes() == MIXED
+        assert (mnt / "small").read_bytes() == MIXED[:40000]

@@ -1,9 +1,10 @@
 """A golden image: the same entries and options must keep producing the same bytes.
 
-``FORMAT_VERSION`` is a cache key for images: if this hash changes because the writer's
-output changed, bump ``FORMAT_VERSION`` and update the hash (the listing check below
-says whether the change is also visible to readers). A change of the deflate (libdeflate) or zlib-ng package
-can also change the bytes.
+``FORMAT_VERSION`` is a cache key for images: if one of these hashes changes because the
+writer's output changed, bump ``FORMAT_VERSION`` and update the hashes (the listing check
+below says whether the change is also visible to readers). The image is written with
+gzip (the writer's default) and with zstd (compile's default). A change of the deflate
+(libdeflate), zlib-ng or zstandard package can also change the bytes.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ import hashlib
 import io
 from pathlib import Path
 
+import pytest
+
 from ocisquash.entry import EntryMeta
-from ocisquash.squashfs import FORMAT_VERSION, SquashfsWriter, WriterOptions
+from ocisquash.squashfs import FORMAT_VERSION, Compression, SquashfsWriter, WriterOptions
 
 from ._util import unsquashfs_listing
 
-GOLDEN_SHA256 = "a9fe4c6b65d3dada4a1508a6cbccb9fce204ef91cf89a1e9bafa7e44e46a14c7"
-GOLDEN_FORMAT_VERSION = "2"
+GOLDEN_SHA256 = {
+    Compression.GZIP: "a9fe4c6b65d3dada4a1508a6cbccb9fce204ef91cf89a1e9bafa7e44e46a14c7",
+    Compression.ZSTD: "5d9addc0c0988d9952233aa32610a77561ae453ee0b2d534ab67015bd1082f6d",
+}
+GOLDEN_FORMAT_VERSION = "3"
 
 CAPABILITY = b"\x01\x00\x00\x02" + bytes(16)
 
@@ -37,9 +43,10 @@ GOLDEN_LISTING = [
 ]
 
 
-def _golden_image() -> bytes:
+def _golden_image(compression: Compression = Compression.GZIP) -> bytes:
     buffer = io.BytesIO()
-    with SquashfsWriter(buffer, WriterOptions(mkfs_time=1_700_000_000, workers=2)) as w:
+    options = WriterOptions(compression=compression, mkfs_time=1_700_000_000, workers=2)
+    with SquashfsWriter(buffer, options) as w:
         w.add_directory(b"", EntryMeta(mode=0o755, mtime=1))
         w.add_file(b"etc/hostname", EntryMeta(mode=0o644, mtime=2), b"golden\n")
         tool = EntryMeta(
@@ -53,15 +60,19 @@ def _golden_image() -> bytes:
     return buffer.getvalue()
 
 
-def test_golden_image_listing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", list(GOLDEN_SHA256))
+def test_golden_image_listing(compression: Compression, tmp_path: Path) -> None:
     image = tmp_path / "golden.sqfs"
-    image.write_bytes(_golden_image())
+    image.write_bytes(_golden_image(compression))
     assert unsquashfs_listing(image) == GOLDEN_LISTING
 
 
-def test_golden_image_bytes_are_unchanged_or_format_version_bumped() -> None:
-    digest = hashlib.sha256(_golden_image()).hexdigest()
-    if digest != GOLDEN_SHA256:
+@pytest.mark.parametrize("compression", list(GOLDEN_SHA256))
+def test_golden_image_bytes_are_unchanged_or_format_version_bumped(
+    compression: Compression,
+) -> None:
+    digest = hashlib.sha256(_golden_image(compression)).hexdigest()
+    if digest != GOLDEN_SHA256[compression]:
         assert FORMAT_VERSION != GOLDEN_FORMAT_VERSION, (
             "the writer's output changed: bump FORMAT_VERSION (the image cache key) "
             "and update GOLDEN_SHA256 / GOLDEN_FORMAT_VERSION"

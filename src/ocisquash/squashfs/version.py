@@ -6,4 +6,4 @@ threads and compressors (see ``tests/compile/test_warm_imports.py``).
 """
 
 #: Bump when the bytes written for the same input and options change (a cache key).
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
