@@ -108,6 +108,21 @@ def mounted(image: Path, where: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(where)], check=True)
 
 
+@contextlib.contextmanager
+def fuse_mounted(image: Path, where: Path, program: str = "squashfuse") -> Iterator[Path]:
+    """Mount ``image`` with ``program`` (squashfuse or squashfuse_ll, as HPC runtimes
+    do); skip (fail under CI=true) when FUSE is not usable here."""
+    exe = require_tool(program)
+    require_or_skip(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    where.mkdir()
+    proc = subprocess.run([exe, str(image), str(where)], capture_output=True, text=True)
+    require_or_skip(proc.returncode == 0, f"{program} failed: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
 def write_image(path: Path, build: object, **options: object) -> WriteSummary:
     """Run ``build(writer)`` on a fresh writer and finish it; fixed mkfs time."""
     options.setdefault("mkfs_time", 1_700_000_000)
