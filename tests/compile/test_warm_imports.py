@@ -119,12 +119,12 @@ def test_cache_only_compile_imports_no_writer(layout: Path, tmp_path: Path) -> N
 
 
 def test_explicit_default_options_hit_the_same_entry(layout: Path, tmp_path: Path) -> None:
-    """``-c zstd --level 6 -b 128K`` spells out the defaults: the same key, so it finds
+    """``-c zstd --level 5 -b 128K`` spells out the defaults: the same key, so it finds
     the image compiled without them, and still imports no writer."""
     cache, src = tmp_path / "cache", f"oci:{layout}:latest"
     _, cold = compile_recording(tmp_path, "--cache-dir", str(cache), src)
     modules, warm = compile_recording(tmp_path, "--cache-dir", str(cache), src, "-c", "zstd",
-                                      "--level", "6", "-b", "131072", "--workers", "1")
+                                      "--level", str(DEFAULT_ZSTD_LEVEL), "-b", "131072", "--workers", "1")
     assert warm["cached"] is True and warm["output"] == cold["output"]
     assert not {m for m in modules if m.startswith(BUILD_ONLY)}
 

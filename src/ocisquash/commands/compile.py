@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_source_arguments(p)
     add_writer_arguments(
-        p, compression_help="compressor (default: zstd level 6; every current Linux kernel "
+        p, compression_help="compressor (default: zstd level 5; every current Linux kernel "
                             "mounts it)",
         time_help="image timestamp (default: $SOURCE_DATE_EPOCH, else the image's config date)")
     p.set_defaults(func=run)
