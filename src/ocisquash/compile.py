@@ -107,8 +107,8 @@ class CompiledImage:
 #: The compressor and level ocisquash uses unless told otherwise: the fastest zstd level
 #: whose output is no larger than mksquashfs's default (gzip 9) on every benchmark image
 #: (see the README). On a Debian bookworm root filesystem in 128 KiB blocks zstd level 5
-#: writes 0.3 % less than gzip level 9 (libdeflate) at a quarter of its CPU time, and
-#: decodes 1.5x faster.
+#: writes 0.3 % less than gzip level 9 (libdeflate) at a third of its CPU time, and
+#: decodes 1.3x faster.
 DEFAULT_COMPRESSION = "zstd"
 DEFAULT_ZSTD_LEVEL = 5
 
