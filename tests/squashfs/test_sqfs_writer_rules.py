@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from ocisquash.entry import EntryMeta
 from ocisquash.errors import SquashfsError, UsageError
 from ocisquash.squashfs import FORMAT_VERSION, SquashfsWriter, WriterOptions
+from ocisquash.squashfs.blocks import SWITCH_INTERVAL
 from ocisquash.squashfs.tree import split_path
 
 from ._util import (
@@ -298,6 +300,44 @@ def test_files_shorter_than_a_block_are_deduplicated_with_or_without_a_known_siz
     assert (out / "e").read_bytes() == block
     assert (out / "g").read_bytes() == b""
     assert image.stat().st_size < 2 * len(small) + len(block) + 16384
+
+
+@pytest.mark.parametrize("size", [2047, 2048, 4095, 16376, 16377, 50000])
+def test_short_files_differing_in_any_piece_are_kept_apart(tmp_path: Path, size: int) -> None:
+    # Files up to 16 KiB are hashed in 2047-byte pieces: a change in any piece, at either
+    # end of one, must give another key.
+    data = os.urandom(size)
+    changed = []
+    for at in sorted({0, 2046, 2047, size // 2, size - 1} & set(range(size))):
+        changed.append(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"a", F, data)
+        w.add_file(b"b", F, io.BytesIO(data))
+        for i, other in enumerate(changed):
+            w.add_file(b"c%d" % i, F, other)
+
+    summary = write_image(tmp_path / "i.sqfs", build)
+    assert summary.duplicates == 1
+    out = tmp_path / "out"
+    unsquashfs_extract(tmp_path / "i.sqfs", out)
+    assert (out / "b").read_bytes() == data
+    for i, other in enumerate(changed):
+        assert (out / f"c{i}").read_bytes() == other
+
+
+def test_the_switch_interval_is_short_only_while_a_writer_is_open(tmp_path: Path) -> None:
+    before = sys.getswitchinterval()
+    assert before > SWITCH_INTERVAL
+    first = SquashfsWriter(tmp_path / "1.sqfs")
+    assert sys.getswitchinterval() == SWITCH_INTERVAL
+    second = SquashfsWriter(tmp_path / "2.sqfs")
+    first.finish()
+    assert sys.getswitchinterval() == SWITCH_INTERVAL  # the second is still open
+    second.abort()
+    assert sys.getswitchinterval() == before
+    second.abort()  # a second abort does not restore twice
+    assert sys.getswitchinterval() == before
 
 
 def test_duplicate_detection_rewinds_when_later_files_follow(tmp_path: Path) -> None:
