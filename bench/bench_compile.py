@@ -28,7 +28,9 @@ divided by the number of cores. It is measured in every round, as the contender
 that wall / floor compares numbers taken minutes apart rather than hours: this shared
 machine's speed drifts by 15-20 % over an hour, CPU seconds included.
 
-Trees that the peers unpacked are not deleted between contenders: they are moved aside and
+Before each contender the benchmark calls ``sync`` (untimed), so that no contender pays
+for writing back the tree that the one before it unpacked. Trees that the peers unpacked
+are not deleted between contenders: they are moved aside and
 deleted when the image's rounds are over, and the rounds start only after :func:`settle`
 (``sync``, then a wait of SETTLE_SECONDS). On ext4 without a journal (this machine's root
 filesystem) the inode allocator skips inodes freed in the last 60 s (300 s while their
@@ -502,6 +504,9 @@ def _round(name: str, ref: str, layout: Path, workdir: Path, contenders: list[st
     """One round: each cold contender in ``order``, then the warm ones."""
     cache_default = None
     for c in order:
+        # Untimed: the dirty pages of the contender before (a peer's unpacked tree) are
+        # written back now, not during this one.
+        os.sync()
         if c == "floor":
             assert root is not None
             m = measure_floor(layout, root, default)
@@ -661,7 +666,10 @@ def report(workdir: Path, sha: str, out: Path) -> None:
         "By `python bench/bench_compile.py --images IMAGES --runs N` (see bench/README.md); "
         "medians over the runs; ratios are the median of the per-round ratios to P1 "
         "(same round). Cold = empty ocisquash cache, fresh skopeo/umoci directories; the "
-        "page cache was not dropped for anyone.",
+        "page cache was not dropped for anyone. Each contender starts after a `sync` "
+        "(untimed); the peers' trees are kept until the image's rounds end, and each "
+        "image's rounds start after a `sync` and a 61 s wait (ext4 without a journal "
+        "skips recently freed inodes; bench/README.md).",
         "",
     ] + ([
         f"**Over a shaped link** (`--link-rate {LINK_RATE}`): the registry's answers "
