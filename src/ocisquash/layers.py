@@ -285,13 +285,28 @@ class _ZstdReader:
         self._eof = False
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes, fewer only at the end. Each fill decodes only _ZSTD_INPUT
+        bytes (a few KiB of output on ordinary layers), and handing those on one by one
+        made a zstd layer cost more than a gzip one: every piece went through the
+        decoding thread's hashing and queue and the parser's buffer on its own."""
         if n is None or n < 0:
             n = 1 << 62
-        while self._pos >= len(self._out) and not self._eof:
-            self._fill()
-        out = self._out[self._pos:self._pos + n]
-        self._pos += len(out)
-        return out
+        parts = []
+        want = n
+        while want > 0:
+            if self._pos >= len(self._out):
+                if self._eof:
+                    break
+                self._fill()
+                continue
+            if self._pos == 0 and len(self._out) <= want:
+                piece = self._out
+            else:
+                piece = self._out[self._pos:self._pos + want]
+            self._pos += len(piece)
+            want -= len(piece)
+            parts.append(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _fill(self) -> None:
         data = self._pending or self._raw.read(_ZSTD_INPUT)

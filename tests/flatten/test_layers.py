@@ -30,6 +30,8 @@ from ocisquash.layers import (
     Limits,
     _byte_sum,
     _num,
+    _PeekReader,
+    _ZstdReader,
     normalize_path,
     read_layer,
     sniff_compression,
@@ -81,6 +83,23 @@ def test_multi_member_gzip_and_multi_frame_zstd_are_read_to_the_end() -> None:
     for blob, media in ((gz, MEDIA["gzip"]), (zst, MEDIA["zstd"])):
         got = entries(BlobLayer(blob, Digest.of(TAR), media))
         assert got[b"big"] == bytes(range(256)) * 4096
+
+
+def test_zstd_reader_hands_on_whole_reads_across_frames() -> None:
+    # Each fill decodes only a few KiB of input; a read still returns all it asks for,
+    # across frame ends, so the layer's bytes travel in chunks and not in slivers.
+    data = b"".join(b"line %d of some text\n" % i for i in range(200_000))
+    third = len(data) // 3
+    blob = b"".join(zstandard.compress(data[i:i + third]) for i in range(0, len(data), third))
+    reader = _ZstdReader(_PeekReader(io.BytesIO(blob)))
+    sizes = []
+    got = b""
+    while chunk := reader.read(1 << 20):
+        sizes.append(len(chunk))
+        got += chunk
+    assert got == data
+    assert sizes[:-1] == [1 << 20] * (len(sizes) - 1)
+    assert 0 < sizes[-1] <= 1 << 20
 
 
 @pytest.mark.parametrize("compression,cut,message", [
