@@ -312,8 +312,8 @@ def test_short_files_differing_in_any_piece_are_kept_apart(tmp_path: Path, size:
         changed.append(data[:at] + bytes([data[at] ^ 1]) + data[at + 1:])
 
     def build(w: SquashfsWriter) -> None:
-        w.add_file(b"a", F, data, size)  # a known size: hashed in pieces
-        w.add_file(b"b", F, io.BytesIO(data))  # unknown until EOF: hashed whole
+        w.add_file(b"a", F, data, size)  # a known size
+        w.add_file(b"b", F, io.BytesIO(data))  # size unknown until EOF: the same key
         for i, other in enumerate(changed):
             w.add_file(b"c%d" % i, F, other, size)
 

@@ -272,7 +272,7 @@ class DataWriter:
             elif hasher is None:
                 digest = small_key
             else:  # a stream of unknown size that turned out shorter than a block
-                digest = hashlib.sha256(tail).digest()
+                digest = _sha256_holding_gil(tail)
             key = digest + total.to_bytes(8, "little")
             previous = self._seen.get(key)
             if previous is not None:
