@@ -93,19 +93,9 @@ def mounted(image: Path, where: Path) -> Iterator[Path]:
     """Loop-mount ``image`` read-only with the kernel's squashfs driver; skip (fail under
     CI=true) when that is impossible here."""
     require_or_skip(is_root(), "mounting needs root")
-    where.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(where)],
-        capture_output=True,
-        text=True,
-    )
-    require_or_skip(
-        proc.returncode == 0, f"mount -t squashfs -o loop failed: {proc.stderr.strip()}"
-    )
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
+    with _mount(["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(where)],
+                where, "mount -t squashfs -o loop") as mnt:
+        yield mnt
 
 
 @contextlib.contextmanager
@@ -114,9 +104,16 @@ def fuse_mounted(image: Path, where: Path, program: str = "squashfuse") -> Itera
     do); skip (fail under CI=true) when FUSE is not usable here."""
     exe = require_tool(program)
     require_or_skip(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
+    with _mount([exe, str(image), str(where)], where, program) as mnt:
+        yield mnt
+
+
+@contextlib.contextmanager
+def _mount(command: list[str], where: Path, what: str) -> Iterator[Path]:
+    """Run ``command`` to mount on the new directory ``where``; unmount at the end."""
     where.mkdir()
-    proc = subprocess.run([exe, str(image), str(where)], capture_output=True, text=True)
-    require_or_skip(proc.returncode == 0, f"{program} failed: {proc.stderr.strip()}")
+    proc = subprocess.run(command, capture_output=True, text=True)
+    require_or_skip(proc.returncode == 0, f"{what} failed: {proc.stderr.strip()}")
     try:
         yield where
     finally:
@@ -147,20 +144,26 @@ class EntryState:
     xattrs: tuple[tuple[bytes, bytes], ...]
 
 
-def _xattrs(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+#: The xattr namespaces squashfs stores.
+ALL_XATTRS = ("user.", "trusted.", "security.")
+
+
+def _xattrs(path: bytes, namespaces: tuple[str, ...]) -> tuple[tuple[bytes, bytes], ...]:
     names = os.listxattr(path, follow_symlinks=False)
     kept = [
         (os.fsencode(n), os.getxattr(path, n, follow_symlinks=False))
         for n in names
-        if n.startswith(("user.", "trusted.", "security."))
+        if n.startswith(namespaces)
     ]
     return tuple(sorted(kept))
 
 
 def snapshot(
-    root: Path, *, times: bool = True, owners: bool = True, xattrs: bool = True
+    root: Path, *, times: bool = True, owners: bool = True,
+    xattrs: tuple[str, ...] = ALL_XATTRS,
 ) -> dict[bytes, EntryState]:
-    """Map every path below ``root`` to its type, metadata and content."""
+    """Map every path below ``root`` to its type, metadata, content and the extended
+    attributes in the namespaces ``xattrs`` (``()`` for none)."""
     result: dict[bytes, EntryState] = {}
     base = os.fsencode(root)
     paths: list[tuple[bytes, bytes]] = [(base, b".")]
@@ -188,7 +191,7 @@ def snapshot(
             content=content,
             target=target,
             rdev=rdev,
-            xattrs=_xattrs(path) if xattrs else (),
+            xattrs=_xattrs(path, xattrs) if xattrs else (),
         )
     return result
 
