@@ -214,28 +214,23 @@ class DataWriter:
     def write_file(self, stream: BinaryIO, size: int | None) -> FileData:
         """Read ``size`` bytes of ``stream`` (to EOF when None) and store them."""
         bs = self._block_size
+        if size is not None and size < bs:
+            data = stream.read(size)
+            if len(data) != size and data:
+                data += _read_exactly(stream, size - len(data))
+            if len(data) != size:
+                raise SquashfsError(f"file data ended after {len(data)} of {size} bytes")
+            return self._store_short(data)
         record = FileData()
         mark = self._pipeline.submitted
         # The dedup key: the size and a hash over per-block records (0x00 for a zero
         # block, 0x01 + sha256 for any other), unambiguous because records have fixed
         # sizes. A file shorter than a block (most files) is keyed by its own sha256
-        # instead: its size, in the key, tells the two kinds apart.
-        hasher = None
+        # instead (see _store_short): its size, in the key, tells the two kinds apart.
+        hasher = hashlib.sha256() if self._dedup else None
         remaining = size
         total = 0
         tail = b""
-        small_key = b""
-        if size is not None and size < bs:
-            block = _read_exactly(stream, size)
-            if len(block) != size:
-                raise SquashfsError(f"file data ended after {len(block)} of {size} bytes")
-            total = size
-            tail = block
-            if self._dedup:
-                small_key = _sha256_holding_gil(block)
-            remaining = 0
-        elif self._dedup:
-            hasher = hashlib.sha256()
         while remaining is None or remaining > 0:
             want = bs if remaining is None else min(bs, remaining)
             block = _read_exactly(stream, want)
@@ -250,6 +245,8 @@ class DataWriter:
             total += len(block)
             if len(block) < bs:
                 tail = block
+                if total < bs:  # a stream of unknown size, shorter than a block
+                    return self._store_short(tail)
                 if hasher is not None:
                     hasher.update(b"\x01" + hashlib.sha256(block).digest())
                 break
@@ -263,17 +260,12 @@ class DataWriter:
                 if hasher is not None:
                     hasher.update(b"\x01" + hashlib.sha256(block).digest())
                 self._pipeline.submit(block, record.placed)
+        if total < bs:  # an empty stream of unknown size
+            return self._store_short(tail)
         record.size = total
         self.bytes_in += total
-        if self._dedup:
-            if total >= bs:
-                assert hasher is not None
-                digest = hasher.digest()
-            elif hasher is None:
-                digest = small_key
-            else:  # a stream of unknown size that turned out shorter than a block
-                digest = _sha256_holding_gil(tail)
-            key = digest + total.to_bytes(8, "little")
+        if hasher is not None:
+            key = hasher.digest() + total.to_bytes(8, "little")
             previous = self._seen.get(key)
             if previous is not None:
                 self._pipeline.discard_since(mark, record.start)
@@ -285,6 +277,34 @@ class DataWriter:
                 record.fragment, record.fragment_offset = self._add_fragment(tail)
             else:
                 self._pipeline.submit(tail, record.placed)
+        return record
+
+    def _store_short(self, data: bytes) -> FileData:
+        """Store a file shorter than a block (most files are): in a fragment, or as a
+        short block without fragments, unless an identical file is stored already."""
+        size = len(data)
+        self.bytes_in += size
+        key = b""
+        if self._dedup:
+            key = _sha256_holding_gil(data) + size.to_bytes(8, "little")
+            previous = self._seen.get(key)
+            if previous is not None:
+                self.duplicates += 1
+                return previous
+        record = FileData()
+        record.size = size
+        if data:
+            if self._use_fragments:
+                fragment = self._fragment
+                if len(fragment) + size > self._block_size:
+                    self.flush_fragment()
+                record.fragment = self._fragment_count
+                record.fragment_offset = len(fragment)
+                fragment += data
+            else:
+                self._pipeline.submit(data, record.placed)
+        if self._dedup:
+            self._seen[key] = record
         return record
 
     def _add_fragment(self, tail: bytes) -> tuple[int, int]:

@@ -19,7 +19,6 @@ Format rules enforced here:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from .format import (
     DIR_ENTRY,
@@ -27,18 +26,12 @@ from .format import (
     DIR_INDEX,
     MAX_DIR_ENTRIES_PER_HEADER,
     METADATA_SIZE,
-    InodeType,
 )
 from .metadata import MetadataWriter
 
-
-class DirEntry(NamedTuple):
-    """One name in a listing (a NamedTuple: built once per entry, so kept cheap)."""
-
-    name: bytes
-    type: InodeType  # basic type
-    number: int  # inode number
-    ref: int  # inode reference: block start << 16 | offset
+#: One name in a listing: (name, basic inode type, inode number, inode reference: block
+#: start << 16 | offset). A plain tuple: one is built for every entry of the image.
+DirEntry = tuple[bytes, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +61,11 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
     count = 0
     base_number = 0
     base_block = -1
-    for entry in entries:
-        entry_block = entry.ref >> 16
-        delta = entry.number - base_number
-        entry_size = DIR_ENTRY.size + len(entry.name)
+    entry_struct = DIR_ENTRY.size
+    for name, kind, number, ref in entries:
+        entry_block = ref >> 16
+        delta = number - base_number
+        entry_size = entry_struct + len(name)
         crosses = header_at >= 0 and len(listing) + entry_size - indexed_from > METADATA_SIZE
         if (
             header_at < 0
@@ -83,16 +77,16 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
             if header_at >= 0:
                 DIR_HEADER.pack_into(listing, header_at, count - 1, base_block, base_number)
                 if crosses:
-                    headers.append((len(listing), entry.name))
+                    headers.append((len(listing), name))
                     indexed_from = len(listing)
             header_at = len(listing)
             listing += bytes(DIR_HEADER.size)
             count = 0
-            base_number = entry.number
+            base_number = number
             base_block = entry_block
             delta = 0
-        listing += DIR_ENTRY.pack(entry.ref & 0xFFFF, delta, entry.type, len(entry.name) - 1)
-        listing += entry.name
+        listing += DIR_ENTRY.pack(ref & 0xFFFF, delta, kind, len(name) - 1)
+        listing += name
         count += 1
     if header_at >= 0:
         DIR_HEADER.pack_into(listing, header_at, count - 1, base_block, base_number)
@@ -107,5 +101,5 @@ def needs_extended(entries: list[DirEntry]) -> bool:
     """mksquashfs's rule for a "large" directory: 257 entries or more, or entries whose
     names plus entry structs reach one metadata block. Such directories get the extended
     inode even when no index entry was needed."""
-    size = sum(DIR_ENTRY.size + len(e.name) for e in entries)
+    size = DIR_ENTRY.size * len(entries) + sum(len(e[0]) for e in entries)
     return len(entries) > MAX_DIR_ENTRIES_PER_HEADER or size >= METADATA_SIZE

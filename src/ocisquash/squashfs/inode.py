@@ -14,6 +14,8 @@ express the inode, like mksquashfs does):
 
 from __future__ import annotations
 
+import struct
+
 from .blocks import FileData
 from .directory import Listing
 from .format import (
@@ -64,7 +66,13 @@ def directory_body(
     return InodeType.EXT_DIR, body + listing.index
 
 
-def file_body(data: FileData, nlink: int, xattr: int) -> tuple[InodeType, bytes]:
+#: A basic file inode whole: the common header, then the basic file body.
+_BASIC_FILE = struct.Struct("<" + INODE_HEADER.format.lstrip("<") + FILE_INODE.format.lstrip("<"))
+
+
+def file_inode(data: FileData, nlink: int, xattr: int, mode: int, uid: int, gid: int,
+               mtime: int, number: int) -> bytes:
+    """A file's whole inode record, header included (most inodes are files: one pack)."""
     start = data.start or 0
     blocks = data.block_list()
     if (
@@ -74,8 +82,9 @@ def file_body(data: FileData, nlink: int, xattr: int) -> tuple[InodeType, bytes]
         and start < _U32
         and data.size < _U32
     ):
-        return InodeType.FILE, FILE_INODE.pack(
-            start, data.fragment, data.fragment_offset, data.size
+        return _BASIC_FILE.pack(
+            InodeType.FILE, mode, uid, gid, mtime, number,
+            start, data.fragment, data.fragment_offset, data.size,
         ) + blocks
     # mksquashfs keeps "sparse" below the file size (the kernel derives i_blocks from
     # size - sparse).
@@ -83,7 +92,7 @@ def file_body(data: FileData, nlink: int, xattr: int) -> tuple[InodeType, bytes]
     body = EXT_FILE_INODE.pack(
         start, data.size, sparse, nlink, data.fragment, data.fragment_offset, xattr
     )
-    return InodeType.EXT_FILE, body + blocks
+    return header(InodeType.EXT_FILE, mode, uid, gid, mtime, number) + body + blocks
 
 
 def symlink_body(target: bytes, nlink: int, xattr: int) -> tuple[InodeType, bytes]:

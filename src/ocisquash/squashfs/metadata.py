@@ -65,6 +65,14 @@ class MetadataWriter:
         assert index == len(self._starts), "position beyond the block being filled"
         return self._disk_size
 
+    def append(self, record: bytes) -> int:
+        """Write ``record`` and return its reference: "The lower 16 bit hold an offset
+        into the uncompressed block and the upper 48 bit point to the on-disk location of
+        the block" (relative to the stream)."""
+        ref = self._disk_size << 16 | len(self._pending)
+        self.write(record)
+        return ref
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._pending += data
         while len(self._pending) >= METADATA_SIZE:

@@ -22,6 +22,8 @@ from ..errors import SquashfsError
 from .blocks import FileData
 from .format import MAX_NAME_LEN, InodeType
 
+_FILE = InodeType.FILE
+
 
 class Node:
     """One inode: its metadata plus what the finish sequence assigns to it."""
@@ -52,7 +54,12 @@ class FileNode(Node):
     __slots__ = ("data",)
 
     def __init__(self, meta: EntryMeta, data: FileData) -> None:
-        super().__init__(meta, InodeType.FILE)
+        # Node's fields set here rather than through super(): one is made per file.
+        self.type = _FILE
+        self.meta = meta
+        self.number = 0
+        self.ref = -1
+        self.nlink = 0
         self.data = data
 
 
@@ -74,17 +81,21 @@ class SpecialNode(Node):
         self.rdev = rdev
 
 
+def _plain(path: bytes) -> bool:
+    """True for most valid paths, checked at once: with no "//", "/." or NUL, not starting
+    with "/" or "." and not ending with "/", no component is empty, "." or ".."; a path
+    of at most 256 bytes has no component longer than that."""
+    return (len(path) <= MAX_NAME_LEN and path[0] not in b"/." and path[-1] != 0x2F
+            and b"//" not in path and b"/." not in path and b"\0" not in path)
+
+
 def split_path(path: bytes) -> list[bytes]:
     """Validate ``path`` and return its components (``[]`` for the root ``b""``)."""
     if not isinstance(path, bytes):
         raise SquashfsError(f"path {path!r} must be bytes")
     if path == b"":
         return []
-    # Fast path, most paths: with no "//", "/." or NUL, not starting with "/" or "." and
-    # not ending with "/", no component is empty, "." or ".."; a path of at most 256
-    # bytes has no component longer than that.
-    if (len(path) <= MAX_NAME_LEN and path[0] not in b"/." and path[-1] != 0x2F
-            and b"//" not in path and b"/." not in path and b"\0" not in path):
+    if _plain(path):
         return path.split(b"/")
     parts = path.split(b"/")
     for part in parts:
@@ -106,20 +117,23 @@ class Tree:
     def __init__(self, default_dir_meta: EntryMeta) -> None:
         self._default = default_dir_meta
         self.root = DirNode(default_dir_meta)
-        #: the parent found last, by its components: entries come grouped by directory
-        self._last_head: list[bytes] | None = None
+        #: the parent path found last: entries come grouped by directory
+        self._last_head: bytes | None = b""
         self._last_dir = self.root
 
-    def _parent(self, parts: list[bytes]) -> DirNode:
-        head = parts[:-1]
+    def _parent(self, path: bytes) -> DirNode:
+        """The directory that holds the valid, non-root ``path``, made if missing."""
+        i = path.rfind(b"/")
+        head = path[:i] if i >= 0 else b""
         if head == self._last_head:
             return self._last_dir
         node = self.root
-        for part in head:
-            child = node.children.get(part)
-            if not isinstance(child, DirNode):
-                child = node.children[part] = DirNode(self._default)
-            node = child
+        if head:
+            for part in head.split(b"/"):
+                child = node.children.get(part)
+                if not isinstance(child, DirNode):
+                    child = node.children[part] = DirNode(self._default)
+                node = child
         self._last_head, self._last_dir = head, node
         return node
 
@@ -139,26 +153,28 @@ class Tree:
         if not parts:
             self.root.meta = meta
             return
-        parent = self._parent(parts)
-        existing = parent.children.get(parts[-1])
+        children = self._parent(path).children
+        existing = children.get(parts[-1])
         if isinstance(existing, DirNode):
             existing.meta = meta
         else:
-            parent.children[parts[-1]] = DirNode(meta)
+            children[parts[-1]] = DirNode(meta)
 
-    def put(self, path: bytes | list[bytes], node: Node) -> None:
-        """Place a non-directory ``node`` at ``path`` (or its :meth:`placeable` parts),
-        replacing whatever was there."""
-        parts = self.placeable(path) if isinstance(path, bytes) else path
-        children = self._parent(parts).children
-        if isinstance(children.get(parts[-1]), DirNode):
+    def put(self, path: bytes, node: Node, *, checked: bool = False) -> None:
+        """Place a non-directory ``node`` at ``path`` (already :meth:`placeable` when
+        ``checked``), replacing whatever was there."""
+        if not checked:
+            self.placeable(path)
+        children = self._parent(path).children
+        name = path[path.rfind(b"/") + 1:]
+        if isinstance(children.get(name), DirNode):
             self._last_head = None  # a directory leaves the tree: the cache may be in it
-        children[parts[-1]] = node
+        children[name] = node
 
-    def placeable(self, path: bytes) -> list[bytes]:
-        """Validate a path for a non-directory and return its parts; raise before any
-        file data is written if it can never be placed."""
-        parts = split_path(path)
-        if not parts:
+    def placeable(self, path: bytes) -> None:
+        """Validate a path for a non-directory; raise before any file data is written
+        if it can never be placed."""
+        if isinstance(path, bytes) and path and _plain(path):
+            return
+        if not split_path(path):
             raise SquashfsError("the root of the image must be a directory")
-        return parts

@@ -37,9 +37,8 @@ from .format import (
     Superblock,
     SuperFlags,
     encode_device,
-    inode_ref,
 )
-from .inode import directory_body, file_body, header, special_body, symlink_body
+from .inode import directory_body, file_inode, header, special_body, symlink_body
 from .metadata import MetadataWriter, pack_lookup_table
 from .options import WriterOptions as WriterOptions
 from .tables import IdTable, XattrTable, check_xattrs
@@ -69,6 +68,8 @@ class WriteSummary:
 
 #: PATH_MAX minus the NUL; the kernel's squashfs refuses targets longer than a page.
 MAX_SYMLINK_TARGET = 4095
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 
 _SPECIAL_KINDS = {
     "char": InodeType.CHAR_DEV,
@@ -193,8 +194,10 @@ class SquashfsWriter:
         given, else to EOF); the contents are never held in memory as a whole."""
         self._check_open()
         meta = self._meta(meta)
-        parts = self._tree.placeable(path)
-        if isinstance(data, bytes | bytearray | memoryview):
+        self._tree.placeable(path)
+        if isinstance(data, _BYTES_LIKE):
+            if size is None:
+                size = memoryview(data).nbytes
             stream: BinaryIO = io.BytesIO(data)
         else:
             stream = data
@@ -206,7 +209,7 @@ class SquashfsWriter:
             raise e.with_context(repr(path)) from None
         except OSError as e:
             raise self._write_error(e, path) from e
-        self._tree.put(parts, FileNode(meta, written))
+        self._tree.put(path, FileNode(meta, written), checked=True)
 
     def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
         self._check_open()
@@ -421,6 +424,12 @@ class SquashfsWriter:
         )
 
 
+def _sorted_children(node: DirNode) -> list[tuple[bytes, Node]]:
+    """``node``'s children by name (names sort as bytes, faster than the pairs)."""
+    children = node.children
+    return [(name, children[name]) for name in sorted(children)]
+
+
 class _Layout:
     """Numbers the inodes and writes the inode and directory tables.
 
@@ -438,14 +447,14 @@ class _Layout:
         self.xattrs = XattrTable(compressor)
         self.export: list[int] = []
         self.count = 0
+        self._meta_fields: dict[int, tuple[int, int, int, int, int]] = {}
         self.stats = {"files": 0, "directories": 0, "symlinks": 0, "devices": 0, "hardlinks": 0}
 
     def _postorder(self) -> list[tuple[DirNode, list[tuple[bytes, Node]]]]:
         """Directories in post-order, each with its children sorted by name."""
         order: list[tuple[DirNode, list[tuple[bytes, Node]]]] = []
         stack: list[tuple[DirNode, list[tuple[bytes, Node]], int]] = []
-        root_children = sorted(self.root.children.items())
-        stack.append((self.root, root_children, 0))
+        stack.append((self.root, _sorted_children(self.root), 0))
         while stack:
             node, children, i = stack.pop()
             while i < len(children) and not isinstance(children[i][1], DirNode):
@@ -454,7 +463,7 @@ class _Layout:
                 stack.append((node, children, i + 1))
                 sub = children[i][1]
                 assert isinstance(sub, DirNode)
-                stack.append((sub, sorted(sub.children.items()), 0))
+                stack.append((sub, _sorted_children(sub), 0))
             else:
                 order.append((node, children))
         return order
@@ -463,37 +472,28 @@ class _Layout:
         """Write every inode and listing; return the root inode reference."""
         order = self._postorder()
         # Pass 1: link counts and inode numbers (a directory's children need its number).
+        # Nodes come from the tree with number 0, nlink 0 and no reference.
+        hardlinks = number = 0
         for node, children in order:
-            node.number = 0
-            node.ref = -1
-            subdirs = 0
+            subdirs = []
             for _, child in children:
                 if isinstance(child, DirNode):
-                    subdirs += 1
-                else:
-                    child.nlink = 0
-                    child.number = 0
-                    child.ref = -1
-            # "a directory with N entries has at least N + 2 link count" in the spec; the
-            # kernel and mksquashfs count 2 + sub-directories, as Linux filesystems do.
-            node.nlink = 2 + subdirs
-        number = 0
-        for node, children in order:
-            for _, child in children:
-                if isinstance(child, DirNode):
-                    child.parent_number = -1  # set below, once this directory has a number
-                    continue
-                if child.nlink:
-                    self.stats["hardlinks"] += 1
+                    subdirs.append(child)
+                elif child.nlink:
+                    hardlinks += 1
+                    child.nlink += 1
                 else:
                     number += 1
                     child.number = number
-                child.nlink += 1
+                    child.nlink = 1
+            # "a directory with N entries has at least N + 2 link count" in the spec; the
+            # kernel and mksquashfs count 2 + sub-directories, as Linux filesystems do.
+            node.nlink = 2 + len(subdirs)
             number += 1
             node.number = number
-            for _, child in children:
-                if isinstance(child, DirNode):
-                    child.parent_number = number
+            for sub in subdirs:
+                sub.parent_number = number
+        self.stats["hardlinks"] = hardlinks
         self.count = number
         # mksquashfs gives the root the parent number inode_count + 1.
         self.root.parent_number = number + 1
@@ -501,41 +501,50 @@ class _Layout:
 
         # Pass 2: write inodes and listings in the same order.
         for node, children in order:
-            for _, child in children:
-                if not isinstance(child, DirNode) and child.ref < 0:
+            entries: list[DirEntry] = []
+            for name, child in children:
+                if child.ref < 0:  # not a directory (written already), nor a hard link
                     self._write_inode(child)
-            entries = [
-                DirEntry(name, child.type.basic, child.number, child.ref)
-                for name, child in children
-            ]
+                # A node's type is the basic one, as entries store it.
+                entries.append((name, child.type, child.number, child.ref))
             listing = write_listing(self.dirs, entries)
-            xattr = self.xattrs.index(node.meta.xattrs)
+            mode, uid, gid, mtime, xattr = self._fields(node.meta)
             kind, body = directory_body(
                 listing, node.nlink, node.parent_number, xattr, needs_extended(entries)
             )
-            self._emit(node, kind, body)
+            self._place(node, header(kind, mode, uid, gid, mtime, node.number) + body)
             self.stats["directories"] += 1
         return self.root.ref
 
-    def _write_inode(self, node: Node) -> None:
-        xattr = self.xattrs.index(node.meta.xattrs)
-        if isinstance(node, FileNode):
-            kind, body = file_body(node.data, node.nlink, xattr)
-            self.stats["files"] += 1
-        elif isinstance(node, SymlinkNode):
-            kind, body = symlink_body(node.target, node.nlink, xattr)
-            self.stats["symlinks"] += 1
-        else:
-            assert isinstance(node, SpecialNode)
-            kind, body = special_body(node.type, node.rdev, node.nlink, xattr)
-            self.stats["devices"] += 1
-        self._emit(node, kind, body)
+    def _fields(self, meta: EntryMeta) -> tuple[int, int, int, int, int]:
+        """(mode, uid index, gid index, mtime, xattr index) of an inode's ``meta``. The
+        writer gives many inodes one EntryMeta object (alive while the tree is), so each
+        is looked up once, by identity; the tables still see ids and xattr sets in order
+        of first use."""
+        found = self._meta_fields.get(id(meta))
+        if found is None:
+            xattr = self.xattrs.index(meta.xattrs)
+            found = (meta.mode, self.ids.index(meta.uid), self.ids.index(meta.gid),
+                     meta.mtime, xattr)
+            self._meta_fields[id(meta)] = found
+        return found
 
-    def _emit(self, node: Node, kind: InodeType, body: bytes) -> None:
-        meta = node.meta
-        block, offset = self.inodes.reference()
-        node.ref = inode_ref(block, offset)
-        self.export[node.number - 1] = node.ref
-        uid = self.ids.index(meta.uid)
-        gid = self.ids.index(meta.gid)
-        self.inodes.write(header(kind, meta.mode, uid, gid, meta.mtime, node.number) + body)
+    def _write_inode(self, node: Node) -> None:
+        mode, uid, gid, mtime, xattr = self._fields(node.meta)
+        if isinstance(node, FileNode):
+            record = file_inode(node.data, node.nlink, xattr, mode, uid, gid, mtime, node.number)
+            self.stats["files"] += 1
+        else:
+            if isinstance(node, SymlinkNode):
+                kind, body = symlink_body(node.target, node.nlink, xattr)
+                self.stats["symlinks"] += 1
+            else:
+                assert isinstance(node, SpecialNode)
+                kind, body = special_body(node.type, node.rdev, node.nlink, xattr)
+                self.stats["devices"] += 1
+            record = header(kind, mode, uid, gid, mtime, node.number) + body
+        self._place(node, record)
+
+    def _place(self, node: Node, record: bytes) -> None:
+        """Append ``node``'s inode ``record``; its reference is where it starts."""
+        node.ref = self.export[node.number - 1] = self.inodes.append(record)
