@@ -39,6 +39,7 @@ import binascii
 import hashlib
 import math
 import queue
+import struct
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -521,6 +522,10 @@ class _Buffer:
 
     def skip(self, n: int) -> int:
         """Discard ``n`` bytes; returns how many were there."""
+        if len(self._buf) - self._pos >= n:  # most skips: a member's padding
+            self._pos += n
+            self.offset += n
+            return n
         done = 0
         while done < n:
             chunk = self.some(min(n - done, _CHUNK))
@@ -621,6 +626,9 @@ Member = tuple[TarEntry, BinaryIO | None]
 #: largest PAX or GNU long-name header accepted (real ones are a few KiB)
 _MAX_META = 16 << 20
 _BLOCK = 512
+#: a header's fields: name, mode, uid, gid, size, mtime, checksum, typeflag, linkname,
+#: magic, (version, uname, gname skipped) devmajor, devminor, prefix (ustar)
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2x64x8s8s155s12x")
 _ZERO_BLOCK = bytes(_BLOCK)
 #: distinct (mode, uid, gid, mtime) EntryMeta values a layer reader keeps for reuse
 _METAS_KEPT = 1 << 16
@@ -795,16 +803,29 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str) ->
             raise LayerError("tar stream truncated inside a header", context=context)
         if block == _ZERO_BLOCK:
             return  # end of archive; the caller drains the rest
-        chksum = _num(block[148:156], "checksum", context)
-        unsigned = _byte_sum(block) - sum(block[148:156]) + 8 * 0x20
+        (f_name, f_mode, f_uid, f_gid, f_size, f_mtime, f_chksum, typeflag, f_link, magic,
+         f_devmajor, f_devminor, f_prefix) = _HEADER.unpack(block)
+        try:  # most headers: every number plain octal, parsed at once (see _num)
+            chksum = int(f_chksum.rstrip(b"\0 "), 8)
+            size = int(f_size.rstrip(b"\0 "), 8)
+            mode = int(f_mode.rstrip(b"\0 "), 8)
+            uid = int(f_uid.rstrip(b"\0 "), 8)
+            gid = int(f_gid.rstrip(b"\0 "), 8)
+            mtime = int(f_mtime.rstrip(b"\0 "), 8)
+            plain = True
+        except ValueError:  # the rest are parsed, with their errors, where they are used
+            chksum = _num(f_chksum, "checksum", context)
+            plain = False
+        # The checksum counts its own field as spaces; 8 bytes sum below adler32's modulus.
+        unsigned = _byte_sum(block) - (adler32(f_chksum) & 0xFFFF) + 1 + 8 * 0x20
         if chksum != unsigned:
             # Some old tars summed signed chars.
             high = sum(1 for b in block[:148] + block[156:] if b > 127)
             if chksum != unsigned - 256 * high:
                 raise LayerError(f"invalid tar header at offset {header_at} (bad checksum)",
                                  context=context)
-        typeflag = block[156:157]
-        size = _num(block[124:136], "size", context)
+        if not plain:
+            size = _num(f_size, "size", context)
         if size < 0:
             raise LayerError(f"invalid tar header at offset {header_at} (negative size)",
                              context=context)
@@ -833,21 +854,24 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str) ->
             continue
 
         # A real member: gather its fields, extended headers first.
-        magic = block[257:263]
-        name = long_name if long_name is not None else _nts(block[0:100])
-        if long_name is None and magic == b"ustar\x00":
-            prefix = _nts(block[345:500])
-            if prefix:
-                name = prefix + b"/" + name
-        linkname = long_link if long_link is not None else _nts(block[157:257])
-        mode = _num(block[100:108], "mode", context)
-        uid = _num(block[108:116], "uid", context)
-        gid = _num(block[116:124], "gid", context)
-        mtime = _num(block[136:148], "mtime", context)
+        if long_name is not None:
+            name = long_name
+        else:
+            name = f_name.partition(b"\0")[0]
+            if magic == b"ustar\x00":
+                prefix = f_prefix.partition(b"\0")[0]
+                if prefix:
+                    name = prefix + b"/" + name
+        linkname = long_link if long_link is not None else f_link.partition(b"\0")[0]
+        if not plain:
+            mode = _num(f_mode, "mode", context)
+            uid = _num(f_uid, "uid", context)
+            gid = _num(f_gid, "gid", context)
+            mtime = _num(f_mtime, "mtime", context)
         devmajor = devminor = 0
         if typeflag in (b"3", b"4"):
-            devmajor = _num(block[329:337], "devmajor", context)
-            devminor = _num(block[337:345], "devminor", context)
+            devmajor = _num(f_devmajor, "devmajor", context)
+            devminor = _num(f_devminor, "devminor", context)
         xattrs: list[tuple[bytes, bytes]] = []
         subsecond = False
         sparse: list[tuple[int, int]] | None = None
@@ -891,7 +915,9 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str) ->
                 sparse, used = _read_sparse_10(buf, size, context)
                 size -= used
                 padded -= used
-        pax, pax_sparse_pairs, long_name, long_link = {}, [], None, None
+        if pax or pax_sparse_pairs:
+            pax, pax_sparse_pairs = {}, []
+        long_name = long_link = None
         if size < 0 or real_size < 0:
             raise LayerError(f"invalid tar header at offset {header_at} (negative size)",
                              context=context)
