@@ -142,13 +142,14 @@ class _Decided:
 
     __slots__ = ("implicit", "kind", "layer", "meta_layer", "opaque")
 
-    def __init__(self, kind: int, layer: int, implicit: bool = False) -> None:
+    def __init__(self, kind: int, layer: int, implicit: bool = False,
+                 meta_layer: int = -1) -> None:
         self.kind = kind
         self.layer = layer
         self.implicit = implicit
         self.opaque = False
         #: the layer whose entry gave a directory its metadata (-1: none yet)
-        self.meta_layer = -1
+        self.meta_layer = meta_layer
 
 
 class _Inode:
@@ -247,14 +248,15 @@ class _LayerPass:
 
     def run(self) -> None:
         f = self.f
+        limit = f.limits.max_entries
+        entry_ = self._entry
         for entry, data in read_layer(self.layer, limits=f.limits, fidelity=f.fidelity,
                                       index=self.index):
             f.entries += 1
-            if f.entries > f.limits.max_entries:
-                raise LimitExceededError(
-                    f"more than {f.limits.max_entries} entries in the image",
-                    context=self.context)
-            self._entry(entry, data)
+            if f.entries > limit:
+                raise LimitExceededError(f"more than {limit} entries in the image",
+                                         context=self.context)
+            entry_(entry, data)
         self._second_pass()
         self._apply_markers()
 
@@ -285,9 +287,8 @@ class _LayerPass:
         node = self.decided.get(path)
         if node is None:
             self._emit(e, data)
-            node = self.decided[path] = _Decided(_DIR if e.kind == "dir" else _NONDIR,
-                                                 self.index)
-            node.meta_layer = self.index
+            self.decided[path] = _Decided(_DIR if e.kind == "dir" else _NONDIR, self.index,
+                                          meta_layer=self.index)
         elif node.layer > self.index:  # decided by an upper layer
             if node.kind == _DIR and e.kind == "dir":
                 if node.implicit or node.meta_layer == self.index:
