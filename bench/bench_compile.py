@@ -580,7 +580,7 @@ def machine(sha: str) -> dict[str, str]:
         "cpu": f"{NPROC} × {model}",
         "ram": f"{int(mem) / 2**20:.1f} GiB",
         "kernel": platform.release(),
-        "python": platform.python_version(),
+        "python": f"{platform.python_version()} ({interpreter()})",
         "ocisquash": f"{ver([*OCISQUASH, '--version'])} (commit {sha})",
         "skopeo": ver(["skopeo", "--version"]),
         "umoci": ver(["umoci", "--version"]),
@@ -588,6 +588,18 @@ def machine(sha: str) -> dict[str, str]:
         "tar2sqfs": ver(["tar2sqfs", "--version"]),
         "docker-registry": ver(["docker-registry", "--version"]),
     }
+
+
+def interpreter() -> str:
+    """Which Python runs ocisquash: its path and whether libpython is a shared library.
+    The machine's pyenv Python (libpython shared) ran the many-files compile 25-30 %
+    slower than Debian's python3.11 (libpython linked in), see bench/README.md."""
+    exe = os.path.realpath(sys.executable)
+    try:
+        linked = subprocess.run(["ldd", exe], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return exe
+    return f"{exe}, libpython {'shared' if 'libpython' in linked else 'in the executable'}"
 
 
 #: where results are kept under the workdir (another directory for a shaped link)
