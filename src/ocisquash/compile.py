@@ -39,6 +39,7 @@ from .errors import (
     OutputError,
     UsageError,
 )
+from .gcpause import collector_paused
 from .model import Descriptor, ImageConfig, Manifest, Platform
 from .sources.options import SourceOptions
 from .squashfs.version import FORMAT_VERSION
@@ -193,11 +194,12 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
     from .flatten import flatten
     from .progress import Finishing
 
-    if progress is None:
-        return flatten(layers, sink)
-    n = len(layers)
-    wrapped = [_ReportingLayer(layer, n - i, n, progress) for i, layer in enumerate(layers)]
-    report = flatten(wrapped, sink)
+    with collector_paused():
+        if progress is None:
+            return flatten(layers, sink)
+        n = len(layers)
+        wrapped = [_ReportingLayer(layer, n - i, n, progress) for i, layer in enumerate(layers)]
+        report = flatten(wrapped, sink)
     progress(Finishing(report.entries))
     return report
 
@@ -226,7 +228,7 @@ def _build_squashfs(
     layers = image.layers()
 
     def build() -> tuple[FlattenReport, WriteSummary]:
-        with SquashfsWriter(dest, writer_options) as writer:
+        with collector_paused(), SquashfsWriter(dest, writer_options) as writer:
             report = _flatten_into(layers, writer, progress)
             return report, writer.finish()
 

@@ -43,6 +43,7 @@ from typing import Final
 
 from .entry import EntryMeta
 from .errors import OcisquashError, OutputError, SquashfsError, UsageError
+from .gcpause import collector_paused
 from .layers import Fidelity
 from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
 
@@ -423,7 +424,7 @@ def pack_directory(src: Path, output: Path, options: WriterOptions,
             with contextlib.suppress(OSError):
                 out_st = os.stat(output)
                 skip.add((out_st.st_dev, out_st.st_ino))
-            with SquashfsWriter(out, options) as writer:
+            with collector_paused(), SquashfsWriter(out, options) as writer:
                 _add_tree(writer, src_bytes, root_st, options, skip, fidelity)
                 summary = writer.finish()
             out.flush()
