@@ -194,6 +194,7 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
     from .flatten import flatten
     from .progress import Finishing
 
+    # The tar build needs the pause here; the squashfs build holds it through finish().
     with collector_paused():
         if progress is None:
             return flatten(layers, sink)

@@ -249,14 +249,13 @@ class _LayerPass:
     def run(self) -> None:
         f = self.f
         limit = f.limits.max_entries
-        entry_ = self._entry
         for entry, data in read_layer(self.layer, limits=f.limits, fidelity=f.fidelity,
                                       index=self.index):
             f.entries += 1
             if f.entries > limit:
                 raise LimitExceededError(f"more than {limit} entries in the image",
                                          context=self.context)
-            entry_(entry, data)
+            self._entry(entry, data)
         self._second_pass()
         self._apply_markers()
 

@@ -215,9 +215,7 @@ class DataWriter:
         """Read ``size`` bytes of ``stream`` (to EOF when None) and store them."""
         bs = self._block_size
         if size is not None and size < bs:
-            data = stream.read(size)
-            if len(data) != size and data:
-                data += _read_exactly(stream, size - len(data))
+            data = _read_exactly(stream, size)
             if len(data) != size:
                 raise SquashfsError(f"file data ended after {len(data)} of {size} bytes")
             return self._store_short(data)
@@ -244,11 +242,7 @@ class DataWriter:
                 break
             total += len(block)
             if len(block) < bs:
-                tail = block
-                if total < bs:  # a stream of unknown size, shorter than a block
-                    return self._store_short(tail)
-                if hasher is not None:
-                    hasher.update(b"\x01" + hashlib.sha256(block).digest())
+                tail = block  # hashed below, once the file is known to be a block or more
                 break
             if block == self._zero:
                 # Zero blocks are not hashed, so sparse files cost no hashing.
@@ -260,11 +254,13 @@ class DataWriter:
                 if hasher is not None:
                     hasher.update(b"\x01" + hashlib.sha256(block).digest())
                 self._pipeline.submit(block, record.placed)
-        if total < bs:  # an empty stream of unknown size
+        if total < bs:  # a stream of unknown size that turned out shorter than a block
             return self._store_short(tail)
         record.size = total
         self.bytes_in += total
         if hasher is not None:
+            if tail:
+                hasher.update(b"\x01" + hashlib.sha256(tail).digest())
             key = hasher.digest() + total.to_bytes(8, "little")
             previous = self._seen.get(key)
             if previous is not None:
@@ -272,11 +268,7 @@ class DataWriter:
                 self.duplicates += 1
                 return previous
             self._seen[key] = record
-        if tail:
-            if self._use_fragments:
-                record.fragment, record.fragment_offset = self._add_fragment(tail)
-            else:
-                self._pipeline.submit(tail, record.placed)
+        self._place_tail(record, tail)
         return record
 
     def _store_short(self, data: bytes) -> FileData:
@@ -293,26 +285,23 @@ class DataWriter:
                 return previous
         record = FileData()
         record.size = size
-        if data:
-            if self._use_fragments:
-                fragment = self._fragment
-                if len(fragment) + size > self._block_size:
-                    self.flush_fragment()
-                record.fragment = self._fragment_count
-                record.fragment_offset = len(fragment)
-                fragment += data
-            else:
-                self._pipeline.submit(data, record.placed)
+        self._place_tail(record, data)
         if self._dedup:
             self._seen[key] = record
         return record
 
-    def _add_fragment(self, tail: bytes) -> tuple[int, int]:
+    def _place_tail(self, record: FileData, tail: bytes) -> None:
+        """Store a file's last partial block (``b""``: none) in the fragment block being
+        filled, or without fragments as the file's short last block."""
+        if not tail:
+            return
+        if not self._use_fragments:
+            self._pipeline.submit(tail, record.placed)
+            return
         if len(self._fragment) + len(tail) > self._block_size:
             self.flush_fragment()
-        offset = len(self._fragment)
+        record.fragment, record.fragment_offset = self._fragment_count, len(self._fragment)
         self._fragment += tail
-        return self._fragment_count, offset
 
     def close(self) -> None:
         """Write the last fragment block and forget the dedup map (no more files)."""
