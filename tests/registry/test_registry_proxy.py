@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ocisquash.compile import compile_image
-from ocisquash.errors import RegistryError, TransientRegistryError
+from ocisquash.errors import ImageNotFoundError, RegistryError, TransientRegistryError
 from ocisquash.registry import transport
 from ocisquash.registry.transport import ProxySettings, redact_proxy
 from ocisquash.sources.registry import pull
@@ -185,6 +185,32 @@ def test_proxy_that_cannot_reach_the_registry_says_so(
     with pytest.raises(TransientRegistryError,
                        match=rf"proxy {fwd.url} refused to connect to {NAME}:{port}: 502"):
         source(f"{NAME}:{port}/app:oci", make_options(retries=0)).resolve(None)
+
+
+def test_http_proxy_that_cannot_reach_the_registry_is_named_in_the_error(
+        fwd: ForwardProxy, make_options: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Over plain HTTP the proxy relays the request itself and reports its failure as
+    # an ordinary status (502 from this proxy): the error must not blame the registry.
+    monkeypatch.setenv("HTTP_PROXY", fwd.url)
+    port = free_port()  # nothing listens there
+    with pytest.raises(TransientRegistryError) as err:
+        source(f"{NAME}:{port}/app:oci", make_options(plain_http=True, retries=0)).resolve(None)
+    assert err.value.message == (f"HTTP 502 through proxy {fwd.url}: the proxy, or the "
+                                 "registry behind it, failed")
+    assert err.value.status == 502 and err.value.temporary
+    assert "NO_PROXY" in (err.value.hint or "")
+    assert [s.status for s in fwd.requests()] == [502]
+
+
+def test_registry_errors_relayed_by_an_http_proxy_keep_their_meaning(
+        registries: Registries, fwd: ForwardProxy, make_options: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", fwd.url)
+    with pytest.raises(ImageNotFoundError, match="not found in the registry") as err:
+        source(f"{NAME}:{registries.plain.port}/app:no-such-tag",
+               make_options(plain_http=True, retries=0)).resolve(None)
+    assert "proxy" not in err.value.message
+    assert fwd.requests()  # the request did go through the proxy
 
 
 @pytest.mark.parametrize("no_proxy,proxied", [

@@ -340,6 +340,17 @@ def test_the_switch_interval_is_short_only_while_a_writer_is_open(tmp_path: Path
     assert sys.getswitchinterval() == before
 
 
+def test_a_switch_interval_set_while_a_writer_is_open_is_kept(tmp_path: Path) -> None:
+    before = sys.getswitchinterval()
+    try:
+        writer = SquashfsWriter(tmp_path / "1.sqfs")
+        sys.setswitchinterval(0.002)  # the program using the writer decides meanwhile
+        writer.finish()
+        assert sys.getswitchinterval() == 0.002
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_duplicate_detection_rewinds_when_later_files_follow(tmp_path: Path) -> None:
     image = tmp_path / "i.sqfs"
     big = os.urandom(20 * 131072)

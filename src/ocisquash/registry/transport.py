@@ -20,7 +20,9 @@ read them (see ``ProxySettings``): ``https://`` URLs go through ``HTTPS_PROXY``
 (a CONNECT tunnel, so TLS and its checks stay end to end), ``http://`` URLs
 through ``HTTP_PROXY``, except hosts that ``NO_PROXY`` names and loopback hosts.
 A failure of the proxy itself is reported as such, naming the proxy (without
-its credentials).
+its credentials); over plain HTTP the proxy reports its failures as statuses
+(502, 503, 504), and the error for those names the proxy as well. ``ALL_PROXY``
+is not read, as in Go.
 
 Failures become typed errors: a connection that fails, times out or is cut, and
 the statuses 408, 429, 500, 502, 503 and 504, raise ``TransientRegistryError``
@@ -65,6 +67,8 @@ T = TypeVar("T")
 
 #: Statuses that say "try again later" (as go-containerregistry's transport counts them).
 TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: What a forward proxy answers when it cannot get a response from the registry.
+_GATEWAY_STATUSES = frozenset({502, 503, 504})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 _ERROR_BODY_LIMIT = 8192
@@ -300,9 +304,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class Response:
     """A response whose body is read raw (no content decoding) with typed errors."""
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str) -> None:
+    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, via: str | None = None) -> None:
         self._raw = raw
         self.url = url
+        #: the forward proxy that relayed a plain-HTTP request (its URL without
+        #: credentials), whose own failures then arrive as ordinary statuses
+        self.via = via
         self.status = raw.status
         self.headers = raw.headers
         self._done = False
@@ -384,6 +391,15 @@ def error_for_status(resp: Response, what: str) -> RegistryError | ImageNotFound
         pass
     status = resp.status
     suffix = f" ({detail})" if detail else ""
+    if resp.via is not None and status in _GATEWAY_STATUSES:
+        # A forward proxy reports its own failures (it cannot resolve or reach the
+        # registry, or the registry timed out) as these statuses: say who sent them.
+        return TransientRegistryError(
+            f"HTTP {status} through proxy {resp.via}{suffix}: the proxy, or the registry "
+            f"behind it, failed", context=what, status=status,
+            retry_after=parse_retry_after(resp.header("Retry-After")),
+            hint="if the proxy cannot reach the registry, check HTTP_PROXY, or list the "
+                 "registry in NO_PROXY to connect directly")
     if status == 404:
         return ImageNotFoundError(f"not found in the registry{suffix}", context=what,
                                   hint="check the repository name, tag or digest")
@@ -529,7 +545,7 @@ class Transport:
                              fallback=fallback and current == url)
             location = raw.headers.get("Location")
             if raw.status not in _REDIRECT_STATUSES or not location:
-                return Response(raw, current)
+                return Response(raw, current, self._forward_proxy(current))
             raw.drain_conn()
             raw.release_conn()
             target = urljoin(current, location)
@@ -545,6 +561,14 @@ class Transport:
             log.debug("%s redirected to %s", redact_url(current), redact_url(target))
             current = target
         raise RegistryError(f"more than {MAX_REDIRECTS} redirects", context=what)
+
+    def _forward_proxy(self, url: str) -> str | None:
+        """The proxy that relays ``url`` as an absolute-URI request (plain HTTP), if any;
+        an HTTPS request goes through a CONNECT tunnel, whose refusal ``_send`` reports."""
+        if not url.startswith("http://"):
+            return None
+        proxy = self.proxies.proxy_for(url)
+        return proxy.url if proxy is not None else None
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
               *, what: str, fallback: bool) -> urllib3.BaseHTTPResponse:

@@ -54,22 +54,26 @@ SWITCH_INTERVAL = 0.0005
 _switch_lock = threading.Lock()
 _switch_users = 0
 _switch_saved = 0.0
+_switch_set = 0.0
 
 
 def _shorten_switch_interval() -> None:
-    global _switch_users, _switch_saved
+    global _switch_users, _switch_saved, _switch_set
     with _switch_lock:
         if _switch_users == 0:
             _switch_saved = sys.getswitchinterval()
             sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
+            _switch_set = sys.getswitchinterval()
         _switch_users += 1
 
 
 def _restore_switch_interval() -> None:
+    """Put the interval back when the last writer closes, unless someone else (the
+    program that uses ocisquash) has set another one meanwhile: that one stays."""
     global _switch_users
     with _switch_lock:
         _switch_users -= 1
-        if _switch_users == 0:
+        if _switch_users == 0 and sys.getswitchinterval() == _switch_set:
             sys.setswitchinterval(_switch_saved)
 
 
