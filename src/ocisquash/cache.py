@@ -144,6 +144,10 @@ class ImageCache:
         try:
             for p in staged.iterdir():
                 fsync_path(p)
+            image = staged / IMAGE_FILE
+            if image.exists():
+                # Any later write changes it, also one through a hard link that -o made.
+                info["squashfs_mtime_ns"] = image.stat().st_mtime_ns
             write_atomic(staged / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
             for p in staged.iterdir():
                 os.chmod(p, 0o444)
@@ -247,15 +251,25 @@ class ImageCache:
                         os.chmod(path, 0o644)
                         path.unlink()
         for key in self.keys():
-            damage = self.damage(key)
-            entry = self.get(key) if damage is None else None
+            path = self.entry_path(key)
+            info = _read_info(path)
+            damage = f"its {INFO_FILE} cannot be read" if info is None else _short(path, info)
             if damage is not None:
                 problems.append(f"compiled image {key[:12]}: {damage}")
-            elif entry is not None and not _matches_record(entry):
-                problems.append(f"compiled image {key[:12]} ({entry.info.get('reference', '?')}): "
-                                "content does not match its record")
             else:
-                continue
+                assert info is not None
+                entry = CacheEntry(key, path, info)
+                written = _written_since_built(path, info)
+                if not _matches_record(entry):
+                    how = " (written to after it was built)" if written else ""
+                    problems.append(f"compiled image {key[:12]} ({info.get('reference', '?')}): "
+                                    f"content does not match its record{how}")
+                elif written:
+                    # Compile will not hand it out (it cannot hash every image it reuses).
+                    problems.append(f"compiled image {key[:12]}: {_WRITTEN}; its content still "
+                                    "matches its record")
+                else:
+                    continue
             if repair:
                 self.remove(key)
         return problems
@@ -280,9 +294,30 @@ def _matches_record(entry: CacheEntry) -> bool:
     return True
 
 
+_WRITTEN = f"its {IMAGE_FILE} was written to after it was built (its mtime changed)"
+
+
 def _damage(path: Path, info: dict[str, Any]) -> str | None:
-    """What a glance shows wrong with an entry: its image missing, or not the size its
-    record says (after a crash, a file whose data never reached the disk is short)."""
+    """What a glance shows wrong with an entry: its image missing, not the size its
+    record says (after a crash, a file whose data never reached the disk is short), or
+    written to since it was published (``-o`` may have placed a hard link to it, and a
+    user with root's rights can write through one despite its 0444 mode)."""
+    short = _short(path, info)
+    if short is None and _written_since_built(path, info):
+        return _WRITTEN
+    return short
+
+
+def _written_since_built(path: Path, info: dict[str, Any]) -> bool:
+    built = info.get("squashfs_mtime_ns")
+    try:
+        return built is not None and os.stat(path / IMAGE_FILE).st_mtime_ns != built
+    except OSError:
+        return False
+
+
+def _short(path: Path, info: dict[str, Any]) -> str | None:
+    """The entry's image missing, not a file, or not the size its record says."""
     try:
         st = os.stat(path / IMAGE_FILE)
     except OSError:

@@ -118,6 +118,59 @@ def test_compiled_image_cut_short_is_reported_and_built_again(site: Site, tmp_pa
     assert_cache_whole(cache)
 
 
+def test_an_output_written_in_place_never_changes_what_the_cache_hands_out(
+        site: Site, tmp_path: Path) -> None:
+    """``-o`` may be a hard link to the entry's image. A write through it in place (same
+    size; root ignores the 0444 mode) must not make the next compile hand out the
+    changed bytes: the entry reads as damaged and is built again."""
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    proc = run_cli("compile", site.ref("big"), "-o", str(out), *cli_source_args(cache), "--json")
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = (cache / "images").iterdir()
+    image = entry / "image.squashfs"
+    linked = os.stat(out).st_ino == image.stat().st_ino  # else a reflink or a copy
+    os.chmod(out, 0o644)
+    with open(out, "r+b") as f:  # same size, one byte changed, as `dd conv=notrunc` would
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    other = tmp_path / "other.squashfs"
+    again = run_cli("compile", site.ref("big"), "-o", str(other), *cli_source_args(cache),
+                    "--json")
+    assert again.returncode == 0, again.stderr
+    assert other.read_bytes() == site.reference["big"]
+    if linked:  # the entry's bytes changed with the output's
+        assert '"cached": false' in again.stdout
+        assert f"cache entry {entry.name[:12]} is damaged" in again.stderr, again.stderr
+        assert "written to after it was built" in again.stderr, again.stderr
+    else:
+        assert '"cached": true' in again.stdout
+    assert out.read_bytes() != site.reference["big"]  # the user's file stays theirs
+    assert_cache_whole(cache)
+
+
+def test_verify_tells_a_changed_mtime_from_changed_content(site: Site, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
+    _prime(site, cache, out)
+    out.unlink()
+    (entry,) = (cache / "images").iterdir()
+    image = entry / "image.squashfs"
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # `touch`
+    bad = run_cli("cache", "--cache-dir", str(cache), "verify")
+    assert bad.returncode == 1
+    assert (f"compiled image {entry.name[:12]}: its image.squashfs was written to after it "
+            "was built (its mtime changed); its content still matches its record") in bad.stderr
+    _flip(image, 5000)
+    bad = run_cli("cache", "--cache-dir", str(cache), "verify")
+    assert bad.returncode == 1
+    assert "content does not match its record (written to after it was built)" in bad.stderr
+    fixed = run_cli("cache", "--cache-dir", str(cache), "verify", "--repair")
+    assert fixed.returncode == 0 and "(removed)" in fixed.stderr, fixed.stderr
+    assert not entry.exists()
+
+
 def test_verify_repair_removes_an_entry_cut_short(site: Site, tmp_path: Path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "out.squashfs"
     _prime(site, cache, out)
