@@ -184,11 +184,11 @@ def step(m: Measure, name: str, cmds: list[list[str]], *, stdout_path: Path | No
     if capture and procs[-1].stdout is not None:
         out = procs[-1].stdout.read()
     errs = []
-    for p, cmd, err_f, rssfile in zip(procs, cmds, errfiles, rssfiles, strict=True):
+    for p, cmd, done_f, rssfile in zip(procs, cmds, errfiles, rssfiles, strict=True):
         _, status, ru = os.wait4(p.pid, 0)
-        err_f.seek(0)
-        err = err_f.read()
-        err_f.close()
+        done_f.seek(0)
+        err = done_f.read()
+        done_f.close()
         p.returncode = os.waitstatus_to_exitcode(status)
         m.cpu += ru.ru_utime + ru.ru_stime  # time's own CPU is negligible
         lines = [x for x in Path(rssfile).read_text().split() if x.isdigit()]
@@ -647,7 +647,7 @@ def save(workdir: Path, name: str, sha: str, runs: int, started: str, loads: lis
     }, indent=1))
 
 
-def load_saved(workdir: Path, sha: str) -> list[tuple[str, dict[str, object]]]:
+def load_saved(workdir: Path, sha: str) -> list[tuple[str, dict[str, typing.Any]]]:
     """Saved results of commit ``sha``, in the order of images.IMAGES."""
     out = []
     for name in images.IMAGES:
