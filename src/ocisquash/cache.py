@@ -108,7 +108,7 @@ class ImageCache:
             return None
         info = _read_info(path)
         if info is None:
-            return f"its {INFO_FILE} cannot be read"
+            return _UNREADABLE
         return _damage(path, info)
 
     def keys(self) -> list[str]:
@@ -144,10 +144,9 @@ class ImageCache:
         try:
             for p in staged.iterdir():
                 fsync_path(p)
-            image = staged / IMAGE_FILE
-            if image.exists():
+            with contextlib.suppress(FileNotFoundError):
                 # Any later write changes it, also one through a hard link that -o made.
-                info["squashfs_mtime_ns"] = image.stat().st_mtime_ns
+                info["squashfs_mtime_ns"] = (staged / IMAGE_FILE).stat().st_mtime_ns
             write_atomic(staged / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
             for p in staged.iterdir():
                 os.chmod(p, 0o444)
@@ -253,13 +252,13 @@ class ImageCache:
         for key in self.keys():
             path = self.entry_path(key)
             info = _read_info(path)
-            damage = f"its {INFO_FILE} cannot be read" if info is None else _short(path, info)
-            if damage is not None:
+            damage = _UNREADABLE if info is None else _damage(path, info)
+            written = damage == _WRITTEN  # the content may still be whole: hash it
+            if damage is not None and not written:
                 problems.append(f"compiled image {key[:12]}: {damage}")
             else:
                 assert info is not None
                 entry = CacheEntry(key, path, info)
-                written = _written_since_built(path, info)
                 if not _matches_record(entry):
                     how = " (written to after it was built)" if written else ""
                     problems.append(f"compiled image {key[:12]} ({info.get('reference', '?')}): "
@@ -294,6 +293,7 @@ def _matches_record(entry: CacheEntry) -> bool:
     return True
 
 
+_UNREADABLE = f"its {INFO_FILE} cannot be read"
 _WRITTEN = f"its {IMAGE_FILE} was written to after it was built (its mtime changed)"
 
 
@@ -302,22 +302,6 @@ def _damage(path: Path, info: dict[str, Any]) -> str | None:
     record says (after a crash, a file whose data never reached the disk is short), or
     written to since it was published (``-o`` may have placed a hard link to it, and a
     user with root's rights can write through one despite its 0444 mode)."""
-    short = _short(path, info)
-    if short is None and _written_since_built(path, info):
-        return _WRITTEN
-    return short
-
-
-def _written_since_built(path: Path, info: dict[str, Any]) -> bool:
-    built = info.get("squashfs_mtime_ns")
-    try:
-        return built is not None and os.stat(path / IMAGE_FILE).st_mtime_ns != built
-    except OSError:
-        return False
-
-
-def _short(path: Path, info: dict[str, Any]) -> str | None:
-    """The entry's image missing, not a file, or not the size its record says."""
     try:
         st = os.stat(path / IMAGE_FILE)
     except OSError:
@@ -327,6 +311,9 @@ def _short(path: Path, info: dict[str, Any]) -> str | None:
     want = info.get("squashfs_size")
     if st.st_size != want:
         return f"its {IMAGE_FILE} holds {st.st_size} bytes, its record says {want}"
+    built = info.get("squashfs_mtime_ns")  # absent in records written before it was kept
+    if built is not None and st.st_mtime_ns != built:
+        return _WRITTEN
     return None
 
 

@@ -541,11 +541,14 @@ class Transport:
         hdrs = {"User-Agent": _USER_AGENT, **headers}
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
-            raw = self._send(method, current, hdrs, body, what=what,
-                             fallback=fallback and current == url)
+            raw, proxy = self._send(method, current, hdrs, body, what=what,
+                                    fallback=fallback and current == url)
             location = raw.headers.get("Location")
             if raw.status not in _REDIRECT_STATUSES or not location:
-                return Response(raw, current, self._forward_proxy(current))
+                # Over plain HTTP the proxy relays the request itself (no CONNECT
+                # tunnel), so its own failures arrive as statuses: the response says so.
+                via = proxy.url if proxy is not None and current.startswith("http://") else None
+                return Response(raw, current, via)
             raw.drain_conn()
             raw.release_conn()
             target = urljoin(current, location)
@@ -562,16 +565,10 @@ class Transport:
             current = target
         raise RegistryError(f"more than {MAX_REDIRECTS} redirects", context=what)
 
-    def _forward_proxy(self, url: str) -> str | None:
-        """The proxy that relays ``url`` as an absolute-URI request (plain HTTP), if any;
-        an HTTPS request goes through a CONNECT tunnel, whose refusal ``_send`` reports."""
-        if not url.startswith("http://"):
-            return None
-        proxy = self.proxies.proxy_for(url)
-        return proxy.url if proxy is not None else None
-
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-              *, what: str, fallback: bool) -> urllib3.BaseHTTPResponse:
+              *, what: str, fallback: bool) -> tuple[urllib3.BaseHTTPResponse, Proxy | None]:
+        """Send one request (through the proxy the environment gives for ``url``, which
+        is returned with the response)."""
         insecure = self.options.insecure
         scheme = urlsplit(url).scheme
         proxy = self.proxies.proxy_for(url)
@@ -629,7 +626,7 @@ class Transport:
             raw.release_conn()
             raise _proxy_refused(proxy, f"407 {raw.reason or 'Proxy Authentication Required'}",
                                  urlsplit(url).netloc, what)
-        return raw
+        return raw, proxy
 
     def close(self) -> None:
         with self._pools_lock:
