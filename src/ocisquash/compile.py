@@ -39,7 +39,7 @@ from .errors import (
     OutputError,
     UsageError,
 )
-from .gcpause import collector_paused
+from .interpreter import collector_paused
 from .model import Descriptor, ImageConfig, Manifest, Platform
 from .sources.options import SourceOptions
 from .squashfs.version import FORMAT_VERSION

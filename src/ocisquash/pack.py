@@ -43,7 +43,7 @@ from typing import Final
 
 from .entry import EntryMeta
 from .errors import OcisquashError, OutputError, SquashfsError, UsageError
-from .gcpause import collector_paused
+from .interpreter import collector_paused
 from .layers import Fidelity
 from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
 

@@ -19,7 +19,8 @@ blocks per worker (and at least two blocks) are in flight, which bounds memory: 
 that a worker finding the oldest block still being compressed by another has later ones
 to take (with two blocks per worker, devel's default compile was 6 % slower).
 
-While a pipeline is open, the interpreter's switch interval is :data:`SWITCH_INTERVAL`.
+While a pipeline is open, the interpreter's switch interval is :data:`SWITCH_INTERVAL`
+(at most; held process-wide as ``interpreter.HeldSetting`` holds settings).
 A compressing thread needs the GIL for a moment around each C call, about ten times per
 block, and the thread parsing the layers runs Python most of the time: with CPython's
 5 ms, a third of the many-files image's blocks were not ready when the writer reached
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import threading
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from ..errors import SquashfsError
+from ..interpreter import HeldSetting
 from .compressor import Compressor
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 
@@ -51,30 +52,9 @@ IN_FLIGHT_BYTES = 4 << 20
 #: The switch interval while blocks are compressed (see the module docstring).
 SWITCH_INTERVAL = 0.0005
 
-_switch_lock = threading.Lock()
-_switch_users = 0
-_switch_saved = 0.0
-_switch_set = 0.0
-
-
-def _shorten_switch_interval() -> None:
-    global _switch_users, _switch_saved, _switch_set
-    with _switch_lock:
-        if _switch_users == 0:
-            _switch_saved = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
-            _switch_set = sys.getswitchinterval()
-        _switch_users += 1
-
-
-def _restore_switch_interval() -> None:
-    """Put the interval back when the last writer closes, unless someone else (the
-    program that uses ocisquash) has set another one meanwhile: that one stays."""
-    global _switch_users
-    with _switch_lock:
-        _switch_users -= 1
-        if _switch_users == 0 and sys.getswitchinterval() == _switch_set:
-            sys.setswitchinterval(_switch_saved)
+#: Shortened while any pipeline in the process is open (see the module docstring).
+_SWITCH: HeldSetting[float] = HeldSetting(
+    sys.getswitchinterval, sys.setswitchinterval, lambda saved: min(saved, SWITCH_INTERVAL))
 
 
 def _compress_block(compressor: Compressor, data: bytes) -> tuple[bytes, int]:
@@ -92,7 +72,7 @@ class BlockPipeline:
         self._out = out
         self._compressor = compressor
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-sqfs")
-        _shorten_switch_interval()
+        _SWITCH.acquire()
         self._open = True
         self._queue: deque[tuple[Future[tuple[bytes, int]] | None, Placed]] = deque()
         self._limit = max(2, IN_FLIGHT_BYTES // block_size) * workers
@@ -155,7 +135,7 @@ class BlockPipeline:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         if self._open:
             self._open = False
-            _restore_switch_interval()
+            _SWITCH.release()
 
 
 class FileData:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ocisquash.compile import compile_image
-from ocisquash.gcpause import collector_paused
+from ocisquash.interpreter import collector_paused
 from ocisquash.progress import LayerApplying
 from ocisquash.sources.options import SourceOptions
 
