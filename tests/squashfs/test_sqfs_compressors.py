@@ -171,6 +171,39 @@ def test_zstd_codes_each_32k_part_of_a_block_with_its_own_tables() -> None:
     assert split < 0.97 * unsplit, (split, unsplit)
 
 
+@pytest.mark.parametrize("level", [1, 5, 19])
+def test_zstd_in_one_call_writes_the_bytes_of_the_parts(level: int) -> None:
+    """One C call per block (libzstd's maxBlockSize) must give exactly the frames the
+    flush after each part gives, so the image does not depend on which path ran."""
+    from ocisquash.squashfs.compressor import ZSTD_PART, _zstd_in_one_call, _zstd_in_parts
+
+    one_call = _zstd_in_one_call(level)
+    # cffi is a dependency and python-zstandard ships the bindings: the fast path must
+    # be the one that runs, or this test would compare the parts with themselves.
+    assert one_call is not None
+    in_parts = _zstd_in_parts(level)
+    data = _mixed(1 << 20) + os.urandom(5000) + b"metadata " * 1000
+    sizes = [1, 100, 8192, ZSTD_PART - 1, ZSTD_PART, ZSTD_PART + 1, 100_000, 131072, 1 << 20]
+    for size in sizes:
+        block = data[-size:]
+        assert one_call(block) == in_parts(block), size
+    # The per-thread output buffer grows, then serves smaller blocks again.
+    assert one_call(data[:1000]) == in_parts(data[:1000])
+
+
+def test_zstd_without_the_cffi_bindings_compresses_in_parts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ocisquash.squashfs.compressor import _zstd_in_one_call, make_compressor
+
+    block = _mixed(131072)
+    with_bindings = make_compressor(Compression.ZSTD, level=5, block_size=131072)
+    monkeypatch.setitem(sys.modules, "zstandard._cffi", None)  # import fails
+    assert _zstd_in_one_call(5) is None
+    without = make_compressor(Compression.ZSTD, level=5, block_size=131072)
+    assert without.compress(block) == with_bindings.compress(block)
+
+
 MIXED = _mixed(3 << 20) + b"tail" * 9000
 
 

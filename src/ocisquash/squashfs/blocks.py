@@ -21,10 +21,11 @@ to take (with two blocks per worker, devel's default compile was 6 % slower).
 
 While a pipeline is open, the interpreter's switch interval is :data:`SWITCH_INTERVAL`
 (at most; held process-wide as ``interpreter.HeldSetting`` holds settings).
-A compressing thread needs the GIL for a moment around each C call, about ten times per
-block, and the thread parsing the layers runs Python most of the time: with CPython's
-5 ms, a third of the many-files image's blocks were not ready when the writer reached
-them, and the writer waited 0.5-0.75 s for them; at 0.5 ms it waited 6 ms.
+A compressing thread needs the GIL for a moment around each C call (once per zstd
+block, see ``compressor._zstd_in_one_call``; up to ten times with older bindings), and
+the thread parsing the layers runs Python most of the time: with CPython's 5 ms, a
+third of the many-files image's blocks were not ready when the writer reached them, and
+the writer waited 0.5-0.75 s for them; at 0.5 ms it waited 6 ms.
 """
 
 from __future__ import annotations
