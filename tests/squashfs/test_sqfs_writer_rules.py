@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from hypothesis import strategies as st
 
 from ocisquash.entry import EntryMeta
 from ocisquash.errors import SquashfsError, UsageError
-from ocisquash.squashfs import FORMAT_VERSION, SquashfsWriter, WriterOptions
-from ocisquash.squashfs.blocks import SWITCH_INTERVAL
+from ocisquash.squashfs import FORMAT_VERSION, Compression, SquashfsWriter, WriterOptions
+from ocisquash.squashfs.blocks import BATCH_BYTES, SWITCH_INTERVAL, BlockPipeline
+from ocisquash.squashfs.compressor import Compressor
+from ocisquash.squashfs.format import CompressorId
 from ocisquash.squashfs.tree import split_path
 
 from ._util import (
@@ -367,6 +370,77 @@ def test_duplicate_detection_rewinds_when_later_files_follow(tmp_path: Path) -> 
     assert (out / "b").read_bytes() == big
     assert (out / "c").read_bytes() == after
     assert image.stat().st_size < len(big) + len(after) + 16384
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 4, 5, 7])
+def test_duplicates_are_rewound_wherever_they_meet_a_batch_boundary(
+    tmp_path: Path, blocks: int
+) -> None:
+    """Threads take blocks in batches of BATCH_BYTES: a duplicate's blocks may share a
+    batch that was handed over with the blocks before them, or sit in the one still
+    filling. The rewind must keep the earlier blocks and drop exactly the duplicate's."""
+    assert BATCH_BYTES == 4 * 131072  # the sizes below straddle 4-block batches
+    image = tmp_path / "i.sqfs"
+    lead = os.urandom(131072 + 100)  # shifts every later file by a block
+    data = os.urandom(blocks * 131072 + 3)
+    after = os.urandom(3 * 131072 + 5)
+
+    def build(w: SquashfsWriter) -> None:
+        w.add_file(b"lead", F, lead)
+        w.add_file(b"a", F, data)
+        w.add_file(b"b", F, data)
+        w.add_file(b"c", F, io.BytesIO(data))  # size unknown until EOF
+        w.add_file(b"d", F, after)
+
+    summary = write_image(image, build, workers=2)
+    assert summary.duplicates == 2
+    out = tmp_path / "out"
+    unsquashfs_extract(image, out)
+    for name, want in ((b"lead", lead), (b"a", data), (b"b", data), (b"c", data),
+                       (b"d", after)):
+        assert (out / name.decode()).read_bytes() == want
+    assert image.stat().st_size < len(lead) + len(data) + len(after) + 16384
+
+
+def test_rewinds_drop_exactly_the_forgotten_blocks_of_each_batch() -> None:
+    """The pipeline's own bookkeeping, with the compressing thread held back so that
+    every batch is still queued when blocks are forgotten."""
+    gate = threading.Event()
+    seen: list[bytes] = []
+
+    def compress(data: bytes) -> bytes:
+        gate.wait(30)
+        seen.append(data[:2])
+        return b"<" + data[:2] + b">"
+
+    compressor = Compressor(Compression.ZSTD, CompressorId.ZSTD, compress, None)
+    size = BATCH_BYTES // 4
+    out = io.BytesIO()
+    pipeline = BlockPipeline(out, 0, compressor, workers=1, block_size=size)
+    placed: list[tuple[int, int]] = []
+
+    def submit(*names: str) -> None:
+        for name in names:
+            pipeline.submit(name.encode().ljust(size, b"."), lambda p, f: placed.append((p, f)))
+
+    try:
+        submit("X0", "X1", "X2", "X3")  # a batch: the thread takes it and waits
+        submit("Y0", "Y1", "Y2", "Y3")  # a batch queued behind it
+        pipeline.discard_since(6, None)  # Y2, Y3 go; the batch still holds Y0, Y1
+        submit("W0", "W1", "W2", "W3")
+        pipeline.discard_since(6, None)  # a whole queued batch goes: never compressed
+        submit("Z0", "Z1")  # a batch still filling
+        pipeline.discard_since(7, None)  # Z1 leaves it before it is handed over
+        gate.set()
+        pipeline.drain()
+    finally:
+        gate.set()
+        pipeline.close()
+    kept = [b"X0", b"X1", b"X2", b"X3", b"Y0", b"Y1", b"Z0"]
+    assert out.getvalue() == b"".join(b"<" + name + b">" for name in kept)
+    assert [field for _, field in placed] == [4] * len(kept)
+    assert [position for position, _ in placed] == [4 * i for i in range(len(kept))]
+    assert sorted(seen) == sorted([*kept, b"Y2", b"Y3"])  # those two shared Y0's batch
 
 
 def test_five_gib_zero_file_uses_extended_inode_and_no_data(tmp_path: Path) -> None:

@@ -49,6 +49,13 @@ Placed = Callable[[int, int], None]
 #: Uncompressed bytes of blocks queued or being compressed, per worker.
 IN_FLIGHT_BYTES = 4 << 20
 
+#: A compressing thread takes blocks in batches of about this many bytes (at least one
+#: block): each hand-over wakes it, and it needs the GIL to wake. Against one block at
+#: a time, the many-files image's compile went from 4.6-5.7 s to 4.2-4.9 s (5
+#: alternating pairs; 6,300-6,500 voluntary and 1,400-1,500 involuntary context
+#: switches instead of 8,000-8,900 and 2,200-2,300).
+BATCH_BYTES = 512 << 10
+
 
 #: The switch interval while blocks are compressed (see the module docstring).
 SWITCH_INTERVAL = 0.0005
@@ -65,6 +72,24 @@ def _compress_block(compressor: Compressor, data: bytes) -> tuple[bytes, int]:
     return data, len(data) | DATA_UNCOMPRESSED
 
 
+def _compress_batch(compressor: Compressor, blocks: list[bytes]) -> list[tuple[bytes, int]]:
+    done = [_compress_block(compressor, data) for data in blocks]
+    blocks.clear()  # handed over, the list is this thread's: let the input go
+    return done
+
+
+class _Batch:
+    """Blocks a compressing thread takes at once; ``future`` is None until it is handed
+    over, and only then does ``blocks`` stop growing."""
+
+    __slots__ = ("blocks", "future", "size")
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes] = []
+        self.size = 0
+        self.future: Future[list[tuple[bytes, int]]] | None = None
+
+
 class BlockPipeline:
     """Compresses blocks in parallel and writes them to ``out`` in submission order."""
 
@@ -75,7 +100,11 @@ class BlockPipeline:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-sqfs")
         _SWITCH.acquire()
         self._open = True
-        self._queue: deque[tuple[Future[tuple[bytes, int]] | None, Placed]] = deque()
+        #: each block: its batch (None for a sparse block), its index there, and whom
+        #: to tell where it landed
+        self._queue: deque[tuple[_Batch | None, int, Placed]] = deque()
+        #: the batch that submitted blocks join, not handed over yet
+        self._filling: _Batch | None = None
         self._limit = max(2, IN_FLIGHT_BYTES // block_size) * workers
         self._submitted = 0
         self._retired = 0
@@ -89,23 +118,39 @@ class BlockPipeline:
 
     def submit(self, data: bytes, placed: Placed) -> None:
         """Queue ``data`` for compression; ``placed`` is told where it landed."""
-        self._queue.append((self._pool.submit(_compress_block, self._compressor, data), placed))
+        batch = self._filling
+        if batch is None:
+            batch = self._filling = _Batch()
+        self._queue.append((batch, len(batch.blocks), placed))
+        batch.blocks.append(data)
+        batch.size += len(data)
+        if batch.size >= BATCH_BYTES:
+            self._hand_over()
         self._submitted += 1
         while len(self._queue) > self._limit:
             self._retire()
 
+    def _hand_over(self) -> None:
+        batch = self._filling
+        assert batch is not None
+        self._filling = None
+        batch.future = self._pool.submit(_compress_batch, self._compressor, batch.blocks)
+
     def submit_sparse(self, placed: Placed) -> None:
         """Queue an all-zero block: nothing is written, its size field is 0."""
-        self._queue.append((None, placed))
+        self._queue.append((None, 0, placed))
         self._submitted += 1
 
     def _retire(self) -> None:
-        future, placed = self._queue.popleft()
+        batch, index, placed = self._queue.popleft()
         self._retired += 1
-        if future is None:
+        if batch is None:
             placed(self.position, 0)
             return
-        payload, field = future.result()
+        if batch.future is None:
+            self._hand_over()
+            assert batch.future is not None
+        payload, field = batch.future.result()[index]
         self._out.write(payload)
         placed(self.position, field)
         self.position += len(payload)
@@ -114,9 +159,12 @@ class BlockPipeline:
         """Forget every block submitted after ``mark`` and move the write position back
         to ``rewind_to`` (the first of those blocks' offset, if any was written)."""
         while self._submitted > max(mark, self._retired):
-            future, _ = self._queue.pop()
-            if future is not None:
-                future.cancel()
+            batch, index, _ = self._queue.pop()
+            if batch is not None:
+                if batch.future is None:  # still filling: the block is its last
+                    batch.size -= len(batch.blocks.pop())
+                elif index == 0:  # every block of the batch is forgotten
+                    batch.future.cancel()
             self._submitted -= 1
         if rewind_to is not None and rewind_to != self.position:
             self.position = rewind_to
@@ -129,10 +177,11 @@ class BlockPipeline:
 
     def close(self, cancel: bool = False) -> None:
         if cancel:
-            for future, _ in self._queue:
-                if future is not None:
-                    future.cancel()
+            for batch, _, _ in self._queue:
+                if batch is not None and batch.future is not None:
+                    batch.future.cancel()
             self._queue.clear()
+            self._filling = None
         self._pool.shutdown(wait=True, cancel_futures=cancel)
         if self._open:
             self._open = False
