@@ -52,8 +52,8 @@ IN_FLIGHT_BYTES = 4 << 20
 #: A compressing thread takes blocks in batches of about this many bytes (at least one
 #: block): each hand-over wakes it, and it needs the GIL to wake. Against one block at
 #: a time, the many-files image's compile went from 4.6-5.7 s to 4.2-4.9 s (5
-#: alternating pairs; 6,300-6,500 voluntary and 1,400-1,500 involuntary context
-#: switches instead of 8,000-8,900 and 2,200-2,300).
+#: alternating pairs; 6,270-6,470 voluntary and 1,360-1,510 involuntary context
+#: switches instead of 8,040-8,910 and 2,200-2,280).
 BATCH_BYTES = 512 << 10
 
 

@@ -226,7 +226,7 @@ def _zstd_in_one_call(level: int) -> Callable[[bytes], bytes] | None:
 
     A compressing thread takes the GIL back after each C call, and each time it can
     hold up the thread that parses the layers. Eight calls per block became one: the
-    many-files image's compile went from 13,000-14,500 to 7,900-8,800 voluntary context
+    many-files image's compile went from 12,970-14,440 to 7,920-8,760 voluntary context
     switches and from 4.8-5.9 s to 4.3-5.5 s (5 alternating pairs), Debian's from
     2.08-2.20 s to 1.85-1.99 s (``bench/README.md``).
 
