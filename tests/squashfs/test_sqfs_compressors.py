@@ -191,17 +191,30 @@ def test_zstd_in_one_call_writes_the_bytes_of_the_parts(level: int) -> None:
     assert one_call(data[:1000]) == in_parts(data[:1000])
 
 
-def test_zstd_without_the_cffi_bindings_compresses_in_parts(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("lacking", ["bindings", "libzstd 1.5.6", "parameter"])
+def test_zstd_without_one_call_compresses_in_parts(
+    monkeypatch: pytest.MonkeyPatch, lacking: str
 ) -> None:
+    import types
+
+    from ocisquash.squashfs import compressor
     from ocisquash.squashfs.compressor import _zstd_in_one_call, make_compressor
 
     block = _mixed(131072)
-    with_bindings = make_compressor(Compression.ZSTD, level=5, block_size=131072)
-    monkeypatch.setitem(sys.modules, "zstandard._cffi", None)  # import fails
+    with_one_call = make_compressor(Compression.ZSTD, level=5, block_size=131072)
+    if lacking == "bindings":
+        monkeypatch.setitem(sys.modules, "zstandard._cffi", None)  # import fails
+    elif lacking == "libzstd 1.5.6":
+        monkeypatch.setattr(compressor, "_MAX_BLOCK_SIZE_SINCE", 10 ** 9)
+    else:  # bindings of a libzstd new enough, built without ZSTD_c_maxBlockSize
+        from zstandard._cffi import ffi, lib
+
+        older = types.SimpleNamespace(ZSTD_versionNumber=lib.ZSTD_versionNumber)
+        monkeypatch.setitem(sys.modules, "zstandard._cffi",
+                            types.SimpleNamespace(ffi=ffi, lib=older))
     assert _zstd_in_one_call(5) is None
-    without = make_compressor(Compression.ZSTD, level=5, block_size=131072)
-    assert without.compress(block) == with_bindings.compress(block)
+    in_parts = make_compressor(Compression.ZSTD, level=5, block_size=131072)
+    assert in_parts.compress(block) == with_one_call.compress(block)
 
 
 MIXED = _mixed(3 << 20) + b"tail" * 9000

@@ -232,36 +232,44 @@ def _zstd_in_one_call(level: int) -> Callable[[bytes], bytes] | None:
 
     python-zstandard exposes ``maxBlockSize`` only in the libzstd bindings of its cffi
     backend (``zstandard._cffi``, shipped with its C backend; cffi releases the GIL
-    around each call). ``None`` when those cannot be loaded or the libzstd in them is
-    older than 1.5.6; the caller then compresses in parts.
+    around each call). ``None`` when those cannot be loaded, lack the parameter, or
+    refuse it (a libzstd older than 1.5.6); the caller then compresses in parts.
     """
     try:
         from zstandard._cffi import ffi, lib
-    except ImportError:
+
+        if lib.ZSTD_versionNumber() < _MAX_BLOCK_SIZE_SINCE:
+            return None
+        params = ((lib.ZSTD_c_compressionLevel, level), (lib.ZSTD_c_maxBlockSize, ZSTD_PART))
+    except (ImportError, AttributeError):  # no bindings, or bindings without the parameter
         return None
-    if lib.ZSTD_versionNumber() < _MAX_BLOCK_SIZE_SINCE:
+
+    def context() -> Any:
+        cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
+        for param, value in params:
+            if cctx == ffi.NULL or lib.ZSTD_isError(lib.ZSTD_CCtx_setParameter(cctx, param, value)):
+                return None
+        return cctx
+
+    if context() is None:  # settle it here, not in a compressing thread
         return None
     local = threading.local()
-
-    def checked(code: int) -> int:
-        if lib.ZSTD_isError(code):
-            name = ffi.string(lib.ZSTD_getErrorName(code)).decode()
-            raise SquashfsError(f"zstd could not compress a block: {name}")
-        return code
 
     def compress(data: bytes) -> bytes:
         # A compression context must not be shared between threads.
         cctx = getattr(local, "cctx", None)
         if cctx is None:
-            cctx = ffi.gc(lib.ZSTD_createCCtx(), lib.ZSTD_freeCCtx)
-            checked(lib.ZSTD_CCtx_setParameter(cctx, lib.ZSTD_c_compressionLevel, level))
-            checked(lib.ZSTD_CCtx_setParameter(cctx, lib.ZSTD_c_maxBlockSize, ZSTD_PART))
-            local.cctx = cctx
+            cctx = local.cctx = context()
             local.out = ffi.new("char[]", 0)
+            if cctx is None:
+                raise SquashfsError("zstd could not make a compression context")
         room = lib.ZSTD_compressBound(len(data))
         if len(local.out) < room:
             local.out = ffi.new("char[]", room)
-        n = checked(lib.ZSTD_compress2(cctx, local.out, room, ffi.from_buffer(data), len(data)))
+        n = lib.ZSTD_compress2(cctx, local.out, room, ffi.from_buffer(data), len(data))
+        if lib.ZSTD_isError(n):
+            name = ffi.string(lib.ZSTD_getErrorName(n)).decode()
+            raise SquashfsError(f"zstd could not compress a block: {name}")
         out: bytes = ffi.buffer(local.out, n)[:]
         return out
 
