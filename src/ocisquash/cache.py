@@ -95,8 +95,8 @@ class ImageCache:
         """The published entry for ``key``, or None (also when it is damaged, see
         :meth:`damage`)."""
         path = self.entry_path(key)
-        info = _read_info(path)
-        if info is None or _damage(path, info) is not None:
+        info, damage = _glance(path)
+        if info is None or damage is not None:
             return None
         return CacheEntry(key, path, info)
 
@@ -106,10 +106,7 @@ class ImageCache:
         path = self.entry_path(key)
         if not path.exists():
             return None
-        info = _read_info(path)
-        if info is None:
-            return _UNREADABLE
-        return _damage(path, info)
+        return _glance(path)[1]
 
     def keys(self) -> list[str]:
         """The keys of every entry directory, whole or damaged."""
@@ -251,8 +248,7 @@ class ImageCache:
                         path.unlink()
         for key in self.keys():
             path = self.entry_path(key)
-            info = _read_info(path)
-            damage = _UNREADABLE if info is None else _damage(path, info)
+            info, damage = _glance(path)
             written = damage == _WRITTEN  # the content may still be whole: hash it
             if damage is not None and not written:
                 problems.append(f"compiled image {key[:12]}: {damage}")
@@ -295,6 +291,13 @@ def _matches_record(entry: CacheEntry) -> bool:
 
 _UNREADABLE = f"its {INFO_FILE} cannot be read"
 _WRITTEN = f"its {IMAGE_FILE} was written to after it was built (its mtime changed)"
+
+
+def _glance(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """An entry directory's record (None when unreadable) and what a glance shows wrong
+    with the entry (None when nothing)."""
+    info = _read_info(path)
+    return info, (_UNREADABLE if info is None else _damage(path, info))
 
 
 def _damage(path: Path, info: dict[str, Any]) -> str | None:
