@@ -622,7 +622,7 @@ _TYPES: dict[bytes, EntryKind] = {
     b"1": "hardlink", b"2": "symlink", b"3": "char", b"4": "block", b"5": "dir", b"6": "fifo",
 }
 
-Member = tuple[TarEntry, BinaryIO | None]
+Member = tuple[TarEntry, BinaryIO | bytes | None]
 #: largest PAX or GNU long-name header accepted (real ones are a few KiB)
 _MAX_META = 16 << 20
 _BLOCK = 512
@@ -640,11 +640,13 @@ def layer_context(layer: Layer, index: int | None = None) -> str:
 
 
 def read_layer(layer: Layer, *, limits: Limits = Limits(), fidelity: Fidelity | None = None,
-               index: int | None = None, verify_diff_id: bool = True) -> Iterator[Member]:
+               index: int | None = None, verify_diff_id: bool = True,
+               small_files: int = -1) -> Iterator[Member]:
     """Yield ``(entry, data)`` for each member of ``layer``; ``data`` only for files.
 
     ``data`` is a stream of exactly ``entry.size`` bytes, valid until the next item
-    is requested; unread data is skipped. When the generator is exhausted the whole
+    is requested; unread data is skipped. A file (not sparse) of at most
+    ``small_files`` bytes comes as ``bytes`` instead. When the generator is exhausted the whole
     blob has been read and both digests checked. Errors name the layer.
     """
     context = layer_context(layer, index)
@@ -653,7 +655,7 @@ def read_layer(layer: Layer, *, limits: Limits = Limits(), fidelity: Fidelity | 
     raw_stream = layer.open()
     try:
         yield from _read(raw_stream, layer.diff_id if verify_diff_id else None, limits, fid,
-                         context)
+                         context, small_files)
     finally:
         close = getattr(raw_stream, "close", None)
         if close is not None:
@@ -661,7 +663,7 @@ def read_layer(layer: Layer, *, limits: Limits = Limits(), fidelity: Fidelity | 
 
 
 def _read(raw_stream: BinaryIO, diff_id: Digest | None, limits: Limits, fid: Fidelity,
-          context: str) -> Iterator[Member]:
+          context: str, small: int) -> Iterator[Member]:
     raw = _PeekReader(raw_stream)
     compression = sniff_compression(raw.peek(4))
     inner: Any
@@ -676,7 +678,7 @@ def _read(raw_stream: BinaryIO, diff_id: Digest | None, limits: Limits, fid: Fid
     stream = _TarStream(inner, raw, diff_id.algorithm if diff_id else "sha256", compression,
                         limits, context, getattr(raw_stream, "abort", None))
     try:
-        yield from _members(stream, limits, fid, context)
+        yield from _members(stream, limits, fid, context, small)
         stream.drain()
     finally:
         stream.close()  # before the decoder it uses is closed
@@ -782,8 +784,10 @@ def _check_sparse(runs: list[tuple[int, int]], real: int, stored: int, context: 
         raise LayerError("sparse map promises more data than the entry holds", context=context)
 
 
-def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str) -> Iterator[Member]:
-    """Parse the tar stream (ustar, GNU and PAX dialects) and yield normalised entries."""
+def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
+             small: int = -1) -> Iterator[Member]:
+    """Parse the tar stream (ustar, GNU and PAX dialects) and yield normalised entries;
+    the data of a file of at most ``small`` bytes (not sparse) as ``bytes``."""
     buf = _Buffer(stream)
     globals_: dict[bytes, bytes] = {}
     pax: dict[bytes, bytes] = {}
@@ -956,6 +960,13 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str) ->
         if subsecond and entry is not None:
             fid.note("mtime-subsecond-truncated", entry.path)
         if entry is not None and entry.kind == "file":
+            if size <= small and sparse is None:
+                data = buf.take(size)
+                if len(data) != size or buf.skip(padded - size) != padded - size:
+                    raise LayerError("tar stream truncated inside a file",
+                                     context=f"{context}: {_show(entry.path)}")
+                yield entry, data
+                continue
             data_stream = _MemberData(buf, size, real_size, sparse, context, entry.path)
             yield entry, cast(BinaryIO, data_stream)
             data_stream.finish()

@@ -45,7 +45,8 @@ TAR = make_tar([D("etc"), F("etc/hosts", b"127.0.0.1 localhost\n"), F("big", byt
 
 
 def entries(layer: BlobLayer, **kw: object) -> dict[bytes, bytes | None]:
-    return {e.path: (d.read() if d else None) for e, d in read_layer(layer, **kw)}  # type: ignore[arg-type]
+    return {e.path: (d if d is None or isinstance(d, bytes) else d.read())
+            for e, d in read_layer(layer, **kw)}  # type: ignore[arg-type]
 
 
 def test_compression_is_sniffed_from_magic_bytes_not_media_type() -> None:
@@ -117,10 +118,24 @@ def test_truncated_compressed_stream_is_a_layer_error_naming_the_layer(
     assert f"layer sha256:{layer.descriptor.digest.hex[:12]}" in str(info.value)
 
 
-@pytest.mark.parametrize("cut", [512 + 100, 512 * 3 + 10, 700])
-def test_truncated_tar_is_a_layer_error(cut: int) -> None:
+@pytest.mark.parametrize("small_files", [-1, 1 << 16])
+@pytest.mark.parametrize("cut", [512 + 100, 512 * 3 + 10, 700,
+                                 512 * 2 + 10, 512 * 2 + 100])  # etc/hosts' data, its padding
+def test_truncated_tar_is_a_layer_error(cut: int, small_files: int) -> None:
     with pytest.raises(LayerError, match="truncated"):
-        entries(BlobLayer(TAR[:cut], None, MEDIA["tar"]))
+        entries(BlobLayer(TAR[:cut], None, MEDIA["tar"]), small_files=small_files)
+
+
+def test_small_files_come_whole_as_bytes_and_the_rest_as_streams() -> None:
+    layer = BlobLayer.of(TAR, "gzip")
+    kinds = {e.path: type(d) for e, d in read_layer(layer, small_files=20)}
+    assert kinds[b"etc"] is type(None)
+    assert kinds[b"etc/hosts"] is bytes  # exactly 20 bytes
+    assert kinds[b"big"] is not bytes and kinds[b"big"] is not type(None)
+    assert entries(layer, small_files=20) == entries(layer)
+    assert entries(layer, small_files=20)[b"etc/hosts"] == b"127.0.0.1 localhost\n"
+    just_under = {e.path: type(d) for e, d in read_layer(layer, small_files=19)}
+    assert just_under[b"etc/hosts"] is not bytes
 
 
 def test_tar_without_end_blocks_ending_on_a_header_boundary_is_accepted() -> None:

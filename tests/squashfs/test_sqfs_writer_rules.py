@@ -219,6 +219,22 @@ def test_declared_size_reads_only_that_many_bytes(tmp_path: Path) -> None:
     assert (out / "f").read_bytes() == b"0123"
 
 
+def test_whole_data_must_match_its_declared_size(tmp_path: Path) -> None:
+    with SquashfsWriter(tmp_path / "i.sqfs", WriterOptions(mkfs_time=0)) as w:
+        for data in (b"abc", bytearray(b"abc"), memoryview(b"abc")):
+            with pytest.raises(SquashfsError, match="file data is 3 bytes, not 10"):
+                w.add_file(b"f", F, data, size=10)
+        w.add_file(b"f", F, bytearray(b"abc"), size=3)
+        w.add_file(b"g", F, memoryview(b"0123456789" * 1000))
+        w.add_file(b"h", F, b"x" * (3 << 17) + b"tail", size=(3 << 17) + 4)
+        w.finish()
+    out = tmp_path / "out"
+    unsquashfs_extract(tmp_path / "i.sqfs", out)
+    assert (out / "f").read_bytes() == b"abc"
+    assert (out / "g").read_bytes() == b"0123456789" * 1000
+    assert (out / "h").read_bytes() == b"x" * (3 << 17) + b"tail"
+
+
 @pytest.mark.parametrize("block_size", [4096, 131072, 1 << 20])
 @pytest.mark.parametrize("fragments", [True, False])
 def test_file_sizes_around_block_boundaries_round_trip(

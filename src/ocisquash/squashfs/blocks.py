@@ -31,6 +31,7 @@ the writer waited 0.5-0.75 s for them; at 0.5 ms it waited 6 ms.
 from __future__ import annotations
 
 import hashlib
+import io
 import sys
 from array import array
 from collections import deque
@@ -304,6 +305,12 @@ class DataWriter:
             self._seen[key] = record
         self._place_tail(record, tail)
         return record
+
+    def write_bytes(self, data: bytes) -> FileData:
+        """Store a file given whole."""
+        if len(data) < self._block_size:
+            return self._store_short(data)
+        return self.write_file(io.BytesIO(data), len(data))
 
     def _store_short(self, data: bytes) -> FileData:
         """Store a file shorter than a block (most files are): in a fragment, or as a

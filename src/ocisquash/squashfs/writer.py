@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import struct
 from dataclasses import dataclass
@@ -195,16 +194,23 @@ class SquashfsWriter:
         self._check_open()
         meta = self._meta(meta)
         self._tree.placeable(path)
-        if isinstance(data, _BYTES_LIKE):
-            if size is None:
-                size = memoryview(data).nbytes
-            stream: BinaryIO = io.BytesIO(data)
+        whole: bytes | None = None
+        stream: BinaryIO | None = None
+        if isinstance(data, _BYTES_LIKE):  # most files: layer readers hand small ones whole
+            whole = data if type(data) is bytes else bytes(data)
+            if size is not None and size != len(whole):
+                raise SquashfsError(f"file data is {len(whole)} bytes, not {size}",
+                                    context=repr(path))
         else:
             stream = data
         if size is not None and size < 0:
             raise SquashfsError(f"negative file size {size}", context=repr(path))
         try:
-            written = self._data.write_file(stream, size)
+            if whole is not None:
+                written = self._data.write_bytes(whole)
+            else:
+                assert stream is not None
+                written = self._data.write_file(stream, size)
         except SquashfsError as e:
             raise e.with_context(repr(path)) from None
         except OSError as e:
