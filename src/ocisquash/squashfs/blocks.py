@@ -13,6 +13,15 @@ Format rules enforced here:
   last block);
 * identical files may share blocks ("Doing so is NOT counted as a hard link").
 
+Duplicate files are found by a sha256 key over the file's data. A file shorter than a
+block is always hashed (such sizes repeat all the time). A longer one is hashed only
+when an earlier file has its size: the first file of each size is written unhashed,
+and when a second one comes, the first is keyed by reading its blocks back from the
+output and decoding them (once per size; like mksquashfs, which compares files of the
+same size only). The keys, and so the image, are the same as if every file were
+hashed; an output that cannot be read back gets exactly that. For a 1 GiB file this
+saves 0.6 s of CPU, and devel's compile used 0.8 s less (4 alternating pairs).
+
 Blocks are compressed by a thread pool but written strictly in submission order, so the
 output is byte-identical whatever the thread timing. At most :data:`IN_FLIGHT_BYTES` of
 blocks per worker (and at least two blocks) are in flight, which bounds memory: enough
@@ -171,10 +180,30 @@ class BlockPipeline:
             self.position = rewind_to
             self._out.seek(rewind_to)
 
+    def retire_oldest(self) -> None:
+        """Write the oldest queued block (waiting for it to be compressed)."""
+        if not self._queue:
+            raise SquashfsError("no block is queued")
+        self._retire()
+
     def drain(self) -> None:
         """Write every queued block."""
         while self._queue:
             self._retire()
+
+    def read_back(self, position: int, n: int) -> bytes:
+        """``n`` bytes already written at ``position`` (the blocks there retired); the
+        write position does not move."""
+        out = self._out
+        here = out.tell()
+        try:
+            out.seek(position)
+            data = out.read(n)
+        finally:
+            out.seek(here)
+        if len(data) != n:
+            raise SquashfsError(f"read back {len(data)} of {n} bytes at offset {position}")
+        return data
 
     def close(self, cancel: bool = False) -> None:
         if cancel:
@@ -227,6 +256,7 @@ class DataWriter:
         *,
         fragments: bool,
         dedup: bool,
+        decompress: Callable[[bytes, int], bytes] | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._block_size = block_size
@@ -235,6 +265,14 @@ class DataWriter:
         self._dedup = dedup
         #: dedup key (digest + 8-byte size, one bytes object to keep it small) -> data
         self._seen: dict[bytes, FileData] = {}
+        self._decompress = decompress
+        #: with ``decompress`` (the output can be read back): a file of a block or more
+        #: is hashed only when an earlier file has its size. The first file of each
+        #: size, not hashed, is kept here (None once it is keyed, by reading it back).
+        self._first_of_size: dict[int, FileData | None] | None = (
+            {} if dedup and decompress is not None else None)
+        #: files read back to be keyed
+        self.read_backs = 0
         self._fragment = bytearray()
         #: packed fragment table entries, in fragment index order
         self.fragment_table: list[bytes] = []
@@ -260,7 +298,13 @@ class DataWriter:
         # block, 0x01 + sha256 for any other), unambiguous because records have fixed
         # sizes. A file shorter than a block (most files) is keyed by its own sha256
         # instead (see _store_short): its size, in the key, tells the two kinds apart.
-        hasher = hashlib.sha256() if self._dedup else None
+        hashing = self._dedup
+        firsts = self._first_of_size
+        if firsts is not None and size is not None and size not in firsts:
+            # No earlier file has this size: none can be a copy of this one.
+            firsts[size] = record
+            hashing = False
+        hasher = hashlib.sha256() if hashing else None
         remaining = size
         total = 0
         tail = b""
@@ -297,6 +341,14 @@ class DataWriter:
             if tail:
                 hasher.update(b"\x01" + hashlib.sha256(tail).digest())
             key = hasher.digest() + total.to_bytes(8, "little")
+            if firsts is not None:
+                # Key the first file of this size now: its blocks had this file's time
+                # to be written. They are older than this file's, so none of this
+                # file's blocks need to be written for it (the rewind below still works).
+                first = firsts.get(total)
+                firsts[total] = None
+                if first is not None:
+                    self._seen.setdefault(self._key_of_written(first), first)
             previous = self._seen.get(key)
             if previous is not None:
                 self._pipeline.discard_since(mark, record.start)
@@ -311,6 +363,63 @@ class DataWriter:
         if len(data) < self._block_size:
             return self._store_short(data)
         return self.write_file(io.BytesIO(data), len(data))
+
+    def _key_of_written(self, record: FileData) -> bytes:
+        """The dedup key of a file of a block or more, from its bytes in the image (the
+        same key ``write_file`` computes as it reads a file)."""
+        assert self._decompress is not None
+        self.read_backs += 1
+        bs = self._block_size
+        while not self._on_disk(record):  # write its queued blocks, and only those
+            self._pipeline.retire_oldest()
+        fields = record.sizes if record.sizes is not None else array("I")
+        position = record.start or 0
+        hasher = hashlib.sha256()
+        whole = record.size // bs
+        for i in range(whole):
+            field = fields[i]
+            if field == 0:
+                hasher.update(b"\x00")
+                continue
+            block = self._read_block(position, field, bs)
+            position += field & ~DATA_UNCOMPRESSED
+            if len(block) != bs:
+                raise SquashfsError(f"a block read back at offset {position} is "
+                                    f"{len(block)} bytes, not {bs}")
+            hasher.update(b"\x01" + hashlib.sha256(block).digest())
+        left = record.size - whole * bs
+        if left:
+            if self._use_fragments:
+                tail = self._fragment_piece(record.fragment, record.fragment_offset, left)
+            else:
+                tail = self._read_block(position, fields[whole], left)
+            if len(tail) != left:
+                raise SquashfsError(f"a file's tail read back is {len(tail)} bytes, not {left}")
+            hasher.update(b"\x01" + hashlib.sha256(tail).digest())
+        return hasher.digest() + record.size.to_bytes(8, "little")
+
+    def _on_disk(self, record: FileData) -> bool:
+        """Whether all of a file's data is written (or in the fragment being filled)."""
+        bs = self._block_size
+        blocks = record.size // bs if self._use_fragments else -(-record.size // bs)
+        if (0 if record.sizes is None else len(record.sizes)) < blocks:
+            return False
+        if self._use_fragments and record.size % bs:
+            return (record.fragment == self._fragment_count
+                    or record.fragment < len(self.fragment_table))
+        return True
+
+    def _read_block(self, position: int, field: int, size: int) -> bytes:
+        """The data of a block written at ``position`` with on-disk size ``field``."""
+        assert self._decompress is not None
+        raw = self._pipeline.read_back(position, field & ~DATA_UNCOMPRESSED)
+        return raw if field & DATA_UNCOMPRESSED else self._decompress(raw, size)
+
+    def _fragment_piece(self, index: int, offset: int, n: int) -> bytes:
+        if index == self._fragment_count:  # the fragment block still being filled
+            return bytes(self._fragment[offset:offset + n])
+        position, field, _ = FRAGMENT_ENTRY.unpack(self.fragment_table[index])
+        return self._read_block(position, field, self._block_size)[offset:offset + n]
 
     def _store_short(self, data: bytes) -> FileData:
         """Store a file shorter than a block (most files are): in a fragment, or as a

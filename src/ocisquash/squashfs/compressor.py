@@ -94,6 +94,31 @@ class Compressor:
         """Return the compressed form of ``data`` (the caller keeps it only if smaller)."""
         return self._func(data)
 
+    def decompress(self, data: bytes, size: int) -> bytes:
+        """Decode a block of at most ``size`` bytes that this kind of compressor wrote
+        (the writer reads a few blocks back; see ``blocks.DataWriter``)."""
+        kind = self.kind
+        if kind is Compression.GZIP:
+            import zlib
+
+            return zlib.decompress(data, 15, size)
+        if kind is Compression.XZ:
+            return lzma.decompress(data, format=lzma.FORMAT_XZ)
+        if kind is Compression.ZSTD:
+            import zstandard
+
+            out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+            return out
+        if kind is Compression.LZ4:
+            import lz4.block
+
+            out = lz4.block.decompress(data, uncompressed_size=size)
+            return out
+        import lzo
+
+        out = lzo.decompress(data, False, size)
+        return out
+
 
 def make_compressor(
     kind: Compression,

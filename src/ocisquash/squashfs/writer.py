@@ -135,6 +135,8 @@ class SquashfsWriter:
             options.block_size,
             fragments=options.fragments,
             dedup=options.dedup,
+            # Duplicate detection reads a few files back when the output allows it.
+            decompress=self._compressor.decompress if _readable(self._out) else None,
         )
         self._closed = False
 
@@ -428,6 +430,13 @@ class SquashfsWriter:
             compression=opts.compression.value,
             block_size=opts.block_size,
         )
+
+
+def _readable(stream: BinaryIO) -> bool:
+    try:
+        return bool(stream.readable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _sorted_children(node: DirNode) -> list[tuple[bytes, Node]]:
