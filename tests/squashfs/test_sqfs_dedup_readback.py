@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ocisquash.entry import EntryMeta
+from ocisquash.errors import SquashfsError
 from ocisquash.squashfs import Compression, SquashfsWriter, WriterOptions
 from ocisquash.squashfs import blocks as blocks_module
 
@@ -142,3 +143,20 @@ def test_a_file_of_a_new_size_is_not_hashed(tmp_path: Path,
     out = tmp_path / "out"
     unsquashfs_extract(tmp_path / "i.sqfs", out)
     assert (out / "c").read_bytes() == b"x" * (3 * BS)
+
+
+class Garbled(io.BytesIO):
+    """An output that does not read back what was written to it."""
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        return b"\xff" * len(data)
+
+
+def test_an_output_that_reads_back_other_bytes_is_an_error_not_a_wrong_image() -> None:
+    out = Garbled()
+    options = WriterOptions(mkfs_time=0, block_size=BS)
+    with SquashfsWriter(out, options) as w:  # type: ignore[arg-type]
+        w.add_file(b"a", F, io.BytesIO(b"ab" * (2 * BS)), size=4 * BS)
+        with pytest.raises(SquashfsError, match="does not decode"):
+            w.add_file(b"b", F, io.BytesIO(b"ab" * (2 * BS)), size=4 * BS)

@@ -413,7 +413,13 @@ class DataWriter:
         """The data of a block written at ``position`` with on-disk size ``field``."""
         assert self._decompress is not None
         raw = self._pipeline.read_back(position, field & ~DATA_UNCOMPRESSED)
-        return raw if field & DATA_UNCOMPRESSED else self._decompress(raw, size)
+        if field & DATA_UNCOMPRESSED:
+            return raw
+        try:
+            return self._decompress(raw, size)
+        except Exception as e:  # a codec's own error type: the output is not what was written
+            raise SquashfsError(f"a block read back at offset {position} does not decode: "
+                                f"{e}") from e
 
     def _fragment_piece(self, index: int, offset: int, n: int) -> bytes:
         if index == self._fragment_count:  # the fragment block still being filled
