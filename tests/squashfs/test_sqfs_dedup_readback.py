@@ -160,3 +160,21 @@ def test_an_output_that_reads_back_other_bytes_is_an_error_not_a_wrong_image() -
         w.add_file(b"a", F, io.BytesIO(b"ab" * (2 * BS)), size=4 * BS)
         with pytest.raises(SquashfsError, match="does not decode"):
             w.add_file(b"b", F, io.BytesIO(b"ab" * (2 * BS)), size=4 * BS)
+
+
+@pytest.mark.parametrize("settings", [
+    {"compression": Compression.XZ, "xz_filters": ("x86", "arm")},
+    {"compression": Compression.GZIP, "gzip_window": 9, "level": 1},
+    {"compression": Compression.LZ4, "lz4_hc": True},
+])
+def test_reading_back_decodes_every_codec_setting(tmp_path: Path, settings: dict) -> None:
+    files = _files(seed=7)
+    results = []
+    for output in (tmp_path / "i.sqfs", WriteOnly()):
+        options = WriterOptions(mkfs_time=0, block_size=BS, **settings)
+        with SquashfsWriter(output, options) as w:  # type: ignore[arg-type]
+            for name, data, _ in files:
+                w.add_file(name, F, data)
+            results.append((w.finish().duplicates, w._data.read_backs))
+    assert results[0][0] == results[1][0] > 0 and results[0][1] > 0 == results[1][1]
+    assert (tmp_path / "i.sqfs").read_bytes() == output.inner.getvalue()  # type: ignore[union-attr]
