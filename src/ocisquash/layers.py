@@ -646,8 +646,8 @@ def read_layer(layer: Layer, *, limits: Limits = Limits(), fidelity: Fidelity | 
 
     ``data`` is a stream of exactly ``entry.size`` bytes, valid until the next item
     is requested; unread data is skipped. A file (not sparse) of at most
-    ``small_files`` bytes comes as ``bytes`` instead. When the generator is exhausted the whole
-    blob has been read and both digests checked. Errors name the layer.
+    ``small_files`` bytes comes as ``bytes`` instead. When the generator is exhausted
+    the whole blob has been read and both digests checked. Errors name the layer.
     """
     context = layer_context(layer, index)
     check_media_type(layer.descriptor.media_type, context=context)
@@ -945,6 +945,8 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
                 area, extended = ext[:504], ext[504]
         if sparse is not None:
             _check_sparse(sparse, real_size, size, context)
+        else:
+            real_size = size  # a GNU.sparse size without a map means nothing (as in Go)
 
         kind = _TYPES.get(typeflag)
         if kind == "file" and typeflag == b"\0" and name.endswith(b"/"):

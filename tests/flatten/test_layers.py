@@ -443,3 +443,22 @@ def test_numeric_header_field_fast_path_agrees_with_the_rule(field: bytes) -> No
             _num(field, "size", "layer")
     else:
         assert _num(field, "size", "layer") == want
+
+
+@pytest.mark.parametrize("small_files", [-1, 1 << 16])
+def test_a_gnu_sparse_size_without_a_sparse_map_is_ignored(small_files: int) -> None:
+    # A PAX header may name a "real size" with no map: the entry is a plain file of
+    # its stored size, and the entries after it are read from the right place.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.size = 3
+        ti.pax_headers = {"GNU.sparse.realsize": "100000"}
+        tf.addfile(ti, io.BytesIO(b"abc"))
+        ti = tarfile.TarInfo("g")
+        ti.size = 2
+        tf.addfile(ti, io.BytesIO(b"hi"))
+    layer = BlobLayer.of(buf.getvalue(), "tar")
+    sizes = {e.path: e.size for e, _ in read_layer(layer, small_files=small_files)}
+    assert sizes == {b"f": 3, b"g": 2}
+    assert entries(layer, small_files=small_files) == {b"f": b"abc", b"g": b"hi"}
