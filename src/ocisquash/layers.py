@@ -535,6 +535,11 @@ class _Buffer:
         return done
 
 
+def _truncated_file(context: str, path: bytes) -> LayerError:
+    # Built only when raised: most files never need the message.
+    return LayerError("tar stream truncated inside a file", context=f"{context}: {_show(path)}")
+
+
 class _MemberData:
     """A regular file's data, valid until the next entry: exactly ``size`` bytes, with
     the holes of a sparse file filled with zeros."""
@@ -565,10 +570,6 @@ class _MemberData:
         self._layer_context = context
         self._path = path
 
-    @property
-    def _context(self) -> str:
-        # Built only for an error message: most files never need it.
-        return f"{self._layer_context}: {_show(self._path)}"
 
     def read(self, n: int = -1) -> bytes:
         """Exactly ``n`` bytes (all that is left when ``n`` is negative or too large),
@@ -578,7 +579,7 @@ class _MemberData:
         if self._runs is None:
             data = self._buf.take(n)
             if len(data) != n:
-                raise LayerError("tar stream truncated inside a file", context=self._context)
+                raise _truncated_file(self._layer_context, self._path)
             self._pos += n
             self._stored_left -= n
             return data
@@ -601,7 +602,7 @@ class _MemberData:
                 return bytes(k)
             data = self._buf.some(k)
             if not data:
-                raise LayerError("tar stream truncated inside a file", context=self._context)
+                raise _truncated_file(self._layer_context, self._path)
             self._pos += len(data)
             self._stored_left -= len(data)
             return data
@@ -614,7 +615,7 @@ class _MemberData:
         """Skip what the consumer left unread, up to the next header."""
         left = self._stored_left + (-self._stored_total % _BLOCK)
         if self._buf.skip(left) != left:
-            raise LayerError("tar stream truncated inside a file", context=self._context)
+            raise _truncated_file(self._layer_context, self._path)
 
 
 _TYPES: dict[bytes, EntryKind] = {
@@ -965,8 +966,7 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
             if size <= small and sparse is None:
                 data = buf.take(size)
                 if len(data) != size or buf.skip(padded - size) != padded - size:
-                    raise LayerError("tar stream truncated inside a file",
-                                     context=f"{context}: {_show(entry.path)}")
+                    raise _truncated_file(context, entry.path)
                 yield entry, data
                 continue
             data_stream = _MemberData(buf, size, real_size, sparse, context, entry.path)

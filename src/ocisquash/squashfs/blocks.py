@@ -326,12 +326,12 @@ class DataWriter:
             if block == self._zero:
                 # Zero blocks are not hashed, so sparse files cost no hashing.
                 if hasher is not None:
-                    hasher.update(b"\x00")
+                    hasher.update(_ZERO_RECORD)
                 record.sparse += bs
                 self._pipeline.submit_sparse(record.placed)
             else:
                 if hasher is not None:
-                    hasher.update(b"\x01" + hashlib.sha256(block).digest())
+                    hasher.update(_record(block))
                 self._pipeline.submit(block, record.placed)
         if total < bs:  # a stream of unknown size that turned out shorter than a block
             return self._store_short(tail)
@@ -339,8 +339,8 @@ class DataWriter:
         self.bytes_in += total
         if hasher is not None:
             if tail:
-                hasher.update(b"\x01" + hashlib.sha256(tail).digest())
-            key = hasher.digest() + total.to_bytes(8, "little")
+                hasher.update(_record(tail))
+            key = _key(hasher.digest(), total)
             if firsts is not None:
                 # Key the first file of this size now: its blocks had this file's time
                 # to be written. They are older than this file's, so none of this
@@ -379,14 +379,14 @@ class DataWriter:
         for i in range(whole):
             field = fields[i]
             if field == 0:
-                hasher.update(b"\x00")
+                hasher.update(_ZERO_RECORD)
                 continue
             block = self._read_block(position, field, bs)
             position += field & ~DATA_UNCOMPRESSED
             if len(block) != bs:
                 raise SquashfsError(f"a block read back at offset {position} is "
                                     f"{len(block)} bytes, not {bs}")
-            hasher.update(b"\x01" + hashlib.sha256(block).digest())
+            hasher.update(_record(block))
         left = record.size - whole * bs
         if left:
             if self._use_fragments:
@@ -395,8 +395,8 @@ class DataWriter:
                 tail = self._read_block(position, fields[whole], left)
             if len(tail) != left:
                 raise SquashfsError(f"a file's tail read back is {len(tail)} bytes, not {left}")
-            hasher.update(b"\x01" + hashlib.sha256(tail).digest())
-        return hasher.digest() + record.size.to_bytes(8, "little")
+            hasher.update(_record(tail))
+        return _key(hasher.digest(), record.size)
 
     def _on_disk(self, record: FileData) -> bool:
         """Whether all of a file's data is written (or in the fragment being filled)."""
@@ -434,7 +434,7 @@ class DataWriter:
         self.bytes_in += size
         key = b""
         if self._dedup:
-            key = _sha256_holding_gil(data) + size.to_bytes(8, "little")
+            key = _key(_sha256_holding_gil(data), size)
             previous = self._seen.get(key)
             if previous is not None:
                 self.duplicates += 1
@@ -474,6 +474,21 @@ class DataWriter:
 
     def _fragment_placed(self, position: int, field: int) -> None:
         self.fragment_table.append(FRAGMENT_ENTRY.pack(position, field, 0))
+
+
+#: A zero block's record in a file's dedup key; any other block (or the tail) is
+#: recorded by :func:`_record`. Records have fixed sizes, so the key is unambiguous;
+#: reading a file back (``DataWriter._key_of_written``) must make the same records.
+_ZERO_RECORD = b"\x00"
+
+
+def _record(block: bytes) -> bytes:
+    return b"\x01" + hashlib.sha256(block).digest()
+
+
+def _key(digest: bytes, size: int) -> bytes:
+    """A dedup key: the digest and the file's size (one bytes object, to keep it small)."""
+    return digest + size.to_bytes(8, "little")
 
 
 #: hashlib lets the GIL go while it hashes this many bytes or more (HASHLIB_GIL_MINSIZE).

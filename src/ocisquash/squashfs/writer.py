@@ -196,23 +196,19 @@ class SquashfsWriter:
         self._check_open()
         meta = self._meta(meta)
         self._tree.placeable(path)
-        whole: bytes | None = None
-        stream: BinaryIO | None = None
+        source: bytes | BinaryIO = data
         if isinstance(data, _BYTES_LIKE):  # most files: layer readers hand small ones whole
-            whole = data if type(data) is bytes else bytes(data)
-            if size is not None and size != len(whole):
-                raise SquashfsError(f"file data is {len(whole)} bytes, not {size}",
+            source = data if type(data) is bytes else bytes(data)
+            if size is not None and size != len(source):
+                raise SquashfsError(f"file data is {len(source)} bytes, not {size}",
                                     context=repr(path))
-        else:
-            stream = data
         if size is not None and size < 0:
             raise SquashfsError(f"negative file size {size}", context=repr(path))
         try:
-            if whole is not None:
-                written = self._data.write_bytes(whole)
+            if isinstance(source, bytes):
+                written = self._data.write_bytes(source)
             else:
-                assert stream is not None
-                written = self._data.write_file(stream, size)
+                written = self._data.write_file(source, size)
         except SquashfsError as e:
             raise e.with_context(repr(path)) from None
         except OSError as e:
