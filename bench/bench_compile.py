@@ -30,14 +30,19 @@ machine's speed drifts by 15-20 % over an hour, CPU seconds included.
 
 Before each contender the benchmark calls ``sync`` (untimed), so that no contender pays
 for writing back the tree that the one before it unpacked. Trees that the peers unpacked
-are not deleted between contenders: they are moved aside and
-deleted when the image's rounds are over, and the rounds start only after :func:`settle`
-(``sync``, then a wait of SETTLE_SECONDS). On ext4 without a journal (this machine's root
-filesystem) the inode allocator skips inodes freed in the last 60 s (300 s while their
-inode table block is dirty), reading each one's inode table entry: right after the
-previous contender's 100k-file tree was deleted, ``umoci unpack`` of the many-files image
-took 65-114 s, against 33 s in a settled state. A peer must not pay for the benchmark's own
-clean-up, and a user's journaled filesystem has no such rule.
+are not deleted between contenders: they are moved aside and deleted when the image's
+rounds are over. A peer must not pay for the benchmark's own clean-up: on ext4 without a
+journal (this machine's root filesystem) the inode allocator skips inodes freed in the
+last 60 s (300 s while their inode table block is dirty), reading each one's inode table
+entry, so right after the previous contender's 100k-file tree was deleted ``umoci
+unpack`` of the many-files image took 65-114 s, against 33 s in a settled state. So,
+when run as root, every image gets a fresh filesystem for everything the contenders
+write (WORKDIR/tmp: the peers' copies, trees and outputs, ocisquash's caches and
+outputs): a new ext4 with a journal, as on a user's disk, made with its inode tables
+written up front (no lazy init running during the rounds), on a loop device with direct
+I/O over a sparse file in WORKDIR (:func:`scratch_fs`). Without root, WORKDIR/tmp stays
+on the workdir's filesystem and the rounds start after :func:`settle` (``sync``, then a
+wait of SETTLE_SECONDS), which removes most but not all of the effect.
 
 Each step also records the CPU time the hypervisor took from this machine while it ran
 (the ``steal`` column of ``/proc/stat``, summed over the cores): on a shared host a
@@ -234,6 +239,45 @@ def settle(workdir: Path, wait: bool = True) -> None:
     if wait:
         log(f"settling: {SETTLE_SECONDS} s for the freed inodes to age (see the docstring)")
         time.sleep(SETTLE_SECONDS)
+
+
+#: The size of an image's fresh filesystem (a sparse file: only what is written takes space).
+SCRATCH_BYTES = 64 << 30
+
+
+@contextlib.contextmanager
+def scratch_fs(workdir: Path, name: str) -> typing.Iterator[bool]:
+    """Mount a fresh ext4 at WORKDIR/tmp for one image (see the module docstring); yields
+    whether it did. Needs root, ``mkfs.ext4`` and ``losetup``; otherwise yields False and
+    WORKDIR/tmp stays a plain directory."""
+    tmp = workdir / "tmp"
+    settle(workdir, wait=False)
+    if os.geteuid() != 0 or not (shutil.which("mkfs.ext4") and shutil.which("losetup")):
+        yield False
+        return
+    image = workdir / f"scratch-{name}.ext4"
+    image.unlink(missing_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(SCRATCH_BYTES)
+    loop = ""
+    mounted = False
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                        str(image)], check=True)
+        loop = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(image)],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        subprocess.run(["mount", loop, str(tmp)], check=True)
+        mounted = True
+        log(f"{name}: a fresh ext4 at {tmp} ({loop}, {SCRATCH_BYTES >> 30} GiB sparse)")
+        yield True
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(tmp)], check=False)
+        if loop:
+            subprocess.run(["losetup", "-d", loop], check=False)
+        image.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- contenders
@@ -480,12 +524,15 @@ def measure_floor(layout: Path, root: Path, default: tuple[str, int | None]) -> 
 
 def bench_image(name: str, ref: str, layout: Path, runs: int, workdir: Path,
                 contenders: list[str], loads: list[str],
-                default: tuple[str, int | None]) -> dict[str, list[Measure]]:
+                default: tuple[str, int | None], fresh: bool) -> dict[str, list[Measure]]:
     results: dict[str, list[Measure]] = {c: [] for c in contenders}
     cold = [c for c in contenders if not c.startswith("warm")]
     floor_tmp = workdir / "tmp" / "floor-rounds"
     root = unpacked_tree(ref, layout, floor_tmp) if "floor" in contenders else None
-    settle(workdir)
+    if not fresh:
+        settle(workdir)
+    else:
+        os.sync()
     try:
         for r in range(runs):
             order = cold if r % 2 == 0 else cold[::-1]
@@ -636,12 +683,12 @@ def shaped_link(port: int, rate: str) -> typing.Iterator[None]:
 
 
 def save(workdir: Path, name: str, sha: str, runs: int, started: str, loads: list[str],
-         results: dict[str, list[Measure]], floor: dict[str, float]) -> None:
+         results: dict[str, list[Measure]], floor: dict[str, float], scratch: str) -> None:
     """Keep one image's results in WORKDIR/results/NAME.json, so separate runs make one report."""
     d = workdir / RESULTS
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{name}.json").write_text(json.dumps({
-        "sha": sha, "runs": runs, "started": started,
+        "sha": sha, "runs": runs, "started": started, "scratch": scratch,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loads": loads,
         "floor": floor, "results": {c: [asdict(m) for m in ms] for c, ms in results.items()},
     }, indent=1))
@@ -695,7 +742,9 @@ def report(workdir: Path, sha: str, out: Path) -> None:
         "2 cores):",
         "",
     ] + [f"- {name}: {d['runs']} runs, {d['started']} → {d['finished']}; load "
-         + ", ".join(str(x) for x in d["loads"]) for name, d in saved] + [
+         + ", ".join(str(x) for x in d["loads"])
+         + (f"; contenders wrote to {d['scratch']}" if d.get("scratch") else "")
+         for name, d in saved] + [
         "",
         "| image | contender | wall s (median) | ratio to P1 | CPU s (user+sys) | stolen CPU s "
         "| peak RSS MiB | output MB | steps (median s) | notes |",
@@ -950,14 +999,17 @@ def main() -> int:
         for name in names:
             layout = args.workdir / "layouts" / name
             floor: dict[str, float] = {}
-            if not args.no_floor:
-                floor = floor_for(name, refs[name], layout, defaults, args.workdir)
-                log(f"floor {name}: {floor}")
-            started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            loads: list[str] = []
-            results = bench_image(name, refs[name], layout, args.runs, args.workdir,
-                                  contenders, loads, defaults)
-            save(args.workdir, name, sha, args.runs, started, loads, results, floor)
+            with scratch_fs(args.workdir, name) as fresh:
+                if not args.no_floor:
+                    floor = floor_for(name, refs[name], layout, defaults, args.workdir)
+                    log(f"floor {name}: {floor}")
+                started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                loads: list[str] = []
+                results = bench_image(name, refs[name], layout, args.runs, args.workdir,
+                                      contenders, loads, defaults, fresh)
+            save(args.workdir, name, sha, args.runs, started, loads, results, floor,
+                 "a fresh ext4 (journal, direct-I/O loop device) for this image"
+                 if fresh else f"WORKDIR/tmp on the workdir's filesystem, {SETTLE_SECONDS} s settle")
             # write after every image, so a long run leaves its results behind
             report(args.workdir, sha, args.output)
         settle(args.workdir, wait=False)
