@@ -319,6 +319,39 @@ def interpreter_start() -> float:
     return med(walls)
 
 
+def keep_output(tmp: Path, workdir: Path, name: str, contender: str) -> None:
+    """Keep a contender's output (each round replaces the one before) for
+    :func:`same_filesystem`."""
+    out = tmp / "out.squashfs"
+    if out.exists():
+        kept = workdir / "tmp" / "outputs"
+        kept.mkdir(parents=True, exist_ok=True)
+        out.rename(kept / f"{name}-{contender}.squashfs")
+
+
+def same_filesystem(name: str, workdir: Path) -> dict[str, str]:
+    """Compare each other output of the image's last round with P1's by ``sqfsdiff -T``
+    (the entries, file contents, owners, permissions and mtimes; not how they are packed):
+    "same", or the first lines of the differences."""
+    kept = workdir / "tmp" / "outputs"
+    p1 = kept / f"{name}-P1.squashfs"
+    found: dict[str, str] = {}
+    if not p1.exists():
+        return found
+    for c in ("P3", "ocisquash-equal", "ocisquash-default"):
+        other = kept / f"{name}-{c}.squashfs"
+        if not other.exists():
+            continue
+        r = subprocess.run(["sqfsdiff", "-T", "-a", str(p1), "-b", str(other)],
+                           capture_output=True, text=True)
+        lines = (r.stdout + r.stderr).strip().splitlines()
+        found[c] = ("same" if r.returncode == 0 and not lines else
+                    f"differs (sqfsdiff exit {r.returncode}, {len(lines)} lines): "
+                    + " / ".join(lines[:3]))
+        log(f"  {c} against P1 (sqfsdiff -T): {found[c]}")
+    return found
+
+
 def run_ocisquash(image: str, tmp: Path, cache: Path, extra: list[str]) -> Measure:
     m = Measure()
     out = tmp / "out.squashfs"
@@ -524,7 +557,9 @@ def measure_floor(layout: Path, root: Path, default: tuple[str, int | None]) -> 
 
 def bench_image(name: str, ref: str, layout: Path, runs: int, workdir: Path,
                 contenders: list[str], loads: list[str],
-                default: tuple[str, int | None], fresh: bool) -> dict[str, list[Measure]]:
+                default: tuple[str, int | None], fresh: bool,
+                same: dict[str, str]) -> dict[str, list[Measure]]:
+    """The rounds of one image; ``same`` gets :func:`same_filesystem`'s comparisons."""
     results: dict[str, list[Measure]] = {c: [] for c in contenders}
     cold = [c for c in contenders if not c.startswith("warm")]
     floor_tmp = workdir / "tmp" / "floor-rounds"
@@ -540,8 +575,10 @@ def bench_image(name: str, ref: str, layout: Path, runs: int, workdir: Path,
                 f"load {os.getloadavg()[0]:.2f}")
             loads.append(f"{os.getloadavg()[0]:.1f}")
             _round(name, ref, layout, workdir, contenders, order, results, root, default)
+        same.update(same_filesystem(name, workdir))
     finally:
         discard(floor_tmp, workdir)
+        discard(workdir / "tmp" / "outputs", workdir)
     return results
 
 
@@ -575,6 +612,8 @@ def _round(name: str, ref: str, layout: Path, workdir: Path, contenders: list[st
         log(f"  {c}: {m.wall:.2f} s, cpu {m.cpu:.1f} s, rss {m.rss / 2**20:.0f} MiB, "
             f"{m.size / 1e6:.1f} MB {m.error}")
         results[c].append(m)
+        if not m.error:
+            keep_output(tmp, workdir, name, c)
         discard(tmp, workdir)
         if c != "ocisquash-default":
             discard(cache, workdir)
@@ -683,12 +722,13 @@ def shaped_link(port: int, rate: str) -> typing.Iterator[None]:
 
 
 def save(workdir: Path, name: str, sha: str, runs: int, started: str, loads: list[str],
-         results: dict[str, list[Measure]], floor: dict[str, float], scratch: str) -> None:
+         results: dict[str, list[Measure]], floor: dict[str, float], scratch: str,
+         same: dict[str, str]) -> None:
     """Keep one image's results in WORKDIR/results/NAME.json, so separate runs make one report."""
     d = workdir / RESULTS
     d.mkdir(parents=True, exist_ok=True)
     (d / f"{name}.json").write_text(json.dumps({
-        "sha": sha, "runs": runs, "started": started, "scratch": scratch,
+        "sha": sha, "runs": runs, "started": started, "scratch": scratch, "same_as_p1": same,
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "loads": loads,
         "floor": floor, "results": {c: [asdict(m) for m in ms] for c, ms in results.items()},
     }, indent=1))
@@ -803,6 +843,14 @@ def report(workdir: Path, sha: str, out: Path) -> None:
     notes = [f"- {name}: {n}" for name, d in saved for n in d.get("notes", [])]
     if notes:
         lines += ["", "Notes:", "", *notes]
+    same = [(name, d["same_as_p1"]) for name, d in saved if d.get("same_as_p1")]
+    if same:
+        lines += ["", "## The same filesystem as P1's", "",
+                  "Each image's last-round outputs against P1's, by `sqfsdiff -T` (squashfs-tools-ng: "
+                  "the entries, file contents, owners, permissions and mtimes; not how they are "
+                  "packed):", ""]
+        lines += [f"- {name}: " + "; ".join(f"{c} {v}" for c, v in found.items())
+                  for name, found in same]
     lines += ["", "## Targets of issue 5", ""] + [f"- {v}" for v in verdicts]
     lines += sweep_section(workdir)
     out.write_text("\n".join(lines) + "\n")
@@ -1005,11 +1053,13 @@ def main() -> int:
                     log(f"floor {name}: {floor}")
                 started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
                 loads: list[str] = []
+                same: dict[str, str] = {}
                 results = bench_image(name, refs[name], layout, args.runs, args.workdir,
-                                      contenders, loads, defaults, fresh)
+                                      contenders, loads, defaults, fresh, same)
             save(args.workdir, name, sha, args.runs, started, loads, results, floor,
                  "a fresh ext4 (journal, direct-I/O loop device) for this image"
-                 if fresh else f"WORKDIR/tmp on the workdir's filesystem, {SETTLE_SECONDS} s settle")
+                 if fresh else f"WORKDIR/tmp on the workdir's filesystem, {SETTLE_SECONDS} s settle",
+                 same)
             # write after every image, so a long run leaves its results behind
             report(args.workdir, sha, args.output)
         settle(args.workdir, wait=False)
