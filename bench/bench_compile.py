@@ -273,10 +273,11 @@ def scratch_fs(workdir: Path, name: str) -> typing.Iterator[bool]:
         log(f"{name}: a fresh ext4 at {tmp} ({loop}, {SCRATCH_BYTES >> 30} GiB sparse)")
         yield True
     finally:
-        if mounted:
-            subprocess.run(["umount", str(tmp)], check=False)
-        if loop:
-            subprocess.run(["losetup", "-d", loop], check=False)
+        # Failures here are logged, not raised: an exception from the rounds goes first.
+        if mounted and subprocess.run(["umount", str(tmp)], check=False).returncode:
+            log(f"{name}: could not unmount {tmp}; unmount it before the next run")
+        if loop and subprocess.run(["losetup", "-d", loop], check=False).returncode:
+            log(f"{name}: could not detach {loop}")
         image.unlink(missing_ok=True)
 
 
