@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import signal
 import struct
 import tarfile
 import threading
+from typing import Any
 
 import pytest
 import zstandard
@@ -162,6 +164,59 @@ def test_blob_digest_is_checked_even_when_the_tar_ends_early() -> None:
     layer.blob = blob + gzip.compress(b"\0" * 1024)  # a second gzip member the digest does not cover
     with pytest.raises(IntegrityError):
         entries(layer)
+
+
+class _CountingHash:
+    """A hashlib object that adds what it hashes to a shared count."""
+
+    def __init__(self, inner: Any, counted: list[int]) -> None:
+        self._inner, self._counted = inner, counted
+        self.name = inner.name
+
+    def update(self, data: bytes) -> None:
+        self._counted[0] += len(data)
+        self._inner.update(data)
+
+    def hexdigest(self) -> str:
+        return str(self._inner.hexdigest())
+
+    def digest(self) -> bytes:
+        return bytes(self._inner.digest())
+
+
+def _bytes_hashed(layer: BlobLayer, monkeypatch: pytest.MonkeyPatch) -> int:
+    counted = [0]
+    real = hashlib.new
+    monkeypatch.setattr(hashlib, "new", lambda name, *a: _CountingHash(real(name, *a), counted))
+    entries(layer)
+    monkeypatch.undo()
+    return counted[0]
+
+
+def test_a_plain_tar_whose_digest_is_its_diff_id_is_hashed_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``docker save`` layer: the blob's own check is the diff_id check."""
+    plain = BlobLayer.of(TAR, "tar")
+    assert plain.descriptor.digest == plain.diff_id
+    assert _bytes_hashed(plain, monkeypatch) == len(TAR)
+    # A compressed blob has two digests to check, so both are computed.
+    packed = BlobLayer.of(TAR, "gzip")
+    assert _bytes_hashed(packed, monkeypatch) == len(packed.blob) + len(TAR)
+    # So does a plain tar whose config names another diff_id (and it is refused).
+    other = BlobLayer(TAR, Digest.of(TAR + b"\0" * 512), MEDIA["tar"])
+    with pytest.raises(DigestMismatchError, match=r"the image config says"):
+        entries(other)
+
+
+def test_a_plain_tar_changed_after_it_was_described_is_refused() -> None:
+    """Hashed once, a plain tar is still checked: a changed byte in a file's data or
+    bytes appended after the archive's end."""
+    for changed in (TAR.replace(b"127.0.0.1 localhost", b"127.0.0.2 localhost"),
+                    TAR + b"\0" * 512):
+        layer = BlobLayer.of(TAR, "tar")
+        layer.blob = changed
+        with pytest.raises(IntegrityError):
+            entries(layer)
 
 
 def _decode_threads() -> list[threading.Thread]:
