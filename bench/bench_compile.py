@@ -952,7 +952,7 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
                             for m, f, fm in triples if m.stolen is not None]
                 v.append(f"{name}: {c} wall / floor = {r:.2f}, the median of the rounds' "
                          f"ratios (" + ", ".join(f"{m.wall / f:.2f}" for m, f in pairs)
-                         + f"; ≤ 1.15 on devel and bigfile: {yes(r <= 1.15)})"
+                         + f"; {floor_target(name, r)})"
                          + (f"; with the CPU time the hypervisor took (/ {NPROC}) out of both "
                             f"walls: {med(unstolen):.2f} (" + ", ".join(f"{x:.2f}" for x in unstolen)
                             + ")" if unstolen else "")
@@ -965,10 +965,17 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
                 f = fl["decompress"] + fl[key] / NPROC
                 cpu = med([m.cpu for m in res.get(c, []) if not m.error])
                 fcpu = fl["decompress"] + fl[key]
-                v.append(f"{name}: {c} wall / floor = {med(ok) / f:.2f} (≤ 1.15 on devel and "
-                         f"bigfile: {yes(med(ok) / f <= 1.15)}); CPU / floor CPU (decompress "
+                v.append(f"{name}: {c} wall / floor = {med(ok) / f:.2f} ("
+                         f"{floor_target(name, med(ok) / f)}); CPU / floor CPU (decompress "
                          f"+ compress, load-independent) = {cpu:.1f} / {fcpu:.1f} = {cpu / fcpu:.2f}")
     return v
+
+
+def floor_target(name: str, ratio: float) -> str:
+    """The wall / floor target's verdict: issue 5 sets it for devel and bigfile only."""
+    if name in ("devel", "bigfile"):
+        return f"≤ 1.15 on devel and bigfile: {'met' if ratio <= 1.15 else 'NOT met'}"
+    return "the ≤ 1.15 target is for devel and bigfile only"
 
 
 def main() -> int:
