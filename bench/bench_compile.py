@@ -565,10 +565,7 @@ def bench_image(name: str, ref: str, layout: Path, runs: int, workdir: Path,
     cold = [c for c in contenders if not c.startswith("warm")]
     floor_tmp = workdir / "tmp" / "floor-rounds"
     root = unpacked_tree(ref, layout, floor_tmp) if "floor" in contenders else None
-    if not fresh:
-        settle(workdir)
-    else:
-        os.sync()
+    settle(workdir, wait=not fresh)  # a fresh filesystem has no freed inodes to age
     try:
         for r in range(runs):
             order = cold if r % 2 == 0 else cold[::-1]

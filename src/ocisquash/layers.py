@@ -339,9 +339,10 @@ class _TarStream:
     decompresses it, hashes every uncompressed byte for the diff_id check (unless the
     blob's own check is that check), enforces the ratio limit, maps decoder errors to
     ``LayerError``, and hands chunks of about 1 MiB to the parser through a short
-    queue; errors travel the same queue, in stream order. Hashing there rather than in the parser's thread takes about 0.6 s
-    of CPU per GB off the thread that parses the tar and feeds the squashfs writer
-    (isal, zstandard and hashlib release the GIL, so both threads run at once).
+    queue; errors travel the same queue, in stream order. Hashing there rather than in
+    the parser's thread takes about 0.6 s of CPU per GB off the thread that parses the
+    tar and feeds the squashfs writer (isal, zstandard and hashlib release the GIL, so
+    both threads run at once).
     """
 
     #: chunks decoded ahead of the parser

@@ -185,11 +185,16 @@ class _CountingHash:
 
 
 def _bytes_hashed(layer: BlobLayer, monkeypatch: pytest.MonkeyPatch) -> int:
+    """How many bytes reading ``layer`` hashes; a refused layer's error is re-raised."""
     counted = [0]
     real = hashlib.new
-    monkeypatch.setattr(hashlib, "new", lambda name, *a: _CountingHash(real(name, *a), counted))
-    entries(layer)
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(hashlib, "new", lambda name, *a: _CountingHash(real(name, *a), counted))
+        try:
+            entries(layer)
+        except DigestMismatchError as e:
+            e.add_note(f"{counted[0]} bytes hashed")
+            raise
     return counted[0]
 
 
@@ -202,10 +207,11 @@ def test_a_plain_tar_whose_digest_is_its_diff_id_is_hashed_once(
     # A compressed blob has two digests to check, so both are computed.
     packed = BlobLayer.of(TAR, "gzip")
     assert _bytes_hashed(packed, monkeypatch) == len(packed.blob) + len(TAR)
-    # So does a plain tar whose config names another diff_id (and it is refused).
+    # So does a plain tar whose config names another diff_id, which is then refused.
     other = BlobLayer(TAR, Digest.of(TAR + b"\0" * 512), MEDIA["tar"])
-    with pytest.raises(DigestMismatchError, match=r"the image config says"):
-        entries(other)
+    with pytest.raises(DigestMismatchError, match=r"the image config says") as refused:
+        _bytes_hashed(other, monkeypatch)
+    assert refused.value.__notes__ == [f"{2 * len(TAR)} bytes hashed"]
 
 
 def test_a_plain_tar_changed_after_it_was_described_is_refused() -> None:
