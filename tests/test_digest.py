@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import io
 import os
+import random
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
-from ocisquash.digest import Digest
+import ocisquash.digest as digest_module
+from ocisquash.digest import Digest, HashBehind, VerifyingReader
+from ocisquash.errors import DigestMismatchError
 
 
 @pytest.mark.parametrize(("algorithm", "tool"), [("sha256", "sha256sum"), ("sha512", "sha512sum")])
@@ -24,3 +31,73 @@ def test_file_digest_matches_coreutils(algorithm: str, tool: str, tmp_path: Path
         f.seek(2 << 20)
         f.write(b"\xff" if f.read(1) != b"\xff" else b"\x00")
     assert not digest.matches_file(path)
+
+
+def _hash_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ocisquash-hash"]
+
+
+@pytest.mark.parametrize("behind", [True, False])
+def test_a_hash_behind_agrees_with_coreutils(behind: bool, tmp_path: Path) -> None:
+    """Pieces of every size, across batch boundaries, with a digest asked for half-way."""
+    rnd = random.Random(5)
+    pieces = [rnd.randbytes(rnd.choice([1, 100, 4096, 65536, 300_000, 1 << 20]))
+              for _ in range(40)]
+    h = HashBehind("sha256", behind=behind)
+    for i, piece in enumerate(pieces):
+        h.update(piece)
+        if i == 20:
+            assert h.hexdigest() == hashlib.sha256(b"".join(pieces[:21])).hexdigest()
+    assert (len(_hash_threads()) > 0) == behind
+    whole = b"".join(pieces)
+    assert len(whole) > 4 * HashBehind.BATCH
+    (tmp_path / "stream").write_bytes(whole)
+    expected = subprocess.run(["sha256sum", str(tmp_path / "stream")], capture_output=True,
+                              text=True, check=True).stdout.split()[0]
+    assert h.hexdigest() == expected
+    h.close()
+    assert h.hexdigest() == expected
+    more = bytes(2 * HashBehind.BATCH)
+    h.update(more)  # hashed at once: the thread has ended
+    assert h.hexdigest() == hashlib.sha256(whole + more).hexdigest()
+    assert _hash_threads() == []
+
+
+def test_a_short_stream_is_hashed_without_a_thread() -> None:
+    h = HashBehind("sha512", behind=True)
+    h.update(b"x" * (HashBehind.BATCH - 1))
+    assert _hash_threads() == []
+    assert h.hexdigest() == hashlib.sha512(b"x" * (HashBehind.BATCH - 1)).hexdigest()
+    assert _hash_threads() == []
+
+
+def test_a_hash_behind_that_is_dropped_ends_its_thread() -> None:
+    h = HashBehind("sha256", behind=True)
+    h.update(bytes(3 * HashBehind.BATCH))
+    assert len(_hash_threads()) == 1
+    del h
+    gc.collect()
+    assert _hash_threads() == []
+
+
+def test_a_verifying_reader_hashing_behind_still_refuses_a_changed_byte(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digest_module, "HASH_BEHIND", True)
+    blob = random.Random(6).randbytes(5 << 20)
+    digest = Digest.of(blob)
+    changed = blob[:3 << 20] + bytes([blob[3 << 20] ^ 1]) + blob[(3 << 20) + 1:]
+    for data, ok in ((blob, True), (changed, False)):
+        reader = VerifyingReader(io.BytesIO(data), digest, len(data))
+        try:
+            reader.read(2 << 20)
+            assert len(_hash_threads()) == 1
+            if ok:
+                reader.drain()
+                assert reader.verified
+            else:
+                with pytest.raises(DigestMismatchError):
+                    reader.drain()
+                assert not reader.verified
+        finally:
+            reader.close()
+    assert _hash_threads() == []

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -85,6 +88,97 @@ def verify_bytes(data: bytes, digest: Digest, size: int | None = None, *, what: 
         )
 
 
+#: Whether long streams are hashed on a thread of their own (see :class:`HashBehind`):
+#: only with cores to spare beyond the two that a compile keeps busy compressing.
+HASH_BEHIND = (os.cpu_count() or 1) >= 4
+
+
+class HashBehind:
+    """A hash of a long stream, computed behind the thread that feeds it.
+
+    A layer's gzip stream is one serial chain: read the blob, hash it, decode it, hash
+    the tar. With cores to spare for the block compression, a big layer waits for that
+    chain, and the two hashes are about a third of it (1.2 of 3.8 s of CPU for a 1 GiB
+    layer). With ``behind`` (default :data:`HASH_BEHIND`), ``update`` hands the bytes to
+    a hashing thread of its own and returns; the pieces are hashed in order there.
+    Without it, or for a stream shorter than ``BATCH``, ``update`` hashes at once and no
+    thread is started. On a 2-core machine, whose cores the compression keeps busy, the
+    hand-overs cost more than they give (0.1-0.2 s on a 750 MB image), hence the default.
+
+    ``update`` takes ``bytes`` only, never a buffer that is reused. ``hexdigest`` waits
+    for what is queued. ``close`` (or losing the object) ends the thread; after it,
+    ``update`` hashes at once and ``hexdigest`` still answers.
+    """
+
+    #: bytes gathered before they are handed to the hashing thread
+    BATCH = 1 << 20
+    #: batches queued ahead of the hashing thread
+    QUEUED = 4
+
+    def __init__(self, algorithm: str, *, behind: bool | None = None) -> None:
+        self.name = algorithm
+        self._hash = hashlib.new(algorithm)
+        self._behind = HASH_BEHIND if behind is None else behind
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._queue: queue.Queue[list[bytes] | None] | None = None
+        self._stop: weakref.finalize[..., HashBehind] | None = None
+
+    def update(self, data: bytes) -> None:
+        if not self._behind:
+            self._hash.update(data)
+            return
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self.BATCH:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        if self._queue is None:
+            q: queue.Queue[list[bytes] | None] = queue.Queue(self.QUEUED)
+            self._queue = q
+            thread = threading.Thread(target=_hash_batches, args=(q, self._hash),
+                                      name="ocisquash-hash", daemon=True)
+            thread.start()
+            self._stop = weakref.finalize(self, _stop_hashing, q, thread)
+            self._stop.atexit = False  # a daemon thread; nothing to wait for at exit
+        self._queue.put(self._pending)
+        self._pending = []
+        self._pending_size = 0
+
+    def hexdigest(self) -> str:
+        if self._queue is not None:
+            self._queue.join()
+        for data in self._pending:
+            self._hash.update(data)
+        self._pending = []
+        self._pending_size = 0
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop()
+        self._behind = False  # anything more is hashed at once
+
+
+def _hash_batches(q: queue.Queue[list[bytes] | None], h: hashlib._Hash) -> None:
+    # Holds the queue and the hash, not the HashBehind, so that losing it stops this.
+    while True:
+        batch = q.get()
+        if batch is not None:
+            for data in batch:
+                h.update(data)
+        q.task_done()
+        if batch is None:
+            return
+
+
+def _stop_hashing(q: queue.Queue[list[bytes] | None], thread: threading.Thread) -> None:
+    q.put(None)
+    if thread is not threading.current_thread():
+        thread.join()
+
+
 class VerifyingReader:
     """Wrap a binary stream; hash and count what is read; check both at EOF.
 
@@ -101,7 +195,7 @@ class VerifyingReader:
         self.digest = digest
         self.size = size
         self.what = what
-        self._hash = hashlib.new(digest.algorithm if digest else "sha256")
+        self._hash = HashBehind(digest.algorithm if digest else "sha256")
         self.count = 0
         self.verified = False
         self._eof = False
@@ -168,6 +262,7 @@ class VerifyingReader:
         return True
 
     def close(self) -> None:
+        self._hash.close()
         self._raw.close()
 
     def __enter__(self) -> VerifyingReader:

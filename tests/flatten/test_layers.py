@@ -17,6 +17,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ocisquash.digest as digest_module
 from ocisquash.digest import Digest
 from ocisquash.errors import (
     DigestMismatchError,
@@ -242,6 +243,43 @@ def test_a_reader_left_half_way_stops_its_decoding_thread(compression: str) -> N
     assert len(_decode_threads()) == before + 1
     members.close()
     assert len(_decode_threads()) == before
+
+
+def _hash_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ocisquash-hash"]
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_layer_hashed_behind_is_checked_and_leaves_no_thread(
+        compression: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the digests computed on threads of their own (machines of 4 cores or more):
+    the same entries, both checks still refuse, and no hashing thread outlives a read,
+    whole or left half-way."""
+    monkeypatch.setattr(digest_module, "HASH_BEHIND", True)
+    tar = make_tar([F(f"f{i}", bytes([i]) * (1 << 20)) for i in range(12)])
+    layer = BlobLayer.of(tar, compression)
+    members = read_layer(layer)
+    first, data = next(members)
+    assert first.path == b"f0" and data is not None
+    assert len(_hash_threads()) >= 1
+    rest = {e.path: d.read() for e, d in members if d is not None}
+    assert rest[b"f11"] == bytes([11]) * (1 << 20) and len(rest) == 11
+    assert _hash_threads() == []
+
+    members = read_layer(layer)
+    next(members)
+    members.close()
+    assert _hash_threads() == []
+
+    other = BlobLayer(layer.blob, Digest.of(tar + b"\0" * 512), MEDIA[compression])
+    with pytest.raises(DigestMismatchError, match="the image config says"):
+        entries(other)
+    # Bytes the blob's digest does not cover, that decode to more end-of-archive zeros.
+    pack = gzip.compress if compression == "gzip" else zstandard.compress
+    layer.blob += pack(b"\0" * 1024)
+    with pytest.raises(IntegrityError):
+        entries(layer)
+    assert _hash_threads() == []
 
 
 def test_a_decoding_error_arrives_after_the_entries_before_it() -> None:
