@@ -101,3 +101,31 @@ def test_a_verifying_reader_hashing_behind_still_refuses_a_changed_byte(
         finally:
             reader.close()
     assert _hash_threads() == []
+
+
+def test_a_failure_on_the_hashing_thread_is_raised_by_hexdigest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The feeder is never left waiting on a dead thread, and never gets a digest of
+    part of the stream."""
+
+    class Failing:
+        name = "sha256"
+        calls = 0
+
+        def update(self, data: bytes) -> None:
+            Failing.calls += 1
+            if Failing.calls == 2:
+                raise MemoryError("no room")
+
+        def hexdigest(self) -> str:
+            raise AssertionError("a failed hash gives no digest")
+
+    monkeypatch.setattr(hashlib, "new", lambda name: Failing())
+    h = HashBehind("sha256", behind=True)
+    for _ in range(3 * HashBehind.QUEUED):  # more batches than the queue holds
+        h.update(bytes(HashBehind.BATCH))
+    with pytest.raises(MemoryError, match="no room"):
+        h.hexdigest()
+    h.close()
+    assert Failing.calls == 2
+    assert _hash_threads() == []

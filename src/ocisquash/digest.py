@@ -122,6 +122,7 @@ class HashBehind:
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._queue: queue.Queue[list[bytes] | None] | None = None
+        self._failed: list[BaseException] = []
         self._stop: weakref.finalize[..., HashBehind] | None = None
 
     def update(self, data: bytes) -> None:
@@ -137,7 +138,7 @@ class HashBehind:
         if self._queue is None:
             q: queue.Queue[list[bytes] | None] = queue.Queue(self.QUEUED)
             self._queue = q
-            thread = threading.Thread(target=_hash_batches, args=(q, self._hash),
+            thread = threading.Thread(target=_hash_batches, args=(q, self._hash, self._failed),
                                       name="ocisquash-hash", daemon=True)
             thread.start()
             self._stop = weakref.finalize(self, _stop_hashing, q, thread)
@@ -149,6 +150,8 @@ class HashBehind:
     def hexdigest(self) -> str:
         if self._queue is not None:
             self._queue.join()
+        if self._failed:
+            raise self._failed[0]
         for data in self._pending:
             self._hash.update(data)
         self._pending = []
@@ -161,14 +164,20 @@ class HashBehind:
         self._behind = False  # anything more is hashed at once
 
 
-def _hash_batches(q: queue.Queue[list[bytes] | None], h: hashlib._Hash) -> None:
+def _hash_batches(q: queue.Queue[list[bytes] | None], h: hashlib._Hash,
+                  failed: list[BaseException]) -> None:
     # Holds the queue and the hash, not the HashBehind, so that losing it stops this.
+    # After a failure it goes on taking batches, so that the feeder is never stuck.
     while True:
         batch = q.get()
-        if batch is not None:
-            for data in batch:
-                h.update(data)
-        q.task_done()
+        try:
+            if batch and not failed:
+                for data in batch:
+                    h.update(data)
+        except BaseException as e:  # raised again by hexdigest()
+            failed.append(e)
+        finally:
+            q.task_done()
         if batch is None:
             return
 
