@@ -764,9 +764,10 @@ def report(workdir: Path, sha: str, out: Path) -> None:
         "medians over the runs; ratios are the median of the per-round ratios to P1 "
         "(same round). Cold = empty ocisquash cache, fresh skopeo/umoci directories; the "
         "page cache was not dropped for anyone. Each contender starts after a `sync` "
-        "(untimed); the peers' trees are kept until the image's rounds end, and each "
-        "image's rounds start after a `sync` and a 61 s wait (ext4 without a journal "
-        "skips recently freed inodes; bench/README.md).",
+        "(untimed); the peers' trees are kept until the image's rounds end. Each image's "
+        "rounds start after a `sync`, on a fresh ext4 of their own when run as root, and "
+        "otherwise after a 61 s wait (ext4 without a journal skips recently freed inodes; "
+        "the run list below says which, and bench/README.md why).",
         "",
     ] + ([
         f"**Over a shaped link** (`--link-rate {LINK_RATE}`): the registry's answers "
