@@ -107,7 +107,9 @@ class HashBehind:
 
     ``update`` takes ``bytes`` only, never a buffer that is reused. ``hexdigest`` waits
     for what is queued. ``close`` (or losing the object) ends the thread; after it,
-    ``update`` hashes at once and ``hexdigest`` still answers.
+    ``update`` hashes at once and ``hexdigest`` still answers, so a feeder closes it as
+    soon as its stream ends or breaks, not only when it is closed itself: a reader
+    held by an exception's traceback would otherwise keep an idle thread.
     """
 
     #: bytes gathered before they are handed to the hashing thread
@@ -224,10 +226,15 @@ class VerifyingReader:
         if self.size is not None:
             # Ask for one byte more than allowed so that an over-long body is noticed.
             want = min(n, self.size - self.count + 1) or 1
-        data = self._raw.read(want)
+        try:
+            data = self._raw.read(want)
+        except BaseException:
+            self._hash.close()  # a broken stream: its hashing thread need not wait for more
+            raise
         if data:
             self.count += len(data)
             if self.size is not None and self.count > self.size:
+                self._hash.close()
                 raise SizeMismatchError(
                     f"stream is longer than the expected {self.size} bytes",
                     context=self._context(),
@@ -235,6 +242,7 @@ class VerifyingReader:
             self._hash.update(data)
             return data
         self._eof = True
+        self._hash.close()  # the end: what is queued is hashed, and the thread ends
         self._check()
         return b""
 

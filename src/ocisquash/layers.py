@@ -397,6 +397,9 @@ class _TarStream:
                 pass
         except BaseException as e:  # handed to the parser's thread, raised there
             item = e
+        finally:
+            if self.hash is not None:
+                self.hash.close()  # all it will get is hashed; hexdigest still answers
         self._put(item)
 
     def _put(self, item: bytes | BaseException) -> bool:
@@ -447,8 +450,6 @@ class _TarStream:
             except queue.Empty:
                 pass
             self._thread.join(0.05)
-        if self.hash is not None:
-            self.hash.close()  # what it has been given is hashed; hexdigest still answers
 
 
 def _gather(first: bytes, n: int, more: Callable[[int], bytes]) -> bytes:
