@@ -30,7 +30,9 @@ def test_file_digest_matches_coreutils(algorithm: str, tool: str, tmp_path: Path
     assert digest.matches_file(path)
     with open(path, "r+b") as f:
         f.seek(2 << 20)
-        f.write(b"\xff" if f.read(1) != b"\xff" else b"\x00")
+        byte = f.read(1)[0]
+        f.seek(2 << 20)  # the read moved on: change the byte it read, not the next one
+        f.write(bytes([byte ^ 0xFF]))
     assert not digest.matches_file(path)
 
 
