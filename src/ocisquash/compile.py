@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .sources.base import Layer, ResolvedImage
     from .squashfs import WriteSummary
     from .squashfs.options import WriterOptions
+    from .tarout import TreeShape
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class _ReportingLayer:
     index: int
     count: int
     progress: Callable[[object], None]
+    phase: str = "apply"
 
     @property
     def descriptor(self) -> Descriptor:
@@ -184,13 +186,15 @@ class _ReportingLayer:
         d = self.layer.descriptor
 
         def report(done: int) -> None:
-            self.progress(LayerApplying(d.digest, self.index, self.count, min(done, d.size), d.size))
+            self.progress(LayerApplying(d.digest, self.index, self.count, min(done, d.size),
+                                        d.size, self.phase))
 
         return _CountingStream(self.layer.open(), report)  # type: ignore[return-value]
 
 
 def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
-                  progress: Callable[[object], None] | None) -> FlattenReport:
+                  progress: Callable[[object], None] | None,
+                  phase: str = "apply") -> FlattenReport:
     from .flatten import flatten
     from .progress import Finishing
 
@@ -199,9 +203,11 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
         if progress is None:
             return flatten(layers, sink)
         n = len(layers)
-        wrapped = [_ReportingLayer(layer, n - i, n, progress) for i, layer in enumerate(layers)]
+        wrapped = [_ReportingLayer(layer, n - i, n, progress, phase)
+                   for i, layer in enumerate(layers)]
         report = flatten(wrapped, sink)
-    progress(Finishing(report.entries))
+    if phase == "apply":
+        progress(Finishing(report.entries))
     return report
 
 
@@ -545,6 +551,16 @@ def _compile_tar(
         return _write_tar(src.resolve(want), output, want, progress)
 
 
+def _tar_shape(layers: Sequence[Layer], progress: Callable[[object], None] | None) -> TreeShape:
+    """The final tree, flattened once without file data, so that the tar can write each
+    directory once with its final metadata (see ``tarout``)."""
+    from .tarout import TreeShape
+
+    shape = TreeShape()
+    _flatten_into(layers, shape, progress, phase="scan")
+    return shape
+
+
 def _write_tar(
     image: ResolvedImage, output: Any, want: Platform | None,
     progress: Callable[[object], None] | None,
@@ -558,20 +574,22 @@ def _write_tar(
     if isinstance(output, str | os.PathLike):
         dest = Path(output).absolute()
 
-        def build() -> FlattenReport:
+        def build() -> tuple[FlattenReport, TreeShape]:
             with _atomic_output(dest) as tmp, open(tmp, "wb") as f:
-                sink = TarSink(f)
+                shape = _tar_shape(layers, progress)
+                sink = TarSink(f, shape=shape)
                 report = _flatten_into(layers, sink, progress)
                 sink.finish()
-            return report
+            return report, shape
 
-        report = _while_downloading(image, build)
+        report, shape = _while_downloading(image, build)
         path: Path | None = dest
         size = dest.stat().st_size
     else:
         # A stream cannot be written again: its layers are all downloaded first.
         _prefetch(image)
-        sink = TarSink(output)
+        shape = _tar_shape(layers, progress)
+        sink = TarSink(output, shape=shape)
         report = _flatten_into(layers, sink, progress)
         sink.finish()
         path, size = None, 0
@@ -579,7 +597,7 @@ def _write_tar(
     return CompiledImage(
         path=path, reference=image.reference, digest=image.digest,
         platform=str(image.platform or config.platform), manifest=manifest, config=config,
-        format="tar", size=size, files=report.entries, cached=False,
+        format="tar", size=size, files=shape.inodes(), cached=False,
         fidelity=_fidelity_json(report), placed="written",
         stats={**_stats(report, None), "seconds": round(time.monotonic() - started, 3)},
     )

@@ -63,13 +63,17 @@ class BlobDone:
 
 @dataclass(frozen=True, slots=True)
 class LayerApplying:
-    """``done`` of ``size`` bytes of layer ``index`` (1 = top) have been read and applied."""
+    """``done`` of ``size`` bytes of layer ``index`` (1 = top) have been read and applied.
+
+    ``phase`` is ``"apply"``, or ``"scan"`` for the read of ``--format tar`` that
+    settles the tree's shape before the tar is written."""
 
     digest: Digest
     index: int
     count: int
     done: int
     size: int
+    phase: str = "apply"
 
 
 @dataclass(frozen=True, slots=True)

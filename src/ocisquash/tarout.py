@@ -7,20 +7,23 @@ held whole in memory or spooled.
 
 Entries reach a sink in flattening order, not tree order, and a directory's metadata
 may be settled only after its children (a directory an upper layer creates
-implicitly takes a lower layer's metadata later). So:
+implicitly takes a lower layer's metadata later). A tar written forward cannot go
+back, so the tree is flattened twice: first into a :class:`TreeShape`, which keeps
+only the final tree's metadata (no file data is read), then into the :class:`TarSink`,
+which looks every directory up in that shape. So:
 
-* a directory entry is written as soon as the directory is first needed, with the
-  metadata known then (missing parents get the default: 0755, root, mtime 0), so
-  every parent precedes its children in the stream;
-* when a directory's metadata changes afterwards, the directory is written *again*
-  by :meth:`TarSink.finish`, parents first; extractors apply the later entry, as
-  they do for every duplicate name in a tar;
+* each directory is written once, when it is first needed, with its final metadata:
+  every parent precedes its children, and no placeholder is written;
 * a path added twice (a layer listing a name twice: the last entry wins) is simply
   written twice, in that order; a hard link is written after its target. When a
   layer replaces a non-empty directory by a file this way (the spec forbids
   duplicate names in a layer), GNU tar needs ``--recursive-unlink`` to apply it; and
   GNU tar creates absolute symlinks after everything else, so a symlink that such a
   layer replaces by a file may still win when GNU tar unpacks the stream.
+
+A ``TarSink`` made without a shape cannot know a directory's final metadata when it
+first needs it; it then writes a changed directory again at the end (extractors
+apply the later entry, as they do for every duplicate name in a tar).
 
 Sockets cannot be stored in tar and are left out (layers, being tar, never hold any).
 """
@@ -41,16 +44,138 @@ def _name(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape")
 
 
+class _Leaf:
+    """A non-directory of a :class:`TreeShape`; hard links share one."""
+
+    __slots__ = ()
+
+
+class _Dir:
+    __slots__ = ("children", "meta")
+
+    def __init__(self, meta: EntryMeta) -> None:
+        self.meta = meta
+        self.children: dict[bytes, _Dir | _Leaf] = {}
+
+
+class TreeShape:
+    """A ``TreeSink`` that keeps only the final tree's shape and directory metadata.
+
+    It follows the sink rules of ``flatten.TreeSink`` (missing parents made with the
+    default metadata, ``add_directory`` updating an existing directory, any other add
+    replacing what was there) and reads no file data, so flattening into it costs
+    one read of each layer's headers and memory for the paths only.
+    """
+
+    def __init__(self, *, default_dir_meta: EntryMeta = _DEFAULT_DIR_META) -> None:
+        self._default = default_dir_meta
+        self.root = _Dir(default_dir_meta)
+        #: whether a layer listed the root itself ("./")
+        self.root_listed = False
+
+    def _parent(self, path: bytes) -> tuple[_Dir, bytes]:
+        node = self.root
+        *heads, name = path.split(b"/")
+        for part in heads:
+            child = node.children.get(part)
+            if not isinstance(child, _Dir):
+                child = node.children[part] = _Dir(self._default)
+            node = child
+        return node, name
+
+    def _put(self, path: bytes, leaf: _Leaf) -> None:
+        if not path:
+            raise OutputError("the root of the tree must be a directory")
+        parent, name = self._parent(path)
+        parent.children[name] = leaf
+
+    def add_directory(self, path: bytes, meta: EntryMeta) -> None:
+        if not path:
+            self.root.meta, self.root_listed = meta, True
+            return
+        parent, name = self._parent(path)
+        node = parent.children.get(name)
+        if isinstance(node, _Dir):
+            node.meta = meta
+        else:
+            parent.children[name] = _Dir(meta)
+
+    def add_file(self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes,
+                 size: int | None = None) -> None:
+        self._put(path, _Leaf())
+
+    def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
+        self._put(path, _Leaf())
+
+    def add_device(self, path: bytes, meta: EntryMeta, kind: Literal["char", "block"],
+                   major: int, minor: int) -> None:
+        self._put(path, _Leaf())
+
+    def add_fifo(self, path: bytes, meta: EntryMeta) -> None:
+        self._put(path, _Leaf())
+
+    def add_socket(self, path: bytes, meta: EntryMeta) -> None:
+        """Sockets have no tar representation: the shape leaves them out, as the tar does."""
+
+    def add_hardlink(self, path: bytes, target: bytes) -> None:
+        leaf = self._get(target)
+        if not isinstance(leaf, _Leaf):
+            raise OutputError(f"hard link target {_name(target)!r} was not added",
+                              context=_name(path))
+        self._put(path, leaf)
+
+    def exists(self, path: bytes) -> bool:
+        return self._get(path) is not None
+
+    def _get(self, path: bytes) -> _Dir | _Leaf | None:
+        node: _Dir | _Leaf = self.root
+        if not path:
+            return node
+        for part in path.split(b"/"):
+            if not isinstance(node, _Dir):
+                return None
+            found = node.children.get(part)
+            if found is None:
+                return None
+            node = found
+        return node
+
+    def directory_meta(self, path: bytes) -> EntryMeta | None:
+        """The final metadata of the directory ``path``; None if it ends as no directory."""
+        node = self._get(path)
+        return node.meta if isinstance(node, _Dir) else None
+
+    def inodes(self) -> int:
+        """Inodes of the final tree, counted as squashfs counts them: the root and every
+        directory, and each non-directory once however many names link to it."""
+        dirs, leaves = 0, set()
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            dirs += 1
+            for child in node.children.values():
+                if isinstance(child, _Dir):
+                    stack.append(child)
+                else:
+                    leaves.add(id(child))
+        return dirs + len(leaves)
+
+
 class TarSink:
     """Writes added entries to ``output`` (a writable binary stream) as a PAX tar.
 
-    Call :meth:`finish` once everything is added; it writes the updated directory
-    entries and the end-of-archive blocks, and leaves ``output`` open.
+    ``shape``, the same tree flattened into a :class:`TreeShape` before, gives each
+    directory its final metadata the first time it is written, so none is written
+    twice. Call :meth:`finish` once everything is added; it writes the end-of-archive
+    blocks (and, without a shape, the directories whose metadata changed), and leaves
+    ``output`` open.
     """
 
-    def __init__(self, output: BinaryIO, *, default_dir_meta: EntryMeta = _DEFAULT_DIR_META) -> None:
+    def __init__(self, output: BinaryIO, *, default_dir_meta: EntryMeta = _DEFAULT_DIR_META,
+                 shape: TreeShape | None = None) -> None:
         self._out = output
         self._default = default_dir_meta
+        self._shape = shape
         try:
             self._tf = tarfile.open(  # noqa: SIM115 - closed by finish()
                 fileobj=output, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
@@ -61,6 +186,8 @@ class TarSink:
         self._dirs: dict[bytes, tuple[EntryMeta, bool]] = {}
         self._others: set[bytes] = set()
         self._finished = False
+        if shape is not None and shape.root_listed:
+            self._write_dir(b"", shape.root.meta)
 
     # -- TreeSink ----------------------------------------------------------------
 
@@ -69,11 +196,11 @@ class TarSink:
             self._parents(path)
         old = self._dirs.get(path)
         if old is not None:
-            if old[0] != meta:
+            if self._shape is None and old[0] != meta:
                 self._dirs[path] = (meta, False)
             return
         self._others.discard(path)
-        self._write_dir(path, meta)
+        self._write_dir(path, self._final(path, meta))
 
     def add_file(self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes,
                  size: int | None = None) -> None:
@@ -140,7 +267,12 @@ class TarSink:
             parent = b"/".join(parts[:i])
             if parent not in self._dirs:
                 self._others.discard(parent)
-                self._write_dir(parent, self._default)
+                self._write_dir(parent, self._final(parent, self._default))
+
+    def _final(self, path: bytes, meta: EntryMeta) -> EntryMeta:
+        """The metadata directory ``path`` ends with, when the shape knows it."""
+        final = self._shape.directory_meta(path) if self._shape is not None else None
+        return meta if final is None else final
 
     def _info(self, path: bytes, kind: bytes, meta: EntryMeta) -> tarfile.TarInfo:
         ti = tarfile.TarInfo(_name(path) if path else "./")

@@ -92,3 +92,59 @@ def test_file_data_is_streamed_not_buffered() -> None:
     sink.finish()
     assert dst.written >= size
     assert src.biggest <= 1 << 20
+
+
+def test_with_a_shape_each_directory_is_written_once_with_its_final_metadata() -> None:
+    from ocisquash.tarout import TreeShape
+
+    def feed(sink: TreeShape | TarSink) -> None:
+        # An upper layer creates d implicitly; a lower one lists it afterwards.
+        sink.add_file(b"d/e/f", EntryMeta(0o644), b"x")
+        sink.add_directory(b"d", EntryMeta(0o700, uid=5, mtime=7))
+        sink.add_directory(b"d/e", EntryMeta(0o750, mtime=9))
+
+    shape = TreeShape()
+    feed(shape)
+    out = io.BytesIO()
+    sink = TarSink(out, shape=shape)
+    feed(sink)
+    sink.finish()
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        members = [(m.name, m.mode, m.uid, m.mtime) for m in tf.getmembers()]
+    assert members == [("d", 0o700, 5, 7), ("d/e", 0o750, 0, 9), ("d/e/f", 0o644, 0, 0)]
+    assert shape.inodes() == 4  # the root, d, d/e, d/e/f
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hello" / "layout"
+
+
+def test_example_tar_lists_each_path_once_and_sqfstar_builds_the_same_tree(
+        tmp_path: Path) -> None:
+    from ocisquash import compile_image
+    from ocisquash.sources.options import SourceOptions
+
+    require_or_skip(shutil.which("sqfstar") is not None and shutil.which("unsquashfs") is not None,
+                    "sqfstar and unsquashfs (squashfs-tools) are not installed")
+    options = SourceOptions(cache_dir=tmp_path / "cache")
+    tar = compile_image(f"oci:{EXAMPLE}:latest", tmp_path / "x.tar", format="tar",
+                        source_options=options)
+    sqfs = compile_image(f"oci:{EXAMPLE}:latest", tmp_path / "x.sqfs", source_options=options)
+    with tarfile.open(tmp_path / "x.tar") as tf:
+        names = [m.name for m in tf.getmembers()]
+    assert len(names) == len(set(names)), names
+    for i, name in enumerate(names):
+        parent = name.rpartition("/")[0]
+        assert not parent or parent in names[:i], f"{name} comes before its parent"
+    with open(tmp_path / "x.tar", "rb") as stdin:
+        made = subprocess.run(["sqfstar", "-no-progress", str(tmp_path / "t.sqfs")],
+                              stdin=stdin, capture_output=True, text=True, check=True)
+    assert "already exists" not in made.stderr + made.stdout
+
+    def listing(p: Path) -> list[str]:
+        out = subprocess.run(["unsquashfs", "-lln", str(p)], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+        # The root: the tar lists none (sqfstar makes its own); everything else must agree.
+        return [line for line in out if not line.rstrip().endswith("squashfs-root")]
+
+    assert listing(tmp_path / "t.sqfs") == listing(tmp_path / "x.sqfs")
+    assert tar.files == sqfs.files == 21
