@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, ParamSpec, TypeVar
 
 from .cache import IMAGE_FILE, ImageCache, entry_key, place_output
 from .digest import Digest
@@ -314,6 +314,49 @@ def _drop_damaged_blobs(cache: ImageCache, manifest: Manifest) -> list[Digest]:
     return damaged
 
 
+_P = ParamSpec("_P")
+
+
+def _caller_progress(fn: Callable[_P, CompiledImage]) -> Callable[_P, CompiledImage]:
+    """``progress=`` receives the download events too (unless ``source_options`` has a
+    callback of its own), and an exception the caller's callback raises comes back
+    to the caller as itself, not as whatever error the code around it made of it."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> CompiledImage:
+        user = kwargs.get("progress")
+        sopts = kwargs.get("source_options")
+        theirs = sopts.progress if isinstance(sopts, SourceOptions) else None
+        if user is None and theirs is None:
+            return fn(*args, **kwargs)  # a cached compile imports no more than it needs
+        import dataclasses
+
+        from .progress import CallerCallback
+
+        guards = []
+        if callable(user):
+            guard = CallerCallback(user)
+            guards.append(guard)
+            kwargs["progress"] = guard
+            if theirs is None or theirs is user:
+                theirs = guard
+        if theirs is not None and not isinstance(theirs, CallerCallback):
+            guards.append(theirs := CallerCallback(theirs))
+        if theirs is not None:
+            kwargs["source_options"] = dataclasses.replace(
+                sopts if isinstance(sopts, SourceOptions) else SourceOptions(), progress=theirs)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            for g in guards:
+                g.reraise()
+            raise
+
+    return wrapper
+
+
+@_caller_progress
 def compile_image(
     source: str,
     output: str | os.PathLike[str] | BinaryIO | None = None,
