@@ -15,7 +15,8 @@ Faults match a request path by regular expression and apply ``times`` times
 ``cut``       send the headers and ``after`` bytes of the body, then close the socket
 ``truncate``  send only ``after`` bytes, with a Content-Length saying so
 ``corrupt``   flip the byte at offset ``after``
-``redirect``  answer ``307`` to the same path under the storage host
+``redirect``  answer ``307`` to the same path under the storage host (or under
+              ``target``, ``http://host:port``, another server of the test's)
 ``no_range``  drop the ``Range`` header (a server that cannot resume)
 ``body``      answer ``200`` with ``headers``/``body`` (a canned manifest)
 
@@ -54,6 +55,7 @@ class Fault:
     method: str = "GET"
     pace: float = 0.0
     flip: int = -1
+    target: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,8 @@ class FaultProxy:
             return
         if fault is not None and kind == "redirect":
             self._record(role, h, 307)
-            self._send(h, 307, [("Location", f"http://{self.storage}/storage{h.path}")], b"")
+            where = fault.target or f"http://{self.storage}"
+            self._send(h, 307, [("Location", f"{where}/storage{h.path}")], b"")
             return
         if fault is not None and kind == "stall":
             self._record(role, h, 0)

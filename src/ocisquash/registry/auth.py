@@ -11,6 +11,13 @@ the registry answers ``401`` with ``WWW-Authenticate``:
   runs out, so further requests of the same repository skip the round trip.
 * ``Basic realm="…"``: send the request again with the credentials as HTTP Basic.
 
+Credentials belong to the registry they were configured for: they go to that
+registry and to the token realm *its* challenge names, never to a host a
+redirect led to (that host's ``401`` is an error naming it; see
+``RegistryClient._request``). A realm on another site than the registry's gets
+the credentials, as every client sends them, with a warning once per process, so
+that the user learns where they went.
+
 A second ``401``/``403`` after that means the credentials were refused:
 ``AuthError`` with a hint. Credentials are looked up only when a challenge asks
 for them, so a public image never runs a credential helper.
@@ -105,6 +112,31 @@ _token_cache: dict[_TokenKey, Token] = {}
 #: The last challenge each registry sent, so a new client authorizes its first request.
 _known_challenges: dict[str, Challenge] = {}
 _token_cache_lock = threading.Lock()
+#: (registry, realm host) pairs already warned about
+_warned_realms: set[tuple[str, str]] = set()
+
+
+def _site(host: str) -> str:
+    """The part of a host name two hosts of one operator share: its last two labels
+    (``auth.docker.io`` and ``registry-1.docker.io`` are both ``docker.io``); an
+    address stands for itself."""
+    name = host.lower().rstrip(".")
+    if not name or name[0].isdigit() or ":" in name:
+        return name
+    return ".".join(name.split(".")[-2:])
+
+
+def _warn_foreign_realm(registry: str, realm_host: str) -> None:
+    """Say once that ``registry`` sends its credentials to a token server on another site."""
+    registry_host = urlsplit("//" + registry).hostname or registry
+    if _site(registry_host) == _site(realm_host):
+        return
+    with _token_cache_lock:
+        if (registry, realm_host) in _warned_realms:
+            return
+        _warned_realms.add((registry, realm_host))
+    log.warning("registry %s sends its credentials to a token server on another host, %s",
+                registry, realm_host)
 
 
 def clear_token_cache() -> None:
@@ -112,6 +144,7 @@ def clear_token_cache() -> None:
     with _token_cache_lock:
         _token_cache.clear()
         _known_challenges.clear()
+        _warned_realms.clear()
 
 
 class Authenticator:
@@ -206,6 +239,8 @@ class Authenticator:
             raise AuthError(
                 f"refusing to send credentials to a plain-HTTP token server {parts.netloc}",
                 context=what, hint="use --plain-http if this is really intended")
+        if creds is not None:
+            _warn_foreign_realm(self.registry, parts.hostname or parts.netloc)
         service = challenge.get("service")
         # The registry's scope names what this request needs; ours is the same for pulls.
         scope = challenge.get("scope") or self.scope

@@ -132,14 +132,20 @@ class RegistryClient:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _request(self, remote: _Remote, path: str, headers: dict[str, str], what: str) -> Response:
-        """GET ``path``, answering an auth challenge once."""
+    def _request(self, remote: _Remote, path: str, headers: dict[str, str], what: str,
+                 *, method: str = "GET", body: bytes | None = None) -> Response:
+        """Send ``method path`` to the remote, answering the registry's auth challenge once.
+
+        Only a challenge the registry itself sent is answered. A ``401`` from a host a
+        redirect led to (blob storage) is returned as it is, for ``error_for_status`` to
+        name that host: the registry's credentials belong to the registry.
+        """
         sent = remote.auth.header()
         hdrs = dict(headers)
         if sent:
             hdrs["Authorization"] = sent
-        resp = self.transport.open("GET", remote.endpoint, path, hdrs, what=what)
-        if resp.status != 401:
+        resp = self.transport.open(method, remote.endpoint, path, hdrs, what=what, body=body)
+        if resp.status != 401 or resp.elsewhere:
             return resp
         with resp:
             challenges = parse_challenges(resp.header_list("WWW-Authenticate"))
@@ -148,8 +154,8 @@ class RegistryClient:
             raise AuthError("registry answered HTTP 401 without an auth challenge", context=what,
                             status=401)
         hdrs["Authorization"] = remote.auth.answer(challenges, what=what, sent=sent)
-        resp = self.transport.open("GET", remote.endpoint, path, hdrs, what=what)
-        if resp.status in (401, 403):
+        resp = self.transport.open(method, remote.endpoint, path, hdrs, what=what, body=body)
+        if resp.status in (401, 403) and not resp.elsewhere:
             with resp:
                 resp.read_all(8192)
             creds = remote.auth.credentials()

@@ -304,15 +304,28 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 class Response:
     """A response whose body is read raw (no content decoding) with typed errors."""
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, via: str | None = None) -> None:
+    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, via: str | None = None,
+                 origin: str | None = None) -> None:
         self._raw = raw
         self.url = url
+        #: ``host[:port]`` the request was sent to before any redirect
+        self.origin = origin if origin is not None else urlsplit(url).netloc
         #: the forward proxy that relayed a plain-HTTP request (its URL without
         #: credentials), whose own failures then arrive as ordinary statuses
         self.via = via
         self.status = raw.status
         self.headers = raw.headers
         self._done = False
+
+    @property
+    def host(self) -> str:
+        """``host[:port]`` that sent this response (after redirects)."""
+        return urlsplit(self.url).netloc
+
+    @property
+    def elsewhere(self) -> bool:
+        """Whether a redirect led to another host (blob storage) that sent this response."""
+        return self.host != self.origin
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
@@ -391,6 +404,22 @@ def error_for_status(resp: Response, what: str) -> RegistryError | ImageNotFound
         pass
     status = resp.status
     suffix = f" ({detail})" if detail else ""
+    if resp.elsewhere:
+        # Blob storage the registry redirected to answered: blame that host, not the
+        # registry, and never suggest sending the registry's credentials there.
+        message = (f"{resp.host}, where the registry {resp.origin} redirected the request, "
+                   f"answered HTTP {status}{suffix}")
+        if status in (401, 403):
+            return AuthError(message, context=what, status=status,
+                             hint=f"the registry's credentials are never sent to {resp.host}: "
+                                  "the registry's storage is misconfigured or its signed URL "
+                                  "expired; try again, or ask the registry's operator")
+        if status == 404:
+            return ImageNotFoundError(message, context=what)
+        if status in TEMPORARY_STATUSES:
+            return TransientRegistryError(message, context=what, status=status,
+                                          retry_after=parse_retry_after(resp.header("Retry-After")))
+        return RegistryError(message, context=what, status=status)
     if resp.via is not None and status in _GATEWAY_STATUSES:
         # A forward proxy reports its own failures (it cannot resolve or reach the
         # registry, or the registry timed out) as these statuses: say who sent them.
@@ -492,18 +521,19 @@ class Transport:
         return f"{'https' if scheme == 'auto' else scheme}://{endpoint.host}"
 
     def open(self, method: str, endpoint: Endpoint, path: str, headers: Mapping[str, str],
-             *, what: str) -> Response:
+             *, what: str, body: bytes | None = None) -> Response:
         """Send a request to a registry endpoint, falling back from HTTPS to HTTP for ``auto``."""
         with _schemes_lock:
             scheme = _learned_schemes.get(endpoint.host, endpoint.scheme)
         if scheme != "auto":
-            return self.request(method, f"{scheme}://{endpoint.host}{path}", headers, what=what)
+            return self.request(method, f"{scheme}://{endpoint.host}{path}", headers, what=what,
+                                body=body)
         if _scheme_hints.get(endpoint.host) == "http":
             # An earlier run learned that this host speaks plain HTTP: try that first, and
             # skip loading TLS settings. A TLS server answers plain HTTP with 400 or a reset.
             try:
                 resp = self._request(method, f"http://{endpoint.host}{path}", headers, what=what,
-                                     body=None, fallback=True)
+                                     body=body, fallback=True)
                 if resp.status != 400:
                     with _schemes_lock:
                         _learned_schemes[endpoint.host] = "http"
@@ -513,14 +543,15 @@ class Transport:
                 pass
         try:
             resp = self._request(method, f"https://{endpoint.host}{path}", headers, what=what,
-                                 body=None, fallback=True)
+                                 body=body, fallback=True)
             with _schemes_lock:
                 _learned_schemes[endpoint.host] = "https"
             return resp
         except _FallbackSignal as first:
             log.info("%s does not speak TLS (%s); using plain HTTP", endpoint.host, first.reason)
             try:
-                resp = self.request(method, f"http://{endpoint.host}{path}", headers, what=what)
+                resp = self.request(method, f"http://{endpoint.host}{path}", headers, what=what,
+                                    body=body)
             except TransientRegistryError as e:
                 raise TransientRegistryError(
                     f"cannot connect over HTTPS ({first.reason}) nor over HTTP ({e.message})",
@@ -548,7 +579,7 @@ class Transport:
                 # Over plain HTTP the proxy relays the request itself (no CONNECT
                 # tunnel), so its own failures arrive as statuses: the response says so.
                 via = proxy.url if proxy is not None and current.startswith("http://") else None
-                return Response(raw, current, via)
+                return Response(raw, current, via, origin.netloc)
             raw.drain_conn()
             raw.release_conn()
             target = urljoin(current, location)
