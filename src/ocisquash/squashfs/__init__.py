@@ -25,6 +25,7 @@ One module per on-disk concern::
     tables.py      id table and xattr table
     tree.py        the in-memory tree of entries and path rules
     writer.py      SquashfsWriter: the public API and the finish sequence
+    reader.py      SquashfsReader: one file read back by its path (runtime configs)
     version.py     FORMAT_VERSION, importable without the writer (a cache key)
 
 The writer's names are imported on first use: a cached compile imports
