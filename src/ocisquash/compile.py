@@ -105,6 +105,15 @@ class CompiledImage:
             "stats": self.stats,
         }
 
+    def runtime_config(self) -> dict[str, Any]:
+        """The OCI runtime-spec ``config.json`` for running this image (see
+        :mod:`ocisquash.runtime`): user names resolved from the compiled squashfs's own
+        ``/etc/passwd`` and ``/etc/group``."""
+        from .runtime import runtime_config
+
+        image = self.path if self.format == "squashfs" else None
+        return runtime_config(self.config, image)
+
 
 #: The compressor and level ocisquash uses unless told otherwise: the fastest zstd level
 #: whose output is no larger than mksquashfs's default (gzip 9) on every benchmark image

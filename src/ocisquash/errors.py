@@ -11,6 +11,7 @@ The tree::
     │   ├── DigestMismatchError         wrong hash
     │   └── SizeMismatchError           wrong length
     ├── ManifestError(ValueError)       a manifest, index or config that is invalid
+    ├── RuntimeConfigError(ValueError)  an image config that cannot become a runtime config
     ├── PlatformNotFoundError(LookupError)  no manifest for the requested platform
     ├── ImageNotFoundError(LookupError) no image, tag or blob of that name
     ├── RegistryError                   the registry answered with an error
@@ -82,6 +83,10 @@ class SizeMismatchError(IntegrityError):
 
 
 class ManifestError(OcisquashError, ValueError):
+    pass
+
+
+class RuntimeConfigError(OcisquashError, ValueError):
     pass
 
 
