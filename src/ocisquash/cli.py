@@ -18,7 +18,7 @@ from . import __version__
 from .errors import OcisquashError
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS = ("compile", "pull", "inspect", "pack", "cache")
+COMMANDS = ("compile", "pull", "inspect", "pack", "cache", "mount", "umount")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "  ocisquash compile alpine:3.20 -o alpine.squashfs\n"
             "  ocisquash compile --platform linux/arm64 debian:12 -o debian-arm64.squashfs\n"
             "  ocisquash compile oci:./layout:v1 --format tar -o - | sqfstar out.sqfs\n"
+            "  ocisquash compile app:1 -o app.squashfs --bundle app && "
+            "ocisquash mount app.squashfs app/rootfs && runc run -b app app1\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,6 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--no-cache", action="store_true",
                    help="build straight to OUT without storing the compiled image")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--bundle", metavar="DIR", type=Path,
+                   help="also write an OCI runtime bundle: DIR/config.json (the image's "
+                        "config converted for runc) and the mount point DIR/rootfs")
+    p.add_argument("--config-out", metavar="FILE", type=Path,
+                   help="also write the image's config JSON, byte for byte as served")
     add_source_arguments(p)
     add_writer_arguments(
         p, compression_help="compressor (default: zstd level 5; every current Linux kernel "
@@ -68,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
                                      default_level=DEFAULT_ZSTD_LEVEL)
     sopts = source_options_from_args(args)
+    if args.bundle is not None and args.format != "squashfs":
+        raise UsageError("--bundle needs squashfs output: a runtime mounts it as the root")
     output: object = args.output
     if args.output == "-":
         if args.json:
@@ -89,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         close_progress(sopts)
+    if args.config_out is not None:
+        from ..runtime import write_file
+
+        write_file(args.config_out, result.config.raw)
+    if args.bundle is not None:
+        from ..runtime import write_bundle
+
+        write_bundle(args.bundle, result.runtime_config())
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
