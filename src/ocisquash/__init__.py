@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         PlatformNotFoundError,
         ReferenceSyntaxError,
         RegistryError,
+        RuntimeConfigError,
         UnsafeLayerError,
         UnsupportedError,
         UsageError,
@@ -64,7 +65,8 @@ _WHERE = {
     **{name: "errors" for name in (
         "AuthError", "CacheError", "ImageNotFoundError", "IntegrityError", "LayerError",
         "LimitExceededError", "ManifestError", "OcisquashError", "OutputError",
-        "PlatformNotFoundError", "ReferenceSyntaxError", "RegistryError", "UnsafeLayerError",
+        "PlatformNotFoundError", "ReferenceSyntaxError", "RegistryError", "RuntimeConfigError",
+        "UnsafeLayerError",
         "UnsupportedError", "UsageError")},
 }
 
@@ -91,6 +93,7 @@ __all__ = [
     "ProgressEvent",
     "ReferenceSyntaxError",
     "RegistryError",
+    "RuntimeConfigError",
     "SourceOptions",
     "UnsafeLayerError",
     "UnsupportedError",
