@@ -21,6 +21,7 @@ The tree::
     │   └── UnsafeLayerError            a layer tries to leave the image root
     ├── LimitExceededError              a hostile-input limit was reached
     ├── SquashfsError                   the writer was given something it cannot write
+    ├── ErofsError                      the EROFS writer was given something it cannot write
     ├── CacheError                      the cache directory is unusable
     └── OutputError(OSError)            the output cannot be written (full disk, …)
 
@@ -146,6 +147,10 @@ class LimitExceededError(OcisquashError):
 
 
 class SquashfsError(OcisquashError):
+    pass
+
+
+class ErofsError(OcisquashError):
     pass
 
 

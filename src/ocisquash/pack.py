@@ -1,4 +1,4 @@
-"""Pack a directory tree of the local filesystem into a squashfs image.
+"""Pack a directory tree of the local filesystem into a squashfs or EROFS image.
 
 The tree is walked with ``os.scandir`` and ``lstat``, never following symlinks, in
 name order (depth first, like mksquashfs, so file data lands in the same order).
@@ -39,13 +39,17 @@ import tempfile
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from .entry import EntryMeta
 from .errors import OcisquashError, OutputError, SquashfsError, UsageError
 from .interpreter import collector_paused
 from .layers import Fidelity
 from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
+
+if TYPE_CHECKING:
+    from .erofs import ErofsOptions, ErofsSummary
+    from .flatten import TreeSink
 
 _XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 
@@ -139,7 +143,7 @@ class _Walker:
     """
 
     def __init__(
-        self, src: bytes, options: WriterOptions, skip: set[tuple[int, int]], budget: int,
+        self, src: bytes, options: WriterOptions | ErofsOptions, skip: set[tuple[int, int]], budget: int,
         fidelity: Fidelity | None = None,
     ) -> None:
         self._src = src
@@ -343,10 +347,10 @@ class _Cancelled(Exception):
 
 
 def _add_tree(
-    writer: SquashfsWriter,
+    writer: TreeSink,
     src: bytes,
     src_st: os.stat_result,
-    options: WriterOptions,
+    options: WriterOptions | ErofsOptions,
     skip: set[tuple[int, int]],
     fidelity: Fidelity | None,
 ) -> None:
@@ -381,7 +385,7 @@ def _split_device(rdev: int) -> tuple[int, int]:
     return os.major(rdev), os.minor(rdev)
 
 
-def _stream_file(writer: SquashfsWriter, e: _Entry) -> None:
+def _stream_file(writer: TreeSink, e: _Entry) -> None:
     """Add a file too large to read ahead, streaming it block by block."""
     try:
         with open(e.path, "rb", buffering=0) as f:
@@ -396,9 +400,24 @@ def _stream_file(writer: SquashfsWriter, e: _Entry) -> None:
         raise _read_error(e.path, err) from err
 
 
-def pack_directory(src: Path, output: Path, options: WriterOptions,
-                   fidelity: Fidelity | None = None) -> WriteSummary:
-    """Write the tree below ``src`` as a squashfs image at ``output``; return the summary.
+def _write(out: BinaryIO, src: bytes, root_st: os.stat_result,
+           options: WriterOptions | ErofsOptions, skip: set[tuple[int, int]],
+           fidelity: Fidelity | None) -> WriteSummary | ErofsSummary:
+    if isinstance(options, WriterOptions):
+        with SquashfsWriter(out, options) as writer:
+            _add_tree(writer, src, root_st, options, skip, fidelity)
+            return writer.finish()
+    from .erofs import ErofsWriter
+
+    with ErofsWriter(out, options) as ewriter:
+        _add_tree(ewriter, src, root_st, options, skip, fidelity)
+        return ewriter.finish()
+
+
+def pack_directory(src: Path, output: Path, options: WriterOptions | ErofsOptions,
+                   fidelity: Fidelity | None = None) -> WriteSummary | ErofsSummary:
+    """Write the tree below ``src`` as an image at ``output``; return the summary. The
+    image is EROFS when ``options`` are ``ErofsOptions``, else squashfs.
 
     What the image cannot hold (xattrs outside user./trusted./security., mtimes out of
     range) is noted in ``fidelity`` when one is given."""
@@ -424,9 +443,8 @@ def pack_directory(src: Path, output: Path, options: WriterOptions,
             with contextlib.suppress(OSError):
                 out_st = os.stat(output)
                 skip.add((out_st.st_dev, out_st.st_ino))
-            with collector_paused(), SquashfsWriter(out, options) as writer:
-                _add_tree(writer, src_bytes, root_st, options, skip, fidelity)
-                summary = writer.finish()
+            with collector_paused():
+                summary = _write(out, src_bytes, root_st, options, skip, fidelity)
             out.flush()
             os.fsync(out.fileno())
         umask = os.umask(0o022)

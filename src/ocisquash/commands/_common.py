@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..erofs.options import ErofsOptions
     from ..model import Platform
     from ..sources.options import SourceOptions
     from ..squashfs.options import WriterOptions
@@ -104,14 +105,18 @@ def close_progress(options: SourceOptions) -> None:
 def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                          time_help: str) -> None:
     """Options of the squashfs writer, shared by ``compile`` and ``pack``."""
-    g = p.add_argument_group("squashfs output")
+    from ..erofs.options import COMPRESSION_HELP
+
+    g = p.add_argument_group("image output")
     g.add_argument("--compression", "-c", default=None,
-                   choices=("gzip", "xz", "zstd", "lz4", "lzo"), help=compression_help)
+                   choices=("gzip", "xz", "zstd", "lz4", "lzo", "none", "lz4hc"),
+                   help=f"{compression_help}; with --format erofs: {COMPRESSION_HELP}")
     g.add_argument("--level", type=int, default=None,
                    help="compression level (default: as above, else the compressor's own, as "
                         "mksquashfs: gzip 9, xz 6, zstd 15)")
     g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
-                   help="data block size, a power of two from 4K to 1M (default 128K)")
+                   help="data block size, a power of two from 4K to 1M (default 128K); "
+                        "for EROFS the largest compressed cluster")
     g.add_argument("--no-fragments", action="store_true", help="do not pack file tails into fragments")
     g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
     g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
@@ -145,8 +150,12 @@ def writer_options_from_args(args: argparse.Namespace, *, default_compression: s
                              default_level: int | None = None,
                              all_root: bool = False) -> WriterOptions:
     """The ``WriterOptions`` of the parsed arguments; ``default_level`` only with the default compressor."""
+    from ..errors import UsageError
     from ..squashfs.options import Compression, WriterOptions
 
+    if args.compression in ("none", "lz4hc"):
+        raise UsageError(f"squashfs cannot compress with {args.compression}",
+                         hint="use gzip, xz, zstd, lz4 or lzo, or --format erofs")
     level = args.level
     if level is None and args.compression is None:
         level = default_level
@@ -155,6 +164,29 @@ def writer_options_from_args(args: argparse.Namespace, *, default_compression: s
         level=level,
         block_size=parse_size(args.block_size),
         fragments=not args.no_fragments,
+        dedup=not args.no_dedup,
+        xattrs=not args.no_xattrs,
+        mkfs_time=args.mkfs_time,
+        workers=args.workers,
+        all_root=all_root,
+    )
+
+
+def erofs_options_from_args(args: argparse.Namespace, *,
+                            all_root: bool = False) -> ErofsOptions:
+    """The ``ErofsOptions`` of the parsed arguments (``--format erofs``)."""
+    from ..erofs.options import ErofsCompression, ErofsOptions
+    from ..errors import UsageError
+
+    names = [c.value for c in ErofsCompression]
+    name = args.compression or ErofsOptions().compression.value
+    if name not in names:
+        raise UsageError(f"EROFS cannot compress with {name}",
+                         hint=f"with --format erofs use --compression {', '.join(names)}")
+    return ErofsOptions(
+        compression=ErofsCompression(name),
+        level=args.level,
+        pcluster_size=parse_size(args.block_size),
         dedup=not args.no_dedup,
         xattrs=not args.no_xattrs,
         mkfs_time=args.mkfs_time,

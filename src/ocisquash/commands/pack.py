@@ -1,4 +1,4 @@
-"""``ocisquash pack DIR OUT``: pack a local directory tree into a squashfs image."""
+"""``ocisquash pack DIR OUT``: pack a local directory tree into a squashfs or EROFS image."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from ._common import add_writer_arguments
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "pack",
-        help="pack a local directory tree into a squashfs image",
+        help="pack a local directory tree into a squashfs or EROFS image",
         description=(
-            "Pack DIR into the squashfs image OUT, keeping owners, modes, mtimes, devices, "
+            "Pack DIR into the squashfs (or EROFS) image OUT, keeping owners, modes, mtimes, devices, "
             "hard links and user/trusted/security xattrs. Symlinks are stored, never followed."
         ),
     )
@@ -25,6 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_writer_arguments(
         parser, compression_help="compressor (default: gzip, level 9, as mksquashfs)",
         time_help="image timestamp in seconds (default: $SOURCE_DATE_EPOCH, else now)")
+    parser.add_argument("--format", choices=("squashfs", "erofs"), default="squashfs",
+                        help="image format (default squashfs)")
     parser.add_argument("--all-root", action="store_true", help="store every entry as 0:0")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
@@ -32,11 +34,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..erofs.options import ErofsOptions
     from ..layers import Fidelity
     from ..pack import pack_directory
-    from ._common import print_fidelity, writer_options_from_args
+    from ..squashfs import WriteSummary
+    from ..squashfs.options import WriterOptions
+    from ._common import erofs_options_from_args, print_fidelity, writer_options_from_args
 
-    options = writer_options_from_args(args, default_compression="gzip", all_root=args.all_root)
+    options: WriterOptions | ErofsOptions
+    if args.format == "erofs":
+        options = erofs_options_from_args(args, all_root=args.all_root)
+    else:
+        options = writer_options_from_args(args, default_compression="gzip",
+                                           all_root=args.all_root)
     fidelity = Fidelity()
     summary = pack_directory(args.source, args.output, options, fidelity)
     issues = [i.to_json() for i in fidelity.issues()]
@@ -49,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
             f"({summary.files} files, {summary.directories} directories, "
             f"{summary.symlinks} symlinks, {summary.devices} special, "
             f"{summary.hardlinks} hard links), {summary.data_bytes_in} bytes of data in, "
-            f"{summary.duplicates} duplicates, {summary.fragments} fragment blocks, "
-            f"{summary.compression} {summary.block_size // 1024}K blocks"
+            f"{summary.duplicates} duplicates, "
+            + (f"{summary.fragments} fragment blocks, "
+               if isinstance(summary, WriteSummary) else "")
+            + f"{summary.compression} {summary.block_size // 1024}K blocks"
         )
     if not args.json and not args.quiet:
         print_fidelity(issues)

@@ -70,17 +70,23 @@ class WriterOptions:
             raise UsageError(f"mkfs time {self.mkfs_time} is outside 0..2**32-1")
 
     def resolved_mkfs_time(self) -> int:
-        if self.mkfs_time is not None:
-            return self.mkfs_time
-        env = os.environ.get("SOURCE_DATE_EPOCH")
-        if env:
-            try:
-                value = int(env)
-            except ValueError:
-                raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
-            if not 0 <= value < 2**32:
-                raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is outside 0..2**32-1")
-            return value
-        import time
+        return resolve_mkfs_time(self.mkfs_time)
 
-        return int(time.time())
+
+def resolve_mkfs_time(mkfs_time: int | None) -> int:
+    """An image's timestamp: ``mkfs_time`` if given, else $SOURCE_DATE_EPOCH if set,
+    else the current time (shared by the squashfs and EROFS writers)."""
+    if mkfs_time is not None:
+        return mkfs_time
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
+        if not 0 <= value < 2**32:
+            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is outside 0..2**32-1")
+        return value
+    import time
+
+    return int(time.time())

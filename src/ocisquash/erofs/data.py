@@ -1,0 +1,150 @@
+"""File data of uncompressed inodes: FLAT_PLAIN blocks and FLAT_INLINE tails.
+
+Format rules enforced here (``erofs.rst``, "Inode data layouts"):
+
+* FLAT_PLAIN: the data is in consecutive blocks from ``startblk``; the last block is
+  padded with zeros;
+* FLAT_INLINE: the whole blocks are consecutive from ``startblk`` and the tail (size
+  modulo the block size) is stored right after the inode and its xattrs, in the
+  metadata area; "the inline data must not cross a block boundary", so a tail that
+  cannot share a block with its inode (even at the start of a fresh block) is written
+  FLAT_PLAIN instead.
+
+Whole blocks stream straight to the output as a file is added. A tail can only be
+placed once the inodes are laid out, at the end; it is held in a spool (a temporary
+file once it outgrows :data:`SPOOL_MEMORY`), so memory does not grow with the number
+of small files.
+
+Identical files share their data: a sha256 over the contents finds them; the
+duplicate's blocks, already streamed, are overwritten by the next file (the writer
+truncates the image at the end) and its tail is not spooled again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from typing import BinaryIO
+
+from ..errors import ErofsError
+from .format import BLOCK_SIZE, DataLayout
+
+#: Read size for streamed files: whole blocks, so only the last read holds a tail.
+CHUNK = 64 * BLOCK_SIZE
+#: Spooled tails stay in memory up to this many bytes, then go to a temporary file.
+SPOOL_MEMORY = 8 << 20
+
+
+class Extent:
+    """Where one regular file's data is (small: one per file is kept until the end)."""
+
+    __slots__ = ("layout", "size", "startblk", "tail_at")
+
+    def __init__(self, layout: DataLayout, size: int, startblk: int, tail_at: int) -> None:
+        self.layout = layout
+        self.size = size
+        #: first whole block (0 when there is none)
+        self.startblk = startblk
+        #: offset of the inline tail in the spool, -1 when there is none
+        self.tail_at = tail_at
+
+    @property
+    def tail_len(self) -> int:
+        return self.size % BLOCK_SIZE if self.tail_at >= 0 else 0
+
+
+class FlatData:
+    """Streams files into the data area (which starts on a block boundary)."""
+
+    def __init__(self, out: BinaryIO, position: int, dedup: bool) -> None:
+        assert position % BLOCK_SIZE == 0
+        self._out = out
+        #: where the next block goes
+        self.position = position
+        #: the end of what was written (a duplicate rewinds ``position`` below it)
+        self.high_water = position
+        self._dedup = dedup
+        self._seen: dict[tuple[bytes, int, bool], Extent] = {}
+        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        self._spool_end = 0
+        self.bytes_in = 0
+        self.duplicates = 0
+
+    def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
+        """Add one file's data; its tail goes inline if it is at most ``inline_room``."""
+        start = self.position
+        digest = hashlib.sha256() if self._dedup else None
+        if isinstance(source, bytes):
+            data = source
+            whole = len(data) - len(data) % BLOCK_SIZE
+            if whole:
+                self._put(memoryview(data)[:whole])
+                if digest is not None:
+                    digest.update(memoryview(data)[:whole])
+            tail = data[whole:]
+            total = len(data)
+        else:
+            total, tail = self._stream(source, size, digest)
+        if digest is not None:
+            digest.update(tail)
+        self.bytes_in += total
+        inline = 0 < len(tail) <= inline_room
+        key = None
+        if digest is not None and total:
+            key = (digest.digest(), total, inline)
+            found = self._seen.get(key)
+            if found is not None:
+                self.position = start
+                self.duplicates += 1
+                return found
+        startblk = start // BLOCK_SIZE if total >= BLOCK_SIZE else 0
+        if inline:
+            extent = Extent(DataLayout.FLAT_INLINE, total, startblk, self._spool_end)
+            self._spool.seek(self._spool_end)
+            self._spool.write(tail)
+            self._spool_end += len(tail)
+        else:
+            if tail:
+                self._put(tail + bytes(BLOCK_SIZE - len(tail)))
+            startblk = start // BLOCK_SIZE if total else 0
+            extent = Extent(DataLayout.FLAT_PLAIN, total, startblk, -1)
+        if key is not None:
+            self._seen[key] = extent
+        return extent
+
+    def _stream(self, source: BinaryIO, size: int | None,
+                digest: hashlib._Hash | None) -> tuple[int, bytes]:
+        total = 0
+        pending = b""
+        while size is None or total < size:
+            want = CHUNK if size is None else min(CHUNK, size - total)
+            chunk = source.read(want)
+            if not chunk:
+                if size is not None:
+                    raise ErofsError(f"file data ended after {total} of {size} bytes")
+                break
+            total += len(chunk)
+            buf = pending + chunk if pending else chunk
+            whole = len(buf) - len(buf) % BLOCK_SIZE
+            if whole:
+                view = memoryview(buf)[:whole]
+                self._put(view)
+                if digest is not None:
+                    digest.update(view)
+            pending = buf[whole:]
+        return total, pending
+
+    def _put(self, data: bytes | memoryview) -> None:
+        self._out.seek(self.position)
+        self._out.write(data)
+        self.position += len(data)
+        self.high_water = max(self.high_water, self.position)
+
+    def tail(self, extent: Extent) -> bytes:
+        """The inline tail of ``extent`` (read back from the spool)."""
+        self._spool.seek(extent.tail_at)
+        return self._spool.read(extent.tail_len)
+
+    def close(self) -> None:
+        self._spool.close()
+        self._seen.clear()

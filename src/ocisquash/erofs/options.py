@@ -1,0 +1,74 @@
+"""How to write an EROFS image: the writer's options, importable without the writer.
+
+Like ``squashfs.options``, a cached compile needs these for its cache key and must
+not pay for the writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ..entry import EntryMeta
+from ..errors import UsageError
+from ..squashfs.options import resolve_mkfs_time
+
+
+class ErofsCompression(Enum):
+    """Compressor names as the CLI and the API spell them."""
+
+    NONE = "none"
+    LZ4 = "lz4"
+    LZ4HC = "lz4hc"
+
+
+#: The oldest Linux that mounts each compressor's images (for ``--help``).
+MIN_KERNEL = {
+    ErofsCompression.NONE: "5.4",
+    ErofsCompression.LZ4: "5.4",
+    ErofsCompression.LZ4HC: "5.4",
+}
+
+#: What ``--help`` says about the EROFS compressors.
+COMPRESSION_HELP = ", ".join(
+    f"{c.value} (Linux {MIN_KERNEL[c]}+)" for c in ErofsCompression)
+
+
+@dataclass(frozen=True)
+class ErofsOptions:
+    """How to write the image; invalid settings raise UsageError."""
+
+    compression: ErofsCompression = ErofsCompression.NONE
+    #: lz4hc level 1..12; None = 9
+    level: int | None = None
+    #: largest physical cluster of compressed data, a multiple of 4 KiB up to 1 MiB
+    pcluster_size: int = 65536
+    dedup: bool = True
+    xattrs: bool = True
+    #: image timestamp (the superblock's epoch); None = $SOURCE_DATE_EPOCH, else now
+    mkfs_time: int | None = None
+    #: compression threads; None = os.cpu_count()
+    workers: int | None = None
+    #: store every entry as owned by uid 0 / gid 0
+    all_root: bool = False
+    #: the volume uuid (zeros unless given: the image must not depend on chance)
+    uuid: bytes = bytes(16)
+    #: metadata of directories created implicitly (and of the root unless given)
+    default_dir_meta: EntryMeta = field(default_factory=lambda: EntryMeta(mode=0o755))
+
+    def __post_init__(self) -> None:
+        ps = self.pcluster_size
+        if not (4096 <= ps <= 1 << 20 and ps % 4096 == 0):
+            raise UsageError(f"physical cluster size {ps} is not a multiple of 4 KiB "
+                             "between 4 KiB and 1 MiB", hint="use e.g. 64K")
+        if self.level is not None and not 1 <= self.level <= 12:
+            raise UsageError(f"lz4hc level {self.level} is outside 1..12")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"workers must be at least 1, not {self.workers}")
+        if self.mkfs_time is not None and not 0 <= self.mkfs_time < 2**32:
+            raise UsageError(f"mkfs time {self.mkfs_time} is outside 0..2**32-1")
+        if len(self.uuid) != 16:
+            raise UsageError("the volume uuid must be 16 bytes")
+
+    def resolved_mkfs_time(self) -> int:
+        return resolve_mkfs_time(self.mkfs_time)

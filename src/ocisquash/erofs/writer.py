@@ -1,0 +1,553 @@
+"""The EROFS writer: public API and the finish sequence.
+
+File data streams into the image as files are added, from block 1 on (block 0 holds
+the superblock at byte 1024). Everything else is laid out by
+:meth:`ErofsWriter.finish`, after the data::
+
+    block 0: superblock · file data · directory and symlink blocks ·
+    metadata area (meta_blkaddr = xattr_blkaddr): shared xattrs, then inodes
+
+Writing the data first keeps memory bounded without a temporary copy of the image:
+only per-entry metadata (and the spooled tails, see ``data.py``) waits for the end,
+and the inodes, whose nids the directories need, are laid out once the tree is
+complete. The inodes come last, in breadth-first order from the root, so the root
+has a small nid (the superblock's ``rootnid_2b`` holds 16 bits, so shared xattrs
+beyond 2 MiB would be refused) and a directory's entries are stored near each other.
+
+Rules enforced here:
+
+* an inode is compact (32 bytes) unless it needs the extended form (64 bytes), as
+  mkfs.erofs decides: a size of 4 GiB or more, a uid, gid or link count above 65535,
+  or an mtime other than the superblock's epoch (compact inodes hold no time of their
+  own on kernels before 6.x, so exact times need the extended form);
+* inodes are 32-byte aligned ("nid = offset / 32" from ``meta_blkaddr``), and an
+  inline tail does not cross a block boundary (the inode moves to the next block);
+* a directory's link count is 2 plus its sub-directories; other inodes count their
+  names (hard links);
+* the image is a whole number of 4 KiB blocks, ``blocks`` in the superblock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO, Literal
+
+from ..entry import EntryMeta
+from ..errors import ErofsError, OutputError
+from ..squashfs.format import InodeType
+from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
+from .data import Extent, FlatData
+from .directory import DirEntry, directory_size, pack_block, split_blocks
+from .format import (
+    BLOCK_SIZE,
+    COMPACT_INODE_SIZE,
+    EXTENDED_INODE_SIZE,
+    INODE_SLOT,
+    MAX_NAME_LEN,
+    MODE_TYPE,
+    SUPER_OFFSET,
+    DataLayout,
+    FileType,
+    Superblock,
+    compact_inode,
+    encode_device,
+    extended_inode,
+)
+from .options import ErofsCompression, ErofsOptions
+from .xattr import SharedXattrs, check_xattrs, icount, inline_size_bound
+
+#: PATH_MAX minus the NUL: what the kernel reads as a symlink target.
+MAX_SYMLINK_TARGET = 4095
+
+_FILE_TYPE = {
+    InodeType.FILE: FileType.REG_FILE,
+    InodeType.DIR: FileType.DIR,
+    InodeType.SYMLINK: FileType.SYMLINK,
+    InodeType.CHAR_DEV: FileType.CHRDEV,
+    InodeType.BLOCK_DEV: FileType.BLKDEV,
+    InodeType.FIFO: FileType.FIFO,
+    InodeType.SOCKET: FileType.SOCK,
+}
+_SPECIAL_KINDS = {"char": InodeType.CHAR_DEV, "block": InodeType.BLOCK_DEV}
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+@dataclass(frozen=True)
+class ErofsSummary:
+    """What :meth:`ErofsWriter.finish` wrote."""
+
+    bytes_written: int
+    inodes: int
+    files: int
+    directories: int
+    symlinks: int
+    devices: int  # character and block devices, FIFOs and sockets
+    hardlinks: int  # directory entries beyond the first for an inode
+    data_bytes_in: int
+    duplicates: int
+    compression: str
+    block_size: int = BLOCK_SIZE
+    extended_inodes: int = 0
+    shared_xattrs: int = 0
+
+
+class FileNode(Node):
+    """A regular file: its metadata and where its data is."""
+
+    __slots__ = ("extent",)
+
+    def __init__(self, meta: EntryMeta, extent: Extent) -> None:
+        super().__init__(meta, InodeType.FILE)
+        self.extent = extent
+
+
+class _Inode:
+    """The fields of one inode record, computed twice (layout, then writing) rather
+    than kept for every inode."""
+
+    __slots__ = ("body", "extended", "i_u", "inline_len", "layout", "mode", "nlink",
+                 "size", "xattrs")
+
+    def __init__(self) -> None:
+        self.layout = DataLayout.FLAT_PLAIN
+        self.size = 0
+        self.i_u = 0
+        self.inline_len = 0
+        self.mode = 0
+        self.nlink = 0
+        self.extended = False
+        self.xattrs = b""
+
+    @property
+    def isize(self) -> int:
+        return EXTENDED_INODE_SIZE if self.extended else COMPACT_INODE_SIZE
+
+
+class ErofsWriter:
+    """Writes one EROFS image; add entries in any order, then :meth:`finish`.
+
+    ``output`` is a path (created or truncated) or a seekable, writable binary stream
+    (the image starts at offset 0). The interface is that of ``SquashfsWriter``, so the
+    flattener and ``pack`` feed either one.
+    """
+
+    def __init__(self, output: str | os.PathLike[str] | BinaryIO,
+                 options: ErofsOptions | None = None) -> None:
+        if options is None:
+            options = ErofsOptions()
+        if options.compression is not ErofsCompression.NONE:
+            raise ErofsError(f"compression {options.compression.value} is not available "
+                             "yet", hint="use --compression none")
+        self._options = options
+        self._epoch = options.resolved_mkfs_time()
+        self._owned = not hasattr(output, "write")
+        self._path: str | bytes | None = None
+        self._name = str(getattr(output, "name", "the output stream"))
+        if self._owned:
+            self._path = os.fspath(output)  # type: ignore[arg-type]
+            self._name = os.fsdecode(self._path)
+        try:
+            if self._owned:
+                self._out: BinaryIO = open(output, "w+b")  # type: ignore[arg-type,assignment]  # noqa: SIM115
+            else:
+                self._out = output  # type: ignore[assignment]
+            self._out.seek(0)
+            self._out.write(bytes(BLOCK_SIZE))
+        except OSError as e:
+            raise OutputError(f"cannot write the image: {e.strerror or e}",
+                              context=self._name) from e
+        self._metas: dict[EntryMeta, EntryMeta] = {}
+        self._tree = Tree(self._meta(options.default_dir_meta))
+        self._data = FlatData(self._out, BLOCK_SIZE, options.dedup)
+        self._closed = False
+
+    # -- adding entries -------------------------------------------------------------
+
+    def _meta(self, meta: EntryMeta) -> EntryMeta:
+        if not self._options.xattrs and meta.xattrs:
+            meta = EntryMeta(meta.mode, meta.uid, meta.gid, meta.mtime, ())
+        if self._options.all_root and (meta.uid or meta.gid):
+            meta = EntryMeta(meta.mode, 0, 0, meta.mtime, meta.xattrs)
+        if meta.xattrs:
+            check_xattrs(meta.xattrs)
+        if not 0 <= meta.mtime < 2**63:
+            meta = EntryMeta(meta.mode, meta.uid, meta.gid,
+                             min(max(meta.mtime, 0), 2**63 - 1), meta.xattrs)
+        # Many entries share owner, mode and time: keep one object for each.
+        return self._metas.setdefault(meta, meta)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ErofsError("the writer is already finished or aborted")
+
+    def _check_path(self, path: bytes) -> None:
+        # The shared tree allows squashfs's 256-byte names; EROFS allows 255.
+        if len(path) > MAX_NAME_LEN and isinstance(path, bytes):
+            for part in path.split(b"/"):
+                if len(part) > MAX_NAME_LEN:
+                    raise ErofsError(f"name {part[:32]!r}… is {len(part)} bytes; "
+                                     f"EROFS allows {MAX_NAME_LEN}", context=repr(path))
+
+    def add_directory(self, path: bytes, meta: EntryMeta) -> None:
+        """Create the directory ``path``, or update the metadata of an existing one."""
+        self._check_open()
+        self._check_path(path)
+        self._tree.add_directory(path, self._meta(meta))
+
+    def add_file(self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes,
+                 size: int | None = None) -> None:
+        """Add a regular file, streaming ``data`` (exactly ``size`` bytes if given, else
+        to EOF) into the image."""
+        self._check_open()
+        self._check_path(path)
+        meta = self._meta(meta)
+        self._tree.placeable(path)
+        source: bytes | BinaryIO = data
+        if isinstance(data, _BYTES_LIKE):
+            source = data if type(data) is bytes else bytes(data)
+            if size is not None and size != len(source):
+                raise ErofsError(f"file data is {len(source)} bytes, not {size}",
+                                 context=repr(path))
+        if size is not None and size < 0:
+            raise ErofsError(f"negative file size {size}", context=repr(path))
+        # The tail goes inline if it fits in a block with the largest inode and this
+        # file's xattrs all inline (sharing only makes the body smaller).
+        room = BLOCK_SIZE - EXTENDED_INODE_SIZE - inline_size_bound(meta.xattrs)
+        try:
+            extent = self._data.write(source, size, room)
+        except ErofsError as e:
+            raise e.with_context(repr(path)) from None
+        except OSError as e:
+            raise self._write_error(e, path) from e
+        self._tree.put(path, FileNode(meta, extent), checked=True)
+
+    def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
+        self._check_open()
+        self._check_path(path)
+        if len(target) > MAX_SYMLINK_TARGET:
+            raise ErofsError(f"symlink target is {len(target)} bytes; Linux allows "
+                             f"{MAX_SYMLINK_TARGET}", context=repr(path))
+        if not target or b"\0" in target:
+            raise ErofsError(f"symlink target {target!r} is empty or has NUL",
+                             context=repr(path))
+        self._tree.put(path, SymlinkNode(self._meta(meta), target))
+
+    def add_device(self, path: bytes, meta: EntryMeta, kind: Literal["char", "block"],
+                   major: int, minor: int) -> None:
+        self._check_open()
+        self._check_path(path)
+        if kind not in _SPECIAL_KINDS:
+            raise ErofsError(f"device kind {kind!r} is not 'char' or 'block'",
+                             context=repr(path))
+        if not (0 <= major < 1 << 12 and 0 <= minor < 1 << 20):
+            raise ErofsError(f"device {major}:{minor} does not fit the format "
+                             "(major < 4096, minor < 2**20)", context=repr(path))
+        self._tree.put(path, SpecialNode(self._meta(meta), _SPECIAL_KINDS[kind],
+                                         encode_device(major, minor)))
+
+    def add_fifo(self, path: bytes, meta: EntryMeta) -> None:
+        self._check_open()
+        self._check_path(path)
+        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.FIFO))
+
+    def add_socket(self, path: bytes, meta: EntryMeta) -> None:
+        self._check_open()
+        self._check_path(path)
+        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.SOCKET))
+
+    def add_hardlink(self, path: bytes, target: bytes) -> None:
+        """Make ``path`` another name of the existing non-directory ``target``."""
+        self._check_open()
+        self._check_path(path)
+        node = self._tree.get(target)
+        if node is None:
+            raise ErofsError(f"hard link target {target!r} does not exist", context=repr(path))
+        if isinstance(node, DirNode):
+            raise ErofsError(f"hard link target {target!r} is a directory", context=repr(path))
+        if path != target:
+            self._tree.put(path, node)
+
+    def exists(self, path: bytes) -> bool:
+        return self._tree.get(path) is not None
+
+    # -- finishing ------------------------------------------------------------------
+
+    def __enter__(self) -> ErofsWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._closed:
+            self.finish()
+
+    def _write_error(self, e: OSError, path: bytes | None = None) -> OutputError:
+        what = f" (adding {path.decode('utf-8', 'replace')})" if path is not None else ""
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        return OutputError(f"cannot write the image{what}: {e.strerror or e}",
+                           context=self._name,
+                           hint="free space on that filesystem or write elsewhere" if full else "")
+
+    def abort(self) -> None:
+        """Discard the image being written."""
+        if self._closed:
+            return
+        self._closed = True
+        self._data.close()
+        if self._owned:
+            with contextlib.suppress(OSError):
+                self._out.close()
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+
+    def finish(self) -> ErofsSummary:
+        """Write directories, xattrs, inodes and the superblock; return a summary."""
+        self._check_open()
+        try:
+            summary = _Finisher(self).run()
+            self._data.close()
+            if self._owned:
+                self._out.close()
+        except OSError as e:
+            self.abort()
+            raise self._write_error(e) from e
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return summary
+
+
+def _sorted_names(node: DirNode) -> list[bytes]:
+    """A directory's names in on-disk order, ``.`` and ``..`` included."""
+    names = list(node.children)
+    names.append(b".")
+    names.append(b"..")
+    names.sort()
+    return names
+
+
+class _Finisher:
+    """The finish sequence: order, count, lay out, write (see the module docstring)."""
+
+    def __init__(self, writer: ErofsWriter) -> None:
+        self.w = writer
+        self.out = writer._out
+        self.epoch = writer._epoch
+        self.xattrs = SharedXattrs()
+        self.order: list[Node] = []
+        self.stats = {"files": 0, "directories": 0, "symlinks": 0, "devices": 0,
+                      "hardlinks": 0, "extended": 0}
+        #: first block of a directory's or symlink's out-of-line blocks, by node id
+        self.blocks_at: dict[int, int] = {}
+
+    def run(self) -> ErofsSummary:
+        data = self.w._data
+        root = self.w._tree.root
+        self._order(root)
+        self.xattrs.seal()
+        cursor = data.position // BLOCK_SIZE
+
+        # Blocks that directories and long symlinks need outside their inode.
+        for node in self.order:
+            if isinstance(node, DirNode | SymlinkNode):
+                n = self._outside_blocks(node)
+                if n:
+                    self.blocks_at[id(node)] = cursor
+                    cursor += n
+        # The shared xattrs open the metadata area (xattr_blkaddr == meta_blkaddr), and
+        # the inodes follow. Nid 0 stays unused: readdir() skips entries numbered 0.
+        area = self.xattrs.area()
+        meta_blkaddr = cursor
+
+        # Nids: inodes in order, 32-byte aligned, tails kept within one block.
+        pos = max(len(area), INODE_SLOT)
+        root.parent_number = 0
+        for node in self.order:
+            inode = self._inode(node)
+            head = inode.isize + len(inode.xattrs)
+            pos = -(-pos // INODE_SLOT) * INODE_SLOT
+            if inode.inline_len and (pos + head) % BLOCK_SIZE + inode.inline_len > BLOCK_SIZE:
+                pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
+            node.ref = pos // INODE_SLOT
+            pos += head + inode.inline_len
+            if isinstance(node, DirNode):
+                for child in node.children.values():
+                    if isinstance(child, DirNode):
+                        child.parent_number = node.ref
+        meta_end = meta_blkaddr * BLOCK_SIZE + pos
+        root.parent_number = root.ref
+
+        # Write: out-of-line blocks, shared xattrs, inodes.
+        self.out.seek(data.position)
+        for node in self.order:
+            if id(node) in self.blocks_at:
+                self._write_outside(node)
+        base = meta_blkaddr * BLOCK_SIZE
+        assert self.out.tell() == base
+        self.out.write(area)
+        for node in self.order:
+            inode = self._inode(node)
+            record = self._record(node, inode)
+            start = base + node.ref * INODE_SLOT
+            gap = start - self.out.tell()
+            if gap:
+                self.out.write(bytes(gap))
+            self.out.write(record)
+            if inode.inline_len:
+                self.out.write(self._inline(node, inode))
+        assert self.out.tell() == meta_end
+        end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
+        self.out.write(bytes(end - meta_end))
+        # A duplicate file rewound the data area: drop bytes past the image end.
+        self.out.truncate(end)
+
+        superblock = Superblock(
+            root_nid=root.ref,
+            inodes=len(self.order),
+            epoch=self.epoch,
+            blocks=end // BLOCK_SIZE,
+            meta_blkaddr=meta_blkaddr,
+            xattr_blkaddr=meta_blkaddr if area else 0,
+            uuid=self.w._options.uuid,
+        )
+        self.out.seek(SUPER_OFFSET)
+        self.out.write(superblock.pack())
+        self.out.flush()
+        s = self.stats
+        return ErofsSummary(
+            bytes_written=end, inodes=len(self.order), files=s["files"],
+            directories=s["directories"], symlinks=s["symlinks"], devices=s["devices"],
+            hardlinks=s["hardlinks"], data_bytes_in=data.bytes_in,
+            duplicates=data.duplicates, compression=self.w._options.compression.value,
+            extended_inodes=s["extended"], shared_xattrs=len(self.xattrs),
+        )
+
+    def _order(self, root: DirNode) -> None:
+        """Breadth-first from the root, each directory's children by name; count links
+        and xattr uses. A hard-linked node is placed where it is first met."""
+        queue: deque[DirNode] = deque([root])
+        root.nlink = 0
+        self._visit(root)
+        while queue:
+            node = queue.popleft()
+            subdirs = 0
+            for name in sorted(node.children):
+                child = node.children[name]
+                if isinstance(child, DirNode):
+                    subdirs += 1
+                    self._visit(child)
+                    queue.append(child)
+                elif child.nlink:
+                    child.nlink += 1
+                    self.stats["hardlinks"] += 1
+                else:
+                    child.nlink = 1
+                    self._visit(child)
+            node.nlink = 2 + subdirs
+
+    def _visit(self, node: Node) -> None:
+        node.number = len(self.order) + 1
+        self.order.append(node)
+        self.xattrs.count(node.meta.xattrs)
+        kind = ("files" if isinstance(node, FileNode) else "directories"
+                if isinstance(node, DirNode) else "symlinks"
+                if isinstance(node, SymlinkNode) else "devices")
+        self.stats[kind] += 1
+
+    def _outside_blocks(self, node: DirNode | SymlinkNode) -> int:
+        inode = self._inode(node)
+        return (inode.size - inode.inline_len + BLOCK_SIZE - 1) // BLOCK_SIZE
+
+    def _inode(self, node: Node) -> _Inode:
+        """The fields of ``node``'s inode (nids and block addresses aside)."""
+        meta = node.meta
+        inode = _Inode()
+        inode.mode = MODE_TYPE[_FILE_TYPE[node.type]] | meta.mode
+        inode.nlink = node.nlink
+        inode.xattrs = self.xattrs.body(meta.xattrs)
+        if isinstance(node, FileNode):
+            extent = node.extent
+            inode.layout = extent.layout
+            inode.size = extent.size
+            inode.i_u = extent.startblk
+            inode.inline_len = extent.tail_len
+        elif isinstance(node, SpecialNode):
+            inode.i_u = node.rdev
+        else:
+            if isinstance(node, DirNode):
+                names = _sorted_names(node)
+                inode.size = directory_size(names, split_blocks(names))
+            else:
+                assert isinstance(node, SymlinkNode)
+                inode.size = len(node.target)
+            tail = inode.size % BLOCK_SIZE
+            inode.extended = self._extended(meta, inode)
+            if tail and inode.isize + len(inode.xattrs) + tail <= BLOCK_SIZE:
+                inode.layout = DataLayout.FLAT_INLINE
+                inode.inline_len = tail
+            inode.i_u = self.blocks_at.get(id(node), 0)
+        inode.extended = self._extended(meta, inode)
+        return inode
+
+    def _extended(self, meta: EntryMeta, inode: _Inode) -> bool:
+        return (meta.mtime != self.epoch or meta.uid > 0xFFFF or meta.gid > 0xFFFF
+                or inode.nlink > 0xFFFF or inode.size > 0xFFFF_FFFF)
+
+    def _record(self, node: Node, inode: _Inode) -> bytes:
+        meta = node.meta
+        count = icount(inode.xattrs)
+        if inode.extended:
+            self.stats["extended"] += 1
+            head = extended_inode(inode.layout, count, inode.mode, inode.nlink, inode.size,
+                                  inode.i_u, node.number, meta.uid, meta.gid, meta.mtime)
+        else:
+            head = compact_inode(inode.layout, count, inode.mode, inode.nlink, inode.size,
+                                 inode.i_u, node.number, meta.uid, meta.gid)
+        return head + inode.xattrs
+
+    def _dir_blocks(self, node: DirNode) -> list[bytes]:
+        """The directory's blocks, used bytes only (the last one is not padded)."""
+        names = _sorted_names(node)
+        entries: list[DirEntry] = []
+        for name in names:
+            if name == b".":
+                entries.append((name, FileType.DIR, node.ref))
+            elif name == b"..":
+                entries.append((name, FileType.DIR, node.parent_number))
+            else:
+                child = node.children[name]
+                entries.append((name, _FILE_TYPE[child.type], child.ref))
+        blocks = []
+        at = 0
+        for n in split_blocks(names):
+            blocks.append(pack_block(entries[at:at + n]))
+            at += n
+        return blocks
+
+    def _content(self, node: Node) -> bytes:
+        """A directory's or symlink's whole data (at most a few blocks)."""
+        if isinstance(node, DirNode):
+            blocks = self._dir_blocks(node)
+            return b"".join(b + bytes(BLOCK_SIZE - len(b)) for b in blocks[:-1]) + blocks[-1]
+        assert isinstance(node, SymlinkNode)
+        return node.target
+
+    def _write_outside(self, node: Node) -> None:
+        inode = self._inode(node)
+        content = self._content(node)
+        outside = content[:len(content) - inode.inline_len]
+        self.out.write(outside + bytes(-len(outside) % BLOCK_SIZE))
+
+    def _inline(self, node: Node, inode: _Inode) -> bytes:
+        if isinstance(node, FileNode):
+            return self.w._data.tail(node.extent)
+        content = self._content(node)
+        return content[len(content) - inode.inline_len:]

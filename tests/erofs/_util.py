@@ -1,0 +1,59 @@
+"""Helpers for the EROFS tests: the kernel and erofs-utils judge the images.
+
+Debian 12's erofs-utils (1.5) has ``fsck.erofs`` and ``dump.erofs``; the kernel's
+EROFS driver mounts with ``mount -t erofs -o loop,ro``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ocisquash.erofs import ErofsOptions, ErofsSummary, ErofsWriter
+from squashfs._util import _mount, is_root, require_or_skip, require_tool, run
+
+MKFS_TIME = 1_700_000_000
+
+
+@contextlib.contextmanager
+def erofs_mounted(image: Path, where: Path) -> Iterator[Path]:
+    """Loop-mount ``image`` read-only with the kernel's EROFS driver."""
+    require_or_skip(is_root(), "mounting needs root")
+    require_or_skip(Path("/sys/fs/erofs").exists(),
+                    "this kernel has no EROFS driver (a missing kernel feature)")
+    with _mount(["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(where)],
+                where, "mount -t erofs -o loop") as mnt:
+        yield mnt
+
+
+def fsck(image: Path, *flags: str) -> str:
+    """Run fsck.erofs (it checks the layout and decompresses every file)."""
+    exe = require_tool("fsck.erofs")
+    return run(exe, *flags, image).stdout
+
+
+def dump_inode(image: Path, path: str) -> dict[str, str]:
+    """dump.erofs's fields for the inode at ``path``: NID, Links, Layout, Inode size, …"""
+    exe = require_tool("dump.erofs")
+    out = run(exe, f"--path={path}", image).stdout
+    fields = dict(re.findall(r"([A-Z][A-Za-z ]*?):\s+(\S+)", out))
+    assert "Inode size" in fields, out
+    return fields
+
+
+def dump_super(image: Path) -> dict[str, str]:
+    exe = require_tool("dump.erofs")
+    out = run(exe, "-s", image).stdout
+    return {k.strip(): v.strip() for k, v in
+            (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+
+
+def write_erofs(path: Path, build: Callable[[ErofsWriter], None],
+                **options: object) -> ErofsSummary:
+    """Run ``build(writer)`` on a fresh writer and finish it; fixed mkfs time."""
+    options.setdefault("mkfs_time", MKFS_TIME)
+    with ErofsWriter(path, ErofsOptions(**options)) as writer:  # type: ignore[arg-type]
+        build(writer)
+        return writer.finish()
