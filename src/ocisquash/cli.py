@@ -18,7 +18,7 @@ from . import __version__
 from .errors import OcisquashError
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS = ("compile", "pull", "inspect", "pack", "cache", "mount", "umount")
+COMMANDS = ("compile", "pull", "inspect", "pack", "verify", "cache", "mount", "umount")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -35,6 +35,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "  ocisquash compile oci:./layout:latest -o app.squashfs --compression zstd\n"
             "  ocisquash inspect --json 127.0.0.1:5000/app:1.0\n"
             "  ocisquash pack ./rootfs rootfs.squashfs\n"
+            "  ocisquash verify rootfs.squashfs\n"
             "\nRun 'ocisquash COMMAND --help' for a command's options."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

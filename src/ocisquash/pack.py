@@ -26,7 +26,9 @@ image would be a mix of two states), as is an entry that vanishes while the tree
 packed.
 
 The image is written to a temporary file beside the output and renamed into place only
-when complete, so an error never leaves a half-written image under the final name.
+when complete, so an error never leaves a half-written image under the final name. A
+dm-verity hash tree (:func:`pack_image` with ``verity``) is made from that temporary
+file before the rename.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import stat
 import tempfile
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
@@ -50,6 +53,7 @@ from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
 if TYPE_CHECKING:
     from .erofs import ErofsOptions, ErofsSummary
     from .flatten import TreeSink
+    from .verity import VerityInfo, VerityOptions
 
 _XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 
@@ -414,6 +418,15 @@ def _write(out: BinaryIO, src: bytes, root_st: os.stat_result,
         return ewriter.finish()
 
 
+@dataclass(frozen=True)
+class PackedImage:
+    """What :func:`pack_image` wrote."""
+
+    summary: WriteSummary | ErofsSummary
+    #: the dm-verity hash tree written with the image, if one was asked for
+    verity: VerityInfo | None = None
+
+
 def pack_directory(src: Path, output: Path, options: WriterOptions | ErofsOptions,
                    fidelity: Fidelity | None = None) -> WriteSummary | ErofsSummary:
     """Write the tree below ``src`` as an image at ``output``; return the summary. The
@@ -421,6 +434,17 @@ def pack_directory(src: Path, output: Path, options: WriterOptions | ErofsOption
 
     What the image cannot hold (xattrs outside user./trusted./security., mtimes out of
     range) is noted in ``fidelity`` when one is given."""
+    return pack_image(src, output, options, fidelity).summary
+
+
+def pack_image(src: Path, output: Path, options: WriterOptions | ErofsOptions,
+               fidelity: Fidelity | None = None, *,
+               verity: VerityOptions | None = None) -> PackedImage:
+    """:func:`pack_directory`, and with ``verity`` a dm-verity hash tree for the image
+    (``verity.add_verity``), made before the image takes its name. With no manifest to
+    name the image, the seed of its salt is the image's own sha256."""
+    if verity is not None:
+        verity.check()
     src_bytes = os.fsencode(src)
     try:
         root_st = os.stat(src_bytes)
@@ -447,6 +471,13 @@ def pack_directory(src: Path, output: Path, options: WriterOptions | ErofsOption
                 summary = _write(out, src_bytes, root_st, options, skip, fidelity)
             out.flush()
             os.fsync(out.fileno())
+        info = None
+        if verity is not None:
+            from .verity import add_verity, image_digest, sidecar_paths, verity_seed
+
+            tmp = Path(tmp_name)
+            seed = verity_seed(image_digest(tmp), {})
+            info = add_verity(tmp, verity, seed, sidecars=sidecar_paths(output))
         umask = os.umask(0o022)
         os.umask(umask)
         os.chmod(tmp_name, 0o666 & ~umask)
@@ -455,4 +486,4 @@ def pack_directory(src: Path, output: Path, options: WriterOptions | ErofsOption
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    return summary
+    return PackedImage(summary, info)

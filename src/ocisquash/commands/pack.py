@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ._common import add_writer_arguments
+from ._verity import add_verity_arguments
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         time_help="image timestamp in seconds (default: $SOURCE_DATE_EPOCH, else now)")
     parser.add_argument("--format", choices=("squashfs", "erofs"), default="squashfs",
                         help="image format (default squashfs)")
+    add_verity_arguments(parser)
     parser.add_argument("--all-root", action="store_true", help="store every entry as 0:0")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
@@ -36,10 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     from ..erofs.options import ErofsOptions
     from ..layers import Fidelity
-    from ..pack import pack_directory
+    from ..pack import pack_image
     from ..squashfs import WriteSummary
     from ..squashfs.options import WriterOptions
     from ._common import erofs_options_from_args, print_fidelity, writer_options_from_args
+    from ._verity import describe, verity_options_from_args
 
     options: WriterOptions | ErofsOptions
     if args.format == "erofs":
@@ -47,11 +50,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         options = writer_options_from_args(args, default_compression="gzip",
                                            all_root=args.all_root)
+    verity = verity_options_from_args(args)
     fidelity = Fidelity()
-    summary = pack_directory(args.source, args.output, options, fidelity)
+    packed = pack_image(args.source, args.output, options, fidelity, verity=verity)
+    summary = packed.summary
     issues = [i.to_json() for i in fidelity.issues()]
     if args.json:
-        json.dump({**dataclasses.asdict(summary), "fidelity": issues}, sys.stdout, indent=2)
+        out = {**dataclasses.asdict(summary), "fidelity": issues}
+        if packed.verity is not None:
+            out["verity"] = packed.verity.to_json()
+        json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif not args.quiet:
         print(
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
                if isinstance(summary, WriteSummary) else "")
             + f"{summary.compression} {summary.block_size // 1024}K blocks"
         )
+        if packed.verity is not None:
+            print(describe(packed.verity))
     if not args.json and not args.quiet:
         print_fidelity(issues)
     return 0
