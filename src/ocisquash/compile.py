@@ -46,6 +46,8 @@ from .squashfs.version import FORMAT_VERSION
 from .store import fsync_path
 
 if TYPE_CHECKING:
+    from .erofs import ErofsSummary
+    from .erofs.options import ErofsOptions
     from .flatten import FlattenReport, TreeSink
     from .sources.base import Layer, ResolvedImage
     from .squashfs import WriteSummary
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PullPolicy = Literal["never", "missing", "always"]
-OutputFormat = Literal["squashfs", "tar"]
+OutputFormat = Literal["squashfs", "tar", "erofs"]
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,16 @@ def default_writer_options() -> WriterOptions:
     return WriterOptions(compression=Compression(DEFAULT_COMPRESSION), level=DEFAULT_ZSTD_LEVEL)
 
 
-def _writer_options_key(options: WriterOptions | None) -> dict[str, Any]:
+def _writer_options_key(options: WriterOptions | ErofsOptions | None,
+                        format: OutputFormat = "squashfs") -> dict[str, Any]:
     """The output-affecting writer options, as the cache key sees them (None: the defaults)."""
-    d = asdict(default_writer_options() if options is None else options)
+    if format == "erofs":
+        from .erofs.options import ErofsOptions
+
+        d = {"format": "erofs", **asdict(ErofsOptions() if options is None else options)}
+        d["uuid"] = d["uuid"].hex()
+    else:
+        d = asdict(default_writer_options() if options is None else options)
     d.pop("workers", None)  # thread count never changes the bytes
     return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
 
@@ -223,6 +232,62 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
 def _fidelity_json(report: FlattenReport) -> tuple[dict[str, Any], ...]:
     """The fidelity issues as JSON-ready records (paths shown as text)."""
     return tuple(i.to_json() for i in report.fidelity)
+
+
+def _build_image(
+    image: ResolvedImage,
+    dest: Path,
+    writer_options: WriterOptions | ErofsOptions | None,
+    format: OutputFormat,
+    progress: Callable[[object], None] | None,
+) -> tuple[FlattenReport, WriteSummary | ErofsSummary]:
+    """Flatten ``image`` into a squashfs or EROFS image at ``dest``."""
+    from .erofs.options import ErofsOptions
+
+    if isinstance(writer_options, ErofsOptions) or format == "erofs":
+        assert writer_options is None or isinstance(writer_options, ErofsOptions)
+        return _build_erofs(image, dest, writer_options, progress)
+    return _build_squashfs(image, dest, writer_options, progress)
+
+
+def _check_writer_options(format: OutputFormat,
+                          options: WriterOptions | ErofsOptions | None) -> None:
+    """Refuse one format's writer options for the other."""
+    if options is None or format == "tar":
+        return
+    from .erofs.options import ErofsOptions
+
+    if format == "erofs" and not isinstance(options, ErofsOptions):
+        raise UsageError("squashfs writer options given for EROFS output",
+                         hint="pass ErofsOptions with format='erofs'")
+    if format == "squashfs" and isinstance(options, ErofsOptions):
+        raise UsageError("EROFS writer options given for squashfs output",
+                         hint="pass format='erofs' with ErofsOptions")
+
+
+def _build_erofs(
+    image: ResolvedImage,
+    dest: Path,
+    options: ErofsOptions | None,
+    progress: Callable[[object], None] | None,
+) -> tuple[FlattenReport, ErofsSummary]:
+    import dataclasses
+
+    from .erofs import ErofsOptions, ErofsWriter
+
+    if options is None:
+        options = ErofsOptions()
+    if options.mkfs_time is None and "SOURCE_DATE_EPOCH" not in os.environ:
+        # Deterministic by default, as for squashfs: the image's creation date.
+        options = dataclasses.replace(options, mkfs_time=_epoch(image.config().created))
+    layers = image.layers()
+
+    def build() -> tuple[FlattenReport, ErofsSummary]:
+        with collector_paused(), ErofsWriter(dest, options) as writer:
+            report = _flatten_into(layers, writer, progress)
+            return report, writer.finish()
+
+    return _while_downloading(image, build)
 
 
 def _build_squashfs(
@@ -372,13 +437,14 @@ def compile_image(
     *,
     platform: str | Platform | None = None,
     format: OutputFormat = "squashfs",
-    writer_options: WriterOptions | None = None,  # default: default_writer_options()
+    # default: default_writer_options(); ErofsOptions() for format="erofs"
+    writer_options: WriterOptions | ErofsOptions | None = None,
     source_options: SourceOptions | None = None,
     pull: PullPolicy = "missing",
     use_cache: bool = True,
     progress: Callable[[object], None] | None = None,
 ) -> CompiledImage:
-    """Compile the image ``source`` into a flattened squashfs (or tar) at ``output``.
+    """Compile the image ``source`` into a flattened squashfs (or EROFS, or tar) at ``output``.
 
     ``source`` is an image reference in any transport ocisquash reads
     (``alpine:3.20``, ``docker://host:5000/app:1``, ``oci:DIR[:TAG]``,
@@ -394,8 +460,9 @@ def compile_image(
     """
     if pull not in ("never", "missing", "always"):
         raise UsageError(f"unknown pull policy {pull!r}", hint="use never, missing or always")
-    if format not in ("squashfs", "tar"):
-        raise UsageError(f"unknown output format {format!r}", hint="use squashfs or tar")
+    if format not in ("squashfs", "tar", "erofs"):
+        raise UsageError(f"unknown output format {format!r}", hint="use squashfs, erofs or tar")
+    _check_writer_options(format, writer_options)
     sopts = source_options or SourceOptions()
     want = Platform.parse(platform) if isinstance(platform, str) else platform
     cache = ImageCache(sopts.cache_dir)
@@ -406,8 +473,9 @@ def compile_image(
     if format == "tar":
         return _compile_tar(source, output, want, sopts, progress)
 
-    okey = _writer_options_key(writer_options)
-    ref_key = ImageCache.ref_key(source, str(want or Platform.host()), okey, FORMAT_VERSION)
+    okey = _writer_options_key(writer_options, format)
+    version = _format_version(format)
+    ref_key = ImageCache.ref_key(source, str(want or Platform.host()), okey, version)
     if use_cache and pull == "never":
         entry = cache.lookup_ref(ref_key)
         if entry is None:
@@ -425,10 +493,10 @@ def compile_image(
     src = open_source(source, options=sopts)
     with _closing(src):
         image = src.resolve(want)
-        key = entry_key(image.digest, FORMAT_VERSION, okey)
+        key = entry_key(image.digest, version, okey)
 
         if not use_cache:
-            return _compile_uncached(image, output, writer_options, progress, started)
+            return _compile_uncached(image, output, writer_options, format, progress, started)
 
         if pull == "missing":
             entry = cache.get(key)
@@ -447,15 +515,15 @@ def compile_image(
                     manifest = image.manifest()
                     config = image.config()
                     try:
-                        report, summary = _build_squashfs(image, staged / IMAGE_FILE,
-                                                          writer_options, progress)
+                        report, summary = _build_image(image, staged / IMAGE_FILE,
+                                                       writer_options, format, progress)
                     except (LayerError, IntegrityError):
                         # A blob damaged in the store after it was verified reads as a bad
                         # layer: drop what no longer matches its digest, fetch it again once.
                         if not _drop_damaged_blobs(cache, manifest):
                             raise
-                        report, summary = _build_squashfs(image, staged / IMAGE_FILE,
-                                                          writer_options, progress)
+                        report, summary = _build_image(image, staged / IMAGE_FILE,
+                                                       writer_options, format, progress)
                     _write_staged(staged / "manifest.json", manifest.raw)
                     _write_staged(staged / "config.json", config.raw)
                     info = {
@@ -465,7 +533,8 @@ def compile_image(
                         "manifest_digest": str(manifest.digest),
                         "config_digest": str(config.digest),
                         "platform": str(image.platform or config.platform),
-                        "format_version": FORMAT_VERSION,
+                        "format": format,
+                        "format_version": version,
                         "options": okey,
                         "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
                         "squashfs_sha256": _hash_while_syncing(staged / IMAGE_FILE).hex,
@@ -473,7 +542,7 @@ def compile_image(
                         "layers": len(manifest.layers),
                         "layer_bytes": sum(d.size for d in manifest.layers),
                         "fidelity": list(_fidelity_json(report)),
-                        "stats": _stats(report, summary),
+                        "stats": _stats(report, summary, format),
                         "created": time.time(),
                     }
                     entry = cache.publish(key, staged, info)
@@ -526,10 +595,20 @@ def _is_digest_reference(source: str) -> bool:
     return "@sha256:" in source or "@sha512:" in source
 
 
-def _stats(report: FlattenReport, summary: WriteSummary | None) -> dict[str, Any]:
+def _format_version(format: OutputFormat) -> str:
+    """The writer's format version for the cache key (cheap: no writer is imported)."""
+    if format == "erofs":
+        from .erofs.version import FORMAT_VERSION as EROFS_VERSION
+
+        return EROFS_VERSION
+    return FORMAT_VERSION
+
+
+def _stats(report: FlattenReport, summary: WriteSummary | ErofsSummary | None,
+           format: OutputFormat = "squashfs") -> dict[str, Any]:
     """The numbers of the flatten report and the writer summary, for ``--json``."""
     out: dict[str, Any] = {}
-    for name, obj in (("flatten", report), ("squashfs", summary)):
+    for name, obj in (("flatten", report), (format, summary)):
         if obj is not None:
             out[name] = {k: v for k, v in asdict(obj).items() if isinstance(v, int | float | str)}
     return out
@@ -562,7 +641,7 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
         platform=info.get("platform", ""),
         manifest=manifest,
         config=config,
-        format="squashfs",
+        format=info.get("format", "squashfs"),
         size=int(info.get("squashfs_size", 0)),
         files=int(info.get("files", 0)),
         cached=cached,
@@ -573,21 +652,21 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
 
 
 def _compile_uncached(
-    image: ResolvedImage, output: Any, wopts: WriterOptions | None,
-    progress: Callable[[object], None] | None, started: float,
+    image: ResolvedImage, output: Any, wopts: WriterOptions | ErofsOptions | None,
+    format: OutputFormat, progress: Callable[[object], None] | None, started: float,
 ) -> CompiledImage:
     if output is None or not isinstance(output, str | os.PathLike):
         raise UsageError("compiling without the cache needs an output path")
     dest = Path(output).absolute()
     with _atomic_output(dest) as tmp:
-        report, summary = _build_squashfs(image, tmp, wopts, progress)
+        report, summary = _build_image(image, tmp, wopts, format, progress)
     manifest, config = image.manifest(), image.config()
     return CompiledImage(
         path=dest, reference=image.reference, digest=image.digest,
         platform=str(image.platform or config.platform), manifest=manifest, config=config,
-        format="squashfs", size=dest.stat().st_size, files=summary.inodes,
+        format=format, size=dest.stat().st_size, files=summary.inodes,
         cached=False, fidelity=_fidelity_json(report), placed="written",
-        stats={**_stats(report, summary), "seconds": round(time.monotonic() - started, 3)},
+        stats={**_stats(report, summary, format), "seconds": round(time.monotonic() - started, 3)},
     )
 
 

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
             for e in entries:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
                 print(f"{e.key[:12]}  {e.info.get('digest', '')[:19]}  {e.size / 1e6:9.1f} MB  "
-                      f"{when}  {e.info.get('platform', '')}  {e.info.get('reference', '')}")
+                      f"{when}  {e.info.get('format', 'squashfs'):8}  "
+                      f"{e.info.get('platform', '')}  {e.info.get('reference', '')}")
         return 0
     if cmd == "rm":
         status = 0

@@ -6,6 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..erofs.options import ErofsOptions
+    from ..squashfs.options import WriterOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "  ocisquash compile alpine:3.20 -o alpine.squashfs\n"
             "  ocisquash compile --platform linux/arm64 debian:12 -o debian-arm64.squashfs\n"
             "  ocisquash compile oci:./layout:v1 --format tar -o - | sqfstar out.sqfs\n"
+            "  ocisquash compile alpine:3.20 --format erofs -o alpine.erofs\n"
             "  ocisquash compile app:1 -o app.squashfs --bundle app && "
             "ocisquash mount app.squashfs app/rootfs && runc run -b app app1\n"
         ),
@@ -41,8 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("-o", "--output", metavar="OUT",
                    help="where to write the result ('-' for stdout); default: keep it in the cache "
                         "and print its path")
-    p.add_argument("--format", choices=("squashfs", "tar"), default="squashfs",
-                   help="squashfs (default) or the flattened tree as one tar stream")
+    p.add_argument("--format", choices=("squashfs", "erofs", "tar"), default="squashfs",
+                   help="squashfs (default), EROFS, or the flattened tree as one tar stream")
     p.add_argument("--pull", choices=("never", "missing", "always"), default="missing",
                    help="missing (default): reuse a cached compile of the same manifest digest; "
                         "never: use the cache only; always: fetch and build again")
@@ -67,13 +73,18 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ._common import (
         close_progress,
+        erofs_options_from_args,
         print_fidelity,
         source_options_from_args,
         writer_options_from_args,
     )
 
-    wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
-                                     default_level=DEFAULT_ZSTD_LEVEL)
+    wopts: WriterOptions | ErofsOptions | None = None
+    if args.format == "erofs":
+        wopts = erofs_options_from_args(args)
+    else:
+        wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
+                                         default_level=DEFAULT_ZSTD_LEVEL)
     sopts = source_options_from_args(args)
     if args.bundle is not None and args.format != "squashfs":
         raise UsageError("--bundle needs squashfs output: a runtime mounts it as the root")
