@@ -14,6 +14,7 @@ from ocisquash.model import Platform
 from ocisquash.reference import parse_reference
 from ocisquash.registry.client import RegistryClient
 from ocisquash.registry.transport import Endpoint
+from ocisquash.sources.registry import registry_options
 
 from .conftest import HTPASSWD_PASSWORD, HTPASSWD_USER, Registries
 from .faultproxy import FaultProxy
@@ -123,7 +124,7 @@ def test_a_mirror_without_the_image_falls_back_to_the_origin(
 
 def test_mirrors_apply_to_docker_hub_only(make_options: Any) -> None:
     options = make_options(registry_mirrors=("mirror.example:5000",))
-    client = RegistryClient(parse_reference("quay.io/org/app:1"), options)
+    client = RegistryClient(parse_reference("quay.io/org/app:1"), registry_options(options))
     assert [e.host for e in client.endpoints] == ["quay.io"]
-    hub = RegistryClient(parse_reference("alpine"), options)
+    hub = RegistryClient(parse_reference("alpine"), registry_options(options))
     assert [e.host for e in hub.endpoints] == ["mirror.example:5000", "registry-1.docker.io"]

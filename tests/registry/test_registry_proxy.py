@@ -5,7 +5,8 @@ docker-registry fixtures. Loopback hosts never use a proxy, so the registries ar
 addressed as ``registry.test:PORT``, a name only the proxy resolves (to 127.0.0.1):
 a request that reaches the registry at all went through the proxy. The tests
 that need a literal loopback address (NO_PROXY by address, redirects to another
-host) switch the loopback rule off with the transport's private switch.
+host) give the client proxy settings of their own, read from the variables'
+values as the environment's are but without the implicit loopback entries.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import pytest
 
 from ocisquash.compile import compile_image
 from ocisquash.errors import ImageNotFoundError, RegistryError, TransientRegistryError
-from ocisquash.registry import transport
-from ocisquash.registry.transport import ProxySettings, redact_proxy
+from ocisquash.registry.proxies import ProxySettings, parse_proxy, redact_proxy
 from ocisquash.sources.registry import pull
 
 from .conftest import HTPASSWD_PASSWORD, HTPASSWD_USER, Registries
@@ -219,11 +219,10 @@ def test_registry_errors_relayed_by_an_http_proxy_keep_their_meaning(
 ])
 def test_no_proxy_decides_per_host(
         registries: Registries, fwd: ForwardProxy, make_options: Any,
-        monkeypatch: pytest.MonkeyPatch, no_proxy: str, proxied: bool) -> None:
-    monkeypatch.setattr(transport, "_BYPASS_LOOPBACK", False)
-    monkeypatch.setenv("HTTP_PROXY", fwd.url)
-    monkeypatch.setenv("no_proxy", no_proxy.format(port=registries.plain.port))
-    image = source(f"{registries.plain.host}/app:oci", make_options(plain_http=True)).resolve(None)
+        no_proxy: str, proxied: bool) -> None:
+    proxies = ProxySettings.parse(http=fwd.url, no_proxy=no_proxy.format(port=registries.plain.port))
+    image = source(f"{registries.plain.host}/app:oci", make_options(plain_http=True),
+                   proxies=proxies).resolve(None)
     assert image.digest
     assert bool(fwd.requests()) is proxied
 
@@ -237,14 +236,11 @@ def test_loopback_registries_never_use_the_proxy(
 
 
 def test_redirect_to_storage_elsewhere_follows_the_rules_of_that_host(
-        auth_proxy: FaultProxy, fwd: ForwardProxy, make_options: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        auth_proxy: FaultProxy, fwd: ForwardProxy, make_options: Any) -> None:
     """The registry (127.0.0.1) is in NO_PROXY, its blob storage (127.0.0.2) is not."""
-    monkeypatch.setattr(transport, "_BYPASS_LOOPBACK", False)
-    monkeypatch.setenv("HTTP_PROXY", _with_auth(fwd))
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    proxies = ProxySettings.parse(http=_with_auth(fwd), no_proxy="127.0.0.1")
     options = make_options(plain_http=True, username=HTPASSWD_USER, password=HTPASSWD_PASSWORD)
-    image = source(f"{auth_proxy.host}/app:oci", options).resolve(None)
+    image = source(f"{auth_proxy.host}/app:oci", options, proxies=proxies).resolve(None)
     auth_proxy.add("redirect", "/blobs/", times=-1)
     paths = pull(image)
     for layer, path in zip(image.layers(), paths, strict=True):
@@ -286,10 +282,10 @@ def test_no_proxy_matching_rules(host: str, no_proxy: str, expected: str | None,
 
 
 def test_proxy_urls_are_shown_without_credentials() -> None:
-    proxy = transport._parse_proxy("http://u:hidden@proxy:3128", "HTTPS_PROXY")
+    proxy = parse_proxy("http://u:hidden@proxy:3128", "HTTPS_PROXY")
     assert proxy.authorization and proxy.authorization not in repr(proxy) and "hidden" not in repr(proxy)
     assert redact_proxy("http://u:p@proxy:3128") == "http://proxy:3128"
     assert redact_proxy("u:p/w@d@proxy:3128/") == "http://proxy:3128"
     with pytest.raises(Exception, match=r"unsupported proxy socks5://proxy:1080 in HTTPS_PROXY") as err:
-        transport._parse_proxy("socks5://u:secret@proxy:1080", "HTTPS_PROXY")
+        parse_proxy("socks5://u:secret@proxy:1080", "HTTPS_PROXY")
     assert "secret" not in str(err.value)

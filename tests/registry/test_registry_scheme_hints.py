@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ocisquash.model import Platform
-from ocisquash.registry import transport
 
 from .helpers import source
 from .servers import RegistryProcess, TlsFiles
@@ -17,9 +16,6 @@ AMD64 = Platform("linux", "amd64")
 
 def test_plain_http_loopback_registry_is_remembered_in_the_cache(
         registries: Any, make_options: Any, tmp_path: Path) -> None:
-    transport._scheme_hints.clear()
-    with transport._schemes_lock:  # forget what earlier tests of this process learned
-        transport._learned_schemes.pop(registries.plain.host, None)
     opts = make_options(cache_dir=tmp_path / "cache")
     (tmp_path / "cache").mkdir()
     src = source(f"{registries.plain.host}/app:oci", opts)
@@ -34,12 +30,9 @@ def test_stale_http_hint_for_a_tls_registry_falls_back_to_https(
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "registry-schemes.json").write_text(
         json.dumps({tls_registry.host: "http"}))
-    transport._scheme_hints.clear()
-    with transport._schemes_lock:
-        transport._learned_schemes.pop(tls_registry.host, None)
     opts = make_options(cache_dir=tmp_path / "cache", ca_cert=tls_material.ca_cert)
     src = source(f"{tls_registry.host}/app:oci", opts)
     image = src.resolve(AMD64)
     image.config()
-    assert transport._scheme_hints[tls_registry.host] == "http"  # it was used …
+    assert src.client.transport.hints.earlier(tls_registry.host) == "http"  # it was used …
     assert src.client.transport.base_url(src.client.endpoints[0]).startswith("https://")  # … and overruled

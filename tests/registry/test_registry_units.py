@@ -20,6 +20,7 @@ from ocisquash.registry.credentials import (
     helper_server,
     normalize_key,
 )
+from ocisquash.registry.options import RegistryOptions
 from ocisquash.registry.transport import Endpoint, RetryPolicy, parse_retry_after, redact_url
 from ocisquash.sources.options import SourceOptions
 
@@ -130,6 +131,7 @@ def test_secrets_never_show_in_reprs() -> None:
     assert "hunter2-secret" not in repr(creds) and "hunter2-secret" not in str(creds)
     assert "refresh-secret" not in repr(token)
     assert "hunter2-secret" not in repr(SourceOptions(username="u", password="hunter2-secret"))
+    assert "hunter2-secret" not in repr(RegistryOptions(username="u", password="hunter2-secret"))
 
 
 def test_signed_storage_urls_are_redacted() -> None:
@@ -138,20 +140,20 @@ def test_signed_storage_urls_are_redacted() -> None:
 
 
 @pytest.mark.parametrize(("text", "options", "expected"), [
-    ("mirror.example", SourceOptions(), Endpoint("mirror.example", "https")),
-    ("http://127.0.0.1:5000", SourceOptions(), Endpoint("127.0.0.1:5000", "http")),
-    ("127.0.0.1:5000", SourceOptions(), Endpoint("127.0.0.1:5000", "auto")),
-    ("mirror.example", SourceOptions(insecure=True), Endpoint("mirror.example", "auto")),
-    ("mirror.example", SourceOptions(plain_http=True), Endpoint("mirror.example", "http")),
+    ("mirror.example", RegistryOptions(), Endpoint("mirror.example", "https")),
+    ("http://127.0.0.1:5000", RegistryOptions(), Endpoint("127.0.0.1:5000", "http")),
+    ("127.0.0.1:5000", RegistryOptions(), Endpoint("127.0.0.1:5000", "auto")),
+    ("mirror.example", RegistryOptions(insecure=True), Endpoint("mirror.example", "auto")),
+    ("mirror.example", RegistryOptions(plain_http=True), Endpoint("mirror.example", "http")),
 ])
 def test_endpoint_scheme_follows_the_tls_options(
-        text: str, options: SourceOptions, expected: Endpoint) -> None:
+        text: str, options: RegistryOptions, expected: Endpoint) -> None:
     assert Endpoint.parse(text, options) == expected
 
 
 def test_a_mirror_url_of_another_scheme_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="invalid registry mirror"):
-        Endpoint.parse("ftp://mirror", SourceOptions())
+        Endpoint.parse("ftp://mirror", RegistryOptions())
 
 
 class _Tty(io.StringIO):
@@ -175,3 +177,23 @@ def test_progress_renders_one_line_per_blob_on_a_terminal_only() -> None:
     lines = [line.removeprefix("\x1b[2K") for line in last.splitlines()]
     assert lines[0] == f"layer 1/2    {a.short}  [############............]    1.0 KiB / 2.0 KiB"
     assert lines[1].endswith("done")
+
+
+def test_the_registry_package_imports_nothing_from_the_sources() -> None:
+    """Dependencies point down: the sources use the registry client, never the reverse."""
+    import ast
+
+    import ocisquash.registry
+
+    package = Path(ocisquash.registry.__file__).parent
+    found = []
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = "." * node.level + (node.module or "")
+                if name.lstrip(".").startswith("sources") or "ocisquash.sources" in name:
+                    found.append(f"{module.name}: {name}")
+            elif isinstance(node, ast.Import):
+                found += [f"{module.name}: {a.name}" for a in node.names if "sources" in a.name]
+    assert found == []
+    assert len(list(package.glob("*.py"))) >= 8  # the check did read the package

@@ -1,5 +1,7 @@
 """A client for the OCI distribution API (registry v2), in four layers.
 
+``options``     the client's frozen settings: TLS, credentials, mirrors, time budget,
+                retries, proxies (``proxies``); ``schemes`` what loopback registries speak
 ``transport``   one HTTP request: TLS, timeouts, redirects (dropping credentials
                 when they leave the registry), scheme fallback for local registries
 ``auth``        the ``WWW-Authenticate`` challenge flow: Bearer tokens and Basic
@@ -12,5 +14,9 @@ from __future__ import annotations
 
 from .client import FetchedManifest, RegistryClient
 from .credentials import Credentials, find_credentials
+from .options import RegistryOptions
+from .proxies import ProxySettings
+from .schemes import SchemeHints
 
-__all__ = ["Credentials", "FetchedManifest", "RegistryClient", "find_credentials"]
+__all__ = ["Credentials", "FetchedManifest", "ProxySettings", "RegistryClient", "RegistryOptions",
+           "SchemeHints", "find_credentials"]

@@ -36,7 +36,8 @@ from urllib.parse import urlencode, urlsplit
 
 from ..errors import AuthError
 from .credentials import Credentials
-from .transport import Transport, error_for_status, is_loopback_host, redact_url
+from .proxies import is_loopback_host
+from .transport import Transport, error_for_status, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +152,12 @@ class Authenticator:
     """The authorization state of one registry endpoint and one repository."""
 
     def __init__(self, transport: Transport, registry: str, repository: str,
-                 credentials: Callable[[], Credentials | None]) -> None:
+                 credentials: Callable[[], Credentials | None],
+                 actions: tuple[str, ...] = ("pull",)) -> None:
         self._transport = transport
         self.registry = registry
-        self.scope = f"repository:{repository}:pull"
+        #: the token scope asked for: ``pull`` to read; an upload would ask ``pull,push``
+        self.scope = f"repository:{repository}:{','.join(actions)}"
         self._find_credentials = credentials
         self._credentials: Credentials | None = None
         self._looked_up = False

@@ -36,10 +36,11 @@ from ..errors import (
     TransientRegistryError,
 )
 from ..model import MANIFEST_ACCEPT, Descriptor
-from ..sources.options import SourceOptions
 from ..store import BlobStore, BlobWriter
 from .auth import Authenticator, parse_challenges
 from .credentials import Credentials, find_credentials
+from .options import RegistryOptions
+from .schemes import SchemeHints
 from .transport import Endpoint, Response, RetryPolicy, Transport, error_for_status
 
 if TYPE_CHECKING:  # the events are imported where blobs are fetched: a warm compile needs none
@@ -70,12 +71,11 @@ class ReferenceLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class FetchedManifest:
-    """A manifest or index as received: raw bytes, Content-Type, digest, who served it."""
+    """A manifest or index as received: raw bytes, Content-Type and digest."""
 
     raw: bytes = field(repr=False)
     media_type: str
     digest: Digest
-    served_by: str
 
 
 @dataclass(slots=True)
@@ -98,18 +98,22 @@ class _ShortBody(TransientRegistryError):
 class RegistryClient:
     """Reads one repository of one registry (with mirrors before it for Docker Hub)."""
 
-    def __init__(self, reference: ReferenceLike, options: SourceOptions, *,
-                 transport: Transport | None = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, reference: ReferenceLike, options: RegistryOptions | None = None, *,
+                 transport: Transport | None = None, retry: RetryPolicy | None = None,
+                 hints: SchemeHints | None = None) -> None:
+        """``hints`` are what the caller knows of which registries speak plain HTTP
+        (see ``SchemeHints``); ``transport`` and ``retry`` replace the ones built
+        from ``options``."""
         self.reference = reference
         self.repository = reference.repository
-        self.options = options
+        self.options = options = options if options is not None else RegistryOptions()
         #: set to make running blob downloads stop at their next chunk (see ``pull``)
         self.cancelled = threading.Event()
-        self.transport = transport or Transport(options)
+        self.transport = transport or Transport(options, hints)
         policy = retry or RetryPolicy.from_options(options)
         self._remotes: list[_Remote] = []
         if reference.registry == "docker.io":
-            for mirror in options.registry_mirrors:
+            for mirror in options.mirrors:
                 ep = Endpoint.parse(mirror, options)
                 self._remotes.append(_Remote(
                     ep, self._authenticator(ep.host), mirror=True,
@@ -209,7 +213,7 @@ class RegistryClient:
         if expected is not None:
             verify_bytes(raw, expected, what="manifest")
         digest = Digest.of(raw, expected.algorithm if expected is not None else "sha256")
-        return FetchedManifest(raw, media_type, digest, remote.endpoint.host)
+        return FetchedManifest(raw, media_type, digest)
 
     # -- blobs ------------------------------------------------------------------------------
 

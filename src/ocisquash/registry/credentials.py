@@ -2,8 +2,8 @@
 
 Looked up in this order, the first hit wins:
 
-1. ``SourceOptions.username``/``password`` (``--username``, ``--password-stdin``);
-2. the auth files of podman/skopeo/buildah and Docker: ``SourceOptions.auth_file``
+1. ``RegistryOptions.username``/``password`` (``--username``, ``--password-stdin``);
+2. the auth files of podman/skopeo/buildah and Docker: ``RegistryOptions.auth_file``
    alone when given, else ``$REGISTRY_AUTH_FILE``,
    ``$XDG_RUNTIME_DIR/containers/auth.json``, ``~/.config/containers/auth.json``
    and ``$DOCKER_CONFIG/config.json`` (``~/.docker/config.json``).
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuthError
-from ..sources.options import SourceOptions
+from .options import RegistryOptions
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-def auth_file_paths(options: SourceOptions) -> list[Path]:
+def auth_file_paths(options: RegistryOptions) -> list[Path]:
     """The auth files consulted, in order."""
     if options.auth_file is not None:
         return [Path(options.auth_file)]
@@ -217,7 +217,7 @@ def from_auth_file(path: Path, registry: str, repository: str) -> tuple[bool, Cr
     return False, None
 
 
-def find_credentials(registry: str, repository: str, options: SourceOptions) -> Credentials | None:
+def find_credentials(registry: str, repository: str, options: RegistryOptions) -> Credentials | None:
     """The credentials to use for ``registry`` (a host as written in the reference), or None."""
     if options.username:
         if options.password is None:

@@ -1,28 +1,25 @@
 """One HTTP request to a registry: TLS, timeouts, redirects, scheme fallback, retries.
 
 TLS is verified by default against the system's CAs (OpenSSL honours
-``SSL_CERT_FILE``/``SSL_CERT_DIR``), plus ``SourceOptions.ca_cert`` when given;
+``SSL_CERT_FILE``/``SSL_CERT_DIR``), plus ``RegistryOptions.ca_cert`` when given;
 ``insecure`` turns verification off. ``plain_http`` speaks HTTP to the registry.
 
 A registry on a loopback address may speak plain HTTP without a flag, as local
 test registries usually do: like Docker does for its insecure registries, HTTPS
 is tried first and, when the TLS handshake or the connection fails (but not when
 a certificate is refused: that server does speak TLS), the same request is sent
-over HTTP, and the answer is remembered for that host. ``insecure`` allows the
-same fallback for any host.
+over HTTP, and the answer is noted in the caller's ``SchemeHints``. ``insecure``
+allows the same fallback for any host.
 
 Redirects are followed here, not by urllib3, so that the ``Authorization``
 header is dropped as soon as a redirect leaves the registry's host (blob storage
 gets its own signed URL and must never see the registry credentials).
 
-Proxies are read from the environment as Go's ``ProxyFromEnvironment`` and curl
-read them (see ``ProxySettings``): ``https://`` URLs go through ``HTTPS_PROXY``
-(a CONNECT tunnel, so TLS and its checks stay end to end), ``http://`` URLs
-through ``HTTP_PROXY``, except hosts that ``NO_PROXY`` names and loopback hosts.
-A failure of the proxy itself is reported as such, naming the proxy (without
+Proxies come from ``RegistryOptions.proxies`` (by default the environment's, see
+``proxies.py``): ``https://`` URLs go through a CONNECT tunnel, so TLS and its
+checks stay end to end; ``http://`` URLs are relayed by the proxy. A failure of the proxy itself is reported as such, naming the proxy (without
 its credentials); over plain HTTP the proxy reports its failures as statuses
-(502, 503, 504), and the error for those names the proxy as well. ``ALL_PROXY``
-is not read, as in Go.
+(502, 503, 504), and the error for those names the proxy as well.
 
 Failures become typed errors: a connection that fails, times out or is cut, and
 the statuses 408, 429, 500, 502, 503 and 504, raise ``TransientRegistryError``
@@ -32,21 +29,19 @@ honouring ``Retry-After``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import random
 import ssl
 import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import urllib3
 import urllib3.exceptions
@@ -59,7 +54,9 @@ from ..errors import (
     TransientRegistryError,
     UsageError,
 )
-from ..sources.options import SourceOptions
+from .options import RegistryOptions
+from .proxies import Proxy, is_loopback_host
+from .schemes import SchemeHints
 
 log = logging.getLogger(__name__)
 
@@ -80,137 +77,6 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def redact_proxy(url: str) -> str:
-    """A proxy URL as it may be shown: ``scheme://host:port``, never its credentials.
-
-    Cuts at the last ``@`` so that even a password with unescaped ``/`` or ``@``
-    stays hidden.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "http", url
-    return f"{scheme}://{rest.rpartition('@')[2].partition('/')[0]}"
-
-
-def is_loopback_host(netloc: str) -> bool:
-    """Whether ``host[:port]`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
-    host = urlsplit("//" + netloc).hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
-
-@dataclass(frozen=True, slots=True)
-class Proxy:
-    """A proxy to send requests through: its URL without credentials, and its auth header."""
-
-    url: str
-    authorization: str | None = field(default=None, repr=False)
-
-
-#: Loopback hosts never use a proxy (as in Go). Tests turn this off to put a proxy in
-#: front of their loopback registries; it is no user setting.
-_BYPASS_LOOPBACK = True
-
-
-def _env(*names: str) -> str:
-    """The first of ``names`` set to a non-empty value (lower case first, as curl reads them)."""
-    for name in names:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return value
-    return ""
-
-
-@dataclass(frozen=True, slots=True)
-class ProxySettings:
-    """The proxies of the environment: ``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY``.
-
-    The lower-case names win over the upper-case ones. ``NO_PROXY`` is a comma-separated
-    list of hosts (``registry.example.com``), domain suffixes (``example.com`` and
-    ``.example.com`` both match the domain and its subdomains, ``*.example.com`` too),
-    ``host:port``, IP addresses and CIDR ranges; ``*`` turns proxies off. Loopback hosts
-    never use a proxy.
-    """
-
-    https: str = ""
-    http: str = ""
-    no_proxy: tuple[str, ...] = ()
-
-    @classmethod
-    def from_environment(cls) -> ProxySettings:
-        no_proxy = tuple(e.strip().lower() for e in _env("no_proxy", "NO_PROXY").split(",")
-                         if e.strip())
-        return cls(_env("https_proxy", "HTTPS_PROXY"), _env("http_proxy", "HTTP_PROXY"), no_proxy)
-
-    def proxy_for(self, url: str) -> Proxy | None:
-        """The proxy to reach ``url`` through, or None to connect directly."""
-        parts = urlsplit(url)
-        configured = self.https if parts.scheme == "https" else self.http
-        if not configured or (_BYPASS_LOOPBACK and is_loopback_host(parts.netloc)) \
-                or self._bypassed(parts):
-            return None
-        return _parse_proxy(configured, "HTTPS_PROXY" if parts.scheme == "https" else "HTTP_PROXY")
-
-    def _bypassed(self, parts: SplitResult) -> bool:
-        if not self.no_proxy:
-            return False
-        host = (parts.hostname or "").rstrip(".")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        for entry in self.no_proxy:
-            if entry == "*":
-                return True
-            if entry.startswith("[") or entry.count(":") == 1:  # host:port, [v6]:port
-                entry_parts = urlsplit("//" + entry)
-                name = entry_parts.hostname or ""
-                try:
-                    entry_port = entry_parts.port
-                except ValueError:
-                    continue
-                if entry_port is not None and entry_port != port:
-                    continue
-                entry = name
-            entry = entry.removeprefix("*").rstrip(".")
-            if _host_matches(host, entry):
-                return True
-        return False
-
-
-def _host_matches(host: str, entry: str) -> bool:
-    if not entry:
-        return False
-    if entry[0].isdigit() or ":" in entry:  # an address or a CIDR range
-        import ipaddress
-
-        try:
-            net = ipaddress.ip_network(entry.strip("[]"), strict=False)
-            return ipaddress.ip_address(host) in net
-        except ValueError:
-            pass
-    domain = entry.lstrip(".")
-    return host == domain or host.endswith("." + domain)
-
-
-def _parse_proxy(text: str, variable: str) -> Proxy:
-    """A proxy URL from the environment (``http://[user:pass@]host[:port]``; scheme optional)."""
-    if "://" not in text:
-        text = "http://" + text
-    scheme, _, rest = text.partition("://")
-    scheme = scheme.lower()
-    userinfo, at, hostport = rest.partition("/")[0].rpartition("@")
-    shown = redact_proxy(f"{scheme}://{hostport}")
-    if scheme not in ("http", "https") or not hostport:
-        raise UsageError(f"unsupported proxy {shown} in {variable}",
-                         hint="give an http://HOST:PORT proxy")
-    authorization = None
-    if at:
-        import base64
-        from urllib.parse import unquote
-
-        user, _, password = userinfo.partition(":")
-        token = f"{unquote(user)}:{unquote(password)}".encode()
-        authorization = "Basic " + base64.b64encode(token).decode()
-    return Proxy(shown, authorization)
 
 
 def _tunnel_failure(e: BaseException) -> str | None:
@@ -234,7 +100,7 @@ class Endpoint:
     scheme: str = "https"
 
     @classmethod
-    def for_host(cls, host: str, options: SourceOptions) -> Endpoint:
+    def for_host(cls, host: str, options: RegistryOptions) -> Endpoint:
         """The endpoint of a registry named by host, honouring the TLS options."""
         if options.plain_http:
             return cls(host, "http")
@@ -243,7 +109,7 @@ class Endpoint:
         return cls(host, "https")
 
     @classmethod
-    def parse(cls, text: str, options: SourceOptions) -> Endpoint:
+    def parse(cls, text: str, options: RegistryOptions) -> Endpoint:
         """A mirror as given by the user: ``host[:port]`` or ``http(s)://host[:port]``."""
         if "://" in text:
             parts = urlsplit(text)
@@ -254,7 +120,7 @@ class Endpoint:
         return cls.for_host(text.strip().rstrip("/"), options)
 
 
-def make_ssl_context(options: SourceOptions) -> ssl.SSLContext:
+def make_ssl_context(options: RegistryOptions) -> ssl.SSLContext:
     """The TLS settings of every connection: verified unless ``insecure``."""
     ctx = ssl.create_default_context()
     if options.ca_cert is not None:
@@ -445,49 +311,19 @@ def error_for_status(resp: Response, what: str) -> RegistryError | ImageNotFound
     return RegistryError(f"registry answered HTTP {status}{suffix}", context=what, status=status)
 
 
-#: What ``auto`` endpoints turned out to speak, for every client in the process.
-_learned_schemes: dict[str, str] = {}
-_schemes_lock = threading.Lock()
-#: Schemes learned by earlier runs for ``auto`` endpoints, from the cache directory.
-_scheme_hints: dict[str, str] = {}
-_HINTS_FILE = "registry-schemes.json"
-
-
-def _load_scheme_hints(cache_dir: Path | None) -> None:
-    if cache_dir is None or _scheme_hints:
-        return
-    try:
-        data = json.loads((Path(cache_dir) / _HINTS_FILE).read_text())
-    except (OSError, ValueError):
-        return
-    if isinstance(data, dict):
-        _scheme_hints.update({str(k): str(v) for k, v in data.items() if v in ("http", "https")})
-
-
-def _save_scheme_hint(cache_dir: Path | None, host: str, scheme: str) -> None:
-    """Remember that a loopback (or ``--insecure``) host speaks ``scheme``, for later runs."""
-    if cache_dir is None or _scheme_hints.get(host) == scheme:
-        return
-    from ..store import write_atomic
-
-    _scheme_hints[host] = scheme
-    with contextlib.suppress(OSError):  # only a hint
-        write_atomic(Path(cache_dir) / _HINTS_FILE,
-                     json.dumps(_scheme_hints, sort_keys=True).encode())
-
-
 class Transport:
     """Sends requests with one pool of connections shared by all threads."""
 
-    def __init__(self, options: SourceOptions) -> None:
+    def __init__(self, options: RegistryOptions, hints: SchemeHints | None = None) -> None:
         self.options = options
         self.timeout = options.timeout
         if options.ca_cert is not None:
             make_ssl_context(options)  # a bad --ca-cert is a usage error at once
         self._pools: dict[tuple[str, Proxy | None], urllib3.PoolManager] = {}
         self._pools_lock = threading.Lock()
-        self.proxies = ProxySettings.from_environment()
-        _load_scheme_hints(options.cache_dir)
+        self.proxies = options.proxies
+        #: what ``auto`` endpoints speak: owned by the caller, who may keep it for later runs
+        self.hints = hints if hints is not None else SchemeHints()
 
     def _pool(self, scheme: str, proxy: Proxy | None = None) -> urllib3.PoolManager:
         """The connection pool of ``scheme`` (through ``proxy``); TLS settings only when needed."""
@@ -500,7 +336,7 @@ class Transport:
                           "cert_reqs": ssl.CERT_NONE if self.options.insecure else ssl.CERT_REQUIRED}
                 common: dict[str, object] = {
                     "num_pools": 16,
-                    "maxsize": max(self.options.max_parallel, 1) + 2,
+                    "maxsize": self.options.max_connections + 2,
                     "retries": False,
                     "timeout": urllib3.Timeout(connect=self.timeout, read=self.timeout),
                 }
@@ -516,27 +352,24 @@ class Transport:
 
     def base_url(self, endpoint: Endpoint) -> str:
         """``scheme://host`` of the endpoint as far as known (``auto`` reads as HTTPS until it fell back)."""
-        with _schemes_lock:
-            scheme = _learned_schemes.get(endpoint.host, endpoint.scheme)
+        scheme = self.hints.learned(endpoint.host) or endpoint.scheme
         return f"{'https' if scheme == 'auto' else scheme}://{endpoint.host}"
 
     def open(self, method: str, endpoint: Endpoint, path: str, headers: Mapping[str, str],
              *, what: str, body: bytes | None = None) -> Response:
         """Send a request to a registry endpoint, falling back from HTTPS to HTTP for ``auto``."""
-        with _schemes_lock:
-            scheme = _learned_schemes.get(endpoint.host, endpoint.scheme)
+        scheme = self.hints.learned(endpoint.host) or endpoint.scheme
         if scheme != "auto":
             return self.request(method, f"{scheme}://{endpoint.host}{path}", headers, what=what,
                                 body=body)
-        if _scheme_hints.get(endpoint.host) == "http":
+        if self.hints.earlier(endpoint.host) == "http":
             # An earlier run learned that this host speaks plain HTTP: try that first, and
             # skip loading TLS settings. A TLS server answers plain HTTP with 400 or a reset.
             try:
                 resp = self._request(method, f"http://{endpoint.host}{path}", headers, what=what,
                                      body=body, fallback=True)
                 if resp.status != 400:
-                    with _schemes_lock:
-                        _learned_schemes[endpoint.host] = "http"
+                    self.hints.learn(endpoint.host, "http")
                     return resp
                 resp.close()
             except _FallbackSignal:
@@ -544,8 +377,7 @@ class Transport:
         try:
             resp = self._request(method, f"https://{endpoint.host}{path}", headers, what=what,
                                  body=body, fallback=True)
-            with _schemes_lock:
-                _learned_schemes[endpoint.host] = "https"
+            self.hints.learn(endpoint.host, "https")
             return resp
         except _FallbackSignal as first:
             log.info("%s does not speak TLS (%s); using plain HTTP", endpoint.host, first.reason)
@@ -556,9 +388,7 @@ class Transport:
                 raise TransientRegistryError(
                     f"cannot connect over HTTPS ({first.reason}) nor over HTTP ({e.message})",
                     context=what) from None
-            with _schemes_lock:
-                _learned_schemes[endpoint.host] = "http"
-            _save_scheme_hint(self.options.cache_dir, endpoint.host, "http")
+            self.hints.learn(endpoint.host, "http")
             return resp
 
     def request(self, method: str, url: str, headers: Mapping[str, str], *, what: str,
@@ -724,7 +554,7 @@ class RetryPolicy:
     sleep: Callable[[float], None] = time.sleep
 
     @classmethod
-    def from_options(cls, options: SourceOptions) -> RetryPolicy:
+    def from_options(cls, options: RegistryOptions) -> RetryPolicy:
         return cls(attempts=max(options.retries, 0) + 1)
 
     def delay(self, attempt: int, error: OcisquashError) -> float:

@@ -20,8 +20,10 @@ class SourceOptions:
 
     ``insecure`` skips TLS certificate verification; ``plain_http`` allows HTTP
     without TLS (``Reference.is_loopback`` tells where that is a local registry).
-    ``registry_mirrors`` are hosts tried before ``docker.io``. ``progress``
-    receives progress events (plain data) and must not block.
+    ``registry_mirrors`` are hosts tried before ``docker.io``. ``timeout`` is how
+    long a registry may stay silent; ``retries`` counts the attempts after the
+    first for a temporary failure. ``progress`` receives
+    progress events (plain data) and must not block.
     """
 
     cache_dir: Path | None = None

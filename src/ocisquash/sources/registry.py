@@ -37,6 +37,8 @@ from ..model import (
 )
 from ..reference import Reference
 from ..registry.client import RegistryClient
+from ..registry.options import RegistryOptions
+from ..registry.schemes import SchemeHints
 from ..store import BlobStore
 from .base import IndexInfo
 from .options import SourceOptions
@@ -50,6 +52,15 @@ log = logging.getLogger(__name__)
 CONFIG_LIMIT = 8 << 20
 
 
+def registry_options(options: SourceOptions) -> RegistryOptions:
+    """The registry client's settings of a source's options (proxies from the environment)."""
+    return RegistryOptions(
+        username=options.username, password=options.password, auth_file=options.auth_file,
+        ca_cert=options.ca_cert, insecure=options.insecure, plain_http=options.plain_http,
+        mirrors=options.registry_mirrors, timeout=options.timeout,
+        retries=options.retries, max_connections=options.max_parallel)
+
+
 class RegistrySource:
     """An image reference in a registry, ready to be resolved for a platform."""
 
@@ -57,7 +68,11 @@ class RegistrySource:
                  client: RegistryClient | None = None) -> None:
         self.reference = reference
         self.options = options if options is not None else SourceOptions()
-        self.client = client if client is not None else RegistryClient(reference, self.options)
+        if client is None:
+            # What loopback registries speak is kept beside the cache, for later runs.
+            hints = SchemeHints.in_cache(self.options.cache_dir)
+            client = RegistryClient(reference, registry_options(self.options), hints=hints)
+        self.client = client
         self._store: BlobStore | None = None
 
     @property
@@ -91,10 +106,6 @@ class RegistrySource:
             info = IndexInfo(fetched.digest, parsed.media_type, parsed.manifests)
             return RegistryImage(self, desc.digest, desc.platform, index=info, descriptor=desc)
         return RegistryImage(self, fetched.digest, None, manifest=parsed, requested=platform)
-
-    def fetch_layers(self, image: RegistryImage, progress: ProgressCallback | None = None) -> list[Path]:
-        """Download every layer of ``image`` into the store, in parallel; return their paths."""
-        return pull(image, progress=progress)
 
 
 class RegistryLayer:
