@@ -10,13 +10,15 @@
 
 The interface is ``SquashfsWriter``'s: entries in any order, parents created as
 needed, a later add of a path replaces the earlier one. File data streams into the
-image; only metadata waits for :meth:`ErofsWriter.finish`.
+image (lz4hc by default, 128 KiB of file data per physical cluster); only metadata
+waits for :meth:`ErofsWriter.finish`.
 
 One module per on-disk concern::
 
     format.py      constants, the superblock, compact and extended inodes
     options.py     ErofsOptions and the compressor names, importable without the writer
-    data.py        file data: FLAT_PLAIN blocks, FLAT_INLINE tails, dedup
+    data.py        file data: FLAT_PLAIN blocks, FLAT_INLINE tails, dedup, the spool
+    compress.py    lz4/lz4hc pclusters in parallel, the lcluster index, dedup
     directory.py   directory blocks of sorted entries
     xattr.py       name prefixes, inline xattr bodies, the shared xattr area
     writer.py      ErofsWriter: the public API and the finish sequence

@@ -38,37 +38,64 @@ SPOOL_MEMORY = 8 << 20
 class Extent:
     """Where one regular file's data is (small: one per file is kept until the end)."""
 
-    __slots__ = ("layout", "size", "startblk", "tail_at")
+    __slots__ = ("index_at", "index_len", "layout", "room", "size", "startblk", "tail_at")
 
     def __init__(self, layout: DataLayout, size: int, startblk: int, tail_at: int) -> None:
         self.layout = layout
         self.size = size
-        #: first whole block (0 when there is none)
+        #: first whole block (0 when there is none); for compressed data, the block count
         self.startblk = startblk
         #: offset of the inline tail in the spool, -1 when there is none
         self.tail_at = tail_at
+        #: the most tail bytes that fit beside the inode (compressed files decide late)
+        self.room = 0
+        #: offset and length of a compressed file's cluster index in the spool
+        self.index_at = -1
+        self.index_len = 0
 
     @property
     def tail_len(self) -> int:
         return self.size % BLOCK_SIZE if self.tail_at >= 0 else 0
 
 
+class Spool:
+    """Bytes that wait for the end (tails, cluster indexes): in memory up to
+    :data:`SPOOL_MEMORY`, then in a temporary file."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        self._end = 0
+
+    def put(self, data: bytes) -> int:
+        """Store ``data``; return its offset."""
+        at = self._end
+        self._file.seek(at)
+        self._file.write(data)
+        self._end += len(data)
+        return at
+
+    def get(self, at: int, n: int) -> bytes:
+        self._file.seek(at)
+        return self._file.read(n)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class FlatData:
     """Streams files into the data area (which starts on a block boundary)."""
 
-    def __init__(self, out: BinaryIO, position: int, dedup: bool) -> None:
+    def __init__(self, out: BinaryIO, position: int, spool: Spool, dedup: bool) -> None:
         assert position % BLOCK_SIZE == 0
         self._out = out
         #: where the next block goes
         self.position = position
-        #: the end of what was written (a duplicate rewinds ``position`` below it)
-        self.high_water = position
         self._dedup = dedup
         self._seen: dict[tuple[bytes, int, bool], Extent] = {}
-        self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
-        self._spool_end = 0
+        self._spool = spool
         self.bytes_in = 0
         self.duplicates = 0
+        self.compressed_files = 0
 
     def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
         """Add one file's data; its tail goes inline if it is at most ``inline_room``."""
@@ -99,10 +126,7 @@ class FlatData:
                 return found
         startblk = start // BLOCK_SIZE if total >= BLOCK_SIZE else 0
         if inline:
-            extent = Extent(DataLayout.FLAT_INLINE, total, startblk, self._spool_end)
-            self._spool.seek(self._spool_end)
-            self._spool.write(tail)
-            self._spool_end += len(tail)
+            extent = Extent(DataLayout.FLAT_INLINE, total, startblk, self._spool.put(tail))
         else:
             if tail:
                 self._put(tail + bytes(BLOCK_SIZE - len(tail)))
@@ -138,13 +162,9 @@ class FlatData:
         self._out.seek(self.position)
         self._out.write(data)
         self.position += len(data)
-        self.high_water = max(self.high_water, self.position)
 
-    def tail(self, extent: Extent) -> bytes:
-        """The inline tail of ``extent`` (read back from the spool)."""
-        self._spool.seek(extent.tail_at)
-        return self._spool.read(extent.tail_len)
+    def flush(self) -> None:
+        """Nothing waits: blocks are written as files are added."""
 
     def close(self) -> None:
-        self._spool.close()
         self._seen.clear()

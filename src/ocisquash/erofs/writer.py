@@ -41,12 +41,16 @@ from ..entry import EntryMeta
 from ..errors import ErofsError, OutputError
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
-from .data import Extent, FlatData
+from .compress import CompressedData, index_extra, lz4_config, map_header
+from .data import Extent, FlatData, Spool
 from .directory import DirEntry, directory_size, pack_block, split_blocks
 from .format import (
     BLOCK_SIZE,
     COMPACT_INODE_SIZE,
     EXTENDED_INODE_SIZE,
+    INCOMPAT_BIG_PCLUSTER,
+    INCOMPAT_COMPR_CFGS,
+    INCOMPAT_ZERO_PADDING,
     INODE_SLOT,
     MAX_NAME_LEN,
     MODE_TYPE,
@@ -92,6 +96,7 @@ class ErofsSummary:
     duplicates: int
     compression: str
     block_size: int = BLOCK_SIZE
+    compressed_files: int = 0
     extended_inodes: int = 0
     shared_xattrs: int = 0
 
@@ -110,7 +115,7 @@ class _Inode:
     """The fields of one inode record, computed twice (layout, then writing) rather
     than kept for every inode."""
 
-    __slots__ = ("body", "extended", "i_u", "inline_len", "layout", "mode", "nlink",
+    __slots__ = ("extended", "i_u", "index_len", "inline_len", "layout", "mode", "nlink",
                  "size", "xattrs")
 
     def __init__(self) -> None:
@@ -118,6 +123,7 @@ class _Inode:
         self.size = 0
         self.i_u = 0
         self.inline_len = 0
+        self.index_len = 0
         self.mode = 0
         self.nlink = 0
         self.extended = False
@@ -140,9 +146,6 @@ class ErofsWriter:
                  options: ErofsOptions | None = None) -> None:
         if options is None:
             options = ErofsOptions()
-        if options.compression is not ErofsCompression.NONE:
-            raise ErofsError(f"compression {options.compression.value} is not available "
-                             "yet", hint="use --compression none")
         self._options = options
         self._epoch = options.resolved_mkfs_time()
         self._owned = not hasattr(output, "write")
@@ -163,7 +166,17 @@ class ErofsWriter:
                               context=self._name) from e
         self._metas: dict[EntryMeta, EntryMeta] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
-        self._data = FlatData(self._out, BLOCK_SIZE, options.dedup)
+        self._spool = Spool()
+        self._data: FlatData | CompressedData
+        if options.compression is ErofsCompression.NONE:
+            self._data = FlatData(self._out, BLOCK_SIZE, self._spool, options.dedup)
+        else:
+            level = options.level or 9 if options.compression is ErofsCompression.LZ4HC \
+                else None
+            self._data = CompressedData(
+                self._out, BLOCK_SIZE, self._spool, level=level,
+                pcluster_size=options.pcluster_size, dedup=options.dedup,
+                workers=options.workers or os.cpu_count() or 1)
         self._closed = False
 
     # -- adding entries -------------------------------------------------------------
@@ -300,6 +313,7 @@ class ErofsWriter:
             return
         self._closed = True
         self._data.close()
+        self._spool.close()
         if self._owned:
             with contextlib.suppress(OSError):
                 self._out.close()
@@ -313,6 +327,7 @@ class ErofsWriter:
         try:
             summary = _Finisher(self).run()
             self._data.close()
+            self._spool.close()
             if self._owned:
                 self._out.close()
         except OSError as e:
@@ -347,9 +362,12 @@ class _Finisher:
                       "hardlinks": 0, "extended": 0}
         #: first block of a directory's or symlink's out-of-line blocks, by node id
         self.blocks_at: dict[int, int] = {}
+        #: whether any inode is compressed (the superblock then says how)
+        self.compressed = False
 
     def run(self) -> ErofsSummary:
         data = self.w._data
+        data.flush()
         root = self.w._tree.root
         self._order(root)
         self.xattrs.seal()
@@ -378,6 +396,8 @@ class _Finisher:
                 pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
             node.ref = pos // INODE_SLOT
             pos += head + inode.inline_len
+            if inode.index_len:
+                pos += index_extra(pos, inode.index_len // 8)
             if isinstance(node, DirNode):
                 for child in node.children.values():
                     if isinstance(child, DirNode):
@@ -403,12 +423,23 @@ class _Finisher:
             self.out.write(record)
             if inode.inline_len:
                 self.out.write(self._inline(node, inode))
+            if inode.index_len:
+                assert isinstance(node, FileNode)
+                self.out.write(bytes(-self.out.tell() % 8) + map_header()
+                               + self.w._spool.get(node.extent.index_at, inode.index_len))
         assert self.out.tell() == meta_end
         end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
         self.out.write(bytes(end - meta_end))
         # A duplicate file rewound the data area: drop bytes past the image end.
         self.out.truncate(end)
 
+        incompat = algs = 0
+        if self.compressed:
+            # lz4 data padded at the front, multi-block pclusters, the lz4 record.
+            incompat = INCOMPAT_ZERO_PADDING | INCOMPAT_BIG_PCLUSTER | INCOMPAT_COMPR_CFGS
+            algs = 1 << 0  # Z_EROFS_COMPRESSION_LZ4
+            self.out.seek(SUPER_OFFSET + 128)
+            self.out.write(lz4_config(self.w._options.pcluster_size // BLOCK_SIZE))
         superblock = Superblock(
             root_nid=root.ref,
             inodes=len(self.order),
@@ -416,6 +447,8 @@ class _Finisher:
             blocks=end // BLOCK_SIZE,
             meta_blkaddr=meta_blkaddr,
             xattr_blkaddr=meta_blkaddr if area else 0,
+            feature_incompat=incompat,
+            compr_algs=algs,
             uuid=self.w._options.uuid,
         )
         self.out.seek(SUPER_OFFSET)
@@ -428,6 +461,7 @@ class _Finisher:
             hardlinks=s["hardlinks"], data_bytes_in=data.bytes_in,
             duplicates=data.duplicates, compression=self.w._options.compression.value,
             extended_inodes=s["extended"], shared_xattrs=len(self.xattrs),
+            compressed_files=data.compressed_files,
         )
 
     def _order(self, root: DirNode) -> None:
@@ -457,6 +491,8 @@ class _Finisher:
         node.number = len(self.order) + 1
         self.order.append(node)
         self.xattrs.count(node.meta.xattrs)
+        if isinstance(node, FileNode) and node.extent.layout == DataLayout.COMPRESSED_FULL:
+            self.compressed = True
         kind = ("files" if isinstance(node, FileNode) else "directories"
                 if isinstance(node, DirNode) else "symlinks"
                 if isinstance(node, SymlinkNode) else "devices")
@@ -479,6 +515,7 @@ class _Finisher:
             inode.size = extent.size
             inode.i_u = extent.startblk
             inode.inline_len = extent.tail_len
+            inode.index_len = extent.index_len
         elif isinstance(node, SpecialNode):
             inode.i_u = node.rdev
         else:
@@ -548,6 +585,6 @@ class _Finisher:
 
     def _inline(self, node: Node, inode: _Inode) -> bytes:
         if isinstance(node, FileNode):
-            return self.w._data.tail(node.extent)
+            return self.w._spool.get(node.extent.tail_at, inode.inline_len)
         content = self._content(node)
         return content[len(content) - inode.inline_len:]

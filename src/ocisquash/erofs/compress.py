@@ -1,0 +1,276 @@
+"""File data of compressed inodes: lz4 physical clusters and the cluster index.
+
+Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression"):
+
+* a compressed file is cut into logical clusters ("lclusters") of one block (4 KiB,
+  ``h_clusterbits`` 0); each has an 8-byte "z_erofs_lcluster_index", stored after the
+  inode, its xattrs, an 8-byte "z_erofs_map_header" at the next 8-byte boundary and 8
+  reserved bytes (``Z_EROFS_FULL_INDEX_START``), one per lcluster of ``i_size``
+  (datalayout COMPRESSED_FULL);
+* an extent of decompressed data starts at a HEAD lcluster, whose ``blkaddr`` is the
+  first block of its physical cluster ("pcluster"); the extent's other lclusters are
+  NONHEAD, with ``delta[0]`` the distance back to the HEAD and ``delta[1]`` the
+  distance to the next HEAD; the first NONHEAD carries the pcluster's block count
+  instead (``Z_EROFS_LI_D0_CBLKCNT``), which is how a pcluster spans several blocks
+  ("big pcluster": ``Z_EROFS_ADVISE_BIG_PCLUSTER_1`` in the map header and
+  ``EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER`` in the superblock);
+* with ``EROFS_FEATURE_INCOMPAT_LZ4_0PADDING`` the lz4 block ends at the pcluster's
+  end and zeros precede it; the kernel skips zeros only within the first block, so a
+  pcluster has exactly as many blocks as the compressed data needs;
+* an extent that does not shrink by a whole block is stored raw, one PLAIN lcluster
+  per block (a PLAIN pcluster is one block on every kernel).
+
+Extents are fixed-input: each covers :attr:`~.options.ErofsOptions.pcluster_size`
+bytes of the file (the last one less), compressed whole; mkfs.erofs fits lz4 to a
+fixed output size instead, which python-lz4 cannot do. A file of at most one block,
+or one that no extent of shrinks, is stored uncompressed (FLAT_INLINE, as
+``data.py``), as mkfs.erofs does.
+
+Extents are compressed by a thread pool (python-lz4 releases the GIL) and written
+strictly in the order files were added, so the image does not depend on thread
+timing. Files wait in a queue until :data:`IN_FLIGHT_BYTES` per worker of raw data is
+pending, then the oldest are written: memory stays bounded. Identical files are found
+by a sha256 of their contents before anything is written, and share one extent list.
+Each file's cluster index is encoded when its extents are written (block addresses
+are known then) and spooled with the tails, to be copied behind its inode at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO
+
+import lz4.block
+
+from ..errors import ErofsError
+from .data import CHUNK, Extent, Spool
+from .format import BLOCK_SIZE, DataLayout
+
+#: Raw bytes of extents queued or being compressed, per worker.
+IN_FLIGHT_BYTES = 8 << 20
+
+#: "enum z_erofs_lcluster_type"
+LCLUSTER_PLAIN = 0
+LCLUSTER_HEAD1 = 1
+LCLUSTER_NONHEAD = 2
+#: "Set on 1st non-head lcluster to store compressed block count"
+D0_CBLKCNT = 1 << 11
+#: "Z_EROFS_ADVISE_BIG_PCLUSTER_1"
+ADVISE_BIG_PCLUSTER_1 = 0x0002
+#: "struct z_erofs_lcluster_index": di_advise, di_clusterofs, blkaddr | delta[2]
+LCLUSTER_INDEX = struct.Struct("<HHI")
+LCLUSTER_DELTA = struct.Struct("<HHHH")
+#: "struct z_erofs_map_header": h_reserved1/h_idata_size (u32), h_advise (u16),
+#: h_algorithmtype (u8, lz4 = 0), h_clusterbits (u8, lcluster bits - block bits)
+MAP_HEADER = struct.Struct("<IHBB")
+
+
+def map_header() -> bytes:
+    """The map header, plus the 8 reserved bytes before the first full index."""
+    return MAP_HEADER.pack(0, ADVISE_BIG_PCLUSTER_1, 0, 0) + bytes(8)
+
+
+def index_extra(end: int, lclusters: int) -> int:
+    """Bytes after an inode and its xattrs ending at ``end``: alignment to 8, the map
+    header, its reserved 8 bytes and the lcluster indexes."""
+    return -end % 8 + MAP_HEADER.size + 8 + LCLUSTER_INDEX.size * lclusters
+
+
+def lz4_config(max_pcluster_blocks: int) -> bytes:
+    """The lz4 record after the superblock ("z_erofs_lz4_cfgs", with its u16 length):
+    max_distance 0 (lz4's 64 KiB), max_pclusterblks."""
+    body = struct.pack("<HH10x", 0, max_pcluster_blocks)
+    return struct.pack("<H", len(body)) + body
+
+
+def _compress(data: bytes, level: int | None) -> bytes:
+    if level is None:
+        return lz4.block.compress(data, mode="default", store_size=False)  # type: ignore[no-any-return]
+    return lz4.block.compress(data, mode="high_compression", compression=level,  # type: ignore[no-any-return]
+                              store_size=False)
+
+
+class _File:
+    """One file on its way out: its extents, compressing or compressed, in order."""
+
+    __slots__ = ("chunks", "compressed", "extent", "index", "raw_bytes", "start",
+                 "tail", "total_blocks")
+
+    def __init__(self, extent: Extent) -> None:
+        self.extent = extent
+        self.chunks: deque[tuple[bytes, Future[bytes] | None]] = deque()
+        self.raw_bytes = 0
+        self.start = -1  # where its first block went, once writing began
+        self.index = bytearray()
+        self.total_blocks = 0
+        self.compressed = False
+        self.tail = b""  # the last extent's bytes past the last whole block
+
+
+class CompressedData:
+    """Streams files into the data area as lz4 pclusters (or flat, when that is smaller).
+
+    Files are written in the order they were added. A file is queued until the raw
+    bytes queued exceed the limit; a file larger than the limit is written while it is
+    read, after every file queued before it.
+    """
+
+    def __init__(self, out: BinaryIO, position: int, spool: Spool, *, level: int | None,
+                 pcluster_size: int, workers: int, dedup: bool) -> None:
+        self._out = out
+        self.position = position
+        self._spool = spool
+        self._level = level
+        self._pcluster = pcluster_size
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
+        self._limit = IN_FLIGHT_BYTES * workers
+        self._queue: deque[_File] = deque()
+        self._queued = 0
+        self._dedup = dedup
+        self._seen: dict[tuple[bytes, int, bool], Extent] = {}
+        self.bytes_in = 0
+        self.duplicates = 0
+        self.compressed_files = 0
+
+    def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
+        """Add one file's data; returns its extent, filled in once it is written."""
+        digest = hashlib.sha256() if self._dedup else None
+        extent = Extent(DataLayout.COMPRESSED_FULL, 0, 0, -1)
+        extent.room = inline_room
+        f = _File(extent)
+        streaming = False
+        for raw in self._chunks(source, size):
+            extent.size += len(raw)
+            if digest is not None:
+                digest.update(raw)
+            # A file of one block is never compressed (nothing to gain): no work queued.
+            small = extent.size <= BLOCK_SIZE and len(raw) < self._pcluster
+            f.chunks.append((raw, None if small else self._pool.submit(_compress, raw,
+                                                                         self._level)))
+            f.raw_bytes += len(raw)
+            if f.raw_bytes > self._limit:
+                if not streaming:
+                    streaming = True
+                    self.flush()  # the files added before this one go first
+                while f.raw_bytes > self._limit:
+                    self._emit_one(f)
+        self.bytes_in += extent.size
+        # A duplicate shares the extent only if its tail would go inline the same way.
+        key = ((digest.digest(), extent.size, extent.size % BLOCK_SIZE <= inline_room)
+               if digest is not None and extent.size else None)
+        found = self._seen.get(key) if key is not None else None
+        if found is not None:
+            for _, future in f.chunks:
+                if future is not None:
+                    future.cancel()
+            if streaming:
+                self.position = f.start  # drop what was written; the next file overwrites it
+            self.duplicates += 1
+            return found
+        if key is not None:
+            self._seen[key] = extent
+        if streaming:
+            self._finish_file(f)
+        else:
+            self._queue.append(f)
+            self._queued += f.raw_bytes
+            while self._queued > self._limit:
+                self._write_oldest()
+        return extent
+
+    def _chunks(self, source: BinaryIO | bytes, size: int | None) -> Iterator[bytes]:
+        step = self._pcluster
+        if isinstance(source, bytes):
+            for i in range(0, len(source), step):
+                yield source[i:i + step]
+            return
+        total = 0
+        buf = bytearray()
+        while size is None or total < size:
+            want = CHUNK if size is None else min(CHUNK, size - total)
+            piece = source.read(want)
+            if not piece:
+                if size is not None:
+                    raise ErofsError(f"file data ended after {total} of {size} bytes")
+                break
+            total += len(piece)
+            buf += piece
+            while len(buf) >= step:
+                yield bytes(buf[:step])
+                del buf[:step]
+        if buf:
+            yield bytes(buf)
+
+    def flush(self) -> None:
+        """Write every queued file."""
+        while self._queue:
+            self._write_oldest()
+
+    def close(self) -> None:
+        self._queue.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._seen.clear()
+
+    def _write_oldest(self) -> None:
+        f = self._queue.popleft()
+        self._queued -= f.raw_bytes
+        self._finish_file(f)
+
+    def _emit_one(self, f: _File) -> None:
+        """Write ``f``'s oldest extent: compressed if that saves a block, else raw."""
+        raw, future = f.chunks.popleft()
+        f.raw_bytes -= len(raw)
+        if f.start < 0:
+            f.start = self.position
+        lclusters = -(-len(raw) // BLOCK_SIZE)
+        blkaddr = self.position // BLOCK_SIZE
+        packed = future.result() if future is not None else raw
+        blocks = -(-len(packed) // BLOCK_SIZE)
+        if future is not None and blocks < lclusters:
+            self._put(bytes(blocks * BLOCK_SIZE - len(packed)) + packed)
+            f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, blkaddr)
+            for d in range(1, lclusters):
+                d0 = D0_CBLKCNT | blocks if d == 1 else d
+                f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d0, lclusters - d)
+            f.total_blocks += blocks
+            f.compressed = True
+            f.tail = b""
+        else:
+            self._put(raw + bytes(-len(raw) % BLOCK_SIZE))
+            for d in range(lclusters):
+                f.index += LCLUSTER_INDEX.pack(LCLUSTER_PLAIN, 0, blkaddr + d)
+            f.total_blocks += lclusters
+            f.tail = raw[len(raw) - len(raw) % BLOCK_SIZE:]
+
+    def _finish_file(self, f: _File) -> None:
+        while f.chunks:
+            self._emit_one(f)
+        extent = f.extent
+        if f.start < 0:  # an empty file
+            extent.layout = DataLayout.FLAT_PLAIN
+            return
+        if f.compressed:
+            extent.startblk = f.total_blocks  # a compressed inode's i_u: its block count
+            extent.index_at = self._spool.put(bytes(f.index))
+            extent.index_len = len(f.index)
+            self.compressed_files += 1
+            return
+        # Nothing shrank: every block was written raw and in order, which is the
+        # FLAT_PLAIN layout; a tail that fits beside the inode moves there.
+        extent.startblk = f.start // BLOCK_SIZE
+        extent.layout = DataLayout.FLAT_PLAIN
+        if f.tail and len(f.tail) <= extent.room:
+            self.position -= BLOCK_SIZE
+            extent.layout = DataLayout.FLAT_INLINE
+            extent.tail_at = self._spool.put(f.tail)
+            if extent.size < BLOCK_SIZE:
+                extent.startblk = 0
+
+    def _put(self, data: bytes) -> None:
+        self._out.seek(self.position)
+        self._out.write(data)
+        self.position += len(data)

@@ -1,0 +1,138 @@
+"""lz4 and lz4hc EROFS images: the kernel reads them as squashfs shows the same tree;
+fsck.erofs 1.5 decompresses every file; the bytes do not depend on the worker count."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ocisquash.entry import EntryMeta
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress
+from ocisquash.pack import pack_directory
+from ocisquash.squashfs import WriterOptions
+from squashfs._util import build_feature_tree, diff_snapshots, link_groups, mounted, snapshot
+
+from ._util import MKFS_TIME, dump_inode, dump_super, erofs_mounted, fsck, write_erofs
+
+pytestmark = pytest.mark.root
+
+LZ4 = ErofsCompression.LZ4
+LZ4HC = ErofsCompression.LZ4HC
+
+
+@pytest.fixture(scope="module")
+def feature_tree() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="ocisquash-erofs-ztree-") as tmp:
+        root = Path(tmp) / "tree"
+        build_feature_tree(root, block_size=4096)
+        # Text that compresses well, over many pclusters, with a tail.
+        rng = random.Random(5)
+        words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randint(2, 9)))
+                 for _ in range(300)]
+        (root / "text").write_bytes(b" ".join(rng.choice(words) for _ in range(200_000)))
+        yield root
+
+
+@pytest.mark.parametrize("compression", [LZ4, LZ4HC])
+def test_compressed_tree_mounts_as_squashfs_of_the_same_tree(
+        feature_tree: Path, tmp_path: Path, compression: ErofsCompression) -> None:
+    erofs, sqfs = tmp_path / "t.erofs", tmp_path / "t.sqfs"
+    summary = pack_directory(feature_tree, erofs,
+                             ErofsOptions(compression=compression, mkfs_time=MKFS_TIME))
+    pack_directory(feature_tree, sqfs, WriterOptions(mkfs_time=MKFS_TIME, workers=1))
+    assert summary.compressed_files >= 3  # type: ignore[union-attr]
+    assert dump_super(erofs)["Filesystem features"].split() == ["0padding", "big_pcluster"]
+    assert dump_inode(erofs, "/text")["Layout"] == "1"  # COMPRESSED_FULL
+    fsck(erofs)
+    with erofs_mounted(erofs, tmp_path / "e") as e, mounted(sqfs, tmp_path / "s") as s:
+        assert diff_snapshots(snapshot(s), snapshot(e)) == []
+        assert link_groups(e) == link_groups(s) != set()
+    out = tmp_path / "x"
+    fsck(erofs, f"--extract={out}")  # fsck.erofs decompresses with its own lz4
+    assert (out / "text").read_bytes() == (feature_tree / "text").read_bytes()
+    assert (out / "dup-a").read_bytes() == (feature_tree / "dup-a").read_bytes()
+
+
+def _mixed(w: ErofsWriter) -> None:
+    rng = random.Random(7)
+    text = b"the quick brown fox jumps over the lazy dog " * 3000
+    noise = rng.randbytes(300_000)
+    m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+    w.add_file(b"text", m, text)
+    # Extents that shrink and extents stored raw (PLAIN lclusters) in one inode.
+    w.add_file(b"mixed", m, text[:200_000] + noise + text[:70_001])
+    w.add_file(b"noise", m, noise[:50_000])  # nothing shrinks: stored flat
+    w.add_file(b"two-blocks", m, b"ab" * 4000)
+    w.add_file(b"one-block", m, b"x" * 4096)
+    w.add_file(b"small", m, b"small file")
+    w.add_file(b"empty", m, b"")
+    # Large enough to be written while it is read (see the in-flight bound below).
+    w.add_file(b"big", m, text * 10 + noise)
+    w.add_file(b"big-again", m, text * 10 + noise)  # a duplicate, found after writing
+    w.add_file(b"text-again", m, text)
+    w.add_file(b"with-xattrs", EntryMeta(mode=0o600, mtime=MKFS_TIME + 1, xattrs=(
+        (b"user.big", b"v" * 3000),)), noise[:4000] + b"t" * 4001)
+
+
+def _expected() -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+
+    class Rec:
+        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
+            files[path.decode()] = data
+
+    _mixed(Rec())  # type: ignore[arg-type]
+    return files
+
+
+@pytest.fixture
+def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A few hundred KiB in flight instead of 8 MiB per worker: "big" streams.
+    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
+
+
+@pytest.mark.usefixtures("small_in_flight")
+def test_mixed_extents_read_back_through_the_kernel(tmp_path: Path) -> None:
+    image = tmp_path / "m.erofs"
+    summary = write_erofs(image, _mixed, compression=LZ4HC, workers=2)
+    assert summary.duplicates == 2
+    fsck(image)
+    layouts = {p: dump_inode(image, "/" + p)["Layout"] for p in
+               ("text", "mixed", "noise", "two-blocks", "one-block", "small", "big")}
+    assert layouts == {"text": "1", "mixed": "1", "noise": "2", "two-blocks": "1",
+                       "one-block": "0", "small": "2", "big": "1"}
+    with erofs_mounted(image, tmp_path / "m") as m:
+        for name, data in _expected().items():
+            got = (m / name).read_bytes()
+            assert got == data, name
+            # Reads that start inside an extent (the kernel looks back to its HEAD).
+            with open(m / name, "rb") as f:
+                f.seek(len(data) // 2 + 1)
+                assert f.read(5000) == data[len(data) // 2 + 1:len(data) // 2 + 5001], name
+        assert os.getxattr(m / "with-xattrs", "user.big") == b"v" * 3000
+
+
+@pytest.mark.usefixtures("small_in_flight")
+def test_bytes_are_the_same_for_any_worker_count_and_run(tmp_path: Path) -> None:
+    digests = set()
+    for i, workers in enumerate((1, 2, 4, 2)):
+        image = tmp_path / f"w{i}.erofs"
+        write_erofs(image, _mixed, compression=LZ4HC, workers=workers)
+        digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert len(digests) == 1
+
+
+def test_help_states_the_minimum_kernel_per_compressor() -> None:
+    out = subprocess.run([sys.executable, "-m", "ocisquash", "pack", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    flat = " ".join(out.split())
+    for text in ("none (Linux 5.4+)", "lz4 (Linux 5.13+)", "lz4hc (Linux 5.13+)"):
+        assert text in flat
