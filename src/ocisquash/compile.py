@@ -406,7 +406,7 @@ def _caller_progress(fn: Callable[_P, CompiledImage]) -> Callable[_P, CompiledIm
             return fn(*args, **kwargs)  # a cached compile imports no more than it needs
         import dataclasses
 
-        from .progress import CallerCallback
+        from .callbacks import CallerCallback
 
         guards = []
         if callable(user):

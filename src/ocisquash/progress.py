@@ -1,14 +1,26 @@
-"""Progress as plain data, and a terminal renderer kept apart from it.
+"""Progress as plain data, and two renderers kept apart from it.
 
-Downloaders emit the frozen events below to a ``progress`` callable
-(``SourceOptions.progress``); they know nothing about terminals. ``TtyProgress``
-draws one line per blob on a terminal (stderr), redrawing at most a few times a
-second; ``make_renderer`` returns None when nothing should be drawn (``--quiet``
-or output that is not a terminal), so callers just pass its result on.
+Downloaders and the compiler emit the frozen events below to a ``progress``
+callable (``SourceOptions.progress``, ``compile_image(progress=…)``); they know
+nothing about terminals. Two renderers draw them on stderr:
+
+* ``TtyProgress`` on a terminal: a total line (layers done, bytes, speed, elapsed
+  time) and one row per layer, redrawn in place a few times a second. Every row is
+  cut to the terminal's width and no more rows are drawn than fit on its screen
+  (the rest are summed up in one row), so a redraw always moves the cursor back over
+  exactly what it drew; the size is read again after ``SIGWINCH``.
+* ``LineProgress`` when stderr is a pipe or a file: one line per step (a layer
+  starts downloading, is found in the cache, is applied; the tables are written), as
+  ``skopeo copy`` prints ``Copying blob sha256:…``.
+
+``make_renderer`` picks one (or none, with ``--quiet``). Layers are numbered from
+the bottom, as ``inspect`` lists them, in both phases.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -17,6 +29,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from .digest import Digest
+from .terminal import printable
 
 #: What a source calls with each event; it must return quickly and never raise.
 ProgressCallback = Callable[[object], None]
@@ -86,41 +99,6 @@ class Finishing:
 ProgressEvent = BlobStarted | BlobProgress | BlobRetrying | BlobDone | LayerApplying | Finishing
 
 
-class CallerCallback:
-    """A caller's ``progress`` callable, wrapped so that its own exception survives.
-
-    The callback runs deep inside ocisquash (in a layer's read, on a download
-    thread), where code that turns stream errors into ``LayerError`` would report a
-    caller's bug as an invalid layer. The first exception it raises is kept; every
-    later call raises it again at once, so that the work stops, and
-    :meth:`reraise` hands it back to the caller as itself.
-    """
-
-    def __init__(self, callback: ProgressCallback) -> None:
-        self.callback = callback
-        self.error: BaseException | None = None
-
-    def __call__(self, event: object) -> None:
-        if self.error is not None:
-            raise self.error
-        try:
-            self.callback(event)
-        except BaseException as e:
-            self.error = e
-            raise
-
-    def close(self) -> None:
-        """Draw a renderer's final state (``TtyProgress.close``), if it has one."""
-        close = getattr(self.callback, "close", None)
-        if callable(close):
-            close()
-
-    def reraise(self) -> None:
-        """Raise the callback's own exception, if it raised one."""
-        if self.error is not None:
-            raise self.error.with_traceback(self.error.__traceback__) from None
-
-
 def emit(callback: ProgressCallback | None, event: ProgressEvent) -> None:
     """Hand ``event`` to ``callback`` if there is one."""
     if callback is not None:
@@ -136,95 +114,293 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover - the loop always returns
 
 
+def _elapsed(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _layer_label(event: LayerApplying) -> str:
+    """``layer 2/4``, counted from the bottom like the downloads and ``inspect``."""
+    return f"layer {event.count - event.index + 1}/{event.count}"
+
+
 @dataclass
 class _Row:
-    what: str
+    label: str
     digest: Digest
     size: int
+    #: bytes downloaded, or read and applied (``applied`` > 0)
     done: int = 0
-    state: str = "downloading"
+    state: str = "waiting"
+    #: when the current phase of this row started (for its speed)
+    since: float = 0.0
+    base: int = 0
+    #: a download of this blob started in this run (so a later "cached" is not one)
+    fetched: bool = False
+    phase: str = ""
+    active: bool = False
+    #: bytes counted in the total download figure
+    downloaded: int = 0
 
 
 class TtyProgress:
-    """Draws one line per blob on a terminal and redraws them in place."""
+    """Draws the total and one row per layer on a terminal, redrawn in place."""
 
-    BAR_WIDTH = 24
     INTERVAL = 0.1
+    BAR_WIDTH = 20
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, size: Callable[[], os.terminal_size] | None = None) -> None:
         self._stream = stream
+        self._size = size or self._terminal_size
         self._rows: dict[Digest, _Row] = {}
         self._drawn = 0
         self._last = 0.0
+        self._start = time.monotonic()
+        self._finishing: str | None = None
         self._lock = threading.Lock()
+        self._resized = False
+        self._previous_winch: object = None
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGWINCH"):
+            try:
+                self._previous_winch = signal.signal(signal.SIGWINCH, self._on_winch)
+            except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+                self._previous_winch = None
+
+    def _terminal_size(self) -> os.terminal_size:
+        try:
+            return os.get_terminal_size(self._stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            return os.terminal_size((80, 24))
+
+    def _on_winch(self, signum: int, frame: object) -> None:
+        # Only a flag: the handler may run while this thread holds the lock.
+        self._resized = True
+        if callable(self._previous_winch):
+            self._previous_winch(signum, frame)
+
+    # -- events --------------------------------------------------------------------------
 
     def __call__(self, event: object) -> None:
         with self._lock:
-            force = True
-            if isinstance(event, BlobStarted):
-                self._rows[event.digest] = _Row(event.what, event.digest, event.size, event.offset)
-            elif isinstance(event, BlobProgress):
-                row = self._rows.get(event.digest)
-                if row is None:
-                    return
-                row.done = event.done
-                force = False
-            elif isinstance(event, BlobRetrying):
-                row = self._rows.get(event.digest)
-                if row is None:
-                    return
-                row.state = f"retry {event.attempt} in {event.delay:.1f}s"
-            elif isinstance(event, BlobDone):
-                row = self._rows.setdefault(event.digest, _Row(event.what, event.digest, event.size))
-                row.done = event.size
-                row.state = "cached" if event.cached else "done"
-            elif isinstance(event, LayerApplying):
-                key = Digest("apply", f"{event.index}-{event.digest.hex}")
-                row = self._rows.setdefault(
-                    key, _Row(f"apply {event.index}/{event.count}", event.digest, event.size))
-                row.done = event.done
-                row.state = "applied" if event.done >= event.size else "applying"
-                force = event.done >= event.size
-            elif isinstance(event, Finishing):
-                key = Digest("finish", "")
-                self._rows[key] = _Row("squashfs", key, 1, 1, f"writing tables of {event.files} files")
-            else:
+            force = self._update(event)
+            if force is None:
                 return
             now = time.monotonic()
-            if force or now - self._last >= self.INTERVAL:
+            if force or self._resized or now - self._last >= self.INTERVAL:
                 self._last = now
                 self._draw()
 
-    def _line(self, row: _Row) -> str:
-        frac = row.done / row.size if row.size else 1.0
+    def _row(self, digest: Digest, label: str, size: int) -> _Row:
+        row = self._rows.get(digest)
+        if row is None:
+            row = self._rows[digest] = _Row(label, digest, size, since=time.monotonic())
+        return row
+
+    def _update(self, event: object) -> bool | None:
+        """Apply ``event``; True to draw now, False to draw if due, None to ignore it."""
+        now = time.monotonic()
+        if isinstance(event, BlobStarted):
+            row = self._row(event.digest, event.what, event.size)
+            row.label, row.state, row.active, row.fetched = event.what, "downloading", True, True
+            row.done = row.base = event.offset
+            row.since = now
+            return True
+        if isinstance(event, BlobProgress):
+            moving = self._rows.get(event.digest)
+            if moving is None or moving.phase:
+                return None
+            moving.downloaded += max(0, event.done - moving.done)
+            moving.done = event.done
+            return False
+        if isinstance(event, BlobRetrying):
+            waiting = self._rows.get(event.digest)
+            if waiting is None:
+                return None
+            waiting.state = f"retry {event.attempt} in {event.delay:.0f}s"
+            return True
+        if isinstance(event, BlobDone):
+            row = self._row(event.digest, event.what, event.size)
+            if not row.phase:
+                row.downloaded += max(0, event.size - row.done) if row.fetched else 0
+                row.done = event.size
+                # "cached" only for a blob that was in the store before this run
+                row.state = "cached" if event.cached and not row.fetched else "downloaded"
+            row.active = False
+            return True
+        if isinstance(event, LayerApplying):
+            row = self._row(event.digest, _layer_label(event), event.size)
+            row.label = _layer_label(event)
+            verb = "scanning" if event.phase == "scan" else "applying"
+            if row.phase != event.phase or row.state not in (verb, verb + " again"):
+                row.state, row.phase, row.since, row.base = verb, event.phase, now, 0
+            elif event.done < row.done:
+                # The layer is read a second time (a hard link's data, or a download that
+                # started over): say so rather than let the bar jump back unexplained.
+                row.state, row.since, row.base = verb + " again", now, 0
+            row.done = event.done
+            finished = event.done >= event.size
+            row.active = not finished
+            if finished:
+                row.state = "scanned" if event.phase == "scan" else "applied"
+            return finished
+        if isinstance(event, Finishing):
+            self._finishing = f"writing the squashfs tables ({event.files} entries)"
+            return True
+        return None
+
+    # -- drawing -------------------------------------------------------------------------
+
+    def _total(self, width: int) -> str:
+        rows = self._rows.values()
+        layers = [r for r in rows if r.label.startswith("layer")]
+        applied = sum(1 for r in layers if r.state == "applied")
+        size = sum(r.size for r in rows)
+        seconds = time.monotonic() - self._start
+        if any(r.fetched for r in rows):
+            got, verb = sum(r.downloaded for r in rows), "downloaded"
+        else:  # a local source, or every blob cached: the bytes read are the news
+            got, verb = sum(r.done for r in layers if r.phase), "read"
+        parts = [f"{applied}/{len(layers)} layers applied" if layers else "starting",
+                 f"{human_size(got)} of {human_size(size)} {verb}",
+                 f"{human_size(got / seconds) if seconds > 0 else '0 B'}/s",
+                 _elapsed(seconds)]
+        if self._finishing:
+            parts[0] = self._finishing
+        return self._fit(parts, width)
+
+    @staticmethod
+    def _fit(parts: list[str], width: int) -> str:
+        """Join ``parts``; drop the last ones, then cut, until the line fits ``width``."""
+        while len(parts) > 1 and len(", ".join(parts)) > width:
+            parts = parts[:-1]
+        return ", ".join(parts)[:width]
+
+    def _line(self, row: _Row, width: int) -> str:
+        frac = min(row.done / row.size, 1.0) if row.size else 1.0
         filled = int(frac * self.BAR_WIDTH)
-        bar = "#" * filled + "." * (self.BAR_WIDTH - filled)
-        state = "" if row.state in ("downloading", "applying") else f"  {row.state}"
-        if row.digest.algorithm == "finish":
-            return f"{row.what:<12} {row.state}"
-        return (f"{row.what:<12} {row.digest.short}  [{bar}] "
-                f"{human_size(row.done):>10} / {human_size(row.size)}{state}")
+        bar = "[" + "#" * filled + "." * (self.BAR_WIDTH - filled) + "]"
+        seconds = time.monotonic() - row.since
+        speed = (f"{human_size((row.done - row.base) / seconds)}/s"
+                 if row.active and seconds > 0.5 else "")
+        name = f"{printable(row.label):<11} {row.digest.short}"
+        amount = f"{human_size(row.done)} / {human_size(row.size)}"
+        for fields in ((name, f"{row.state:<11}", bar, amount, speed),
+                       (name, f"{row.state:<11}", amount, speed),
+                       (name, row.state, amount),
+                       (name, row.state)):
+            line = "  ".join(f for f in fields if f)
+            if len(line) <= width:
+                return line
+        return line[:width]
+
+    def _screen(self) -> list[str]:
+        """The lines to draw: never wider than the terminal, never more than fit on it."""
+        cols, lines = self._size()
+        # One column spare: writing the last column makes some terminals wrap at once.
+        width = max(cols - 1, 10)
+        height = max(lines - 1, 1)
+        out = [self._total(width)]
+        rows = list(self._rows.values())
+        room = height - 1
+        if len(rows) > room:
+            # Keep the rows in motion, then the latest ones; one row sums up the rest.
+            keep = max(room - 1, 0)
+            order = sorted(range(len(rows)), key=lambda i: (not rows[i].active, -i))
+            shown = sorted(order[:keep])
+            hidden = len(rows) - len(shown)
+            done = sum(1 for i in order[keep:] if rows[i].state in ("applied", "cached",
+                                                                    "downloaded", "scanned"))
+            out.extend(self._line(rows[i], width) for i in shown)
+            if room >= 1:
+                out.append(f"... {hidden} more ({done} done)"[:width])
+        else:
+            out.extend(self._line(r, width) for r in rows)
+        return out[:height]
 
     def _draw(self) -> None:
+        self._resized = False
+        lines = self._screen()
         out = []
         if self._drawn:
-            out.append(f"\x1b[{self._drawn}F")  # back to the first line drawn
-        for row in self._rows.values():
-            out.append("\x1b[2K" + self._line(row) + "\n")
-        self._drawn = len(self._rows)
-        self._stream.write("".join(out))
-        self._stream.flush()
+            # Back to the start of the first line drawn: each drawn line took one row.
+            out.append("\r" + (f"\x1b[{self._drawn - 1}A" if self._drawn > 1 else ""))
+        out.append("\n".join("\x1b[2K" + line for line in lines))
+        out.append("\x1b[J")  # what an earlier, taller drawing left below
+        self._drawn = len(lines)
+        try:
+            self._stream.write("".join(out))
+            self._stream.flush()
+        except (OSError, ValueError):  # the terminal went away: stop drawing
+            self._drawn = 0
 
     def close(self) -> None:
-        """Draw the final state."""
+        """Draw the final state and leave the cursor below it."""
         with self._lock:
-            if self._rows:
+            if self._rows or self._finishing:
                 self._draw()
+                try:
+                    self._stream.write("\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass
+                self._drawn = 0
+            if self._previous_winch is not None and \
+                    threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGWINCH, self._previous_winch)  # type: ignore[arg-type]
+                self._previous_winch = None
 
 
-def make_renderer(quiet: bool = False, stream: TextIO | None = None) -> TtyProgress | None:
-    """A renderer for ``stream`` (stderr), or None when quiet or not a terminal."""
+class LineProgress:
+    """One line per step on a stream that is no terminal (a pipe, a log file)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._fetched: set[Digest] = set()
+        self._applying: dict[Digest, tuple[str, int]] = {}
+
+    def _say(self, line: str) -> None:
+        try:
+            self._stream.write(printable(line) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __call__(self, event: object) -> None:
+        with self._lock:
+            if isinstance(event, BlobStarted):
+                self._fetched.add(event.digest)
+                resume = f", resuming at {human_size(event.offset)}" if event.offset else ""
+                self._say(f"Copying {event.what} {event.digest} ({human_size(event.size)}{resume})")
+            elif isinstance(event, BlobRetrying):
+                self._say(f"Retrying {event.digest.short} in {event.delay:.1f}s "
+                          f"(attempt {event.attempt}): {event.reason}")
+            elif isinstance(event, BlobDone):
+                if event.cached and event.digest not in self._fetched:
+                    self._say(f"Using cached {event.what} {event.digest}")
+            elif isinstance(event, LayerApplying):
+                seen = self._applying.get(event.digest)
+                if seen is None or seen[0] != event.phase or event.done < seen[1]:
+                    verb = "Reading" if event.phase == "scan" else "Applying"
+                    again = " again" if seen is not None and seen[0] == event.phase else ""
+                    self._say(f"{verb} {_layer_label(event)} {event.digest}{again}")
+                self._applying[event.digest] = (event.phase, event.done)
+            elif isinstance(event, Finishing):
+                self._say(f"Writing the squashfs tables ({event.files} entries)")
+
+    def close(self) -> None:
+        """Nothing is pending: every line is written when its event arrives."""
+
+
+def make_renderer(quiet: bool = False,
+                  stream: TextIO | None = None) -> TtyProgress | LineProgress | None:
+    """The renderer for ``stream`` (stderr): ``TtyProgress`` on a terminal, else
+    ``LineProgress``; None when quiet."""
     stream = stream if stream is not None else sys.stderr
-    if quiet or not stream.isatty():
+    if quiet:
         return None
-    return TtyProgress(stream)
+    try:
+        tty = stream.isatty()
+    except (OSError, ValueError):
+        tty = False
+    return TtyProgress(stream) if tty else LineProgress(stream)

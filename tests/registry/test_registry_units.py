@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import io
 import json
 from pathlib import Path
 
 import pytest
 
-from ocisquash.digest import Digest
 from ocisquash.errors import AuthError, TransientRegistryError, UsageError
-from ocisquash.progress import BlobDone, BlobProgress, BlobStarted, TtyProgress, make_renderer
 from ocisquash.registry.auth import Challenge, parse_challenges
 from ocisquash.registry.credentials import (
     Credentials,
@@ -154,29 +151,6 @@ def test_endpoint_scheme_follows_the_tls_options(
 def test_a_mirror_url_of_another_scheme_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="invalid registry mirror"):
         Endpoint.parse("ftp://mirror", RegistryOptions())
-
-
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_progress_renders_one_line_per_blob_on_a_terminal_only() -> None:
-    assert make_renderer(stream=io.StringIO()) is None
-    assert make_renderer(quiet=True, stream=_Tty()) is None
-    out = _Tty()
-    renderer = make_renderer(stream=out)
-    assert isinstance(renderer, TtyProgress)
-    a, b = Digest.of(b"a"), Digest.of(b"b")
-    renderer(BlobStarted(a, 2048, "layer 1/2"))
-    renderer(BlobStarted(b, 100, "layer 2/2"))
-    renderer(BlobProgress(a, 1024, 2048))
-    renderer(BlobDone(b, 100, "layer 2/2"))
-    renderer.close()
-    last = out.getvalue().rsplit("\x1b[2F", 1)[1]
-    lines = [line.removeprefix("\x1b[2K") for line in last.splitlines()]
-    assert lines[0] == f"layer 1/2    {a.short}  [############............]    1.0 KiB / 2.0 KiB"
-    assert lines[1].endswith("done")
 
 
 def test_the_registry_package_imports_nothing_from_the_sources() -> None:

@@ -54,8 +54,8 @@ def platform_from_args(args: argparse.Namespace) -> Platform | None:
 def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
     """The ``SourceOptions`` of the parsed arguments; reads the password from stdin if asked.
 
-    ``progress`` is a terminal renderer when stderr is a terminal and ``--quiet``
-    was not given, else None.
+    ``progress`` renders on stderr (rows on a terminal, lines on a pipe) unless
+    ``--quiet`` was given.
     """
     from ..errors import UsageError
     from ..sources.options import SourceOptions
@@ -87,12 +87,36 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
 
 
 def _renderer(quiet: bool) -> Callable[[object], None] | None:
-    """``progress.make_renderer`` for stderr, imported only when there is a terminal to draw on."""
-    if quiet or not sys.stderr.isatty():
+    """``progress.make_renderer`` for stderr: redrawn rows on a terminal, else one line per step."""
+    if quiet:
         return None
-    from ..progress import make_renderer
+    if sys.stderr.isatty():
+        from ..progress import make_renderer
 
-    return make_renderer()
+        return make_renderer()  # made here, in the main thread, to watch SIGWINCH
+    return _FirstEventImports()
+
+
+class _FirstEventImports:
+    """The line renderer for a pipe, imported by the first event: a cached compile has
+    none to show and imports nothing for it."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._renderer: Callable[[object], None] | None = None
+
+    def __call__(self, event: object) -> None:
+        with self._lock:
+            if self._renderer is None:
+                from ..progress import LineProgress
+
+                self._renderer = LineProgress(sys.stderr)
+        self._renderer(event)
+
+    def close(self) -> None:
+        """Every line is written when its event arrives: nothing to finish."""
 
 
 def close_progress(options: SourceOptions) -> None:
