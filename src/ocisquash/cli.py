@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -65,6 +66,26 @@ def _command_named(argv: Sequence[str]) -> str | None:
     return None
 
 
+class _EscapingFormatter(logging.Formatter):
+    """``ocisquash: warning: …`` with control characters escaped (messages quote
+    registries and images)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .terminal import printable
+
+        return f"ocisquash: {record.levelname.lower()}: {printable(record.getMessage())}"
+
+
+def _log_to_stderr(debug: bool) -> None:
+    logger = logging.getLogger("ocisquash")
+    if not any(isinstance(h.formatter, _EscapingFormatter) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_EscapingFormatter())
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if debug else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     try:
@@ -78,15 +99,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    _log_to_stderr(bool(args.debug or os.environ.get("OCISQUASH_DEBUG")))
     try:
         status: int = args.func(args)
         return status
     except OcisquashError as e:
         if args.debug or os.environ.get("OCISQUASH_DEBUG"):
             raise
-        print(f"ocisquash: {e}", file=sys.stderr)
+        from .terminal import printable
+
+        # Messages quote registries, images and file names: escape what they hold.
+        print(f"ocisquash: {printable(e)}", file=sys.stderr)
         if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+            print(f"hint: {printable(e.hint)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("ocisquash: interrupted", file=sys.stderr)

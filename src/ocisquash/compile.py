@@ -84,28 +84,10 @@ class CompiledImage:
     stats: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        c = self.config.config
-        return {
-            "reference": self.reference,
-            "digest": str(self.digest),
-            "platform": self.platform,
-            "output": str(self.path) if self.path else None,
-            "format": self.format,
-            "size": self.size,
-            "files": self.files,
-            "cached": self.cached,
-            "placed": self.placed,
-            "fidelity": list(self.fidelity),
-            "config": {
-                "entrypoint": list(c.entrypoint) if c.entrypoint is not None else None,
-                "cmd": list(c.cmd) if c.cmd is not None else None,
-                "env": list(c.env),
-                "working_dir": c.working_dir,
-                "user": c.user,
-                "labels": dict(c.labels),
-            },
-            "stats": self.stats,
-        }
+        """The document ``compile --json`` prints (schema in docs/json.md)."""
+        from .jsonout import compiled
+
+        return compiled(self)
 
     def runtime_config(self) -> dict[str, Any]:
         """The OCI runtime-spec ``config.json`` for running this image (see
@@ -393,8 +375,10 @@ _P = ParamSpec("_P")
 
 def _caller_progress(fn: Callable[_P, CompiledImage]) -> Callable[_P, CompiledImage]:
     """``progress=`` receives the download events too (unless ``source_options`` has a
-    callback of its own), and an exception the caller's callback raises comes back
-    to the caller as itself, not as whatever error the code around it made of it."""
+    callback of its own), an exception the caller's callback raises comes back to the
+    caller as itself, not as whatever error the code around it made of it, and the
+    result's ``reference`` is the ``source`` of this call."""
+    import dataclasses
     import functools
 
     @functools.wraps(fn)
@@ -403,8 +387,7 @@ def _caller_progress(fn: Callable[_P, CompiledImage]) -> Callable[_P, CompiledIm
         sopts = kwargs.get("source_options")
         theirs = sopts.progress if isinstance(sopts, SourceOptions) else None
         if user is None and theirs is None:
-            return fn(*args, **kwargs)  # a cached compile imports no more than it needs
-        import dataclasses
+            return _as_typed(fn(*args, **kwargs), args, kwargs)  # imports no more than it needs
 
         from .callbacks import CallerCallback
 
@@ -421,11 +404,19 @@ def _caller_progress(fn: Callable[_P, CompiledImage]) -> Callable[_P, CompiledIm
             kwargs["source_options"] = dataclasses.replace(
                 sopts if isinstance(sopts, SourceOptions) else SourceOptions(), progress=theirs)
         try:
-            return fn(*args, **kwargs)
+            return _as_typed(fn(*args, **kwargs), args, kwargs)
         except BaseException:
             for g in guards:
                 g.reraise()
             raise
+
+    def _as_typed(result: CompiledImage, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> CompiledImage:
+        # The reference this call named, not the one a cached entry was first compiled as.
+        source = args[0] if args else kwargs.get("source")
+        if isinstance(source, str) and source != result.reference:
+            return dataclasses.replace(result, reference=source)
+        return result
 
     return wrapper
 

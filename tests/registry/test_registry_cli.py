@@ -70,9 +70,9 @@ def test_inspect_json_of_an_index_shows_platforms_layers_and_config(
     manifest = json.loads(skopeo_inspect_raw(f"{registries.plain.host}/multi@{arm['digest']}"))
     assert info["digest"] == arm["digest"]
     assert info["platform"] == "linux/arm64/v8"
-    assert info["index"]["mediaType"] == index["mediaType"]
+    assert info["index"]["media_type"] == index["mediaType"]
     assert [m["platform"] for m in info["index"]["manifests"]] == ["linux/amd64", "linux/arm64/v8"]
-    assert [(d["digest"], d["size"], d["mediaType"]) for d in info["layers"]] == [
+    assert [(d["digest"], d["size"], d["media_type"]) for d in info["layers"]] == [
         (d["digest"], d["size"], d["mediaType"]) for d in manifest["layers"]]
     assert info["config"]["cmd"] == ["/bin/sh"]
 

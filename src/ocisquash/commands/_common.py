@@ -221,11 +221,13 @@ def erofs_options_from_args(args: argparse.Namespace, *,
 
 def print_fidelity(issues: Iterable[Mapping[str, Any]]) -> None:
     """One stderr line per kind of thing the image could not hold exactly."""
+    from ..terminal import printable
+
     for issue in issues:
-        examples = ", ".join("/" + str(e) for e in issue.get("examples", ())[:3])
+        examples = ", ".join("/" + printable(e) for e in issue.get("examples", ())[:3])
         # squashfs keeps whole seconds only; most build tools write finer times, so
         # that loss is a note, not a warning that every compile would print.
         level = "note" if issue.get("kind") == "mtime-subsecond-truncated" else "warning"
         print(f"ocisquash: {level}: {issue.get('count', '?')} entries: "
-              f"{issue.get('detail', issue.get('kind', issue))}"
+              f"{printable(issue.get('detail', issue.get('kind', issue)))}"
               + (f" (e.g. {examples})" if examples else ""), file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -15,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--cache-dir", metavar="DIR", help="cache directory (default $XDG_CACHE_HOME/ocisquash)")
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     ls = csub.add_parser("ls", help="list compiled images")
-    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.add_argument("--json", action="store_true", help="print JSON (schema: docs/json.md)")
     rm = csub.add_parser("rm", help="remove compiled images by reference or digest")
     rm.add_argument("targets", nargs="+", metavar="IMAGE|DIGEST")
     pr = csub.add_parser("prune", help="remove old or excess entries")
@@ -39,6 +38,7 @@ def parse_age(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from ..cache import ImageCache
+    from ..terminal import printable
     from ._common import parse_size
 
     cache = ImageCache(args.cache_dir)
@@ -46,15 +46,16 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "ls":
         entries = cache.entries()
         if args.json:
-            json.dump([{**e.info, "path": str(e.image), "entry_size": e.size} for e in entries],
-                      sys.stdout, indent=2, sort_keys=True)
-            sys.stdout.write("\n")
+            from ..jsonout import cache_entries, write
+
+            write(cache_entries(entries), sys.stdout)
         else:
             for e in entries:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
-                print(f"{e.key[:12]}  {e.info.get('digest', '')[:19]}  {e.size / 1e6:9.1f} MB  "
-                      f"{when}  {e.info.get('format', 'squashfs'):8}  "
-                      f"{e.info.get('platform', '')}  {e.info.get('reference', '')}")
+                print(f"{e.key[:12]}  {printable(e.info.get('digest', ''))[:19]}  "
+                      f"{e.size / 1e6:9.1f} MB  {when}  {printable(e.info.get('format', 'squashfs')):8}  "
+                      f"{printable(e.info.get('platform', ''))}  "
+                      f"{printable(e.info.get('reference', ''))}")
         return 0
     if cmd == "rm":
         status = 0
@@ -63,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
                        if t in (e.info.get("reference"), e.info.get("source"), e.info.get("digest"))
                        or e.key.startswith(t) or str(e.info.get("digest", "")).startswith(t)]
             if not matched:
-                print(f"ocisquash: no cached image matches {t}", file=sys.stderr)
+                print(f"ocisquash: no cached image matches {printable(t)}", file=sys.stderr)
                 status = 1
             for e in matched:
                 cache.remove(e.key)
-                print(f"removed {e.key[:12]} {e.info.get('reference', '')}")
+                print(f"removed {e.key[:12]} {printable(e.info.get('reference', ''))}")
         return status
     if cmd == "prune":
         removed = 0
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "verify":
         problems = cache.verify(repair=args.repair)
         for line in problems:
-            print(f"ocisquash: {line}" + (" (removed)" if args.repair else ""), file=sys.stderr)
+            print(f"ocisquash: {printable(line)}" + (" (removed)" if args.repair else ""),
+                  file=sys.stderr)
         n_blobs = sum(1 for _ in cache.blobs.iter_blobs())
         print(f"verified {n_blobs} blob(s) and {len(cache.entries())} compiled image(s): "
               f"{len(problems)} problem(s)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "never: use the cache only; always: fetch and build again")
     p.add_argument("--no-cache", action="store_true",
                    help="build straight to OUT without storing the compiled image")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout (schema: docs/json.md)")
     p.add_argument("--bundle", metavar="DIR", type=Path,
                    help="also write an OCI runtime bundle: DIR/config.json (the image's "
                         "config converted for runc) and the mount point DIR/rootfs")
@@ -118,14 +118,18 @@ def run(args: argparse.Namespace) -> int:
 
         write_bundle(args.bundle, result.runtime_config())
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        from ..jsonout import write
+
+        write(result.to_json(), sys.stdout)
     elif not args.quiet:
+        from ..terminal import printable
+
         what = "cached" if result.cached else "compiled"
-        where = result.path if result.path else "stdout"
+        where = printable(result.path) if result.path else "stdout"
         print(
-            f"{what} {result.reference} ({result.digest.short}, {result.platform}): "
-            f"{where}, {result.size / 1e6:.1f} MB, {result.files} inodes",
+            f"{what} {printable(result.reference)} ({result.digest.short}, "
+            f"{printable(result.platform)}): {where}, {result.size / 1e6:.1f} MB, "
+            f"{result.files} inodes",
             file=sys.stderr,
         )
         print_fidelity(result.fidelity)

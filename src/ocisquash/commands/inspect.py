@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "examples:\n"
             "  ocisquash inspect alpine:3.20\n"
             "  ocisquash inspect --json oci:./layout:v1 | jq .config.env\n"
+            "\nThe JSON schema is described in docs/json.md.\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -32,80 +33,77 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
-def describe(image: Any) -> dict[str, Any]:
-    """The JSON shape ``inspect --json`` prints for a resolved image of any source."""
+def describe(image: Any, reference: str | None = None) -> dict[str, Any]:
+    """The JSON document ``inspect --json`` prints for a resolved image of any source
+    (docs/json.md); ``reference`` is the one the user typed."""
+    from ..jsonout import SCHEMA_VERSION, layers, runtime_config
+
     manifest = image.manifest()
     config = image.config()
-    c = config.config
     index = getattr(image, "index", None)
     platform = image.platform or config.platform
     return {
-        "reference": image.reference,
+        "schema_version": SCHEMA_VERSION,
+        "reference": reference if reference is not None else image.reference,
         "digest": str(image.digest),
-        "mediaType": manifest.media_type,
+        "media_type": manifest.media_type,
         "platform": str(platform),
         "index": None if index is None else {
             "digest": str(index.digest),
-            "mediaType": index.media_type,
+            "media_type": index.media_type,
             "manifests": [
-                {"digest": str(d.digest), "mediaType": d.media_type, "size": d.size,
+                {"digest": str(d.digest), "media_type": d.media_type, "size": d.size,
                  "platform": str(d.platform) if d.platform is not None else None}
                 for d in index.manifests
             ],
         },
-        "layers": [
-            {"digest": str(d.digest), "size": d.size, "mediaType": d.media_type}
-            for d in manifest.layers
-        ],
+        "layers": layers(manifest),
         "size": sum(d.size for d in manifest.layers),
-        "config": {
-            "digest": str(manifest.config.digest),
-            "mediaType": manifest.config.media_type,
-            "created": config.created or None,
-            "entrypoint": list(c.entrypoint) if c.entrypoint is not None else None,
-            "cmd": list(c.cmd) if c.cmd is not None else None,
-            "env": list(c.env),
-            "workingDir": c.working_dir,
-            "user": c.user,
-            "labels": dict(c.labels),
-            "exposedPorts": list(c.exposed_ports),
-            "volumes": list(c.volumes),
-            "stopSignal": c.stop_signal,
-        },
+        "config_digest": str(manifest.config.digest),
+        "config_media_type": manifest.config.media_type,
+        "config": runtime_config(config),
     }
 
 
 def _text(info: dict[str, Any]) -> str:
     from ..progress import human_size
+    from ..terminal import printable as p
 
     cfg = info["config"]
     lines = [
-        f"Reference:   {info['reference']}",
+        f"Reference:   {p(info['reference'])}",
         f"Digest:      {info['digest']}",
-        f"Media type:  {info['mediaType']}",
-        f"Platform:    {info['platform']}",
+        f"Media type:  {p(info['media_type'])}",
+        f"Platform:    {p(info['platform'])}",
     ]
     if info["index"] is not None:
         idx = info["index"]
-        lines.append(f"Index:       {idx['digest']} ({idx['mediaType']})")
+        lines.append(f"Index:       {idx['digest']} ({p(idx['media_type'])})")
         for m in idx["manifests"]:
             mark = "*" if m["digest"] == info["digest"] else " "
-            lines.append(f"  {mark} {m['platform'] or '(no platform)':<16} {m['digest']}")
+            lines.append(f"  {mark} {p(m['platform'] or '(no platform)'):<16} {m['digest']}")
     lines.append(f"Layers:      {len(info['layers'])}, {human_size(info['size'])}")
     for i, layer in enumerate(info["layers"], 1):
         lines.append(f"  {i:>3}  {layer['digest']}  {human_size(layer['size']):>10}  "
-                     f"{layer['mediaType']}")
-    lines.append(f"Config:      {cfg['digest']}")
+                     f"{p(layer['media_type'])}")
+    lines.append(f"Config:      {info['config_digest']}")
     if cfg["created"]:
         lines.append(f"Created:     {cfg['created']}")
-    lines.append(f"Entrypoint:  {json.dumps(cfg['entrypoint'])}")
-    lines.append(f"Cmd:         {json.dumps(cfg['cmd'])}")
-    lines.append(f"WorkingDir:  {cfg['workingDir'] or '(none)'}")
-    lines.append(f"User:        {cfg['user'] or '(none)'}")
+    # json.dumps writes control characters as \uNNNN escapes already
+    lines.append(f"Entrypoint:  {p(json.dumps(cfg['entrypoint']))}")
+    lines.append(f"Cmd:         {p(json.dumps(cfg['cmd']))}")
+    lines.append(f"WorkingDir:  {p(cfg['working_dir'] or '(none)')}")
+    lines.append(f"User:        {p(cfg['user'] or '(none)')}")
+    if cfg["exposed_ports"]:
+        lines.append(f"Ports:       {p(' '.join(cfg['exposed_ports']))}")
+    if cfg["volumes"]:
+        lines.append(f"Volumes:     {p(' '.join(cfg['volumes']))}")
+    if cfg["stop_signal"]:
+        lines.append(f"StopSignal:  {p(cfg['stop_signal'])}")
     lines.append("Env:" if cfg["env"] else "Env:         (none)")
-    lines.extend(f"  {e}" for e in cfg["env"])
+    lines.extend(f"  {p(e)}" for e in cfg["env"])
     lines.append("Labels:" if cfg["labels"] else "Labels:      (none)")
-    lines.extend(f"  {k}={v}" for k, v in cfg["labels"].items())
+    lines.extend(f"  {p(k)}={p(v)}" for k, v in cfg["labels"].items())
     return "\n".join(lines)
 
 
@@ -115,10 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
     options = source_options_from_args(args)
     image = open_source(args.image, options=options).resolve(platform_from_args(args))
-    info = describe(image)
+    info = describe(image, args.image)
     if args.json:
-        json.dump(info, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        from ..jsonout import write
+
+        write(info, sys.stdout)
     else:
         print(_text(info))
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -56,11 +55,13 @@ def run(args: argparse.Namespace) -> int:
     summary = packed.summary
     issues = [i.to_json() for i in fidelity.issues()]
     if args.json:
-        out = {**dataclasses.asdict(summary), "fidelity": issues}
+        from ..jsonout import SCHEMA_VERSION, plain, write
+
+        out = {"schema_version": SCHEMA_VERSION, **plain(dataclasses.asdict(summary)),
+               "fidelity": plain(issues)}
         if packed.verity is not None:
-            out["verity"] = packed.verity.to_json()
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+            out["verity"] = plain(packed.verity.to_json())
+        write(out, sys.stdout)
     elif not args.quiet:
         print(
             f"wrote {args.output}: {summary.bytes_written} bytes, {summary.inodes} inodes "

@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("image", metavar="IMAGE", help="the image to pull")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout instead of NAME@DIGEST "
+                        "(schema: docs/json.md)")
     add_source_arguments(p)
     p.set_defaults(func=run)
 
@@ -51,9 +54,27 @@ def run(args: argparse.Namespace) -> int:
         close_progress(options)
     manifest = image.manifest()
     size = sum(d.size for d in manifest.layers) + manifest.config.size
+    platform = image.platform or image.config().platform
+    pinned = f"{image.reference.split('@')[0]}@{image.digest}"
+    if args.json:
+        from ..jsonout import SCHEMA_VERSION, layers, runtime_config, write
+
+        write({
+            "schema_version": SCHEMA_VERSION,
+            "reference": args.image,
+            "pinned": pinned,
+            "digest": str(image.digest),
+            "platform": str(platform),
+            "layers": layers(manifest),
+            "size": size,
+            "config_digest": str(manifest.config.digest),
+            "config": runtime_config(image.config()),
+        }, sys.stdout)
+        return 0
     if not args.quiet:
-        platform = image.platform or image.config().platform
-        print(f"pulled {image.reference} ({platform}): {len(manifest.layers)} layers, "
-              f"{size / 1e6:.1f} MB", file=sys.stderr)
-    print(f"{image.reference.split('@')[0]}@{image.digest}")
+        from ..terminal import printable
+
+        print(f"pulled {printable(image.reference)} ({printable(platform)}): "
+              f"{len(manifest.layers)} layers, {size / 1e6:.1f} MB", file=sys.stderr)
+    print(pinned)
     return 0
