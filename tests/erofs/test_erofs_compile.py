@@ -91,7 +91,7 @@ def test_erofs_cache_entry_json_and_cache_ls(rules_image: Path, tmp_path: Path) 
     listing = _cli("cache", "--cache-dir", str(cache), "ls").stdout.splitlines()
     assert sorted(line.split()[6] for line in listing) == ["erofs", "squashfs"]
     entries = json.loads(_cli("cache", "--cache-dir", str(cache), "ls", "--json").stdout)
-    assert sorted(e["format"] for e in entries) == ["erofs", "squashfs"]
+    assert sorted(e["format"] for e in entries["images"]) == ["erofs", "squashfs"]
 
 
 def test_uncached_erofs_is_byte_identical_to_the_cached_one(rules_image: Path,
