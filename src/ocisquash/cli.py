@@ -66,23 +66,26 @@ def _command_named(argv: Sequence[str]) -> str | None:
     return None
 
 
-class _EscapingFormatter(logging.Formatter):
-    """``ocisquash: warning: …`` with control characters escaped (messages quote
-    registries and images)."""
+class _StderrHandler(logging.Handler):
+    """``ocisquash: warning: …`` on whatever ``sys.stderr`` is now, with control characters
+    escaped (messages quote registries and images)."""
 
     def format(self, record: logging.LogRecord) -> str:
         from .terminal import printable
 
         return f"ocisquash: {record.levelname.lower()}: {printable(record.getMessage())}"
 
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
 
 def _log_to_stderr(debug: bool) -> None:
     logger = logging.getLogger("ocisquash")
-    if not any(isinstance(h.formatter, _EscapingFormatter) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_EscapingFormatter())
-        logger.addHandler(handler)
-        logger.propagate = False
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
     logger.setLevel(logging.INFO if debug else logging.WARNING)
 
 
