@@ -37,6 +37,8 @@ from .errors import (
     LayerError,
     OcisquashError,
     OutputError,
+    RegistryUnreachableError,
+    TransientRegistryError,
     UsageError,
 )
 from .interpreter import collector_paused
@@ -483,7 +485,16 @@ def compile_image(
 
     src = open_source(source, options=sopts)
     with _closing(src):
-        image = src.resolve(want)
+        try:
+            image = src.resolve(want)
+        except (RegistryUnreachableError, TransientRegistryError) as e:
+            # As podman's --pull=missing: with the registry out of reach, the image
+            # compiled from this reference before is the answer, with a warning.
+            entry = cache.lookup_ref(ref_key) if use_cache and pull == "missing" else None
+            if entry is None:
+                raise
+            log.warning("cannot reach the registry (%s); using %s as compiled before", e, source)
+            return _from_entry(entry, output, cached=True, started=started)
         key = entry_key(image.digest, version, okey)
 
         if not use_cache:

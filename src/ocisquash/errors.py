@@ -16,7 +16,8 @@ The tree::
     ├── ImageNotFoundError(LookupError) no image, tag or blob of that name
     ├── RegistryError                   the registry answered with an error
     │   ├── AuthError                   credentials refused or missing
-    │   └── TransientRegistryError      temporary: 429, 5xx, a cut connection
+    │   ├── RegistryUnreachableError    its name does not resolve, or nothing listens
+    │   └── TransientRegistryError      temporary: 429, 5xx, a timeout, a cut connection
     ├── LayerError                      a layer's stream is invalid (bad tar, bad gzip)
     │   └── UnsafeLayerError            a layer tries to leave the image root
     ├── LimitExceededError              a hostile-input limit was reached
@@ -114,6 +115,12 @@ class RegistryError(OcisquashError):
 
 class AuthError(RegistryError):
     pass
+
+
+class RegistryUnreachableError(RegistryError):
+    """The registry (or the proxy before it) cannot be reached at all: its name does
+    not resolve, or a host never reached in this run refuses the connection. Waiting
+    a few seconds will not change that, so it is not retried."""
 
 
 class TransientRegistryError(RegistryError):

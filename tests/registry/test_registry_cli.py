@@ -128,3 +128,57 @@ def test_mirrors_apply_to_docker_hub_only(make_options: Any) -> None:
     assert [e.host for e in client.endpoints] == ["quay.io"]
     hub = RegistryClient(parse_reference("alpine"), registry_options(options))
     assert [e.host for e in hub.endpoints] == ["mirror.example:5000", "registry-1.docker.io"]
+
+
+# --- an unreachable registry, --timeout and --retries ---------------------------------------
+
+
+def test_pull_missing_uses_the_compiled_image_when_the_registry_is_down(
+        registries: Registries, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    front = FaultProxy(registries.plain.host)
+    ref = f"{front.host}/app:oci"
+    args = [sys.executable, "-m", "ocisquash", "compile", "--platform", "linux/amd64",
+            "--cache-dir", str(tmp_path / "cache"), "--auth-file", str(tmp_path / "none.json"), ref]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args + list(extra), capture_output=True, text=True, timeout=120)
+
+    first = run("-o", str(tmp_path / "up.squashfs"))
+    assert first.returncode == 0, first.stderr
+    front.close()  # the registry is down: its port refuses connections
+    down = run("-o", str(tmp_path / "down.squashfs"))
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "down.squashfs").read_bytes() == (tmp_path / "up.squashfs").read_bytes()
+    warning = [line for line in down.stderr.splitlines() if "cannot reach the registry" in line]
+    assert len(warning) == 1 and warning[0].endswith(f"; using {ref} as compiled before")
+    assert f"cannot connect to {front.host}" in warning[0]
+    # Only --pull missing settles for the compiled image; --pull always needs the registry.
+    always = run("--pull", "always", "-o", str(tmp_path / "always.squashfs"))
+    assert always.returncode == 1
+    lines = [line for line in always.stderr.splitlines() if line.startswith("ocisquash:")]
+    assert len(lines) == 1 and f"cannot connect to {front.host}" in lines[0], always.stderr
+    assert not (tmp_path / "always.squashfs").exists()
+
+
+def test_timeout_and_retries_options_reach_the_registry_client(
+        proxy: FaultProxy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proxy.add("stall", "/manifests/oci", delay=1.0, times=-1)
+    status = main(["inspect", "--cache-dir", str(tmp_path / "c"), "--plain-http",
+                   "--timeout", "0.3", "--retries", "1", f"{proxy.host}/app:oci"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "did not answer within 0.3s" in err and "gave up after 2 attempts" in err
+    assert len(proxy.requests(path="/manifests/")) == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--timeout", "0"], "--timeout must be a positive number of seconds, not 0.0"),
+    (["--retries", "-1"], "--retries must not be negative, not -1"),
+])
+def test_bad_timeout_or_retries_is_a_usage_error(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", *args, "127.0.0.1:1/app:1"]) == 2
+    assert capsys.readouterr().err.startswith(f"ocisquash: {message}")

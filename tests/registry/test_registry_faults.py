@@ -10,6 +10,7 @@ import pytest
 from ocisquash.errors import (
     DigestMismatchError,
     RegistryError,
+    RegistryUnreachableError,
     SizeMismatchError,
     TransientRegistryError,
 )
@@ -192,14 +193,41 @@ def test_a_registry_that_never_answers_fails_naming_the_timeout(
         _resolve(proxy, make_options(plain_http=True, timeout=0.3, retries=0))
 
 
-def test_refused_connection_is_temporary_and_retried(make_options: Any) -> None:
+def test_refused_connection_to_a_host_never_reached_fails_at_once(make_options: Any) -> None:
     port = free_port()
     sleeps: list[float] = []
     src = source(f"127.0.0.1:{port}/app:oci", make_options(plain_http=True, retries=2))
     src.client._remotes[0].retry = RetryPolicy(3, sleep=sleeps.append)
-    with pytest.raises(TransientRegistryError, match=f"cannot connect to 127.0.0.1:{port}"):
+    with pytest.raises(RegistryUnreachableError, match=f"cannot connect to 127.0.0.1:{port}") as err:
         src.resolve(AMD64)
-    assert len(sleeps) == 2 and sleeps[1] > sleeps[0]
+    assert not err.value.temporary and sleeps == []
+    assert "check the registry's host and port" in err.value.hint
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once(make_options: Any) -> None:
+    sleeps: list[float] = []
+    src = source("registry.invalid/app:oci", make_options(retries=2))  # RFC 2606: never resolves
+    src.client._remotes[0].retry = RetryPolicy(3, sleep=sleeps.append)
+    with pytest.raises(RegistryUnreachableError,
+                       match=r"cannot resolve the host name registry\.invalid") as err:
+        src.resolve(AMD64)
+    assert not err.value.temporary and sleeps == []
+
+
+def test_refused_connection_to_a_registry_that_answered_before_is_retried(
+        registries: Registries, make_options: Any) -> None:
+    """A registry that answered and then refuses is restarting: worth the retries."""
+    front = FaultProxy(registries.plain.host)
+    src = source(f"{front.host}/app:oci", make_options(plain_http=True))
+    image = src.resolve(AMD64)
+    front.close()  # the port now refuses connections …
+    src.client.transport.close()  # … and the kept-alive one is gone too
+    sleeps: list[float] = []
+    src.client._remotes[0].retry = RetryPolicy(3, sleep=sleeps.append)
+    with pytest.raises(TransientRegistryError, match=f"cannot connect to {front.host}") as err:
+        image.config()
+    assert err.value.temporary and len(sleeps) == 2
+    assert "gave up after 3 attempts" in err.value.hint
 
 
 def test_plain_http_fallback_reports_both_failures(make_options: Any) -> None:

@@ -40,6 +40,13 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a Docker Hub mirror to try before docker.io (repeatable)")
     g.add_argument("--max-parallel", metavar="N", type=int, default=4,
                    help="layers downloaded at once (default: 4)")
+    g.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
+                   help="how long the registry may stay silent: connecting, answering, "
+                        "between bytes (default: 60)")
+    g.add_argument("--retries", metavar="N", type=int, default=5,
+                   help="retries of a temporary registry failure: a timeout, a cut "
+                        "connection, 429, 5xx (default: 5); a host name that does not "
+                        "resolve or a refused connection fails at once")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -72,6 +79,10 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
                          hint="echo \"$PASSWORD\" | ocisquash … --username USER --password-stdin")
     if args.max_parallel < 1:
         raise UsageError(f"--max-parallel must be at least 1, not {args.max_parallel}")
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    if args.retries < 0:
+        raise UsageError(f"--retries must not be negative, not {args.retries}")
     return SourceOptions(
         cache_dir=args.cache_dir,
         username=args.username,
@@ -82,6 +93,8 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
         plain_http=args.plain_http,
         registry_mirrors=tuple(args.registry_mirrors),
         max_parallel=args.max_parallel,
+        timeout=args.timeout,
+        retries=args.retries,
         progress=_renderer(args.quiet),
     )
 

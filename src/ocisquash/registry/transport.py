@@ -21,17 +21,23 @@ checks stay end to end; ``http://`` URLs are relayed by the proxy. A failure of 
 its credentials); over plain HTTP the proxy reports its failures as statuses
 (502, 503, 504), and the error for those names the proxy as well.
 
-Failures become typed errors: a connection that fails, times out or is cut, and
-the statuses 408, 429, 500, 502, 503 and 504, raise ``TransientRegistryError``
+Failures become typed errors: a connection that times out or is cut, and the
+statuses 408, 429, 500, 502, 503 and 504, raise ``TransientRegistryError``
 (``temporary`` is true), which ``RetryPolicy`` retries with exponential backoff,
-honouring ``Retry-After``.
+honouring ``Retry-After``. What waiting will not mend fails at once, as skopeo
+does, with ``RegistryUnreachableError``: a host name that does not resolve (with
+no network at all, too), and a connection refused (or without a route) by a host
+that has not answered once in this run. A host that did answer and then refuses
+is restarting, and that is retried.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -51,6 +57,7 @@ from ..errors import (
     ImageNotFoundError,
     OcisquashError,
     RegistryError,
+    RegistryUnreachableError,
     TransientRegistryError,
     UsageError,
 )
@@ -242,6 +249,27 @@ class Response:
         self.close()
 
 
+#: ``connect()`` failures that mean nothing listens there (or no route leads there)
+_UNREACHABLE_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH})
+
+
+def _os_cause(e: BaseException) -> OSError | None:
+    """The operating system's error under a urllib3 one (``gaierror``, refused, …)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [e]
+    while todo:
+        cur = todo.pop(0)
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and not isinstance(cur, urllib3.exceptions.HTTPError) \
+                and (cur.errno is not None or isinstance(cur, socket.gaierror)):
+            return cur
+        todo += [cur.__cause__, cur.__context__,
+                 *(a for a in cur.args if isinstance(a, BaseException))]
+    return None
+
+
 def _reason(e: BaseException) -> str:
     """A short reason for a network error, without the URLs urllib3 puts in."""
     inner = e
@@ -324,6 +352,9 @@ class Transport:
         self.proxies = options.proxies
         #: what ``auto`` endpoints speak: owned by the caller, who may keep it for later runs
         self.hints = hints if hints is not None else SchemeHints()
+        #: hosts (and proxies) that answered in this run: a refusal from one of them is
+        #: temporary (it restarts), from any other it is not
+        self._reached: set[str] = set()
 
     def _pool(self, scheme: str, proxy: Proxy | None = None) -> urllib3.PoolManager:
         """The connection pool of ``scheme`` (through ``proxy``); TLS settings only when needed."""
@@ -384,10 +415,10 @@ class Transport:
             try:
                 resp = self.request(method, f"http://{endpoint.host}{path}", headers, what=what,
                                     body=body)
-            except TransientRegistryError as e:
-                raise TransientRegistryError(
+            except (TransientRegistryError, RegistryUnreachableError) as e:
+                raise type(e)(
                     f"cannot connect over HTTPS ({first.reason}) nor over HTTP ({e.message})",
-                    context=what) from None
+                    context=what, hint=e.hint) from None
             self.hints.learn(endpoint.host, "http")
             return resp
 
@@ -448,7 +479,8 @@ class Transport:
             answer = _tunnel_failure(e)
             if answer is not None:
                 raise _proxy_refused(proxy, answer, urlsplit(url).netloc, what) from None
-            raise _proxy_unreachable(proxy, e, what) from None
+            raise _proxy_unreachable(proxy, e, what,
+                                     reached=proxy.url in self._reached) from None
         except urllib3.exceptions.SSLError as e:
             if _is_cert_error(e):
                 raise RegistryError(
@@ -464,9 +496,12 @@ class Transport:
         except urllib3.exceptions.TimeoutError as e:
             # A refused connection is a NewConnectionError, which urllib3 files under timeouts.
             refused = isinstance(e, urllib3.exceptions.NewConnectionError)
+            if refused:
+                self._raise_unreachable(url, e, what)  # a name that does not resolve
             if fallback and not isinstance(e, urllib3.exceptions.ReadTimeoutError):
                 raise _FallbackSignal(_reason(e)) from None
             if refused:
+                self._raise_unreachable(url, e, what, refused=True)
                 raise TransientRegistryError(
                     f"cannot connect to {urlsplit(url).netloc}: {_reason(e)}", context=what
                 ) from None
@@ -482,12 +517,36 @@ class Transport:
             raise TransientRegistryError(
                 f"cannot connect to {urlsplit(url).netloc}: {_reason(e)}", context=what
             ) from None
+        if proxy is not None:
+            self._reached.add(proxy.url)
         if proxy is not None and raw.status == 407:
             raw.drain_conn()
             raw.release_conn()
             raise _proxy_refused(proxy, f"407 {raw.reason or 'Proxy Authentication Required'}",
                                  urlsplit(url).netloc, what)
+        if proxy is None or scheme == "https":  # else the proxy answered, maybe for itself
+            self._reached.add(urlsplit(url).netloc)
         return raw, proxy
+
+    def _raise_unreachable(self, url: str, e: BaseException, what: str, *,
+                           refused: bool = False) -> None:
+        """Raise ``RegistryUnreachableError`` if ``e`` says waiting will not help: the
+        host name does not resolve, or (with ``refused``) a host not reached before in
+        this run refuses the connection or has no route to it."""
+        cause = _os_cause(e)
+        parts = urlsplit(url)
+        if isinstance(cause, socket.gaierror):
+            raise RegistryUnreachableError(
+                f"cannot resolve the host name {parts.hostname}: {cause.strerror or cause}",
+                context=what,
+                hint="check the registry's name, and that this machine has a network and DNS"
+            ) from None
+        if refused and cause is not None and cause.errno in _UNREACHABLE_ERRNOS \
+                and parts.netloc not in self._reached:
+            raise RegistryUnreachableError(
+                f"cannot connect to {parts.netloc}: {_reason(e)}", context=what,
+                hint="nothing answers there: check the registry's host and port, that it runs, "
+                     "and the network") from None
 
     def close(self) -> None:
         with self._pools_lock:
@@ -495,8 +554,11 @@ class Transport:
                 pool.clear()
 
 
-def _proxy_unreachable(proxy: Proxy, e: BaseException, what: str) -> TransientRegistryError:
-    """The proxy itself cannot be reached (refused, timed out, its TLS failed)."""
+def _proxy_unreachable(proxy: Proxy, e: BaseException, what: str,
+                       *, reached: bool) -> RegistryError:
+    """The proxy itself cannot be reached (refused, timed out, its TLS failed); not
+    temporary when its name does not resolve, or it refused without having answered
+    once in this run (``reached``)."""
     inner: BaseException = e
     if len(e.args) > 1 and isinstance(e.args[-1], BaseException):
         inner = e.args[-1]
@@ -506,7 +568,11 @@ def _proxy_unreachable(proxy: Proxy, e: BaseException, what: str) -> TransientRe
     else:
         reason = _reason(inner)
     reason = reason.removeprefix("[Errno 111] ").removeprefix("[Errno 113] ")
-    return TransientRegistryError(
+    cause = _os_cause(inner)
+    permanent = isinstance(cause, socket.gaierror) or (
+        not reached and cause is not None and cause.errno in _UNREACHABLE_ERRNOS)
+    kind = RegistryUnreachableError if permanent else TransientRegistryError
+    return kind(
         f"cannot reach the registry through proxy {proxy.url}: {reason.lower()}", context=what,
         hint="the proxy, not the registry, failed: check HTTPS_PROXY/HTTP_PROXY, or list the "
              "registry in NO_PROXY to connect directly")
