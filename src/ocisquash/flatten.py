@@ -336,6 +336,8 @@ class _LayerPass:
     def _keep_parents(self, path: bytes) -> None:
         """``path`` is hidden by an ancestor's decision; the directories above it that
         this layer creates (as its parents) and nothing hides still exist."""
+        if self.decided[b""].opaque:
+            return  # an upper layer's opaque marker at its root: nothing below survives
         parts = path.split(b"/")[:-1]
         missing: list[bytes] = []
         for i in range(1, len(parts) + 1):

@@ -80,6 +80,22 @@ def _sparse_tree(root: Path) -> None:
     os.symlink("x" * 130, root / "longlink")
 
 
+def _gnu_magic(tar: bytes) -> bytes:
+    """``tar`` with every header's magic rewritten to GNU's (``ustar  \\0``), as Go 1.7
+    and older wrote headers whose name needed the ustar prefix field."""
+    out = bytearray(tar)
+    at = 0
+    while at + 512 <= len(out) and any(out[at:at + 512]):
+        block = out[at:at + 512]
+        size = int(bytes(block[124:136]).rstrip(b"\0 ") or b"0", 8)
+        block[257:265] = b"ustar  \0"
+        block[148:156] = b" " * 8
+        block[148:156] = b"%06o\0 " % sum(block)
+        out[at:at + 512] = block
+        at += 512 + size + (-size % 512)
+    return bytes(out)
+
+
 @dataclass
 class Case:
     name: str
@@ -156,6 +172,12 @@ CASES = [
          {b"g": "dir", b"g/a": "file:a"}),
     Case("test_opaque_marker_keeps_a_directory_lower_layers_create_only_implicitly",
          [[F("d/e/a", b"a")], [O("d/e")]], {b"d/e": "dir", b"d/e/a": None}),
+    Case("test_opaque_marker_at_the_layer_root_hides_every_lower_entry",
+         [[D("usr"), D("usr/lib"), F("usr/lib/a", b"a"), D("etc"), F("etc/x", b"x"), F("top", b"t")],
+          [W("etc"), D("var"), F("var/log", b"l")],
+          [F(".wh..wh..opq"), D("new"), F("new/f", b"n")]],
+         {b"usr": None, b"usr/lib": None, b"usr/lib/a": None, b"etc": None, b"etc/x": None,
+          b"top": None, b"var": None, b"var/log": None, b"new/f": "file:n"}),
     Case("test_parents_of_a_whited_out_entry_still_exist",
          [[D("d/e")], [W("d/e")]], {b"d": "dir", b"d/e": None}),
     Case("test_same_layer_duplicate_path_last_entry_wins",
@@ -225,6 +247,10 @@ CASES = [
     Case("test_ustar_prefix_field_holds_the_start_of_long_paths",
          [make_tar([F("p" * 90 + "/" + "q" * 60 + "/file", b"split")], format=tarfile.USTAR_FORMAT)],
          {("p" * 90 + "/" + "q" * 60 + "/file").encode(): "file:split"}),
+    Case("test_gnu_magic_with_a_ustar_prefix_joins_the_prefix_as_go_does",
+         [_gnu_magic(make_tar([F("p" * 90 + "/" + "q" * 60 + "/file", b"split")],
+                              format=tarfile.USTAR_FORMAT))],
+         {("p" * 90 + "/" + "q" * 60 + "/file").encode(): "file:split", b"file": None}),
     Case("test_absolute_and_dot_slash_paths_are_made_relative",
          [[F("/abs/file", b"a"), F("./rel//file", b"r")]],
          {b"abs/file": "file:a", b"rel/file": "file:r"}),
