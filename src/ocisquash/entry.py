@@ -8,6 +8,7 @@ that are not UTF-8 exactly as the layer had them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 #: Permission bits a mode may carry: rwx for all three classes plus setuid, setgid, sticky.
 PERMISSION_MASK = 0o7777
@@ -34,3 +35,21 @@ class EntryMeta:
             raise ValueError(f"mode {self.mode:#o} has bits outside {PERMISSION_MASK:#o}")
         if not (0 <= self.uid < 2**32 and 0 <= self.gid < 2**32):
             raise ValueError(f"uid/gid {self.uid}/{self.gid} outside 0..2**32-1")
+
+
+@runtime_checkable
+class HoleReader(Protocol):
+    """A file's data that knows where its holes are (a sparse file in a layer).
+
+    A writer may skip a hole instead of reading its zeros, so that a hole costs
+    nothing however large it is declared."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+    def zeros_ahead(self) -> int:
+        """How many bytes from the current position are zeros of a hole."""
+        ...
+
+    def skip_zeros(self, n: int) -> None:
+        """Move past ``n`` bytes, at most :meth:`zeros_ahead`."""
+        ...

@@ -46,6 +46,7 @@ import queue
 import struct
 import threading
 import urllib.parse
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, NamedTuple, cast
@@ -100,6 +101,8 @@ class Limits:
     max_layers: int = 1000
     #: size of one file, holes of a sparse file included (1 TiB)
     max_file_size: int = 1 << 40
+    #: data regions in one sparse file's map (each costs 16 bytes while the file is read)
+    max_sparse_regions: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,41 +556,31 @@ def _truncated_file(context: str, path: bytes) -> LayerError:
 
 class _MemberData:
     """A regular file's data, valid until the next entry: exactly ``size`` bytes, with
-    the holes of a sparse file filled with zeros."""
+    the holes of a sparse file read as zeros. A sparse file's holes are computed from
+    its map as they are reached, never laid out in memory, and a writer that knows
+    about holes (``entry.HoleReader``) skips them without reading their zeros."""
 
-    def __init__(self, buf: _Buffer, stored: int, size: int,
-                 sparse: list[tuple[int, int]] | None, context: str, path: bytes) -> None:
+    def __init__(self, buf: _Buffer, stored: int, size: int, sparse: array[int] | None,
+                 context: str, path: bytes) -> None:
         self._buf = buf
         self.size = size
         self._stored_total = stored
         self._stored_left = stored  # bytes of this member still in the tar stream
         self._pos = 0  # position in the expanded file
-        # Expanded layout as (start, length, is_data) runs, ending at ``size``.
-        runs: list[tuple[int, int, bool]] | None = None
-        if sparse is not None:
-            runs = []
-            at = 0
-            for off, length in sparse:
-                if off > at:
-                    runs.append((at, off - at, False))
-                if length:
-                    runs.append((off, length, True))
-                at = off + length
-            if size > at:
-                runs.append((at, size - at, False))
-        #: the expanded layout of a sparse file; None when the stored bytes are the file
-        self._runs = runs
-        self._run = 0
+        #: a sparse file's map, offset and length of each data region in turn; None
+        #: when the stored bytes are the file
+        self._map = sparse
+        #: index in ``_map`` of the next data region's offset
+        self._at = 0
         self._layer_context = context
         self._path = path
-
 
     def read(self, n: int = -1) -> bytes:
         """Exactly ``n`` bytes (all that is left when ``n`` is negative or too large),
         like a buffered file: callers such as ``shutil.copyfileobj`` rely on it."""
         if n is None or n < 0 or n > self.size - self._pos:
             n = self.size - self._pos
-        if self._runs is None:
+        if self._map is None:
             data = self._buf.take(n)
             if len(data) != n:
                 raise _truncated_file(self._layer_context, self._path)
@@ -596,28 +589,42 @@ class _MemberData:
             return data
         return _gather(self._piece(n), n, self._piece)
 
+    def zeros_ahead(self) -> int:
+        """How many bytes from the current position are a hole (0 inside data)."""
+        sparse = self._map
+        if sparse is None:
+            return 0
+        at, pos = self._at, self._pos
+        # Skip regions already read and empty ones (a map may end with one).
+        while at < len(sparse) and sparse[at] + sparse[at + 1] <= pos:
+            at += 2
+        self._at = at
+        if at >= len(sparse):
+            return self.size - pos
+        return max(sparse[at] - pos, 0)
+
+    def skip_zeros(self, n: int) -> None:
+        """Move past ``n`` bytes of a hole (at most :meth:`zeros_ahead`)."""
+        if not 0 <= n <= self.zeros_ahead():
+            raise ValueError(f"{n} bytes are not a hole here")
+        self._pos += n
+
     def _piece(self, n: int) -> bytes:
-        assert self._runs is not None
-        while self._run < len(self._runs):
-            start, length, is_data = self._runs[self._run]
-            left = start + length - self._pos
-            if left <= 0:
-                self._run += 1
-                continue
-            k = min(n, left)
-            if k <= 0:
-                return b""
-            if not is_data:
-                k = min(k, _CHUNK)
-                self._pos += k
-                return bytes(k)
-            data = self._buf.some(k)
-            if not data:
-                raise _truncated_file(self._layer_context, self._path)
-            self._pos += len(data)
-            self._stored_left -= len(data)
-            return data
-        return b""
+        if self._pos >= self.size or n <= 0:
+            return b""
+        hole = self.zeros_ahead()
+        if hole:
+            k = min(n, hole, _CHUNK)
+            self._pos += k
+            return bytes(k)
+        assert self._map is not None
+        k = min(n, self._map[self._at] + self._map[self._at + 1] - self._pos)
+        data = self._buf.some(k)
+        if not data:
+            raise _truncated_file(self._layer_context, self._path)
+        self._pos += len(data)
+        self._stored_left -= len(data)
+        return data
 
     def readable(self) -> bool:
         return True
@@ -637,6 +644,16 @@ _TYPES: dict[bytes, EntryKind] = {
 Member = tuple[TarEntry, BinaryIO | bytes | None]
 #: largest PAX or GNU long-name header accepted (real ones are a few KiB)
 _MAX_META = 16 << 20
+#: PAX global header fields kept for the entries after them: the ones an entry reads
+#: (sparse maps only ever come from an entry's own header, as in Go's archive/tar)
+_GLOBAL_KEYS = (b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime")
+_GLOBAL_XATTRS = (b"SCHILY.xattr.", b"LIBARCHIVE.xattr.")
+#: bounds on what global headers hand to every later entry, which is read again for
+#: each of them: real layers have none, or a ``comment`` (git archive) that is not kept
+_MAX_GLOBAL_BYTES = 64 << 10
+_MAX_GLOBAL_FIELDS = 128
+#: how much of a bad value an error message shows
+_SHOWN = 40
 _BLOCK = 512
 #: a header's fields: name, mode, uid, gid, size, mtime, checksum, typeflag, linkname,
 #: magic, (version, uname, gname skipped) devmajor, devminor, prefix (ustar)
@@ -775,23 +792,43 @@ def _pax_records(data: bytes, context: str) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _cut(value: bytes) -> str:
+    """``value`` for an error message, cut if long (a hostile header's number may run
+    to thousands of digits)."""
+    if len(value) <= _SHOWN:
+        return repr(value)
+    return f"{value[:_SHOWN]!r}… ({len(value)} bytes)"
+
+
 def _pax_int(value: bytes, key: bytes, context: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise LayerError(f"invalid PAX {key.decode('ascii', 'replace')} {value!r}",
+        raise LayerError(f"invalid PAX {key.decode('ascii', 'replace')} {_cut(value)}",
                          context=context) from None
 
 
-def _sparse_map(numbers: list[int], context: str) -> list[tuple[int, int]]:
+def _sparse_map(numbers: list[int] | array[int], context: str) -> array[int]:
+    """A sparse map as a flat array: offset, length, offset, length…"""
     if len(numbers) % 2:
         raise LayerError("invalid sparse map", context=context)
-    return list(zip(numbers[0::2], numbers[1::2], strict=True))
+    try:
+        return numbers if isinstance(numbers, array) else array("q", numbers)
+    except OverflowError:
+        raise LayerError("invalid sparse map (numbers out of range)", context=context) from None
 
 
-def _check_sparse(runs: list[tuple[int, int]], real: int, stored: int, context: str) -> None:
+def _check_sparse_count(pairs: int, limits: Limits, context: str) -> None:
+    if pairs > limits.max_sparse_regions:
+        raise LimitExceededError(
+            f"sparse map of more than {limits.max_sparse_regions} regions", context=context,
+            hint="raise Limits.max_sparse_regions if the image is genuine")
+
+
+def _check_sparse(sparse: array[int], real: int, stored: int, context: str) -> None:
     at = total = 0
-    for off, length in runs:
+    for i in range(0, len(sparse), 2):
+        off, length = sparse[i], sparse[i + 1]
         if off < at or length < 0 or off + length > real:
             raise LayerError("invalid sparse map (overlapping or out of range)", context=context)
         at = off + length
@@ -806,8 +843,9 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
     the data of a file of at most ``small`` bytes (not sparse) as ``bytes``."""
     buf = _Buffer(stream)
     globals_: dict[bytes, bytes] = {}
+    global_bytes = 0
     pax: dict[bytes, bytes] = {}
-    pax_sparse_pairs: list[int] = []
+    pax_sparse_pairs = array("q")
     long_name: bytes | None = None
     long_link: bytes | None = None
     index = 0
@@ -865,12 +903,20 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
                 long_link = _nts(data)
             else:
                 records = _pax_records(data, context)
-                target = pax if typeflag == b"x" else globals_
-                for key, value in records:
-                    if typeflag == b"x" and key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
-                        pax_sparse_pairs.append(_pax_int(value, key, context))
-                    else:
-                        target[key] = value
+                if typeflag == b"x":
+                    for key, value in records:
+                        if key in (b"GNU.sparse.offset", b"GNU.sparse.numbytes"):
+                            if len(pax_sparse_pairs) >= 2 * limits.max_sparse_regions:
+                                _check_sparse_count(len(pax_sparse_pairs), limits, context)
+                            try:
+                                pax_sparse_pairs.append(_pax_int(value, key, context))
+                            except OverflowError:
+                                raise LayerError("invalid sparse map (numbers out of range)",
+                                                 context=context) from None
+                        else:
+                            pax[key] = value
+                else:
+                    global_bytes = _merge_globals(globals_, global_bytes, records, context)
             continue
 
         # A real member: gather its fields, extended headers first.
@@ -896,9 +942,11 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
             devminor = _num(f_devminor, "devminor", context)
         xattrs: list[tuple[bytes, bytes]] = []
         subsecond = False
-        sparse: list[tuple[int, int]] | None = None
+        sparse: array[int] | None = None
         real_size = size
-        fields = {**globals_, **pax} if globals_ else pax
+        # Globals are read in place (their size is bounded, see _merge_globals), copied
+        # only when the entry's own header overrides some of them.
+        fields = {**globals_, **pax} if globals_ and pax else pax or globals_
         if fields:
             for key, value in fields.items():
                 if key == b"path":
@@ -917,7 +965,8 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
                         exact = float(value)
                         mtime = math.floor(exact)
                     except (ValueError, OverflowError):
-                        raise LayerError(f"invalid PAX mtime {value!r}", context=context) from None
+                        raise LayerError(f"invalid PAX mtime {_cut(value)}",
+                                         context=context) from None
                     subsecond = exact != mtime
                 elif key.startswith((b"SCHILY.xattr.", b"LIBARCHIVE.xattr.")):
                     xattrs.append((key, value))
@@ -928,24 +977,25 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
             elif b"GNU.sparse.size" in fields:
                 real_size = _pax_int(fields[b"GNU.sparse.size"], b"size", context)
             if b"GNU.sparse.map" in fields:  # format 0.1
-                nums = [_pax_int(v, b"GNU.sparse.map", context)
-                        for v in fields[b"GNU.sparse.map"].split(b",") if v]
+                text = fields[b"GNU.sparse.map"]
+                _check_sparse_count(text.count(b",") // 2, limits, context)
+                nums = [_pax_int(v, b"GNU.sparse.map", context) for v in text.split(b",") if v]
                 sparse = _sparse_map(nums, context)
             elif pax_sparse_pairs:  # format 0.0
                 sparse = _sparse_map(pax_sparse_pairs, context)
             elif fields.get(b"GNU.sparse.major") == b"1":  # format 1.0: the map leads the data
-                sparse, used = _read_sparse_10(buf, size, context)
+                sparse, used = _read_sparse_10(buf, size, limits, context)
                 size -= used
                 padded -= used
         if pax or pax_sparse_pairs:
-            pax, pax_sparse_pairs = {}, []
+            pax, pax_sparse_pairs = {}, array("q")
         long_name = long_link = None
         if size < 0 or real_size < 0:
             raise LayerError(f"invalid tar header at offset {header_at} (negative size)",
                              context=context)
 
         if typeflag == b"S":  # old GNU sparse: map in the header and extension blocks
-            sparse = []
+            sparse = array("q")
             real_size = _num(block[483:495], "realsize", context)
             area, extended = block[386:482], block[482]
             while True:
@@ -953,7 +1003,12 @@ def _members(stream: _TarStream, limits: Limits, fid: Fidelity, context: str,
                     off = _num(area[i:i + 12], "sparse offset", context)
                     length = _num(area[i + 12:i + 24], "sparse length", context)
                     if off or length:
-                        sparse.append((off, length))
+                        try:
+                            sparse.extend((off, length))
+                        except OverflowError:
+                            raise LayerError("invalid sparse map (numbers out of range)",
+                                             context=context) from None
+                _check_sparse_count(len(sparse) // 2, limits, context)
                 if not extended:
                     break
                 ext = buf.exact(_BLOCK)
@@ -1021,12 +1076,13 @@ def _go_numeric(field: bytes) -> bool:
     return not text or all(0x30 <= c <= 0x37 for c in text)
 
 
-def _read_sparse_10(buf: _Buffer, size: int, context: str) -> tuple[list[tuple[int, int]], int]:
+def _read_sparse_10(buf: _Buffer, size: int, limits: Limits,
+                    context: str) -> tuple[array[int], int]:
     """The GNU sparse 1.0 map: decimal numbers, one a line, at the start of the data,
     padded to a block: the count, then offset/length pairs. Returns it and its length."""
     text = b""
     used = 0
-    numbers: list[int] = []
+    numbers = array("q")
     want: int | None = None
     while want is None or len(numbers) < 1 + 2 * want:
         if used >= size:
@@ -1035,19 +1091,48 @@ def _read_sparse_10(buf: _Buffer, size: int, context: str) -> tuple[list[tuple[i
         if len(block) < _BLOCK:
             raise LayerError("tar stream truncated inside a sparse map", context=context)
         used += _BLOCK
+        if len(text) > _SHOWN:  # a number never needs more than 20 digits
+            raise LayerError("invalid sparse map (a line is too long)", context=context)
         text += block
         lines = text.split(b"\n")
         text = lines.pop()
         for line in lines:
-            numbers.append(_pax_int(line, b"sparse map", context))
+            try:
+                numbers.append(_pax_int(line, b"sparse map", context))
+            except OverflowError:
+                raise LayerError("invalid sparse map (numbers out of range)",
+                                 context=context) from None
             if want is None:
                 want = numbers[0]
                 if want < 0 or want > size:
                     raise LayerError("invalid sparse map", context=context)
+                _check_sparse_count(want, limits, context)
             if len(numbers) >= 1 + 2 * want:
                 break
     assert want is not None
     return _sparse_map(numbers[1:1 + 2 * want], context), used
+
+
+def _merge_globals(globals_: dict[bytes, bytes], held: int,
+                   records: list[tuple[bytes, bytes]], context: str) -> int:
+    """Add a PAX global header's ``records`` to ``globals_``, keeping only the fields an
+    entry reads; returns the bytes they hold. Every later entry reads them again, so
+    their size is bounded: without a bound, one 16 MiB global header costs 16 MiB of
+    work per entry after it."""
+    for key, value in records:
+        if key not in _GLOBAL_KEYS and not key.startswith(_GLOBAL_XATTRS):
+            continue
+        old = globals_.get(key)
+        if old is not None:
+            held -= len(key) + len(old)
+        globals_[key] = value
+        held += len(key) + len(value)
+    if held > _MAX_GLOBAL_BYTES or len(globals_) > _MAX_GLOBAL_FIELDS:
+        raise LimitExceededError(
+            f"PAX global headers set {len(globals_)} fields of {held} bytes for every later "
+            f"entry, more than {_MAX_GLOBAL_FIELDS} fields or {_MAX_GLOBAL_BYTES} bytes",
+            context=context, hint="the layer is malformed or hostile")
+    return held
 
 
 def _show(path: bytes) -> str:

@@ -11,7 +11,8 @@ import signal
 import struct
 import tarfile
 import threading
-from collections.abc import Set
+from collections.abc import Callable, Set
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 import ocisquash.digest as digest_module
 from ocisquash.digest import Digest
+from ocisquash.entry import HoleReader
 from ocisquash.errors import (
     DigestMismatchError,
     IntegrityError,
@@ -42,7 +44,7 @@ from ocisquash.layers import (
     sniff_compression,
 )
 
-from .cases import D, F, H
+from .cases import D, F, H, gnu_tar
 from .layerkit import MEDIA, BlobLayer, RecordingSink
 from imagebuilder import Entry, make_tar
 
@@ -573,3 +575,83 @@ def test_a_gnu_sparse_size_without_a_sparse_map_is_ignored(small_files: int) -> 
     sizes = {e.path: e.size for e, _ in read_layer(layer, small_files=small_files)}
     assert sizes == {b"f": 3, b"g": 2}
     assert entries(layer, small_files=small_files) == {b"f": b"abc", b"g": b"hi"}
+
+
+def _global_header(records: dict[str, str]) -> bytes:
+    return tarfile.TarInfo._create_pax_generic_header(  # type: ignore[attr-defined]
+        records, tarfile.XGLTYPE, "utf-8")
+
+
+def test_pax_global_headers_are_bounded_across_headers() -> None:
+    # Each header is small, but together they would hand every later entry 400 xattrs
+    # to read again (the fields used to pile up without bound).
+    head = b"".join(_global_header({f"SCHILY.xattr.user.k{i}.{j}": "v" for j in range(2)})
+                    for i in range(200))
+    tar = head + make_tar([F("a", b"x")])
+    with pytest.raises(LimitExceededError, match=r"PAX global headers set \d+ fields"):
+        entries(BlobLayer.of(tar, "gzip"))
+    # One global field too large for every entry to carry.
+    big = _global_header({"SCHILY.xattr.user.big": "v" * (64 << 10)}) + make_tar([F("a")])
+    with pytest.raises(LimitExceededError, match="for every later entry"):
+        entries(BlobLayer.of(big, "tar"))
+
+
+def test_pax_global_fields_no_entry_reads_are_not_kept() -> None:
+    # git archive writes a global "comment"; a large one costs nothing per entry.
+    tar = _global_header({"comment": "c" * (4 << 20), "GNU.sparse.map": "0,1"}) + \
+        make_tar([F("a", b"x"), F("b", b"y")])
+    assert entries(BlobLayer.of(tar, "tar")) == {b"a": b"x", b"b": b"y"}
+
+
+def _holey_tree(regions: int) -> Callable[[Path], None]:
+    def build(root: Path) -> None:
+        with open(root / "holey", "wb") as f:
+            for i in range(regions):
+                f.seek(i * 16384)
+                f.write(b"%06d" % i)
+            f.truncate(regions * 16384)
+    return build
+
+
+@pytest.mark.parametrize("options", [("--format=gnu",), ("--format=pax", "--sparse-version=0.0"),
+                                     ("--format=pax", "--sparse-version=0.1"),
+                                     ("--format=pax", "--sparse-version=1.0")],
+                         ids=["old-gnu", "pax-0.0", "pax-0.1", "pax-1.0"])
+def test_sparse_maps_are_bounded_in_every_format(options: tuple[str, ...]) -> None:
+    tar = gnu_tar(_holey_tree(60), "--sparse", *options)()
+    want = bytearray(60 * 16384)
+    for i in range(60):
+        want[i * 16384:i * 16384 + 6] = b"%06d" % i
+    assert entries(BlobLayer.of(tar, "tar"), limits=Limits(max_sparse_regions=100)) == \
+        {b"": None, b"holey": bytes(want)}
+    with pytest.raises(LimitExceededError, match="sparse map of more than 50 regions"):
+        entries(BlobLayer.of(tar, "tar"), limits=Limits(max_sparse_regions=50))
+
+
+def test_a_sparse_file_hands_its_holes_over_without_reading_them() -> None:
+    tar = gnu_tar(_holey_tree(3), "--sparse", "--format=pax")()
+    for entry, data in read_layer(BlobLayer.of(tar, "tar")):
+        if entry.path != b"holey":
+            continue
+        assert isinstance(data, HoleReader)
+        # GNU tar maps data in whole filesystem blocks of 4 KiB.
+        assert data.zeros_ahead() == 0
+        assert data.read(6) == b"000000" and data.zeros_ahead() == 0
+        assert data.read(4090) == bytes(4090)
+        assert data.zeros_ahead() == 16384 - 4096
+        with pytest.raises(ValueError):
+            data.skip_zeros(16384)
+        data.skip_zeros(16384 - 4096)
+        assert data.read(16384) == b"000001" + bytes(16384 - 6)
+        assert data.zeros_ahead() == 0 and data.read(7) == b"000002\0"
+
+
+def test_a_huge_pax_number_is_cut_in_the_error() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("f")
+        ti.pax_headers = {"uid": "9" * 5000}
+        tf.addfile(ti)
+    with pytest.raises(LayerError) as err:
+        entries(BlobLayer.of(buf.getvalue(), "tar"))
+    assert "(5000 bytes)" in str(err.value) and len(str(err.value)) < 300

@@ -46,15 +46,21 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
+from ..entry import HoleReader
 from ..errors import SquashfsError
 from ..interpreter import HeldSetting
 from .compressor import Compressor
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 
-#: Called once a block is on disk with (absolute offset, on-disk size field).
-Placed = Callable[[int, int], None]
+
+class Placed(Protocol):
+    """Told where a block landed: its offset and its size field, ``count`` times over
+    for a run of zero blocks."""
+
+    def __call__(self, position: int, field: int, count: int = 1) -> None: ...
+
 
 #: Uncompressed bytes of blocks queued or being compressed, per worker.
 IN_FLIGHT_BYTES = 4 << 20
@@ -123,7 +129,8 @@ class BlockPipeline:
 
     @property
     def submitted(self) -> int:
-        """Number of blocks submitted so far; a mark for :meth:`discard_since`."""
+        """Number of submissions so far (a run of zero blocks is one); a mark for
+        :meth:`discard_since`."""
         return self._submitted
 
     def submit(self, data: bytes, placed: Placed) -> None:
@@ -146,16 +153,21 @@ class BlockPipeline:
         self._filling = None
         batch.future = self._pool.submit(_compress_batch, self._compressor, batch.blocks)
 
-    def submit_sparse(self, placed: Placed) -> None:
-        """Queue an all-zero block: nothing is written, its size field is 0."""
-        self._queue.append((None, 0, placed))
+    def submit_sparse(self, placed: Placed, count: int = 1) -> None:
+        """Queue ``count`` all-zero blocks: nothing is written, their size fields are 0.
+        They are one item of the queue, and ``placed`` is called once per block."""
+        self._queue.append((None, count, placed))
         self._submitted += 1
+        # Retired as soon as the blocks before them are: a long run of zero blocks
+        # must not grow the queue (a 1 TiB hole is 8 million of them).
+        while len(self._queue) > self._limit:
+            self._retire()
 
     def _retire(self) -> None:
         batch, index, placed = self._queue.popleft()
         self._retired += 1
         if batch is None:
-            placed(self.position, 0)
+            placed(self.position, 0, index)
             return
         if batch.future is None:
             self._hand_over()
@@ -235,11 +247,14 @@ class FileData:
         #: "The number of bytes saved by omitting zero bytes."
         self.sparse = 0
 
-    def placed(self, position: int, field: int) -> None:
+    def placed(self, position: int, field: int, count: int = 1) -> None:
         if self.sizes is None:
             self.start = position
             self.sizes = array("I")
-        self.sizes.append(field)
+        if count == 1:
+            self.sizes.append(field)
+        else:  # a run of zero blocks
+            self.sizes.frombytes(bytes(4 * count))
 
     def block_list(self) -> bytes:
         """The inode's "block sizes" array, packed."""
@@ -308,7 +323,25 @@ class DataWriter:
         remaining = size
         total = 0
         tail = b""
+        holes = stream if isinstance(stream, HoleReader) else None
         while remaining is None or remaining > 0:
+            if holes is not None:
+                # Whole blocks of a hole are zero blocks, skipped without reading them.
+                zeros = holes.zeros_ahead()
+                if remaining is not None:
+                    zeros = min(zeros, remaining)
+                run = zeros // bs
+                if run:
+                    holes.skip_zeros(run * bs)
+                    if hasher is not None:
+                        for done in range(0, run, 1 << 20):
+                            hasher.update(_ZERO_RECORD * min(run - done, 1 << 20))
+                    record.sparse += run * bs
+                    total += run * bs
+                    if remaining is not None:
+                        remaining -= run * bs
+                    self._pipeline.submit_sparse(record.placed, run)
+                    continue
             want = bs if remaining is None else min(bs, remaining)
             block = _read_exactly(stream, want)
             if remaining is not None:
@@ -472,7 +505,7 @@ class DataWriter:
         self._fragment.clear()
         self._fragment_count += 1
 
-    def _fragment_placed(self, position: int, field: int) -> None:
+    def _fragment_placed(self, position: int, field: int, count: int = 1) -> None:
         self.fragment_table.append(FRAGMENT_ENTRY.pack(position, field, 0))
 
 
