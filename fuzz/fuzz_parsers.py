@@ -106,6 +106,35 @@ def _tar(fmt: int) -> bytes:
 TARS = [_tar(tarfile.USTAR_FORMAT), _tar(tarfile.GNU_FORMAT), _tar(tarfile.PAX_FORMAT)]
 
 
+def _hostile_tar() -> bytes:
+    """The patterns that were quadratic or unbounded (timed by bench/bench_hostile.py):
+    PAX global headers before every few entries, hard links and directories replaced
+    later in their own layer, a sparse map of many regions."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        def add(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", link: str = "") -> None:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.size, ti.linkname = kind, len(data), link
+            tf.addfile(ti, io.BytesIO(data) if data else None)
+
+        add("a", data=b"x")
+        for i in range(8):
+            buf.write(tarfile.TarInfo._create_pax_generic_header(  # type: ignore[attr-defined]
+                {f"SCHILY.xattr.user.g{i}": "v", "comment": "c" * 100}, tarfile.XGLTYPE,
+                "utf-8"))
+            tf.offset = buf.tell()
+            add(f"l{i}", tarfile.LNKTYPE, link="a")
+            add(f"d{i}", tarfile.DIRTYPE)
+            add(f"d{i}/x", tarfile.LNKTYPE, link="a")
+        for i in reversed(range(8)):
+            add(f"l{i}", data=b"y")
+            add(f"d{i}", data=b"f")
+    return buf.getvalue()
+
+
+LAYER_TARS = [*TARS, _hostile_tar()]
+
+
 def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -257,7 +286,7 @@ class Fuzzer:
         return raw
 
     def layers(self) -> bytes:
-        tar = self.rnd.choice(TARS)
+        tar = self.rnd.choice(LAYER_TARS)
         how = self.rnd.choice(["tar", "gzip", "zstd"])
         if self.rnd.random() < 0.7:  # damage the tar, keep the compression valid
             tar = mutate_bytes(self.rnd, tar, limit=4096)

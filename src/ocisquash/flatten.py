@@ -145,7 +145,7 @@ class _Decided:
     exists only as a parent, whose metadata a lower layer may still supply.
     """
 
-    __slots__ = ("implicit", "kind", "layer", "meta_layer", "opaque")
+    __slots__ = ("implicit", "kind", "layer", "meta_layer", "opaque", "under")
 
     def __init__(self, kind: int, layer: int, implicit: bool = False,
                  meta_layer: int = -1) -> None:
@@ -155,19 +155,27 @@ class _Decided:
         self.opaque = False
         #: the layer whose entry gave a directory its metadata (-1: none yet)
         self.meta_layer = meta_layer
+        #: the lowest layer that decided a path beneath this one (-1: none yet)
+        self.under = -1
 
 
 class _Inode:
-    """A non-directory of the layer being read, as hard links see it."""
+    """A non-directory of the layer being read, as hard links see it.
 
-    __slots__ = ("deferred", "entry", "written")
+    Names are appended to ``written`` and ``deferred`` and never removed: a name
+    replaced later is skipped where the lists are read (``_LayerPass._holder``),
+    because removing it from a long list on every replacement was quadratic."""
+
+    __slots__ = ("deferred", "entry", "head", "written")
 
     def __init__(self, entry: TarEntry, written: list[bytes]) -> None:
         self.entry = entry
-        #: sink paths that hold this inode now
+        #: sink paths that held this inode when they were written, in order
         self.written = written
-        #: surviving link names waiting for the second pass (target data was skipped);
-        #: None until there is one, as one such object exists per file of the layer
+        #: ``written[head]`` is the first that may still hold it
+        self.head = 0
+        #: link names that waited for the second pass (target data was skipped); None
+        #: until there is one, as one such object exists per file of the layer
         self.deferred: list[bytes] | None = None
 
 
@@ -244,6 +252,8 @@ class _LayerPass:
         self.names: dict[bytes, _Inode] = {}
         #: link names waiting for the second pass → their inode
         self.deferred: dict[bytes, _Inode] = {}
+        #: the names above, by directory (kept only once ``_forget_below`` needs it)
+        self.kids: dict[bytes, set[bytes]] | None = None
         #: a directory whose ancestors (and itself) were all found decided, passable
         #: directories: its children need no walk up the tree. Entries directly under
         #: it cannot change that chain (see _entry), and any other parent replaces it.
@@ -293,6 +303,7 @@ class _LayerPass:
             self._emit(e, data)
             self.decided[path] = _Decided(_DIR if e.kind == "dir" else _NONDIR, self.index,
                                           meta_layer=self.index)
+            self._touch(path)
         elif node.layer > self.index:  # decided by an upper layer
             if node.kind == _DIR and e.kind == "dir":
                 if node.implicit or node.meta_layer == self.index:
@@ -304,6 +315,7 @@ class _LayerPass:
                 self._emit(e, data)
                 node.kind, node.layer = (_DIR if e.kind == "dir" else _NONDIR), self.index
                 node.meta_layer = self.index
+                self._touch(path)
             else:
                 self._create_parents(missing)
                 if node.kind == _DIR and e.kind != "dir":
@@ -332,6 +344,8 @@ class _LayerPass:
                 node.kind, node.implicit = (_DIR if e.kind == "dir" else _NONDIR), False
         for parent in missing:
             self.decided[parent] = _Decided(_DIR, self.index, implicit=True)
+        if missing:
+            self._touch(missing[-1])
 
     def _keep_parents(self, path: bytes) -> None:
         """``path`` is hidden by an ancestor's decision; the directories above it that
@@ -365,6 +379,7 @@ class _LayerPass:
                 self.decided[p] = _Decided(_DIR, self.index, implicit=True)
             else:
                 node.kind, node.layer, node.implicit = _DIR, self.index, True
+        self._touch(missing[-1])
 
     def _note_clobbered_own_entries(self, path: bytes) -> None:
         """This layer replaced its own directory ``path`` by a non-directory, but an
@@ -372,11 +387,23 @@ class _LayerPass:
         beneath it stay (the sink cannot take them back), where extracting the layers
         in order would have dropped them. Layers never do this (the spec forbids
         duplicate names), so it is recorded rather than handled."""
-        prefix = path + b"/"
-        for name, node in self.decided.items():
-            if node.layer == self.index and name.startswith(prefix):
-                self.f.fidelity.note("same-layer-replacement-ignored", path)
+        if self.decided[path].under == self.index:
+            self.f.fidelity.note("same-layer-replacement-ignored", path)
+
+    def _touch(self, path: bytes) -> None:
+        """This layer decided ``path``: mark its ancestors (``_Decided.under``). A walk
+        stops at an ancestor marked already, whose own ancestors are then marked too, so
+        each node is marked once per layer. Ancestors not decided yet are this layer's
+        parents about to be made, which it marks itself."""
+        index, decided = self.index, self.decided
+        while path:
+            path = _parent(path)
+            node = decided.get(path)
+            if node is None:
+                continue
+            if node.under == index:
                 return
+            node.under = index
 
     def _visible(self, path: bytes) -> list[bytes] | None:
         """``None`` when an upper layer hides ``path`` through an ancestor; else the
@@ -454,7 +481,7 @@ class _LayerPass:
             self._link(e)
         else:
             self._write(path, e, data)
-            self.names[path] = _Inode(e, [path])
+            self._bind(path, _Inode(e, [path]))
 
     def _write(self, path: bytes, e: TarEntry, data: BinaryIO | bytes | None) -> None:
         """Hand one non-directory, non-link entry to the sink under ``path``."""
@@ -479,9 +506,9 @@ class _LayerPass:
             target = self.names.get(e.linkname)
             if target is None:
                 raise self._dangling(e)
-            self.names[e.path] = target
+            self._bind(e.path, target)
         else:
-            self.names[e.path] = _Inode(e, [])
+            self._bind(e.path, _Inode(e, []))
 
     def _dangling(self, e: TarEntry) -> LayerError:
         return LayerError(
@@ -497,9 +524,10 @@ class _LayerPass:
         if inode is None:
             raise self._dangling(e)
         path = e.path
-        self.names[path] = inode
-        if inode.written:
-            self.sink.add_hardlink(path, inode.written[0])
+        holder = self._holder(inode)
+        self._bind(path, inode)
+        if holder is not None:
+            self.sink.add_hardlink(path, holder)
             inode.written.append(path)
             return
         t = inode.entry
@@ -514,30 +542,63 @@ class _LayerPass:
         self._write(path, t, None)
         inode.written.append(path)
 
+    def _holds(self, path: bytes, inode: _Inode) -> bool:
+        """Whether the sink's ``path`` holds ``inode`` (a name in its ``written`` list
+        may have been replaced since, or now wait for the second pass)."""
+        return self.names.get(path) is inode and path not in self.deferred
+
+    def _holder(self, inode: _Inode) -> bytes | None:
+        """The first name written with ``inode`` that still holds it, if any."""
+        written = inode.written
+        while inode.head < len(written):
+            name = written[inode.head]
+            if self._holds(name, inode):
+                return name
+            inode.head += 1
+        return None
+
+    def _bind(self, path: bytes, inode: _Inode) -> None:
+        self.names[path] = inode
+        if self.kids is not None:
+            self._index(path)
+
+    def _index(self, path: bytes) -> None:
+        kids = self.kids
+        assert kids is not None
+        while path:
+            parent = _parent(path)
+            known = kids.get(parent)
+            if known is not None:
+                known.add(path)
+                return
+            kids[parent] = {path}
+            path = parent
+
     def _release(self, path: bytes) -> None:
         """``path`` is about to be replaced in the sink: it no longer holds its inode."""
-        old = self.names.pop(path, None)
-        if old is not None and path in old.written:
-            old.written.remove(path)
-        waiting = self.deferred.pop(path, None)
-        if waiting is not None and waiting.deferred is not None:
-            waiting.deferred.remove(path)
+        self.names.pop(path, None)
+        self.deferred.pop(path, None)
 
     def _forget_below(self, path: bytes) -> None:
-        """A directory of this layer is replaced: its subtree leaves the sink."""
-        prefix = path + b"/"
-        for name in [n for n in self.names if n.startswith(prefix)]:
-            self._release(name)
-        for name in [n for n in self.deferred if n.startswith(prefix)]:
-            self._release(name)
+        """A directory of this layer is replaced: its subtree leaves the sink. The
+        names are found through an index by directory, built the first time a layer
+        does this (most never do), so that each name is visited once."""
+        if self.kids is None:
+            self.kids = {}
+            for name in self.names:
+                self._index(name)
+        stack = [path]
+        while stack:
+            for name in self.kids.pop(stack.pop(), ()):
+                self._release(name)
+                stack.append(name)
 
     # -- the second pass ------------------------------------------------------------
 
     def _second_pass(self) -> None:
         wanted: dict[int, _Inode] = {}
         for inode in self.deferred.values():
-            if inode.deferred:
-                wanted[inode.entry.position] = inode
+            wanted[inode.entry.position] = inode
         if not wanted:
             return
         f = self.f
@@ -553,7 +614,9 @@ class _LayerPass:
                 continue
             inode = wanted_inode
             assert inode.deferred is not None
-            first, *rest = inode.deferred
+            # The names still waiting, in the order they were linked, each once.
+            first, *rest = dict.fromkeys(
+                n for n in inode.deferred if self.deferred.get(n) is inode)
             self.sink.add_file(first, inode.entry.meta, data, entry.size)
             f.files += 1
             f.bytes += entry.size

@@ -28,6 +28,18 @@ _ENTRIES = [
     Entry("dev/null", "char", devmajor=1, devminor=3), F("tail", b"x" * 5000),
 ]
 BASES = [make_tar(_ENTRIES, format=tarfile.PAX_FORMAT), make_tar(_ENTRIES, format=tarfile.GNU_FORMAT)]
+#: the patterns that were quadratic or unbounded (bench/bench_hostile.py times them):
+#: global headers, links and directories replaced in their own layer
+_GLOBALS = b"".join(tarfile.TarInfo._create_pax_generic_header(  # type: ignore[attr-defined]
+    {"comment": "c" * 600, f"SCHILY.xattr.user.g{i}": "v", "uid": str(i)}, tarfile.XGLTYPE,
+    "utf-8") for i in range(3))
+BASES += [
+    _GLOBALS + make_tar([F("a", b"x"), H("l1", "a"), H("l2", "a"), F("l2", b"y"), F("l1", b"z"),
+                         D("d"), H("d/x", "a"), F("d", b"f"), H("z", "a")]),
+    make_tar([F("a", b"x"), H("l1", "a"), F("a", b"2"), H("l2", "l1"), F("l1", b"y"),
+              D("d"), D("d/e"), F("d/e/f"), F("d", b"f"), D("d"), F("d/g")],
+             format=tarfile.GNU_FORMAT),
+]
 if shutil.which("tar"):  # sparse entries: old GNU 'S' headers and PAX sparse 1.0 maps
     BASES += [gnu_tar(_sparse_tree, "--sparse", "--format=gnu")(),
               gnu_tar(_sparse_tree, "--sparse", "--format=pax")()]
