@@ -244,3 +244,26 @@ def test_pax_record_without_a_length_fails_instead_of_hanging(tmp_path: Path) ->
                    "--cache-dir", str(tmp_path / "cache"), "--quiet", timeout=30)
     line = clean_error_line(proc)
     assert "invalid PAX header record" in line, line
+
+
+def test_a_fifo_in_a_layout_or_as_an_archive_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO planted as index.json, as a manifest or config blob, or given as an
+    archive used to block the compile forever, waiting for a writer."""
+    manifest, config = _valid_documents()
+    fifo_at = {"index": "index.json",
+               "manifest": "blobs/sha256/" + sha256(manifest).split(":")[1],
+               "config": "blobs/sha256/" + sha256(config).split(":")[1]}
+    targets = {}
+    for name, member in fifo_at.items():
+        layout = write_raw_layout(tmp_path / name, manifest=manifest, config=config,
+                                  layers=[_LAYER])
+        (layout / member).unlink()
+        os.mkfifo(layout / member)
+        targets[name] = f"oci:{layout}:latest"
+    os.mkfifo(tmp_path / "archive.tar")
+    targets["archive"] = f"docker-archive:{tmp_path / 'archive.tar'}"
+    for name, target in targets.items():
+        proc = run_cli("compile", target, "-o", str(tmp_path / f"{name}.sqfs"),
+                       "--cache-dir", str(tmp_path / "cache"), "--quiet", timeout=60)
+        line = clean_error_line(proc)
+        assert "is a FIFO, not a regular file" in line, (name, line)

@@ -62,6 +62,7 @@ from .oci_layout import (
     build_image,
     list_tags,
     missing_blob,
+    open_regular,
     resolve_layout,
 )
 from .options import SourceOptions
@@ -157,7 +158,7 @@ class TarArchive:
 
     def _open(self) -> IO[bytes]:
         try:
-            f: IO[bytes] = open(self.path, "rb")  # noqa: SIM115 - kept open for the source's life
+            f: IO[bytes] = open_regular(self.path, "the archive", self.where)
         except FileNotFoundError:
             raise ImageNotFoundError("no such file", context=self.where) from None
         except OSError as e:

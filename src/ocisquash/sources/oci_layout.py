@@ -14,6 +14,7 @@ over the members of a tar file.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..errors import (
     OcisquashError,
     PlatformNotFoundError,
     UnsafeLayerError,
+    UnsupportedError,
 )
 from ..model import (
     OCI_INDEX,
@@ -77,6 +79,30 @@ def missing_blob(digest: Digest, where: str, what: str = "blob") -> ImageNotFoun
     )
 
 
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def open_regular(path: str | os.PathLike[str], what: str, where: str) -> BinaryIO:
+    """Open ``path`` for reading if it is a regular file; refuse anything else.
+
+    Opened with ``O_NONBLOCK``, so that a FIFO planted as a layout file is refused
+    instead of waiting forever for a writer; other ``OSError``s are the caller's."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsupportedError(
+                f"{what} is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}, not a "
+                "regular file", context=where,
+                hint="ocisquash reads images only from regular files")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class DirectoryBlobs:
     """A ``BlobStore`` over an OCI layout directory."""
 
@@ -91,7 +117,7 @@ class DirectoryBlobs:
     def read_index(self) -> bytes:
         path = self.root / "index.json"
         try:
-            with open(path, "rb") as f:
+            with open_regular(path, "index.json", self.where) as f:
                 data = f.read(MAX_MANIFEST_SIZE + 1)
         except FileNotFoundError:
             if not self.root.is_dir():
@@ -123,9 +149,12 @@ class DirectoryBlobs:
         return self._path(digest).is_file()
 
     def open_blob(self, digest: Digest) -> BinaryIO:
+        path = self._path(digest)
+        if path.is_dir():
+            raise missing_blob(digest, self.where)
         try:
-            return open(self._path(digest), "rb")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return open_regular(path, f"blob {digest.short}", self.where)
+        except (FileNotFoundError, NotADirectoryError):
             raise missing_blob(digest, self.where) from None
 
 
