@@ -24,7 +24,7 @@ from ocisquash.sources.oci_layout import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 from .conftest import Site, cli_source_args
 from .kit import clean_error_line, run_cli, sha256, write_raw_layout
 from .proxy import SlowProxy
-from imagebuilder import Entry, make_tar, write_oci_layout
+from imagebuilder import Entry, make_tar, write_docker_archive, write_oci_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 TAR_MEDIA = "application/vnd.oci.image.layer.v1.tar"
@@ -203,3 +203,46 @@ def test_the_readme_documents_every_default() -> None:
     for value in ("4 MiB", "8 MiB", f"{lim.max_layers}", "4096", "65536", "10000×", "1 GiB",
                   "10,000,000", "1 TiB", "1,048,576"):
         assert value in section, value
+
+
+def test_a_compressed_archive_is_held_to_the_ratio_limit(tmp_path: Path) -> None:
+    """A docker archive of 1.1 GiB (a member of zeros) in ~60 KB of zstd: it was unpacked
+    whole into the cache's tmp/; now it stops past 1 GiB at the 10000× ratio, and the
+    zeros it unpacked before were holes."""
+    size = (1 << 30) + (128 << 20)
+    head, tail, _ = _zeros_tar_stream(size)
+    cctx = zstandard.ZstdCompressor(level=19)
+    frame = cctx.compress(bytes(1 << 20))
+    archive = tmp_path / "bomb.tar.zst"
+    with open(archive, "wb") as f:
+        f.write(cctx.compress(head))
+        for _ in range(size >> 20):
+            f.write(frame)
+        f.write(cctx.compress(tail))
+    assert archive.stat().st_size < 100_000
+    proc = run_cli("compile", f"docker-archive:{archive}", "-o", str(tmp_path / "o.sqfs"),
+                   "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    line = clean_error_line(proc)
+    assert re.search(r"docker archive .*bomb\.tar\.zst: archive expands more than 10000×", line), line
+
+
+def test_a_compressed_archive_keeps_its_zeros_as_holes(tmp_path: Path) -> None:
+    """Zero runs of an unpacked archive are holes: the image is the same as from the
+    plain archive, whose layer holds zeros between data."""
+    data = b"head" + bytes(3 << 20) + b"tail"
+    plain = tmp_path / "plain.tar"
+    write_docker_archive(plain, [[Entry("z", data=data), Entry("a", data=b"a")]])
+    packed = tmp_path / "packed.tar.zst"
+    packed.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    outs = []
+    for name in ("plain", "packed"):
+        out = tmp_path / f"{name}.sqfs"
+        src = plain if name == "plain" else packed
+        proc = run_cli("compile", f"docker-archive:{src}", "-o", str(out), "--cache-dir",
+                       str(tmp_path / f"cache-{name}"), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    extracted = subprocess.run(["unsquashfs", "-cat", str(tmp_path / "packed.sqfs"), "z"],
+                               capture_output=True, check=True).stdout
+    assert extracted == data

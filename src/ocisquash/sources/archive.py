@@ -4,7 +4,10 @@ Nothing is extracted. The tar is indexed once (member name → offset and size)
 and every blob is read straight from its region of the file, so layers stream
 with ``os.pread`` and several can be read at once. A compressed archive (gzip,
 zstd, bzip2, xz — sniffed from its first bytes) is first decompressed into one
-anonymous temporary file, which the operating system removes when it is closed.
+anonymous temporary file, which the operating system removes when it is closed; runs
+of zeros are left as holes, and it is held to the layers' ratio limit
+(``Limits.max_ratio`` past ``Limits.ratio_floor``), so a small bomb can fill neither
+memory nor the disk.
 
 An OCI archive is a tar of an OCI layout and is resolved like one. A ``docker
 save`` archive has ``manifest.json`` (``[{Config, RepoTags, Layers}]``) and no
@@ -34,6 +37,7 @@ import zstandard
 
 from ..digest import Digest
 from ..errors import (
+    CacheError,
     DigestMismatchError,
     ImageNotFoundError,
     IntegrityError,
@@ -43,6 +47,7 @@ from ..errors import (
     UnsupportedError,
     UsageError,
 )
+from ..layers import Limits
 from ..model import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -75,6 +80,7 @@ _XZ_MAGIC = b"\xfd7zXZ\x00"
 _MAX_LINK_HOPS = 16
 _BLOB_PATH = re.compile(r"blobs/(sha256|sha512)/([0-9a-f]+)")
 _CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 
 
 def sniff_compression(head: bytes) -> str | None:
@@ -184,10 +190,21 @@ class TarArchive:
             stream = cast(BinaryIO, bz2.BZ2File(f))
         else:
             stream = cast(BinaryIO, lzma.LZMAFile(f))  # noqa: SIM115 - closed below
+        limits = Limits()
+        total = 0
         try:
             with stream:
                 while chunk := stream.read(_CHUNK):
-                    out.write(chunk)
+                    total += len(chunk)
+                    if total > limits.ratio_floor and \
+                            total > limits.max_ratio * max(f.tell(), 1):
+                        raise LimitExceededError(
+                            f"archive expands more than {limits.max_ratio}× ({f.tell()} "
+                            f"compressed bytes gave {total})", context=self.where,
+                            hint="a decompression bomb? layers and archives are held to "
+                                 "the same ratio")
+                    self._spool(out, chunk)
+            self._spool(out, None, total)
         except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as e:
             out.close()
             raise IntegrityError(f"{compression} stream is corrupt: {e}", context=self.where) from None
@@ -197,6 +214,23 @@ class TarArchive:
         out.flush()
         out.seek(0)
         return out
+
+    def _spool(self, out: IO[bytes], chunk: bytes | None, total: int = 0) -> None:
+        """Append ``chunk`` to the unpacked archive (None: end it at ``total`` bytes).
+        Zeros (tar padding, a bomb) become a hole, which takes no disk."""
+        try:
+            if chunk is None:
+                out.truncate(total)
+            elif chunk == _ZEROS[:len(chunk)]:
+                out.seek(len(chunk), os.SEEK_CUR)
+            else:
+                out.write(chunk)
+        except OSError as e:
+            raise CacheError(
+                f"cannot unpack the archive into {self._temp_dir or tempfile.gettempdir()}: "
+                f"{e.strerror}", context=self.where,
+                hint="a compressed archive is unpacked there first; free some space, or "
+                     "decompress the archive yourself") from None
 
     def _index(self, f: IO[bytes]) -> None:
         try:
