@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
 from .entry import EntryMeta
-from .errors import LayerError, LimitExceededError, UnsafeLayerError
+from .errors import ErofsError, LayerError, LimitExceededError, SquashfsError, UnsafeLayerError
 from .layers import Fidelity, FidelityIssue, Limits, TarEntry, layer_context, read_layer
 from .sources.base import Layer
 
@@ -264,14 +264,18 @@ class _LayerPass:
     def run(self) -> None:
         f = self.f
         limit = f.limits.max_entries
-        for entry, data in read_layer(self.layer, limits=f.limits, fidelity=f.fidelity,
-                                      index=self.index, small_files=SMALL_FILE):
-            f.entries += 1
-            if f.entries > limit:
-                raise LimitExceededError(f"more than {limit} entries in the image",
-                                         context=self.context)
-            self._entry(entry, data)
-        self._second_pass()
+        try:
+            for entry, data in read_layer(self.layer, limits=f.limits, fidelity=f.fidelity,
+                                          index=self.index, small_files=SMALL_FILE):
+                f.entries += 1
+                if f.entries > limit:
+                    raise LimitExceededError(f"more than {limit} entries in the image",
+                                             context=self.context)
+                self._entry(entry, data)
+            self._second_pass()
+        except (SquashfsError, ErofsError) as e:
+            # The writer names the path; which layer holds it is the reader's to say.
+            raise e.with_context(self.context) from None
         self._apply_markers()
 
     def _entry(self, e: TarEntry, data: BinaryIO | bytes | None) -> None:

@@ -76,6 +76,11 @@ KEPT_XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 MAX_MTIME = 2**32 - 1
 #: the id used for an owner that does not fit 32 bits (the kernel's overflow id).
 OVERFLOW_ID = 65534
+#: the longest file name Linux allows (``NAME_MAX``): squashfs could store 256 bytes, but
+#: neither the kernel nor unsquashfs could use such a name
+MAX_NAME = 255
+#: the longest symlink target Linux allows: ``PATH_MAX`` less its terminating NUL
+MAX_SYMLINK_TARGET = 4095
 
 _CHUNK = 1 << 20
 #: compressed bytes handed to the zstd decoder at once: a zstd frame expands at most
@@ -1149,6 +1154,8 @@ def _entry(raw_path: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtim
             context=context,
         )
     path = normalize_path(raw_path, context=context)
+    if len(path) > MAX_NAME:
+        _check_names(path, context)
     if size > limits.max_file_size:
         raise LimitExceededError(
             f"file {_show(path)} is {size} bytes, more than {limits.max_file_size}",
@@ -1182,10 +1189,11 @@ def _entry(raw_path: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtim
         linkname = raw_link
         if b"\0" in linkname or not linkname:
             raise LayerError(f"symlink {_show(path)} has an invalid target", context=context)
-        if len(linkname) > limits.max_path_length:
+        longest = min(limits.max_path_length, MAX_SYMLINK_TARGET)
+        if len(linkname) > longest:
             raise LimitExceededError(
-                f"symlink target of {len(linkname)} bytes is longer than "
-                f"{limits.max_path_length}", context=context)
+                f"symlink target of {len(linkname)} bytes is longer than {longest}",
+                context=f"{context}: {_show(path)}")
     elif kind == "hardlink":
         linkname = normalize_path(raw_link, context=context)
         if not linkname:
@@ -1193,6 +1201,19 @@ def _entry(raw_path: bytes, kind: EntryKind, mode: int, uid: int, gid: int, mtim
     if devmajor < 0 or devminor < 0:
         raise LayerError(f"device {_show(path)} has a negative number", context=context)
     return TarEntry(path, kind, meta, size, linkname, devmajor, devminor, index)
+
+
+def _check_names(path: bytes, context: str) -> None:
+    """Refuse a component of ``path`` longer than ``MAX_NAME`` (a whiteout's name may
+    be its prefix longer: it names a file, and is never created itself)."""
+    parts = path.split(b"/")
+    for i, part in enumerate(parts):
+        allowed = MAX_NAME + 4 if i == len(parts) - 1 and part.startswith(b".wh.") else MAX_NAME
+        if len(part) > allowed:
+            raise LimitExceededError(
+                f"file name of {len(part)} bytes is longer than {MAX_NAME}",
+                context=f"{context}: {_show(path)[:200]}",
+                hint="Linux allows 255 bytes per name; no mounted image could show it")
 
 
 def _xattrs(pax: list[tuple[bytes, bytes]], path: bytes, limits: Limits, fid: Fidelity,

@@ -267,3 +267,17 @@ def test_a_fifo_in_a_layout_or_as_an_archive_is_refused_not_waited_on(tmp_path: 
                        "--cache-dir", str(tmp_path / "cache"), "--quiet", timeout=60)
         line = clean_error_line(proc)
         assert "is a FIFO, not a regular file" in line, (name, line)
+
+
+def test_a_config_descriptor_of_size_0_is_reported_as_such(tmp_path: Path) -> None:
+    """It was reported as "size is 1 bytes, expected 0": one byte past the size is all
+    that is read."""
+    manifest, config = _valid_documents()
+    doc = json.loads(manifest)
+    doc["config"]["size"] = 0
+    layout = write_raw_layout(tmp_path / "layout", manifest=json.dumps(doc).encode(),
+                              config=config, layers=[_LAYER])
+    proc = run_cli("compile", f"oci:{layout}:latest", "-o", str(tmp_path / "o.sqfs"),
+                   "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    line = clean_error_line(proc)
+    assert "size is more than the 0 bytes its descriptor says" in line, line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -82,8 +83,9 @@ def test_path_link_and_xattr_limits(tmp_path: Path) -> None:
     long_path = "/".join(["d" * 200] * 21)  # 4220 bytes
     cases = {
         "path": ([Entry(long_path, data=b"x")], r"path of 4220 bytes is longer than 4096"),
-        "link": ([Entry("l", "symlink", linkname="t" * 4097)],
-                 r"symlink target of 4097 bytes is longer than 4096"),
+        "link": ([Entry("l", "symlink", linkname="t" * 4096)],
+                 r"symlink target of 4096 bytes is longer than 4095"),
+        "name": ([Entry("d/" + "n" * 256, data=b"x")], r"file name of 256 bytes is longer than 255"),
         "xattr": ([Entry("f", data=b"x", xattrs={"user.big": b"v" * 65537})],
                   r"user\.big.* 65537 bytes, more than 65536"),
     }
@@ -92,6 +94,25 @@ def test_path_link_and_xattr_limits(tmp_path: Path) -> None:
         write_oci_layout(layout, [entries], compression="gzip")
         line = _refused(layout, tmp_path / f"{name}-work", pattern)
         assert line.startswith("ocisquash: layer sha256:"), line
+
+
+def test_the_longest_name_and_link_target_linux_allows_are_kept(tmp_path: Path) -> None:
+    """255 bytes per name and 4095 per symlink target: unsquashfs extracts both (it
+    could not extract the 256-byte names the layer reader used to let through)."""
+    name, target = "n" * 255, "/" + "t" * 4094
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, [[Entry(name, data=b"x"), Entry("l", "symlink", linkname=target),
+                               Entry("w" * 255, data=b"w")], [Entry(".wh." + "w" * 255)]],
+                     compression="gzip")
+    out = tmp_path / "out.squashfs"
+    proc = run_cli("compile", f"oci:{layout}:latest", "-o", str(out), "--cache-dir",
+                   str(tmp_path / "cache"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    subprocess.run(["unsquashfs", "-d", str(tmp_path / "x"), str(out)], check=True,
+                   capture_output=True)
+    assert (tmp_path / "x" / name).read_bytes() == b"x"
+    assert os.readlink(tmp_path / "x" / "l") == target
+    assert not (tmp_path / "x" / ("w" * 255)).exists()
 
 
 def _zeros_tar_stream(size: int) -> tuple[bytes, bytes, str]:

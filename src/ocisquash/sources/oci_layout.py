@@ -27,6 +27,7 @@ from ..errors import (
     ManifestError,
     OcisquashError,
     PlatformNotFoundError,
+    SizeMismatchError,
     UnsafeLayerError,
     UnsupportedError,
 )
@@ -212,6 +213,9 @@ def read_small_blob(store: BlobStore, desc: Descriptor, what: str, limit: int) -
         )
     with store.open_blob(desc.digest) as f:
         data = f.read(desc.size + 1)
+    if len(data) > desc.size:  # only one byte more was read: its real size is unknown
+        raise SizeMismatchError(f"size is more than the {desc.size} bytes its descriptor says",
+                                context=f"{store.where}: {what} {desc.digest.short}")
     try:
         verify_bytes(data, desc.digest, desc.size, what=what)
     except OcisquashError as e:
