@@ -1,10 +1,11 @@
-"""Mount a compiled image read-only, or writable with a tmpfs overlay, and unmount it.
+"""Mount a compiled image (squashfs or EROFS, told apart by magic) read-only, or writable with a tmpfs overlay, and unmount it.
 
 Which way is chosen:
 
 * as root, the kernel: ``mount -t squashfs -o loop,ro`` (the loop device is released
   when the image is unmounted, by ``autoclear``);
-* without root, ``squashfuse`` when it and ``/dev/fuse`` are present;
+* without root, ``squashfuse`` (``erofsfuse`` for an EROFS image) when it and
+  ``/dev/fuse`` are present;
 * otherwise a :class:`~ocisquash.errors.UnsupportedError` that says what is missing.
 
 ``overlay=True`` (root only: only root can mount a tmpfs and an overlay outside a user
@@ -34,7 +35,7 @@ class Mounted:
     """What :func:`mount_image` did."""
 
     target: Path
-    #: "loop", "squashfuse"
+    #: "loop", "squashfuse" or "erofsfuse"
     method: str
     overlay: bool
 
@@ -48,10 +49,6 @@ def _run(argv: list[str], what: str) -> None:
 
 def _is_root() -> bool:
     return os.geteuid() == 0
-
-
-def _fuse_usable() -> bool:
-    return shutil.which("squashfuse") is not None and os.path.exists("/dev/fuse")
 
 
 def _mountinfo() -> list[tuple[str, str, str, str]]:
@@ -86,18 +83,35 @@ def _state_dir(target: Path) -> Path:
     return STATE_ROOT / hashlib.sha256(str(target).encode()).hexdigest()[:16]
 
 
+#: EROFS: "EROFS_SUPER_MAGIC_V1 0xE0F5E1E2" at byte 1024 (the superblock's offset).
+EROFS_MAGIC = (1024, bytes.fromhex("e2e1f5e0"))
+
+
+def _filesystem(image: Path) -> str:
+    """``erofs`` or ``squashfs``, by the image's magic."""
+    try:
+        with open(image, "rb") as f:
+            f.seek(EROFS_MAGIC[0])
+            if f.read(4) == EROFS_MAGIC[1]:
+                return "erofs"
+    except OSError as e:
+        raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
+    return "squashfs"
+
+
 def _mount_readonly(image: Path, target: Path) -> str:
+    fs = _filesystem(image)
     if _is_root():
-        _run(["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(target)],
+        _run(["mount", "-t", fs, "-o", "loop,ro", str(image), str(target)],
              f"cannot mount {image} on {target}")
         return "loop"
-    if _fuse_usable():
-        _run(["squashfuse", str(image), str(target)], f"cannot mount {image} on {target}")
-        return "squashfuse"
+    fuse = "squashfuse" if fs == "squashfs" else "erofsfuse"
+    if shutil.which(fuse) is not None and os.path.exists("/dev/fuse"):
+        _run([fuse, str(image), str(target)], f"cannot mount {image} on {target}")
+        return fuse
     raise UnsupportedError(
-        f"cannot mount {image}: not root, and squashfuse is not available",
-        hint="run as root (a loop mount), install squashfuse (and give access to "
-             "/dev/fuse), or extract it with 'unsquashfs -d DIR IMAGE'")
+        f"cannot mount {image}: not root, and {fuse} is not available",
+        hint=f"run as root (a loop mount), or install {fuse} (and give access to /dev/fuse)")
 
 
 def mount_image(image: str | os.PathLike[str], target: str | os.PathLike[str], *,

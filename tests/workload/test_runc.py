@@ -187,5 +187,22 @@ def test_mount_refuses_clearly_without_root_or_squashfuse(
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines()[0] == (
         f"ocisquash: cannot mount {image}: not root, and squashfuse is not available")
-    assert proc.stderr.splitlines()[1].startswith("hint: run as root")
+    assert proc.stderr.splitlines()[1] == (
+        "hint: run as root (a loop mount), or install squashfuse (and give access to /dev/fuse)")
     assert "Traceback" not in proc.stderr
+
+
+def test_mount_tells_an_erofs_image_by_its_magic(tmp_path: Path) -> None:
+    _require_runc()
+    ref = write_workload(tmp_path / "layout", CONFIG)
+    image, target = tmp_path / "app.erofs", tmp_path / "mnt"
+    target.mkdir()
+    ocisquash("compile", ref, "-o", str(image), "--format", "erofs",
+              "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    ocisquash("mount", str(image), str(target))
+    try:
+        assert (target / "work" / "hello.txt").read_text() == "hello from the image\n"
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        assert any(f" {target} " in ln and " - erofs " in ln for ln in mounts)
+    finally:
+        ocisquash("umount", str(target))
