@@ -1,4 +1,4 @@
-"""A compiled image boots as a VM's root disk: QEMU (``-accel tcg``), a stock Debian
+"""A compiled image (squashfs, and EROFS) boots as a VM's root disk: QEMU (``-accel tcg``), a stock Debian
 cloud kernel and a busybox initramfs (``vm.py``). The guest's kernel is the judge: it
 mounts the image from ``/dev/vda``, an overlay makes it writable, and a full read of
 every file inside the guest must match what ``unsquashfs`` reads on the host. A
@@ -123,6 +123,28 @@ def test_the_kernel_boots_the_image_and_reads_every_file_as_the_host_does(
     # the comparison covers the image, not an empty listing
     assert {"/bin/busybox", "/data/random.bin", "/data/zeros.bin", "/opt/deep/er/file",
             "/etc/passwd"} <= set(digests)
+    assert got_digests == digests
+    assert got_entries == entries
+
+
+# The EROFS writer writes uncompressed images only, so far; add its compressors here.
+@pytest.mark.parametrize("compression", ["none"])
+def test_the_kernel_boots_the_erofs_image_and_reads_the_same_tree(
+        guest: tuple[vm.Kernel, Path], layout: str, tmp_path: Path, compression: str) -> None:
+    from ocisquash.erofs import ErofsOptions
+    from ocisquash.erofs.options import ErofsCompression
+
+    kernel, initramfs = guest
+    image = tmp_path / "img.erofs"
+    compile_image(layout, image, format="erofs",
+                  writer_options=ErofsOptions(compression=ErofsCompression(compression)),
+                  source_options=SourceOptions(cache_dir=tmp_path / "cache"))
+    result = vm.boot(kernel, initramfs, image, FULL_READ, fs="erofs")
+    assert result.failure is None and result.status == 0, result.console[-3000:]
+    # the same image compiled to squashfs, read by unsquashfs: the same tree
+    entries, digests = host_view(_compile(layout, tmp_path / "img.squashfs", "zstd"), tmp_path)
+    got_entries, got_digests = guest_view(result.output)
+    assert "/data/random.bin" in digests
     assert got_digests == digests
     assert got_entries == entries
 

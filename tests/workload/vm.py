@@ -4,11 +4,11 @@ cloud kernel, and a busybox initramfs built here.
 The kernel package is the one pinned in ``.ci/setup`` (``KERNEL_PACKAGE`` and
 ``KERNEL_VERSION``), which downloads it to ``KERNEL_DEB_DIR``. From the ``.deb`` we
 take ``vmlinuz`` and the modules the boot needs (virtio PCI and block, squashfs,
-overlay, with their dependencies read from each module's ``depends=``), and pack an
+erofs, overlay, with their dependencies read from each module's ``depends=``), and pack an
 initramfs (cpio ``newc``, gzip) whose ``/init``:
 
 1. loads those modules and waits for ``/dev/vda`` (the compiled image);
-2. mounts it read-only (``ocisquash_fs``, squashfs by default), puts an overlay with a
+2. mounts it read-only (``ocisquash_fs``: squashfs, or erofs), puts an overlay with a
    tmpfs upper layer on top, and moves ``/dev``, ``/proc`` and ``/sys`` into it;
 3. ``switch_root``s into it and runs the shell command given base64-encoded as
    ``ocisquash_cmd=`` on the kernel command line (the kernel hands unknown
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / ".ci" / "setup"
 #: modules the boot loads (with what they depend on)
-MODULES = ("virtio_pci", "virtio_blk", "squashfs", "overlay")
+MODULES = ("virtio_pci", "virtio_blk", "squashfs", "erofs", "overlay")
 
 INIT = r"""#!/bin/busybox sh
 B=/bin/busybox
