@@ -117,6 +117,8 @@ class FaultProxy:
                     proxy.max_inflight = max(proxy.max_inflight, proxy.inflight)
                 try:
                     proxy._handle(self, role)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up, as clients that give up do
                 finally:
                     with proxy._lock:
                         proxy.inflight -= 1

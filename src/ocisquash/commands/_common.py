@@ -41,8 +41,11 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-parallel", metavar="N", type=int, default=4,
                    help="layers downloaded at once (default: 4)")
     g.add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
-                   help="how long the registry may stay silent: connecting, answering, "
-                        "between bytes (default: 60)")
+                   help="how long the registry may take to connect and to answer, and may "
+                        "stay silent (default: 60)")
+    g.add_argument("--min-rate", metavar="BYTES", default="1K",
+                   help="the least a download must average over each --timeout window, in "
+                        "bytes per second, K or M allowed (default: 1K; 0: no minimum)")
     g.add_argument("--retries", metavar="N", type=int, default=5,
                    help="retries of a temporary registry failure: a timeout, a cut "
                         "connection, 429, 5xx (default: 5); a host name that does not "
@@ -83,6 +86,7 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
         raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     if args.retries < 0:
         raise UsageError(f"--retries must not be negative, not {args.retries}")
+    min_rate = parse_size(args.min_rate)
     return SourceOptions(
         cache_dir=args.cache_dir,
         username=args.username,
@@ -94,6 +98,7 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
         registry_mirrors=tuple(args.registry_mirrors),
         max_parallel=args.max_parallel,
         timeout=args.timeout,
+        min_rate=min_rate,
         retries=args.retries,
         progress=_renderer(args.quiet),
     )

@@ -61,6 +61,7 @@ from ..errors import (
     TransientRegistryError,
     UsageError,
 )
+from .deadline import TransferGuard, Watchdog, active, guarded
 from .options import RegistryOptions
 from .proxies import Proxy, is_loopback_host
 from .schemes import SchemeHints
@@ -178,9 +179,11 @@ class Response:
     """A response whose body is read raw (no content decoding) with typed errors."""
 
     def __init__(self, raw: urllib3.BaseHTTPResponse, url: str, via: str | None = None,
-                 origin: str | None = None) -> None:
+                 origin: str | None = None, guard: TransferGuard | None = None) -> None:
         self._raw = raw
         self.url = url
+        #: the time budget of the body (see ``deadline``); closed with the response
+        self._guard = guard
         #: ``host[:port]`` the request was sent to before any redirect
         self.origin = origin if origin is not None else urlsplit(url).netloc
         #: the forward proxy that relayed a plain-HTTP request (its URL without
@@ -219,11 +222,23 @@ class Response:
         except (urllib3.exceptions.HTTPError, OSError) as e:
             self._done = True
             self._raw.close()
+            self._check_budget()
             raise TransientRegistryError(f"connection broke while reading the body: {_reason(e)}",
                                          context=redact_url(self.url)) from None
         if not data:
             self._done = True
+            self._check_budget()
+        elif self._guard is not None:
+            self._guard.count(len(data))
         return data
+
+    def _check_budget(self) -> None:
+        """Raise the guard's reason if it was the guard that cut the body."""
+        guard = self._guard
+        if guard is not None:
+            guard.close()
+            if guard.reason is not None:
+                raise _too_slow(guard, redact_url(self.url))
 
     def read_all(self, limit: int) -> bytes:
         """The whole body; more than ``limit`` bytes is an error of the caller's choosing."""
@@ -238,6 +253,8 @@ class Response:
 
     def close(self) -> None:
         """Give the connection back when the body was read, else close it."""
+        if self._guard is not None:
+            self._guard.close()
         if not self._done:
             self._raw.close()
         self._raw.release_conn()
@@ -247,6 +264,14 @@ class Response:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _too_slow(guard: TransferGuard, what: str) -> TransientRegistryError:
+    """The error of a request whose time budget ran out (retried: it may be a bad moment)."""
+    return TransientRegistryError(
+        guard.reason or "", context=what,
+        hint="the registry sends too slowly; on a slow link lower --min-rate or raise --timeout"
+        if guard.in_body else "")
 
 
 #: ``connect()`` failures that mean nothing listens there (or no route leads there)
@@ -352,6 +377,8 @@ class Transport:
         self.proxies = options.proxies
         #: what ``auto`` endpoints speak: owned by the caller, who may keep it for later runs
         self.hints = hints if hints is not None else SchemeHints()
+        #: cuts requests that outlast their time budget (see ``deadline``)
+        self._watchdog = Watchdog()
         #: hosts (and proxies) that answered in this run: a refusal from one of them is
         #: temporary (it restarts), from any other it is not
         self._reached: set[str] = set()
@@ -378,7 +405,7 @@ class Transport:
                     headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
                     pool = urllib3.ProxyManager(proxy.url, proxy_headers=headers,
                                                 **common, **kw)  # type: ignore[arg-type]
-                self._pools[(scheme, proxy)] = pool
+                self._pools[(scheme, proxy)] = pool = guarded(pool)
             return pool
 
     def base_url(self, endpoint: Endpoint) -> str:
@@ -433,15 +460,18 @@ class Transport:
         hdrs = {"User-Agent": _USER_AGENT, **headers}
         current = url
         for _hop in range(MAX_REDIRECTS + 1):
-            raw, proxy = self._send(method, current, hdrs, body, what=what,
-                                    fallback=fallback and current == url)
+            raw, proxy, guard = self._send(method, current, hdrs, body, what=what,
+                                           fallback=fallback and current == url)
             location = raw.headers.get("Location")
             if raw.status not in _REDIRECT_STATUSES or not location:
                 # Over plain HTTP the proxy relays the request itself (no CONNECT
                 # tunnel), so its own failures arrive as statuses: the response says so.
                 via = proxy.url if proxy is not None and current.startswith("http://") else None
-                return Response(raw, current, via, origin.netloc)
-            raw.drain_conn()
+                return Response(raw, current, via, origin.netloc, guard)
+            try:
+                raw.drain_conn()
+            finally:
+                guard.close()
             raw.release_conn()
             target = urljoin(current, location)
             parts = urlsplit(target)
@@ -458,9 +488,31 @@ class Transport:
         raise RegistryError(f"more than {MAX_REDIRECTS} redirects", context=what)
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-              *, what: str, fallback: bool) -> tuple[urllib3.BaseHTTPResponse, Proxy | None]:
-        """Send one request (through the proxy the environment gives for ``url``, which
-        is returned with the response)."""
+              *, what: str, fallback: bool
+              ) -> tuple[urllib3.BaseHTTPResponse, Proxy | None, TransferGuard]:
+        """Send one request within its time budget; return the response (its headers
+        read), the proxy it went through and the guard that keeps timing its body."""
+        guard = self._watchdog.guard(urlsplit(url).netloc, self.timeout, self.options.min_rate)
+        token = active.set(guard)  # the connection attaches its socket to the guard
+        try:
+            raw, proxy = self._send_once(method, url, headers, body, what=what, fallback=fallback)
+        except (OcisquashError, _FallbackSignal):
+            guard.close()
+            if guard.reason is not None:  # the guard cut the connection: that is the error
+                raise _too_slow(guard, what) from None
+            raise
+        except BaseException:
+            guard.close()
+            raise
+        finally:
+            active.reset(token)
+        guard.headers_received()
+        return raw, proxy, guard
+
+    def _send_once(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
+                   *, what: str, fallback: bool) -> tuple[urllib3.BaseHTTPResponse, Proxy | None]:
+        """Send one request (through the proxy the options give for ``url``, which is
+        returned with the response)."""
         insecure = self.options.insecure
         scheme = urlsplit(url).scheme
         proxy = self.proxies.proxy_for(url)

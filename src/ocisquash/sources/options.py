@@ -21,8 +21,9 @@ class SourceOptions:
     ``insecure`` skips TLS certificate verification; ``plain_http`` allows HTTP
     without TLS (``Reference.is_loopback`` tells where that is a local registry).
     ``registry_mirrors`` are hosts tried before ``docker.io``. ``timeout`` is how
-    long a registry may stay silent; ``retries`` counts the attempts after the
-    first for a temporary failure. ``progress`` receives
+    long a registry may take to answer or stay silent, and the window over which a
+    download must average ``min_rate`` bytes per second (0: no minimum);
+    ``retries`` counts the attempts after the first for a temporary failure. ``progress`` receives
     progress events (plain data) and must not block.
     """
 
@@ -36,6 +37,7 @@ class SourceOptions:
     registry_mirrors: tuple[str, ...] = ()
     max_parallel: int = 4
     timeout: float = 60.0
+    min_rate: int = 1024
     retries: int = 5
     progress: Callable[[object], None] | None = None
 
@@ -44,5 +46,7 @@ class SourceOptions:
             raise UsageError(f"max_parallel must be at least 1, not {self.max_parallel}")
         if not self.timeout > 0:
             raise UsageError(f"timeout must be a positive number of seconds, not {self.timeout}")
+        if self.min_rate < 0:
+            raise UsageError(f"min_rate must not be negative, not {self.min_rate}")
         if self.retries < 0:
             raise UsageError(f"retries must not be negative, not {self.retries}")

@@ -57,7 +57,7 @@ def registry_options(options: SourceOptions) -> RegistryOptions:
     return RegistryOptions(
         username=options.username, password=options.password, auth_file=options.auth_file,
         ca_cert=options.ca_cert, insecure=options.insecure, plain_http=options.plain_http,
-        mirrors=options.registry_mirrors, timeout=options.timeout,
+        mirrors=options.registry_mirrors, timeout=options.timeout, min_rate=options.min_rate,
         retries=options.retries, max_connections=options.max_parallel)
 
 
