@@ -4,6 +4,7 @@ The public API (``docs/api.md`` shows it at work)::
 
     compile_image(source, output=None, *, platform=None, format="squashfs", ...) -> CompiledImage
     pack_directory(src, output, options, fidelity=None) -> WriteSummary
+    VerityOptions, VerityInfo, verify_image(path, ...)       dm-verity hash trees
     SourceOptions, WriterOptions, Compression, Platform     options and values
     default_writer_options()                                 zstd level 5, 128 KiB blocks
     BlobStarted, BlobProgress, BlobRetrying, BlobDone,       what a ``progress=`` callback
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     )
     from .sources.options import SourceOptions
     from .squashfs.options import Compression, WriterOptions
+    from .verity import VerityInfo, VerityOptions, verify_image
 
 #: public name → the module that defines it
 _WHERE = {
@@ -60,6 +62,7 @@ _WHERE = {
     "Platform": "model",
     "SourceOptions": "sources.options",
     "Compression": "squashfs.options", "WriterOptions": "squashfs.options",
+    "VerityInfo": "verity", "VerityOptions": "verity", "verify_image": "verity",
     **{name: "progress" for name in ("BlobDone", "BlobProgress", "BlobRetrying", "BlobStarted",
                                      "Finishing", "LayerApplying", "ProgressEvent")},
     **{name: "errors" for name in (
@@ -98,11 +101,14 @@ __all__ = [
     "UnsafeLayerError",
     "UnsupportedError",
     "UsageError",
+    "VerityInfo",
+    "VerityOptions",
     "WriterOptions",
     "__version__",
     "compile_image",
     "default_writer_options",
     "pack_directory",
+    "verify_image",
 ]
 
 

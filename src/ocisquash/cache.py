@@ -6,6 +6,7 @@ Layout under the cache root::
     images/<key>/manifest.json    the platform manifest, as received
     images/<key>/config.json      the image config, as received
     images/<key>/info.json        source reference, digests, platform, sizes, time
+    images/<key>/image.squashfs.verity, .roothash, .roothash.p7s   with --verity
     refs/<ref-key>                a reference (+ platform + options) → entry key
     locks/<key>.lock              held (flock) while one process builds <key>
 
@@ -282,6 +283,11 @@ def _matches_record(entry: CacheEntry) -> bool:
     """Whether the entry's image, manifest and config hash to what its record says."""
     if entry.info.get("squashfs_sha256") != Digest.of_file(entry.image).hex:
         return False
+    if "verity" in entry.info:
+        from .verity import record_damage
+
+        if record_damage(entry.info["verity"], entry.image, hash_files=True) is not None:
+            return False
     for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
         p = entry.path / name
         if p.exists() and field in entry.info and str(Digest.of_file(p)) != entry.info[field]:
@@ -317,6 +323,10 @@ def _damage(path: Path, info: dict[str, Any]) -> str | None:
     built = info.get("squashfs_mtime_ns")  # absent in records written before it was kept
     if built is not None and st.st_mtime_ns != built:
         return _WRITTEN
+    if "verity" in info:
+        from .verity import record_damage
+
+        return record_damage(info["verity"], path / IMAGE_FILE, hash_files=False)
     return None
 
 

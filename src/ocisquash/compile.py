@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .squashfs import WriteSummary
     from .squashfs.options import WriterOptions
     from .tarout import TreeShape
+    from .verity import VerityInfo, VerityOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class CompiledImage:
     #: how the output was placed: "reflink", "hardlink", "copy", "written" or "none"
     placed: str = "none"
     stats: dict[str, Any] = field(default_factory=dict)
+    #: the dm-verity hash tree written with the image (``verity=``), else None
+    verity: VerityInfo | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The document ``compile --json`` prints (schema in docs/json.md)."""
@@ -436,6 +439,7 @@ def compile_image(
     pull: PullPolicy = "missing",
     use_cache: bool = True,
     progress: Callable[[object], None] | None = None,
+    verity: VerityOptions | None = None,
 ) -> CompiledImage:
     """Compile the image ``source`` into a flattened squashfs (or EROFS, or tar) at ``output``.
 
@@ -447,6 +451,8 @@ def compile_image(
     for the manifest and reuses a cached compile of the same digest, ``never``
     uses only what the cache has, ``always`` builds again. With ``output=None`` a
     squashfs stays in the cache only and ``CompiledImage.path`` points there.
+    ``verity`` adds a dm-verity hash tree (see :mod:`ocisquash.verity`), cached with the
+    image and placed beside ``output``; ``CompiledImage.verity`` describes it.
 
     Raises an :class:`~ocisquash.errors.OcisquashError` subclass for every
     expected failure.
@@ -463,12 +469,17 @@ def compile_image(
         sopts = _with_cache_dir(sopts, cache.root)
     started = time.monotonic()
 
+    if verity is not None:
+        _check_verity(verity, format, output)
     if format == "tar":
         return _compile_tar(source, output, want, sopts, progress)
 
     okey = _writer_options_key(writer_options, format)
+    # The writer's options shape the image (and seed the verity salt); the verity options
+    # add the files that go with it.
+    ckey = okey if verity is None else {**okey, "verity": verity.cache_key()}
     version = _format_version(format)
-    ref_key = ImageCache.ref_key(source, str(want or Platform.host()), okey, version)
+    ref_key = ImageCache.ref_key(source, str(want or Platform.host()), ckey, version)
     if use_cache and pull == "never":
         entry = cache.lookup_ref(ref_key)
         if entry is None:
@@ -495,10 +506,11 @@ def compile_image(
                 raise
             log.warning("cannot reach the registry (%s); using %s as compiled before", e, source)
             return _from_entry(entry, output, cached=True, started=started)
-        key = entry_key(image.digest, version, okey)
+        key = entry_key(image.digest, version, ckey)
 
         if not use_cache:
-            return _compile_uncached(image, output, writer_options, format, progress, started)
+            return _compile_uncached(image, output, writer_options, format, progress, started,
+                                     verity, okey)
 
         if pull == "missing":
             entry = cache.get(key)
@@ -526,6 +538,7 @@ def compile_image(
                             raise
                         report, summary = _build_image(image, staged / IMAGE_FILE,
                                                        writer_options, format, progress)
+                    vinfo = _add_verity(staged / IMAGE_FILE, verity, image.digest, okey)
                     _write_staged(staged / "manifest.json", manifest.raw)
                     _write_staged(staged / "config.json", config.raw)
                     info = {
@@ -537,7 +550,7 @@ def compile_image(
                         "platform": str(image.platform or config.platform),
                         "format": format,
                         "format_version": version,
-                        "options": okey,
+                        "options": ckey,
                         "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
                         "squashfs_sha256": _hash_while_syncing(staged / IMAGE_FILE).hex,
                         "files": summary.inodes,
@@ -547,6 +560,10 @@ def compile_image(
                         "stats": _stats(report, summary, format),
                         "created": time.time(),
                     }
+                    if vinfo is not None:
+                        from .verity import record
+
+                        info["verity"] = record(vinfo, staged / IMAGE_FILE)
                     entry = cache.publish(key, staged, info)
                     built = True
             cache.record_ref(ref_key, key)
@@ -634,6 +651,13 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
             with open(entry.image, "rb") as f:
                 shutil.copyfileobj(f, output, 1 << 20)
             path, placed = None, "written"
+    vinfo = None
+    if "verity" in info:
+        from .verity import from_record, place_sidecars
+
+        if path is not None and path != entry.image:
+            place_sidecars(entry.image, path, place_output)
+        vinfo = from_record(info["verity"], path or entry.image)
     stats = dict(info.get("stats", {}))
     stats["seconds"] = round(time.monotonic() - started, 3)
     return CompiledImage(
@@ -650,18 +674,45 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
         fidelity=tuple(info.get("fidelity", ())),
         placed=placed,
         stats=stats,
+        verity=vinfo,
     )
+
+
+def _check_verity(verity: VerityOptions, format: OutputFormat, output: Any) -> None:
+    verity.check()
+    if format == "tar":
+        raise UsageError("--verity needs an image: a hash tree covers the blocks of an "
+                         "image, and a tar stream is not one",
+                         hint="drop --format tar, or --verity")
+    if verity.mode == "sidecar" and output is not None and \
+            not isinstance(output, str | os.PathLike):
+        raise UsageError("--verity writes OUT.verity beside OUT, and a stream has no side",
+                         hint="give -o a file, or use --verity=append")
+
+
+def _add_verity(image_file: Path, verity: VerityOptions | None, digest: Digest,
+                okey: dict[str, Any], dest: Path | None = None) -> VerityInfo | None:
+    """Pad the built image and write its hash tree (beside ``dest``, else beside it)."""
+    if verity is None:
+        return None
+    from .verity import add_verity, sidecar_paths, verity_seed
+
+    seed = verity_seed(str(digest), okey)
+    sidecars = sidecar_paths(dest) if dest is not None else None
+    return add_verity(image_file, verity, seed, sidecars=sidecars)
 
 
 def _compile_uncached(
     image: ResolvedImage, output: Any, wopts: WriterOptions | ErofsOptions | None,
     format: OutputFormat, progress: Callable[[object], None] | None, started: float,
+    verity: VerityOptions | None, okey: dict[str, Any],
 ) -> CompiledImage:
     if output is None or not isinstance(output, str | os.PathLike):
         raise UsageError("compiling without the cache needs an output path")
     dest = Path(output).absolute()
     with _atomic_output(dest) as tmp:
         report, summary = _build_image(image, tmp, wopts, format, progress)
+        vinfo = _add_verity(tmp, verity, image.digest, okey, dest)
     manifest, config = image.manifest(), image.config()
     return CompiledImage(
         path=dest, reference=image.reference, digest=image.digest,
@@ -669,6 +720,7 @@ def _compile_uncached(
         format=format, size=dest.stat().st_size, files=summary.inodes,
         cached=False, fidelity=_fidelity_json(report), placed="written",
         stats={**_stats(report, summary, format), "seconds": round(time.monotonic() - started, 3)},
+        verity=vinfo,
     )
 
 

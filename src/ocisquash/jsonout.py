@@ -101,6 +101,7 @@ def compiled(result: CompiledImage) -> dict[str, Any]:
         "config_digest": str(result.manifest.config.digest),
         "config": runtime_config(result.config),
         "stats": plain(result.stats),
+        "verity": plain(result.verity.to_json()) if result.verity is not None else None,
     }
 
 

@@ -607,6 +607,60 @@ def image_digest(path: Path) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
+# -- cached entries ------------------------------------------------------------------
+
+
+def record(info: VerityInfo, image: Path) -> dict[str, Any]:
+    """What a cache record keeps of the tree written for ``image``: the ``to_json`` fields
+    (the hash file by name) and the sha256 of each verity file, for ``cache verify``."""
+    files = {}
+    for path in sidecar_paths(image).all():
+        if path.exists():
+            files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    fields = info.to_json()
+    if info.hash_file is not None:
+        fields["hash_file"] = info.hash_file.name
+    return {**fields, "files": files}
+
+
+def from_record(fields: dict[str, Any], image: Path) -> VerityInfo:
+    """The :class:`VerityInfo` of a cache record, with the hash file beside ``image``."""
+    offset = fields.get("hash_offset")
+    return VerityInfo(
+        root_hash=str(fields["root_hash"]), salt=str(fields["salt"]), uuid=str(fields["uuid"]),
+        data_blocks=int(fields["data_blocks"]),
+        hash_offset=int(offset) if offset is not None else None,
+        hash_file=sidecar_paths(image).hash_file if offset is None else None,
+        signed=bool(fields.get("signed")),
+    )
+
+
+def record_damage(fields: dict[str, Any], image: Path, *, hash_files: bool) -> str | None:
+    """What is wrong with the verity files of a cached ``image``: one missing, or (with
+    ``hash_files``) one whose content is not what the record says; None when whole."""
+    for name, digest in dict(fields.get("files", {})).items():
+        path = image.with_name(name)
+        try:
+            if not path.is_file():
+                return f"its {name} is missing"
+            if hash_files and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                return f"its {name} does not match its record"
+        except OSError as e:
+            return f"its {name} cannot be read: {e.strerror}"
+    return None
+
+
+def place_sidecars(image: Path, dest: Path, place: Any) -> None:
+    """Put the verity files of ``image`` beside ``dest`` with ``place(src, dest)``, and
+    remove those of ``dest`` that ``image`` has not (left from an earlier output)."""
+    for src, target in zip(sidecar_paths(image).all(), sidecar_paths(dest).all(), strict=True):
+        if src.exists():
+            place(src, target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+
+
 # -- signing -----------------------------------------------------------------------------
 
 

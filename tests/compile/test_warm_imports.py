@@ -105,7 +105,8 @@ def test_cached_compile_of_a_layout_imports_neither_writer_nor_http(
     assert "ocisquash.squashfs.version" in warm_modules
     # Only the compile command's parser is built.
     assert imported_of(warm_modules, ("ocisquash.commands",)) == [
-        "ocisquash.commands", "ocisquash.commands._common", "ocisquash.commands.compile"]
+        "ocisquash.commands", "ocisquash.commands._common", "ocisquash.commands._verity",
+        "ocisquash.commands.compile"]
 
 
 def test_cache_only_compile_imports_no_writer(layout: Path, tmp_path: Path) -> None:

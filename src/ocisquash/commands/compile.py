@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from ._common import add_source_arguments, add_writer_arguments
+    from ._verity import add_verity_arguments
 
     p = sub.add_parser(
         "compile",
@@ -37,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "  ocisquash compile --platform linux/arm64 debian:12 -o debian-arm64.squashfs\n"
             "  ocisquash compile oci:./layout:v1 --format tar -o - | sqfstar out.sqfs\n"
             "  ocisquash compile alpine:3.20 --format erofs -o alpine.erofs\n"
+            "  ocisquash compile app:1 -o app.raw --verity    # app.verity, app.roothash\n"
             "  ocisquash compile app:1 -o app.squashfs --bundle app && "
             "ocisquash mount app.squashfs app/rootfs && runc run -b app app1\n"
         ),
@@ -65,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         p, compression_help="compressor (default: zstd level 5; every current Linux kernel "
                             "mounts it)",
         time_help="image timestamp (default: $SOURCE_DATE_EPOCH, else the image's config date)")
+    add_verity_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         source_options_from_args,
         writer_options_from_args,
     )
+    from ._verity import describe, verity_options_from_args
 
     wopts: WriterOptions | ErofsOptions | None = None
     if args.format == "erofs":
@@ -85,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
                                          default_level=DEFAULT_ZSTD_LEVEL)
+    verity = verity_options_from_args(args)
     sopts = source_options_from_args(args)
     if args.bundle is not None and args.format != "squashfs":
         raise UsageError("--bundle needs squashfs output: a runtime mounts it as the root")
@@ -106,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             pull=args.pull,
             use_cache=not args.no_cache,
             progress=sopts.progress,
+            verity=verity,
         )
     finally:
         close_progress(sopts)
@@ -133,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         print_fidelity(result.fidelity)
+        if result.verity is not None:
+            print(describe(result.verity), file=sys.stderr)
         if args.output is None:
             print(result.path)
     return 0
