@@ -170,13 +170,6 @@ class VerityInfo:
         out["signed"] = self.signed
         return out
 
-    def moved(self, image: Path) -> VerityInfo:
-        """The same tree, with the sidecar file named after ``image``."""
-        if self.hash_file is None:
-            return self
-        return VerityInfo(self.root_hash, self.salt, self.uuid, self.data_blocks,
-                          None, sidecar_paths(image).hash_file, self.signed)
-
 
 @dataclass(frozen=True)
 class SidecarPaths:

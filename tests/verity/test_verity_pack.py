@@ -20,6 +20,7 @@ from ocisquash.squashfs import WriterOptions
 from ocisquash.verity import VerityOptions, sidecar_paths, verify_image
 
 from ._util import dump, make_key_pair, openssl_verify, veritysetup
+from conftest import require_or_skip
 
 OPTIONS = WriterOptions(mkfs_time=0)
 
@@ -286,8 +287,7 @@ def test_kernel_opens_and_mounts_the_verity_device(tree: Path, tmp_path: Path) -
         # The only test allowed to skip in CI: it needs a kernel feature, not a tool.
         pytest.skip("missing kernel feature: device-mapper's verity target "
                     "('dmsetup targets' does not list verity)")
-    if os.geteuid() != 0:
-        pytest.skip("missing privilege: opening a device-mapper device needs root")
+    require_or_skip(os.geteuid() == 0, "opening a device-mapper device needs root")
     out = _pack(tree, tmp_path / "img.sqfs")
     name = f"ocisquash-test-{os.getpid()}"
     mnt = tmp_path / "mnt"
