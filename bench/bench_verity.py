@@ -2,7 +2,7 @@
 
 Run: ``python bench/bench_verity.py [--src DIR ...] [--rounds 3] [--workdir DIR]``.
 
-Each ``--src`` directory becomes a one-layer (gzip) OCI layout; each round compiles it
+Each ``--src`` directory becomes a one-layer (zstd) OCI layout; each round compiles it
 cold (a fresh cache) with the default options, once without ``--verity`` and once with
 it, in alternating order, and then times the verity step alone
 (``verity.add_verity`` on a copy of the image, which the compile has just written, so
@@ -36,7 +36,7 @@ def _layout(src: Path, workdir: Path) -> Path:
     tar = workdir / f"{name}.tar"
     with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as t:
         t.add(src, arcname=".", recursive=True)
-    write_layout(layout, [tar], "gzip")
+    write_layout(layout, [tar], "zstd")
     tar.unlink()
     return layout
 
