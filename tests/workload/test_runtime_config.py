@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,28 @@ def test_reader_refuses_a_damaged_image(workload: tuple[Path, str], tmp_path: Pa
     (tmp_path / "notsquashfs").write_bytes(b"\0" * 4096)
     with pytest.raises(SquashfsError, match="not a squashfs"):
         SquashfsReader(tmp_path / "notsquashfs")
+
+
+def test_bundle_of_an_image_whose_user_is_not_in_it_is_one_clear_error(
+        tmp_path: Path) -> None:
+    require_or_skip(busybox_available(), "busybox-static is not installed")
+    ref = write_workload(tmp_path / "layout", {"Cmd": ["/bin/sh"], "User": "ghost"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocisquash", "compile", ref, "-o", str(tmp_path / "a.squashfs"),
+         "--bundle", str(tmp_path / "b"), "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+        capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "ocisquash: user 'ghost' is not in the image's /etc/passwd",
+        "hint: the image's User must name an entry of the image's own /etc/passwd and "
+        "/etc/group",
+    ]
+
+
+def test_bundle_refuses_tar_output(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocisquash", "compile", "oci:nowhere:latest", "--format", "tar",
+         "-o", str(tmp_path / "x.tar"), "--bundle", str(tmp_path / "b")],
+        capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("ocisquash: --bundle needs squashfs output")
