@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _PACK = """
@@ -50,6 +51,24 @@ def _run(argv: list[str]) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
+def _tools(src: Path, workers: int) -> dict[str, Callable[[str], list[str]]]:
+    """Each tool's command line, given the output path."""
+    def ours(fmt: str) -> Callable[[str], list[str]]:
+        return lambda out: [sys.executable, "-c", _PACK, fmt, str(src), out, str(workers)]
+
+    tools = {
+        "ocisquash erofs lz4hc": ours("erofs"),
+        "ocisquash squashfs lz4hc": ours("squashfs"),
+        "mksquashfs -comp lz4 -Xhc -b 131072": lambda out: [
+            "mksquashfs", str(src), out, "-comp", "lz4", "-Xhc", "-b", "131072",
+            "-noappend", "-quiet", "-no-progress", "-processors", str(workers)],
+    }
+    if shutil.which("mkfs.erofs"):
+        tools["mkfs.erofs -zlz4hc (Debian 1.5)"] = lambda out: [
+            "mkfs.erofs", "-zlz4hc", "-T0", out, str(src)]
+    return tools
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, action="append", required=True)
@@ -60,18 +79,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ocisquash-bench-erofs-") as tmp:
         for src in args.source:
-            tools = {
-                "ocisquash erofs lz4hc": lambda out, s=src: [
-                    sys.executable, "-c", _PACK, "erofs", str(s), out, str(args.workers)],
-                "ocisquash squashfs lz4hc": lambda out, s=src: [
-                    sys.executable, "-c", _PACK, "squashfs", str(s), out, str(args.workers)],
-                "mksquashfs -comp lz4 -Xhc -b 131072": lambda out, s=src: [
-                    "mksquashfs", str(s), out, "-comp", "lz4", "-Xhc", "-b", "131072",
-                    "-noappend", "-quiet", "-no-progress", "-processors", str(args.workers)],
-            }
-            if shutil.which("mkfs.erofs"):
-                tools["mkfs.erofs -zlz4hc (Debian 1.5)"] = lambda out, s=src: [
-                    "mkfs.erofs", "-zlz4hc", "-T0", out, str(s)]
+            tools = _tools(src, args.workers)
             times: dict[str, list[float]] = {t: [] for t in tools}
             rss: dict[str, float] = {t: 0.0 for t in tools}
             sizes: dict[str, int] = {}
