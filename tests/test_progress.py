@@ -34,9 +34,13 @@ from ocisquash.progress import (
     make_renderer,
 )
 
+from conftest import require_or_skip
 from imagebuilder import Entry, write_oci_layout
 
-pyte = pytest.importorskip("pyte", reason="pyte is a test dependency (pyproject [test])")
+try:
+    import pyte
+except ImportError:  # pragma: no cover - a test dependency (pyproject [test])
+    pyte = None
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = 12
@@ -91,6 +95,7 @@ def run_in_terminal(args: list[str], cols: int, rows: int, cwd: Path) -> bytes:
 
 def emulate(data: bytes, cols: int, rows: int) -> tuple[list[str], list[str]]:
     """(lines scrolled off the top, lines on the screen) after a terminal shows ``data``."""
+    require_or_skip(pyte is not None, "pyte (a test dependency) is not installed")
     screen = pyte.HistoryScreen(cols, rows, history=10000)
     screen.set_mode(pyte.modes.LNM)  # the pty turns "\n" into "\r\n"
     pyte.ByteStream(screen).feed(data)

@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import OcisquashError
@@ -37,12 +39,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "  ocisquash inspect --json 127.0.0.1:5000/app:1.0\n"
             "  ocisquash pack ./rootfs rootfs.squashfs\n"
             "  ocisquash verify rootfs.squashfs\n"
-            "\nRun 'ocisquash COMMAND --help' for a command's options."
+            "\nRun 'ocisquash COMMAND --help' for a command's options. The global options "
+            "may come\nbefore or after COMMAND.\n\n" + EXIT_STATUS
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ocisquash {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS if command is None else (command,):
         try:
@@ -52,15 +55,78 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(sub)
+    for subparser in _subparsers(parser):
+        _add_global_options(subparser, top=False)
     return parser
 
 
+#: The exit statuses, for ``--help``, the man page and the README.
+EXIT_STATUS = """exit status:
+  0    success
+  1    ocisquash's own work failed: the output, the cache or the writer (a full disk, a
+       damaged cache entry), or a check that found a problem (cache verify, verify)
+  2    usage error: an unknown option, a bad value, an image reference that does not parse
+  3    image error: no such image, tag, layout, archive or directory; no image for the
+       platform; an invalid or unsafe manifest, config or layer; a wrong digest
+  4    registry or network error: unreachable, refused credentials, failing responses
+  130  interrupted (Ctrl-C)
+  141  stdout closed early (a broken pipe)
+  143  terminated (SIGTERM)"""
+
+#: Options every command takes, before or after its name (``ocisquash --debug compile``
+#: and ``ocisquash compile --debug`` alike): (flags, argparse keywords, top-level default).
+_GLOBAL_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any], Any], ...] = (
+    (("--debug",), {"action": "store_true", "help": "show tracebacks for errors"}, False),
+    (("-q", "--quiet"), {"action": "store_true", "help": "no progress or summary on stderr"},
+     False),
+    (("--cache-dir",), {"metavar": "DIR", "type": Path,
+                        "help": "the cache directory (default: $XDG_CACHE_HOME/ocisquash)"},
+     None),
+)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (commands, and actions of a command group)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_subparsers(child))
+    return found
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Add the global options to ``parser``. Below the top, an option a command defines
+    itself keeps its help, and none has a default: a value given before the command
+    name must not be reset by the command's parser."""
+    group = None
+    for flags, kwargs, default in _GLOBAL_OPTIONS:
+        existing = [parser._option_string_actions[f] for f in flags
+                    if f in parser._option_string_actions]
+        if existing:
+            for action in existing:
+                action.default = argparse.SUPPRESS
+            continue
+        if group is None:
+            group = parser.add_argument_group("global options")
+        group.add_argument(*flags, **kwargs,
+                           default=default if top else argparse.SUPPRESS)
+
+
 def _command_named(argv: Sequence[str]) -> str | None:
-    """The subcommand ``argv`` names, if parsing needs no other (the top-level options take no
-    value, so the first word that is not an option is the subcommand)."""
+    """The subcommand ``argv`` names, if parsing needs no other: the first word that is
+    neither an option nor the value of ``--cache-dir``."""
+    skip = False
     for arg in argv:
+        if skip:
+            skip = False
+            continue
         if arg in ("-h", "--help", "--version", "--"):
             return None  # help lists every command
+        if arg == "--cache-dir":
+            skip = True
+            continue
         if not arg.startswith("-"):
             return arg if arg in COMMANDS else None
     return None

@@ -30,6 +30,11 @@ Each error has ``message`` (what was wrong, one line), ``context`` (where: the
 layer, blob or path; may be empty) and ``hint`` (what to do; may be empty).
 ``str(err)`` is ``"context: message"``, the line the CLI prints after
 ``ocisquash:``.
+
+``exit_code`` is the command's exit status for the error, by kind (the table is in
+the README and ``ocisquash --help``): 1 ocisquash's own work failed (output, cache,
+writer), 2 usage, 3 the image (not found, no such platform, invalid or unsafe
+content), 4 the registry or the network.
 """
 
 from __future__ import annotations
@@ -65,15 +70,15 @@ class ReferenceSyntaxError(OcisquashError, ValueError):
 
 
 class UnsupportedError(OcisquashError):
-    pass
+    exit_code = 3
 
 
 class MissingExtraError(UnsupportedError, ImportError):
-    pass
+    exit_code = 1
 
 
 class IntegrityError(OcisquashError):
-    pass
+    exit_code = 3
 
 
 class DigestMismatchError(IntegrityError):
@@ -85,22 +90,24 @@ class SizeMismatchError(IntegrityError):
 
 
 class ManifestError(OcisquashError, ValueError):
-    pass
+    exit_code = 3
 
 
 class RuntimeConfigError(OcisquashError, ValueError):
-    pass
+    exit_code = 3
 
 
 class PlatformNotFoundError(OcisquashError, LookupError):
-    pass
+    exit_code = 3
 
 
 class ImageNotFoundError(OcisquashError, LookupError):
-    pass
+    exit_code = 3
 
 
 class RegistryError(OcisquashError):
+    exit_code = 4
+
     def __init__(
         self, message: str, *, context: str = "", hint: str = "", status: int | None = None
     ) -> None:
@@ -142,7 +149,7 @@ class TransientRegistryError(RegistryError):
 
 
 class LayerError(OcisquashError):
-    pass
+    exit_code = 3
 
 
 class UnsafeLayerError(LayerError):
@@ -150,7 +157,7 @@ class UnsafeLayerError(LayerError):
 
 
 class LimitExceededError(OcisquashError):
-    pass
+    exit_code = 3
 
 
 class SquashfsError(OcisquashError):

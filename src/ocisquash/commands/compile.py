@@ -71,6 +71,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
+def _check_level(compression: str | None, level: int | None) -> None:
+    """Refuse a level the compressor lacks before anything is fetched, with the default
+    that applies to this command line (compile's own without -c, the compressor's with it)."""
+    from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL
+    from ..errors import UsageError
+    from ..squashfs.options import LEVELS, Compression
+
+    if level is None:
+        return
+    kind = Compression(compression or DEFAULT_COMPRESSION)
+    low, high, default = LEVELS[kind]
+    if low <= level <= high:
+        return
+    if compression is None:
+        hint = (f"compile's default is {DEFAULT_COMPRESSION} level {DEFAULT_ZSTD_LEVEL}; "
+                f"{kind.value} levels go from {low} to {high}")
+    else:
+        hint = f"without --level, -c {kind.value} uses level {default}"
+    raise UsageError(f"{kind.value} level {level} is outside {low}..{high}", hint=hint)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL, compile_image
     from ..errors import UsageError
@@ -87,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "erofs":
         wopts = erofs_options_from_args(args)
     else:
+        _check_level(args.compression, args.level)
         wopts = writer_options_from_args(args, default_compression=DEFAULT_COMPRESSION,
                                          default_level=DEFAULT_ZSTD_LEVEL)
     verity = verity_options_from_args(args)

@@ -41,6 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from ..squashfs import WriteSummary
     from ..squashfs.options import WriterOptions
     from ._common import erofs_options_from_args, print_fidelity, writer_options_from_args
+
+    if not args.source.exists() and not args.source.is_symlink():
+        from ..errors import ImageNotFoundError
+
+        # The input is missing, as with `compile oci:/nope`: the same exit status.
+        raise ImageNotFoundError("no such directory", context=str(args.source),
+                                 hint="pack takes the directory tree to put in the image")
     from ._verity import describe, verity_options_from_args
 
     options: WriterOptions | ErofsOptions

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import MissingExtraError, SquashfsError, UsageError
 from .format import CompressorId
+from .options import LEVELS as LEVELS
 from .options import Compression as Compression
 
 #: XZ "Filters" bit field of the options block, and the lzma filter id of each.
@@ -50,18 +51,6 @@ XZ_FILTERS: dict[str, tuple[int, int]] = {
 #: packed bytes) then pays for the mix. Parts of 32 KiB made the bench trees
 #: 0.9–1.3 % smaller at zstd 6 for 5–10 % more compressing time (``bench/README.md``).
 ZSTD_PART = 32 * 1024
-
-#: (lowest, highest, default) level of each compressor.
-LEVELS: dict[Compression, tuple[int, int, int]] = {
-    Compression.GZIP: (1, 9, 9),
-    Compression.XZ: (0, 9, 6),
-    Compression.ZSTD: (1, 22, 15),
-    # lz4 levels only mean something in HC mode (lz4 HC levels 1..12, 9 = lz4's default).
-    Compression.LZ4: (1, 12, 9),
-    # python-lzo offers lzo1x_1 (level 1) and lzo1x_999 (level 9, i.e. its level 8).
-    Compression.LZO: (1, 9, 9),
-}
-
 
 def _load_zlib() -> Any:
     try:

@@ -26,6 +26,18 @@ class Compression(Enum):
     LZO = "lzo"
 
 
+#: (lowest, highest, default) level of each compressor.
+LEVELS: dict[Compression, tuple[int, int, int]] = {
+    Compression.GZIP: (1, 9, 9),
+    Compression.XZ: (0, 9, 6),
+    Compression.ZSTD: (1, 22, 15),
+    # lz4 levels only mean something in HC mode (lz4 HC levels 1..12, 9 = lz4's default).
+    Compression.LZ4: (1, 12, 9),
+    # python-lzo offers lzo1x_1 (level 1) and lzo1x_999 (level 9, i.e. its level 8).
+    Compression.LZO: (1, 9, 9),
+}
+
+
 @dataclass(frozen=True)
 class WriterOptions:
     """How to write the image. Invalid combinations raise UsageError when the writer
