@@ -171,6 +171,16 @@ class RegistryClient:
                      "--username/--password-stdin or log in with 'podman login'/'docker login'")
         return resp
 
+    def check_access(self) -> None:
+        """``GET /v2/`` of the registry itself (never a mirror), answering its challenge
+        with the credentials; ``AuthError`` when it refuses them (``ocisquash login``)."""
+        remote = self._remotes[-1]
+        what = f"registry {self.reference.registry}"
+        with self._request(remote, "/v2/", {}, what) as resp:
+            resp.read_all(8192)
+            if resp.status != 200:
+                raise error_for_status(resp, what)
+
     def _each_remote(self, operation: Callable[[_Remote], _T], what: str) -> _T:
         for remote in self._remotes:
             try:
