@@ -64,11 +64,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 #: The exit statuses, for ``--help``, the man page and the README.
 EXIT_STATUS = """exit status:
   0    success
-  1    ocisquash's own work failed: the output, the cache or the writer (a full disk, a
-       damaged cache entry), or a check that found a problem (cache verify, verify)
+  1    the work failed: the output, the cache or the writer (a full disk, a damaged
+       cache entry); a check found bytes that do not match their digest (a download,
+       cache verify, verify); a feature this machine lacks (no root, no squashfuse)
   2    usage error: an unknown option, a bad value, an image reference that does not parse
   3    image error: no such image, tag, layout, archive or directory; no image for the
-       platform; an invalid or unsafe manifest, config or layer; a wrong digest
+       platform; an invalid or unsafe manifest, config or layer; a limit it exceeds
   4    registry or network error: unreachable, refused credentials, failing responses
   130  interrupted (Ctrl-C)
   141  stdout closed early (a broken pipe)

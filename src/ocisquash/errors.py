@@ -32,9 +32,10 @@ layer, blob or path; may be empty) and ``hint`` (what to do; may be empty).
 ``ocisquash:``.
 
 ``exit_code`` is the command's exit status for the error, by kind (the table is in
-the README and ``ocisquash --help``): 1 ocisquash's own work failed (output, cache,
-writer), 2 usage, 3 the image (not found, no such platform, invalid or unsafe
-content), 4 the registry or the network.
+the README and ``ocisquash --help``): 1 the work failed (output, cache, writer, a
+check that found bytes not matching their digest, a feature not available here), 2
+usage, 3 the image (not found, no such platform, invalid or unsafe), 4 the registry
+or the network.
 """
 
 from __future__ import annotations
@@ -70,15 +71,15 @@ class ReferenceSyntaxError(OcisquashError, ValueError):
 
 
 class UnsupportedError(OcisquashError):
-    exit_code = 3
+    pass
 
 
 class MissingExtraError(UnsupportedError, ImportError):
-    exit_code = 1
+    pass
 
 
 class IntegrityError(OcisquashError):
-    exit_code = 3
+    pass
 
 
 class DigestMismatchError(IntegrityError):
