@@ -329,33 +329,3 @@ def _damage(path: Path, info: dict[str, Any]) -> str | None:
         return record_damage(info["verity"], path / IMAGE_FILE, hash_files=False)
     return None
 
-
-def place_output(src: Path, dest: Path) -> str:
-    """Put a cached image at ``dest``: reflink, else hardlink, else copy. Returns which."""
-    dest = dest.absolute()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.ocisquash-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    how = "copy"
-    try:
-        try:
-            with open(src, "rb") as fi, open(tmp, "wb") as fo:
-                fcntl.ioctl(fo.fileno(), 0x40049409, fi.fileno())  # FICLONE
-            how = "reflink"
-        except OSError:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            try:
-                os.link(src, tmp)
-                how = "hardlink"
-            except OSError:
-                shutil.copyfile(src, tmp)
-                os.chmod(tmp, 0o644)
-                how = "copy"
-        os.replace(tmp, dest)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write {dest}: {e.strerror}") from e
-    return how

@@ -20,8 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, ParamSpec, TypeVar
 
-from .cache import IMAGE_FILE, ImageCache, entry_key, place_output
+from .cache import IMAGE_FILE, ImageCache, entry_key
 from .digest import Digest
 from .errors import (
     ImageNotFoundError,
@@ -43,6 +41,7 @@ from .errors import (
 )
 from .interpreter import collector_paused
 from .model import Descriptor, ImageConfig, Manifest, Platform
+from .output import Destination, check_output, open_file_path, place_file
 from .sources.options import SourceOptions
 from .squashfs.version import FORMAT_VERSION
 from .store import fsync_path
@@ -223,7 +222,7 @@ def _fidelity_json(report: FlattenReport) -> tuple[dict[str, Any], ...]:
 
 def _build_image(
     image: ResolvedImage,
-    dest: Path,
+    dest: Path | BinaryIO,
     writer_options: WriterOptions | ErofsOptions | None,
     format: OutputFormat,
     progress: Callable[[object], None] | None,
@@ -254,7 +253,7 @@ def _check_writer_options(format: OutputFormat,
 
 def _build_erofs(
     image: ResolvedImage,
-    dest: Path,
+    dest: Path | BinaryIO,
     options: ErofsOptions | None,
     progress: Callable[[object], None] | None,
 ) -> tuple[FlattenReport, ErofsSummary]:
@@ -279,7 +278,7 @@ def _build_erofs(
 
 def _build_squashfs(
     image: ResolvedImage,
-    dest: Path,
+    dest: Path | BinaryIO,
     writer_options: WriterOptions | None,
     progress: Callable[[object], None] | None,
 ) -> tuple[FlattenReport, WriteSummary]:
@@ -440,6 +439,8 @@ def compile_image(
     use_cache: bool = True,
     progress: Callable[[object], None] | None = None,
     verity: VerityOptions | None = None,
+    overwrite: bool = True,
+    copy: bool = False,
 ) -> CompiledImage:
     """Compile the image ``source`` into a flattened squashfs (or EROFS, or tar) at ``output``.
 
@@ -454,6 +455,13 @@ def compile_image(
     ``verity`` adds a dm-verity hash tree (see :mod:`ocisquash.verity`), cached with the
     image and placed beside ``output``; ``CompiledImage.verity`` describes it.
 
+    ``output`` is a file path, a character device or FIFO, or a writable binary
+    stream, checked before anything else happens (``ocisquash.output`` states the
+    rules). An existing file is replaced only with ``overwrite`` (the CLI's ``--force``
+    turns it on; here it is on by default) and OUT's directory must exist. A cached
+    squashfs is placed as a reflink, else as a read-only hard link to the cache's
+    file, else as a copy; ``copy=True`` gives an independent, writable file.
+
     Raises an :class:`~ocisquash.errors.OcisquashError` subclass for every
     expected failure.
     """
@@ -462,6 +470,9 @@ def compile_image(
     if format not in ("squashfs", "tar", "erofs"):
         raise UsageError(f"unknown output format {format!r}", hint="use squashfs, erofs or tar")
     _check_writer_options(format, writer_options)
+    dest = None if output is None else check_output(output, overwrite=overwrite, copy=copy)
+    if dest is not None and format != "tar" and not use_cache:
+        dest.require_file("compiling without the cache")
     sopts = source_options or SourceOptions()
     want = Platform.parse(platform) if isinstance(platform, str) else platform
     cache = ImageCache(sopts.cache_dir)
@@ -470,9 +481,9 @@ def compile_image(
     started = time.monotonic()
 
     if verity is not None:
-        _check_verity(verity, format, output)
+        _check_verity(verity, format, dest)
     if format == "tar":
-        return _compile_tar(source, output, want, sopts, progress)
+        return _compile_tar(source, dest, want, sopts, progress)
 
     okey = _writer_options_key(writer_options, format)
     # The writer's options shape the image (and seed the verity salt); the verity options
@@ -486,11 +497,11 @@ def compile_image(
             raise ImageNotFoundError(
                 f"{source} is not in the cache", hint="compile it once with --pull missing"
             )
-        return _from_entry(entry, output, cached=True, started=started)
+        return _from_entry(entry, dest, cached=True, started=started)
     if use_cache and pull == "missing" and _is_digest_reference(source):
         entry = cache.lookup_ref(ref_key)
         if entry is not None:
-            return _from_entry(entry, output, cached=True, started=started)
+            return _from_entry(entry, dest, cached=True, started=started)
 
     from .sources.open import open_source
 
@@ -505,18 +516,18 @@ def compile_image(
             if entry is None:
                 raise
             log.warning("cannot reach the registry (%s); using %s as compiled before", e, source)
-            return _from_entry(entry, output, cached=True, started=started)
+            return _from_entry(entry, dest, cached=True, started=started)
         key = entry_key(image.digest, version, ckey)
 
         if not use_cache:
-            return _compile_uncached(image, output, writer_options, format, progress, started,
+            return _compile_uncached(image, dest, writer_options, format, progress, started,
                                      verity, okey)
 
         if pull == "missing":
             entry = cache.get(key)
             if entry is not None:
                 cache.record_ref(ref_key, key)
-                return _from_entry(entry, output, cached=True, started=started)
+                return _from_entry(entry, dest, cached=True, started=started)
 
         with cache.build_lock(key):
             entry = cache.get(key)
@@ -567,30 +578,7 @@ def compile_image(
                     entry = cache.publish(key, staged, info)
                     built = True
             cache.record_ref(ref_key, key)
-        return _from_entry(entry, output, cached=not built, started=started)
-
-
-@contextlib.contextmanager
-def _atomic_output(dest: Path) -> Iterator[Path]:
-    """A temporary path beside ``dest`` that becomes ``dest`` only if the block succeeds."""
-    try:
-        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputError(f"cannot write {dest}: {e.strerror}") from e
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and not isinstance(e, OcisquashError):
-            raise OutputError(f"cannot write {dest}: {e.strerror or e}") from e
-        if isinstance(e, OutputError) and str(dest) not in str(e):
-            e.with_context(str(dest))
-        raise
+        return _from_entry(entry, dest, cached=not built, started=started)
 
 
 @contextlib.contextmanager
@@ -633,7 +621,8 @@ def _stats(report: FlattenReport, summary: WriteSummary | ErofsSummary | None,
     return out
 
 
-def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> CompiledImage:
+def _from_entry(entry: Any, output: Destination | None, *, cached: bool,
+                started: float) -> CompiledImage:
     info = entry.info
     manifest_raw = (entry.path / "manifest.json").read_bytes()
     from .model import parse_manifest_or_index
@@ -644,19 +633,14 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
     path: Path | None = entry.image
     placed = "none"
     if output is not None:
-        if isinstance(output, str | os.PathLike):
-            path = Path(output)
-            placed = place_output(entry.image, path)
-        else:
-            with open(entry.image, "rb") as f:
-                shutil.copyfileobj(f, output, 1 << 20)
-            path, placed = None, "written"
+        placed = output.place(entry.image)
+        path = output.path
     vinfo = None
     if "verity" in info:
         from .verity import from_record, place_sidecars
 
         if path is not None and path != entry.image:
-            place_sidecars(entry.image, path, place_output)
+            place_sidecars(entry.image, path, place_file)
         vinfo = from_record(info["verity"], path or entry.image)
     stats = dict(info.get("stats", {}))
     stats["seconds"] = round(time.monotonic() - started, 3)
@@ -678,16 +662,16 @@ def _from_entry(entry: Any, output: Any, *, cached: bool, started: float) -> Com
     )
 
 
-def _check_verity(verity: VerityOptions, format: OutputFormat, output: Any) -> None:
+def _check_verity(verity: VerityOptions, format: OutputFormat,
+                  output: Destination | None) -> None:
     verity.check()
     if format == "tar":
         raise UsageError("--verity needs an image: a hash tree covers the blocks of an "
                          "image, and a tar stream is not one",
                          hint="drop --format tar, or --verity")
-    if verity.mode == "sidecar" and output is not None and \
-            not isinstance(output, str | os.PathLike):
-        raise UsageError("--verity writes OUT.verity beside OUT, and a stream has no side",
-                         hint="give -o a file, or use --verity=append")
+    if verity.mode == "sidecar" and output is not None and not output.is_file:
+        raise UsageError("--verity writes OUT.verity beside OUT, and a stream or device has "
+                         "no side", hint="give -o a file, or use --verity=append")
 
 
 def _add_verity(image_file: Path, verity: VerityOptions | None, digest: Digest,
@@ -699,25 +683,31 @@ def _add_verity(image_file: Path, verity: VerityOptions | None, digest: Digest,
 
     seed = verity_seed(str(digest), okey)
     sidecars = sidecar_paths(dest) if dest is not None else None
-    return add_verity(image_file, verity, seed, sidecars=sidecars)
+    return add_verity(image_file, verity, seed, sidecars=sidecars,
+                      spill_dir=dest.parent if dest is not None else None)
 
 
 def _compile_uncached(
-    image: ResolvedImage, output: Any, wopts: WriterOptions | ErofsOptions | None,
+    image: ResolvedImage, output: Destination | None, wopts: WriterOptions | ErofsOptions | None,
     format: OutputFormat, progress: Callable[[object], None] | None, started: float,
     verity: VerityOptions | None, okey: dict[str, Any],
 ) -> CompiledImage:
-    if output is None or not isinstance(output, str | os.PathLike):
+    if output is None:
         raise UsageError("compiling without the cache needs an output path")
-    dest = Path(output).absolute()
-    with _atomic_output(dest) as tmp:
-        report, summary = _build_image(image, tmp, wopts, format, progress)
-        vinfo = _add_verity(tmp, verity, image.digest, okey, dest)
+    output.require_file("compiling without the cache")
+    assert output.path is not None
+    with output.open() as f:
+        report, summary = _build_image(image, f, wopts, format, progress)
+        f.flush()
+        # The temporary itself, through its descriptor: not its name, which another
+        # user who can write in the directory could point elsewhere.
+        vinfo = _add_verity(open_file_path(f), verity, image.digest, okey, output.path)
+    size = output.path.stat().st_size
     manifest, config = image.manifest(), image.config()
     return CompiledImage(
-        path=dest, reference=image.reference, digest=image.digest,
+        path=output.path, reference=image.reference, digest=image.digest,
         platform=str(image.platform or config.platform), manifest=manifest, config=config,
-        format=format, size=dest.stat().st_size, files=summary.inodes,
+        format=format, size=size, files=summary.inodes,
         cached=False, fidelity=_fidelity_json(report), placed="written",
         stats={**_stats(report, summary, format), "seconds": round(time.monotonic() - started, 3)},
         verity=vinfo,
@@ -725,7 +715,7 @@ def _compile_uncached(
 
 
 def _compile_tar(
-    source: str, output: Any, want: Platform | None, sopts: SourceOptions,
+    source: str, output: Destination | None, want: Platform | None, sopts: SourceOptions,
     progress: Callable[[object], None] | None,
 ) -> CompiledImage:
     """Write the flattened tree as one tar stream (not cached)."""
@@ -747,7 +737,7 @@ def _tar_shape(layers: Sequence[Layer], progress: Callable[[object], None] | Non
 
 
 def _write_tar(
-    image: ResolvedImage, output: Any, want: Platform | None,
+    image: ResolvedImage, output: Destination | None, want: Platform | None,
     progress: Callable[[object], None] | None,
 ) -> CompiledImage:
     from .tarout import TarSink
@@ -756,28 +746,25 @@ def _write_tar(
     started = time.monotonic()
     if output is None:
         raise UsageError("--format tar needs an output (a file, or - for stdout)")
-    if isinstance(output, str | os.PathLike):
-        dest = Path(output).absolute()
+    out = output
 
-        def build() -> tuple[FlattenReport, TreeShape]:
-            with _atomic_output(dest) as tmp, open(tmp, "wb") as f:
-                shape = _tar_shape(layers, progress)
-                sink = TarSink(f, shape=shape)
-                report = _flatten_into(layers, sink, progress)
-                sink.finish()
-            return report, shape
+    def build() -> tuple[FlattenReport, TreeShape]:
+        with out.open() as f:
+            shape = _tar_shape(layers, progress)
+            sink = TarSink(f, shape=shape)
+            report = _flatten_into(layers, sink, progress)
+            sink.finish()
+        return report, shape
 
+    path = output.path
+    if output.is_file:
         report, shape = _while_downloading(image, build)
-        path: Path | None = dest
-        size = dest.stat().st_size
+        size = output.path.stat().st_size if output.path else 0
     else:
         # A stream cannot be written again: its layers are all downloaded first.
         _prefetch(image)
-        shape = _tar_shape(layers, progress)
-        sink = TarSink(output, shape=shape)
-        report = _flatten_into(layers, sink, progress)
-        sink.finish()
-        path, size = None, 0
+        report, shape = build()
+        size = 0
     manifest, config = image.manifest(), image.config()
     return CompiledImage(
         path=path, reference=image.reference, digest=image.digest,

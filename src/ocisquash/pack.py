@@ -25,19 +25,19 @@ A file whose size changes between its ``lstat`` and its reading is an error (its
 image would be a mix of two states), as is an entry that vanishes while the tree is
 packed.
 
-The image is written to a temporary file beside the output and renamed into place only
-when complete, so an error never leaves a half-written image under the final name. A
-dm-verity hash tree (:func:`pack_image` with ``verity``) is made from that temporary
-file before the rename.
+The image is written as ``ocisquash.output`` says of every output: to a temporary file
+with a random name beside the output, renamed into place only when complete (so an
+error never leaves a half-written image under the final name), into a directory that
+must exist, and over an existing file only when the caller allows it. A dm-verity hash
+tree (:func:`pack_image` with ``verity``) is made from that temporary file, through its
+descriptor, before the rename.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
-import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -45,9 +45,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
 from .entry import EntryMeta
-from .errors import OcisquashError, OutputError, SquashfsError, UsageError
+from .errors import OcisquashError, SquashfsError, UsageError
 from .interpreter import collector_paused
 from .layers import Fidelity
+from .output import check_output, open_file_path
 from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
 
 if TYPE_CHECKING:
@@ -428,18 +429,21 @@ class PackedImage:
 
 
 def pack_directory(src: Path, output: Path, options: WriterOptions | ErofsOptions,
-                   fidelity: Fidelity | None = None) -> WriteSummary | ErofsSummary:
+                   fidelity: Fidelity | None = None, *,
+                   overwrite: bool = True) -> WriteSummary | ErofsSummary:
     """Write the tree below ``src`` as an image at ``output``; return the summary. The
     image is EROFS when ``options`` are ``ErofsOptions``, else squashfs.
 
-    What the image cannot hold (xattrs outside user./trusted./security., mtimes out of
-    range) is noted in ``fidelity`` when one is given."""
-    return pack_image(src, output, options, fidelity).summary
+    ``output`` must be a regular file whose directory exists; an existing one is replaced
+    only with ``overwrite`` (on by default here; the CLI's ``--force``). What the image
+    cannot hold (xattrs outside user./trusted./security., mtimes out of range) is noted
+    in ``fidelity`` when one is given."""
+    return pack_image(src, output, options, fidelity, overwrite=overwrite).summary
 
 
 def pack_image(src: Path, output: Path, options: WriterOptions | ErofsOptions,
                fidelity: Fidelity | None = None, *,
-               verity: VerityOptions | None = None) -> PackedImage:
+               verity: VerityOptions | None = None, overwrite: bool = True) -> PackedImage:
     """:func:`pack_directory`, and with ``verity`` a dm-verity hash tree for the image
     (``verity.add_verity``), made before the image takes its name. With no manifest to
     name the image, the seed of its salt is the image's own sha256."""
@@ -452,38 +456,32 @@ def pack_image(src: Path, output: Path, options: WriterOptions | ErofsOptions,
         raise UsageError(f"cannot read source directory: {e.strerror}", context=str(src)) from e
     if not stat.S_ISDIR(root_st.st_mode):
         raise UsageError("source is not a directory", context=str(src))
-    output = Path(output)
-    try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{output.name}.", suffix=".tmp", dir=output.parent or "."
-        )
-    except OSError as e:
-        raise OutputError(f"cannot create the output: {e.strerror}", context=str(output)) from e
-    try:
-        with os.fdopen(fd, "w+b") as out:
-            tmp_st = os.fstat(out.fileno())
-            # Never pack the image being written into itself.
-            skip = {(tmp_st.st_dev, tmp_st.st_ino)}
-            with contextlib.suppress(OSError):
-                out_st = os.stat(output)
-                skip.add((out_st.st_dev, out_st.st_ino))
-            with collector_paused():
-                summary = _write(out, src_bytes, root_st, options, skip, fidelity)
-            out.flush()
-            os.fsync(out.fileno())
-        info = None
+    dest = check_output(output, overwrite=overwrite)
+    dest.require_file("pack")
+    assert dest.path is not None
+    info = None
+    with dest.open() as out:
+        tmp_st = os.fstat(out.fileno())
+        # Never pack the image being written into itself, nor the file it replaces.
+        skip = {(tmp_st.st_dev, tmp_st.st_ino)}
+        if (out_st := _stat_or_none(dest.path)) is not None:
+            skip.add((out_st.st_dev, out_st.st_ino))
+        with collector_paused():
+            summary = _write(out, src_bytes, root_st, options, skip, fidelity)
+        out.flush()
         if verity is not None:
             from .verity import add_verity, image_digest, sidecar_paths, verity_seed
 
-            tmp = Path(tmp_name)
+            # The temporary file itself, whatever its name in the directory now is.
+            tmp = open_file_path(out)
             seed = verity_seed(image_digest(tmp), {})
-            info = add_verity(tmp, verity, seed, sidecars=sidecar_paths(output))
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+            info = add_verity(tmp, verity, seed, sidecars=sidecar_paths(dest.path),
+                              spill_dir=dest.path.parent)
     return PackedImage(summary, info)
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None

@@ -521,7 +521,8 @@ def pad_to_blocks(path: Path) -> int:
 
 
 def add_verity(image: Path, options: VerityOptions, seed: str, *,
-               sidecars: SidecarPaths | None = None) -> VerityInfo:
+               sidecars: SidecarPaths | None = None,
+               spill_dir: Path | None = None) -> VerityInfo:
     """Hash the finished ``image`` and write its verity files.
 
     ``image`` is padded to 4096 bytes first. In sidecar mode the hash device goes to
@@ -529,7 +530,8 @@ def add_verity(image: Path, options: VerityOptions, seed: str, *,
     to ``sidecars.root_hash`` and, when signing, the signature to ``sidecars.signature``;
     a file of these names that this run does not write is removed, so none is left from
     an earlier run. ``sidecars`` defaults to the names beside ``image``. Each file is
-    written through a temporary file and a rename.
+    written through a temporary file and a rename. A large tree spills to temporary
+    files in ``spill_dir`` (default: ``image``'s directory).
     """
     options.check()
     paths = sidecars or sidecar_paths(image)
@@ -540,7 +542,7 @@ def add_verity(image: Path, options: VerityOptions, seed: str, *,
         size = pad_to_blocks(image)
     except OSError as e:
         raise OutputError(f"cannot pad the image: {e.strerror}", context=str(image)) from e
-    with hash_image(image, salt, spill_dir=image.parent) as tree:
+    with hash_image(image, salt, spill_dir=spill_dir or image.parent) as tree:
         root = tree.root_hash.hex()
         try:
             if options.mode == "append":
@@ -582,7 +584,7 @@ def _write_atomic(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+            os.fchmod(f.fileno(), 0o644)  # never through the name another user could swap
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -28,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--format", choices=("squashfs", "erofs"), default="squashfs",
                         help="image format (default squashfs)")
     add_verity_arguments(parser)
+    parser.add_argument("--force", action="store_true",
+                        help="replace OUT if it exists (else an existing OUT is refused, as "
+                             "mksquashfs refuses; OUT's directory must exist)")
     parser.add_argument("--all-root", action="store_true", help="store every entry as 0:0")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
                                            all_root=args.all_root)
     verity = verity_options_from_args(args)
     fidelity = Fidelity()
-    packed = pack_image(args.source, args.output, options, fidelity, verity=verity)
+    packed = pack_image(args.source, args.output, options, fidelity, verity=verity,
+                        overwrite=args.force)
     summary = packed.summary
     issues = [i.to_json() for i in fidelity.issues()]
     if args.json:
