@@ -358,7 +358,7 @@ def run_ocisquash(image: str, tmp: Path, cache: Path, extra: list[str]) -> Measu
     out = tmp / "out.squashfs"
     try:
         res = step(m, "compile", [[*OCISQUASH, "compile", image, "-o", str(out),
-                                   "--cache-dir", str(cache), "--json", *extra]], capture=True)
+                                   "--force", "--cache-dir", str(cache), "--json", *extra]], capture=True)
         info = json.loads(res)
         m.info = {"cached": info.get("cached"), "compression":
                   info.get("stats", {}).get("squashfs", {}).get("compression")}

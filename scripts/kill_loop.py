@@ -52,8 +52,8 @@ def sha256_file(path: Path) -> str:
 
 
 def compile_cmd(image: str, out: Path, cache: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "ocisquash", "compile", image, "-o", str(out), "--cache-dir",
-            str(cache), "--quiet", *extra]
+    return [sys.executable, "-m", "ocisquash", "compile", image, "-o", str(out), "--force",
+            "--cache-dir", str(cache), "--quiet", *extra]
 
 
 def check_cache(cache: Path) -> list[str]:

@@ -268,7 +268,8 @@ def test_killed_compile_leaves_no_entry_and_next_succeeds(tmp_path: Path) -> Non
     layout = big_image(tmp_path / "layout")
     cache = tmp_path / "cache"
     args = [sys.executable, "-m", "ocisquash", "compile", f"oci:{layout}:latest",
-            "-o", str(tmp_path / "out.squashfs"), "--cache-dir", str(cache), "--compression", "xz"]
+            "-o", str(tmp_path / "out.squashfs"), "--force", "--cache-dir", str(cache),
+            "--compression", "xz"]
     killed_midway = 0
     for delay in (0.3, 0.6, 1.0):
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -347,7 +348,7 @@ def test_fidelity_losses_are_named_in_warning_and_json(tmp_path: Path) -> None:
     proc = run_cli(*args)
     assert "warning: 1 entries: extended attributes outside" in proc.stderr and "/acl" in proc.stderr
     assert "modification times outside" in proc.stderr and "/future" in proc.stderr
-    summary = json.loads(run_cli(*args, "--json").stdout)
+    summary = json.loads(run_cli(*args, "--json", "--force").stdout)
     kinds = {f["kind"]: f for f in summary["fidelity"]}
     assert kinds["xattr-dropped"]["examples"] == ["acl"]
     assert kinds["mtime-clamped"]["count"] == 1

@@ -37,7 +37,7 @@ def test_second_compile_by_tag_costs_one_manifest_request(
         registries: Any, proxy: FaultProxy, tmp_path: Path) -> None:
     ref = f"{proxy.host}/app:oci"
     args = [sys.executable, "-m", "ocisquash", "compile", ref, "-o", str(tmp_path / "o.squashfs"),
-            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+            "--cache-dir", str(tmp_path / "cache"), "--quiet", "--force"]
     first = subprocess.run([*args, "--json"], check=True, capture_output=True, text=True)
     digest = json.loads(first.stdout)["digest"]
     before = len(proxy.requests())

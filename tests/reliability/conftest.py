@@ -79,8 +79,10 @@ def options(cache: Path, **kw: object) -> SourceOptions:
 
 
 def cli_source_args(cache: Path) -> list[str]:
+    """Options of a ``compile`` from the site's registry; its ``-o`` may exist from an
+    earlier run of the same test, which compiles again to replace it (``--force``)."""
     return ["--cache-dir", str(cache), "--plain-http", "--auth-file",
-            str(cache.parent / "no-auth.json"), "--quiet"]
+            str(cache.parent / "no-auth.json"), "--quiet", "--force"]
 
 
 @pytest.fixture(scope="session")

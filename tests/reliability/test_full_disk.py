@@ -51,13 +51,13 @@ def layouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _compile(layout: Path, out: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     return run_cli("compile", f"oci:{layout}:latest", "-o", str(out), "--cache-dir", str(cache),
-                   "--quiet")
+                   "--quiet", "--force")
 
 
 def _earlier_entry_intact(cache: Path, small: Path, out: Path) -> None:
     assert_cache_whole(cache)
     again = run_cli("compile", f"oci:{small}:latest", "-o", str(out), "--cache-dir", str(cache),
-                    "--pull", "never", "--quiet")
+                    "--pull", "never", "--quiet", "--force")
     assert again.returncode == 0, again.stderr
 
 

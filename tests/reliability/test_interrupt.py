@@ -134,7 +134,7 @@ def test_kill_at_random_points_of_a_compile_leaves_nothing_half_done(tmp_path: P
             assert file_sha256(out) == want
     assert outcomes["killed"] == kills, outcomes
     done = run_cli("compile", f"oci:{layout}:latest", "-o", str(out), "--cache-dir", str(cache),
-                   "--quiet")
+                   "--quiet", "--force")
     assert done.returncode == 0, done.stderr
     assert file_sha256(out) == want
     assert_cache_whole(cache)

@@ -32,6 +32,7 @@ TAR_MEDIA = "application/vnd.oci.image.layer.v1.tar"
 
 
 def _refused(layout: Path, tmp_path: Path, pattern: str) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out.squashfs"
     proc = run_cli("compile", f"oci:{layout}:latest", "-o", str(out), "--cache-dir",
                    str(tmp_path / "cache"), "--quiet")

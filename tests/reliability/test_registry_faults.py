@@ -147,6 +147,7 @@ def test_mixed_faults_many_rounds(site: Site, slow_proxy: SlowProxy, tmp_path: P
             else:
                 slow_proxy.add(kind, blob, after=rnd.randrange(1, 2 << 20))
         work = tmp_path / f"round{i}"
+        work.mkdir()
         try:
             out, _ = _compile(site, slow_proxy, work)
         except OcisquashError as e:

@@ -104,7 +104,7 @@ def test_what_squashfs_cannot_hold_is_named_not_dropped_silently(
             "user./trusted./security. were dropped (e.g. /sub/file)") in err
     assert ("ocisquash: warning: 1 entries: modification times outside 0..2^32-1 "
             "were clamped (e.g. /same)") in err
-    assert _run(["pack", str(source), str(out), "--json"]) == 0
+    assert _run(["pack", str(source), str(out), "--json", "--force"]) == 0
     kinds = {i["kind"]: i for i in json.loads(capsys.readouterr().out)["fidelity"]}
     assert kinds["xattr-dropped"]["examples"] == ["sub/file"]
     assert kinds["mtime-clamped"]["count"] == 1
@@ -113,7 +113,7 @@ def test_what_squashfs_cannot_hold_is_named_not_dropped_silently(
                .stdout.splitlines())
     assert " 1970-01-01 00:00 " in next(
         line for line in unsquashfs_listing(out) if line.endswith("/same"))
-    assert _run(["pack", str(source), str(out), "--quiet"]) == 0
+    assert _run(["pack", str(source), str(out), "--quiet", "--force"]) == 0
     assert capsys.readouterr().err == ""
 
 
