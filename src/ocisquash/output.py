@@ -464,6 +464,15 @@ def place_file(src: Path, dest: Path) -> str:
     return Destination("file", Path(os.path.abspath(dest)), None, overwrite=True).place(src)
 
 
+def write_file(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> Path:
+    """Write the small file ``path`` by the rules above (whole or not at all, through a
+    random temporary name); returns its absolute path."""
+    dest = check_output(path, overwrite=overwrite)
+    with dest.open() as f:
+        f.write(data)
+    return Path(dest.path or path)
+
+
 def open_file_path(f: BinaryIO) -> Path:
     """A path that names the open file ``f`` itself (``/proc/self/fd/N``), for code that
     opens files by name: unlike the temporary's name in a shared directory, another
@@ -498,4 +507,5 @@ def _as_output_error(name: str) -> Iterator[None]:
         raise OutputError(f"cannot write: {e.strerror or e}", context=name) from e
 
 
-__all__ = ["Destination", "check_output", "open_file_path", "place_file", "stdout_stream"]
+__all__ = ["Destination", "check_output", "open_file_path", "place_file", "stdout_stream",
+           "write_file"]

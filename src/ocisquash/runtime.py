@@ -43,7 +43,6 @@ context, the converter MUST return an error": :class:`RuntimeConfigError`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from collections.abc import Iterable
@@ -358,18 +357,11 @@ def runtime_config(config: ImageConfig, image: str | Path | None) -> dict[str, A
 
 
 def write_file(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a temporary file renamed)."""
-    from .errors import OutputError
+    """Write ``data`` to ``path`` whole or not at all, as ``ocisquash.output`` writes
+    every output (a random temporary name beside it, renamed)."""
+    from .output import write_file as write_output
 
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(dest)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write {dest}: {e.strerror or e}") from e
+    write_output(path, data)
 
 
 def write_bundle(directory: str | Path, runtime: dict[str, Any]) -> Path:

@@ -433,3 +433,18 @@ def test_a_racing_planter_never_redirects_the_output(
         planter.wait()
     assert outcomes["written"] + outcomes["refused"] == 30
     assert [p for p in shared.iterdir() if not p.is_symlink() and p != out] == []
+
+
+def test_config_out_never_writes_through_a_planted_link(
+        image: tuple[str, Path, bytes], tmp_path: Path) -> None:
+    """``--config-out`` once wrote through the fixed name ``.NAME.tmp``: a link planted
+    there sent the config into the link's target."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root only\n")
+    os.chmod(secret, 0o600)
+    (tmp_path / ".config.json.tmp").symlink_to(secret)
+    out = tmp_path / "config.json"
+    proc = cli(*cached_args(image, tmp_path / "o.squashfs", "--config-out", str(out)))
+    assert proc.returncode == 0, proc.stderr
+    assert secret.read_bytes() == b"root only\n" and stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert b'"rootfs"' in out.read_bytes() and not out.is_symlink()
