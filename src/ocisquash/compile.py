@@ -670,8 +670,8 @@ def _check_verity(verity: VerityOptions, format: OutputFormat,
                          "image, and a tar stream is not one",
                          hint="drop --format tar, or --verity")
     if verity.mode == "sidecar" and output is not None and not output.is_file:
-        raise UsageError("--verity writes OUT.verity beside OUT, and a stream or device has "
-                         "no side", hint="give -o a file, or use --verity=append")
+        raise UsageError("--verity writes OUT.verity beside OUT, and a stream has no side "
+                         "(nor has a device or FIFO)", hint="give -o a file, or use --verity=append")
 
 
 def _add_verity(image_file: Path, verity: VerityOptions | None, digest: Digest,

@@ -448,3 +448,13 @@ def test_config_out_never_writes_through_a_planted_link(
     assert proc.returncode == 0, proc.stderr
     assert secret.read_bytes() == b"root only\n" and stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert b'"rootfs"' in out.read_bytes() and not out.is_symlink()
+
+
+def test_verity_sidecars_need_a_file_output(image: tuple[str, Path, bytes],
+                                            tmp_path: Path) -> None:
+    """OUT.verity goes beside OUT: a device has no side, and nothing is written in /dev."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    line = one_line(cli(*cached_args(image, fifo, "--verity")), 2)
+    assert "has no side" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
