@@ -64,10 +64,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 #: The exit statuses, for ``--help``, the man page and the README.
 EXIT_STATUS = """exit status:
   0    success
-  1    the work failed: the output, the cache or the writer (a full disk, a damaged
-       cache entry); a check found bytes that do not match their digest (a download,
+  1    the work failed: the output, the cache or the writer (a full disk, a read-only
+       directory, a damaged cache entry); a check found bytes that do not match their digest (a download,
        cache verify, verify); a feature this machine lacks (no root, no squashfuse)
-  2    usage error: an unknown option, a bad value, an image reference that does not parse
+  2    usage error: an unknown option, a bad value, an image reference that does not
+       parse; an output refused before any work (it exists and --force was not given,
+       its directory is missing, it is a directory, a block device or a terminal)
   3    image error: no such image, tag, layout, archive or directory; no image for the
        platform; an invalid or unsafe manifest, config or layer; a limit it exceeds
   4    registry or network error: unreachable, refused credentials, failing responses

@@ -51,9 +51,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             "  compile take 0.1 s; writing to it anyway damages the cache entry, which the\n"
             "  next compile rebuilds), else as a copy. --copy gives an independent,\n"
             "  writable file.\n"
-            "\nexit status: 0 done, 1 error (image, registry, cache, output), 2 usage error\n"
-            "  (bad options, or an OUT refused before any work), 130 interrupted, 141 the\n"
-            "  reader of stdout went away\n"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
