@@ -6,10 +6,12 @@ sources find is compared with what ``skopeo inspect --raw`` reports.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import re
 import shutil
 import subprocess
@@ -329,11 +331,13 @@ def test_oci_archive_made_by_skopeo(oci_archive: Path, layout: BuiltImage) -> No
 
 def _recompress(src: Path, dest: Path, how: str) -> Path:
     data = src.read_bytes()
-    dest.write_bytes(gzip.compress(data) if how == "gzip" else zstandard.ZstdCompressor().compress(data))
+    packers = {"gzip": gzip.compress, "zstd": zstandard.ZstdCompressor().compress,
+               "bzip2": bz2.compress, "xz": lzma.compress}
+    dest.write_bytes(packers[how](data))
     return dest
 
 
-@pytest.mark.parametrize("how", ["gzip", "zstd"])
+@pytest.mark.parametrize("how", ["gzip", "zstd", "bzip2", "xz"])
 def test_compressed_oci_archive_is_unpacked_once_into_an_anonymous_file(
     oci_archive: Path, layout: BuiltImage, tmp_path: Path, how: str
 ) -> None:

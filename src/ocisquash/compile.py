@@ -42,6 +42,7 @@ from .errors import (
 from .interpreter import collector_paused
 from .model import Descriptor, ImageConfig, Manifest, Platform
 from .output import Destination, check_output, open_file_path, place_file
+from .rules import FidelityIssue, clamp_mtime
 from .sources.options import SourceOptions
 from .squashfs.version import FORMAT_VERSION
 from .store import fsync_path
@@ -80,7 +81,7 @@ class CompiledImage:
     #: True when the result came from the cache without building
     cached: bool
     #: things the layers held that squashfs cannot (see the README's fidelity section)
-    fidelity: tuple[dict[str, Any], ...] = ()
+    fidelity: tuple[FidelityIssue, ...] = ()
     #: how the output was placed: "reflink", "hardlink", "copy", "written" or "none"
     placed: str = "none"
     stats: dict[str, Any] = field(default_factory=dict)
@@ -215,9 +216,9 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
     return report
 
 
-def _fidelity_json(report: FlattenReport) -> tuple[dict[str, Any], ...]:
-    """The fidelity issues as JSON-ready records (paths shown as text)."""
-    return tuple(i.to_json() for i in report.fidelity)
+def _fidelity_json(report: FlattenReport) -> list[dict[str, Any]]:
+    """The fidelity issues as JSON-ready records (paths shown as text), for the cache."""
+    return [i.to_json() for i in report.fidelity]
 
 
 def _build_image(
@@ -333,7 +334,7 @@ def _epoch(created: str) -> int:
         t = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0
-    return min(max(int(t), 0), 2**32 - 1)
+    return clamp_mtime(int(t))
 
 
 def _hash_while_syncing(path: Path) -> Digest:
@@ -567,7 +568,7 @@ def compile_image(
                         "files": summary.inodes,
                         "layers": len(manifest.layers),
                         "layer_bytes": sum(d.size for d in manifest.layers),
-                        "fidelity": list(_fidelity_json(report)),
+                        "fidelity": _fidelity_json(report),
                         "stats": _stats(report, summary, format),
                         "created": time.time(),
                     }
@@ -655,7 +656,7 @@ def _from_entry(entry: Any, output: Destination | None, *, cached: bool,
         size=int(info.get("squashfs_size", 0)),
         files=int(info.get("files", 0)),
         cached=cached,
-        fidelity=tuple(info.get("fidelity", ())),
+        fidelity=tuple(FidelityIssue.from_json(i) for i in info.get("fidelity", ())),
         placed=placed,
         stats=stats,
         verity=vinfo,
@@ -708,7 +709,7 @@ def _compile_uncached(
         path=output.path, reference=image.reference, digest=image.digest,
         platform=str(image.platform or config.platform), manifest=manifest, config=config,
         format=format, size=size, files=summary.inodes,
-        cached=False, fidelity=_fidelity_json(report), placed="written",
+        cached=False, fidelity=report.fidelity, placed="written",
         stats={**_stats(report, summary, format), "seconds": round(time.monotonic() - started, 3)},
         verity=vinfo,
     )
@@ -770,7 +771,7 @@ def _write_tar(
         path=path, reference=image.reference, digest=image.digest,
         platform=str(image.platform or config.platform), manifest=manifest, config=config,
         format="tar", size=size, files=shape.inodes(), cached=False,
-        fidelity=_fidelity_json(report), placed="written",
+        fidelity=report.fidelity, placed="written",
         stats={**_stats(report, None), "seconds": round(time.monotonic() - started, 3)},
     )
 

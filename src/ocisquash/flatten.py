@@ -54,10 +54,10 @@ from typing import BinaryIO, Literal, Protocol
 
 from .entry import EntryMeta
 from .errors import ErofsError, LayerError, LimitExceededError, SquashfsError, UnsafeLayerError
-from .layers import Fidelity, FidelityIssue, Limits, TarEntry, layer_context, read_layer
+from .layers import TarEntry, layer_context, read_layer
+from .rules import DEFAULT_LIMITS, Fidelity, FidelityIssue, Limits, check_layer_count
 from .sources.base import Layer
 
-DEFAULT_LIMITS = Limits()
 #: metadata of a directory that exists only because a layer needs it as a parent
 #: (the squashfs writer's and TarSink's default too)
 IMPLICIT_DIR_META = EntryMeta(mode=0o755)
@@ -208,9 +208,7 @@ def flatten(
 class _Flattener:
     def __init__(self, layers: Sequence[Layer], sink: TreeSink, limits: Limits,
                  progress: Callable[[FlattenProgress], None] | None) -> None:
-        if len(layers) > limits.max_layers:
-            raise LimitExceededError(
-                f"image has {len(layers)} layers, more than the limit of {limits.max_layers}")
+        check_layer_count(len(layers), limits=limits)
         self.layers = layers
         self.sink = sink
         self.limits = limits

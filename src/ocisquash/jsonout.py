@@ -97,7 +97,7 @@ def compiled(result: CompiledImage) -> dict[str, Any]:
         "files": result.files,
         "cached": result.cached,
         "placed": result.placed,
-        "fidelity": plain(list(result.fidelity)),
+        "fidelity": plain([i.to_json() for i in result.fidelity]),
         "config_digest": str(result.manifest.config.digest),
         "config": runtime_config(result.config),
         "stats": plain(result.stats),

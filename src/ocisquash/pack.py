@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 from .entry import EntryMeta
 from .errors import OcisquashError, SquashfsError, UsageError
 from .interpreter import collector_paused
-from .layers import Fidelity
 from .output import check_output, open_file_path
+from .rules import KEPT_XATTR_NAMESPACES, Fidelity, clamp_mtime
 from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from .flatten import TreeSink
     from .verity import VerityInfo, VerityOptions
 
-_XATTR_PREFIXES = (b"user.", b"trusted.", b"security.")
 
 #: Files up to this size are read whole by the walker thread (a few blocks at most).
 READ_AHEAD_FILE = 1 << 20
@@ -227,8 +226,8 @@ class _Walker:
     def _meta(self, path: bytes, st: os.stat_result) -> EntryMeta:
         mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
         mtime = int(st.st_mtime)
-        if not 0 <= mtime < 2**32:
-            mtime = max(0, min(mtime, 2**32 - 1))
+        if clamp_mtime(mtime) != mtime:
+            mtime = clamp_mtime(mtime)
             self._fidelity.note("mtime-clamped", self._image_path(path))
         xattrs = self._read_xattrs(path, st.st_dev) if self._xattrs else ()
         if xattrs:
@@ -258,7 +257,7 @@ class _Walker:
         dropped = False
         for name in names:
             raw = os.fsencode(name)
-            if not raw.startswith(_XATTR_PREFIXES):
+            if not raw.startswith(KEPT_XATTR_NAMESPACES):
                 dropped = True
                 continue
             try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import bz2
 import gzip
 import hashlib
 import io
+import lzma
 import random
 import signal
 import struct
@@ -32,17 +34,12 @@ from ocisquash.errors import (
     UnsupportedError,
 )
 from ocisquash.flatten import flatten
-from ocisquash.layers import (
-    Fidelity,
-    Limits,
-    _byte_sum,
-    _num,
-    _PeekReader,
-    _ZstdReader,
-    normalize_path,
-    read_layer,
-    sniff_compression,
-)
+from ocisquash.layers import normalize_path, read_layer
+from ocisquash.layers.compression import PeekReader
+from ocisquash.layers.tar import _byte_sum, _num
+from ocisquash.layers.zstd import ZstdReader
+from ocisquash.rules import Fidelity, Limits
+from ocisquash.sniff import SNIFF_BYTES, sniff_compression
 
 from .cases import D, F, H, gnu_tar
 from .layerkit import MEDIA, BlobLayer, RecordingSink
@@ -67,6 +64,18 @@ def test_compression_is_sniffed_from_magic_bytes_not_media_type() -> None:
     skippable = struct.pack("<II", 0x184D2A5E, 3) + b"abc"
     layer = BlobLayer(skippable + zstandard.compress(TAR), Digest.of(TAR), MEDIA["zstd"])
     assert entries(layer)[b"etc/hosts"] == b"127.0.0.1 localhost\n"
+
+
+def test_archive_compressions_are_sniffed_but_refused_for_layers() -> None:
+    # One sniffer serves layers and archives: a layer may not be bzip2 or xz...
+    for blob, name in ((bz2.compress(TAR), "bzip2"), (lzma.compress(TAR), "xz")):
+        assert sniff_compression(blob[:SNIFF_BYTES]) == name
+        with pytest.raises(UnsupportedError, match=f"the layer is {name}-compressed"):
+            entries(BlobLayer(blob, Digest.of(TAR), MEDIA["gzip"]))
+    # ...and a tar whose first name merely starts with "BZh" is still a tar.
+    tar = make_tar([F("BZh9-notes", b"n")])
+    assert sniff_compression(tar[:SNIFF_BYTES]) == "tar"
+    assert entries(BlobLayer.of(tar, "tar")) == {b"BZh9-notes": b"n"}
 
 
 def test_unknown_media_type_is_refused_naming_it() -> None:
@@ -99,7 +108,7 @@ def test_zstd_reader_hands_on_whole_reads_across_frames() -> None:
     data = b"".join(b"line %d of some text\n" % i for i in range(200_000))
     third = len(data) // 3
     blob = b"".join(zstandard.compress(data[i:i + third]) for i in range(0, len(data), third))
-    reader = _ZstdReader(_PeekReader(io.BytesIO(blob)))
+    reader = ZstdReader(PeekReader(io.BytesIO(blob)))
     sizes = []
     got = b""
     while chunk := reader.read(1 << 20):

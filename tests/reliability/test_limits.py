@@ -18,8 +18,8 @@ from pathlib import Path
 
 import zstandard
 
-from ocisquash.layers import Limits
 from ocisquash.registry.client import MANIFEST_LIMIT
+from ocisquash.rules import Limits
 from ocisquash.sources.oci_layout import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
 
 from .conftest import Site, cli_source_args
@@ -52,6 +52,40 @@ def test_registry_manifest_larger_than_4_mib_is_refused(site: Site, slow_proxy: 
                    *cli_source_args(tmp_path / "cache"))
     line = clean_error_line(proc)
     assert f"larger than the {MANIFEST_LIMIT} bytes" in line, line
+
+
+def _manifest_of(layers: int) -> bytes:
+    def desc(media: str, i: int) -> dict[str, object]:
+        return {"mediaType": media, "size": 10, "digest": "sha256:" + f"{i:064x}"}
+    return json.dumps({"schemaVersion": 2,
+                       "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "config": desc("application/vnd.oci.image.config.v1+json", 0),
+                       "layers": [desc(TAR_MEDIA, i + 1) for i in range(layers)]}).encode()
+
+
+def test_a_manifest_of_1001_layers_is_refused_before_any_blob_is_fetched(
+        site: Site, slow_proxy: SlowProxy, tmp_path: Path) -> None:
+    """compile and pull: the manifest alone decides; not even the config is asked for
+    (compile used to download all 1001 layers first, and pull had no limit)."""
+    slow_proxy.add("body", "/manifests/", times=-1, body=_manifest_of(1001),
+                   headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    ref = site.ref("many", slow_proxy.host)
+    for command in (["compile", ref, "-o", str(tmp_path / "o.sqfs")], ["pull", ref]):
+        proc = run_cli(*command, *cli_source_args(tmp_path / "cache"))
+        line = clean_error_line(proc)
+        assert "image has 1001 layers, more than the limit of 1000" in line, line
+    assert slow_proxy.requests(path="/blobs/") == []
+
+
+def test_a_layout_manifest_of_1001_layers_is_refused_before_its_blobs_are_read(
+        tmp_path: Path) -> None:
+    """No blob of the manifest exists: the layer count is the first thing refused."""
+    layout = write_raw_layout(tmp_path / "layout", manifest=_manifest_of(1001))
+    for blob in (layout / "blobs" / "sha256").iterdir():
+        if blob.read_bytes() != _manifest_of(1001):
+            blob.unlink()
+    _refused(layout, tmp_path, r"manifest sha256:\w+…?: image has 1001 layers, more than the "
+             r"limit of 1000")
 
 
 def test_layout_manifest_and_config_size_limits(tmp_path: Path) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..erofs.options import ErofsOptions
     from ..model import Platform
+    from ..rules import FidelityIssue
     from ..sources.options import SourceOptions
     from ..squashfs.options import WriterOptions
 
@@ -237,15 +238,15 @@ def erofs_options_from_args(args: argparse.Namespace, *,
     )
 
 
-def print_fidelity(issues: Iterable[Mapping[str, Any]]) -> None:
+def print_fidelity(issues: Iterable[FidelityIssue]) -> None:
     """One stderr line per kind of thing the image could not hold exactly."""
     from ..terminal import printable
 
     for issue in issues:
-        examples = ", ".join("/" + printable(e) for e in issue.get("examples", ())[:3])
+        shown = [e.decode("utf-8", "replace") for e in issue.examples[:3]]
+        examples = ", ".join("/" + printable(e) for e in shown)
         # squashfs keeps whole seconds only; most build tools write finer times, so
         # that loss is a note, not a warning that every compile would print.
-        level = "note" if issue.get("kind") == "mtime-subsecond-truncated" else "warning"
-        print(f"ocisquash: {level}: {issue.get('count', '?')} entries: "
-              f"{printable(issue.get('detail', issue.get('kind', issue)))}"
+        level = "note" if issue.kind == "mtime-subsecond-truncated" else "warning"
+        print(f"ocisquash: {level}: {issue.count} entries: {printable(issue.detail or issue.kind)}"
               + (f" (e.g. {examples})" if examples else ""), file=sys.stderr)

@@ -39,8 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run(args: argparse.Namespace) -> int:
     from ..erofs.options import ErofsOptions
-    from ..layers import Fidelity
     from ..pack import pack_image
+    from ..rules import Fidelity
     from ..squashfs import WriteSummary
     from ..squashfs.options import WriterOptions
     from ._common import erofs_options_from_args, print_fidelity, writer_options_from_args
@@ -87,5 +87,5 @@ def run(args: argparse.Namespace) -> int:
         if packed.verity is not None:
             print(describe(packed.verity))
     if not args.json and not args.quiet:
-        print_fidelity(issues)
+        print_fidelity(fidelity.issues())
     return 0

@@ -39,6 +39,7 @@ from typing import BinaryIO, Literal
 
 from ..entry import EntryMeta
 from ..errors import ErofsError, OutputError
+from ..rules import MAX_SYMLINK_TARGET
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
 from .compress import CompressedData, index_extra, lz4_config, map_header
@@ -64,9 +65,6 @@ from .format import (
 )
 from .options import ErofsCompression, ErofsOptions
 from .xattr import SharedXattrs, check_xattrs, icount, inline_size_bound
-
-#: PATH_MAX minus the NUL: what the kernel reads as a symlink target.
-MAX_SYMLINK_TARGET = 4095
 
 _FILE_TYPE = {
     InodeType.FILE: FileType.REG_FILE,

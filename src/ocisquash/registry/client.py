@@ -36,6 +36,7 @@ from ..errors import (
     TransientRegistryError,
 )
 from ..model import MANIFEST_ACCEPT, Descriptor
+from ..rules import MAX_MANIFEST_SIZE
 from ..store import BlobStore, BlobWriter
 from .auth import Authenticator, parse_challenges
 from .credentials import Credentials, find_credentials
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 #: Manifests larger than this are refused (the distribution spec suggests 4 MiB).
-MANIFEST_LIMIT = 4 << 20
+MANIFEST_LIMIT = MAX_MANIFEST_SIZE
 #: A blob is read as the connection delivers it, up to this much at a time: with 64 KiB
 #: reads, pulling a 668 MB layer took 1.9-2.0 s of CPU, with these 1.3 s.
 _CHUNK = 1 << 20

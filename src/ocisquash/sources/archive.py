@@ -47,7 +47,6 @@ from ..errors import (
     UnsupportedError,
     UsageError,
 )
-from ..layers import Limits
 from ..model import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -60,9 +59,9 @@ from ..model import (
     parse_manifest_or_index,
 )
 from ..reference import DockerArchiveSpec, OciArchiveSpec, Reference, parse_reference
+from ..rules import DEFAULT_LIMITS, MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, check_layer_count
+from ..sniff import SNIFF_BYTES, sniff_compression
 from .oci_layout import (
-    MAX_CONFIG_SIZE,
-    MAX_MANIFEST_SIZE,
     LocalImage,
     build_image,
     list_tags,
@@ -72,28 +71,11 @@ from .oci_layout import (
 )
 from .options import SourceOptions
 
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_BZIP2_MAGIC = b"BZh"
-_XZ_MAGIC = b"\xfd7zXZ\x00"
 #: How many symbolic or hard links a member name may pass through.
 _MAX_LINK_HOPS = 16
 _BLOB_PATH = re.compile(r"blobs/(sha256|sha512)/([0-9a-f]+)")
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
-
-
-def sniff_compression(head: bytes) -> str | None:
-    """``gzip``, ``zstd``, ``bzip2``, ``xz`` or ``None`` (plain), from a stream's first bytes."""
-    if head.startswith(_GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(_ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(_BZIP2_MAGIC):
-        return "bzip2"
-    if head.startswith(_XZ_MAGIC):
-        return "xz"
-    return None
 
 
 def _normalize(name: str) -> str:
@@ -169,9 +151,9 @@ class TarArchive:
             raise ImageNotFoundError("no such file", context=self.where) from None
         except OSError as e:
             raise ImageNotFoundError(f"cannot open: {e.strerror}", context=self.where) from None
-        compression = sniff_compression(f.read(6))
+        compression = sniff_compression(f.read(SNIFF_BYTES))
         f.seek(0)
-        if compression is None:
+        if compression == "tar":
             return f
         with f:
             return self._decompress(f, compression)
@@ -190,7 +172,7 @@ class TarArchive:
             stream = cast(BinaryIO, bz2.BZ2File(f))
         else:
             stream = cast(BinaryIO, lzma.LZMAFile(f))  # noqa: SIM115 - closed below
-        limits = Limits()
+        limits = DEFAULT_LIMITS
         total = 0
         try:
             with stream:
@@ -501,6 +483,7 @@ class DockerArchiveSource:
 
     def _synthesise(self, entry: _SaveEntry, store: _DockerArchiveBlobs) -> Manifest:
         archive = self._archive
+        check_layer_count(len(entry.layers), context=f"{self.where}: manifest.json")
         config_name = archive.member_name(entry.config)
         if config_name is None:
             raise ImageNotFoundError(f"config file {entry.config!r} is missing", context=self.where)
@@ -520,15 +503,16 @@ class DockerArchiveSource:
             size = archive.size(layer)
             if name is None or size is None:
                 raise ImageNotFoundError(f"layer file {layer!r} is missing", context=self.where)
-            compression = sniff_compression(archive.head(name, 6))
-            media_type = {None: OCI_LAYER_TAR, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}.get(compression)
+            compression = sniff_compression(archive.head(name, SNIFF_BYTES))
+            media_type = {"tar": OCI_LAYER_TAR, "gzip": OCI_LAYER_GZIP,
+                          "zstd": OCI_LAYER_ZSTD}.get(compression)
             if media_type is None:
                 raise UnsupportedError(f"layer file {layer!r} is {compression}-compressed",
                                        context=self.where, hint="layers may be plain, gzip or zstd tars")
             # A blobs/ALGO/HEX name is the content digest; a plain tar's digest is its
             # diff_id. Either way open() checks it at EOF. Anything else is hashed now.
             digest = _blob_digest(layer) or _blob_digest(name)
-            if digest is None and compression is None and i < len(diff_ids):
+            if digest is None and compression == "tar" and i < len(diff_ids):
                 digest = diff_ids[i]
             if digest is None:
                 digest = self._hash_member(name)

@@ -41,13 +41,10 @@ from ..model import (
     parse_manifest_or_index,
 )
 from ..reference import OciLayoutSpec
+from ..rules import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, check_manifest
 from .base import IndexInfo
 
 REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
-#: Largest manifest or index accepted (registries commonly cap manifests at 4 MiB).
-MAX_MANIFEST_SIZE = 4 << 20
-#: Largest image config accepted.
-MAX_CONFIG_SIZE = 8 << 20
 #: How many indexes deep an index may point to another index.
 MAX_INDEX_DEPTH = 4
 
@@ -331,6 +328,7 @@ def build_image(
     the config's platform is checked against ``requested``.
     """
     where = store.where
+    check_manifest(manifest, context=f"{where}: manifest {manifest.digest.short}")
     raw_config = read_small_blob(store, manifest.config, "config", MAX_CONFIG_SIZE)
     try:
         config = ImageConfig.parse(raw_config)

@@ -39,6 +39,7 @@ from ..reference import Reference
 from ..registry.client import RegistryClient
 from ..registry.options import RegistryOptions
 from ..registry.schemes import SchemeHints
+from ..rules import MAX_CONFIG_SIZE, check_manifest
 from ..store import BlobStore
 from .base import IndexInfo
 from .options import SourceOptions
@@ -49,7 +50,7 @@ if TYPE_CHECKING:  # the events are imported where layers download: a warm compi
 log = logging.getLogger(__name__)
 
 #: Image configs larger than this are refused.
-CONFIG_LIMIT = 8 << 20
+CONFIG_LIMIT = MAX_CONFIG_SIZE
 
 
 def registry_options(options: SourceOptions) -> RegistryOptions:
@@ -105,6 +106,7 @@ class RegistrySource:
                 raise e.with_context(str(ref)) from None
             info = IndexInfo(fetched.digest, parsed.media_type, parsed.manifests)
             return RegistryImage(self, desc.digest, desc.platform, index=info, descriptor=desc)
+        check_manifest(parsed, context=str(ref))
         return RegistryImage(self, fetched.digest, None, manifest=parsed, requested=platform)
 
 
@@ -207,6 +209,7 @@ class RegistryImage:
         if isinstance(parsed, Index):
             raise ManifestError("the index entry for this platform is another index",
                                 context=self._what)
+        check_manifest(parsed, context=self._what)
         self._manifest = parsed
         return parsed
 

@@ -25,6 +25,7 @@ from typing import BinaryIO, Literal
 
 from ..entry import EntryMeta
 from ..errors import OutputError, SquashfsError
+from ..rules import MAX_SYMLINK_TARGET, clamp_mtime
 from .blocks import BlockPipeline, DataWriter
 from .compressor import Compressor, make_compressor
 from .directory import DirEntry, needs_extended, write_listing
@@ -64,9 +65,6 @@ class WriteSummary:
     compression: str
     block_size: int
 
-
-#: PATH_MAX minus the NUL; the kernel's squashfs refuses targets longer than a page.
-MAX_SYMLINK_TARGET = 4095
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -170,11 +168,9 @@ class SquashfsWriter:
             meta = EntryMeta(meta.mode, 0, 0, meta.mtime, meta.xattrs)
         if meta.xattrs:
             check_xattrs(meta.xattrs)
-        if not 0 <= meta.mtime < 2**32:
+        if clamp_mtime(meta.mtime) != meta.mtime:
             # The format stores an unsigned 32-bit time; clamp rather than wrap.
-            meta = EntryMeta(
-                meta.mode, meta.uid, meta.gid, min(max(meta.mtime, 0), 2**32 - 1), meta.xattrs
-            )
+            meta = EntryMeta(meta.mode, meta.uid, meta.gid, clamp_mtime(meta.mtime), meta.xattrs)
         # Many entries share owner, mode and time: keep one object for each.
         return self._metas.setdefault(meta, meta)
 
