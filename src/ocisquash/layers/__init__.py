@@ -3,8 +3,9 @@ tar entries.
 
 The modules, in the order a layer's bytes pass through them:
 
-* ``compression``: the compression, from the blob's first bytes (never the media
-  type), and its decoder; ``zstd``: the zstd decoder, frame by frame;
+* ``compression``: the decoder for the compression ``ocisquash.sniff`` reads from
+  the blob's first bytes (never the media type); ``zstd``: the zstd decoder, frame
+  by frame;
 * ``decode``: the decoding thread: reads the blob, decompresses, hashes every
   uncompressed byte for the diff_id check, holds the ratio limit;
 * ``tar``: the tar parser (ustar, GNU, PAX), bounded against hostile headers;
