@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the EROFS writer: size against ``mksquashfs -comp lz4 -Xhc -b 131072`` and
+"""Benchmark the EROFS writer (with and without fragments): size against ``mksquashfs -comp lz4 -Xhc -b 131072`` and
 Debian's ``mkfs.erofs -zlz4hc``, time against ocisquash's own squashfs writer at the
 same settings (lz4hc level 9, 128 KiB of data per block or physical cluster).
 
@@ -30,9 +30,9 @@ from ocisquash.pack import pack_directory
 from ocisquash.erofs import ErofsOptions, ErofsCompression
 from ocisquash.squashfs import WriterOptions, Compression
 fmt, src, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-if fmt == "erofs":
+if fmt.startswith("erofs"):
     opts = ErofsOptions(compression=ErofsCompression.LZ4HC, level=9, mkfs_time=0,
-                        workers=workers)
+                        workers=workers, fragments=fmt == "erofs-fragments")
 else:
     opts = WriterOptions(compression=Compression.LZ4, lz4_hc=True, level=9, mkfs_time=0,
                          workers=workers)
@@ -58,6 +58,7 @@ def _tools(src: Path, workers: int) -> dict[str, Callable[[str], list[str]]]:
 
     tools = {
         "ocisquash erofs lz4hc": ours("erofs"),
+        "ocisquash erofs lz4hc --erofs-fragments": ours("erofs-fragments"),
         "ocisquash squashfs lz4hc": ours("squashfs"),
         "mksquashfs -comp lz4 -Xhc -b 131072": lambda out: [
             "mksquashfs", str(src), out, "-comp", "lz4", "-Xhc", "-b", "131072",

@@ -16,11 +16,13 @@ import pytest
 
 from ocisquash.entry import EntryMeta
 from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress
+from ocisquash.errors import UsageError
 from ocisquash.pack import pack_directory
 from ocisquash.squashfs import WriterOptions
 from squashfs._util import build_feature_tree, diff_snapshots, link_groups, mounted, snapshot
 
 from ._util import MKFS_TIME, dump_inode, dump_super, erofs_mounted, fsck, write_erofs
+from conftest import require_or_skip
 
 pytestmark = pytest.mark.root
 
@@ -136,3 +138,51 @@ def test_help_states_the_minimum_kernel_per_compressor() -> None:
     flat = " ".join(out.split())
     for text in ("none (Linux 5.4+)", "lz4 (Linux 5.13+)", "lz4hc (Linux 5.13+)"):
         assert text in flat
+
+
+# -- fragments: every file's last extent in one packed inode (Linux 6.1+) -------------
+# erofs-utils 1.5 predates fragments (its dump.erofs and fsck.erofs refuse the feature),
+# so the kernel alone judges these images.
+
+
+def _require_fragments() -> None:
+    features = Path("/sys/fs/erofs/features")
+    names = set(os.listdir(features)) if features.is_dir() else set()
+    require_or_skip("fragments" in names,
+                    "missing kernel feature: this kernel's EROFS has no fragments (6.1+)")
+
+
+def test_fragments_tree_mounts_as_squashfs_of_the_same_tree(feature_tree: Path,
+                                                            tmp_path: Path) -> None:
+    _require_fragments()
+    erofs, sqfs = tmp_path / "t.erofs", tmp_path / "t.sqfs"
+    plain = tmp_path / "p.erofs"
+    pack_directory(feature_tree, erofs, ErofsOptions(fragments=True, mkfs_time=MKFS_TIME))
+    pack_directory(feature_tree, plain, ErofsOptions(mkfs_time=MKFS_TIME))
+    pack_directory(feature_tree, sqfs, WriterOptions(mkfs_time=MKFS_TIME, workers=1))
+    assert erofs.stat().st_size < plain.stat().st_size
+    with erofs_mounted(erofs, tmp_path / "e") as e, mounted(sqfs, tmp_path / "s") as s:
+        assert diff_snapshots(snapshot(s), snapshot(e)) == []
+        assert link_groups(e) == link_groups(s) != set()
+
+
+@pytest.mark.usefixtures("small_in_flight")
+def test_fragments_read_back_and_do_not_depend_on_workers(tmp_path: Path) -> None:
+    _require_fragments()
+    digests = set()
+    for workers in (1, 3):
+        image = tmp_path / f"f{workers}.erofs"
+        write_erofs(image, _mixed, compression=LZ4HC, fragments=True, workers=workers)
+        digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    with erofs_mounted(image, tmp_path / "m") as m:
+        for name, data in _expected().items():
+            assert (m / name).read_bytes() == data, name
+            with open(m / name, "rb") as f:
+                f.seek(len(data) // 2 + 1)
+                assert f.read(5000) == data[len(data) // 2 + 1:len(data) // 2 + 5001], name
+
+
+def test_fragments_need_a_compressor() -> None:
+    with pytest.raises(UsageError, match="fragments are compressed"):
+        ErofsOptions(compression=ErofsCompression.NONE, fragments=True)

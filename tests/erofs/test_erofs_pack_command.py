@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ._util import dump_super, fsck
+from ._util import dump_super, erofs_mounted, fsck
+from conftest import require_or_skip
 
 
 def _cli(*argv: str | Path) -> subprocess.CompletedProcess[str]:
@@ -53,3 +54,21 @@ def test_a_compressor_the_format_lacks_is_one_usage_line(source: Path, tmp_path:
     assert proc.stderr.startswith(f"ocisquash: {message}")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_pack_erofs_fragments_flag(source: Path, tmp_path: Path) -> None:
+    features = Path("/sys/fs/erofs/features")
+    require_or_skip(features.is_dir() and "fragments" in os.listdir(features),
+                    "missing kernel feature: this kernel's EROFS has no fragments (6.1+)")
+    for i in range(5):  # distinct small files: each a block of its own without fragments
+        (source / f"f{i}").write_bytes(b"line %d\n" % i * 700)
+    out, plain = tmp_path / "f.erofs", tmp_path / "p.erofs"
+    for image, extra in ((out, ["--erofs-fragments"]), (plain, [])):
+        proc = _cli("pack", source, image, "--format", "erofs", "--mkfs-time", "0", *extra)
+        assert proc.returncode == 0, proc.stderr
+    # With fragments the compressed files share one block.
+    assert out.stat().st_size < plain.stat().st_size
+    with erofs_mounted(out, tmp_path / "m") as m:
+        assert (m / "sub/file").read_bytes() == b"content\n" * 1000
+        assert (m / "f3").read_bytes() == b"line 3\n" * 700
+        assert os.getxattr(m / "same", "user.tag") == b"v"

@@ -61,6 +61,11 @@ LCLUSTER_NONHEAD = 2
 D0_CBLKCNT = 1 << 11
 #: "Z_EROFS_ADVISE_BIG_PCLUSTER_1"
 ADVISE_BIG_PCLUSTER_1 = 0x0002
+#: "Z_EROFS_ADVISE_FRAGMENT_PCLUSTER": the file's last extent is in the packed inode
+ADVISE_FRAGMENT_PCLUSTER = 0x0020
+#: "if the highest bit of the 8-byte map header is set, the whole file is stored in the
+#: packed inode. The rest bits keeps z_fragmentoff."
+WHOLE_FRAGMENT = 1 << 63
 #: "struct z_erofs_lcluster_index": di_advise, di_clusterofs, blkaddr | delta[2]
 LCLUSTER_INDEX = struct.Struct("<HHI")
 LCLUSTER_DELTA = struct.Struct("<HHHH")
@@ -69,15 +74,26 @@ LCLUSTER_DELTA = struct.Struct("<HHHH")
 MAP_HEADER = struct.Struct("<IHBB")
 
 
-def map_header() -> bytes:
-    """The map header, plus the 8 reserved bytes before the first full index."""
+def map_header(extent: Extent) -> bytes:
+    """The map header, plus the 8 reserved bytes before the first full index (none for
+    a file stored whole in the packed inode)."""
+    if extent.fragment_at >= 0 and not extent.index_len:
+        return struct.pack("<Q", WHOLE_FRAGMENT | extent.fragment_at)
+    if extent.fragment_at >= 0:
+        return MAP_HEADER.pack(extent.fragment_at & 0xFFFF_FFFF,
+                               ADVISE_BIG_PCLUSTER_1 | ADVISE_FRAGMENT_PCLUSTER, 0, 0) + bytes(8)
     return MAP_HEADER.pack(0, ADVISE_BIG_PCLUSTER_1, 0, 0) + bytes(8)
 
 
-def index_extra(end: int, lclusters: int) -> int:
+def index_extra(end: int, extent: Extent) -> int:
     """Bytes after an inode and its xattrs ending at ``end``: alignment to 8, the map
     header, its reserved 8 bytes and the lcluster indexes."""
-    return -end % 8 + MAP_HEADER.size + 8 + LCLUSTER_INDEX.size * lclusters
+    return -end % 8 + len(map_header(extent)) + extent.index_len
+
+
+def has_map(extent: Extent) -> bool:
+    """Whether the inode is compressed (a map header and maybe indexes follow it)."""
+    return extent.layout == DataLayout.COMPRESSED_FULL
 
 
 def lz4_config(max_pcluster_blocks: int) -> bytes:
@@ -94,11 +110,26 @@ def _compress(data: bytes, level: int | None) -> bytes:
                               store_size=False)
 
 
+class _SpoolReader:
+    """Reads a spool from its start, as a file."""
+
+    def __init__(self, spool: Spool, size: int) -> None:
+        self._spool = spool
+        self._at = 0
+        self._size = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._size - self._at if n < 0 else min(n, self._size - self._at)
+        data = self._spool.get(self._at, n)
+        self._at += len(data)
+        return data
+
+
 class _File:
     """One file on its way out: its extents, compressing or compressed, in order."""
 
     __slots__ = ("chunks", "compressed", "extent", "index", "raw_bytes", "start",
-                 "tail", "total_blocks")
+                 "tail", "tail_len", "total_blocks")
 
     def __init__(self, extent: Extent) -> None:
         self.extent = extent
@@ -109,6 +140,7 @@ class _File:
         self.total_blocks = 0
         self.compressed = False
         self.tail = b""  # the last extent's bytes past the last whole block
+        self.tail_len = 0  # bytes of the last extent, when it went to the packed inode
 
 
 class CompressedData:
@@ -120,7 +152,8 @@ class CompressedData:
     """
 
     def __init__(self, out: BinaryIO, position: int, spool: Spool, *, level: int | None,
-                 pcluster_size: int, workers: int, dedup: bool) -> None:
+                 pcluster_size: int, workers: int, dedup: bool,
+                 fragments: Spool | None = None) -> None:
         self._out = out
         self.position = position
         self._spool = spool
@@ -135,6 +168,9 @@ class CompressedData:
         self.bytes_in = 0
         self.duplicates = 0
         self.compressed_files = 0
+        #: where the last extent of each file goes, packed together (None: no fragments)
+        self._fragments = fragments
+        self.fragment_bytes = 0
 
     def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
         """Add one file's data; returns its extent, filled in once it is written."""
@@ -156,7 +192,8 @@ class CompressedData:
                 if not streaming:
                     streaming = True
                     self.flush()  # the files added before this one go first
-                while f.raw_bytes > self._limit:
+                # The newest extent stays: it may be the last, for the packed inode.
+                while f.raw_bytes > self._limit and len(f.chunks) > 1:
                     self._emit_one(f)
         self.bytes_in += extent.size
         # A duplicate shares the extent only if its tail would go inline the same way.
@@ -173,6 +210,15 @@ class CompressedData:
             return found
         if key is not None:
             self._seen[key] = extent
+        if self._fragments is not None and f.chunks:
+            # The last extent joins the packed inode instead of padding a pcluster.
+            raw, future = f.chunks.pop()
+            if future is not None:
+                future.cancel()
+            f.raw_bytes -= len(raw)
+            extent.fragment_at = self._fragments.put(raw)
+            self.fragment_bytes += len(raw)
+            f.tail_len = len(raw)
         if streaming:
             self._finish_file(f)
         else:
@@ -250,6 +296,9 @@ class CompressedData:
         while f.chunks:
             self._emit_one(f)
         extent = f.extent
+        if extent.fragment_at >= 0:
+            self._finish_fragmented(f)
+            return
         if f.start < 0:  # an empty file
             extent.layout = DataLayout.FLAT_PLAIN
             return
@@ -269,6 +318,36 @@ class CompressedData:
             extent.tail_at = self._spool.put(f.tail)
             if extent.size < BLOCK_SIZE:
                 extent.startblk = 0
+
+    def _finish_fragmented(self, f: _File) -> None:
+        """A file whose last extent is in the packed inode: stays compressed, its tail
+        lclusters a HEAD (whose blkaddr holds the fragment offset's high 32 bits, "for
+        non-compact indexes, fragmentoff is 64 bits") and NONHEADs."""
+        extent = f.extent
+        extent.startblk = f.total_blocks
+        if f.index:
+            lclusters = -(-f.tail_len // BLOCK_SIZE)
+            f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, extent.fragment_at >> 32)
+            for d in range(1, lclusters):
+                f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d, lclusters - d)
+            extent.index_at = self._spool.put(bytes(f.index))
+            extent.index_len = len(f.index)
+        self.compressed_files += 1
+
+    def pack_fragments(self) -> Extent | None:
+        """Write the packed inode's data (every file's last extent, in the order files
+        were added), compressed like any file; None when no file has a fragment."""
+        if self._fragments is None or not self.fragment_bytes:
+            return None
+        self.flush()
+        spool, self._fragments = self._fragments, None
+        reader = _SpoolReader(spool, self.fragment_bytes)
+        counts = self.bytes_in, self.duplicates, self.compressed_files
+        self._seen.clear()  # the packed inode shares with no file
+        extent = self.write(reader, self.fragment_bytes, 0)  # type: ignore[arg-type]
+        self.flush()
+        self.bytes_in, self.duplicates, self.compressed_files = counts  # files' counts
+        return extent
 
     def _put(self, data: bytes) -> None:
         self._out.seek(self.position)

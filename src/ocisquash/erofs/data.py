@@ -38,7 +38,8 @@ SPOOL_MEMORY = 8 << 20
 class Extent:
     """Where one regular file's data is (small: one per file is kept until the end)."""
 
-    __slots__ = ("index_at", "index_len", "layout", "room", "size", "startblk", "tail_at")
+    __slots__ = ("fragment_at", "index_at", "index_len", "layout", "room", "size",
+                 "startblk", "tail_at")
 
     def __init__(self, layout: DataLayout, size: int, startblk: int, tail_at: int) -> None:
         self.layout = layout
@@ -52,6 +53,8 @@ class Extent:
         #: offset and length of a compressed file's cluster index in the spool
         self.index_at = -1
         self.index_len = 0
+        #: where the file's last extent is in the packed inode, -1 when it is not
+        self.fragment_at = -1
 
     @property
     def tail_len(self) -> int:

@@ -48,6 +48,8 @@ INCOMPAT_ZERO_PADDING = 0x0001
 #: superblock's ``available_compr_algs`` and the per-algorithm config records).
 INCOMPAT_BIG_PCLUSTER = 0x0002
 INCOMPAT_COMPR_CFGS = 0x0002
+#: "#define EROFS_FEATURE_INCOMPAT_FRAGMENTS 0x00000020": file tails in a packed inode
+INCOMPAT_FRAGMENTS = 0x0020
 
 
 class DataLayout(IntEnum):
@@ -147,6 +149,8 @@ class Superblock:
     compr_algs: int = 0
     uuid: bytes = bytes(16)
     volume_name: bytes = b""
+    #: "nid of the special packed inode" (with fragments), else 0
+    packed_nid: int = 0
 
     def pack(self) -> bytes:
         if not 0 <= self.root_nid < 1 << 16:
@@ -174,7 +178,7 @@ class Superblock:
             0,  # dirblkbits: directory blocks are file system blocks
             0,  # xattr_prefix_count: no long prefixes
             0,  # xattr_prefix_start
-            0,  # packed_nid
+            self.packed_nid,
             0,  # xattr_filter_reserved
             0,  # ishare_xattr_prefix_id
             0,  # build_time: seconds after epoch, 0

@@ -30,6 +30,9 @@ MIN_KERNEL = {
     ErofsCompression.LZ4HC: "5.13",
 }
 
+#: The oldest Linux that mounts images with fragments (a packed inode).
+FRAGMENTS_MIN_KERNEL = "6.1"
+
 #: What ``--help`` says about the EROFS compressors.
 COMPRESSION_HELP = ", ".join(
     f"{c.value} (Linux {MIN_KERNEL[c]}+)" for c in ErofsCompression)
@@ -46,6 +49,9 @@ class ErofsOptions:
     #: to 1 MiB (the same 128 KiB as squashfs's default block)
     pcluster_size: int = 131072
     dedup: bool = True
+    #: pack every file's last extent (small files whole) into one compressed "packed
+    #: inode", as squashfs packs fragments: smaller images of small files; Linux 6.1+
+    fragments: bool = False
     xattrs: bool = True
     #: image timestamp (the superblock's epoch); None = $SOURCE_DATE_EPOCH, else now
     mkfs_time: int | None = None
@@ -69,6 +75,9 @@ class ErofsOptions:
             raise UsageError(f"workers must be at least 1, not {self.workers}")
         if self.mkfs_time is not None and not 0 <= self.mkfs_time < 2**32:
             raise UsageError(f"mkfs time {self.mkfs_time} is outside 0..2**32-1")
+        if self.fragments and self.compression is ErofsCompression.NONE:
+            raise UsageError("EROFS fragments are compressed: they need lz4 or lz4hc",
+                             hint="drop --erofs-fragments or choose --compression lz4hc")
         if len(self.uuid) != 16:
             raise UsageError("the volume uuid must be 16 bytes")
 

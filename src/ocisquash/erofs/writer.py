@@ -42,7 +42,7 @@ from ..errors import ErofsError, OutputError
 from ..rules import MAX_SYMLINK_TARGET
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
-from .compress import CompressedData, index_extra, lz4_config, map_header
+from .compress import CompressedData, has_map, index_extra, lz4_config, map_header
 from .data import Extent, FlatData, Spool
 from .directory import DirEntry, directory_size, pack_block, split_blocks
 from .format import (
@@ -51,6 +51,7 @@ from .format import (
     EXTENDED_INODE_SIZE,
     INCOMPAT_BIG_PCLUSTER,
     INCOMPAT_COMPR_CFGS,
+    INCOMPAT_FRAGMENTS,
     INCOMPAT_ZERO_PADDING,
     INODE_SLOT,
     MAX_NAME_LEN,
@@ -113,7 +114,7 @@ class _Inode:
     """The fields of one inode record, computed twice (layout, then writing) rather
     than kept for every inode."""
 
-    __slots__ = ("extended", "i_u", "index_len", "inline_len", "layout", "mode", "nlink",
+    __slots__ = ("compressed", "extended", "i_u", "inline_len", "layout", "mode", "nlink",
                  "size", "xattrs")
 
     def __init__(self) -> None:
@@ -121,7 +122,7 @@ class _Inode:
         self.size = 0
         self.i_u = 0
         self.inline_len = 0
-        self.index_len = 0
+        self.compressed = False
         self.mode = 0
         self.nlink = 0
         self.extended = False
@@ -165,16 +166,18 @@ class ErofsWriter:
         self._metas: dict[EntryMeta, EntryMeta] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
         self._spool = Spool()
+        self._fragments: Spool | None = None
         self._data: FlatData | CompressedData
         if options.compression is ErofsCompression.NONE:
             self._data = FlatData(self._out, BLOCK_SIZE, self._spool, options.dedup)
         else:
             level = options.level or 9 if options.compression is ErofsCompression.LZ4HC \
                 else None
+            self._fragments = Spool() if options.fragments else None
             self._data = CompressedData(
                 self._out, BLOCK_SIZE, self._spool, level=level,
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
-                workers=options.workers or os.cpu_count() or 1)
+                workers=options.workers or os.cpu_count() or 1, fragments=self._fragments)
         self._closed = False
 
     # -- adding entries -------------------------------------------------------------
@@ -305,13 +308,18 @@ class ErofsWriter:
                            context=self._name,
                            hint="free space on that filesystem or write elsewhere" if full else "")
 
+    def _close_spools(self) -> None:
+        self._spool.close()
+        if self._fragments is not None:
+            self._fragments.close()
+
     def abort(self) -> None:
         """Discard the image being written."""
         if self._closed:
             return
         self._closed = True
         self._data.close()
-        self._spool.close()
+        self._close_spools()
         if self._owned:
             with contextlib.suppress(OSError):
                 self._out.close()
@@ -325,7 +333,7 @@ class ErofsWriter:
         try:
             summary = _Finisher(self).run()
             self._data.close()
-            self._spool.close()
+            self._close_spools()
             if self._owned:
                 self._out.close()
         except OSError as e:
@@ -368,6 +376,16 @@ class _Finisher:
         data.flush()
         root = self.w._tree.root
         self._order(root)
+        packed = None
+        if isinstance(data, CompressedData):
+            extent = data.pack_fragments()
+            if extent is not None:
+                # The packed inode is in no directory; the superblock points at it.
+                packed = FileNode(self.w._meta(EntryMeta(0o600, mtime=self.epoch)), extent)
+                packed.nlink = 1
+                packed.number = len(self.order) + 1
+                self.order.append(packed)
+                self.compressed = True
         self.xattrs.seal()
         cursor = data.position // BLOCK_SIZE
 
@@ -394,8 +412,9 @@ class _Finisher:
                 pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
             node.ref = pos // INODE_SLOT
             pos += head + inode.inline_len
-            if inode.index_len:
-                pos += index_extra(pos, inode.index_len // 8)
+            if inode.compressed:
+                assert isinstance(node, FileNode)
+                pos += index_extra(pos, node.extent)
             if isinstance(node, DirNode):
                 for child in node.children.values():
                     if isinstance(child, DirNode):
@@ -421,10 +440,12 @@ class _Finisher:
             self.out.write(record)
             if inode.inline_len:
                 self.out.write(self._inline(node, inode))
-            if inode.index_len:
+            if inode.compressed:
                 assert isinstance(node, FileNode)
-                self.out.write(bytes(-self.out.tell() % 8) + map_header()
-                               + self.w._spool.get(node.extent.index_at, inode.index_len))
+                extent = node.extent
+                self.out.write(bytes(-self.out.tell() % 8) + map_header(extent))
+                if extent.index_len:
+                    self.out.write(self.w._spool.get(extent.index_at, extent.index_len))
         assert self.out.tell() == meta_end
         end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
         self.out.write(bytes(end - meta_end))
@@ -435,6 +456,8 @@ class _Finisher:
         if self.compressed:
             # lz4 data padded at the front, multi-block pclusters, the lz4 record.
             incompat = INCOMPAT_ZERO_PADDING | INCOMPAT_BIG_PCLUSTER | INCOMPAT_COMPR_CFGS
+            if packed is not None:
+                incompat |= INCOMPAT_FRAGMENTS
             algs = 1 << 0  # Z_EROFS_COMPRESSION_LZ4
             self.out.seek(SUPER_OFFSET + 128)
             self.out.write(lz4_config(self.w._options.pcluster_size // BLOCK_SIZE))
@@ -447,6 +470,7 @@ class _Finisher:
             xattr_blkaddr=meta_blkaddr if area else 0,
             feature_incompat=incompat,
             compr_algs=algs,
+            packed_nid=packed.ref if packed is not None else 0,
             uuid=self.w._options.uuid,
         )
         self.out.seek(SUPER_OFFSET)
@@ -513,7 +537,7 @@ class _Finisher:
             inode.size = extent.size
             inode.i_u = extent.startblk
             inode.inline_len = extent.tail_len
-            inode.index_len = extent.index_len
+            inode.compressed = has_map(extent)
         elif isinstance(node, SpecialNode):
             inode.i_u = node.rdev
         else:
