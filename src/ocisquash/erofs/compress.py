@@ -20,6 +20,14 @@ Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression"):
 * an extent that does not shrink by a whole block is stored raw, one PLAIN lcluster
   per block (a PLAIN pcluster is one block on every kernel).
 
+With fragments (``EROFS_FEATURE_INCOMPAT_FRAGMENTS``, Linux 6.1+), each file's last
+extent is not compressed on its own: it is appended to the "packed inode" (a regular
+file in no directory, ``packed_nid`` in the superblock), which is compressed like any
+file at the end. The file's map header says ``Z_EROFS_ADVISE_FRAGMENT_PCLUSTER`` and
+holds the offset; a file of one extent has no indexes at all, only a header whose
+highest bit says "the whole file is stored in the packed inode". So small files and
+tails are compressed together, as squashfs compresses its fragment blocks.
+
 Extents are fixed-input: each covers :attr:`~.options.ErofsOptions.pcluster_size`
 bytes of the file (the last one less), compressed whole; mkfs.erofs fits lz4 to a
 fixed output size instead, which python-lz4 cannot do. A file of at most one block,
