@@ -22,8 +22,8 @@ Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression"):
 
 With fragments (``EROFS_FEATURE_INCOMPAT_FRAGMENTS``, Linux 6.1+), each file's last
 extent is not compressed on its own: it is appended to the "packed inode" (a regular
-file in no directory, ``packed_nid`` in the superblock), which is compressed like any
-file at the end. The file's map header says ``Z_EROFS_ADVISE_FRAGMENT_PCLUSTER`` and
+file in no directory, ``packed_nid`` in the superblock), whose extents are compressed
+and written as they fill, between the files' own. The file's map header says ``Z_EROFS_ADVISE_FRAGMENT_PCLUSTER`` and
 holds the offset; a file of one extent has no indexes at all, only a header whose
 highest bit says "the whole file is stored in the packed inode". So small files and
 tails are compressed together, as squashfs compresses its fragment blocks.
@@ -118,21 +118,6 @@ def _compress(data: bytes, level: int | None) -> bytes:
                               store_size=False)
 
 
-class _SpoolReader:
-    """Reads a spool from its start, as a file."""
-
-    def __init__(self, spool: Spool, size: int) -> None:
-        self._spool = spool
-        self._at = 0
-        self._size = size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._size - self._at if n < 0 else min(n, self._size - self._at)
-        data = self._spool.get(self._at, n)
-        self._at += len(data)
-        return data
-
-
 class _File:
     """One file on its way out: its extents, compressing or compressed, in order."""
 
@@ -161,7 +146,7 @@ class CompressedData:
 
     def __init__(self, out: BinaryIO, position: int, spool: Spool, *, level: int | None,
                  pcluster_size: int, workers: int, dedup: bool,
-                 fragments: Spool | None = None) -> None:
+                 fragments: bool = False) -> None:
         self._out = out
         self.position = position
         self._spool = spool
@@ -176,9 +161,11 @@ class CompressedData:
         self.bytes_in = 0
         self.duplicates = 0
         self.compressed_files = 0
-        #: where the last extent of each file goes, packed together (None: no fragments)
-        self._fragments = fragments
-        self.fragment_bytes = 0
+        #: the packed inode, which the last extent of each file joins (None: no fragments)
+        self._packed = _File(Extent(DataLayout.COMPRESSED_FULL, 0, 0, -1)) if fragments \
+            else None
+        #: the packed inode's bytes not yet a whole extent
+        self._packing = bytearray()
 
     def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
         """Add one file's data; returns its extent, filled in once it is written."""
@@ -218,15 +205,14 @@ class CompressedData:
             return found
         if key is not None:
             self._seen[key] = extent
-        if self._fragments is not None and f.chunks:
+        if self._packed is not None and f.chunks:
             # The last extent joins the packed inode instead of padding a pcluster.
             raw, future = f.chunks.pop()
             if future is not None:
                 future.cancel()
             f.raw_bytes -= len(raw)
-            extent.fragment_at = self._fragments.put(raw)
-            self.fragment_bytes += len(raw)
             f.tail_len = len(raw)
+            extent.fragment_at = self._pack(raw)
         if streaming:
             self._finish_file(f)
         else:
@@ -271,8 +257,37 @@ class CompressedData:
 
     def _write_oldest(self) -> None:
         f = self._queue.popleft()
+        if f is self._packed:  # one extent of the packed inode, queued when it filled
+            self._queued -= len(f.chunks[0][0])
+            self._emit_one(f)
+            return
         self._queued -= f.raw_bytes
         self._finish_file(f)
+
+    def _pack(self, raw: bytes) -> int:
+        """Append ``raw`` to the packed inode; return its offset there. Each whole
+        extent of the packed inode is compressed and queued at once, so the packed
+        inode is written as the files are, in pieces between them (each pcluster has
+        its own address in the index)."""
+        packed = self._packed
+        assert packed is not None
+        at = packed.extent.size
+        packed.extent.size += len(raw)
+        self._packing += raw
+        step = self._pcluster
+        while len(self._packing) >= step:
+            self._queue_packed(bytes(self._packing[:step]))
+            del self._packing[:step]
+        return at
+
+    def _queue_packed(self, piece: bytes) -> None:
+        packed = self._packed
+        assert packed is not None
+        future = self._pool.submit(_compress, piece, self._level) \
+            if len(piece) > BLOCK_SIZE else None
+        packed.chunks.append((piece, future))
+        self._queue.append(packed)
+        self._queued += len(piece)
 
     def _emit_one(self, f: _File) -> None:
         """Write ``f``'s oldest extent: compressed if that saves a block, else raw."""
@@ -343,18 +358,21 @@ class CompressedData:
         self.compressed_files += 1
 
     def pack_fragments(self) -> Extent | None:
-        """Write the packed inode's data (every file's last extent, in the order files
-        were added), compressed like any file; None when no file has a fragment."""
-        if self._fragments is None or not self.fragment_bytes:
+        """Write the rest of the packed inode (every file's last extent, in the order
+        files were added) and index it; None when no file has a fragment."""
+        packed = self._packed
+        if packed is None or not packed.extent.size:
             return None
+        if self._packing:
+            self._queue_packed(bytes(self._packing))
+            self._packing.clear()
         self.flush()
-        spool, self._fragments = self._fragments, None
-        reader = _SpoolReader(spool, self.fragment_bytes)
-        counts = self.bytes_in, self.duplicates, self.compressed_files
-        self._seen.clear()  # the packed inode shares with no file
-        extent = self.write(reader, self.fragment_bytes, 0)  # type: ignore[arg-type]
-        self.flush()
-        self.bytes_in, self.duplicates, self.compressed_files = counts  # files' counts
+        # Always COMPRESSED_FULL: its pclusters lie between other files' blocks.
+        extent = packed.extent
+        extent.startblk = packed.total_blocks
+        extent.index_at = self._spool.put(bytes(packed.index))
+        extent.index_len = len(packed.index)
+        self._packed = None
         return extent
 
     def _put(self, data: bytes) -> None:

@@ -166,18 +166,16 @@ class ErofsWriter:
         self._metas: dict[EntryMeta, EntryMeta] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
         self._spool = Spool()
-        self._fragments: Spool | None = None
         self._data: FlatData | CompressedData
         if options.compression is ErofsCompression.NONE:
             self._data = FlatData(self._out, BLOCK_SIZE, self._spool, options.dedup)
         else:
             level = options.level or 9 if options.compression is ErofsCompression.LZ4HC \
                 else None
-            self._fragments = Spool() if options.fragments else None
             self._data = CompressedData(
                 self._out, BLOCK_SIZE, self._spool, level=level,
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
-                workers=options.workers or os.cpu_count() or 1, fragments=self._fragments)
+                workers=options.workers or os.cpu_count() or 1, fragments=options.fragments)
         self._closed = False
 
     # -- adding entries -------------------------------------------------------------
@@ -310,8 +308,6 @@ class ErofsWriter:
 
     def _close_spools(self) -> None:
         self._spool.close()
-        if self._fragments is not None:
-            self._fragments.close()
 
     def abort(self) -> None:
         """Discard the image being written."""
