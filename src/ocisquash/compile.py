@@ -684,7 +684,9 @@ def _add_verity(image_file: Path, verity: VerityOptions | None, digest: Digest,
 
     seed = verity_seed(str(digest), okey)
     sidecars = sidecar_paths(dest) if dest is not None else None
-    return add_verity(image_file, verity, seed, sidecars=sidecars,
+    # A cache entry's files are fsynced as the entry is published, the image while it is
+    # hashed: syncing them here first would wait for the image's data on ext4.
+    return add_verity(image_file, verity, seed, sidecars=sidecars, sync=dest is not None,
                       spill_dir=dest.parent if dest is not None else None)
 
 

@@ -522,7 +522,7 @@ def pad_to_blocks(path: Path) -> int:
 
 def add_verity(image: Path, options: VerityOptions, seed: str, *,
                sidecars: SidecarPaths | None = None,
-               spill_dir: Path | None = None) -> VerityInfo:
+               spill_dir: Path | None = None, sync: bool = True) -> VerityInfo:
     """Hash the finished ``image`` and write its verity files.
 
     ``image`` is padded to 4096 bytes first. In sidecar mode the hash device goes to
@@ -530,8 +530,10 @@ def add_verity(image: Path, options: VerityOptions, seed: str, *,
     to ``sidecars.root_hash`` and, when signing, the signature to ``sidecars.signature``;
     a file of these names that this run does not write is removed, so none is left from
     an earlier run. ``sidecars`` defaults to the names beside ``image``. Each file is
-    written through a temporary file and a rename. A large tree spills to temporary
-    files in ``spill_dir`` (default: ``image``'s directory).
+    written through a temporary file and a rename, and fsynced unless ``sync`` is false:
+    a caller that syncs the files later says so, because on ext4 the first fsync also
+    waits for the image's own unwritten data. A large tree spills to temporary files in
+    ``spill_dir`` (default: ``image``'s directory).
     """
     options.check()
     paths = sidecars or sidecar_paths(image)
@@ -550,13 +552,14 @@ def add_verity(image: Path, options: VerityOptions, seed: str, *,
                     f.seek(size)
                     tree.write(f, device_uuid)
                     f.flush()
-                    os.fsync(f.fileno())
+                    if sync:
+                        os.fsync(f.fileno())
             else:
-                _write_atomic(paths.hash_file, lambda f: tree.write(f, device_uuid))
-            _write_atomic(paths.root_hash, lambda f: f.write(root.encode() + b"\n"))
+                _write_atomic(paths.hash_file, lambda f: tree.write(f, device_uuid), sync)
+            _write_atomic(paths.root_hash, lambda f: f.write(root.encode() + b"\n"), sync)
             if signer is not None:
                 signature = signer.sign(root.encode())
-                _write_atomic(paths.signature, lambda f: f.write(signature))
+                _write_atomic(paths.signature, lambda f: f.write(signature), sync)
         except OSError as e:
             raise OutputError(f"cannot write the hash tree: {e.strerror}",
                               context=str(e.filename or image)) from e
@@ -577,13 +580,14 @@ def add_verity(image: Path, options: VerityOptions, seed: str, *,
     )
 
 
-def _write_atomic(path: Path, write: Any) -> None:
+def _write_atomic(path: Path, write: Any, sync: bool) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
             os.fchmod(f.fileno(), 0o644)  # never through the name another user could swap
         os.replace(tmp, path)
     except BaseException:
