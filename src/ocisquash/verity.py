@@ -905,18 +905,31 @@ class VerifyResult:
 
 
 _SQUASHFS_MAGIC = b"hsqs"
+#: "#define EROFS_SUPER_OFFSET 1024", "#define EROFS_SUPER_MAGIC_V1 0xE0F5E1E2"
+_EROFS_OFFSET = 1024
+_EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
+
+
+def _image_size(head: bytes) -> int | None:
+    """The bytes a squashfs or EROFS image says it uses, from its first 2 KiB."""
+    if head[:4] == _SQUASHFS_MAGIC and len(head) >= 48:
+        return int.from_bytes(head[40:48], "little")  # "bytes used"
+    sb = head[_EROFS_OFFSET:_EROFS_OFFSET + 40]
+    if sb[:4] == _EROFS_MAGIC and len(sb) == 40:
+        # "blkszbits" at 12, "blocks" (u32, "used for statfs") at 36
+        return int.from_bytes(sb[36:40], "little") << sb[12]
+    return None
 
 
 def find_appended_tree(image: Path) -> int | None:
-    """The offset of a hash device appended to a squashfs ``image`` (its bytes used,
-    rounded up to 4096), or None when there is none there."""
+    """The offset of a hash device appended to a squashfs or EROFS ``image`` (the size
+    the image says it uses, rounded up to 4096), or None when there is none there."""
     try:
         with open(image, "rb") as f:
-            head = f.read(96)
-            if len(head) < 48 or head[:4] != _SQUASHFS_MAGIC:
+            used = _image_size(f.read(2048))
+            if used is None:
                 return None
-            bytes_used = int.from_bytes(head[40:48], "little")
-            offset = -(-bytes_used // DATA_BLOCK_SIZE) * DATA_BLOCK_SIZE
+            offset = -(-used // DATA_BLOCK_SIZE) * DATA_BLOCK_SIZE
             f.seek(offset)
             if f.read(len(SIGNATURE)) != SIGNATURE:
                 return None
@@ -930,7 +943,7 @@ def verify_image(image: Path, *, root_hash: str | None = None, hash_offset: int 
     """Check ``image`` against its hash tree, as ``veritysetup verify`` does.
 
     The tree is ``IMAGE.verity`` if it exists, else the one appended to the image (at
-    ``hash_offset``, or found after the squashfs data). The root hash is ``root_hash``
+    ``hash_offset``, or found after the squashfs or EROFS data). The root hash is ``root_hash``
     (hex), else ``IMAGE.roothash``. With ``cert``, ``IMAGE.roothash.p7s`` must sign that
     root hash with the certificate's key. The first block that does not match is an
     :class:`IntegrityError` naming it and its byte offset.

@@ -216,3 +216,14 @@ def test_erofs_images_get_a_tree_too(layout: Path, tmp_path: Path) -> None:
                            verity=VerityOptions())
     assert result.verity is not None and out.stat().st_size % 4096 == 0
     veritysetup("verify", out, sidecar_paths(out).hash_file, _roothash(out))
+
+
+def test_verify_finds_a_tree_appended_to_an_erofs_image(layout: Path, tmp_path: Path) -> None:
+    out = tmp_path / "img.erofs"
+    result = compile_image(f"oci:{layout}:latest", out, format="erofs",
+                           source_options=SourceOptions(cache_dir=tmp_path / "cache"),
+                           verity=VerityOptions(mode="append"))
+    assert result.verity is not None and result.verity.hash_offset is not None
+    offset = result.verity.hash_offset
+    veritysetup("verify", f"--hash-offset={offset}", out, out, _roothash(out))
+    assert cli.main(["verify", str(out)]) == 0

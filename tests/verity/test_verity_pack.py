@@ -302,3 +302,15 @@ def test_kernel_opens_and_mounts_the_verity_device(tree: Path, tmp_path: Path) -
             subprocess.run(["umount", str(mnt)], check=True)
     finally:
         veritysetup("close", name)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zstd", "lz4", "lzo"])
+def test_every_compressor_gets_a_tree_veritysetup_accepts(tree: Path, tmp_path: Path,
+                                                          compression: str) -> None:
+    from ocisquash.squashfs.options import Compression
+
+    out = tmp_path / "img.sqfs"
+    options = WriterOptions(mkfs_time=0, compression=Compression(compression))
+    info = pack_image(tree, out, options, verity=VerityOptions()).verity
+    assert info is not None and out.stat().st_size == info.data_blocks * 4096
+    veritysetup("verify", out, sidecar_paths(out).hash_file, _roothash(out))

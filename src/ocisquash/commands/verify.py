@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                              "this certificate's key")
     parser.add_argument("--hash-offset", metavar="BYTES", type=int,
                         help="byte offset of a hash tree appended to OUT (default: "
-                             "OUT.verity if it exists, else found after the squashfs data)")
+                             "OUT.verity if it exists, else found after the squashfs or EROFS data)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
     parser.set_defaults(func=run)
