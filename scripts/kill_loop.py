@@ -139,8 +139,14 @@ class Round:
         if alive and sig == signal.SIGINT:
             text = err.decode(errors="replace")
             lines = text.strip().splitlines()
-            if "Traceback" in text and not re.search(r"ocisquash/cli\.py\", line \d+, in main",
-                                                     text):
+            if p.returncode == -signal.SIGINT and "Traceback" not in text and \
+                    "ocisquash: interrupted" not in text:
+                # The signal's default action ended the interpreter: it came before
+                # Python installed its handler, or after Python removed it on the way out
+                # (main() had returned). The cache and output checks above still apply.
+                self.stats["SIGINT outside the interpreter's handler"] += 1
+            elif "Traceback" in text and not re.search(r"ocisquash/cli\.py\", line \d+, in main",
+                                                       text):
                 # Ctrl-C while the interpreter was still starting (importing ocisquash.cli),
                 # before main() and its handler ran: Python's own traceback, no work begun.
                 self.stats["SIGINT during interpreter start-up"] += 1
