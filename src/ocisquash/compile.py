@@ -134,13 +134,6 @@ def _writer_options_key(options: WriterOptions | ErofsOptions | None,
     return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
 
 
-def _prefetch(image: ResolvedImage) -> None:
-    """Let a remote source download all layers in parallel before flattening."""
-    fetch = getattr(image, "fetch_layers", None)
-    if callable(fetch):
-        fetch()
-
-
 class _CountingStream:
     """Reports how much of a layer blob the flattener has consumed."""
 
@@ -308,14 +301,14 @@ _T = TypeVar("_T")
 
 def _while_downloading(image: ResolvedImage, build: Callable[[], _T]) -> _T:
     """``build()``, which reads the image's layers once and writes its output from the
-    start: for a registry image while the layers download (the top one first)."""
-    downloading = getattr(image, "downloading", None)
-    if not callable(downloading):
-        _prefetch(image)
+    start: for a streaming (registry) image while the layers download."""
+    from .sources.base import StreamingImage
+
+    if not isinstance(image, StreamingImage):
         return build()
     downloads = None
     try:
-        with downloading() as downloads:
+        with image.downloading() as downloads:
             return build()
     except (LayerError, IntegrityError):
         if downloads is None or downloads.failed is not None or not downloads.rewound:
@@ -324,6 +317,15 @@ def _while_downloading(image: ResolvedImage, build: Callable[[], _T]) -> _T:
         # first bytes were read: what was read may not be what verified. Read the
         # layers again, from the store.
         return build()
+
+
+def _download(image: ResolvedImage) -> None:
+    """Download a streaming image's missing layers into the store, reading none."""
+    from .sources.base import StreamingImage
+
+    if isinstance(image, StreamingImage):
+        with image.downloading():
+            pass
 
 
 def _epoch(created: str) -> int:
@@ -507,7 +509,7 @@ def compile_image(
     from .sources.open import open_source
 
     src = open_source(source, options=sopts)
-    with _closing(src):
+    with contextlib.closing(src):
         try:
             image = src.resolve(want)
         except (RegistryUnreachableError, TransientRegistryError) as e:
@@ -580,17 +582,6 @@ def compile_image(
                     built = True
             cache.record_ref(ref_key, key)
         return _from_entry(entry, dest, cached=not built, started=started)
-
-
-@contextlib.contextmanager
-def _closing(source: object) -> Iterator[None]:
-    """Release what a source holds open (an archive's file, a registry's connections)."""
-    try:
-        yield
-    finally:
-        close = getattr(source, "close", None)
-        if callable(close):
-            close()
 
 
 def _with_cache_dir(opts: SourceOptions, root: Path) -> SourceOptions:
@@ -725,8 +716,8 @@ def _compile_tar(
     from .sources.open import open_source
 
     src = open_source(source, options=sopts)
-    with _closing(src):
-        return _write_tar(src.resolve(want), output, want, progress)
+    with contextlib.closing(src):
+        return _write_tar(src.resolve(want), output, progress)
 
 
 def _tar_shape(layers: Sequence[Layer], progress: Callable[[object], None] | None) -> TreeShape:
@@ -740,7 +731,7 @@ def _tar_shape(layers: Sequence[Layer], progress: Callable[[object], None] | Non
 
 
 def _write_tar(
-    image: ResolvedImage, output: Destination | None, want: Platform | None,
+    image: ResolvedImage, output: Destination | None,
     progress: Callable[[object], None] | None,
 ) -> CompiledImage:
     from .tarout import TarSink
@@ -765,7 +756,7 @@ def _write_tar(
         size = output.path.stat().st_size if output.path else 0
     else:
         # A stream cannot be written again: its layers are all downloaded first.
-        _prefetch(image)
+        _download(image)
         report, shape = build()
         size = 0
     manifest, config = image.manifest(), image.config()

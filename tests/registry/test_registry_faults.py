@@ -259,3 +259,24 @@ def test_one_failing_layer_fails_the_pull_and_the_others_stay_stored(
     assert not store.has(big.descriptor.digest)
     others = [la for la in image.layers() if la is not big]
     assert all(store.has(la.descriptor.digest) for la in others)
+
+
+def test_pull_and_compile_download_the_layers_in_one_order_top_first(
+        proxy: FaultProxy, make_options: Any, tmp_path: Any) -> None:
+    """One downloader serves both: one at a time, the top layer's blob is asked for first."""
+    from ocisquash.compile import compile_image
+
+    image = _resolve(proxy, make_options(plain_http=True, max_parallel=1))
+    top_first = [f"/blobs/{la.descriptor.digest}" for la in reversed(image.layers())]
+    pull(image)
+    pulled = [s.path[s.path.index("/blobs/"):] for s in proxy.requests(path="/blobs/sha256:")
+              if not s.path.endswith(str(image.manifest().config.digest))]
+    assert pulled == top_first
+    seen = len(proxy.requests(path="/blobs/sha256:"))
+    compile_image(f"{proxy.host}/app:oci", tmp_path / "out.squashfs",
+                  source_options=make_options(plain_http=True, max_parallel=1,
+                                              cache_dir=tmp_path / "other-cache"))
+    compiled = [s.path[s.path.index("/blobs/"):]
+                for s in proxy.requests(path="/blobs/sha256:")[seen:]
+                if not s.path.endswith(str(image.manifest().config.digest))]
+    assert compiled == top_first

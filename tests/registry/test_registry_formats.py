@@ -158,7 +158,7 @@ def test_loopback_registry_falls_back_to_plain_http_without_a_flag(
 def test_stored_manifest_is_reused_by_a_later_resolve(
         registries: Registries, proxy: FaultProxy, make_options: Any) -> None:
     options = make_options(plain_http=True)
-    source(f"{proxy.host}/multi:latest", options).resolve(ARM64).fetch_layers()
+    pull(source(f"{proxy.host}/multi:latest", options).resolve(ARM64))
     manifests, blobs = len(proxy.requests(path="/manifests/")), len(proxy.requests(path="/blobs/"))
     image = source(f"{proxy.host}/multi:latest", options).resolve(ARM64)
     image.manifest()

@@ -5,13 +5,18 @@ costs as little as possible: ``resolve()`` answers which platform manifest the
 reference names (one manifest request for a registry), and only then does the
 caller ask the returned ``ResolvedImage`` for its manifest, config and layers.
 Layers hand out verified readers, never paths.
+
+A source whose layers come from far away (a registry) is also a ``StreamingImage``:
+its layers can download in the background while they are read. Callers ask
+``isinstance(image, StreamingImage)``; no other capability is looked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ..digest import Digest
 from ..model import Descriptor, ImageConfig, Manifest, Platform
@@ -67,11 +72,45 @@ class ResolvedImage(Protocol):
         ...
 
 
+class LayerDownloads(Protocol):
+    """The background downloads of one ``StreamingImage.downloading()`` block."""
+
+    @property
+    def failed(self) -> BaseException | None:
+        """The first download that failed, in layer order (once the block has ended)."""
+        ...
+
+    @property
+    def rewound(self) -> bool:
+        """Whether a download started over after some of its bytes were read: what was
+        read may then not be what verified, and the layers must be read again."""
+        ...
+
+
+@runtime_checkable
+class StreamingImage(ResolvedImage, Protocol):
+    """An image whose missing layers download while they are read.
+
+    Within ``downloading()`` every layer not yet stored downloads in the background,
+    the top one first (the flattener reads it first), and ``Layer.open()`` reads a
+    layer as it arrives. Leaving the block waits for the downloads and raises the
+    first that failed. ``pull`` is such a block that reads nothing.
+    """
+
+    def downloading(self) -> AbstractContextManager[LayerDownloads]:
+        ...
+
+
 class ImageSource(Protocol):
     """Where images come from: a registry, an OCI layout, an archive."""
 
     def resolve(self, platform: Platform | None = None) -> ResolvedImage:
         """Find the manifest for ``platform`` (default: the host's)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the source holds open (an archive's file, a registry's
+        connections); its layers must not be read afterwards."""
         ...
 
 

@@ -7,12 +7,13 @@ so a cached compile needs nothing more. Manifest, config and layers are fetched
 on demand, verified against their digests, and kept in the ``BlobStore`` so a
 later pull of the same image reads them from disk.
 
-``RegistryImage.downloading()`` lets compile apply layers while they download:
-every missing layer downloads in the background exactly as ``pull`` would (with
-its retries, resumed ranges and mirrors), and a layer opened before its download
-has ended is read from the store's partial file, up to the bytes the download
-reports on disk. The reader still checks the blob's digest at its end; compile
-reads the layers again from the store if what it read did not verify.
+``RegistryImage.downloading()`` (the ``StreamingImage`` protocol) is the one
+downloader: every missing layer downloads in the background, the top one first,
+with its retries, resumed ranges and mirrors. ``pull`` is that block reading
+nothing; compile applies the layers within it, and a layer opened before its
+download has ended is read from the store's partial file, up to the bytes the
+download reports on disk. The reader still checks the blob's digest at its end;
+compile reads the layers again from the store if what it read did not verify.
 """
 
 from __future__ import annotations
@@ -69,11 +70,13 @@ class RegistrySource:
                  client: RegistryClient | None = None) -> None:
         self.reference = reference
         self.options = options if options is not None else SourceOptions()
+        owns_client = client is None
         if client is None:
             # What loopback registries speak is kept beside the cache, for later runs.
             hints = SchemeHints.in_cache(self.options.cache_dir)
             client = RegistryClient(reference, registry_options(self.options), hints=hints)
         self.client = client
+        self._owns_client = owns_client
         self._store: BlobStore | None = None
 
     @property
@@ -84,6 +87,12 @@ class RegistrySource:
 
     def __repr__(self) -> str:
         return f"RegistrySource({str(self.reference)!r})"
+
+    def close(self) -> None:
+        """Close the idle connections of the client this source made (a client the
+        caller passed in stays the caller's)."""
+        if self._owns_client:
+            self.client.transport.close()
 
     def resolve(self, platform: Platform | None = None) -> RegistryImage:
         """Fetch the reference's manifest or index (one request) and pick ``platform``'s image.
@@ -137,8 +146,9 @@ class RegistryLayer:
         the store, or within ``RegistryImage.downloading()`` as it downloads."""
         d = self._descriptor
         downloads = self._image._downloads
-        raw = downloads.reader(self) if downloads is not None else None
-        if raw is None:
+        if downloads is not None:
+            raw = downloads.reader(self)
+        else:
             self.fetch()
             raw = self._image.source.store.open(d.digest)
         return VerifyingReader(raw, d.digest, d.size, what=self.what)  # type: ignore[return-value]
@@ -248,14 +258,11 @@ class RegistryImage:
             self._config = config
         return self._config
 
-    def fetch_layers(self, progress: ProgressCallback | None = None) -> list[Path]:
-        """Download manifest, config and all layers into the store, layers in parallel."""
-        return pull(self, progress=progress)
-
     @contextlib.contextmanager
     def downloading(self) -> Iterator[Downloads]:
-        """Within the block every missing layer downloads in the background, and a layer
-        opened meanwhile is read as it arrives (see the module docstring).
+        """Within the block every missing layer downloads in the background, the top
+        one first, and a layer opened meanwhile is read as it arrives (see the module
+        docstring). A layer already stored is announced as such when the block starts.
 
         Leaving the block waits for the downloads; the first that failed (in layer
         order) is raised in place of the block's own error, as ``pull`` would have
@@ -269,7 +276,7 @@ class RegistryImage:
         try:
             yield downloads
         except Exception:
-            downloads.close(cancel=False)
+            downloads.wait()
             if downloads.failed is not None:
                 raise downloads.failed from None
             raise
@@ -278,7 +285,7 @@ class RegistryImage:
             raise
         finally:
             self._downloads = None
-        downloads.close(cancel=False)
+        downloads.wait()
         if downloads.failed is not None:  # a layer the block did not read failed
             raise downloads.failed
 
@@ -437,23 +444,37 @@ class _ArrivingBlob:
 
 
 class Downloads:
-    """An image's missing layers downloading in the background, the top one first
-    (the flattener reads it first), at most ``max_parallel`` at a time."""
+    """An image's layers downloading in the background, the top one first (the flattener
+    reads it first), at most ``max_parallel`` at a time. The first download that fails
+    cancels those not yet started: the image cannot be complete without it."""
 
     def __init__(self, image: RegistryImage) -> None:
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import Future, ThreadPoolExecutor
 
         self._image = image
         source = image.source
         self._layers = list(image.layers())
         self._arrivals: dict[int, _Arrival] = {}
-        todo = [i for i in reversed(range(len(self._layers)))
-                if not source.store.has(self._layers[i].descriptor.digest)]
+        self._futures: dict[int, Future[None]] = {}
+        self._lock = threading.Lock()
+        #: the first download that failed, in time (``failed`` is the first in layer order)
+        self._first_error: BaseException | None = None
+        todo = []
+        for i in reversed(range(len(self._layers))):
+            if source.store.has(self._layers[i].descriptor.digest):
+                self._layers[i].fetch()  # says it is cached
+            else:
+                todo.append(i)
         workers = max(1, min(source.options.max_parallel, len(todo) or 1))
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-pull")
         for i in todo:
             self._arrivals[i] = _Arrival(source.options.progress)
-            self._pool.submit(self._fetch, i)
+        with self._lock:
+            for i in todo:
+                if self._first_error is not None:
+                    self._arrivals[i].end(None, self._first_error)
+                else:
+                    self._futures[i] = self._pool.submit(self._fetch, i)
 
     def _fetch(self, i: int) -> None:
         arrival = self._arrivals[i]
@@ -461,25 +482,33 @@ class Downloads:
             path = self._layers[i].fetch(arrival.tap)
         except BaseException as e:  # raised where the layer is read, and by close()
             arrival.end(None, e)
+            with self._lock:
+                if self._first_error is None:
+                    self._first_error = e
+                for j, f in self._futures.items():
+                    # Those not started end with this error (a reader waiting for one
+                    # must not wait on); the running ones end on their own.
+                    if f.cancel():
+                        self._arrivals[j].end(None, e)
         else:
             arrival.end(path, None)
 
-    def reader(self, layer: RegistryLayer) -> BinaryIO | None:
-        """A reader of ``layer`` as it arrives; None when it is in the store already.
+    def reader(self, layer: RegistryLayer) -> BinaryIO:
+        """A reader of ``layer``: from the store once it is there, else as it arrives.
         A download that failed raises its error here."""
         i = self._layers.index(layer)
         arrival = self._arrivals.get(i)
+        d = layer.descriptor
+        store = self._image.source.store
         if arrival is None:
-            return None
+            return store.open(d.digest)
         with arrival.cond:
             if arrival.error is not None:
                 raise arrival.error
             if arrival.path is not None:
-                return None
-        d = layer.descriptor
+                return store.open(d.digest)
         return _ArrivingBlob(  # type: ignore[return-value]
-            arrival, self._image.source.store.partial_path(d.digest), d.size,
-            f"{layer.what} {d.digest.short}")
+            arrival, store.partial_path(d.digest), d.size, f"{layer.what} {d.digest.short}")
 
     @property
     def failed(self) -> BaseException | None:
@@ -493,6 +522,14 @@ class Downloads:
     def rewound(self) -> bool:
         """Whether a download started over after some of its bytes were on disk."""
         return any(a.rewound for a in self._arrivals.values())
+
+    def wait(self) -> None:
+        """Wait for the downloads to end; Ctrl-C meanwhile cancels them."""
+        try:
+            self.close(cancel=False)
+        except BaseException:
+            self.close(cancel=True)
+            raise
 
     def close(self, *, cancel: bool) -> None:
         """Wait for the downloads; with ``cancel``, make them stop at their next chunk."""
@@ -512,39 +549,15 @@ def _silent(event: object) -> None:
     """Configs are small: no progress line for them."""
 
 
-def pull(image: RegistryImage, progress: ProgressCallback | None = None,
-         max_parallel: int | None = None) -> list[Path]:
-    """Put ``image``'s manifest, config and layers into the store; return the layers' paths.
+def pull(image: RegistryImage) -> list[Path]:
+    """Put ``image``'s manifest, config and layers into the store; return the layers'
+    paths, lowest first.
 
-    Layers download in parallel, at most ``max_parallel`` (default
-    ``SourceOptions.max_parallel``) at a time; the first failure cancels what
-    has not started and is raised once the running downloads have ended.
+    The downloads are those of ``image.downloading()``: the top layer first, at most
+    ``SourceOptions.max_parallel`` at a time; the first failure cancels what has not
+    started and is raised (the first in layer order) once the running ones have ended.
     """
-    # Imported here: a cached compile resolves the manifest and never pulls.
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
-    image.store_manifest()
-    image.config()
-    layers = image.layers()
-    workers = max(1, min(max_parallel or image.source.options.max_parallel, len(layers) or 1))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-pull") as pool:
-        futures = [pool.submit(layer.fetch, progress) for layer in layers]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-        except BaseException:
-            # Ctrl-C: leaving the pool waits for the running downloads, so make them stop
-            # at their next chunk (their bytes stay as resumable partials).
-            image.source.client.cancelled.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            image.source.client.cancelled.clear()
-            raise
-        for f in futures:
-            if f.done() and f.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                break
-    # Leaving the pool waited for running downloads; raise the first failure in layer order.
-    for f in futures:
-        if not f.cancelled() and f.exception() is not None:
-            raise f.exception()  # type: ignore[misc]
-    return [f.result() for f in futures]
+    with image.downloading():
+        pass
+    store = image.source.store
+    return [store.blob_path(layer.descriptor.digest) for layer in image.layers()]
