@@ -244,3 +244,15 @@ def test_control_characters_in_a_label_are_shown_not_sent() -> None:
     out = io.StringIO()
     feed(LineProgress(out), [BlobStarted(Digest.of(b"x"), 1, "layer\x1b[2J 1/1")])
     assert "\x1b" not in out.getvalue() and "\\x1b[2J" in out.getvalue()
+
+
+def test_the_callback_type_names_the_event_union() -> None:
+    """A progress callback is typed by the events it receives, not by ``object``."""
+    import typing
+
+    from ocisquash.progress import BlobRetrying, ProgressCallback, ProgressEvent
+
+    params, _ = typing.get_args(ProgressCallback)
+    assert params == [ProgressEvent]
+    assert set(typing.get_args(ProgressEvent)) == {
+        BlobStarted, BlobProgress, BlobRetrying, BlobDone, LayerApplying, Finishing}

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         BlobStarted,
         Finishing,
         LayerApplying,
+        ProgressCallback,
         ProgressEvent,
     )
     from .sources.options import SourceOptions
@@ -64,7 +65,8 @@ _WHERE = {
     "Compression": "squashfs.options", "WriterOptions": "squashfs.options",
     "VerityInfo": "verity", "VerityOptions": "verity", "verify_image": "verity",
     **{name: "progress" for name in ("BlobDone", "BlobProgress", "BlobRetrying", "BlobStarted",
-                                     "Finishing", "LayerApplying", "ProgressEvent")},
+                                     "Finishing", "LayerApplying", "ProgressCallback",
+                                     "ProgressEvent")},
     **{name: "errors" for name in (
         "AuthError", "CacheError", "ImageNotFoundError", "IntegrityError", "LayerError",
         "LimitExceededError", "ManifestError", "OcisquashError", "OutputError",
@@ -93,6 +95,7 @@ __all__ = [
     "OutputError",
     "Platform",
     "PlatformNotFoundError",
+    "ProgressCallback",
     "ProgressEvent",
     "ReferenceSyntaxError",
     "RegistryError",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .progress import ProgressCallback, ProgressEvent
 
 
 class CallerCallback:
@@ -15,11 +18,11 @@ class CallerCallback:
     :meth:`reraise` hands it back to the caller as itself.
     """
 
-    def __init__(self, callback: Callable[[object], None]) -> None:
+    def __init__(self, callback: ProgressCallback) -> None:
         self.callback = callback
         self.error: BaseException | None = None
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.error is not None:
             raise self.error
         try:

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, ParamSpec, TypeVar
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from .erofs import ErofsSummary
     from .erofs.options import ErofsOptions
     from .flatten import FlattenReport, TreeSink
+    from .progress import ProgressCallback
     from .sources.base import Layer, ResolvedImage
     from .squashfs import WriteSummary
     from .squashfs.options import WriterOptions
@@ -106,9 +107,7 @@ class CompiledImage:
 
 #: The compressor and level ocisquash uses unless told otherwise: the fastest zstd level
 #: whose output is no larger than mksquashfs's default (gzip 9) on every benchmark image
-#: (see the README). On a Debian bookworm root filesystem in 128 KiB blocks zstd level 5
-#: writes 0.3 % less than gzip level 9 (libdeflate) at a third of its CPU time, and
-#: decodes 1.3x faster.
+#: (figures: ``bench/README.md``).
 DEFAULT_COMPRESSION = "zstd"
 DEFAULT_ZSTD_LEVEL = 5
 
@@ -167,7 +166,7 @@ class _ReportingLayer:
     layer: Layer
     index: int
     count: int
-    progress: Callable[[object], None]
+    progress: ProgressCallback
     phase: str = "apply"
 
     @property
@@ -191,7 +190,7 @@ class _ReportingLayer:
 
 
 def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
-                  progress: Callable[[object], None] | None,
+                  progress: ProgressCallback | None,
                   phase: str = "apply") -> FlattenReport:
     from .flatten import flatten
     from .progress import Finishing
@@ -219,7 +218,7 @@ def _build_image(
     dest: Path | BinaryIO,
     writer_options: WriterOptions | ErofsOptions | None,
     format: OutputFormat,
-    progress: Callable[[object], None] | None,
+    progress: ProgressCallback | None,
 ) -> tuple[FlattenReport, WriteSummary | ErofsSummary]:
     """Flatten ``image`` into a squashfs or EROFS image at ``dest``."""
     from .erofs.options import ErofsOptions
@@ -249,7 +248,7 @@ def _build_erofs(
     image: ResolvedImage,
     dest: Path | BinaryIO,
     options: ErofsOptions | None,
-    progress: Callable[[object], None] | None,
+    progress: ProgressCallback | None,
 ) -> tuple[FlattenReport, ErofsSummary]:
     import dataclasses
 
@@ -274,7 +273,7 @@ def _build_squashfs(
     image: ResolvedImage,
     dest: Path | BinaryIO,
     writer_options: WriterOptions | None,
-    progress: Callable[[object], None] | None,
+    progress: ProgressCallback | None,
 ) -> tuple[FlattenReport, WriteSummary]:
     import dataclasses
 
@@ -440,7 +439,7 @@ def compile_image(
     source_options: SourceOptions | None = None,
     pull: PullPolicy = "missing",
     use_cache: bool = True,
-    progress: Callable[[object], None] | None = None,
+    progress: ProgressCallback | None = None,
     verity: VerityOptions | None = None,
     overwrite: bool = True,
     copy: bool = False,
@@ -683,7 +682,7 @@ def _add_verity(image_file: Path, verity: VerityOptions | None, digest: Digest,
 
 def _compile_uncached(
     image: ResolvedImage, output: Destination | None, wopts: WriterOptions | ErofsOptions | None,
-    format: OutputFormat, progress: Callable[[object], None] | None, started: float,
+    format: OutputFormat, progress: ProgressCallback | None, started: float,
     verity: VerityOptions | None, okey: dict[str, Any],
 ) -> CompiledImage:
     if output is None:
@@ -710,7 +709,7 @@ def _compile_uncached(
 
 def _compile_tar(
     source: str, output: Destination | None, want: Platform | None, sopts: SourceOptions,
-    progress: Callable[[object], None] | None,
+    progress: ProgressCallback | None,
 ) -> CompiledImage:
     """Write the flattened tree as one tar stream (not cached)."""
     from .sources.open import open_source
@@ -720,7 +719,7 @@ def _compile_tar(
         return _write_tar(src.resolve(want), output, progress)
 
 
-def _tar_shape(layers: Sequence[Layer], progress: Callable[[object], None] | None) -> TreeShape:
+def _tar_shape(layers: Sequence[Layer], progress: ProgressCallback | None) -> TreeShape:
     """The final tree, flattened once without file data, so that the tar can write each
     directory once with its final metadata (see ``tarout``)."""
     from .tarout import TreeShape
@@ -732,7 +731,7 @@ def _tar_shape(layers: Sequence[Layer], progress: Callable[[object], None] | Non
 
 def _write_tar(
     image: ResolvedImage, output: Destination | None,
-    progress: Callable[[object], None] | None,
+    progress: ProgressCallback | None,
 ) -> CompiledImage:
     from .tarout import TarSink
 

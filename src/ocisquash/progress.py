@@ -31,9 +31,6 @@ from typing import TextIO
 from .digest import Digest
 from .terminal import printable
 
-#: What a source calls with each event; it must return quickly and never raise.
-ProgressCallback = Callable[[object], None]
-
 
 @dataclass(frozen=True, slots=True)
 class BlobStarted:
@@ -96,7 +93,11 @@ class Finishing:
     files: int
 
 
+#: Every event a downloader or the compiler emits.
 ProgressEvent = BlobStarted | BlobProgress | BlobRetrying | BlobDone | LayerApplying | Finishing
+
+#: What a source calls with each event; it must return quickly and never raise.
+ProgressCallback = Callable[[ProgressEvent], None]
 
 
 def emit(callback: ProgressCallback | None, event: ProgressEvent) -> None:
@@ -180,7 +181,7 @@ class TtyProgress:
 
     # -- events --------------------------------------------------------------------------
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         with self._lock:
             force = self._update(event)
             if force is None:
@@ -196,7 +197,7 @@ class TtyProgress:
             row = self._rows[digest] = _Row(label, digest, size, since=time.monotonic())
         return row
 
-    def _update(self, event: object) -> bool | None:
+    def _update(self, event: ProgressEvent) -> bool | None:
         """Apply ``event``; True to draw now, False to draw if due, None to ignore it."""
         now = time.monotonic()
         if isinstance(event, BlobStarted):
@@ -366,7 +367,7 @@ class LineProgress:
         except (OSError, ValueError):
             pass
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         with self._lock:
             if isinstance(event, BlobStarted):
                 self._fetched.add(event.digest)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..erofs.options import ErofsOptions
     from ..model import Platform
+    from ..progress import ProgressCallback, ProgressEvent
     from ..rules import FidelityIssue
     from ..sources.options import SourceOptions
     from ..squashfs.options import WriterOptions
@@ -105,7 +106,7 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
     )
 
 
-def _renderer(quiet: bool) -> Callable[[object], None] | None:
+def _renderer(quiet: bool) -> ProgressCallback | None:
     """``progress.make_renderer`` for stderr: redrawn rows on a terminal, else one line per step."""
     if quiet:
         return None
@@ -124,9 +125,9 @@ class _FirstEventImports:
         import threading
 
         self._lock = threading.Lock()
-        self._renderer: Callable[[object], None] | None = None
+        self._renderer: ProgressCallback | None = None
 
-    def __call__(self, event: object) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         with self._lock:
             if self._renderer is None:
                 from ..progress import LineProgress

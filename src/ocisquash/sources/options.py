@@ -7,11 +7,14 @@ TLS, mirrors, parallelism, timeouts and retries).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:  # the events are imported only where there are some
+    from ..progress import ProgressCallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ class SourceOptions:
     timeout: float = 60.0
     min_rate: int = 1024
     retries: int = 5
-    progress: Callable[[object], None] | None = None
+    progress: ProgressCallback | None = None
 
     def __post_init__(self) -> None:
         if self.max_parallel < 1:

@@ -46,7 +46,7 @@ from .base import IndexInfo
 from .options import SourceOptions
 
 if TYPE_CHECKING:  # the events are imported where layers download: a warm compile needs none
-    from ..progress import ProgressCallback
+    from ..progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class _Arrival:
         #: the downloads are being closed: readers still waiting give up
         self.closed = False
 
-    def tap(self, event: object) -> None:
+    def tap(self, event: ProgressEvent) -> None:
         """The progress callback of this blob's download: note, then pass on."""
         if isinstance(event, self._kinds):
             offset = event.offset if isinstance(event, self._kinds[0]) else event.done
@@ -545,7 +545,7 @@ class Downloads:
                 client.cancelled.clear()
 
 
-def _silent(event: object) -> None:
+def _silent(event: ProgressEvent) -> None:
     """Configs are small: no progress line for them."""
 
 
