@@ -396,8 +396,8 @@ def iter_files(root: Path):  # type: ignore[no-untyped-def]
 
 def _decoder(compression: str):  # type: ignore[no-untyped-def]
     if compression == "gzip":
-        from zlib_ng import zlib_ng
-        return zlib_ng.decompress
+        import zlib
+        return zlib.decompress
     if compression == "zstd":
         import zstandard
         d = zstandard.ZstdDecompressor()

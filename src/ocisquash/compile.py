@@ -39,7 +39,7 @@ from .errors import (
     TransientRegistryError,
     UsageError,
 )
-from .interpreter import collector_paused
+from .interpreter import collector_paused, switches_shortened
 from .model import Descriptor, ImageConfig, Manifest, Platform
 from .output import Destination, check_output, open_file_path, place_file
 from .rules import FidelityIssue, clamp_mtime
@@ -129,6 +129,10 @@ def _writer_options_key(options: WriterOptions | ErofsOptions | None,
         d["uuid"] = d["uuid"].hex()
     else:
         d = asdict(default_writer_options() if options is None else options)
+        if d["compression"].value == "gzip" and d["gzip_window"] != 15:
+            # Windows below 15 are deflated by the standard library's zlib; zlib-ng wrote
+            # other bytes for them before, so their images have keys of their own.
+            d["gzip_deflate"] = "zlib"
     d.pop("workers", None)  # thread count never changes the bytes
     return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
 
@@ -288,7 +292,8 @@ def _build_squashfs(
     layers = image.layers()
 
     def build() -> tuple[FlattenReport, WriteSummary]:
-        with collector_paused(), SquashfsWriter(dest, writer_options) as writer:
+        with collector_paused(), switches_shortened(), \
+                SquashfsWriter(dest, writer_options) as writer:
             report = _flatten_into(layers, writer, progress)
             return report, writer.finish()
 

@@ -89,21 +89,20 @@ def verify_bytes(data: bytes, digest: Digest, size: int | None = None, *, what: 
 
 
 #: Whether long streams are hashed on a thread of their own (see :class:`HashBehind`):
-#: only with cores to spare beyond the two that a compile keeps busy compressing.
-HASH_BEHIND = (os.cpu_count() or 1) >= 4
+#: with one core there is nothing to hash beside.
+HASH_BEHIND = (os.cpu_count() or 1) >= 2
 
 
 class HashBehind:
     """A hash of a long stream, computed behind the thread that feeds it.
 
     A layer's gzip stream is one serial chain: read the blob, hash it, decode it, hash
-    the tar. With cores to spare for the block compression, a big layer waits for that
-    chain, and the two hashes are about a third of it (1.2 of 3.8 s of CPU for a 1 GiB
-    layer). With ``behind`` (default :data:`HASH_BEHIND`), ``update`` hands the bytes to
-    a hashing thread of its own and returns; the pieces are hashed in order there.
-    Without it, or for a stream shorter than ``BATCH``, ``update`` hashes at once and no
-    thread is started. On a 2-core machine, whose cores the compression keeps busy, the
-    hand-overs cost more than they give (0.1-0.2 s on a 750 MB image), hence the default.
+    the tar, and a big layer's compile waits for that chain; the two hashes are about a
+    third of it. With ``behind`` (default :data:`HASH_BEHIND`), ``update`` hands the
+    bytes to a hashing thread of its own and returns; the pieces are hashed in order
+    there (hashlib lets the GIL go while it hashes). Without it, or for a stream shorter
+    than ``BATCH``, ``update`` hashes at once and no thread is started. What it buys:
+    ``bench/README.md``.
 
     ``update`` takes ``bytes`` only, never a buffer that is reused. ``hexdigest`` waits
     for what is queued. ``close`` (or losing the object) ends the thread; after it,

@@ -63,7 +63,7 @@ from .sources.base import Layer
 IMPLICIT_DIR_META = EntryMeta(mode=0o755)
 #: files of at most this many bytes reach the sink as ``bytes``, not as a stream: most
 #: files are small, and the stream object and its reads cost more than the copy
-#: (the many-files image's compile took 3 % less time)
+#: (figures: ``bench/README.md``)
 SMALL_FILE = 64 << 10
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"

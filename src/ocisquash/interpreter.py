@@ -1,24 +1,29 @@
-"""Interpreter settings that ocisquash changes while it builds an image.
+"""Interpreter settings that ocisquash changes while ``compile_image`` or ``pack`` builds
+an image, and only then.
 
-Two are process-wide and changed only while at least one build runs
-(:class:`HeldSetting`): the cyclic garbage collector is off (here), and the GIL's
-switch interval is short while squashfs blocks are compressed (``squashfs/blocks.py``).
+Both are process-wide, so they are held (:class:`HeldSetting`) by the operations a
+program calls, never by the parts it may use on its own: a ``SquashfsWriter`` made by
+a library user runs with the caller's settings. Each is restored when the last
+concurrent build ends, unless the program set its own meanwhile. What each buys on
+the bench machine is in ``bench/README.md`` ("Mechanisms and what they buy").
 
-Why the collector pauses: a build makes a few objects for every tar member and keeps
-most of them (the squashfs tree, the flattener's decisions) until the image is
-finished. CPython's collector runs every 700 net allocations and, every tenth and
-hundredth time, walks the older generations, so the walks grow with the image:
-compiling the 100,000-file bench image, collections took 0.45-0.55 s of the 4.5-5.6 s
-build (6 full ones among 1,000), and the build's main thread used 0.4-0.9 s more CPU
-with the collector on. None of those objects form reference cycles (a collection
-right after the build freed nothing, on each bench image), so there is nothing for a
-collection to free until the build ends.
+* The cyclic garbage collector is off (:func:`collector_paused`). A build makes a few
+  objects for every tar member and keeps most of them (the squashfs tree, the
+  flattener's decisions) until the image is finished, so the collector's walks of
+  the older generations grow with the image. None of those objects form reference
+  cycles: there is nothing for a collection to free until the build ends.
+* The GIL's switch interval is at most :data:`SWITCH_INTERVAL` while squashfs blocks
+  are compressed (:func:`switches_shortened`). A compressing thread needs the GIL for
+  a moment around each C call, and the thread parsing the layers runs Python most of
+  the time: at CPython's 5 ms, a compressing thread waits that long to hand a block
+  back, and the writer then waits for blocks that are not ready.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
@@ -82,3 +87,16 @@ def collector_paused() -> contextlib.AbstractContextManager[None]:
     """Switch the cyclic collector off for a ``with`` block (see the module docstring);
     it comes back on when the last concurrent build ends, if it was on before."""
     return _COLLECTOR.held()
+
+
+#: The switch interval while squashfs blocks are compressed (see the module docstring).
+SWITCH_INTERVAL = 0.0005
+
+_SWITCH: HeldSetting[float] = HeldSetting(
+    sys.getswitchinterval, sys.setswitchinterval, lambda saved: min(saved, SWITCH_INTERVAL))
+
+
+def switches_shortened() -> contextlib.AbstractContextManager[None]:
+    """Shorten the GIL's switch interval to at most :data:`SWITCH_INTERVAL` for a
+    ``with`` block; the caller's comes back when the last concurrent build ends."""
+    return _SWITCH.held()

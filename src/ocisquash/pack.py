@@ -17,9 +17,8 @@ overlap with the writer's Python work and with compression. One walker keeps the
 order, so the image is byte-identical to a sequential walk; file contents held
 between the two threads never exceed :data:`READ_AHEAD_BYTES` (plus one file). Larger
 files are opened and streamed block by block by the calling thread. The Python work of
-both threads still takes turns on the GIL, so the gain is modest: measured on 2 cores,
-about a tenth off ``/usr/share/man`` (21 k small files), nothing when compression is
-the bottleneck.
+both threads still takes turns on the GIL, so the gain is modest, and none when
+compression is the bottleneck (figures: ``bench/README.md``).
 
 A file whose size changes between its ``lstat`` and its reading is an error (its
 image would be a mix of two states), as is an entry that vanishes while the tree is
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 
 from .entry import EntryMeta
 from .errors import OcisquashError, SquashfsError, UsageError
-from .interpreter import collector_paused
+from .interpreter import collector_paused, switches_shortened
 from .output import check_output, open_file_path
 from .rules import KEPT_XATTR_NAMESPACES, Fidelity, clamp_mtime
 from .squashfs import SquashfsWriter, WriterOptions, WriteSummary
@@ -408,7 +407,7 @@ def _write(out: BinaryIO, src: bytes, root_st: os.stat_result,
            options: WriterOptions | ErofsOptions, skip: set[tuple[int, int]],
            fidelity: Fidelity | None) -> WriteSummary | ErofsSummary:
     if isinstance(options, WriterOptions):
-        with SquashfsWriter(out, options) as writer:
+        with switches_shortened(), SquashfsWriter(out, options) as writer:
             _add_tree(writer, src, root_st, options, skip, fidelity)
             return writer.finish()
     from .erofs import ErofsWriter

@@ -4,14 +4,16 @@ Layout (``ROOT`` is ``$XDG_CACHE_HOME/ocisquash`` unless overridden)::
 
     ROOT/blobs/sha256/<hex>          verified blobs, read-only once published
     ROOT/blobs/partial/<hex>.part    an interrupted download, resumed from its length
-    ROOT/tmp/                        temporary files of this store's writers
+    ROOT/blobs/partial/<hex>.lock    held (``fcntl``) by the one writer of that blob
+    ROOT/tmp/                        scratch of the image cache and of archives
 
-A blob is published only after its digest and size were checked, by renaming a
-fsynced temporary file onto its final name, so a crash never leaves a half blob
-under a digest name. Several processes may download the same blob at once: each
-writes its own temporary file and the rename is atomic, so the last one wins
-with identical bytes. Resumable partials are taken under an ``fcntl`` lock so two
-processes never append to the same one.
+A blob is written into its partial file, and published only after its digest and size
+were checked, by fsyncing that file and renaming it onto its final name, so a crash
+never leaves a half blob under a digest name. Only one writer at a time holds a
+blob's partial (the lock): a second process downloading the same blob waits, then
+finds it published, or resumes the partial the first one left. Small files outside
+the blob store (``write_atomic``) go through a fsynced temporary file beside the
+target and a rename.
 """
 
 from __future__ import annotations

@@ -248,3 +248,31 @@ def test_kernel_reads_zstd_parts(tmp_path: Path, block_size: int) -> None:
     with mounted(image, tmp_path / "mnt") as mnt:
         assert (mnt / "mixed").read_bytes() == MIXED
         assert (mnt / "small").read_bytes() == MIXED[:40000]
+
+
+@pytest.mark.parametrize("window", [9, 12, 14])
+def test_gzip_with_a_small_window_is_deflated_by_the_standard_zlib(window: int) -> None:
+    """libdeflate has no small windows; those blocks are the standard library's zlib
+    output, whose window the header states (no zlib-ng dependency)."""
+    import zlib
+
+    from ocisquash.squashfs.compressor import make_compressor
+
+    block = _mixed(128 * 1024)
+    c = make_compressor(Compression.GZIP, level=9, block_size=128 * 1024, gzip_window=window)
+    out = c.compress(block)
+    assert out == zlib.compress(block, 9, window)
+    assert out[0] >> 4 == window - 8  # CINFO: log2(window) - 8
+    assert "zlib_ng" not in sys.modules
+
+
+def test_a_small_gzip_window_has_a_cache_key_of_its_own() -> None:
+    """Images of a small gzip window changed bytes with the switch to zlib: their key says
+    so, and every other key stays as it was (the cache keeps those images)."""
+    from ocisquash.compile import _writer_options_key
+
+    small = _writer_options_key(WriterOptions(compression=Compression.GZIP, gzip_window=12))
+    assert small["gzip_deflate"] == "zlib"
+    for options in (None, WriterOptions(compression=Compression.GZIP),
+                    WriterOptions(compression=Compression.ZSTD, gzip_window=12)):
+        assert "gzip_deflate" not in _writer_options_key(options)

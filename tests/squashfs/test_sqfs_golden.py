@@ -4,7 +4,7 @@
 writer's output changed, bump ``FORMAT_VERSION`` and update the hashes (the listing check
 below says whether the change is also visible to readers). The image is written with
 gzip (the writer's default) and with zstd (compile's default). A change of the deflate
-(libdeflate), zlib-ng or zstandard package can also change the bytes.
+(libdeflate), zlib or zstandard package can also change the bytes.
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ _T = TypeVar("_T")
 
 #: Manifests larger than this are refused (the distribution spec suggests 4 MiB).
 MANIFEST_LIMIT = MAX_MANIFEST_SIZE
-#: A blob is read as the connection delivers it, up to this much at a time: with 64 KiB
-#: reads, pulling a 668 MB layer took 1.9-2.0 s of CPU, with these 1.3 s.
+#: A blob is read as the connection delivers it, up to this much at a time: fewer,
+#: larger reads cost less CPU (figures: ``bench/README.md``).
 _CHUNK = 1 << 20
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 

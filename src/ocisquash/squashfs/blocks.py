@@ -19,29 +19,26 @@ when an earlier file has its size: the first file of each size is written unhash
 and when a second one comes, the first is keyed by reading its blocks back from the
 output and decoding them (once per size; like mksquashfs, which compares files of the
 same size only). The keys, and so the image, are the same as if every file were
-hashed; an output that cannot be read back gets exactly that. For a 1 GiB file this
-saves 0.6 s of CPU, and devel's compile used 0.8 s less (4 alternating pairs).
+hashed; an output that cannot be read back gets exactly that. Large files, which
+rarely repeat, are then hashed rarely (figures: ``bench/README.md``).
 
 Blocks are compressed by a thread pool but written strictly in submission order, so the
 output is byte-identical whatever the thread timing. At most :data:`IN_FLIGHT_BYTES` of
 blocks per worker (and at least two blocks) are in flight, which bounds memory: enough
 that a worker finding the oldest block still being compressed by another has later ones
-to take (with two blocks per worker, devel's default compile was 6 % slower).
+to take (fewer made compiles slower: ``bench/README.md``).
 
-While a pipeline is open, the interpreter's switch interval is :data:`SWITCH_INTERVAL`
-(at most; held process-wide as ``interpreter.HeldSetting`` holds settings).
 A compressing thread needs the GIL for a moment around each C call (once per zstd
-block, see ``compressor._zstd_in_one_call``; up to ten times with older bindings), and
-the thread parsing the layers runs Python most of the time: with CPython's 5 ms, a
-third of the many-files image's blocks were not ready when the writer reached them, and
-the writer waited 0.5-0.75 s for them; at 0.5 ms it waited 6 ms.
+block, see ``compressor._zstd_in_one_call``); a build that uses this module through
+``compile_image`` or ``pack`` shortens the switch interval for that
+(``interpreter.switches_shortened``). The pipeline itself leaves the interpreter's
+settings alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import sys
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -50,7 +47,6 @@ from typing import BinaryIO, Protocol
 
 from ..entry import HoleReader
 from ..errors import SquashfsError
-from ..interpreter import HeldSetting
 from .compressor import Compressor
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 
@@ -66,19 +62,9 @@ class Placed(Protocol):
 IN_FLIGHT_BYTES = 4 << 20
 
 #: A compressing thread takes blocks in batches of about this many bytes (at least one
-#: block): each hand-over wakes it, and it needs the GIL to wake. Against one block at
-#: a time, the many-files image's compile went from 4.6-5.7 s to 4.2-4.9 s (5
-#: alternating pairs; 6,270-6,470 voluntary and 1,360-1,510 involuntary context
-#: switches instead of 8,040-8,910 and 2,200-2,280).
+#: block): each hand-over wakes it, and it needs the GIL to wake (figures:
+#: ``bench/README.md``).
 BATCH_BYTES = 512 << 10
-
-
-#: The switch interval while blocks are compressed (see the module docstring).
-SWITCH_INTERVAL = 0.0005
-
-#: Shortened while any pipeline in the process is open (see the module docstring).
-_SWITCH: HeldSetting[float] = HeldSetting(
-    sys.getswitchinterval, sys.setswitchinterval, lambda saved: min(saved, SWITCH_INTERVAL))
 
 
 def _compress_block(compressor: Compressor, data: bytes) -> tuple[bytes, int]:
@@ -114,8 +100,6 @@ class BlockPipeline:
         self._out = out
         self._compressor = compressor
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-sqfs")
-        _SWITCH.acquire()
-        self._open = True
         #: each block: its batch (None for a sparse block), its index there, and whom
         #: to tell where it landed
         self._queue: deque[tuple[_Batch | None, int, Placed]] = deque()
@@ -225,9 +209,6 @@ class BlockPipeline:
             self._queue.clear()
             self._filling = None
         self._pool.shutdown(wait=True, cancel_futures=cancel)
-        if self._open:
-            self._open = False
-            _SWITCH.release()
 
 
 class FileData:
@@ -237,7 +218,7 @@ class FileData:
 
     def __init__(self) -> None:
         self.size = 0
-        #: absolute offset of the first block ("blocks start"); 0 when there is none
+        #: absolute offset of the first block ("blocks start"); None when there is none
         self.start: int | None = None
         #: on-disk size field of each block (0 = sparse, bit 24 = uncompressed); None
         #: until the first block, as most files fit in a fragment
@@ -531,7 +512,7 @@ _GIL_MINSIZE = 2048
 def _sha256_holding_gil(data: bytes) -> bytes:
     """The sha256 of a file shorter than a block, in pieces that keep the GIL when it is at
     most 16 KiB: taking the GIL back after each hash cost more than hashing a few KiB while
-    the compressing threads ran (0.4-0.9 s of an 8 s compile of 100,000 small files)."""
+    the compressing threads ran (figures: ``bench/README.md``)."""
     if len(data) < _GIL_MINSIZE or len(data) > 8 * (_GIL_MINSIZE - 1):
         return hashlib.sha256(data).digest()
     hasher = hashlib.sha256()

@@ -12,13 +12,13 @@ Format rules enforced here:
 * the options block is written only when it differs from the compressor's defaults
   (except lz4, where it is mandatory).
 
-``compress`` is safe to call from several threads at once: libdeflate, zlib-ng, lzma and
+``compress`` is safe to call from several threads at once: libdeflate, zlib, lzma and
 zstd release the GIL, which is what makes the thread pool in ``blocks.py`` pay off.
 
-gzip blocks are deflated by libdeflate (the ``deflate`` package): at level 9 it is 1.4×
-(a Debian root filesystem) to 2.2× (text mixed with random bytes) faster than zlib-ng and
-its output 2–10 % smaller (``bench/RESULTS.md``). It always uses a 32 KiB window, so a
-smaller ``window`` falls back to zlib-ng, which honours it.
+gzip blocks are deflated by libdeflate (the ``deflate`` package): at level 9 it is faster
+than zlib and its output smaller (figures: ``bench/README.md``). It always uses a 32 KiB
+window, so a smaller ``window`` (an API option; the command line offers none) is
+deflated by the standard library's zlib, which honours it.
 """
 
 from __future__ import annotations
@@ -48,20 +48,9 @@ XZ_FILTERS: dict[str, tuple[int, int]] = {
 #: zstd codes a block's literals and sequences with one set of tables, and its own
 #: block splitting leaves the first 128 KiB of a frame whole, which is all of a
 #: squashfs block; a block that mixes kinds of data (code and strings, text and
-#: packed bytes) then pays for the mix. Parts of 32 KiB made the bench trees
-#: 0.9–1.3 % smaller at zstd 6 for 5–10 % more compressing time (``bench/README.md``).
+#: packed bytes) then pays for the mix. Parts of 32 KiB make images smaller for a little
+#: more compressing time (figures: ``bench/README.md``).
 ZSTD_PART = 32 * 1024
-
-def _load_zlib() -> Any:
-    try:
-        from zlib_ng import zlib_ng
-
-        return zlib_ng
-    except ImportError:  # pragma: no cover - zlib-ng is a dependency; stdlib is a fallback
-        import zlib
-
-        return zlib
-
 
 class Compressor:
     """Compresses blocks with one configuration; build with :func:`make_compressor`."""
@@ -150,11 +139,10 @@ def _gzip(level: int, window: int) -> Compressor:
             return bytes(deflate.zlib_compress(data, level))
 
     else:
-        zlib = _load_zlib()
+        import zlib
 
         def compress(data: bytes) -> bytes:
-            out: bytes = zlib.compress(data, level, window)
-            return out
+            return zlib.compress(data, level, window)
 
     # "compression level ... Defaults to 9", "window size ... Defaults to 15",
     # strategies 0 = "the default strategy is implicitly used".
@@ -239,10 +227,8 @@ def _zstd_in_one_call(level: int) -> Callable[[bytes], bytes] | None:
     ``maxBlockSize`` ends a zstd block after every part, as the flushes there do.
 
     A compressing thread takes the GIL back after each C call, and each time it can
-    hold up the thread that parses the layers. Eight calls per block became one: the
-    many-files image's compile went from 12,970-14,440 to 7,920-8,760 voluntary context
-    switches and from 4.8-5.9 s to 4.3-5.5 s (5 alternating pairs), Debian's from
-    2.08-2.20 s to 1.85-1.99 s (``bench/README.md``).
+    hold up the thread that parses the layers: eight calls per block become one
+    (figures: ``bench/README.md``).
 
     python-zstandard exposes ``maxBlockSize`` only in the libzstd bindings of its cffi
     backend (``zstandard._cffi``, shipped with its C backend; cffi releases the GIL
