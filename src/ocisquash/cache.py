@@ -7,6 +7,7 @@ Layout under the cache root::
     images/<key>/config.json      the image config, as received
     images/<key>/info.json        source reference, digests, platform, sizes, time
     images/<key>/image.squashfs.verity, .roothash, .roothash.p7s   with --verity
+    images/<key>/blocks.idx       the squashfs's block index, for recompiles (squashfs/reuse.py)
     refs/<ref-key>                a reference (+ platform + options) → entry key
     locks/<key>.lock              held (flock) while one process builds <key>
 
@@ -265,10 +266,29 @@ class ImageCache:
                     problems.append(f"compiled image {key[:12]}: {_WRITTEN}; its content still "
                                     "matches its record")
                 else:
+                    self._verify_block_index(entry, problems, repair)
                     continue
             if repair:
                 self.remove(key)
         return problems
+
+    @staticmethod
+    def _verify_block_index(entry: CacheEntry, problems: list[str], repair: bool) -> None:
+        """Check the block index a squashfs entry keeps for recompiles; a damaged one is
+        only a loss of speed (compiles pass it over), and repairing removes it alone."""
+        from .squashfs.reuse import INDEX_FILE, check_index
+
+        index = entry.path / INDEX_FILE
+        if not index.is_file():
+            return
+        wrong = check_index(entry.image, index)
+        if wrong is None:
+            return
+        problems.append(f"compiled image {entry.key[:12]}: its block index is damaged "
+                        f"({wrong}); compiles do not use it")
+        if repair:
+            with contextlib.suppress(OSError):
+                index.unlink()
 
 
 def _read_info(path: Path) -> dict[str, Any] | None:

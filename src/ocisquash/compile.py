@@ -223,14 +223,17 @@ def _build_image(
     writer_options: WriterOptions | ErofsOptions | None,
     format: OutputFormat,
     progress: ProgressCallback | None,
+    cache: ImageCache | None = None,
 ) -> tuple[FlattenReport, WriteSummary | ErofsSummary]:
-    """Flatten ``image`` into a squashfs or EROFS image at ``dest``."""
+    """Flatten ``image`` into a squashfs or EROFS image at ``dest``. With ``cache``
+    (``dest`` is then a file in a staging directory), a squashfs reuses the blocks of
+    the cache's images and gets a block index beside it."""
     from .erofs.options import ErofsOptions
 
     if isinstance(writer_options, ErofsOptions) or format == "erofs":
         assert writer_options is None or isinstance(writer_options, ErofsOptions)
         return _build_erofs(image, dest, writer_options, progress)
-    return _build_squashfs(image, dest, writer_options, progress)
+    return _build_squashfs(image, dest, writer_options, progress, cache)
 
 
 def _check_writer_options(format: OutputFormat,
@@ -278,10 +281,12 @@ def _build_squashfs(
     dest: Path | BinaryIO,
     writer_options: WriterOptions | None,
     progress: ProgressCallback | None,
+    cache: ImageCache | None = None,
 ) -> tuple[FlattenReport, WriteSummary]:
     import dataclasses
 
     from .squashfs import SquashfsWriter
+    from .squashfs.reuse import INDEX_FILE, BlockReuse, index_sources, settings_key
 
     if writer_options is None:
         writer_options = default_writer_options()
@@ -292,10 +297,22 @@ def _build_squashfs(
     layers = image.layers()
 
     def build() -> tuple[FlattenReport, WriteSummary]:
-        with collector_paused(), switches_shortened(), \
-                SquashfsWriter(dest, writer_options) as writer:
-            report = _flatten_into(layers, writer, progress)
-            return report, writer.finish()
+        reuse = None
+        if cache is not None and isinstance(dest, Path):
+            reuse = BlockReuse.load(settings_key(writer_options), index_sources(cache.entries()))
+        try:
+            with collector_paused(), switches_shortened(), \
+                    SquashfsWriter(dest, writer_options, reuse=reuse) as writer:
+                report = _flatten_into(layers, writer, progress)
+                summary = writer.finish()
+            if reuse is not None:
+                assert isinstance(dest, Path)
+                _write_staged(dest.parent / INDEX_FILE, reuse.index_bytes())
+                log.debug("reused %d blocks of %d earlier images", reuse.reused, reuse.sources)
+            return report, summary
+        finally:
+            if reuse is not None:
+                reuse.close()
 
     return _while_downloading(image, build)
 
@@ -548,14 +565,14 @@ def compile_image(
                     config = image.config()
                     try:
                         report, summary = _build_image(image, staged / IMAGE_FILE,
-                                                       writer_options, format, progress)
+                                                       writer_options, format, progress, cache)
                     except (LayerError, IntegrityError):
                         # A blob damaged in the store after it was verified reads as a bad
                         # layer: drop what no longer matches its digest, fetch it again once.
                         if not _drop_damaged_blobs(cache, manifest):
                             raise
                         report, summary = _build_image(image, staged / IMAGE_FILE,
-                                                       writer_options, format, progress)
+                                                       writer_options, format, progress, cache)
                     vinfo = _add_verity(staged / IMAGE_FILE, verity, image.digest, okey)
                     _write_staged(staged / "manifest.json", manifest.raw)
                     _write_staged(staged / "config.json", config.raw)

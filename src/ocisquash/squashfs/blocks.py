@@ -49,6 +49,7 @@ from ..entry import HoleReader
 from ..errors import SquashfsError
 from .compressor import Compressor
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
+from .reuse import BlockReuse
 
 
 class Placed(Protocol):
@@ -80,6 +81,21 @@ def _compress_batch(compressor: Compressor, blocks: list[bytes]) -> list[tuple[b
     return done
 
 
+def _reuse_batch(compressor: Compressor, reuse: BlockReuse,
+                 blocks: list[bytes]) -> list[tuple[bytes, int, bytes]]:
+    """As :func:`_compress_batch`, copying the blocks an earlier image holds; each
+    result also carries the block's digest, for the new image's block index."""
+    done = []
+    for data in blocks:
+        digest = hashlib.sha256(data).digest()
+        stored = reuse.stored(digest)
+        if stored is None:
+            stored = _compress_block(compressor, data)
+        done.append((*stored, digest))
+    blocks.clear()
+    return done
+
+
 class _Batch:
     """Blocks a compressing thread takes at once; ``future`` is None until it is handed
     over, and only then does ``blocks`` stop growing."""
@@ -89,16 +105,19 @@ class _Batch:
     def __init__(self) -> None:
         self.blocks: list[bytes] = []
         self.size = 0
-        self.future: Future[list[tuple[bytes, int]]] | None = None
+        self.future: Future[list[tuple[bytes, int]]] | Future[
+            list[tuple[bytes, int, bytes]]] | None = None
 
 
 class BlockPipeline:
     """Compresses blocks in parallel and writes them to ``out`` in submission order."""
 
     def __init__(self, out: BinaryIO, position: int, compressor: Compressor, workers: int,
-                 block_size: int) -> None:
+                 block_size: int, reuse: BlockReuse | None = None) -> None:
         self._out = out
         self._compressor = compressor
+        #: copies blocks of earlier images and indexes this one's (see ``reuse.py``)
+        self._reuse = reuse
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocisquash-sqfs")
         #: each block: its batch (None for a sparse block), its index there, and whom
         #: to tell where it landed
@@ -135,7 +154,11 @@ class BlockPipeline:
         batch = self._filling
         assert batch is not None
         self._filling = None
-        batch.future = self._pool.submit(_compress_batch, self._compressor, batch.blocks)
+        if self._reuse is None:
+            batch.future = self._pool.submit(_compress_batch, self._compressor, batch.blocks)
+        else:
+            batch.future = self._pool.submit(_reuse_batch, self._compressor, self._reuse,
+                                             batch.blocks)
 
     def submit_sparse(self, placed: Placed, count: int = 1) -> None:
         """Queue ``count`` all-zero blocks: nothing is written, their size fields are 0.
@@ -156,8 +179,11 @@ class BlockPipeline:
         if batch.future is None:
             self._hand_over()
             assert batch.future is not None
-        payload, field = batch.future.result()[index]
+        done = batch.future.result()[index]
+        payload, field = done[0], done[1]
         self._out.write(payload)
+        if self._reuse is not None:
+            self._reuse.written(done[2], self.position, field)  # type: ignore[misc]
         placed(self.position, field)
         self.position += len(payload)
 
@@ -173,6 +199,8 @@ class BlockPipeline:
                     batch.future.cancel()
             self._submitted -= 1
         if rewind_to is not None and rewind_to != self.position:
+            if self._reuse is not None:
+                self._reuse.rewound(rewind_to)
             self.position = rewind_to
             self._out.seek(rewind_to)
 

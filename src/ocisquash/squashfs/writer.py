@@ -41,6 +41,7 @@ from .format import (
 from .inode import directory_body, file_inode, header, special_body, symlink_body
 from .metadata import MetadataWriter, pack_lookup_table
 from .options import WriterOptions as WriterOptions
+from .reuse import BlockReuse
 from .tables import IdTable, XattrTable, check_xattrs
 from .tree import DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
 
@@ -87,7 +88,12 @@ class SquashfsWriter:
         self,
         output: str | os.PathLike[str] | BinaryIO,
         options: WriterOptions | None = None,
+        *,
+        reuse: BlockReuse | None = None,
     ) -> None:
+        """``reuse`` copies blocks that earlier images hold and keeps this image's block
+        index (see :mod:`ocisquash.squashfs.reuse`); its settings must be those of
+        ``options``."""
         if options is None:
             options = WriterOptions()
         options.check()
@@ -127,7 +133,7 @@ class SquashfsWriter:
         self._tree = Tree(self._meta(options.default_dir_meta))
         workers = options.workers or os.cpu_count() or 1
         self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers,
-                                       options.block_size)
+                                       options.block_size, reuse)
         self._data = DataWriter(
             self._pipeline,
             options.block_size,

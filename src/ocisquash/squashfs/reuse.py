@@ -1,0 +1,269 @@
+"""Compressed blocks reused across images: a recompile copies what earlier compiles wrote.
+
+What the writer stores for a block (its compressed form, or the block itself when
+compressing does not make it smaller, with bit 24 of the size field set) depends only on
+the block's bytes and the compressor settings (``blocks._compress_block``). So an image
+written before with the same settings holds, for each block it wrote, exactly the bytes
+this compile would write for the same block: copying them gives an image byte-identical
+to one compressed afresh.
+
+Each image compiled into the cache keeps a *block index* beside it (:data:`INDEX_FILE`):
+per data or fragment block it wrote, the sha256 of the uncompressed block, the block's
+offset in the image and its size field. A compile into the cache loads the indexes of
+earlier images with the same settings (:func:`settings_key`) and, for each block, copies
+the stored bytes when an index knows the block's digest, else compresses it. The
+compressing threads do the hashing and the look-up, so a cold compile pays one sha256
+per block in parallel with the compression.
+
+Fragment blocks are reused only when the whole fragment block recurs: tails are packed in
+file order, so a changed small file changes its fragment block, and they are compressed
+again (they are a small part of the data; keying the tails one by one would need the
+packing to be known before the data is).
+
+Index file layout, all integers little-endian::
+
+    magic "OSQBLK1\\n" · u32 n · settings (n bytes of JSON) · u64 count ·
+    count × (sha256[32] · u64 offset · u32 size field) · sha256 of everything before
+
+44 bytes per block, 0.03 % of the uncompressed data at 128 KiB blocks. An index whose
+checksum, settings or bounds do not hold is not used (the blocks are compressed again);
+``cache verify`` also decodes each indexed block and compares its digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .format import DATA_UNCOMPRESSED
+from .options import Compression, WriterOptions
+from .version import FORMAT_VERSION
+
+#: The block index's name in a cache entry, beside ``image.squashfs``.
+INDEX_FILE = "blocks.idx"
+
+_MAGIC = b"OSQBLK1\n"
+_RECORD = struct.Struct("<32sQI")
+_COUNT = struct.Struct("<Q")
+_LEN = struct.Struct("<I")
+
+#: Indexes of at most this many earlier images are loaded (the newest first): the
+#: blocks a new version shares are in the last few versions.
+MAX_SOURCES = 16
+
+#: The Python packages whose version can change a compressor's output.
+_LIBRARIES = {
+    Compression.GZIP: ("deflate",),  # and zlib for small windows: its version is below
+    Compression.ZSTD: ("zstandard",),
+    Compression.LZ4: ("lz4",),
+    Compression.LZO: ("python-lzo",),
+    Compression.XZ: (),  # the interpreter's own lzma module: its version is below
+}
+
+
+def settings_key(options: WriterOptions) -> str:
+    """What a block's stored bytes depend on besides the block: the compressor settings,
+    the writer's format version and the compressing libraries' versions."""
+    import zlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs: dict[str, str] = {"python": sys.version.split()[0], "zlib": zlib.ZLIB_RUNTIME_VERSION}
+    for name in _LIBRARIES[options.compression]:
+        with contextlib.suppress(PackageNotFoundError):
+            libs[name] = version(name)
+    return json.dumps({
+        "format": FORMAT_VERSION,
+        "compression": options.compression.value,
+        "level": options.level,
+        "block_size": options.block_size,
+        "gzip_window": options.gzip_window,
+        "xz_filters": list(options.xz_filters),
+        "lz4_hc": options.lz4_hc,
+        "libraries": libs,
+    }, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    digest: bytes  # sha256 of the uncompressed block
+    offset: int  # where its stored bytes start in the image
+    field: int  # its size field (bit 24: stored uncompressed)
+
+    @property
+    def stored_size(self) -> int:
+        return self.field & ~DATA_UNCOMPRESSED
+
+
+def pack_index(settings: str, records: Iterable[tuple[bytes, int, int]]) -> bytes:
+    """The bytes of a block index."""
+    body = [_MAGIC, _LEN.pack(len(settings.encode())), settings.encode()]
+    rows = [_RECORD.pack(d, o, f) for d, o, f in records]
+    body.append(_COUNT.pack(len(rows)))
+    body.extend(rows)
+    blob = b"".join(body)
+    return blob + hashlib.sha256(blob).digest()
+
+
+class BadIndex(ValueError):
+    """A block index that cannot be used (damaged, or for other settings)."""
+
+
+def read_index(path: Path, image_size: int | None = None) -> tuple[str, list[IndexRecord]]:
+    """The settings and records of the block index at ``path``; raises ``BadIndex``
+    when it is damaged or points past ``image_size``."""
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise BadIndex(f"cannot read it: {e.strerror or e}") from e
+    if len(blob) < len(_MAGIC) + 4 + 8 + 32 or not blob.startswith(_MAGIC):
+        raise BadIndex("not a block index")
+    body, checksum = blob[:-32], blob[-32:]
+    if hashlib.sha256(body).digest() != checksum:
+        raise BadIndex("its checksum does not match")
+    at = len(_MAGIC)
+    (n,) = _LEN.unpack_from(body, at)
+    at += 4
+    settings = body[at:at + n].decode("utf-8", "replace")
+    at += n
+    (count,) = _COUNT.unpack_from(body, at)
+    at += 8
+    if len(body) - at != count * _RECORD.size:
+        raise BadIndex(f"it holds {len(body) - at} bytes of records, not {count} records")
+    records = [IndexRecord(*r) for r in _RECORD.iter_unpack(body[at:])]
+    if image_size is not None:
+        for r in records:
+            if r.offset + r.stored_size > image_size:
+                raise BadIndex(f"a block at offset {r.offset} ends past the image")
+    return settings, records
+
+
+def check_index(image: Path, index: Path) -> str | None:
+    """What is wrong with an image's block index (None: nothing): besides what
+    :func:`read_index` checks, each indexed block must decode to its digest."""
+    from .compressor import make_compressor
+
+    try:
+        settings, records = read_index(index, image.stat().st_size)
+        s = json.loads(settings)
+        compressor = make_compressor(
+            Compression(s["compression"]), level=s["level"], block_size=s["block_size"],
+            gzip_window=s["gzip_window"], xz_filters=tuple(s["xz_filters"]),
+            lz4_hc=s["lz4_hc"])
+        block_size = int(s["block_size"])
+    except BadIndex as e:
+        return str(e)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its settings cannot be used: {e}"
+    with open(image, "rb") as f:
+        for r in records:
+            f.seek(r.offset)
+            raw = f.read(r.stored_size)
+            try:
+                block = raw if r.field & DATA_UNCOMPRESSED else compressor.decompress(
+                    raw, block_size)
+            except Exception:  # a codec's own error type
+                return f"the block at offset {r.offset} does not decode"
+            if hashlib.sha256(block).digest() != r.digest:
+                return f"the block at offset {r.offset} does not match its digest"
+    return None
+
+
+class BlockReuse:
+    """The blocks of earlier images (looked up by the compressing threads) and the
+    index of the image being written (kept by the thread that writes blocks)."""
+
+    def __init__(self, settings: str) -> None:
+        self.settings = settings
+        #: digest -> (descriptor of the earlier image, offset, size field)
+        self._known: dict[bytes, tuple[int, int, int]] = {}
+        self._fds: list[int] = []
+        #: (digest, offset, field) of each block written, in offset order
+        self.records: list[tuple[bytes, int, int]] = []
+        #: blocks copied (counted by the compressing threads: a statistic, not exact)
+        self.reused = 0
+
+    @classmethod
+    def load(cls, settings: str, sources: Iterable[tuple[Path, Path]]) -> BlockReuse:
+        """Reuse the blocks of the ``(image, index)`` pairs whose index holds and has
+        ``settings``; the others are passed over (their blocks are compressed again)."""
+        reuse = cls(settings)
+        for image, index in sources:
+            if len(reuse._fds) >= MAX_SOURCES:
+                break
+            try:
+                fd = os.open(image, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                continue
+            try:
+                found, records = read_index(index, os.fstat(fd).st_size)
+            except BadIndex:
+                os.close(fd)
+                continue
+            if found != settings:
+                os.close(fd)
+                continue
+            reuse._fds.append(fd)
+            for r in records:
+                reuse._known.setdefault(r.digest, (fd, r.offset, r.field))
+        return reuse
+
+    @property
+    def sources(self) -> int:
+        return len(self._fds)
+
+    def stored(self, digest: bytes) -> tuple[bytes, int] | None:
+        """The stored bytes and size field of the block with ``digest``, if an earlier
+        image holds it. Called by the compressing threads (a read-only look-up and a
+        positional read)."""
+        found = self._known.get(digest)
+        if found is None:
+            return None
+        fd, offset, field = found
+        size = field & ~DATA_UNCOMPRESSED
+        try:
+            payload = os.pread(fd, size, offset)
+        except OSError:
+            return None
+        if len(payload) != size:
+            return None
+        self.reused += 1
+        return payload, field
+
+    def written(self, digest: bytes, position: int, field: int) -> None:
+        """Record a block written at ``position``."""
+        self.records.append((digest, position, field))
+
+    def rewound(self, position: int) -> None:
+        """The data area was rewound to ``position``: forget the blocks at and after it."""
+        records = self.records
+        while records and records[-1][1] >= position:
+            records.pop()
+
+    def index_bytes(self) -> bytes:
+        return pack_index(self.settings, self.records)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._known.clear()
+
+
+def index_sources(entries: Iterable[Any]) -> list[tuple[Path, Path]]:
+    """``(image, index)`` of the cache entries (``CacheEntry``) that have a block index,
+    the newest first."""
+    found = []
+    for entry in sorted(entries, key=lambda e: e.created, reverse=True):
+        index = entry.path / INDEX_FILE
+        if index.is_file():
+            found.append((entry.image, index))
+    return found
