@@ -11,7 +11,10 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ocisquash.erofs import ErofsOptions, ErofsSummary, ErofsWriter
+import pytest
+
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsSummary, ErofsWriter
+from ocisquash.erofs.options import MIN_KERNEL
 from squashfs._util import _mount, is_root, require_or_skip, require_tool, run
 
 MKFS_TIME = 1_700_000_000
@@ -57,3 +60,23 @@ def write_erofs(path: Path, build: Callable[[ErofsWriter], None],
     with ErofsWriter(path, ErofsOptions(**options)) as writer:  # type: ignore[arg-type]
         build(writer)
         return writer.finish()
+
+
+def require_kernel_compressor(compression: ErofsCompression) -> None:
+    """Skip (even in CI: a missing kernel feature) when this kernel cannot mount
+    ``compression``: older than ``MIN_KERNEL`` or built without the decompressor."""
+    import gzip
+    import platform
+
+    want = tuple(int(x) for x in MIN_KERNEL[compression].split("."))
+    have = tuple(int(x) for x in re.findall(r"\d+", platform.release())[:2])
+    if have < want:
+        pytest.skip(f"missing kernel feature: EROFS {compression.value} needs Linux "
+                    f"{MIN_KERNEL[compression]}+, this is {platform.release()}")
+    option = {ErofsCompression.DEFLATE: "CONFIG_EROFS_FS_ZIP_DEFLATE",
+              ErofsCompression.ZSTD: "CONFIG_EROFS_FS_ZIP_ZSTD"}.get(compression)
+    config = Path("/proc/config.gz")
+    if option and config.exists():
+        with gzip.open(config, "rt") as f:
+            if f"{option}=y" not in f.read():
+                pytest.skip(f"missing kernel feature: this kernel is built without {option}")

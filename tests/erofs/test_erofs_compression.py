@@ -21,7 +21,15 @@ from ocisquash.pack import pack_directory
 from ocisquash.squashfs import WriterOptions
 from squashfs._util import build_feature_tree, diff_snapshots, link_groups, mounted, snapshot
 
-from ._util import MKFS_TIME, dump_inode, dump_super, erofs_mounted, fsck, write_erofs
+from ._util import (
+    MKFS_TIME,
+    dump_inode,
+    dump_super,
+    erofs_mounted,
+    fsck,
+    require_kernel_compressor,
+    write_erofs,
+)
 from conftest import require_or_skip
 
 pytestmark = pytest.mark.root
@@ -136,7 +144,8 @@ def test_help_states_the_minimum_kernel_per_compressor() -> None:
     out = subprocess.run([sys.executable, "-m", "ocisquash", "pack", "--help"],
                          capture_output=True, text=True, check=True).stdout
     flat = " ".join(out.split())
-    for text in ("none (Linux 5.4+)", "lz4 (Linux 5.13+)", "lz4hc (Linux 5.13+)"):
+    for text in ("none (Linux 5.4+)", "lz4 (Linux 5.13+)", "lz4hc (Linux 5.13+)",
+                 "deflate (Linux 6.6+)", "zstd (Linux 6.10+)", "(Linux 6.1+)"):
         assert text in flat
 
 
@@ -186,3 +195,57 @@ def test_fragments_read_back_and_do_not_depend_on_workers(tmp_path: Path) -> Non
 def test_fragments_need_a_compressor() -> None:
     with pytest.raises(UsageError, match="fragments are compressed"):
         ErofsOptions(compression=ErofsCompression.NONE, fragments=True)
+
+
+# -- deflate (Linux 6.6+) and zstd (6.10+) ---------------------------------------------
+# erofs-utils 1.5 knows neither (1.7 added them): the kernel alone judges.
+
+
+@pytest.mark.parametrize("compression", [ErofsCompression.DEFLATE, ErofsCompression.ZSTD])
+@pytest.mark.parametrize("fragments", [False, True])
+@pytest.mark.usefixtures("small_in_flight")
+def test_deflate_and_zstd_read_back_through_the_kernel(
+        tmp_path: Path, compression: ErofsCompression, fragments: bool) -> None:
+    require_kernel_compressor(compression)
+    if fragments:
+        _require_fragments()
+    digests = set()
+    for workers in (1, 2):
+        image = tmp_path / f"z{workers}.erofs"
+        summary = write_erofs(image, _mixed, compression=compression, workers=workers,
+                              fragments=fragments)
+        digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    assert summary.compressed_files >= 3
+    with erofs_mounted(image, tmp_path / "m") as m:
+        for name, data in _expected().items():
+            assert (m / name).read_bytes() == data, name
+            with open(m / name, "rb") as f:
+                f.seek(len(data) // 2 + 1)
+                assert f.read(5000) == data[len(data) // 2 + 1:len(data) // 2 + 5001], name
+
+
+@pytest.mark.parametrize("compression", [ErofsCompression.DEFLATE, ErofsCompression.ZSTD])
+def test_deflate_and_zstd_trees_mount_as_squashfs(feature_tree: Path, tmp_path: Path,
+                                                  compression: ErofsCompression) -> None:
+    require_kernel_compressor(compression)
+    erofs, sqfs = tmp_path / "t.erofs", tmp_path / "t.sqfs"
+    pack_directory(feature_tree, erofs, ErofsOptions(compression=compression,
+                                                     mkfs_time=MKFS_TIME))
+    pack_directory(feature_tree, sqfs, WriterOptions(mkfs_time=MKFS_TIME, workers=1))
+    with erofs_mounted(erofs, tmp_path / "e") as e, mounted(sqfs, tmp_path / "s") as s:
+        assert diff_snapshots(snapshot(s), snapshot(e)) == []
+
+
+@pytest.mark.parametrize(("compression", "level", "ok"), [
+    (ErofsCompression.ZSTD, 22, True), (ErofsCompression.ZSTD, 23, False),
+    (ErofsCompression.DEFLATE, 9, True), (ErofsCompression.DEFLATE, 10, False),
+    (ErofsCompression.LZ4, 3, False), (ErofsCompression.LZ4HC, 12, True),
+])
+def test_levels_each_compressor_takes(compression: ErofsCompression, level: int,
+                                      ok: bool) -> None:
+    if ok:
+        assert ErofsOptions(compression=compression, level=level).level == level
+    else:
+        with pytest.raises(UsageError, match=f"{compression.value} has no level {level}"):
+            ErofsOptions(compression=compression, level=level)

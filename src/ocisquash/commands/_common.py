@@ -153,7 +153,7 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
 
     g = p.add_argument_group("image output")
     g.add_argument("--compression", "-c", default=None,
-                   choices=("gzip", "xz", "zstd", "lz4", "lzo", "none", "lz4hc"),
+                   choices=("gzip", "xz", "zstd", "lz4", "lzo", "none", "lz4hc", "deflate"),
                    help=f"{compression_help}; with --format erofs: {COMPRESSION_HELP}")
     g.add_argument("--level", type=int, default=None,
                    help="compression level (default: as above, else the compressor's own, as "
@@ -200,7 +200,7 @@ def writer_options_from_args(args: argparse.Namespace, *, default_compression: s
     from ..errors import UsageError
     from ..squashfs.options import Compression, WriterOptions
 
-    if args.compression in ("none", "lz4hc"):
+    if args.compression in ("none", "lz4hc", "deflate"):
         raise UsageError(f"squashfs cannot compress with {args.compression}",
                          hint="use gzip, xz, zstd, lz4 or lzo, or --format erofs")
     level = args.level

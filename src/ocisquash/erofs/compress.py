@@ -1,4 +1,5 @@
-"""File data of compressed inodes: lz4 physical clusters and the cluster index.
+"""File data of compressed inodes: physical clusters (lz4, deflate or zstd) and the
+cluster index.
 
 Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression"):
 
@@ -14,9 +15,11 @@ Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression"):
   instead (``Z_EROFS_LI_D0_CBLKCNT``), which is how a pcluster spans several blocks
   ("big pcluster": ``Z_EROFS_ADVISE_BIG_PCLUSTER_1`` in the map header and
   ``EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER`` in the superblock);
-* with ``EROFS_FEATURE_INCOMPAT_LZ4_0PADDING`` the lz4 block ends at the pcluster's
-  end and zeros precede it; the kernel skips zeros only within the first block, so a
-  pcluster has exactly as many blocks as the compressed data needs;
+* with ``EROFS_FEATURE_INCOMPAT_LZ4_0PADDING`` the compressed data (an lz4 block, a
+  raw deflate stream, a zstd frame) ends at the pcluster's end and zeros precede it;
+  the kernel skips zeros only within the first block, so a pcluster has exactly as
+  many blocks as the compressed data needs, and data that starts with a zero byte
+  cannot be stored this way;
 * an extent that does not shrink by a whole block is stored raw, one PLAIN lcluster
   per block (a PLAIN pcluster is one block on every kernel).
 
@@ -29,12 +32,12 @@ highest bit says "the whole file is stored in the packed inode". So small files 
 tails are compressed together, as squashfs compresses its fragment blocks.
 
 Extents are fixed-input: each covers :attr:`~.options.ErofsOptions.pcluster_size`
-bytes of the file (the last one less), compressed whole; mkfs.erofs fits lz4 to a
-fixed output size instead, which python-lz4 cannot do. A file of at most one block,
+bytes of the file (the last one less), compressed whole; mkfs.erofs fits lz4 and
+deflate to a fixed output size instead, which python-lz4 and zlib cannot do. A file of at most one block,
 or one that no extent of shrinks, is stored uncompressed (FLAT_INLINE, as
 ``data.py``), as mkfs.erofs does.
 
-Extents are compressed by a thread pool (python-lz4 releases the GIL) and written
+Extents are compressed by a thread pool (the compressors release the GIL) and written
 strictly in the order files were added, so the image does not depend on thread
 timing. Files wait in a queue until :data:`IN_FLIGHT_BYTES` per worker of raw data is
 pending, then the oldest are written: memory stays bounded. Identical files are found
@@ -47,6 +50,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,6 +62,7 @@ import lz4.block
 from ..errors import ErofsError
 from .data import CHUNK, Extent, Spool
 from .format import BLOCK_SIZE, DataLayout
+from .options import ErofsCompression
 
 #: Raw bytes of extents queued or being compressed, per worker.
 IN_FLIGHT_BYTES = 8 << 20
@@ -82,40 +88,74 @@ LCLUSTER_DELTA = struct.Struct("<HHHH")
 MAP_HEADER = struct.Struct("<IHBB")
 
 
-def map_header(extent: Extent) -> bytes:
+class Codec:
+    """One compressor as EROFS uses it: "available compression algorithm types (for
+    h_algorithmtype)" (lz4 0, deflate 2, zstd 3) and the per-algorithm record that
+    follows the superblock (with COMPR_CFGS), each "with its u16 length"."""
+
+    def __init__(self, compression: ErofsCompression, level: int | None,
+                 pcluster_size: int) -> None:
+        self.name = compression
+        self._level = level
+        self._local = threading.local()
+        if compression in (ErofsCompression.LZ4, ErofsCompression.LZ4HC):
+            self.algorithm = 0
+            # "z_erofs_lz4_cfgs": max_distance 0 (lz4's 64 KiB), max_pclusterblks
+            body = struct.pack("<HH10x", 0, pcluster_size // BLOCK_SIZE)
+        elif compression is ErofsCompression.DEFLATE:
+            self.algorithm = 2
+            body = struct.pack("<B5x", 15)  # "z_erofs_deflate_cfgs": windowbits
+        elif compression is ErofsCompression.ZSTD:
+            self.algorithm = 3
+            # "z_erofs_zstd_cfgs": format 0, "windowlog - ZSTD_WINDOWLOG_ABSOLUTEMIN(10)":
+            # a window of one pcluster, which is all a frame refers back to.
+            body = struct.pack("<BB4x", 0, (pcluster_size - 1).bit_length() - 10)
+        else:
+            raise ValueError(f"no EROFS codec for {compression}")
+        self.config = struct.pack("<H", len(body)) + body
+
+    def compress(self, data: bytes) -> bytes:
+        """One pcluster's data; thread-safe (a zstd or deflate context per thread)."""
+        name = self.name
+        if name is ErofsCompression.LZ4:
+            return lz4.block.compress(data, mode="default", store_size=False)  # type: ignore[no-any-return]
+        if name is ErofsCompression.LZ4HC:
+            return lz4.block.compress(data, mode="high_compression",  # type: ignore[no-any-return]
+                                      compression=self._level, store_size=False)
+        if name is ErofsCompression.DEFLATE:
+            z = zlib.compressobj(self._level or 9, zlib.DEFLATED, -15)  # raw deflate
+            return z.compress(data) + z.flush()
+        import zstandard
+
+        try:
+            ctx: zstandard.ZstdCompressor = self._local.zstd
+        except AttributeError:  # the first zstd pcluster of this thread
+            ctx = self._local.zstd = zstandard.ZstdCompressor(level=self._level or 15)
+        out: bytes = ctx.compress(data)
+        return out
+
+
+def map_header(extent: Extent, algorithm: int) -> bytes:
     """The map header, plus the 8 reserved bytes before the first full index (none for
     a file stored whole in the packed inode)."""
     if extent.fragment_at >= 0 and not extent.index_len:
         return struct.pack("<Q", WHOLE_FRAGMENT | extent.fragment_at)
     if extent.fragment_at >= 0:
         return MAP_HEADER.pack(extent.fragment_at & 0xFFFF_FFFF,
-                               ADVISE_BIG_PCLUSTER_1 | ADVISE_FRAGMENT_PCLUSTER, 0, 0) + bytes(8)
-    return MAP_HEADER.pack(0, ADVISE_BIG_PCLUSTER_1, 0, 0) + bytes(8)
+                               ADVISE_BIG_PCLUSTER_1 | ADVISE_FRAGMENT_PCLUSTER,
+                               algorithm, 0) + bytes(8)
+    return MAP_HEADER.pack(0, ADVISE_BIG_PCLUSTER_1, algorithm, 0) + bytes(8)
 
 
 def index_extra(end: int, extent: Extent) -> int:
     """Bytes after an inode and its xattrs ending at ``end``: alignment to 8, the map
     header, its reserved 8 bytes and the lcluster indexes."""
-    return -end % 8 + len(map_header(extent)) + extent.index_len
+    return -end % 8 + len(map_header(extent, 0)) + extent.index_len
 
 
 def has_map(extent: Extent) -> bool:
     """Whether the inode is compressed (a map header and maybe indexes follow it)."""
     return extent.layout == DataLayout.COMPRESSED_FULL
-
-
-def lz4_config(max_pcluster_blocks: int) -> bytes:
-    """The lz4 record after the superblock ("z_erofs_lz4_cfgs", with its u16 length):
-    max_distance 0 (lz4's 64 KiB), max_pclusterblks."""
-    body = struct.pack("<HH10x", 0, max_pcluster_blocks)
-    return struct.pack("<H", len(body)) + body
-
-
-def _compress(data: bytes, level: int | None) -> bytes:
-    if level is None:
-        return lz4.block.compress(data, mode="default", store_size=False)  # type: ignore[no-any-return]
-    return lz4.block.compress(data, mode="high_compression", compression=level,  # type: ignore[no-any-return]
-                              store_size=False)
 
 
 class _File:
@@ -144,13 +184,13 @@ class CompressedData:
     read, after every file queued before it.
     """
 
-    def __init__(self, out: BinaryIO, position: int, spool: Spool, *, level: int | None,
+    def __init__(self, out: BinaryIO, position: int, spool: Spool, *, codec: Codec,
                  pcluster_size: int, workers: int, dedup: bool,
                  fragments: bool = False) -> None:
         self._out = out
         self.position = position
         self._spool = spool
-        self._level = level
+        self._codec = codec
         self._pcluster = pcluster_size
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
         self._limit = IN_FLIGHT_BYTES * workers
@@ -180,8 +220,8 @@ class CompressedData:
                 digest.update(raw)
             # A file of one block is never compressed (nothing to gain): no work queued.
             small = extent.size <= BLOCK_SIZE and len(raw) < self._pcluster
-            f.chunks.append((raw, None if small else self._pool.submit(_compress, raw,
-                                                                         self._level)))
+            f.chunks.append((raw, None if small else self._pool.submit(self._codec.compress,
+                                                                         raw)))
             f.raw_bytes += len(raw)
             if f.raw_bytes > self._limit:
                 if not streaming:
@@ -283,7 +323,7 @@ class CompressedData:
     def _queue_packed(self, piece: bytes) -> None:
         packed = self._packed
         assert packed is not None
-        future = self._pool.submit(_compress, piece, self._level) \
+        future = self._pool.submit(self._codec.compress, piece) \
             if len(piece) > BLOCK_SIZE else None
         packed.chunks.append((piece, future))
         self._queue.append(packed)
@@ -299,7 +339,9 @@ class CompressedData:
         blkaddr = self.position // BLOCK_SIZE
         packed = future.result() if future is not None else raw
         blocks = -(-len(packed) // BLOCK_SIZE)
-        if future is not None and blocks < lclusters:
+        # Zero padding is found by skipping zero bytes: data starting with one (a raw
+        # deflate stream may) is stored raw instead.
+        if future is not None and blocks < lclusters and packed[:1] != b"\0":
             self._put(bytes(blocks * BLOCK_SIZE - len(packed)) + packed)
             f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, blkaddr)
             for d in range(1, lclusters):

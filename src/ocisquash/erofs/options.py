@@ -20,6 +20,8 @@ class ErofsCompression(Enum):
     NONE = "none"
     LZ4 = "lz4"
     LZ4HC = "lz4hc"
+    DEFLATE = "deflate"
+    ZSTD = "zstd"
 
 
 #: The oldest Linux that mounts each compressor's images (for ``--help``): EROFS left
@@ -28,6 +30,15 @@ MIN_KERNEL = {
     ErofsCompression.NONE: "5.4",
     ErofsCompression.LZ4: "5.13",
     ErofsCompression.LZ4HC: "5.13",
+    ErofsCompression.DEFLATE: "6.6",
+    ErofsCompression.ZSTD: "6.10",
+}
+
+#: Each compressor's levels and the level used when none is given.
+LEVELS = {
+    ErofsCompression.LZ4HC: (1, 12, 9),
+    ErofsCompression.DEFLATE: (1, 9, 9),
+    ErofsCompression.ZSTD: (1, 22, 15),
 }
 
 #: The oldest Linux that mounts images with fragments (a packed inode).
@@ -43,7 +54,7 @@ class ErofsOptions:
     """How to write the image; invalid settings raise UsageError."""
 
     compression: ErofsCompression = ErofsCompression.LZ4HC
-    #: lz4hc level 1..12; None = 9
+    #: compressor level (lz4hc 1..12, deflate 1..9, zstd 1..22); None = 9, 9, 15
     level: int | None = None
     #: file bytes compressed together into one physical cluster, a multiple of 4 KiB up
     #: to 1 MiB (the same 128 KiB as squashfs's default block)
@@ -69,17 +80,27 @@ class ErofsOptions:
         if not (4096 <= ps <= 1 << 20 and ps % 4096 == 0):
             raise UsageError(f"physical cluster size {ps} is not a multiple of 4 KiB "
                              "between 4 KiB and 1 MiB", hint="use e.g. 64K")
-        if self.level is not None and not 1 <= self.level <= 12:
-            raise UsageError(f"lz4hc level {self.level} is outside 1..12")
+        if self.level is not None:
+            low, high, _ = LEVELS.get(self.compression, (0, 0, 0))
+            if not low <= self.level <= high:
+                raise UsageError(
+                    f"{self.compression.value} has no level {self.level}",
+                    hint=f"use {low}..{high}" if high else "give no --level for it")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be at least 1, not {self.workers}")
         if self.mkfs_time is not None and not 0 <= self.mkfs_time < 2**32:
             raise UsageError(f"mkfs time {self.mkfs_time} is outside 0..2**32-1")
         if self.fragments and self.compression is ErofsCompression.NONE:
-            raise UsageError("EROFS fragments are compressed: they need lz4 or lz4hc",
+            raise UsageError("EROFS fragments are compressed: they need a compressor",
                              hint="drop --erofs-fragments or choose --compression lz4hc")
         if len(self.uuid) != 16:
             raise UsageError("the volume uuid must be 16 bytes")
+
+    def resolved_level(self) -> int | None:
+        """The level the compressor runs at (None: lz4's single fast mode, or none)."""
+        if self.compression not in LEVELS:
+            return None
+        return self.level if self.level is not None else LEVELS[self.compression][2]
 
     def resolved_mkfs_time(self) -> int:
         return resolve_mkfs_time(self.mkfs_time)

@@ -42,7 +42,7 @@ from ..errors import ErofsError, OutputError
 from ..rules import MAX_SYMLINK_TARGET
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
-from .compress import CompressedData, has_map, index_extra, lz4_config, map_header
+from .compress import Codec, CompressedData, has_map, index_extra, map_header
 from .data import Extent, FlatData, Spool
 from .directory import DirEntry, directory_size, pack_block, split_blocks
 from .format import (
@@ -166,14 +166,15 @@ class ErofsWriter:
         self._metas: dict[EntryMeta, EntryMeta] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
         self._spool = Spool()
+        self._codec: Codec | None = None
         self._data: FlatData | CompressedData
         if options.compression is ErofsCompression.NONE:
             self._data = FlatData(self._out, BLOCK_SIZE, self._spool, options.dedup)
         else:
-            level = options.level or 9 if options.compression is ErofsCompression.LZ4HC \
-                else None
+            self._codec = Codec(options.compression, options.resolved_level(),
+                                options.pcluster_size)
             self._data = CompressedData(
-                self._out, BLOCK_SIZE, self._spool, level=level,
+                self._out, BLOCK_SIZE, self._spool, codec=self._codec,
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
                 workers=options.workers or os.cpu_count() or 1, fragments=options.fragments)
         self._closed = False
@@ -366,6 +367,7 @@ class _Finisher:
         self.blocks_at: dict[int, int] = {}
         #: whether any inode is compressed (the superblock then says how)
         self.compressed = False
+        self.algorithm = writer._codec.algorithm if writer._codec is not None else 0
 
     def run(self) -> ErofsSummary:
         data = self.w._data
@@ -439,7 +441,8 @@ class _Finisher:
             if inode.compressed:
                 assert isinstance(node, FileNode)
                 extent = node.extent
-                self.out.write(bytes(-self.out.tell() % 8) + map_header(extent))
+                self.out.write(bytes(-self.out.tell() % 8)
+                               + map_header(extent, self.algorithm))
                 if extent.index_len:
                     self.out.write(self.w._spool.get(extent.index_at, extent.index_len))
         assert self.out.tell() == meta_end
@@ -449,14 +452,15 @@ class _Finisher:
         self.out.truncate(end)
 
         incompat = algs = 0
-        if self.compressed:
-            # lz4 data padded at the front, multi-block pclusters, the lz4 record.
+        codec = self.w._codec
+        if self.compressed and codec is not None:
+            # Data padded at the front, multi-block pclusters, the algorithm's record.
             incompat = INCOMPAT_ZERO_PADDING | INCOMPAT_BIG_PCLUSTER | INCOMPAT_COMPR_CFGS
             if packed is not None:
                 incompat |= INCOMPAT_FRAGMENTS
-            algs = 1 << 0  # Z_EROFS_COMPRESSION_LZ4
+            algs = 1 << codec.algorithm
             self.out.seek(SUPER_OFFSET + 128)
-            self.out.write(lz4_config(self.w._options.pcluster_size // BLOCK_SIZE))
+            self.out.write(codec.config)
         superblock = Superblock(
             root_nid=root.ref,
             inodes=len(self.order),
