@@ -45,7 +45,7 @@ LEVELS = {
 FRAGMENTS_MIN_KERNEL = "6.1"
 
 #: What ``--help`` says about the EROFS compressors.
-COMPRESSION_HELP = ", ".join(
+COMPRESSION_HELP = "default lz4hc; " + ", ".join(
     f"{c.value} (Linux {MIN_KERNEL[c]}+)" for c in ErofsCompression)
 
 
