@@ -1,8 +1,8 @@
 """A layer's decoder, chosen by ``ocisquash.sniff`` from the blob's first bytes.
 
 Layers may be gzip, zstd or plain (the image spec's types). gzip is decoded with
-python-isal, the fastest of the installed decoders (``bench/bench_gunzip.py``: about
-2.5× the standard library); zstd frame by frame (``zstd.ZstdReader``).
+python-isal, the fastest of the installed decoders (``bench/bench_gunzip.py``; figures:
+``bench/README.md``); zstd frame by frame (``zstd.ZstdReader``).
 """
 
 from __future__ import annotations

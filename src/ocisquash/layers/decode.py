@@ -25,9 +25,9 @@ class TarStream:
     blob's own check is that check), enforces the ratio limit, maps decoder errors to
     ``LayerError``, and hands chunks of about 1 MiB to the parser through a short
     queue; errors travel the same queue, in stream order. Hashing there rather than in
-    the parser's thread takes about 0.6 s of CPU per GB off the thread that parses the
-    tar and feeds the squashfs writer (isal, zstandard and hashlib release the GIL, so
-    both threads run at once). On a machine of 4 cores or more both digests are
+    the parser's thread takes CPU off the thread that parses the tar and feeds the
+    squashfs writer (isal, zstandard and hashlib release the GIL, so both threads run
+    at once; figures: ``bench/README.md``). With 2 cores or more both digests are
     computed behind this thread, on threads of their own (``digest.HashBehind``).
     """
 

@@ -1,8 +1,8 @@
 """Parse an uncompressed tar stream into normalised members, in one pass.
 
 The stream is parsed here rather than with ``tarfile``: its stream mode copies its
-whole read buffer on every header read, and measured 5× the CPU time of this parser
-on a layer of 50 000 small files. Supported: ustar (with the prefix field, joined
+whole read buffer on every header read, which costs several times the CPU time of
+this parser on layers of small files (figures: ``bench/README.md``). Supported: ustar (with the prefix field, joined
 also under GNU magic where Go's archive/tar joins it, as layers written by Go 1.7
 and older need), GNU (long names and links ``L``/``K``, base-256 numbers, old sparse
 ``S`` entries), PAX (per-entry and global headers: path, linkpath, size, uid, gid,
