@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, ParamSpec, TypeVar
 
 from .cache import IMAGE_FILE, ImageCache, entry_key
-from .digest import Digest
+from .digest import Digest, VerifyingReader
 from .errors import (
     ImageNotFoundError,
     IntegrityError,
@@ -159,8 +159,10 @@ class _CountingStream:
     def close(self) -> None:
         self._raw.close()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
+    def abort(self) -> None:
+        """End a read that waits for bytes (a layer read as it downloads)."""
+        if isinstance(self._raw, VerifyingReader):
+            self._raw.abort()
 
 
 @dataclass(frozen=True)
