@@ -435,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TMPDIR"] = str(work / "tmp")
         (work / "tmp").mkdir()
         tempfile.tempdir = None
+        # The cache opens its files by name relative to a directory fd, and the "open" audit
+        # event does not carry that fd: run in the temporary directory, so such a name
+        # resolves inside it (the directory itself was opened under XDG_CACHE_HOME).
+        os.chdir(work)
         guard = WriteGuard([work, *([args.crash_dir] if args.crash_dir else [])])
         sys.addaudithook(guard)
         fuzzer = Fuzzer(rnd, work)

@@ -15,35 +15,50 @@ Layout under the cache root::
 format version and the output options, so any change that alters the bytes of
 the output gives a new key. An entry is built in ``tmp/`` and published by one
 ``rename`` of its directory, after its files are fsynced: readers see a whole entry
-or none, and so does the next boot after a crash. An entry whose image is missing
-or differs in size from its record (a crash of a kernel that lost the data, a file
-removed by hand) is not used: compile builds it again, ``cache verify`` reports it.
+or none, and so does the next boot after a crash.
+
+Every use of an entry checks it against its record first, cheaply: the record must
+hash back to the key, the manifest to the record's digest, the config to the digest
+the manifest names, and the image must have the recorded size, mtime and inode. An
+entry that fails (a crash of a kernel that lost the data, a file removed or replaced
+by hand, another entry's files moved in) is not used: compile builds it again, and
+``cache verify``, which also hashes the image, reports it.
+
 The build lock is an ``flock``, which the kernel drops when its holder dies, so a
-killed compile never leaves a lock behind.
+killed compile never leaves a lock behind. The directories and the rules that keep
+other users out are in :mod:`ocisquash.safedir`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .digest import Digest
-from .errors import CacheError, OutputError
-from .store import BlobStore, default_cache_dir, fsync_dir, fsync_path, write_atomic
+from .errors import CacheError, ManifestError, OutputError
+from .safedir import PrivateDir, wait_for_lock
+from .store import BLOB_DIRS, BlobStore, CacheDirs, default_cache_dir
 
 IMAGE_FILE = "image.squashfs"
 INFO_FILE = "info.json"
+MANIFEST_FILE = "manifest.json"
+CONFIG_FILE = "config.json"
+#: manifest.json and config.json are read whole on every hit; no genuine one is near this
+_SMALL_FILE_LIMIT = 16 << 20
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class CacheEntry:
     key: str
     path: Path
     info: dict[str, Any]
+    _images: PrivateDir = field(repr=False, compare=False)
 
     @property
     def image(self) -> Path:
@@ -60,11 +76,18 @@ class CacheEntry:
 
     @property
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+        with _open_entry(self._images, self.key) as d:
+            return sum(st.st_size for name in d.listdir()
+                       if stat.S_ISREG((st := d.lstat(name)).st_mode))
 
     @property
     def created(self) -> float:
         return float(self.info.get("created", 0))
+
+    def read(self, name: str) -> bytes:
+        """One small file of the entry (``manifest.json``, ``config.json``)."""
+        with _open_entry(self._images, self.key) as d:
+            return d.read_bytes(name, _SMALL_FILE_LIMIT)
 
 
 def entry_key(manifest_digest: Digest, format_version: str, options: dict[str, Any]) -> str:
@@ -78,16 +101,22 @@ def entry_key(manifest_digest: Digest, format_version: str, options: dict[str, A
 
 
 class ImageCache:
-    """Compiled images plus the blob store they share a root with."""
+    """Compiled images plus the blob store they share a root with.
 
-    def __init__(self, root: Path | str | None = None) -> None:
+    The root must belong to the user and be writable by nobody else (``CacheError``
+    otherwise). ``lock_timeout`` bounds every wait for another process's build or
+    download (None: no bound).
+    """
+
+    def __init__(self, root: Path | str | None = None, *,
+                 lock_timeout: float | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
-        self.blobs = BlobStore(self.root)
-        try:
-            for sub in ("images", "refs", "locks", "tmp"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CacheError(f"cannot create cache directory {self.root}: {e.strerror}") from e
+        self.lock_timeout = lock_timeout
+        self.dirs = CacheDirs(self.root, (*BLOB_DIRS, "images", "refs", "locks"))
+        self.blobs = BlobStore(self.root, lock_timeout=lock_timeout, dirs=self.dirs)
+        self._images = self.dirs.get("images")
+        self._refs = self.dirs.get("refs")
+        self._tmp = self.dirs.get("tmp")
 
     # -- entries -----------------------------------------------------------------
     def entry_path(self, key: str) -> Path:
@@ -96,34 +125,50 @@ class ImageCache:
     def get(self, key: str) -> CacheEntry | None:
         """The published entry for ``key``, or None (also when it is damaged, see
         :meth:`damage`)."""
-        path = self.entry_path(key)
-        info, damage = _glance(path)
+        info, damage = self._glance(key)
         if info is None or damage is not None:
             return None
-        return CacheEntry(key, path, info)
+        return CacheEntry(key, self.entry_path(key), info, self._images)
 
     def damage(self, key: str) -> str | None:
         """Why the entry directory of ``key`` cannot be used, or None when it is whole or
         absent."""
-        path = self.entry_path(key)
-        if not path.exists():
+        try:
+            self._images.lstat(key)
+        except FileNotFoundError:
             return None
-        return _glance(path)[1]
+        except OSError as e:
+            return f"it cannot be read: {e.strerror}"
+        return self._glance(key)[1]
+
+    def _glance(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            with _open_entry(self._images, key) as d:
+                return _glance(d, key)
+        except (OSError, CacheError):
+            return None, "its directory cannot be opened"
 
     def keys(self) -> list[str]:
         """The keys of every entry directory, whole or damaged."""
-        return sorted(p.name for p in (self.root / "images").iterdir())
+        return self._images.listdir()
 
     def entries(self) -> list[CacheEntry]:
         """Every usable entry (damaged ones are left out; see :meth:`verify`)."""
         return [e for key in self.keys() if (e := self.get(key)) is not None]
 
     @contextlib.contextmanager
-    def build_lock(self, key: str) -> Iterator[None]:
-        """Hold the build lock of ``key``; waits while another process holds it."""
-        fd = os.open(self.root / "locks" / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def build_lock(self, key: str, what: str = "") -> Iterator[None]:
+        """Hold the build lock of ``key``; waits while another process holds it (saying so
+        after a few seconds, giving up after ``lock_timeout``)."""
+        name = f"{key}.lock"
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = self.dirs.get("locks").open_fd(name, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise CacheError(f"cannot open lock {self.root / 'locks' / name}: "
+                             f"{e.strerror}") from e
+        try:
+            wait_for_lock(fd, f"the build of {what or 'cache entry ' + key[:12]} "
+                              f"({self.root / 'locks' / name})", self.lock_timeout)
             yield
         finally:
             os.close(fd)
@@ -131,31 +176,50 @@ class ImageCache:
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A fresh directory in ``tmp/`` to build an entry in; removed unless published."""
-        path = Path(tempfile.mkdtemp(prefix="build-", dir=self.root / "tmp"))
+        name = f"build-{secrets.token_hex(8)}"
         try:
-            yield path
+            os.mkdir(name, 0o700, dir_fd=self._tmp.fd)
+        except OSError as e:
+            raise OutputError(f"cannot create a staging directory in {self._tmp.path}: "
+                              f"{e.strerror}") from e
+        try:
+            yield self._tmp.path / name
         finally:
-            shutil.rmtree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(name, dir_fd=self._tmp.fd, ignore_errors=True)
 
     def publish(self, key: str, staged: Path, info: dict[str, Any]) -> CacheEntry:
         """Move a fully written staging directory into place as entry ``key``."""
         info = {**info, "key": key, "created": info.get("created", time.time())}
         try:
-            for p in staged.iterdir():
-                fsync_path(p)
-            with contextlib.suppress(FileNotFoundError):
-                # Any later write changes it, also one through a hard link that -o made.
-                info["squashfs_mtime_ns"] = (staged / IMAGE_FILE).stat().st_mtime_ns
-            write_atomic(staged / INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
-            for p in staged.iterdir():
-                os.chmod(p, 0o444)
-            final = self.entry_path(key)
-            if final.exists():
+            with _open_entry(self._tmp, staged.name) as d:
+                for name in d.listdir():
+                    fd = d.open_fd(name)
+                    try:
+                        os.fsync(fd)
+                        if name == IMAGE_FILE:
+                            st = os.fstat(fd)
+                            # Any later write changes the mtime, also one through a hard
+                            # link that -o made; a file put in its place has another inode.
+                            info["squashfs_mtime_ns"] = st.st_mtime_ns
+                            info["squashfs_ino"] = st.st_ino
+                    finally:
+                        os.close(fd)
+                d.write_atomic(INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode())
+                for name in d.listdir():
+                    fd = d.open_fd(name)
+                    try:
+                        os.fchmod(fd, 0o444)
+                    finally:
+                        os.close(fd)
+            try:
+                os.rename(staged.name, key, src_dir_fd=self._tmp.fd, dst_dir_fd=self._images.fd)
+                self._images.fsync()
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
                 # Someone published the same key (same bytes); keep theirs.
-                shutil.rmtree(staged, ignore_errors=True)
-            else:
-                os.rename(staged, final)
-                fsync_dir(final.parent)
+                shutil.rmtree(staged.name, dir_fd=self._tmp.fd, ignore_errors=True)
         except OSError as e:
             raise OutputError(f"cannot publish cache entry in {self.root}: {e.strerror}") from e
         entry = self.get(key)
@@ -165,16 +229,16 @@ class ImageCache:
 
     def remove(self, key: str) -> bool:
         """Remove entry ``key`` (renamed away first, so readers never see half of it)."""
-        path = self.entry_path(key)
-        if not path.exists():
+        doomed = f"rm-{secrets.token_hex(8)}"
+        try:
+            os.rename(key, doomed, src_dir_fd=self._images.fd, dst_dir_fd=self._tmp.fd)
+        except FileNotFoundError:
             return False
-        doomed = Path(tempfile.mkdtemp(prefix="rm-", dir=self.root / "tmp"))
-        os.rename(path, doomed / "entry")
-        shutil.rmtree(doomed, ignore_errors=True)
-        for ref in (self.root / "refs").iterdir():
+        shutil.rmtree(doomed, dir_fd=self._tmp.fd, ignore_errors=True)
+        for ref in self._refs.listdir():
             with contextlib.suppress(OSError):
-                if ref.read_text().strip() == key:
-                    ref.unlink()
+                if self._refs.read_bytes(ref, 256).strip() == key.encode():
+                    self._refs.unlink(ref)
         return True
 
     # -- reference → key records ------------------------------------------------
@@ -185,41 +249,48 @@ class ImageCache:
 
     def lookup_ref(self, ref_key: str) -> CacheEntry | None:
         try:
-            key = (self.root / "refs" / ref_key).read_text().strip()
+            key = self._refs.read_bytes(ref_key, 256).decode("ascii", "replace").strip()
         except OSError:
             return None
-        return self.get(key)
+        return self.get(key) if _KEY_RE.fullmatch(key) else None
 
     def record_ref(self, ref_key: str, key: str) -> None:
-        path = self.root / "refs" / ref_key
         with contextlib.suppress(OSError):
-            if path.read_bytes() == key.encode():
+            if self._refs.read_bytes(ref_key, 256) == key.encode():
                 return  # a cache hit: no write, no fsync
         with contextlib.suppress(OSError):
-            write_atomic(path, key.encode())
+            self._refs.write_atomic(ref_key, key.encode())
 
     # -- maintenance -------------------------------------------------------------
-    def clean_tmp(self, older_than: float = 3600.0, partials_older_than: float = 86400.0) -> int:
-        """Remove leftovers of killed processes: staging files older than ``older_than``
-        seconds, and resumable partial downloads untouched for ``partials_older_than``.
+    def clean_tmp(self, older_than: float = 3600.0, partials_older_than: float = 3600.0) -> int:
+        """Remove leftovers of killed processes: staging directories and temporary files
+        untouched for ``older_than`` seconds, and partial downloads untouched for
+        ``partials_older_than`` that no process is writing.
 
         Lock files stay: removing one that a live process holds would let a second
         process take a lock of its own on a new file.
         """
         n = 0
         now = time.time()
-        for p in (self.root / "blobs" / "partial").glob("*.part"):
+        partial = self.dirs.partial
+        for name in partial.listdir():
+            if not name.endswith(".part"):
+                continue
             with contextlib.suppress(OSError):
-                if now - p.stat().st_mtime > partials_older_than:
-                    p.unlink()
+                if now - partial.lstat(name).st_mtime > partials_older_than \
+                        and not _locked(partial, name.removesuffix(".part") + ".lock"):
+                    partial.unlink(name)
                     n += 1
-        for p in (self.root / "tmp").iterdir():
+        tmp = self._tmp
+        for name in tmp.listdir():
             with contextlib.suppress(OSError):
-                if now - p.lstat().st_mtime > older_than:
-                    if p.is_dir():
-                        shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        p.unlink()
+                st = tmp.lstat(name)
+                if stat.S_ISDIR(st.st_mode):
+                    if now - _newest_mtime(tmp, name, st.st_mtime) > older_than:
+                        shutil.rmtree(name, dir_fd=tmp.fd, ignore_errors=True)
+                        n += 1
+                elif now - st.st_mtime > older_than:
+                    tmp.unlink(name)
                     n += 1
         return n
 
@@ -228,7 +299,7 @@ class ImageCache:
         used: set[str] = set()
         for entry in self.entries():
             try:
-                man = json.loads((entry.path / "manifest.json").read_bytes())
+                man = json.loads(entry.read(MANIFEST_FILE))
                 used.add(man["config"]["digest"])
                 used.update(layer["digest"] for layer in man["layers"])
             except (OSError, ValueError, KeyError, TypeError):
@@ -238,26 +309,25 @@ class ImageCache:
     def verify(self, *, repair: bool = False) -> list[str]:
         """Re-hash every blob and compiled image; return one line per problem found.
 
-        With ``repair``, damaged blobs and entries are removed.
+        An entry is checked against its record (the image's sha256, size, mtime and
+        inode), its manifest against the digest its key was made from, and its config
+        against the manifest. With ``repair``, damaged blobs and entries are removed.
         """
         problems: list[str] = []
-        for digest, path in self.blobs.iter_blobs():
-            if not digest.matches_file(path):
+        for digest, _path in self.blobs.iter_blobs():
+            if not self.blobs.matches(digest):
                 problems.append(f"blob {digest.short}: content does not match its digest")
                 if repair:
                     with contextlib.suppress(OSError):
-                        os.chmod(path, 0o644)
-                        path.unlink()
+                        self.blobs.remove(digest)  # no chmod: unlinking needs none
         for key in self.keys():
-            path = self.entry_path(key)
-            info, damage = _glance(path)
+            info, damage = self._glance(key)
             written = damage == _WRITTEN  # the content may still be whole: hash it
             if damage is not None and not written:
                 problems.append(f"compiled image {key[:12]}: {damage}")
             else:
                 assert info is not None
-                entry = CacheEntry(key, path, info)
-                if not _matches_record(entry):
+                if not self._image_matches_record(key, info):
                     how = " (written to after it was built)" if written else ""
                     problems.append(f"compiled image {key[:12]} ({info.get('reference', '?')}): "
                                     f"content does not match its record{how}")
@@ -266,6 +336,7 @@ class ImageCache:
                     problems.append(f"compiled image {key[:12]}: {_WRITTEN}; its content still "
                                     "matches its record")
                 else:
+                    entry = CacheEntry(key, self.entry_path(key), info, self._images)
                     self._verify_block_index(entry, problems, repair)
                     continue
             if repair:
@@ -290,49 +361,99 @@ class ImageCache:
             with contextlib.suppress(OSError):
                 index.unlink()
 
+    def _image_matches_record(self, key: str, info: dict[str, Any]) -> bool:
+        """Whether the entry's image (and its verity files) hash to what its record says."""
+        try:
+            with _open_entry(self._images, key) as d, \
+                    os.fdopen(d.open_fd(IMAGE_FILE), "rb") as f:
+                h = hashlib.sha256()
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except (OSError, CacheError):
+            return False
+        if info.get("squashfs_sha256") != h.hexdigest():
+            return False
+        if "verity" in info:
+            from .verity import record_damage
 
-def _read_info(path: Path) -> dict[str, Any] | None:
+            return record_damage(info["verity"], self.entry_path(key) / IMAGE_FILE,
+                                 hash_files=True) is None
+        return True
+
+
+@contextlib.contextmanager
+def _open_entry(parent: PrivateDir, name: str) -> Iterator[PrivateDir]:
+    """The directory ``name`` in ``parent`` (not a symlink), opened for the block."""
+    if not name or "/" in name or name in (".", ".."):
+        raise FileNotFoundError(errno.ENOENT, "no such entry", name)
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 dir_fd=parent.fd)
+    d = PrivateDir(parent.path / name, fd)
     try:
-        info = json.loads((path / INFO_FILE).read_text())
-    except (OSError, ValueError):
+        yield d
+    finally:
+        d.close()
+
+
+def _locked(d: PrivateDir, lock_name: str) -> bool:
+    """Whether a process holds the lock file ``lock_name`` of ``d``."""
+    try:
+        fd = os.open(lock_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.fd)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _newest_mtime(parent: PrivateDir, name: str, own: float) -> float:
+    """The newest mtime of a staging directory and the files in it: a build that is
+    still writing its image keeps that file's mtime fresh."""
+    newest = own
+    with contextlib.suppress(OSError), _open_entry(parent, name) as d:
+        for child in d.listdir():
+            with contextlib.suppress(OSError):
+                newest = max(newest, d.lstat(child).st_mtime)
+    return newest
+
+
+def _read_info(d: PrivateDir) -> dict[str, Any] | None:
+    try:
+        info = json.loads(d.read_bytes(INFO_FILE, _SMALL_FILE_LIMIT))
+    except (OSError, ValueError, CacheError):
         return None
     return info if isinstance(info, dict) else None
-
-
-def _matches_record(entry: CacheEntry) -> bool:
-    """Whether the entry's image, manifest and config hash to what its record says."""
-    if entry.info.get("squashfs_sha256") != Digest.of_file(entry.image).hex:
-        return False
-    if "verity" in entry.info:
-        from .verity import record_damage
-
-        if record_damage(entry.info["verity"], entry.image, hash_files=True) is not None:
-            return False
-    for name, field in (("manifest.json", "manifest_digest"), ("config.json", "config_digest")):
-        p = entry.path / name
-        if p.exists() and field in entry.info and str(Digest.of_file(p)) != entry.info[field]:
-            return False
-    return True
 
 
 _UNREADABLE = f"its {INFO_FILE} cannot be read"
 _WRITTEN = f"its {IMAGE_FILE} was written to after it was built (its mtime changed)"
 
 
-def _glance(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _glance(d: PrivateDir, key: str) -> tuple[dict[str, Any] | None, str | None]:
     """An entry directory's record (None when unreadable) and what a glance shows wrong
     with the entry (None when nothing)."""
-    info = _read_info(path)
-    return info, (_UNREADABLE if info is None else _damage(path, info))
+    info = _read_info(d)
+    return info, (_UNREADABLE if info is None else _damage(d, key, info))
 
 
-def _damage(path: Path, info: dict[str, Any]) -> str | None:
-    """What a glance shows wrong with an entry: its image missing, not the size its
-    record says (after a crash, a file whose data never reached the disk is short), or
-    written to since it was published (``-o`` may have placed a hard link to it, and a
-    user with root's rights can write through one despite its 0444 mode)."""
+def _damage(d: PrivateDir, key: str, info: dict[str, Any]) -> str | None:
+    """What a glance shows wrong with an entry, cheaply enough for every hit.
+
+    * its image missing, not the size its record says (after a crash, a file whose
+      data never reached the disk is short), written to since it was published (``-o``
+      may have placed a hard link to it, and a user with root's rights can write
+      through one despite its 0444 mode), or another file (another inode);
+    * its record not the one its key was made from (the key is the hash of the
+      manifest digest, format version and options the record names);
+    * its manifest not hashing to that digest, or its config not to the digest the
+      manifest names (or either missing).
+    """
     try:
-        st = os.stat(path / IMAGE_FILE)
+        st = d.lstat(IMAGE_FILE)
     except OSError:
         return f"its {IMAGE_FILE} is missing"
     if not stat.S_ISREG(st.st_mode):
@@ -343,9 +464,36 @@ def _damage(path: Path, info: dict[str, Any]) -> str | None:
     built = info.get("squashfs_mtime_ns")  # absent in records written before it was kept
     if built is not None and st.st_mtime_ns != built:
         return _WRITTEN
+    ino = info.get("squashfs_ino")
+    if ino is not None and st.st_ino != ino:
+        return f"its {IMAGE_FILE} was replaced (another inode than its record says)"
+    try:
+        manifest_digest = Digest.parse(str(info.get("manifest_digest")))
+        recorded_key = entry_key(manifest_digest, str(info.get("format_version")),
+                                 info.get("options"))  # type: ignore[arg-type]
+    except (ManifestError, TypeError, ValueError):
+        return f"its {INFO_FILE} names no valid manifest digest"
+    if recorded_key != key:
+        return f"its {INFO_FILE} is the record of another image (its key would be {recorded_key[:12]})"
+    try:
+        manifest = d.read_bytes(MANIFEST_FILE, _SMALL_FILE_LIMIT)
+    except OSError:
+        return f"its {MANIFEST_FILE} is missing"
+    if Digest.of(manifest, manifest_digest.algorithm) != manifest_digest:
+        return f"its {MANIFEST_FILE} does not match the digest it was compiled from"
+    try:
+        config_digest = Digest.parse(json.loads(manifest)["config"]["digest"])
+    except (ValueError, KeyError, TypeError, ManifestError):
+        return f"its {MANIFEST_FILE} names no config"
+    try:
+        config = d.read_bytes(CONFIG_FILE, _SMALL_FILE_LIMIT)
+    except OSError:
+        return f"its {CONFIG_FILE} is missing"
+    if Digest.of(config, config_digest.algorithm) != config_digest:
+        return f"its {CONFIG_FILE} does not match the digest its manifest names"
     if "verity" in info:
         from .verity import record_damage
 
-        return record_damage(info["verity"], path / IMAGE_FILE, hash_files=False)
+        return record_damage(info["verity"], d.path / IMAGE_FILE, hash_files=False)
     return None
 

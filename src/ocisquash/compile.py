@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,14 +28,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, ParamSpec, TypeVar
 
-from .cache import IMAGE_FILE, ImageCache, entry_key
+from .cache import CONFIG_FILE, IMAGE_FILE, MANIFEST_FILE, CacheEntry, ImageCache, entry_key
 from .digest import Digest, VerifyingReader
 from .errors import (
     ImageNotFoundError,
     IntegrityError,
     LayerError,
+    ManifestError,
     OcisquashError,
     OutputError,
+    PlatformNotFoundError,
     RegistryUnreachableError,
     TransientRegistryError,
     UsageError,
@@ -117,6 +120,28 @@ def default_writer_options() -> WriterOptions:
     from .squashfs.options import Compression, WriterOptions
 
     return WriterOptions(compression=Compression(DEFAULT_COMPRESSION), level=DEFAULT_ZSTD_LEVEL)
+
+
+def _with_source_date_epoch(options: WriterOptions | ErofsOptions | None,
+                            format: OutputFormat) -> WriterOptions | ErofsOptions | None:
+    """``options`` with ``$SOURCE_DATE_EPOCH`` as the image time when none was given: it
+    changes the output's bytes, so it must be part of the cache key. It sets the image's
+    own time (the superblock's), not the times of the files, which come from the layers."""
+    from .squashfs.options import source_date_epoch
+
+    epoch = source_date_epoch()
+    if epoch is None or (options is not None and options.mkfs_time is not None):
+        return options
+    import dataclasses
+
+    if options is None:
+        if format == "erofs":
+            from .erofs.options import ErofsOptions
+
+            options = ErofsOptions()
+        else:
+            options = default_writer_options()
+    return dataclasses.replace(options, mkfs_time=epoch)
 
 
 def _writer_options_key(options: WriterOptions | ErofsOptions | None,
@@ -265,8 +290,9 @@ def _build_erofs(
 
     if options is None:
         options = ErofsOptions()
-    if options.mkfs_time is None and "SOURCE_DATE_EPOCH" not in os.environ:
-        # Deterministic by default, as for squashfs: the image's creation date.
+    if options.mkfs_time is None:
+        # Deterministic by default, as for squashfs: the image's creation date
+        # (compile_image has put $SOURCE_DATE_EPOCH in the options when it is set).
         options = dataclasses.replace(options, mkfs_time=_epoch(image.config().created))
     layers = image.layers()
 
@@ -292,8 +318,9 @@ def _build_squashfs(
 
     if writer_options is None:
         writer_options = default_writer_options()
-    if writer_options.mkfs_time is None and "SOURCE_DATE_EPOCH" not in os.environ:
-        # Deterministic by default: the image's own creation date stamps the squashfs.
+    if writer_options.mkfs_time is None:
+        # Deterministic by default: the image's own creation date stamps the squashfs
+        # (compile_image has put $SOURCE_DATE_EPOCH in the options when it is set).
         writer_options = dataclasses.replace(
             writer_options, mkfs_time=_epoch(image.config().created))
     layers = image.layers()
@@ -392,10 +419,9 @@ def _drop_damaged_blobs(cache: ImageCache, manifest: Manifest) -> list[Digest]:
     """Remove the image's blobs whose stored bytes no longer match their digest."""
     damaged = []
     for desc in (manifest.config, *manifest.layers):
-        path = cache.blobs.blob_path(desc.digest)
-        if path.is_file() and not desc.digest.matches_file(path):
+        if cache.blobs.has(desc.digest) and not cache.blobs.matches(desc.digest):
             with contextlib.suppress(OSError):
-                path.unlink()
+                cache.blobs.remove(desc.digest)
             damaged.append(desc.digest)
     return damaged
 
@@ -501,7 +527,8 @@ def compile_image(
         dest.require_file("compiling without the cache")
     sopts = source_options or SourceOptions()
     want = Platform.parse(platform) if isinstance(platform, str) else platform
-    cache = ImageCache(sopts.cache_dir)
+    writer_options = _with_source_date_epoch(writer_options, format)
+    cache = ImageCache(sopts.cache_dir, lock_timeout=sopts.lock_timeout)
     if sopts.cache_dir is None:
         sopts = _with_cache_dir(sopts, cache.root)
     started = time.monotonic()
@@ -517,17 +544,15 @@ def compile_image(
     ckey = okey if verity is None else {**okey, "verity": verity.cache_key()}
     version = _format_version(format)
     ref_key = ImageCache.ref_key(source, str(want or Platform.host()), ckey, version)
-    if use_cache and pull == "never":
-        entry = cache.lookup_ref(ref_key)
-        if entry is None:
+    if use_cache and pull != "always":
+        entry = _cached_without_asking(cache, source, ref_key, ckey, version, pull)
+        if entry is not None:
+            _check_platform(entry, want, source)
+            return _from_entry(entry, dest, cached=True, started=started)
+        if pull == "never":
             raise ImageNotFoundError(
                 f"{source} is not in the cache", hint="compile it once with --pull missing"
             )
-        return _from_entry(entry, dest, cached=True, started=started)
-    if use_cache and pull == "missing" and _is_digest_reference(source):
-        entry = cache.lookup_ref(ref_key)
-        if entry is not None:
-            return _from_entry(entry, dest, cached=True, started=started)
 
     from .sources.open import open_source
 
@@ -541,6 +566,7 @@ def compile_image(
             entry = cache.lookup_ref(ref_key) if use_cache and pull == "missing" else None
             if entry is None:
                 raise
+            _check_platform(entry, want, source)
             log.warning("cannot reach the registry (%s); using %s as compiled before", e, source)
             return _from_entry(entry, dest, cached=True, started=started)
         key = entry_key(image.digest, version, ckey)
@@ -552,11 +578,14 @@ def compile_image(
         if pull == "missing":
             entry = cache.get(key)
             if entry is not None:
+                _check_platform(entry, want, source)
                 cache.record_ref(ref_key, key)
                 return _from_entry(entry, dest, cached=True, started=started)
 
-        with cache.build_lock(key):
+        with cache.build_lock(key, f"{image.reference} ({image.digest.short})"):
             entry = cache.get(key)
+            if entry is not None and pull != "always":
+                _check_platform(entry, want, source)  # another process built it meanwhile
             built = False
             if entry is None and (damage := cache.damage(key)) is not None:
                 log.warning("cache entry %s is damaged (%s); building it again", key[:12], damage)
@@ -576,8 +605,8 @@ def compile_image(
                         report, summary = _build_image(image, staged / IMAGE_FILE,
                                                        writer_options, format, progress, cache)
                     vinfo = _add_verity(staged / IMAGE_FILE, verity, image.digest, okey)
-                    _write_staged(staged / "manifest.json", manifest.raw)
-                    _write_staged(staged / "config.json", config.raw)
+                    _write_staged(staged / MANIFEST_FILE, manifest.raw)
+                    _write_staged(staged / CONFIG_FILE, config.raw)
                     info = {
                         "reference": image.reference,
                         "source": source,
@@ -585,6 +614,7 @@ def compile_image(
                         "manifest_digest": str(manifest.digest),
                         "config_digest": str(config.digest),
                         "platform": str(image.platform or config.platform),
+                        "index_digest": str(image.index.digest) if image.index else None,
                         "format": format,
                         "format_version": version,
                         "options": ckey,
@@ -613,8 +643,55 @@ def _with_cache_dir(opts: SourceOptions, root: Path) -> SourceOptions:
     return dataclasses.replace(opts, cache_dir=root)
 
 
-def _is_digest_reference(source: str) -> bool:
-    return "@sha256:" in source or "@sha512:" in source
+_DIGEST_REFERENCE = re.compile(r"@((?:sha256|sha512):[0-9a-f]+)$")
+
+
+def _reference_digest(source: str) -> Digest | None:
+    """The digest a reference pins (``name@sha256:…``), or None."""
+    m = _DIGEST_REFERENCE.search(source)
+    if m is None:
+        return None
+    try:
+        return Digest.parse(m.group(1))
+    except ManifestError:
+        return None
+
+
+def _cached_without_asking(cache: ImageCache, source: str, ref_key: str, ckey: dict[str, Any],
+                           version: str, pull: PullPolicy) -> CacheEntry | None:
+    """The cached entry that answers ``source`` without asking the source, if any.
+
+    A digest reference yields only the entry compiled from that manifest digest (its
+    key is made from it, and the entry's manifest is checked to hash to it), or one
+    whose record says it was chosen from an index of that digest. A tag is answered
+    from the record of its last compile only with ``pull="never"``.
+    """
+    pinned = _reference_digest(source)
+    if pinned is not None:
+        entry = cache.get(entry_key(pinned, version, ckey))
+        if entry is not None:
+            return entry
+        entry = cache.lookup_ref(ref_key)
+        if entry is not None and entry.info.get("index_digest") == str(pinned):
+            return entry
+        return None
+    return cache.lookup_ref(ref_key) if pull == "never" else None
+
+
+def _check_platform(entry: CacheEntry, want: Platform | None, source: str) -> None:
+    """A cached image asked for by platform must be of that platform, as a cold compile
+    would check it."""
+    if want is None:
+        return
+    recorded = str(entry.info.get("platform", ""))
+    try:
+        have = Platform.parse(recorded)
+    except ManifestError:
+        return  # the image names no platform: a cold compile would not refuse it either
+    if not want.matches(have):
+        raise PlatformNotFoundError(
+            f"no image for platform {want}; the image has: {have}", context=source,
+            hint="choose one with --platform OS/ARCH[/VARIANT]")
 
 
 def _format_version(format: OutputFormat) -> str:
@@ -636,15 +713,18 @@ def _stats(report: FlattenReport, summary: WriteSummary | ErofsSummary | None,
     return out
 
 
-def _from_entry(entry: Any, output: Destination | None, *, cached: bool,
+def _from_entry(entry: CacheEntry, output: Destination | None, *, cached: bool,
                 started: float) -> CompiledImage:
     info = entry.info
-    manifest_raw = (entry.path / "manifest.json").read_bytes()
     from .model import parse_manifest_or_index
 
-    manifest = parse_manifest_or_index(manifest_raw)
+    try:
+        manifest = parse_manifest_or_index(entry.read(MANIFEST_FILE))
+        config = ImageConfig.parse(entry.read(CONFIG_FILE))
+    except OSError as e:
+        raise OutputError(f"cannot read cache entry {entry.key[:12]}: {e.strerror}",
+                          hint="run 'ocisquash cache verify --repair'") from e
     assert isinstance(manifest, Manifest)
-    config = ImageConfig.parse((entry.path / "config.json").read_bytes())
     path: Path | None = entry.image
     placed = "none"
     if output is not None:

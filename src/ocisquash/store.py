@@ -19,7 +19,7 @@ target and a rename.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import hashlib
 import os
 import tempfile
@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from .digest import Digest
 from .errors import CacheError, DigestMismatchError, OutputError, SizeMismatchError
+from .safedir import PrivateDir, wait_for_lock
 
 
 def default_cache_dir() -> Path:
@@ -44,7 +45,7 @@ def fsync_dir(path: Path) -> None:
 
 def fsync_path(path: Path, flags: int = 0) -> None:
     """Write the file (or, with ``os.O_DIRECTORY``, the directory) at ``path`` to disk."""
-    fd = os.open(path, os.O_RDONLY | flags)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:
@@ -83,7 +84,10 @@ class BlobWriter:
         self._part = part
         self._lock_fd = lock_fd
         self._hash = hashlib.new(digest.algorithm)
-        self._file: BinaryIO = open(part, "ab+")  # noqa: SIM115 - closed in commit/close
+        fd = store.dirs.partial.open_fd(part.name, os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        # Unbuffered: every chunk goes to the file at once (compile reads the partial while
+        # it grows), and a write that failed is never tried again behind our back on close.
+        self._file: BinaryIO = os.fdopen(fd, "ab+", buffering=0)
         self._file.seek(0)
         while chunk := self._file.read(1 << 20):
             self._hash.update(chunk)
@@ -108,14 +112,25 @@ class BlobWriter:
                 f"blob is longer than the expected {self.size} bytes", context=f"blob {self.digest.short}"
             )
         try:
-            self._file.write(data)
             # On disk before anyone hears of it: compile reads a layer from the partial
             # file while it downloads, up to the offset the progress events report.
-            self._file.flush()
+            view = memoryview(data)
+            while view:
+                n = self._file.write(view)
+                if not n:
+                    raise OSError(errno.EIO, "the file took no bytes")
+                view = view[n:]
         except OSError as e:
+            self._cut_to_offset()
             raise OutputError(f"cannot write {self._part}: {e.strerror}") from e
         self._hash.update(data)
         self.offset += len(data)
+
+    def _cut_to_offset(self) -> None:
+        """After a failed write (a full disk), drop the part of the chunk that reached the
+        file, so the partial ends where its hash does."""
+        with contextlib.suppress(OSError, ValueError):
+            os.ftruncate(self._file.fileno(), self.offset)
 
     def commit(self) -> Path:
         """Verify size and digest, then publish the blob; on mismatch drop the bytes and raise."""
@@ -133,18 +148,19 @@ class BlobWriter:
                     f"expected {self.digest}",
                     context=f"blob {self.digest.short}",
                 )
+            dirs = self._store.dirs
+            target = dirs.algorithm(self.digest.algorithm)
             try:
                 self._file.flush()
+                os.fchmod(self._file.fileno(), 0o444)
                 os.fsync(self._file.fileno())
                 self._file.close()
-                final = self._store.blob_path(self.digest)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.chmod(self._part, 0o444)
-                os.replace(self._part, final)
-                fsync_dir(final.parent)
+                os.rename(self._part.name, self.digest.hex, src_dir_fd=dirs.partial.fd,
+                          dst_dir_fd=target.fd)
+                target.fsync()
             except OSError as e:
                 raise OutputError(f"cannot publish blob {self.digest.short} in {self._store.root}: {e.strerror}") from e
-            return final
+            return self._store.blob_path(self.digest)
         finally:
             self.close()
 
@@ -158,16 +174,49 @@ class BlobWriter:
             self._lock_fd = -1
 
 
-class BlobStore:
-    """Verified blobs, shared between images and processes."""
+class CacheDirs:
+    """The open, checked directories of a cache root (see :mod:`ocisquash.safedir`)."""
 
-    def __init__(self, root: Path | str | None = None) -> None:
+    def __init__(self, root: Path, names: tuple[str, ...]) -> None:
+        self.root = PrivateDir.open(root)
+        self._subs: dict[str, PrivateDir] = {}
+        for name in names:
+            self.get(name)
+
+    def get(self, name: str) -> PrivateDir:
+        """The subdirectory ``name`` (``a/b`` for nested ones), opened and checked once."""
+        found = self._subs.get(name)
+        if found is None:
+            parent, _, leaf = name.rpartition("/")
+            found = (self.get(parent) if parent else self.root).sub(leaf)
+            self._subs[name] = found
+        return found
+
+    @property
+    def partial(self) -> PrivateDir:
+        return self.get("blobs/partial")
+
+    @property
+    def tmp(self) -> PrivateDir:
+        return self.get("tmp")
+
+    def algorithm(self, algorithm: str) -> PrivateDir:
+        return self.get(f"blobs/{algorithm}")
+
+
+class BlobStore:
+    """Verified blobs, shared between images and processes.
+
+    The cache directory must belong to the user and be writable by nobody else
+    (``CacheError`` otherwise, see :mod:`ocisquash.safedir`). ``lock_timeout`` bounds
+    the wait for a blob another process is downloading (None: no bound).
+    """
+
+    def __init__(self, root: Path | str | None = None, *, lock_timeout: float | None = None,
+                 dirs: CacheDirs | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
-        try:
-            for sub in ("blobs/sha256", "blobs/sha512", "blobs/partial", "tmp"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CacheError(f"cannot create cache directory {self.root}: {e.strerror}") from e
+        self.lock_timeout = lock_timeout
+        self.dirs = dirs if dirs is not None else CacheDirs(self.root, BLOB_DIRS)
 
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
@@ -177,14 +226,39 @@ class BlobStore:
         return self.root / "blobs" / "partial" / f"{digest.algorithm}-{digest.hex}.part"
 
     def has(self, digest: Digest) -> bool:
-        return self.blob_path(digest).is_file()
+        return self.dirs.algorithm(digest.algorithm).is_file(digest.hex)
 
     def open(self, digest: Digest) -> BinaryIO:
-        """Open a stored blob for reading; ``FileNotFoundError`` when absent."""
-        return open(self.blob_path(digest), "rb")
+        """Open a stored blob for reading; ``FileNotFoundError`` when absent (also when a
+        symlink stands in its place)."""
+        try:
+            fd = self.dirs.algorithm(digest.algorithm).open_fd(digest.hex)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise FileNotFoundError(errno.ENOENT, "a symlink, not a blob",
+                                        str(self.blob_path(digest))) from e
+            raise
+        return os.fdopen(fd, "rb")
 
     def read_bytes(self, digest: Digest) -> bytes:
-        return self.blob_path(digest).read_bytes()
+        with self.open(digest) as f:
+            return f.read()
+
+    def matches(self, digest: Digest) -> bool:
+        """Whether the stored blob is there and hashes to ``digest``."""
+        try:
+            with self.open(digest) as f:
+                h = digest.hasher()
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except OSError:
+            return False
+        return h.hexdigest() == digest.hex
+
+    def remove(self, digest: Digest) -> None:
+        """Drop the stored blob (absent is fine)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.dirs.algorithm(digest.algorithm).unlink(digest.hex)
 
     @contextlib.contextmanager
     def writer(self, digest: Digest, size: int | None = None) -> Iterator[BlobWriter]:
@@ -194,10 +268,18 @@ class BlobStore:
         bytes stay as a partial that the next writer resumes.
         """
         part = self.partial_path(digest)
-        lock_path = part.with_suffix(".lock")
-        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        w = BlobWriter(self, digest, size, part, lock_fd)
+        lock_name = part.with_suffix(".lock").name
+        try:
+            lock_fd = self.dirs.partial.open_fd(lock_name, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise CacheError(f"cannot open lock {part.with_suffix('.lock')}: {e.strerror}") from e
+        try:
+            wait_for_lock(lock_fd, f"the download of blob {digest.short} "
+                                   f"({part.with_suffix('.lock')})", self.lock_timeout)
+            w = BlobWriter(self, digest, size, part, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
         try:
             yield w
         finally:
@@ -223,7 +305,10 @@ class BlobStore:
 
     def iter_blobs(self) -> Iterator[tuple[Digest, Path]]:
         for algo in ("sha256", "sha512"):
-            d = self.root / "blobs" / algo
-            if d.is_dir():
-                for p in sorted(d.iterdir()):
-                    yield Digest(algo, p.name), p
+            d = self.dirs.algorithm(algo)
+            for name in d.listdir():
+                yield Digest(algo, name), d.path / name
+
+
+#: the directories a blob store keeps under its root
+BLOB_DIRS = ("blobs/sha256", "blobs/sha512", "blobs/partial", "tmp")

@@ -30,7 +30,9 @@ from imagebuilder import Entry, write_oci_layout
 def tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
     require_or_skip(os.geteuid() == 0, "mounting a tmpfs needs root")
     path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+    # mode=0755: a fresh tmpfs is world-writable (1777), which a cache must not be.
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                           str(path)],
                           capture_output=True, text=True)
     require_or_skip(proc.returncode == 0, f"mount -t tmpfs is not permitted: {proc.stderr.strip()}")
     try:
@@ -173,3 +175,27 @@ def test_writes_failing_at_random_offsets(layouts: dict[str, Path], tmp_path: Pa
         assert not (tmp_path / "out.squashfs").exists()
     assert _compile(layouts["big"], tmp_path / "out.squashfs", cache).returncode == 0
     assert file_sha256(tmp_path / "out.squashfs") == file_sha256(ref)
+
+
+def test_full_output_stops_the_downloads(site: Site, tmp_path: Path) -> None:
+    """A full output disk ends the compile at once: the downloads stop at their next piece
+    and keep what they have as a partial, instead of going on to the end first."""
+    from .proxy import SlowProxy
+
+    big = site.big_blob()
+    proxy = SlowProxy(site.registry.host)
+    try:
+        # 256 KiB every 3 s: the whole layer would take about 25 s more.
+        proxy.trickle(f"/blobs/{big}", chunk=256 << 10, delay=3.0)
+        cache = tmp_path / "cache"
+        with tmpfs(tmp_path / "out", size="64k") as out:
+            proc = run_cli("compile", site.ref("big", proxy.host), "-o", str(out / "o.squashfs"),
+                           "--no-cache", *cli_source_args(cache))
+            line = clean_error_line(proc)
+            assert "No space left on device" in line and str(out) in line, line
+            assert os.listdir(out) == []
+        state = cache_state(cache)
+        assert state["partial"] == [f"sha256-{big.split(':')[1]}.part"], state
+        assert big.split(":")[1] not in state["blobs"]
+    finally:
+        proxy.close()

@@ -187,7 +187,8 @@ def test_publish_syncs_every_file_before_the_rename(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The files of an entry reach the disk while they are still in the staging directory,
     so the rename never publishes data that a crash could lose."""
-    from ocisquash.cache import ImageCache
+    from ocisquash.cache import ImageCache, entry_key
+    from ocisquash.digest import Digest
 
     cache = ImageCache(tmp_path / "cache")
     synced: list[str] = []
@@ -198,10 +199,15 @@ def test_publish_syncs_every_file_before_the_rename(tmp_path: Path,
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    config = b"{}"
+    manifest = b'{"config": {"digest": "%s"}}' % str(Digest.of(config)).encode()
+    key = entry_key(Digest.of(manifest), "v", {})
     with cache.staging() as staged:
         (staged / "image.squashfs").write_bytes(bytes(8192))
-        (staged / "manifest.json").write_bytes(b"{}")
-        entry = cache.publish("ab" * 32, staged, {"squashfs_size": 8192})
+        (staged / "manifest.json").write_bytes(manifest)
+        (staged / "config.json").write_bytes(config)
+        entry = cache.publish(key, staged, {"squashfs_size": 8192, "format_version": "v",
+                                            "options": {}, "manifest_digest": str(Digest.of(manifest))})
     staging_files = {Path(p).name for p in synced if Path(p).parent == staged}
     assert staging_files >= {"image.squashfs", "manifest.json"}, synced
     assert any(n.startswith(".info.json.") for n in staging_files), synced  # written, renamed

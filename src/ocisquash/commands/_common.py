@@ -52,6 +52,10 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
                    help="retries of a temporary registry failure: a timeout, a cut "
                         "connection, 429, 5xx (default: 5); a host name that does not "
                         "resolve or a refused connection fails at once")
+    g.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=None,
+                   help="give up after waiting this long for another ocisquash that builds or "
+                        "downloads the same image in the cache (default: wait; what is waited "
+                        "for is shown after a few seconds)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
@@ -89,6 +93,8 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
     if args.retries < 0:
         raise UsageError(f"--retries must not be negative, not {args.retries}")
     min_rate = parse_size(args.min_rate)
+    if args.lock_timeout is not None and not args.lock_timeout >= 0:
+        raise UsageError(f"--lock-timeout must be a number of seconds, not {args.lock_timeout}")
     return SourceOptions(
         cache_dir=args.cache_dir,
         username=args.username,
@@ -102,6 +108,7 @@ def source_options_from_args(args: argparse.Namespace) -> SourceOptions:
         timeout=args.timeout,
         min_rate=min_rate,
         retries=args.retries,
+        lock_timeout=args.lock_timeout,
         progress=_renderer(args.quiet),
     )
 

@@ -81,7 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     add_writer_arguments(
         p, compression_help="compressor (default: zstd level 5; every current Linux kernel "
                             "mounts it)",
-        time_help="image timestamp (default: $SOURCE_DATE_EPOCH, else the image's config date)")
+        time_help="image timestamp (default: $SOURCE_DATE_EPOCH, else the image's config "
+                  "date); the files keep the times their layers give them")
     add_verity_arguments(p)
     p.set_defaults(func=run)
 

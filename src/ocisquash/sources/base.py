@@ -62,6 +62,11 @@ class ResolvedImage(Protocol):
         """The platform, when the index or config says."""
         ...
 
+    @property
+    def index(self) -> IndexInfo | None:
+        """The multi-platform index the image was chosen from, if there was one."""
+        ...
+
     def manifest(self) -> Manifest:
         ...
 

@@ -27,7 +27,9 @@ class SourceOptions:
     long a registry may take to answer or stay silent, and the window over which a
     download must average ``min_rate`` bytes per second (0: no minimum);
     ``retries`` counts the attempts after the first for a temporary failure. ``progress`` receives
-    progress events (plain data) and must not block.
+    progress events (plain data) and must not block. ``lock_timeout`` bounds the wait
+    for another process building or downloading the same thing in the cache (None:
+    wait as long as it takes).
     """
 
     cache_dir: Path | None = None
@@ -43,6 +45,7 @@ class SourceOptions:
     min_rate: int = 1024
     retries: int = 5
     progress: ProgressCallback | None = None
+    lock_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_parallel < 1:
@@ -51,5 +54,7 @@ class SourceOptions:
             raise UsageError(f"timeout must be a positive number of seconds, not {self.timeout}")
         if self.min_rate < 0:
             raise UsageError(f"min_rate must not be negative, not {self.min_rate}")
+        if self.lock_timeout is not None and not self.lock_timeout >= 0:
+            raise UsageError(f"lock timeout must be a number of seconds, not {self.lock_timeout}")
         if self.retries < 0:
             raise UsageError(f"retries must not be negative, not {self.retries}")

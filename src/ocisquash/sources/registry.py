@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from ..digest import Digest, VerifyingReader, verify_bytes
-from ..errors import ManifestError, OcisquashError, PlatformNotFoundError
+from ..errors import ManifestError, OcisquashError, OutputError, PlatformNotFoundError
 from ..model import (
     Descriptor,
     ImageConfig,
@@ -82,7 +82,8 @@ class RegistrySource:
     @property
     def store(self) -> BlobStore:
         if self._store is None:
-            self._store = BlobStore(self.options.cache_dir)
+            self._store = BlobStore(self.options.cache_dir,
+                                    lock_timeout=self.options.lock_timeout)
         return self._store
 
     def __repr__(self) -> str:
@@ -275,6 +276,11 @@ class RegistryImage:
         self._downloads = downloads
         try:
             yield downloads
+        except OutputError:
+            # A full disk: the downloads cannot help and would only go on filling it.
+            # Stop them, as after Ctrl-C, and keep their bytes as resumable partials.
+            downloads.close(cancel=True)
+            raise
         except Exception:
             downloads.wait()
             if downloads.failed is not None:

@@ -90,15 +90,24 @@ def resolve_mkfs_time(mkfs_time: int | None) -> int:
     else the current time (shared by the squashfs and EROFS writers)."""
     if mkfs_time is not None:
         return mkfs_time
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
-        if not 0 <= value < 2**32:
-            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is outside 0..2**32-1")
-        return value
+    epoch = source_date_epoch()
+    if epoch is not None:
+        return epoch
     import time
 
     return int(time.time())
+
+
+def source_date_epoch() -> int | None:
+    """``$SOURCE_DATE_EPOCH`` as an image time, None when unset or empty; ``UsageError``
+    when it is not an integer in 0..2**32-1 (reproducible-builds.org's rule)."""
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if not env:
+        return None
+    try:
+        value = int(env)
+    except ValueError:
+        raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is outside 0..2**32-1")
+    return value
