@@ -12,9 +12,11 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import __version__
@@ -159,16 +161,48 @@ def _log_to_stderr(debug: bool) -> None:
     logger.setLevel(logging.INFO if debug else logging.WARNING)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it cleans up as after Ctrl-C (the
+    staging directory, the temporary output, the downloads) and exits 143."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # One is enough: a second SIGTERM must not interrupt the cleanup of the first.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+def _stopped(e: KeyboardInterrupt) -> int:
+    """Say how the run was stopped; its exit status (128 + the signal's number)."""
+    if isinstance(e, Terminated):
+        print("ocisquash: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    print("ocisquash: interrupted", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return _main(argv)  # SIGTERM is someone else's to handle
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         # imports the subcommand modules: Ctrl-C may land here too
         parser = build_parser(_command_named(argv))
         args = parser.parse_args(argv)
-    except KeyboardInterrupt:
-        print("ocisquash: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(e)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
@@ -186,9 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {printable(e.hint)}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("ocisquash: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _stopped(e)
     except BrokenPipeError:
         return 141
 
