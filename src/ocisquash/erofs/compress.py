@@ -42,7 +42,10 @@ strictly in the order files were added, so the image does not depend on thread
 timing. Files wait in a queue until :data:`IN_FLIGHT_BYTES` per worker of raw data is
 pending, then the oldest are written: memory stays bounded. Identical files are found
 by a sha256 of their contents before anything is written, and share one extent list.
-Each file's cluster index is encoded when its extents are written (block addresses
+A file of more than a block is hashed only when an earlier file has its size (see
+``data.py``); the first of each size is keyed when its twin comes, by reading its
+pclusters back and decompressing them, its fragment from wherever the packed inode's
+bytes are. Each file's cluster index is encoded when its extents are written (block addresses
 are known then) and spooled with the tails, to be copied behind its inode at the end.
 """
 
@@ -60,7 +63,7 @@ from typing import BinaryIO
 import lz4.block
 
 from ..errors import ErofsError
-from .data import CHUNK, Extent, Spool
+from .data import CHUNK, Extent, Spool, readable
 from .format import BLOCK_SIZE, DataLayout
 from .options import ErofsCompression
 
@@ -134,6 +137,20 @@ class Codec:
         out: bytes = ctx.compress(data)
         return out
 
+    def decompress(self, data: bytes, size: int) -> bytes:
+        """The ``size`` bytes that :meth:`compress` made ``data`` of."""
+        name = self.name
+        try:
+            if name in (ErofsCompression.LZ4, ErofsCompression.LZ4HC):
+                return lz4.block.decompress(data, uncompressed_size=size)  # type: ignore[no-any-return]
+            if name is ErofsCompression.DEFLATE:
+                return zlib.decompress(data, -15)
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+        except Exception as e:  # each library raises its own kind
+            raise ErofsError(f"cannot decompress a pcluster read back: {e}") from None
+
 
 def map_header(extent: Extent, algorithm: int) -> bytes:
     """The map header, plus the 8 reserved bytes before the first full index (none for
@@ -161,8 +178,8 @@ def has_map(extent: Extent) -> bool:
 class _File:
     """One file on its way out: its extents, compressing or compressed, in order."""
 
-    __slots__ = ("chunks", "compressed", "extent", "index", "raw_bytes", "start",
-                 "tail", "tail_len", "total_blocks")
+    __slots__ = ("chunks", "compressed", "extent", "index", "placed", "raw_bytes",
+                 "start", "tail", "tail_len", "total_blocks")
 
     def __init__(self, extent: Extent) -> None:
         self.extent = extent
@@ -174,6 +191,9 @@ class _File:
         self.compressed = False
         self.tail = b""  # the last extent's bytes past the last whole block
         self.tail_len = 0  # bytes of the last extent, when it went to the packed inode
+        #: where each extent went, (offset, blocks or 0 when stored raw, raw length):
+        #: kept for the files that may be read back (see ``CompressedData._key_of``)
+        self.placed: list[tuple[int, int, int]] | None = None
 
 
 class CompressedData:
@@ -198,6 +218,14 @@ class CompressedData:
         self._queued = 0
         self._dedup = dedup
         self._seen: dict[tuple[bytes, int, bool], Extent] = {}
+        #: a file of more than a block is hashed only when an earlier file has its
+        #: size (as the squashfs writer does); the first file of each size, unhashed,
+        #: is kept here, and None once it is keyed by reading it back. Needs an output
+        #: that can be read.
+        self._firsts: dict[int, _File | None] | None = (
+            {} if dedup and readable(out) else None)
+        #: files read back to be keyed
+        self.read_backs = 0
         self.bytes_in = 0
         self.duplicates = 0
         self.compressed_files = 0
@@ -206,13 +234,25 @@ class CompressedData:
             else None
         #: the packed inode's bytes not yet a whole extent
         self._packing = bytearray()
+        if self._packed is not None:
+            self._packed.placed = []
 
     def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
         """Add one file's data; returns its extent, filled in once it is written."""
-        digest = hashlib.sha256() if self._dedup else None
         extent = Extent(DataLayout.COMPRESSED_FULL, 0, 0, -1)
         extent.room = inline_room
         f = _File(extent)
+        if isinstance(source, bytes):
+            size = len(source)
+        hashing = self._dedup
+        firsts = self._firsts
+        if firsts is not None and size is not None and size > BLOCK_SIZE \
+                and size not in firsts:
+            # No earlier file has this size: none can be a copy of this one.
+            firsts[size] = f
+            f.placed = []
+            hashing = False
+        digest = hashlib.sha256() if hashing else None
         streaming = False
         for raw in self._chunks(source, size):
             extent.size += len(raw)
@@ -234,6 +274,12 @@ class CompressedData:
         # A duplicate shares the extent only if its tail would go inline the same way.
         key = ((digest.digest(), extent.size, extent.size % BLOCK_SIZE <= inline_room)
                if digest is not None and extent.size else None)
+        if key is not None and firsts is not None and extent.size > BLOCK_SIZE:
+            # Key the first file of this size now, from its bytes in the image.
+            first = firsts.get(extent.size)
+            firsts[extent.size] = None
+            if first is not None:
+                self._seen.setdefault(self._key_of(first), first.extent)
         found = self._seen.get(key) if key is not None else None
         if found is not None:
             for _, future in f.chunks:
@@ -294,6 +340,8 @@ class CompressedData:
         self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._seen.clear()
+        if self._firsts is not None:
+            self._firsts.clear()
 
     def _write_oldest(self) -> None:
         f = self._queue.popleft()
@@ -342,6 +390,8 @@ class CompressedData:
         # Zero padding is found by skipping zero bytes: data starting with one (a raw
         # deflate stream may) is stored raw instead.
         if future is not None and blocks < lclusters and packed[:1] != b"\0":
+            if f.placed is not None:
+                f.placed.append((self.position, blocks, len(raw)))
             self._put(bytes(blocks * BLOCK_SIZE - len(packed)) + packed)
             f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, blkaddr)
             for d in range(1, lclusters):
@@ -351,6 +401,8 @@ class CompressedData:
             f.compressed = True
             f.tail = b""
         else:
+            if f.placed is not None:
+                f.placed.append((self.position, 0, len(raw)))
             self._put(raw + bytes(-len(raw) % BLOCK_SIZE))
             for d in range(lclusters):
                 f.index += LCLUSTER_INDEX.pack(LCLUSTER_PLAIN, 0, blkaddr + d)
@@ -421,3 +473,68 @@ class CompressedData:
         self._out.seek(self.position)
         self._out.write(data)
         self.position += len(data)
+
+    # -- keying a file already written (size-first dedup) ------------------------------
+
+    def _key_of(self, f: _File) -> tuple[bytes, int, bool]:
+        """The dedup key of ``f``, written unhashed, from its bytes in the image, its
+        inline tail and its fragment: the key ``write`` computes as it reads a file."""
+        self.read_backs += 1
+        while f in self._queue:  # write it, and the files queued before it
+            self._write_oldest()
+        extent = f.extent
+        digest = hashlib.sha256()
+        placed = f.placed or []
+        for i, (at, blocks, n) in enumerate(placed):
+            if extent.layout == DataLayout.FLAT_INLINE and i == len(placed) - 1:
+                # Its last block was given back: the tail is in the spool.
+                whole = n - n % BLOCK_SIZE
+                digest.update(self._read(at, whole))
+                digest.update(self._spool.get(extent.tail_at, extent.tail_len))
+            else:
+                digest.update(self._extent_raw(at, blocks, n))
+        if extent.fragment_at >= 0:
+            digest.update(self._packed_raw(extent.fragment_at, f.tail_len))
+        f.placed = None
+        return digest.digest(), extent.size, extent.size % BLOCK_SIZE <= extent.room
+
+    def _read(self, at: int, n: int) -> bytes:
+        self._out.seek(at)
+        data = self._out.read(n)
+        if len(data) != n:
+            raise ErofsError("cannot read back the image being written")
+        return data
+
+    def _extent_raw(self, at: int, blocks: int, n: int) -> bytes:
+        """One extent's raw bytes from the image: stored raw, or a pcluster of
+        ``blocks`` blocks (compressed data starts with no zero byte: see _emit_one)."""
+        if not blocks:
+            return self._read(at, n)
+        data = self._read(at, blocks * BLOCK_SIZE).lstrip(b"\0")
+        raw = self._codec.decompress(data, n)
+        if len(raw) != n:
+            raise ErofsError("a pcluster read back does not decompress to its size")
+        return raw
+
+    def _packed_raw(self, at: int, n: int) -> bytes:
+        """Bytes ``at`` to ``at + n`` of the packed inode, wherever they are now: in
+        the image, queued, or not yet a whole extent."""
+        packed = self._packed
+        assert packed is not None and packed.placed is not None
+        step = self._pcluster
+        written = len(packed.placed)
+        queued = len(packed.chunks)
+        out = bytearray()
+        k = at // step
+        skip = at - k * step
+        while len(out) < n:
+            if k < written:
+                raw = self._extent_raw(*packed.placed[k])
+            elif k - written < queued:
+                raw = packed.chunks[k - written][0]
+            else:
+                raw = bytes(self._packing)
+            out += raw[skip:skip + n - len(out)]
+            skip = 0
+            k += 1
+        return bytes(out)

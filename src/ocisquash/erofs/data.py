@@ -17,7 +17,12 @@ of small files.
 
 Identical files share their data: a sha256 over the contents finds them; the
 duplicate's blocks, already streamed, are overwritten by the next file (the writer
-truncates the image at the end) and its tail is not spooled again.
+truncates the image at the end) and its tail is not spooled again. As in the squashfs
+writer, a file of more than a block is hashed only when an earlier file has its size:
+the first file of each size is written unhashed, and when a second comes, the first is
+keyed by reading its blocks back from the image (once per size). The keys, and so the
+image, are those of hashing every file; large files, which rarely repeat, are rarely
+hashed. An output that cannot be read back has every file hashed.
 """
 
 from __future__ import annotations
@@ -95,6 +100,11 @@ class FlatData:
         self.position = position
         self._dedup = dedup
         self._seen: dict[tuple[bytes, int, bool], Extent] = {}
+        #: the first file of each size of more than a block, written unhashed (None
+        #: once keyed by reading it back): see the module docstring
+        self._firsts: dict[int, Extent | None] | None = (
+            {} if dedup and readable(out) else None)
+        self.read_backs = 0
         self._spool = spool
         self.bytes_in = 0
         self.duplicates = 0
@@ -102,8 +112,17 @@ class FlatData:
 
     def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
         """Add one file's data; its tail goes inline if it is at most ``inline_room``."""
+        if isinstance(source, bytes):
+            size = len(source)
         start = self.position
-        digest = hashlib.sha256() if self._dedup else None
+        hashing = self._dedup
+        firsts = self._firsts
+        first = False
+        if firsts is not None and size is not None and size > BLOCK_SIZE \
+                and size not in firsts:
+            # No earlier file has this size: none can be a copy of this one.
+            first, hashing = True, False
+        digest = hashlib.sha256() if hashing else None
         if isinstance(source, bytes):
             data = source
             whole = len(data) - len(data) % BLOCK_SIZE
@@ -122,6 +141,11 @@ class FlatData:
         key = None
         if digest is not None and total:
             key = (digest.digest(), total, inline)
+            if firsts is not None and total > BLOCK_SIZE:
+                earlier = firsts.get(total)
+                firsts[total] = None
+                if earlier is not None:
+                    self._seen.setdefault(self._key_of(earlier), earlier)
             found = self._seen.get(key)
             if found is not None:
                 self.position = start
@@ -137,7 +161,23 @@ class FlatData:
             extent = Extent(DataLayout.FLAT_PLAIN, total, startblk, -1)
         if key is not None:
             self._seen[key] = extent
+        if first:
+            assert firsts is not None
+            firsts[total] = extent
         return extent
+
+    def _key_of(self, extent: Extent) -> tuple[bytes, int, bool]:
+        """The dedup key of a file written unhashed, from the image and the spool."""
+        self.read_backs += 1
+        whole = extent.size - extent.tail_len
+        self._out.seek(extent.startblk * BLOCK_SIZE)
+        data = self._out.read(whole)
+        if len(data) != whole:
+            raise ErofsError("cannot read back the image being written")
+        digest = hashlib.sha256(data)
+        if extent.tail_len:
+            digest.update(self._spool.get(extent.tail_at, extent.tail_len))
+        return digest.digest(), extent.size, extent.layout == DataLayout.FLAT_INLINE
 
     def _stream(self, source: BinaryIO, size: int | None,
                 digest: hashlib._Hash | None) -> tuple[int, bytes]:
@@ -171,3 +211,13 @@ class FlatData:
 
     def close(self) -> None:
         self._seen.clear()
+        if self._firsts is not None:
+            self._firsts.clear()
+
+
+def readable(out: BinaryIO) -> bool:
+    """Whether the image being written can be read back (to key a file late)."""
+    try:
+        return bool(out.readable())
+    except (AttributeError, ValueError, OSError):
+        return False

@@ -1,0 +1,76 @@
+"""Duplicate files: a file of more than a block is hashed only when an earlier file has
+its size; the first of each size is keyed late, by reading it back from the image. The
+image is the one hashing every file gives (an output that cannot be read back), and
+the kernel reads every copy."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from ocisquash.entry import EntryMeta
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress
+
+from ._util import MKFS_TIME, erofs_mounted, fsck
+
+pytestmark = pytest.mark.root
+
+_RNG = random.Random(11)
+_TEXT = b"pack my box with five dozen liquor jugs " * 20_000
+_NOISE = _RNG.randbytes(400_000)
+#: (name, data): twins of the same size come after other files, some identical
+FILES = [
+    ("a", _TEXT[:300_000]),
+    ("noise", _NOISE[:50_000]),            # stored flat, tail inline
+    ("big", _TEXT + _NOISE),               # streamed while read (small in-flight bound)
+    ("small", b"tiny"),
+    ("b", _TEXT[1:300_001]),               # a's size, other bytes: a is read back
+    ("noise-other", _NOISE[1:50_001]),
+    ("c", _TEXT[:300_000]),                # a copy of a
+    ("noise-again", _NOISE[:50_000]),      # a copy of noise
+    ("big-again", _TEXT + _NOISE),         # a copy of big
+    ("mixed", _TEXT[:100_000] + _NOISE[:100_000] + _TEXT[:5_000]),
+    ("mixed-again", _TEXT[:100_000] + _NOISE[:100_000] + _TEXT[:5_000]),
+    ("small-again", b"tiny"),
+]
+CASES = {
+    "none": dict(compression=ErofsCompression.NONE),
+    "lz4hc": dict(compression=ErofsCompression.LZ4HC),
+    "fragments": dict(compression=ErofsCompression.LZ4HC, fragments=True),
+    "zstd": dict(compression=ErofsCompression.ZSTD),
+}
+
+
+def _write(out: object, **options: object) -> tuple[int, int]:
+    opts = ErofsOptions(mkfs_time=MKFS_TIME, workers=2, **options)  # type: ignore[arg-type]
+    with ErofsWriter(out, opts) as w:  # type: ignore[arg-type]
+        m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+        for name, data in FILES:
+            w.add_file(name.encode(), m, data)
+        read_backs = w._data.read_backs
+        return w.finish().duplicates, read_backs
+
+
+@pytest.fixture(autouse=True)
+def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_first_of_a_size_is_keyed_late_and_the_image_is_unchanged(
+        case: str, tmp_path: Path) -> None:
+    late, every = tmp_path / "late.erofs", tmp_path / "every.erofs"
+    duplicates, read_backs = _write(late, **CASES[case])
+    with open(every, "wb") as f:  # write-only: every file is hashed as it is read
+        all_duplicates, no_read_backs = _write(f, **CASES[case])
+    assert (duplicates, read_backs) == (5, 4)
+    assert (all_duplicates, no_read_backs) == (5, 0)
+    assert late.read_bytes() == every.read_bytes()
+    if case in ("none", "lz4hc"):
+        fsck(late, "--extract")
+    if case != "zstd":
+        with erofs_mounted(late, tmp_path / "m") as mnt:
+            for name, data in FILES:
+                assert (mnt / name).read_bytes() == data, name
