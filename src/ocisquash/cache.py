@@ -90,6 +90,16 @@ class CacheEntry:
             return d.read_bytes(name, _SMALL_FILE_LIMIT)
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What :meth:`ImageCache.prune` removed."""
+
+    images: int
+    blobs: int
+    #: staging directories and partial downloads left by killed processes
+    temporary: int
+
+
 def entry_key(manifest_digest: Digest, format_version: str, options: dict[str, Any]) -> str:
     """The cache key of a compile: manifest digest + writer format version + output options."""
     blob = json.dumps(
@@ -305,6 +315,40 @@ class ImageCache:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return [p for d, p in self.blobs.iter_blobs() if str(d) not in used]
+
+    def matching(self, target: str) -> list[CacheEntry]:
+        """The entries ``target`` names (what ``cache rm`` removes): the reference or
+        source as compiled, the image digest, or a prefix of the key or the digest."""
+        return [e for e in self.entries()
+                if target in (e.info.get("reference"), e.info.get("source"), e.info.get("digest"))
+                or e.key.startswith(target) or str(e.info.get("digest", "")).startswith(target)]
+
+    def prune(self, *, older_than: float | None = None, max_size: int | None = None,
+              blobs: bool = False, now: float | None = None) -> Pruned:
+        """Remove the entries built more than ``older_than`` seconds ago, then the oldest
+        of the rest until they take at most ``max_size`` bytes; with ``blobs`` the blobs
+        no remaining entry uses; and the leftovers of killed processes (``clean_tmp``)."""
+        now = time.time() if now is None else now
+        entries = sorted(self.entries(), key=lambda e: e.created, reverse=True)
+        images = 0
+        if older_than is not None:
+            for e in [e for e in entries if now - e.created > older_than]:
+                self.remove(e.key)
+                entries.remove(e)
+                images += 1
+        if max_size is not None:
+            total = 0
+            for e in entries:  # the newest are kept
+                total += e.size
+                if total > max_size:
+                    self.remove(e.key)
+                    images += 1
+        unused = 0
+        if blobs:
+            for path in self.unused_blobs():
+                path.unlink(missing_ok=True)
+                unused += 1
+        return Pruned(images, unused, self.clean_tmp())
 
     def verify(self, *, repair: bool = False) -> list[str]:
         """Re-hash every blob and compiled image; return one line per problem found.

@@ -60,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "rm":
         status = 0
         for t in args.targets:
-            matched = [e for e in cache.entries()
-                       if t in (e.info.get("reference"), e.info.get("source"), e.info.get("digest"))
-                       or e.key.startswith(t) or str(e.info.get("digest", "")).startswith(t)]
+            matched = cache.matching(t)
             if not matched:
                 print(f"ocisquash: no cached image matches {printable(t)}", file=sys.stderr)
                 status = 1
@@ -71,32 +69,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"removed {e.key[:12]} {printable(e.info.get('reference', ''))}")
         return status
     if cmd == "prune":
-        removed = 0
-        entries = sorted(cache.entries(), key=lambda e: e.created, reverse=True)
-        now = time.time()
-        if args.older_than:
-            age = parse_age(args.older_than)
-            for e in list(entries):
-                if now - e.created > age:
-                    cache.remove(e.key)
-                    entries.remove(e)
-                    removed += 1
-        if args.max_size:
-            limit = parse_size(args.max_size)
-            total = 0
-            for e in list(entries):
-                total += e.size
-                if total > limit:
-                    cache.remove(e.key)
-                    removed += 1
-        removed_blobs = 0
-        if args.blobs:
-            for path in cache.unused_blobs():
-                path.unlink(missing_ok=True)
-                removed_blobs += 1
-        removed_tmp = cache.clean_tmp()
-        print(f"pruned {removed} compiled image(s), {removed_blobs} blob(s), "
-              f"{removed_tmp} leftover temporary file(s)")
+        pruned = cache.prune(
+            older_than=parse_age(args.older_than) if args.older_than else None,
+            max_size=parse_size(args.max_size) if args.max_size else None,
+            blobs=args.blobs)
+        print(f"pruned {pruned.images} compiled image(s), {pruned.blobs} blob(s), "
+              f"{pruned.temporary} leftover temporary file(s)")
         return 0
     if cmd == "verify":
         problems = cache.verify(repair=args.repair)
