@@ -145,7 +145,8 @@ def test_help_states_the_minimum_kernel_per_compressor() -> None:
                          capture_output=True, text=True, check=True).stdout
     flat = " ".join(out.split())
     for text in ("none (Linux 5.4+)", "lz4 (Linux 5.13+)", "lz4hc (Linux 5.13+)",
-                 "deflate (Linux 6.6+)", "zstd (Linux 6.10+)", "(Linux 6.1+)"):
+                 "deflate (Linux 6.6+)", "zstd (Linux 6.10+)", "(Linux 6.1+)",
+                 "after its inode when it fits, not in a block of its own (Linux 5.17+)"):
         assert text in flat
 
 
@@ -195,6 +196,96 @@ def test_fragments_read_back_and_do_not_depend_on_workers(tmp_path: Path) -> Non
 def test_fragments_need_a_compressor() -> None:
     with pytest.raises(UsageError, match="fragments are compressed"):
         ErofsOptions(compression=ErofsCompression.NONE, fragments=True)
+
+
+# -- ztailpacking: a compressed file's last pcluster inline after its inode (5.17+) -----
+# erofs-utils 1.5 knows the feature: fsck.erofs judges beside the kernel.
+
+
+def _require_ztailpacking() -> None:
+    features = Path("/sys/fs/erofs/features")
+    names = set(os.listdir(features)) if features.is_dir() else set()
+    require_or_skip("ztailpacking" in names,
+                    "missing kernel feature: this kernel's EROFS has no ztailpacking (5.17+)")
+
+
+def test_ztailpacking_tree_mounts_as_squashfs_of_the_same_tree(feature_tree: Path,
+                                                               tmp_path: Path) -> None:
+    _require_ztailpacking()
+    erofs, sqfs = tmp_path / "t.erofs", tmp_path / "t.sqfs"
+    plain = tmp_path / "p.erofs"
+    pack_directory(feature_tree, erofs, ErofsOptions(ztailpacking=True, mkfs_time=MKFS_TIME))
+    pack_directory(feature_tree, plain, ErofsOptions(mkfs_time=MKFS_TIME))
+    pack_directory(feature_tree, sqfs, WriterOptions(mkfs_time=MKFS_TIME, workers=1))
+    assert erofs.stat().st_size <= plain.stat().st_size
+    fsck(erofs)
+    with erofs_mounted(erofs, tmp_path / "e") as e, mounted(sqfs, tmp_path / "s") as s:
+        assert diff_snapshots(snapshot(s), snapshot(e)) == []
+        assert link_groups(e) == link_groups(s) != set()
+
+
+def _tails(w: ErofsWriter) -> None:
+    """Files whose last pcluster goes inline: whole (one extent that compresses below
+    a block), cut (an extent whose compressed size passes a block), after a big
+    extent, beside xattrs, and ones that stay as they were."""
+    rng = random.Random(5)
+    words = [rng.randbytes(3).hex().encode() for _ in range(400)]
+
+    def prose(n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
+        return bytes(out[:n])
+
+    m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+    _mixed(w)
+    for i, n in enumerate((4097, 9000, 20_000, 34_549, 60_000, 131_072, 200_000, 300_001)):
+        w.add_file(f"prose-{i}".encode(), m, prose(n))
+    w.add_file(b"prose-xattrs", EntryMeta(mode=0o600, mtime=MKFS_TIME, xattrs=(
+        (b"user.big", b"w" * 3500),)), prose(30_000))
+
+
+def _tails_expected() -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+
+    class Rec:
+        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
+            files[path.decode()] = data
+
+    _tails(Rec())  # type: ignore[arg-type]
+    return files
+
+
+@pytest.mark.usefixtures("small_in_flight")
+def test_ztailpacking_reads_back_and_does_not_depend_on_workers(tmp_path: Path) -> None:
+    _require_ztailpacking()
+    digests = set()
+    for workers in (1, 3, 2):
+        image = tmp_path / f"z{workers}.erofs"
+        write_erofs(image, _tails, compression=LZ4HC, ztailpacking=True, workers=workers)
+        digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    plain = tmp_path / "plain.erofs"
+    write_erofs(plain, _tails, compression=LZ4HC, workers=2)
+    assert image.stat().st_size < plain.stat().st_size
+    # The superblock says ZTAILPACKING (0x10); the plain image does not.
+    incompat = int.from_bytes(image.read_bytes()[1024 + 80:1024 + 84], "little")
+    plain_incompat = int.from_bytes(plain.read_bytes()[1024 + 80:1024 + 84], "little")
+    assert (incompat & 0x10, plain_incompat & 0x10) == (0x10, 0)
+    fsck(image)
+    expected = _tails_expected()
+    with erofs_mounted(image, tmp_path / "m") as m:
+        for name, data in expected.items():
+            assert (m / name).read_bytes() == data, name
+            with open(m / name, "rb") as f:
+                f.seek(len(data) // 2 + 1)
+                assert f.read(5000) == data[len(data) // 2 + 1:len(data) // 2 + 5001], name
+        assert os.getxattr(m / "prose-xattrs", "user.big") == b"w" * 3500
+
+
+def test_ztailpacking_needs_a_compressor() -> None:
+    with pytest.raises(UsageError, match="tail packing of compressed data"):
+        ErofsOptions(compression=ErofsCompression.NONE, ztailpacking=True)
 
 
 # -- deflate (Linux 6.6+) and zstd (6.10+) ---------------------------------------------

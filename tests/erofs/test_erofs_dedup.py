@@ -40,6 +40,7 @@ CASES = {
     "lz4hc": dict(compression=ErofsCompression.LZ4HC),
     "fragments": dict(compression=ErofsCompression.LZ4HC, fragments=True),
     "zstd": dict(compression=ErofsCompression.ZSTD),
+    "ztailpacking": dict(compression=ErofsCompression.LZ4HC, ztailpacking=True),
 }
 
 
@@ -68,7 +69,7 @@ def test_first_of_a_size_is_keyed_late_and_the_image_is_unchanged(
     assert (duplicates, read_backs) == (5, 4)
     assert (all_duplicates, no_read_backs) == (5, 0)
     assert late.read_bytes() == every.read_bytes()
-    if case in ("none", "lz4hc"):
+    if case in ("none", "lz4hc", "ztailpacking"):
         fsck(late, "--extract")
     if case != "zstd":
         with erofs_mounted(late, tmp_path / "m") as mnt:

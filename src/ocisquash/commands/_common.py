@@ -156,7 +156,11 @@ def close_progress(options: SourceOptions) -> None:
 def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                          time_help: str) -> None:
     """Options of the squashfs writer, shared by ``compile`` and ``pack``."""
-    from ..erofs.options import COMPRESSION_HELP, FRAGMENTS_MIN_KERNEL
+    from ..erofs.options import (
+        COMPRESSION_HELP,
+        FRAGMENTS_MIN_KERNEL,
+        ZTAILPACKING_MIN_KERNEL,
+    )
 
     g = p.add_argument_group("image output")
     g.add_argument("--compression", "-c", default=None,
@@ -172,6 +176,10 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
     g.add_argument("--erofs-fragments", action="store_true",
                    help="with --format erofs: pack small files and file tails together into "
                         f"one compressed inode, as squashfs fragments (Linux {FRAGMENTS_MIN_KERNEL}+)")
+    g.add_argument("--erofs-ztailpacking", action="store_true",
+                   help="with --format erofs: store a compressed file's last physical cluster inline "
+                        "after its inode when it fits, not in a block of its own "
+                        f"(Linux {ZTAILPACKING_MIN_KERNEL}+)")
     g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
     g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
     g.add_argument("--mkfs-time", type=int, default=None, metavar="EPOCH",
@@ -242,6 +250,7 @@ def erofs_options_from_args(args: argparse.Namespace, *,
         level=args.level,
         pcluster_size=parse_size(args.block_size),
         fragments=args.erofs_fragments,
+        ztailpacking=args.erofs_ztailpacking,
         dedup=not args.no_dedup,
         xattrs=not args.no_xattrs,
         mkfs_time=args.mkfs_time,

@@ -78,6 +78,12 @@ LCLUSTER_NONHEAD = 2
 D0_CBLKCNT = 1 << 11
 #: "Z_EROFS_ADVISE_BIG_PCLUSTER_1"
 ADVISE_BIG_PCLUSTER_1 = 0x0002
+#: "Z_EROFS_ADVISE_INLINE_PCLUSTER": the last pcluster follows the cluster index
+ADVISE_INLINE_PCLUSTER = 0x0008
+#: Bytes an inline pcluster must leave for what precedes it in its block besides the
+#: inode and its xattrs: alignment to 8 (at most 4: inodes and xattrs end 4-aligned),
+#: the map header and its 8 reserved bytes.
+INLINE_OVERHEAD = 4 + 16
 #: "Z_EROFS_ADVISE_FRAGMENT_PCLUSTER": the file's last extent is in the packed inode
 ADVISE_FRAGMENT_PCLUSTER = 0x0020
 #: "if the highest bit of the 8-byte map header is set, the whole file is stored in the
@@ -161,12 +167,18 @@ def map_header(extent: Extent, algorithm: int) -> bytes:
         return MAP_HEADER.pack(extent.fragment_at & 0xFFFF_FFFF,
                                ADVISE_BIG_PCLUSTER_1 | ADVISE_FRAGMENT_PCLUSTER,
                                algorithm, 0) + bytes(8)
+    if extent.idata_len:
+        # "h_reserved1" (u16), then "h_idata_size": the inline pcluster's length
+        return struct.pack("<HHHBB", 0, extent.idata_len,
+                           ADVISE_BIG_PCLUSTER_1 | ADVISE_INLINE_PCLUSTER,
+                           algorithm, 0) + bytes(8)
     return MAP_HEADER.pack(0, ADVISE_BIG_PCLUSTER_1, algorithm, 0) + bytes(8)
 
 
 def index_extra(end: int, extent: Extent) -> int:
     """Bytes after an inode and its xattrs ending at ``end``: alignment to 8, the map
-    header, its reserved 8 bytes and the lcluster indexes."""
+    header, its reserved 8 bytes and the lcluster indexes (not the inline pcluster,
+    which follows them)."""
     return -end % 8 + len(map_header(extent, 0)) + extent.index_len
 
 
@@ -206,7 +218,7 @@ class CompressedData:
 
     def __init__(self, out: BinaryIO, position: int, spool: Spool, *, codec: Codec,
                  pcluster_size: int, workers: int, dedup: bool,
-                 fragments: bool = False) -> None:
+                 fragments: bool = False, ztailpacking: bool = False) -> None:
         self._out = out
         self.position = position
         self._spool = spool
@@ -217,6 +229,7 @@ class CompressedData:
         self._queue: deque[_File] = deque()
         self._queued = 0
         self._dedup = dedup
+        self._ztailpacking = ztailpacking
         self._seen: dict[tuple[bytes, int, bool], Extent] = {}
         #: a file of more than a block is hashed only when an earlier file has its
         #: size (as the squashfs writer does); the first file of each size, unhashed,
@@ -410,8 +423,11 @@ class CompressedData:
             f.tail = raw[len(raw) - len(raw) % BLOCK_SIZE:]
 
     def _finish_file(self, f: _File) -> None:
-        while f.chunks:
+        while len(f.chunks) > 1:
             self._emit_one(f)
+        if not (f.chunks and self._ztailpacking and self._inline_last(f)):
+            while f.chunks:
+                self._emit_one(f)
         extent = f.extent
         if extent.fragment_at >= 0:
             self._finish_fragmented(f)
@@ -435,6 +451,76 @@ class CompressedData:
             extent.tail_at = self._spool.put(f.tail)
             if extent.size < BLOCK_SIZE:
                 extent.startblk = 0
+
+    def _inline_last(self, f: _File) -> bool:
+        """ZTAILPACKING: store ``f``'s last extent, compressed, after its cluster index
+        if it fits in the inode's block ("erofs_blkoff(m_pa) + m_plen" may not pass
+        the block's end): its lclusters are a HEAD and NONHEADs, the HEAD's blkaddr
+        unused (the kernel finds the data after the last index, ``h_idata_size``
+        long). An extent too big for the room is cut first (``_split_last``). Returns
+        False when nothing goes inline; the extents left are then written as usual."""
+        raw, future = f.chunks[0]
+        if future is None:
+            return False
+        packed = future.result()
+        lclusters = -(-len(raw) // BLOCK_SIZE)
+        extent = f.extent
+        room = (extent.room - INLINE_OVERHEAD - len(f.index)
+                - lclusters * LCLUSTER_INDEX.size)
+        if len(packed) > room and not self._split_last(f, packed, room):
+            return False
+        raw, future = f.chunks[0]  # the tail, when the extent was cut
+        packed = future.result() if future is not None else b""
+        lclusters = -(-len(raw) // BLOCK_SIZE)
+        if not 0 < len(packed) <= room or packed[:1] == b"\0" or len(packed) >= len(raw):
+            return False
+        f.chunks.popleft()
+        f.raw_bytes -= len(raw)
+        if f.start < 0:
+            f.start = self.position
+        extent.idata_at = self._spool.put(packed)
+        extent.idata_len = len(packed)
+        if f.placed is not None:
+            f.placed.append((extent.idata_at, -len(packed), len(raw)))
+        f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, 0)
+        for d in range(1, lclusters):
+            f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d, lclusters - d)
+        f.compressed = True
+        f.tail = b""
+        return True
+
+    def _split_last(self, f: _File, packed: bytes, room: int) -> bool:
+        """Cut ``f``'s last extent, at a block boundary, in two: a head that fills the
+        whole blocks its extent filled and a tail, the rest, that compresses into
+        ``room``, as mkfs.erofs's fixed-output compression leaves a small last
+        pcluster. The cut is estimated from the extent's compression ratio and moved
+        back a block at most twice while the head is too big; when no cut fits, the
+        extent stays whole (False)."""
+        raw = f.chunks[0][0]
+        whole = len(packed) // BLOCK_SIZE
+        if not whole or len(raw) <= BLOCK_SIZE:
+            return False
+        cut = whole * BLOCK_SIZE * len(raw) // len(packed) // BLOCK_SIZE * BLOCK_SIZE
+        for _ in range(3):
+            if not 0 < cut < len(raw):
+                return False
+            head, tail = raw[:cut], raw[cut:]
+            jobs = [self._pool.submit(self._codec.compress, part) for part in (head, tail)]
+            head_packed, tail_packed = (job.result() for job in jobs)
+            if len(tail_packed) > room:
+                return False  # a shorter head only makes the tail bigger
+            if len(head_packed) <= whole * BLOCK_SIZE:
+                break
+            cut -= BLOCK_SIZE
+        else:
+            return False
+        f.chunks.popleft()
+        for part, done in ((tail, tail_packed), (head, head_packed)):
+            future: Future[bytes] = Future()
+            future.set_result(done)
+            f.chunks.appendleft((part, future))
+        self._emit_one(f)  # the head, as any extent
+        return True
 
     def _finish_fragmented(self, f: _File) -> None:
         """A file whose last extent is in the packed inode: stays compressed, its tail
@@ -508,6 +594,11 @@ class CompressedData:
     def _extent_raw(self, at: int, blocks: int, n: int) -> bytes:
         """One extent's raw bytes from the image: stored raw, or a pcluster of
         ``blocks`` blocks (compressed data starts with no zero byte: see _emit_one)."""
+        if blocks < 0:  # an inline pcluster, in the spool
+            raw = self._codec.decompress(self._spool.get(at, -blocks), n)
+            if len(raw) != n:
+                raise ErofsError("an inline pcluster does not decompress to its size")
+            return raw
         if not blocks:
             return self._read(at, n)
         data = self._read(at, blocks * BLOCK_SIZE).lstrip(b"\0")

@@ -43,8 +43,8 @@ SPOOL_MEMORY = 8 << 20
 class Extent:
     """Where one regular file's data is (small: one per file is kept until the end)."""
 
-    __slots__ = ("fragment_at", "index_at", "index_len", "layout", "room", "size",
-                 "startblk", "tail_at")
+    __slots__ = ("fragment_at", "idata_at", "idata_len", "index_at", "index_len",
+                 "layout", "room", "size", "startblk", "tail_at")
 
     def __init__(self, layout: DataLayout, size: int, startblk: int, tail_at: int) -> None:
         self.layout = layout
@@ -60,6 +60,10 @@ class Extent:
         self.index_len = 0
         #: where the file's last extent is in the packed inode, -1 when it is not
         self.fragment_at = -1
+        #: offset and length in the spool of a compressed last pcluster stored inline
+        #: after the cluster index (ztailpacking), -1 and 0 when there is none
+        self.idata_at = -1
+        self.idata_len = 0
 
     @property
     def tail_len(self) -> int:

@@ -48,6 +48,8 @@ INCOMPAT_ZERO_PADDING = 0x0001
 #: superblock's ``available_compr_algs`` and the per-algorithm config records).
 INCOMPAT_BIG_PCLUSTER = 0x0002
 INCOMPAT_COMPR_CFGS = 0x0002
+#: "#define EROFS_FEATURE_INCOMPAT_ZTAILPACKING 0x00000010": compressed tails inline
+INCOMPAT_ZTAILPACKING = 0x0010
 #: "#define EROFS_FEATURE_INCOMPAT_FRAGMENTS 0x00000020": file tails in a packed inode
 INCOMPAT_FRAGMENTS = 0x0020
 

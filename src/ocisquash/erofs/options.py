@@ -44,6 +44,10 @@ LEVELS = {
 #: The oldest Linux that mounts images with fragments (a packed inode).
 FRAGMENTS_MIN_KERNEL = "6.1"
 
+#: The oldest Linux that mounts images whose compressed tails are inline
+#: (ZTAILPACKING).
+ZTAILPACKING_MIN_KERNEL = "5.17"
+
 #: What ``--help`` says about the EROFS compressors.
 COMPRESSION_HELP = "default lz4hc; " + ", ".join(
     f"{c.value} (Linux {MIN_KERNEL[c]}+)" for c in ErofsCompression)
@@ -63,6 +67,9 @@ class ErofsOptions:
     #: pack every file's last extent (small files whole) into one compressed "packed
     #: inode", as squashfs packs fragments: smaller images of small files; Linux 6.1+
     fragments: bool = False
+    #: store a compressed file's last pcluster right after its inode when it fits in
+    #: that block, instead of padding it to a block of its own; Linux 5.17+
+    ztailpacking: bool = False
     xattrs: bool = True
     #: image timestamp (the superblock's epoch); None = $SOURCE_DATE_EPOCH, else now
     mkfs_time: int | None = None
@@ -93,6 +100,10 @@ class ErofsOptions:
         if self.fragments and self.compression is ErofsCompression.NONE:
             raise UsageError("EROFS fragments are compressed: they need a compressor",
                              hint="drop --erofs-fragments or choose --compression lz4hc")
+        if self.ztailpacking and self.compression is ErofsCompression.NONE:
+            raise UsageError("EROFS tail packing of compressed data needs a compressor",
+                             hint="drop --erofs-ztailpacking (uncompressed tails are "
+                                  "always inline) or choose --compression lz4hc")
         if len(self.uuid) != 16:
             raise UsageError("the volume uuid must be 16 bytes")
 

@@ -53,6 +53,7 @@ from .format import (
     INCOMPAT_COMPR_CFGS,
     INCOMPAT_FRAGMENTS,
     INCOMPAT_ZERO_PADDING,
+    INCOMPAT_ZTAILPACKING,
     INODE_SLOT,
     MAX_NAME_LEN,
     MODE_TYPE,
@@ -176,7 +177,8 @@ class ErofsWriter:
             self._data = CompressedData(
                 self._out, BLOCK_SIZE, self._spool, codec=self._codec,
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
-                workers=options.workers or os.cpu_count() or 1, fragments=options.fragments)
+                workers=options.workers or os.cpu_count() or 1, fragments=options.fragments,
+                ztailpacking=options.ztailpacking)
         self._closed = False
 
     # -- adding entries -------------------------------------------------------------
@@ -367,6 +369,8 @@ class _Finisher:
         self.blocks_at: dict[int, int] = {}
         #: whether any inode is compressed (the superblock then says how)
         self.compressed = False
+        #: whether any compressed file has its last pcluster inline (ZTAILPACKING)
+        self.tailpacked = False
         self.algorithm = writer._codec.algorithm if writer._codec is not None else 0
 
     def run(self) -> ErofsSummary:
@@ -408,11 +412,20 @@ class _Finisher:
             pos = -(-pos // INODE_SLOT) * INODE_SLOT
             if inode.inline_len and (pos + head) % BLOCK_SIZE + inode.inline_len > BLOCK_SIZE:
                 pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
-            node.ref = pos // INODE_SLOT
-            pos += head + inode.inline_len
             if inode.compressed:
+                # An inline pcluster, after the indexes, keeps within one block too.
                 assert isinstance(node, FileNode)
-                pos += index_extra(pos, node.extent)
+                extent = node.extent
+                idata = extent.idata_len
+                end = pos + head + index_extra(pos + head, extent)
+                if idata and end % BLOCK_SIZE + idata > BLOCK_SIZE:
+                    pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
+                    end = pos + head + index_extra(pos + head, extent)
+                node.ref = pos // INODE_SLOT
+                pos = end + idata
+            else:
+                node.ref = pos // INODE_SLOT
+                pos += head + inode.inline_len
             if isinstance(node, DirNode):
                 for child in node.children.values():
                     if isinstance(child, DirNode):
@@ -445,6 +458,8 @@ class _Finisher:
                                + map_header(extent, self.algorithm))
                 if extent.index_len:
                     self.out.write(self.w._spool.get(extent.index_at, extent.index_len))
+                if extent.idata_len:
+                    self.out.write(self.w._spool.get(extent.idata_at, extent.idata_len))
         assert self.out.tell() == meta_end
         end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
         self.out.write(bytes(end - meta_end))
@@ -458,6 +473,8 @@ class _Finisher:
             incompat = INCOMPAT_ZERO_PADDING | INCOMPAT_BIG_PCLUSTER | INCOMPAT_COMPR_CFGS
             if packed is not None:
                 incompat |= INCOMPAT_FRAGMENTS
+            if self.tailpacked:
+                incompat |= INCOMPAT_ZTAILPACKING
             algs = 1 << codec.algorithm
             self.out.seek(SUPER_OFFSET + 128)
             self.out.write(codec.config)
@@ -515,6 +532,7 @@ class _Finisher:
         self.xattrs.count(node.meta.xattrs)
         if isinstance(node, FileNode) and node.extent.layout == DataLayout.COMPRESSED_FULL:
             self.compressed = True
+            self.tailpacked |= node.extent.idata_len > 0
         kind = ("files" if isinstance(node, FileNode) else "directories"
                 if isinstance(node, DirNode) else "symlinks"
                 if isinstance(node, SymlinkNode) else "devices")
