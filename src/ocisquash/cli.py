@@ -23,8 +23,8 @@ from . import __version__
 from .errors import OcisquashError
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS = ("compile", "pull", "inspect", "pack", "verify", "cache", "mount", "umount", "login",
-            "logout", "man", "completion")
+COMMANDS = ("compile", "pull", "push", "inspect", "pack", "verify", "cache", "mount", "umount",
+            "login", "logout", "man", "completion")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from .erofs.options import ErofsOptions
     from .flatten import FlattenReport, TreeSink
     from .progress import ProgressCallback
+    from .publish import Outcome
     from .sources.base import Layer, ResolvedImage
     from .squashfs import WriteSummary
     from .squashfs.options import WriterOptions
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 PullPolicy = Literal["never", "missing", "always"]
 OutputFormat = Literal["squashfs", "tar", "erofs"]
+PublishedMode = Literal["use", "verify"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,13 @@ class CompiledImage:
     stats: dict[str, Any] = field(default_factory=dict)
     #: the dm-verity hash tree written with the image (``verity=``), else None
     verity: VerityInfo | None = None
+    #: where the image came from: "compiled" here, "published" (fetched from the
+    #: registry, see :mod:`ocisquash.publish`) or "cache"
+    source: str = "compiled"
+    #: what ``published=`` found and did, else None
+    published: Outcome | None = None
+    #: the cache entry's key (None without the cache)
+    cache_key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The document ``compile --json`` prints (schema in docs/json.md)."""
@@ -493,6 +502,8 @@ def compile_image(
     verity: VerityOptions | None = None,
     overwrite: bool = True,
     copy: bool = False,
+    published: PublishedMode | None = None,
+    trust_cert: str | os.PathLike[str] | None = None,
 ) -> CompiledImage:
     """Compile the image ``source`` into a flattened squashfs (or EROFS, or tar) at ``output``.
 
@@ -506,6 +517,11 @@ def compile_image(
     squashfs stays in the cache only and ``CompiledImage.path`` points there.
     ``verity`` adds a dm-verity hash tree (see :mod:`ocisquash.verity`), cached with the
     image and placed beside ``output``; ``CompiledImage.verity`` describes it.
+    ``published="use"`` fetches a compile of the same image, format version and options
+    that ``ocisquash push`` published to the registry, verified (see
+    :mod:`ocisquash.publish`), instead of building; ``"verify"`` fetches it and builds
+    too, and ``CompiledImage.published.differences`` lists what differs. ``trust_cert``
+    (PEM) must then have signed the artifact's verity root hash.
 
     ``output`` is a file path, a character device or FIFO, or a writable binary
     stream, checked before anything else happens (``ocisquash.output`` states the
@@ -535,6 +551,14 @@ def compile_image(
 
     if verity is not None:
         _check_verity(verity, format, dest)
+    if published not in (None, "use", "verify"):
+        raise UsageError(f"unknown published mode {published!r}", hint="use 'use' or 'verify'")
+    if trust_cert is not None and (published is None or verity is None):
+        raise UsageError("--trust-cert checks the signed root hash of a published image",
+                         hint="give it with --use-published and --verity")
+    if published is not None and (format == "tar" or not use_cache):
+        raise UsageError("--use-published places a compiled image in the cache",
+                         hint="drop --format tar and --no-cache")
     if format == "tar":
         return _compile_tar(source, dest, want, sopts, progress)
 
@@ -591,9 +615,26 @@ def compile_image(
                 log.warning("cache entry %s is damaged (%s); building it again", key[:12], damage)
             if entry is None or pull == "always":
                 cache.remove(key)  # whole (pull="always"), damaged, or absent
-                with cache.staging() as staged:
+                with cache.staging() as staged, cache.staging() as fetched_dir:
                     manifest = image.manifest()
                     config = image.config()
+                    outcome = None
+                    if published is not None:
+                        from .publish import Wanted
+
+                        wanted = Wanted(image.digest, format, version, ckey, config.created,
+                                        verity, okey,
+                                        Path(trust_cert) if trust_cert is not None else None)
+                        got, outcome = _fetch_published(
+                            image, wanted, staged if published == "use" else fetched_dir,
+                            published, source)
+                        if got is not None and published == "use":
+                            info = _published_info(got, staged, image, source, manifest, config,
+                                                   format, version, ckey, verity)
+                            entry = cache.publish(key, staged, info)
+                            cache.record_ref(ref_key, key)
+                            return _from_entry(entry, dest, cached=False, started=started,
+                                               published=outcome)
                     try:
                         report, summary = _build_image(image, staged / IMAGE_FILE,
                                                        writer_options, format, progress, cache)
@@ -605,6 +646,8 @@ def compile_image(
                         report, summary = _build_image(image, staged / IMAGE_FILE,
                                                        writer_options, format, progress, cache)
                     vinfo = _add_verity(staged / IMAGE_FILE, verity, image.digest, okey)
+                    if outcome is not None and outcome.artifact is not None:
+                        outcome = _compare_published(outcome, fetched_dir, staged, source)
                     _write_staged(staged / MANIFEST_FILE, manifest.raw)
                     _write_staged(staged / CONFIG_FILE, config.raw)
                     info = {
@@ -634,7 +677,8 @@ def compile_image(
                     entry = cache.publish(key, staged, info)
                     built = True
             cache.record_ref(ref_key, key)
-        return _from_entry(entry, dest, cached=not built, started=started)
+        return _from_entry(entry, dest, cached=not built, started=started,
+                           published=outcome if built else None)
 
 
 def _with_cache_dir(opts: SourceOptions, root: Path) -> SourceOptions:
@@ -714,7 +758,7 @@ def _stats(report: FlattenReport, summary: WriteSummary | ErofsSummary | None,
 
 
 def _from_entry(entry: CacheEntry, output: Destination | None, *, cached: bool,
-                started: float) -> CompiledImage:
+                started: float, published: Outcome | None = None) -> CompiledImage:
     info = entry.info
     from .model import parse_manifest_or_index
 
@@ -754,7 +798,71 @@ def _from_entry(entry: CacheEntry, output: Destination | None, *, cached: bool,
         placed=placed,
         stats=stats,
         verity=vinfo,
+        source="cache" if cached else str(info.get("origin", "compiled")),
+        published=published,
+        cache_key=entry.key,
     )
+
+
+def _fetch_published(image: ResolvedImage, wanted: Any, dest: Path, mode: str,
+                     source: str) -> tuple[Any, Outcome]:
+    """Look for and fetch a published compile of ``image`` (see :mod:`ocisquash.publish`)."""
+    from .publish import Outcome, try_published
+
+    client = getattr(getattr(image, "source", None), "client", None)
+    fetch = getattr(image, "fetch_blob", None)
+    if client is None or not callable(fetch):
+        log.warning("%s: compiled images are published only to registries; compiling here",
+                    source)
+        return None, Outcome(mode, problem="not a registry image")
+    return try_published(client, fetch, wanted, dest, mode, source)
+
+
+def _published_info(got: Any, staged: Path, image: ResolvedImage, source: str,
+                    manifest: Manifest, config: ImageConfig, format: OutputFormat,
+                    version: str, ckey: dict[str, Any],
+                    verity: VerityOptions | None) -> dict[str, Any]:
+    """The cache record of a fetched, verified compile: as a local build's, without the
+    flattening report (the layers were never read here)."""
+    _write_staged(staged / MANIFEST_FILE, manifest.raw)
+    _write_staged(staged / CONFIG_FILE, config.raw)
+    info: dict[str, Any] = {
+        "reference": image.reference, "source": source, "digest": str(image.digest),
+        "manifest_digest": str(manifest.digest), "config_digest": str(config.digest),
+        "platform": str(image.platform or config.platform),
+        "index_digest": str(image.index.digest) if image.index else None,
+        "format": format, "format_version": version, "options": ckey,
+        "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
+        "squashfs_sha256": _hash_while_syncing(staged / IMAGE_FILE).hex,
+        "files": got.inodes, "layers": len(manifest.layers),
+        "layer_bytes": sum(d.size for d in manifest.layers), "fidelity": [],
+        "stats": {"published": {"bytes_downloaded": got.bytes_downloaded}},
+        "created": time.time(), "origin": "published", "artifact": str(got.artifact),
+    }
+    if verity is not None and got.root_hash is not None:
+        from .publish import verity_info
+        from .verity import record
+
+        signed = (staged / (IMAGE_FILE + ".roothash.p7s")).exists()
+        vinfo = verity_info(staged / IMAGE_FILE, got.root_hash, verity.mode, signed)
+        info["verity"] = record(vinfo, staged / IMAGE_FILE)
+    return info
+
+
+def _compare_published(outcome: Outcome, fetched: Path, staged: Path, source: str) -> Outcome:
+    """``published="verify"``: what differs between the artifact and the local build."""
+    import dataclasses
+
+    from .publish import compare_dirs
+
+    differences = compare_dirs(fetched, staged)
+    for line in differences:
+        log.warning("%s: published compile %s differs from the compile here: %s", source,
+                    outcome.artifact, line)
+    if not differences:
+        log.info("%s: published compile %s is identical to the compile here", source,
+                 outcome.artifact)
+    return dataclasses.replace(outcome, differences=differences)
 
 
 def _check_verity(verity: VerityOptions, format: OutputFormat,

@@ -102,6 +102,8 @@ def compiled(result: CompiledImage) -> dict[str, Any]:
         "config": runtime_config(result.config),
         "stats": plain(result.stats),
         "verity": plain(result.verity.to_json()) if result.verity is not None else None,
+        "source": result.source,
+        "published": result.published.to_json() if result.published is not None else None,
     }
 
 

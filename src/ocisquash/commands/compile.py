@@ -77,6 +77,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "config converted for runc) and the mount point DIR/rootfs")
     p.add_argument("--config-out", metavar="FILE", type=Path,
                    help="also write the image's config JSON, byte for byte as served")
+    g = p.add_argument_group(
+        "published compiles",
+        "A compiled image pushed with 'ocisquash push' (or --publish) is an OCI 1.1 artifact "
+        "beside the image in its registry. Another host fetches it instead of compiling "
+        "when the manifest digest, format version and output options match, after "
+        "checking every blob and, with --verity, the root hash recomputed from the image.")
+    g.add_argument("--use-published", nargs="?", const="use", choices=("use", "verify"),
+                   metavar="verify",
+                   help="fetch a published compile of IMAGE instead of compiling; with "
+                        "=verify fetch it and compile too, report every difference, and "
+                        "exit with status 1 when there is one")
+    g.add_argument("--trust-cert", metavar="CERT.pem", type=Path,
+                   help="with --use-published and --verity: use only an artifact whose root "
+                        "hash this certificate's key signed")
+    g.add_argument("--publish", action="store_true",
+                   help="after compiling, push the compiled image to IMAGE's repository "
+                        "(as 'ocisquash push' does)")
     add_source_arguments(p)
     add_writer_arguments(
         p, compression_help="compressor (default: zstd level 5; every current Linux kernel "
@@ -157,7 +174,14 @@ def _run(args: argparse.Namespace, output: object) -> int:
             verity=verity,
             overwrite=args.force,
             copy=args.copy,
+            published=args.use_published,
+            trust_cert=args.trust_cert,
         )
+        pushed = None
+        if args.publish:
+            from .push import publish
+
+            pushed = publish(args.image, None, result, sopts)
     finally:
         close_progress(sopts)
     if args.config_out is not None:
@@ -171,11 +195,15 @@ def _run(args: argparse.Namespace, output: object) -> int:
     if args.json:
         from ..jsonout import write
 
-        write(result.to_json(), sys.stdout)
+        doc = result.to_json()
+        if pushed is not None:
+            doc["pushed"] = pushed.to_json()
+        write(doc, sys.stdout)
     elif not args.quiet:
         from ..terminal import printable
 
-        what = "cached" if result.cached else "compiled"
+        what = {"cache": "cached", "published": "fetched published"}.get(result.source,
+                                                                        "compiled")
         where = printable(result.path) if result.path else "stdout"
         print(
             f"{what} {printable(result.reference)} ({result.digest.short}, "
@@ -186,6 +214,17 @@ def _run(args: argparse.Namespace, output: object) -> int:
         print_fidelity(result.fidelity)
         if result.verity is not None:
             print(describe(result.verity), file=sys.stderr)
+        outcome = result.published
+        if outcome is not None and outcome.mode == "verify" and outcome.artifact is not None:
+            verdict = ("differs from the compile here (see above)" if outcome.differences
+                       else "is identical to the compile here")
+            print(f"published compile {outcome.artifact} {verdict}", file=sys.stderr)
+        if pushed is not None:
+            from .push import describe as describe_push
+
+            print(describe_push(pushed, result.digest), file=sys.stderr)
         if args.output is None:
             print(result.path)
+    if result.published is not None and result.published.differences:
+        return 1  # --use-published=verify found a difference (reported on stderr)
     return 0

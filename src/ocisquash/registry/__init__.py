@@ -1,4 +1,4 @@
-"""A client for the OCI distribution API (registry v2), in four layers.
+"""A client for the OCI distribution API (registry v2), in layers.
 
 ``options``     the client's frozen settings: TLS, credentials, mirrors, time budget,
                 retries, proxies (``proxies``); ``schemes`` what loopback registries speak
@@ -6,8 +6,9 @@
                 when they leave the registry), scheme fallback for local registries
 ``auth``        the ``WWW-Authenticate`` challenge flow: Bearer tokens and Basic
 ``credentials`` where a user's credentials come from: options, auth files, helpers
-``client``      manifests and blobs of one repository, with retries driven by
-                errors that know whether they are temporary, and resumed downloads
+``client``      manifests, blobs and referrers of one repository, with retries driven
+                by errors that know whether they are temporary, and resumed downloads
+``upload``      blobs (monolithic, chunked, mounted) and manifests pushed to one repository
 """
 
 from __future__ import annotations

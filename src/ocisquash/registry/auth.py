@@ -246,18 +246,20 @@ class Authenticator:
             _warn_foreign_realm(self.registry, parts.hostname or parts.netloc)
         service = challenge.get("service")
         # The registry's scope names what this request needs; ours is the same for pulls.
-        scope = challenge.get("scope") or self.scope
+        # A challenge may name several, space-separated (a cross-repository mount needs
+        # ``pull`` of the source too): the token spec sends each as its own parameter.
+        scopes = (challenge.get("scope") or self.scope).split()
         headers = {"Accept": "application/json"}
         if creds is not None and creds.identity_token:
-            form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
-                    "client_id": "ocisquash", "scope": scope}
+            form = [("grant_type", "refresh_token"), ("refresh_token", creds.identity_token),
+                    ("client_id", "ocisquash"), *(("scope", s) for s in scopes)]
             if service:
-                form["service"] = service
+                form.append(("service", service))
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             resp = self._transport.request("POST", realm, headers, what=what,
                                            body=urlencode(form).encode())
         else:
-            query = [("scope", scope)]
+            query = [("scope", s) for s in scopes]
             if service:
                 query.insert(0, ("service", service))
             if creds is not None and creds.username:
@@ -293,7 +295,8 @@ class Authenticator:
             raise AuthError(f"the token server {parts.netloc} sent no token", context=what)
         if not isinstance(expires_in, (int, float)) or expires_in <= 0:
             expires_in = DEFAULT_EXPIRES_IN
-        log.debug("got a token from %s for %s, valid %ss", parts.netloc, scope, expires_in)
+        log.debug("got a token from %s for %s, valid %ss", parts.netloc, " ".join(scopes),
+                  expires_in)
         return Token.issued(value, float(expires_in))
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
+from urllib.parse import quote
 
 from ..digest import Digest, verify_bytes
 from ..errors import (
@@ -35,7 +36,7 @@ from ..errors import (
     SizeMismatchError,
     TransientRegistryError,
 )
-from ..model import MANIFEST_ACCEPT, Descriptor
+from ..model import MANIFEST_ACCEPT, OCI_INDEX, Descriptor
 from ..rules import MAX_MANIFEST_SIZE
 from ..store import BlobStore, BlobWriter
 from .auth import Authenticator, parse_challenges
@@ -99,6 +100,12 @@ class _ShortBody(TransientRegistryError):
 class RegistryClient:
     """Reads one repository of one registry (with mirrors before it for Docker Hub)."""
 
+    #: what the client's tokens are asked for (``upload.Uploader`` adds ``push``)
+    ACTIONS: tuple[str, ...] = ("pull",)
+    #: the hint of an ``AuthError`` when the registry refuses the credentials
+    REFUSED_HINT = ("check the image name and that you may pull it; give credentials with "
+                    "--username/--password-stdin or log in with 'podman login'/'docker login'")
+
     def __init__(self, reference: ReferenceLike, options: RegistryOptions | None = None, *,
                  transport: Transport | None = None, retry: RetryPolicy | None = None,
                  hints: SchemeHints | None = None) -> None:
@@ -128,7 +135,7 @@ class RegistryClient:
         def lookup() -> Credentials | None:
             return find_credentials(registry, self.repository, self.options)
 
-        return Authenticator(self.transport, registry, self.repository, lookup)
+        return Authenticator(self.transport, registry, self.repository, lookup, self.ACTIONS)
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -167,9 +174,7 @@ class RegistryClient:
             who = f"the credentials from {creds.source}" if creds else "anonymous access"
             raise AuthError(
                 f"the registry refused {who} (HTTP {resp.status})", context=what,
-                status=resp.status,
-                hint="check the image name and that you may pull it; give credentials with "
-                     "--username/--password-stdin or log in with 'podman login'/'docker login'")
+                status=resp.status, hint=self.REFUSED_HINT)
         return resp
 
     def check_access(self) -> None:
@@ -225,6 +230,33 @@ class RegistryClient:
             verify_bytes(raw, expected, what="manifest")
         digest = Digest.of(raw, expected.algorithm if expected is not None else "sha256")
         return FetchedManifest(raw, media_type, digest)
+
+    def get_referrers(self, subject: Digest, artifact_type: str = "") -> FetchedManifest | None:
+        """``GET /v2/<name>/referrers/<digest>[?artifactType=]``: the index of the manifests
+        whose ``subject`` is ``subject``, or None when the registry has no referrers API
+        (it answers 404; the caller then reads the ``sha256-<hex>`` tag instead)."""
+        what = f"referrers of {self.reference.registry}/{self.repository}@{subject}"
+        path = f"/v2/{self.repository}/referrers/{subject}"
+        if artifact_type:
+            path += f"?artifactType={quote(artifact_type, safe='')}"
+
+        def once(remote: _Remote) -> FetchedManifest | None:
+            resp = self._request(remote, path, {"Accept": OCI_INDEX}, what)
+            with resp:
+                if resp.status == 404:
+                    resp.read_all(8192)
+                    return None
+                if resp.status != 200:
+                    raise error_for_status(resp, what)
+                raw = resp.read_all(MANIFEST_LIMIT)
+                if len(raw) > MANIFEST_LIMIT:
+                    raise LimitExceededError(f"referrers index is larger than the "
+                                             f"{MANIFEST_LIMIT} bytes allowed", context=what)
+                media_type = (resp.header("Content-Type") or "").split(";")[0].strip()
+            return FetchedManifest(raw, media_type, Digest.of(raw))
+
+        origin = self._remotes[-1]  # a mirror serves content, not the origin's referrers
+        return origin.retry.call(lambda: once(origin))
 
     # -- blobs ------------------------------------------------------------------------------
 
