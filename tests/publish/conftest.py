@@ -27,7 +27,7 @@ from .referrersproxy import ReferrersProxy
 
 
 @pytest.fixture
-def repo(registries: Any, request: pytest.FixtureRequest) -> str:
+def repo(registries: Any, request: pytest.FixtureRequest) -> str:  # noqa: F811
     """A repository of its own for the test, holding the three-layer test image as ``:1``."""
     name = "pub/" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60].strip("-")
     skopeo_copy(f"oci:{registries.layout}:latest", f"docker://{registries.plain.host}/{name}:1")
@@ -35,7 +35,7 @@ def repo(registries: Any, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def logging_proxy(registries: Any) -> Iterator[ReferrersProxy]:
+def logging_proxy(registries: Any) -> Iterator[ReferrersProxy]:  # noqa: F811
     """A proxy that forwards to the plain registry and logs (no referrers API)."""
     p = ReferrersProxy(registries.plain.host, registries.storage, referrers=False)
     yield p
@@ -43,7 +43,7 @@ def logging_proxy(registries: Any) -> Iterator[ReferrersProxy]:
 
 
 @pytest.fixture
-def referrers_proxy(registries: Any) -> Iterator[ReferrersProxy]:
+def referrers_proxy(registries: Any) -> Iterator[ReferrersProxy]:  # noqa: F811
     """The plain registry with the referrers API added (see ``referrersproxy``)."""
     p = ReferrersProxy(registries.plain.host, registries.storage, referrers=True)
     yield p

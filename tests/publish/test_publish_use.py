@@ -1,0 +1,244 @@
+"""``compile --use-published`` on a "second host" (a fresh cache): the bytes of a local
+compile without fetching a layer; tampered artifacts are refused and the image is
+compiled; ``=verify`` reports any difference; the referrers-API path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocisquash.digest import Digest
+from ocisquash.reference import parse_reference
+from ocisquash.registry import RegistryOptions
+from ocisquash.registry.upload import Uploader
+from registry.servers import skopeo_inspect_raw
+
+from .conftest import Run, as_json
+from .helpers import fallback_index, put_index, subject_of
+from .referrersproxy import ReferrersProxy
+
+
+def layer_digests(host: str, repo: str) -> list[str]:
+    manifest = json.loads(skopeo_inspect_raw(f"{host}/{repo}:1"))
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+def listing(path: Path) -> str:
+    return subprocess.run(["unsquashfs", "-lln", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.parametrize("verity", [False, True], ids=["plain", "verity"])
+def test_second_host_gets_the_bytes_of_a_local_compile_without_fetching_layers(
+        registries: Any, repo: str, ocisquash: Run, logging_proxy: ReferrersProxy,
+        tmp_path: Path, verity: bool) -> None:
+    host = registries.plain.host
+    extra = ["--verity"] if verity else []
+    ocisquash("push", f"{host}/{repo}:1", "-q", "--cache-dir", tmp_path / "first-host", *extra)
+    local = tmp_path / "local.squashfs"
+    ocisquash("compile", f"{host}/{repo}:1", "-o", local, "-q", "--cache-dir",
+              tmp_path / "local-cache", *extra)
+    mark = len(logging_proxy.requests())
+    fetched = tmp_path / "fetched.squashfs"
+    doc = as_json(ocisquash("compile", f"{logging_proxy.host}/{repo}:1", "-o", fetched,
+                            "--use-published", "--json", "-q",
+                            "--cache-dir", tmp_path / "second-host", *extra))
+    assert doc["source"] == "published" and doc["published"]["used"]
+    assert fetched.read_bytes() == local.read_bytes()
+    assert listing(fetched) == listing(local)
+    seen = logging_proxy.requests()[mark:]
+    for layer in layer_digests(host, repo):
+        assert [s for s in seen if layer in s.path] == []
+    if verity:
+        for suffix in (".verity", ".roothash"):
+            assert Path(f"{fetched}{suffix}").read_bytes() == Path(f"{local}{suffix}").read_bytes()
+        root = Path(f"{fetched}.roothash").read_text().strip()
+        assert doc["verity"]["root_hash"] == root
+        judged = subprocess.run(["veritysetup", "verify", str(fetched), f"{fetched}.verity", root],
+                                capture_output=True, text=True)
+        assert judged.returncode == 0, judged.stderr
+    # The entry is in the cache as if compiled here: the next compile is a cache hit.
+    again = as_json(ocisquash("compile", f"{logging_proxy.host}/{repo}:1", "--json", "-q",
+                              "--use-published", "--cache-dir", tmp_path / "second-host", *extra))
+    assert again["source"] == "cache"
+    ocisquash("cache", "--cache-dir", tmp_path / "second-host", "verify")  # exits 0: whole
+
+
+def test_without_a_published_compile_it_compiles_and_says_so(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    proc = ocisquash("compile", f"{registries.plain.host}/{repo}:1", "--use-published",
+                     "--json", "-q", "--cache-dir", tmp_path / "c")
+    doc = as_json(proc)
+    assert doc["source"] == "compiled"
+    assert doc["published"] == {"mode": "use", "artifact": None, "used": False,
+                                "problem": "no matching artifact", "differences": []}
+    assert "no published compile matches" in proc.stderr
+    # Without the flag nothing is looked up and nothing is said.
+    plain = as_json(ocisquash("compile", f"{registries.plain.host}/{repo}:1", "--json", "-q",
+                              "--cache-dir", tmp_path / "d"))
+    assert plain["source"] == "compiled" and plain["published"] is None
+
+
+def _artifact(host: str, repo: str, digest: str) -> dict[str, Any]:
+    doc = json.loads(skopeo_inspect_raw(f"{host}/{repo}@{digest}"))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def _replace_artifact(host: str, repo: str, subject: str, new: dict[str, Any]) -> str:
+    """Push ``new`` as the artifact and make the fallback index list only it."""
+    raw = json.dumps(new).encode()
+    up = Uploader(parse_reference(f"{host}/{repo}"), RegistryOptions(timeout=10, retries=1))
+    digest = str(Digest.of(raw))
+    up.put_manifest(digest, raw, new["mediaType"])
+    up.transport.close()
+    put_index(host, repo, "sha256-" + subject.split(":")[1], [{
+        "mediaType": new["mediaType"], "digest": digest, "size": len(raw),
+        "artifactType": new["artifactType"], "annotations": new["annotations"]}])
+    return digest
+
+
+def _use(ocisquash: Run, ref: str, cache: Path, out: Path,
+         *extra: str) -> tuple[dict[str, Any], str]:
+    proc = ocisquash("compile", ref, "-o", out, "--use-published", "--json", "-q",
+                     "--cache-dir", cache, *extra)
+    return as_json(proc), proc.stderr
+
+
+def test_a_replaced_blob_is_refused_and_the_image_compiled(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    host = registries.plain.host
+    # Options no other test uses, so that the image blob damaged below is this test's alone.
+    opts = ["--compression", "gzip", "--block-size", "64K"]
+    pushed = as_json(ocisquash("push", f"{host}/{repo}:1", "--json", "-q", "--cache-dir",
+                               tmp_path / "c1", *opts))
+    image_blob = _artifact(host, repo, pushed["artifact"])["layers"][0]["digest"]
+    hexa = image_blob.split(":")[1]
+    data = registries.storage / "docker/registry/v2/blobs/sha256" / hexa[:2] / hexa / "data"
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # the storage serves other bytes under the digest
+    data.write_bytes(bytes(damaged))
+    doc, stderr = _use(ocisquash, f"{host}/{repo}:1", tmp_path / "c2", tmp_path / "o.squashfs",
+                       *opts)
+    assert doc["source"] == "compiled" and not doc["published"]["used"]
+    assert "rejected" in stderr and "sha256" in doc["published"]["problem"]
+    local = tmp_path / "local.squashfs"
+    ocisquash("compile", f"{host}/{repo}:1", "-o", local, "-q", "--cache-dir", tmp_path / "c3",
+              *opts)
+    assert (tmp_path / "o.squashfs").read_bytes() == local.read_bytes()
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("io.ocisquash.verity.roothash", "00" * 32, "says root hash 0000"),
+    ("io.ocisquash.options", '{"compression":"none"}', "do not hash to"),
+    ("org.opencontainers.image.created", "1999-01-01T00:00:00Z", "was created '1999"),
+    # listed as written by another format version: not even a candidate
+    ("io.ocisquash.format.version", "999", "no matching artifact"),
+])
+def test_replaced_annotations_are_refused_and_the_image_compiled(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path, field: str,
+        value: str, problem: str) -> None:
+    host = registries.plain.host
+    subject = subject_of(host, repo)["digest"]
+    pushed = as_json(ocisquash("push", f"{host}/{repo}:1", "--verity", "--json", "-q",
+                               "--cache-dir", tmp_path / "c1"))
+    forged = _artifact(host, repo, pushed["artifact"])
+    forged["annotations"][field] = value
+    forged_digest = _replace_artifact(host, repo, subject, forged)
+    assert [e["digest"] for e in fallback_index(host, repo, subject)["manifests"]] == [forged_digest]
+    doc, stderr = _use(ocisquash, f"{host}/{repo}:1", tmp_path / "c2", tmp_path / "o.squashfs",
+                       "--verity")
+    assert doc["source"] == "compiled" and not doc["published"]["used"]
+    assert problem in doc["published"]["problem"]
+    assert "compiling here" in stderr
+
+
+def test_a_replaced_image_with_a_consistent_manifest_fails_the_root_hash(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    """An attacker who can write the repository swaps in another image whose blob digest
+    the manifest names correctly: only the root hash recomputed from the image tells."""
+    host = registries.plain.host
+    subject = subject_of(host, repo)["digest"]
+    pushed = as_json(ocisquash("push", f"{host}/{repo}:1", "--verity", "--json", "-q",
+                               "--cache-dir", tmp_path / "c1"))
+    forged = _artifact(host, repo, pushed["artifact"])
+    entry = next((tmp_path / "c1" / "images").iterdir())
+    evil = bytearray((entry / "image.squashfs").read_bytes())
+    evil[-5000] ^= 0x01  # one bit of file data
+    up = Uploader(parse_reference(f"{host}/{repo}"), RegistryOptions(timeout=10, retries=1))
+    from ocisquash.model import Descriptor
+
+    desc = Descriptor(forged["layers"][0]["mediaType"], Digest.of(bytes(evil)), len(evil))
+    up.push_blob(desc, bytes(evil))
+    up.transport.close()
+    forged["layers"][0]["digest"] = str(desc.digest)
+    _replace_artifact(host, repo, subject, forged)
+    doc, _ = _use(ocisquash, f"{host}/{repo}:1", tmp_path / "c2", tmp_path / "o.squashfs",
+                  "--verity")
+    assert doc["source"] == "compiled"
+    assert "root hash" in doc["published"]["problem"]
+
+
+def test_verify_reports_a_difference_that_use_cannot_see(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    """Without verity an artifact that is a valid squashfs of other content passes every
+    check a download can make; ``=verify`` compiles too and reports the difference."""
+    host = registries.plain.host
+    subject = subject_of(host, repo)["digest"]
+    pushed = as_json(ocisquash("push", f"{host}/{repo}:1", "--json", "-q",
+                               "--cache-dir", tmp_path / "c1"))
+    honest = as_json(ocisquash("compile", f"{host}/{repo}:1", "--use-published=verify",
+                               "--json", "-q", "--cache-dir", tmp_path / "c2"))
+    assert honest["published"]["artifact"] == pushed["artifact"]
+    assert honest["published"]["differences"] == [] and honest["source"] == "compiled"
+    # Another image's squashfs under this image's artifact.
+    other = tmp_path / "other.squashfs"
+    ocisquash("compile", f"oci:{registries.multi_layout}:latest", "-o", other, "-q",
+              "--platform", "linux/amd64", "--cache-dir", tmp_path / "c3")
+    forged = _artifact(host, repo, pushed["artifact"])
+    from ocisquash.model import Descriptor
+
+    desc = Descriptor(forged["layers"][0]["mediaType"], Digest.of_file(other),
+                      other.stat().st_size)
+    up = Uploader(parse_reference(f"{host}/{repo}"), RegistryOptions(timeout=10, retries=1))
+    up.push_blob(desc, other)
+    up.transport.close()
+    forged["layers"][0].update(digest=str(desc.digest), size=desc.size)
+    forged_digest = _replace_artifact(host, repo, subject, forged)
+    proc = ocisquash("compile", f"{host}/{repo}:1", "--use-published=verify", "--json", "-q",
+                     "--cache-dir", tmp_path / "c4", check=False)
+    assert proc.returncode == 1
+    doc = as_json(proc)
+    assert doc["published"]["artifact"] == forged_digest
+    assert doc["published"]["differences"] and \
+        doc["published"]["differences"][0].startswith("image.squashfs: published")
+    assert "differs from the compile here" in proc.stderr
+
+
+def test_referrers_api_is_used_where_the_registry_has_it(
+        registries: Any, repo: str, ocisquash: Run, referrers_proxy: ReferrersProxy,
+        tmp_path: Path) -> None:
+    host = registries.plain.host
+    subject = subject_of(host, repo)["digest"]
+    ref = f"{referrers_proxy.host}/{repo}:1"
+    pushed = as_json(ocisquash("push", ref, "--json", "-q", "--cache-dir", tmp_path / "c1"))
+    assert pushed["listed"] == "referrers" and not pushed["wrote_index"]
+    tag = "sha256-" + subject.split(":")[1]
+    assert referrers_proxy.requests(path=f"/manifests/{tag}") == []
+    with pytest.raises(RuntimeError, match="manifest unknown"):
+        skopeo_inspect_raw(f"{host}/{repo}:{tag}")  # no fallback index was written
+    mark = len(referrers_proxy.requests())
+    doc = as_json(ocisquash("compile", ref, "--use-published", "--json", "-q",
+                            "--cache-dir", tmp_path / "c2"))
+    assert doc["source"] == "published" and doc["published"]["artifact"] == pushed["artifact"]
+    seen = referrers_proxy.requests()[mark:]
+    lookups = [s for s in seen if "/referrers/" in s.path]
+    assert [(s.status, s.path.endswith("artifactType=application%2Fvnd.ocisquash.squashfs.v1"))
+            for s in lookups] == [(200, True)]
+    assert [s for s in seen if tag in s.path] == []
+    for layer in layer_digests(host, repo):
+        assert [s for s in seen if layer in s.path] == []
