@@ -680,3 +680,24 @@ def push_compiled(result: CompiledImage, to: Reference, options: SourceOptions, 
                              mount_from=mount_from)
     finally:
         uploader.transport.close()
+
+
+def listed(client: RegistryClient, subject: Digest) -> list[dict[str, Any]]:
+    """The compiled images published for ``subject``, as ``inspect --json`` lists them
+    (what their index entries say; nothing is downloaded or verified)."""
+    found, where = find_referrers(client, subject)
+    out = []
+    for r in found:
+        if r.artifact_type not in ARTIFACT_TYPES.values():
+            continue
+        ann = r.annotations
+        try:
+            options = json.loads(ann.get(A_OPTIONS, "null"))
+        except ValueError:
+            options = None
+        out.append({"artifact": str(r.descriptor.digest), "artifact_type": r.artifact_type,
+                    "format": ann.get(A_FORMAT), "format_version": ann.get(A_VERSION),
+                    "options_key": ann.get(A_OPTIONS_KEY), "options": options,
+                    "root_hash": ann.get(A_ROOT_HASH), "tool_version": ann.get(A_TOOL),
+                    "created": ann.get(CREATED), "listed": where})
+    return out

@@ -100,3 +100,24 @@ def test_a_writer_that_replaces_the_index_meanwhile_does_not_lose_our_entry(
     assert sorted(e["digest"] for e in index["manifests"]) == sorted(
         [theirs["digest"], pushed["artifact"]])
     assert len(logging_proxy.requests("PUT", f"/manifests/{tag}$")) == 2
+
+
+def test_inspect_lists_the_compiled_images_published_for_an_image(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    host = registries.plain.host
+    assert as_json(ocisquash("inspect", "--json", f"{host}/{repo}:1"))["published"] == []
+    plain = as_json(ocisquash("push", f"{host}/{repo}:1", "--json", "-q", "--cache-dir",
+                              tmp_path / "c"))
+    signed = as_json(ocisquash("push", f"{host}/{repo}:1", "--json", "-q", "--verity",
+                               "--format", "erofs", "--cache-dir", tmp_path / "c"))
+    push_foreign_artifact(host, repo, subject_of(host, repo))  # not listed: not ours
+    doc = as_json(ocisquash("inspect", "--json", f"{host}/{repo}:1"))
+    listed = {a["artifact"]: a for a in doc["published"]}
+    assert set(listed) == {plain["artifact"], signed["artifact"]}
+    assert listed[plain["artifact"]]["format"] == "squashfs"
+    assert listed[plain["artifact"]]["root_hash"] is None
+    erofs = listed[signed["artifact"]]
+    assert erofs["format"] == "erofs" and erofs["artifact_type"] == ARTIFACT_TYPES["erofs"]
+    assert len(erofs["root_hash"]) == 64 and erofs["listed"] == "tag"
+    text = ocisquash("inspect", f"{host}/{repo}:1").stdout
+    assert f"  {signed['artifact']}  erofs" in text and erofs["root_hash"] in text

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         description=(
             "Show IMAGE's manifest digest and media type, the platforms of its index, "
             "its layers (size, media type) and the runtime settings of its config "
-            "(entrypoint, cmd, env, working dir, user, labels). Layers are not downloaded."
+            "(entrypoint, cmd, env, working dir, user, labels), and the compiled images "
+            "published for it with 'ocisquash push'. Layers are not downloaded."
         ),
         epilog=(
             "examples:\n"
@@ -62,7 +63,26 @@ def describe(image: Any, reference: str | None = None) -> dict[str, Any]:
         "config_digest": str(manifest.config.digest),
         "config_media_type": manifest.config.media_type,
         "config": runtime_config(config),
+        "published": _published(image),
     }
+
+
+def _published(image: Any) -> list[dict[str, Any]] | None:
+    """The compiled images ``ocisquash push`` published for a registry image (None for
+    other sources); a registry that cannot list them is a warning, not a failure."""
+    import logging
+
+    from ..errors import OcisquashError
+    from ..publish import listed
+
+    client = getattr(getattr(image, "source", None), "client", None)
+    if client is None:
+        return None
+    try:
+        return listed(client, image.digest)
+    except OcisquashError as e:
+        logging.getLogger(__name__).warning("cannot list the published compiles: %s", e)
+        return []
 
 
 def _text(info: dict[str, Any]) -> str:
@@ -104,6 +124,13 @@ def _text(info: dict[str, Any]) -> str:
     lines.extend(f"  {p(e)}" for e in cfg["env"])
     lines.append("Labels:" if cfg["labels"] else "Labels:      (none)")
     lines.extend(f"  {p(k)}={p(v)}" for k, v in cfg["labels"].items())
+    if info["published"] is not None:
+        lines.append("Published:" if info["published"] else "Published:   (none)")
+        for a in info["published"]:
+            root = f", root hash {p(a['root_hash'])}" if a["root_hash"] else ""
+            lines.append(f"  {a['artifact']}  {p(str(a['format']))} (format "
+                         f"{p(str(a['format_version']))}, options "
+                         f"{p(str(a['options_key'])[:12])}{root})")
     return "\n".join(lines)
 
 
