@@ -502,14 +502,20 @@ def _expected_names(wanted: Wanted, image_name: str) -> dict[str, str]:
 
 
 def _check_verity(image: Path, root: str, wanted: Wanted, what: str) -> None:
-    """The root hash recomputed from the image's data, with the salt a local compile
-    uses, must be the annotation's; the stored tree must check against it; a
-    certificate, when given, must have signed it."""
+    """The root hash recomputed from the image's data must be the annotation's, with the
+    salt and block count a local compile uses; a certificate, when given, must have
+    signed it.
+
+    One pass does it: ``verify_image`` hashes every data block with the tree's salt and
+    checks each level up to ``root``; the tree's superblock must carry the salt a local
+    compile derives and cover exactly the image's data.
+    """
     from .verity import (
         DATA_BLOCK_SIZE,
+        SUPERBLOCK_SIZE,
+        VeritySuperblock,
         derive_salt,
         find_appended_tree,
-        hash_image,
         sidecar_paths,
         verify_image,
         verity_seed,
@@ -523,25 +529,34 @@ def _check_verity(image: Path, root: str, wanted: Wanted, what: str) -> None:
         offset = find_appended_tree(image)
         _expect(offset is not None, "has no hash tree appended to its image", what)
         assert offset is not None
-        blocks = offset // DATA_BLOCK_SIZE
+        blocks, device = offset // DATA_BLOCK_SIZE, image
     else:
         size = image.stat().st_size
         _expect(size % DATA_BLOCK_SIZE == 0, "has an image not padded to 4096 bytes", what)
-        blocks = size // DATA_BLOCK_SIZE
-    with hash_image(image, salt, data_blocks=blocks, spill_dir=image.parent) as tree:
-        computed = tree.root_hash.hex()
-    _expect(computed == root, f"says root hash {root[:16]}…, the image hashes to "
-                              f"{computed[:16]}…", what)
+        offset, blocks, device = 0, size // DATA_BLOCK_SIZE, side.hash_file
+    try:
+        with open(device, "rb") as f:
+            f.seek(offset)
+            sb = VeritySuperblock.unpack(f.read(SUPERBLOCK_SIZE), str(device))
+    except OcisquashError as e:
+        raise IntegrityError(f"has no usable hash tree: {e}", context=what) from None
+    _expect(sb.salt == salt, "has a hash tree with another salt than a compile here uses", what)
+    _expect(sb.data_blocks == blocks, f"has a hash tree of {sb.data_blocks} blocks for an "
+                                      f"image of {blocks}", what)
+    cert = wanted.trust_cert or (wanted.verity.sign_cert if wanted.verity.signed else None)
+    try:
+        verify_image(image, root_hash=root, hash_offset=offset if device == image else None,
+                     cert=cert)
+    except OcisquashError as e:
+        if "root hash" in e.message or "does not match" in e.message:
+            raise IntegrityError(f"says root hash {root[:16]}…, the image does not hash to "
+                                 f"it: {e.message}", context=what) from None
+        raise IntegrityError(f"fails its verity check: {e}", context=what) from None
     try:
         stored = side.root_hash.read_text().strip()
     except OSError:
         stored = ""
     _expect(stored == root, "has a root hash file that differs from its annotation", what)
-    cert = wanted.trust_cert or (wanted.verity.sign_cert if wanted.verity.signed else None)
-    try:
-        verify_image(image, root_hash=root, cert=cert)
-    except OcisquashError as e:
-        raise IntegrityError(f"fails its verity check: {e}", context=what) from None
 
 
 _SQUASHFS_MAGIC = b"hsqs"

@@ -26,7 +26,11 @@ headers point back at the proxy. Without ``referrers`` the proxy only forwards a
 logs: the "access log" of the tests.
 
 ``after_put`` lets a test act as another writer: it is called after each forwarded
-manifest ``PUT`` (with the path), before the client gets the answer.
+manifest ``PUT`` (with the path), before the client gets the answer. ``uploads_to``
+(``host:port`` of another proxy) moves upload sessions to another host: the ``Location``
+of a ``202`` answering ``POST .../blobs/uploads/`` names it, as registries that hand
+uploads to a separate service do; that proxy, given ``upstream_auth``, logs in to the
+registry itself and records whether the client sent it any credentials.
 """
 
 from __future__ import annotations
@@ -59,8 +63,12 @@ class Seen:
 
 
 class ReferrersProxy:
-    def __init__(self, upstream: str, storage: Path, *, referrers: bool = True) -> None:
+    def __init__(self, upstream: str, storage: Path, *, referrers: bool = True,
+                 bind: str = "127.0.0.1", upstream_auth: str | None = None,
+                 uploads_to: str | None = None) -> None:
         self.upstream = upstream
+        self.upstream_auth = upstream_auth
+        self.uploads_to = uploads_to
         self.root = storage / "docker" / "registry" / "v2"
         self.referrers = referrers
         self.seen: list[Seen] = []
@@ -79,9 +87,9 @@ class ReferrersProxy:
 
             do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = http.server.ThreadingHTTPServer((bind, 0), Handler)
         self._httpd.daemon_threads = True
-        self.host = f"127.0.0.1:{self._httpd.server_address[1]}"
+        self.host = f"{bind}:{self._httpd.server_address[1]}"
         threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def requests(self, method: str = "", path: str = "") -> list[Seen]:
@@ -160,6 +168,9 @@ class ReferrersProxy:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else None
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if self.upstream_auth is not None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            headers["Authorization"] = self.upstream_auth
         conn = http.client.HTTPConnection(self.upstream, timeout=60)
         try:
             conn.request(h.command, h.path, body=body, headers=headers)
@@ -170,6 +181,9 @@ class ReferrersProxy:
                         or (h.command == "HEAD" and k.lower() == "content-length")]
         finally:
             conn.close()
+        if self.uploads_to is not None and h.command == "POST" and status == 202:
+            rheaders = [(k, _moved(v, self.uploads_to) if k.lower() == "location" else v)
+                        for k, v in rheaders]
         mm = _MANIFEST.match(parts.path)
         if mm and h.command == "PUT" and status == 201:
             if self.after_put is not None:
@@ -181,3 +195,8 @@ class ReferrersProxy:
             if self.referrers and isinstance(subject, dict) and subject.get("digest"):
                 rheaders.append(("OCI-Subject", str(subject["digest"])))
         self._reply(h, status, rheaders, rbody)
+
+
+def _moved(location: str, host: str) -> str:
+    parts = urllib.parse.urlsplit(location)
+    return urllib.parse.urlunsplit(("http", host, parts.path, parts.query, ""))

@@ -242,3 +242,41 @@ def test_referrers_api_is_used_where_the_registry_has_it(
     assert [s for s in seen if tag in s.path] == []
     for layer in layer_digests(host, repo):
         assert [s for s in seen if layer in s.path] == []
+
+
+def test_trust_cert_takes_only_a_root_hash_its_key_signed(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    from verity._util import make_key_pair, openssl_verify
+
+    key, cert = make_key_pair(tmp_path, "fleet signer")
+    _, other_cert = make_key_pair(tmp_path, "someone else")
+    host = registries.plain.host
+    ocisquash("push", f"{host}/{repo}:1", "--verity", "--verity-sign", key, "--verity-cert", cert,
+              "-q", "--cache-dir", tmp_path / "c1")
+    out = tmp_path / "trusted.raw"
+    doc, _ = _use(ocisquash, f"{host}/{repo}:1", tmp_path / "c2", out, "--verity",
+                  "--trust-cert", cert)
+    assert doc["source"] == "published" and doc["verity"]["signed"]
+    root = Path(tmp_path / "trusted.roothash").read_text().strip()
+    (tmp_path / "root.txt").write_text(root)
+    judged = openssl_verify(tmp_path / "trusted.roothash.p7s", tmp_path / "root.txt", cert)
+    assert judged.returncode == 0, judged.stderr
+    # Signed by another key than the one trusted: refused, compiled here.
+    doc, stderr = _use(ocisquash, f"{host}/{repo}:1", tmp_path / "c3", tmp_path / "o.raw",
+                       "--verity", "--trust-cert", other_cert)
+    assert doc["source"] == "compiled" and "rejected" in stderr
+    assert not Path(tmp_path / "o.roothash.p7s").exists()
+    # Without --trust-cert an unsigned compile takes it, and leaves the signature out,
+    # as a compile here without a key would.
+    doc, _ = _use(ocisquash, f"{host}/{repo}:1", tmp_path / "c4", tmp_path / "u.raw", "--verity")
+    assert doc["source"] == "published" and not doc["verity"]["signed"]
+    assert not Path(tmp_path / "u.roothash.p7s").exists()
+    assert Path(tmp_path / "u.raw").read_bytes() == out.read_bytes()
+
+
+def test_trust_cert_without_use_published_is_a_usage_error(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    proc = ocisquash("compile", f"{registries.plain.host}/{repo}:1", "--verity", "--trust-cert",
+                     tmp_path / "c.pem", "-q", "--cache-dir", tmp_path / "c", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("ocisquash: ")
+    assert "--use-published" in proc.stderr
