@@ -602,10 +602,16 @@ def _expect(ok: bool, problem: str, what: str) -> None:
 
 
 def compare_dirs(published: Path, local: Path) -> tuple[str, ...]:
-    """The files that differ between a fetched artifact and a local compile (by name
-    and sha256), each as one line."""
+    """The files an artifact carries (the image and its verity files) that differ between
+    a fetched artifact and a local compile (by name and sha256), each as one line. What
+    the cache keeps beside them for itself (the block index) is not compared."""
+    from .cache import IMAGE_FILE
+    from .verity import sidecar_paths
+
+    carried = {IMAGE_FILE, *(p.name for p in sidecar_paths(Path(IMAGE_FILE)).all())}
     out = []
-    names = sorted({p.name for p in published.iterdir()} | {p.name for p in local.iterdir()})
+    names = sorted(({p.name for p in published.iterdir()} | {p.name for p in local.iterdir()})
+                   & carried)
     for name in names:
         a, b = published / name, local / name
         if not a.exists() or not b.exists():
