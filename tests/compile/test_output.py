@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pty
+import random
 import shutil
 import signal
 import socket
@@ -458,3 +459,33 @@ def test_verity_sidecars_need_a_file_output(image: tuple[str, Path, bytes],
     line = one_line(cli(*cached_args(image, fifo, "--verity")), 2)
     assert "has no side" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_sigterm_removes_the_no_cache_temporary(tmp_path: Path) -> None:
+    """SIGTERM unwinds like Ctrl-C (exit 143): the temporary beside OUT goes too."""
+    rnd = random.Random(5)
+    write_oci_layout(tmp_path / "layout", [[Entry("d", "dir"), *(
+        Entry(f"d/f{i}", data=rnd.randbytes(1 << 20)) for i in range(4))]])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ocisquash", "compile", f"oci:{tmp_path / 'layout'}:latest",
+         "-o", str(out_dir / "o.squashfs"), "--no-cache", "--compression", "xz",
+         "--cache-dir", str(tmp_path / "cache"), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait for the temporary (a bound against a hang, not a measurement).
+        for _ in range(6000):
+            if leftovers(out_dir) or proc.poll() is not None:
+                break
+            threading.Event().wait(0.01)
+        assert proc.poll() is None and leftovers(out_dir), "no temporary while compiling"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert "ocisquash: terminated" in err and "Traceback" not in err, err
+    assert list(out_dir.iterdir()) == []
