@@ -11,6 +11,8 @@ Images (each one OCI layout under ``WORKDIR/layouts/NAME``, tag ``latest``):
   ``mmdebstrap`` tree); a layer that deletes the docs (whiteouts); a layer that
   replaces directories (opaque markers ``.wh..wh..opq``);
 * ``manyfiles``: about 100,000 small files in one gzip layer (generated, deterministic);
+* ``millionfiles``: 1,000,000 files of 16 to 512 bytes in 10,000 directories, one gzip
+  layer (generated, deterministic): the scale at which per-entry memory shows;
 * ``bigfile``: one 1 GiB file of half-compressible data in one gzip layer (deterministic).
 
 Only the Debian package archive is used from the network (by ``mmdebstrap``). Built
@@ -206,6 +208,39 @@ def manyfiles_tar(out: Path, count: int = 100_000) -> Path:
     return out
 
 
+def _ustar_header(name: bytes, size: int, typeflag: bytes, mode: int) -> bytes:
+    """A ustar header for a short ``name`` (root-owned, ``EPOCH``), checksum filled in."""
+    head = (name.ljust(100, b"\0") + b"%07o\0" % mode + b"0000000\0" * 2
+            + b"%011o\0" % size + b"%011o\0" % EPOCH + b" " * 8 + typeflag
+            + bytes(100) + b"ustar\x0000" + bytes(64) + bytes(16) + bytes(167))
+    assert len(head) == 512
+    chksum = b"%06o\0 " % sum(head)
+    return head[:148] + chksum + head[156:]
+
+
+def millionfiles_tar(out: Path, count: int = 1_000_000) -> Path:
+    """``count`` files of 16 to 512 bytes (slices of one text) in ``count // 100``
+    directories. The headers are written directly: ``tarfile`` takes minutes here."""
+    if out.exists():
+        return out
+    rnd = random.Random(7)
+    text = b" ".join(rnd.choices(_text_words(rnd), k=20_000))
+    tmp = out.with_suffix(".tmp.tar")
+    with open(tmp, "wb") as f:
+        f.write(_ustar_header(b"data/", 0, b"5", 0o755))
+        for d in range(count // 100):
+            parts = [_ustar_header(b"data/d%05d/" % d, 0, b"5", 0o755)]
+            for i in range(100):
+                size = rnd.randint(16, 512)
+                at = rnd.randrange(len(text) - size)
+                parts.append(_ustar_header(b"data/d%05d/f%03d.txt" % (d, i), size, b"0", 0o644))
+                parts.append(text[at:at + size] + bytes(-size % 512))
+            f.write(b"".join(parts))
+        f.write(bytes(1024))
+    tmp.rename(out)
+    return out
+
+
 def bigfile_tar(out: Path, size: int = 1 << 30) -> Path:
     """One ``size``-byte file: each 64 KiB is a quarter random bytes and three quarters text, so ~2:1."""
     if out.exists():
@@ -339,6 +374,8 @@ def build_image(name: str, workdir: Path = DEFAULT_WORKDIR) -> Path:
         build_devel(workdir, layout)
     elif name == "manyfiles":
         write_layout(layout, [manyfiles_tar(src / "manyfiles.tar")], "gzip")
+    elif name == "millionfiles":
+        write_layout(layout, [millionfiles_tar(src / "millionfiles.tar")], "gzip")
     elif name == "bigfile":
         write_layout(layout, [bigfile_tar(src / "bigfile.tar")], "gzip")
     else:
@@ -348,7 +385,7 @@ def build_image(name: str, workdir: Path = DEFAULT_WORKDIR) -> Path:
     return layout
 
 
-IMAGES = ("debian", "debian-zstd", "devel", "manyfiles", "bigfile")
+IMAGES = ("debian", "debian-zstd", "devel", "manyfiles", "millionfiles", "bigfile")
 
 
 def describe(layout: Path) -> str:

@@ -159,6 +159,14 @@ class _Decided:
         self.under = -1
 
 
+class _SharedNondir(_Decided):
+    """The state of every non-directory one layer emitted, shared by all of them (one
+    per layer): most entries of an image are such, and an object each cost 80 bytes per
+    entry. Never changed in place: ``_LayerPass._own`` gives a path its own copy first."""
+
+    __slots__ = ()
+
+
 class _Inode:
     """A non-directory of the layer being read, as hard links see it.
 
@@ -246,8 +254,12 @@ class _LayerPass:
         self.context = layer_context(layer, index)
         self.whiteouts: list[bytes] = []
         self.opaques: list[bytes] = []
-        #: this layer's non-directories by name, as tar extraction would see them
-        self.names: dict[bytes, _Inode] = {}
+        #: this layer's non-directories by name, as tar extraction would see them; a
+        #: name emitted and not linked to yet holds its bare entry (an inode written under
+        #: that one name), made an _Inode when a link finds it (see _inode_at)
+        self.names: dict[bytes, _Inode | TarEntry] = {}
+        #: the decision of every non-directory this layer emits (see _SharedNondir)
+        self.nondir = _SharedNondir(_NONDIR, index, meta_layer=index)
         #: link names waiting for the second pass → their inode
         self.deferred: dict[bytes, _Inode] = {}
         #: the names above, by directory (kept only once ``_forget_below`` needs it)
@@ -303,8 +315,8 @@ class _LayerPass:
         node = self.decided.get(path)
         if node is None:
             self._emit(e, data)
-            self.decided[path] = _Decided(_DIR if e.kind == "dir" else _NONDIR, self.index,
-                                          meta_layer=self.index)
+            self.decided[path] = (_Decided(_DIR, self.index, meta_layer=self.index)
+                                  if e.kind == "dir" else self.nondir)
             self._touch(path)
         elif node.layer > self.index:  # decided by an upper layer
             if node.kind == _DIR and e.kind == "dir":
@@ -343,11 +355,19 @@ class _LayerPass:
                     # directory it makes now starts empty, like an opaque one.
                     self.opaques.append(path)
                 self._emit(e, data)
+                node = self._own(path, node)
                 node.kind, node.implicit = (_DIR if e.kind == "dir" else _NONDIR), False
         for parent in missing:
             self.decided[parent] = _Decided(_DIR, self.index, implicit=True)
         if missing:
             self._touch(missing[-1])
+
+    def _own(self, path: bytes, node: _Decided) -> _Decided:
+        """``path``'s decision, made its own object when it was the shared one."""
+        if type(node) is _SharedNondir:
+            node = self.decided[path] = _Decided(node.kind, node.layer,
+                                                 meta_layer=node.meta_layer)
+        return node
 
     def _keep_parents(self, path: bytes) -> None:
         """``path`` is hidden by an ancestor's decision; the directories above it that
@@ -470,6 +490,7 @@ class _LayerPass:
             node = self.decided.get(path)
             if node is None:
                 node = self.decided[path] = _Decided(_NONE, self.index)
+            node = self._own(path, node)
             node.opaque = True
 
     # -- writing entries and hard links -------------------------------------------
@@ -483,7 +504,7 @@ class _LayerPass:
             self._link(e)
         else:
             self._write(path, e, data)
-            self._bind(path, _Inode(e, [path]))
+            self._bind(path, e)
 
     def _write(self, path: bytes, e: TarEntry, data: BinaryIO | bytes | None) -> None:
         """Hand one non-directory, non-link entry to the sink under ``path``."""
@@ -505,7 +526,7 @@ class _LayerPass:
         if e.kind == "dir":
             return
         if e.kind == "hardlink":
-            target = self.names.get(e.linkname)
+            target = self._inode_at(e.linkname)
             if target is None:
                 raise self._dangling(e)
             self._bind(e.path, target)
@@ -522,7 +543,7 @@ class _LayerPass:
         )
 
     def _link(self, e: TarEntry) -> None:
-        inode = self.names.get(e.linkname)
+        inode = self._inode_at(e.linkname)
         if inode is None:
             raise self._dangling(e)
         path = e.path
@@ -559,7 +580,16 @@ class _LayerPass:
             inode.head += 1
         return None
 
-    def _bind(self, path: bytes, inode: _Inode) -> None:
+    def _inode_at(self, name: bytes) -> _Inode | None:
+        """The inode ``name`` holds in this layer, if any. A bare entry there (emitted
+        under that name only) becomes an _Inode written under it."""
+        found = self.names.get(name)
+        if found is None or type(found) is _Inode:
+            return found
+        inode = self.names[name] = _Inode(found, [name])
+        return inode
+
+    def _bind(self, path: bytes, inode: _Inode | TarEntry) -> None:
         self.names[path] = inode
         if self.kids is not None:
             self._index(path)
