@@ -255,9 +255,10 @@ class _LayerPass:
         self.whiteouts: list[bytes] = []
         self.opaques: list[bytes] = []
         #: this layer's non-directories by name, as tar extraction would see them; a
-        #: name emitted and not linked to yet holds its bare entry (an inode written under
-        #: that one name), made an _Inode when a link finds it (see _inode_at)
-        self.names: dict[bytes, _Inode | TarEntry] = {}
+        #: name emitted and not linked to yet holds only what a link may need of its
+        #: entry (an inode written under that one name: a file's (meta, position), else
+        #: the entry), made an _Inode when a link finds it (see _inode_at)
+        self.names: dict[bytes, _Inode | TarEntry | tuple[EntryMeta, int]] = {}
         #: the decision of every non-directory this layer emits (see _SharedNondir)
         self.nondir = _SharedNondir(_NONDIR, index, meta_layer=index)
         #: link names waiting for the second pass → their inode
@@ -504,7 +505,7 @@ class _LayerPass:
             self._link(e)
         else:
             self._write(path, e, data)
-            self._bind(path, e)
+            self._bind(path, (e.meta, e.position) if e.kind == "file" else e)
 
     def _write(self, path: bytes, e: TarEntry, data: BinaryIO | bytes | None) -> None:
         """Hand one non-directory, non-link entry to the sink under ``path``."""
@@ -584,12 +585,15 @@ class _LayerPass:
         """The inode ``name`` holds in this layer, if any. A bare entry there (emitted
         under that name only) becomes an _Inode written under it."""
         found = self.names.get(name)
-        if found is None or type(found) is _Inode:
+        if found is None or isinstance(found, _Inode):
             return found
+        if not isinstance(found, TarEntry):  # a file: a second pass reads it by position
+            meta, position = found
+            found = TarEntry(name, "file", meta, position=position)
         inode = self.names[name] = _Inode(found, [name])
         return inode
 
-    def _bind(self, path: bytes, inode: _Inode | TarEntry) -> None:
+    def _bind(self, path: bytes, inode: _Inode | TarEntry | tuple[EntryMeta, int]) -> None:
         self.names[path] = inode
         if self.kids is not None:
             self._index(path)
