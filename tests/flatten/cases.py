@@ -200,6 +200,16 @@ CASES = [
     Case("test_hardlink_target_replaced_later_in_same_layer_keeps_old_inode",
          [[F("a", b"one"), H("b", "a"), F("a", b"two"), H("c", "a")]],
          {b"a": "file:two", b"b": "file:one", b"c": "file:two"}),
+    Case("test_file_relisted_as_directory_leaves_the_layers_other_files_files",
+         # The layer's other non-directories share one decision object with the one
+         # relisted: changing it must not turn "b" into a directory for the layer below.
+         [[D("b"), F("b/under", b"u")], [F("a", b"1"), F("b", b"2"), D("a"), F("a/x", b"x")]],
+         {b"a": "dir", b"a/x": "file:x", b"b": "file:2", b"b/under": None}),
+    Case("test_link_through_a_hidden_link_to_a_replaced_file_reads_the_old_data_again",
+         # "a" holds only its metadata and position until "h" links to it; "c" then
+         # finds no written name holding the old inode, so a second pass reads it.
+         [[F("a", b"old"), H("h", "a"), F("a", b"new"), H("c", "h")], [W("h")]],
+         {b"a": "file:new", b"c": "file:old", b"h": None}),
     Case("test_hardlink_itself_whited_out_leaves_target",
          [[F("a", b"data"), H("b", "a")], [W("b")]], {b"a": "file:data", b"b": None}),
     Case("test_hardlink_to_hidden_symlink_becomes_symlink",
