@@ -337,7 +337,9 @@ def _build_squashfs(
     def build() -> tuple[FlattenReport, WriteSummary]:
         reuse = None
         if cache is not None and isinstance(dest, Path):
-            reuse = BlockReuse.load(settings_key(writer_options), index_sources(cache.entries()))
+            shared = [str(d.digest) for d in image.manifest().layers]
+            reuse = BlockReuse.load(settings_key(writer_options),
+                                    index_sources(cache.entries(), shared))
         try:
             with collector_paused(), switches_shortened(), \
                     SquashfsWriter(dest, writer_options, reuse=reuse) as writer:

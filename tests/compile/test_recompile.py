@@ -275,3 +275,25 @@ def test_recompiled_image_reads_back_with_unsquashfs(tmp_path: Path) -> None:
     assert not (tmp_path / "x/usr/lib/lib3.so").exists()
     assert (tmp_path / "x/etc/sparse").read_bytes() == (
         bytes(4 * BLOCK) + _data(51, BLOCK) + bytes(3 * BLOCK))
+
+
+def test_images_sharing_a_layer_are_loaded_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With room for one earlier image's index, v1 (a layer in common, compiled first) is
+    chosen over a newer image that shares none."""
+    import time
+
+    from ocisquash.squashfs import reuse
+
+    caplog.set_level(logging.DEBUG, logger="ocisquash.compile")
+    monkeypatch.setattr(reuse, "MAX_SOURCES", 1)
+    write_oci_layout(tmp_path / "v1", _base())
+    write_oci_layout(tmp_path / "other", [[Entry("other", data=_data(999, 3 * BLOCK))]])
+    write_oci_layout(tmp_path / "v2", _top_changed(_base()))
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
+    time.sleep(0.01)
+    _compile(tmp_path / "other", tmp_path / "cache", tmp_path / "other.sqfs")
+    warm = _compile(tmp_path / "v2", tmp_path / "cache", tmp_path / "warm.sqfs")
+    assert _reused(caplog) > 10
+    assert warm == _compile(tmp_path / "v2", tmp_path / "cold-cache", tmp_path / "cold.sqfs")

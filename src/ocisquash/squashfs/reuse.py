@@ -55,8 +55,8 @@ _RECORD = struct.Struct("<32sQI")
 _COUNT = struct.Struct("<Q")
 _LEN = struct.Struct("<I")
 
-#: Indexes of at most this many earlier images are loaded (the newest first): the
-#: blocks a new version shares are in the last few versions.
+#: Indexes of at most this many earlier images are loaded (those sharing a layer with
+#: the image first, then the newest): this bounds the memory of the look-up table.
 MAX_SOURCES = 16
 
 #: The Python packages whose version can change a compressor's output.
@@ -114,6 +114,20 @@ def pack_index(settings: str, records: Iterable[tuple[bytes, int, int]]) -> byte
 
 class BadIndex(ValueError):
     """A block index that cannot be used (damaged, or for other settings)."""
+
+
+def index_settings(path: Path) -> str | None:
+    """The settings an index was written with, from its header alone (None when it is
+    not an index): sources with other settings are passed over without reading them."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_MAGIC) + 4)
+            if len(head) != len(_MAGIC) + 4 or not head.startswith(_MAGIC):
+                return None
+            (n,) = _LEN.unpack_from(head, len(_MAGIC))
+            return f.read(min(n, 1 << 16)).decode("utf-8", "replace")
+    except OSError:
+        return None
 
 
 def read_index(path: Path, image_size: int | None = None) -> tuple[str, list[IndexRecord]]:
@@ -198,6 +212,8 @@ class BlockReuse:
         for image, index in sources:
             if len(reuse._fds) >= MAX_SOURCES:
                 break
+            if index_settings(index) != settings:
+                continue
             try:
                 fd = os.open(image, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError:
@@ -258,11 +274,23 @@ class BlockReuse:
         self._known.clear()
 
 
-def index_sources(entries: Iterable[Any]) -> list[tuple[Path, Path]]:
-    """``(image, index)`` of the cache entries (``CacheEntry``) that have a block index,
-    the newest first."""
+def index_sources(entries: Iterable[Any], layers: Iterable[str] = ()) -> list[tuple[Path, Path]]:
+    """``(image, index)`` of the cache entries (``CacheEntry``) that have a block index:
+    first those whose image shares a layer (by digest) with ``layers``, each group the
+    newest first."""
+    ours = set(layers)
+
+    def shares(entry: Any) -> bool:
+        if not ours:
+            return False
+        try:
+            manifest = json.loads((entry.path / "manifest.json").read_bytes())
+            return not ours.isdisjoint(d["digest"] for d in manifest["layers"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     found = []
-    for entry in sorted(entries, key=lambda e: e.created, reverse=True):
+    for entry in sorted(entries, key=lambda e: (shares(e), e.created), reverse=True):
         index = entry.path / INDEX_FILE
         if index.is_file():
             found.append((entry.image, index))
