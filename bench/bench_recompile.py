@@ -223,7 +223,7 @@ def main() -> int:
     lines = [
         "# Recompile after the last version (`bench/bench_recompile.py`)",
         "",
-        f"Generated versions pair (`--scale {args.scale}`): v1 of 3 gzip layers "
+        f"Versions pair from this machine's /usr (`--scale {args.scale}`): v1 of 3 gzip layers "
         f"({size / 1e6:.0f} MB of blobs), v2 changes 5 files of its 4 MB top layer, v3 "
         "changes 5 files of its bottom layer. Median of "
         f"{args.runs} alternating pairs; ratio = after v1 / cold, per pair (min-max).",
