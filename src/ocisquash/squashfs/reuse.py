@@ -116,11 +116,20 @@ class BadIndex(ValueError):
     """A block index that cannot be used (damaged, or for other settings)."""
 
 
+#: Cache files are opened without following symlinks, as the cache opens its own.
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _read_file(path: Path) -> bytes:
+    with os.fdopen(os.open(path, _READ), "rb") as f:
+        return f.read()
+
+
 def index_settings(path: Path) -> str | None:
     """The settings an index was written with, from its header alone (None when it is
     not an index): sources with other settings are passed over without reading them."""
     try:
-        with path.open("rb") as f:
+        with os.fdopen(os.open(path, _READ), "rb") as f:
             head = f.read(len(_MAGIC) + 4)
             if len(head) != len(_MAGIC) + 4 or not head.startswith(_MAGIC):
                 return None
@@ -134,7 +143,7 @@ def read_index(path: Path, image_size: int | None = None) -> tuple[str, list[Ind
     """The settings and records of the block index at ``path``; raises ``BadIndex``
     when it is damaged or points past ``image_size``."""
     try:
-        blob = path.read_bytes()
+        blob = _read_file(path)
     except OSError as e:
         raise BadIndex(f"cannot read it: {e.strerror or e}") from e
     if len(blob) < len(_MAGIC) + 4 + 8 + 32 or not blob.startswith(_MAGIC):
@@ -176,17 +185,20 @@ def check_index(image: Path, index: Path) -> str | None:
         return str(e)
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"its settings cannot be used: {e}"
-    with open(image, "rb") as f:
-        for r in records:
-            f.seek(r.offset)
-            raw = f.read(r.stored_size)
-            try:
-                block = raw if r.field & DATA_UNCOMPRESSED else compressor.decompress(
-                    raw, block_size)
-            except Exception:  # a codec's own error type
-                return f"the block at offset {r.offset} does not decode"
-            if hashlib.sha256(block).digest() != r.digest:
-                return f"the block at offset {r.offset} does not match its digest"
+    try:
+        with os.fdopen(os.open(image, _READ), "rb") as f:
+            for r in records:
+                f.seek(r.offset)
+                raw = f.read(r.stored_size)
+                try:
+                    block = raw if r.field & DATA_UNCOMPRESSED else compressor.decompress(
+                        raw, block_size)
+                except Exception:  # a codec's own error type
+                    return f"the block at offset {r.offset} does not decode"
+                if hashlib.sha256(block).digest() != r.digest:
+                    return f"the block at offset {r.offset} does not match its digest"
+    except OSError as e:
+        return f"its image cannot be read: {e.strerror or e}"
     return None
 
 
@@ -215,7 +227,7 @@ class BlockReuse:
             if index_settings(index) != settings:
                 continue
             try:
-                fd = os.open(image, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                fd = os.open(image, _READ)
             except OSError:
                 continue
             try:
@@ -284,7 +296,7 @@ def index_sources(entries: Iterable[Any], layers: Iterable[str] = ()) -> list[tu
         if not ours:
             return False
         try:
-            manifest = json.loads((entry.path / "manifest.json").read_bytes())
+            manifest = json.loads(_read_file(entry.path / "manifest.json"))
             return not ours.isdisjoint(d["digest"] for d in manifest["layers"])
         except (OSError, ValueError, KeyError, TypeError):
             return False
