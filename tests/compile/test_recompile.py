@@ -78,6 +78,15 @@ def _moved_and_whiteouts(layers: Layers) -> Layers:
     return [*layers[:2], top]
 
 
+def _opaque_directory(layers: Layers) -> Layers:
+    top = [*layers[2],
+           Entry("etc", "dir", mode=0o755),
+           Entry("etc/.wh..wh..opq"),
+           Entry("etc/big.conf", data=_data(50, 5 * BLOCK)),  # the same content, alone now
+           Entry("etc/new.conf", data=_data(70, 2 * BLOCK + 5))]
+    return [*layers[:2], top]
+
+
 def _hardlinks_and_duplicates(layers: Layers) -> Layers:
     top = [*layers[2],
            Entry("app/main-copy", data=_data(60, 6 * BLOCK + 7)),
@@ -96,6 +105,7 @@ CHANGES: dict[str, Callable[[Layers], Layers]] = {
     "bottom_layer_changed": _bottom_changed,
     "file_moved_and_whiteouts": _moved_and_whiteouts,
     "hardlinks_and_duplicates": _hardlinks_and_duplicates,
+    "opaque_directory": _opaque_directory,
     "layers_reordered": _layers_reordered,
 }
 
