@@ -280,3 +280,45 @@ def test_trust_cert_without_use_published_is_a_usage_error(
                      tmp_path / "c.pem", "-q", "--cache-dir", tmp_path / "c", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("ocisquash: ")
     assert "--use-published" in proc.stderr
+
+
+def test_compile_publish_then_the_api_uses_it(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    from ocisquash.compile import compile_image
+    from ocisquash.sources.options import SourceOptions
+
+    ref = f"{registries.plain.host}/{repo}:1"
+    doc = as_json(ocisquash("compile", ref, "--publish", "--json", "-q", "-o",
+                            tmp_path / "first.squashfs", "--cache-dir", tmp_path / "c1"))
+    assert doc["source"] == "compiled" and doc["pushed"]["wrote_manifest"]
+    artifact = doc["pushed"]["artifact"]
+    result = compile_image(ref, tmp_path / "api.squashfs", published="use",
+                           source_options=SourceOptions(cache_dir=tmp_path / "c2"))
+    assert result.source == "published" and result.published is not None
+    assert result.published.artifact == artifact and result.published.used
+    assert (tmp_path / "api.squashfs").read_bytes() == (tmp_path / "first.squashfs").read_bytes()
+    assert result.files == doc["files"]
+    again = compile_image(ref, None, published="use",
+                          source_options=SourceOptions(cache_dir=tmp_path / "c2"))
+    assert again.source == "cache" and again.published is None
+
+
+def test_an_erofs_image_with_appended_verity_comes_from_the_registry(
+        registries: Any, repo: str, ocisquash: Run, tmp_path: Path) -> None:
+    ref = f"{registries.plain.host}/{repo}:1"
+    opts = ["--format", "erofs", "--verity=append"]
+    ocisquash("push", ref, "-q", "--cache-dir", tmp_path / "c1", *opts)
+    local = as_json(ocisquash("compile", ref, "-o", tmp_path / "local.erofs", "--json", "-q",
+                              "--cache-dir", tmp_path / "c2", *opts))
+    doc = as_json(ocisquash("compile", ref, "-o", tmp_path / "fetched.erofs", "--json", "-q",
+                            "--use-published", "--cache-dir", tmp_path / "c3", *opts))
+    assert doc["source"] == "published"
+    assert (tmp_path / "fetched.erofs").read_bytes() == (tmp_path / "local.erofs").read_bytes()
+    assert doc["files"] == local["files"]  # the inode count, read from the EROFS superblock
+    assert doc["verity"] == local["verity"] and doc["verity"]["hash_offset"]
+    root = doc["verity"]["root_hash"]
+    judged = subprocess.run(["veritysetup", "verify", str(tmp_path / "fetched.erofs"),
+                             str(tmp_path / "fetched.erofs"), root,
+                             f"--hash-offset={doc['verity']['hash_offset']}"],
+                            capture_output=True, text=True)
+    assert judged.returncode == 0, judged.stderr
