@@ -307,3 +307,37 @@ def test_images_sharing_a_layer_are_loaded_first(
     warm = _compile(tmp_path / "v2", tmp_path / "cache", tmp_path / "warm.sqfs")
     assert _reused(caplog) > 10
     assert warm == _compile(tmp_path / "v2", tmp_path / "cold-cache", tmp_path / "cold.sqfs")
+
+
+def test_an_image_written_to_while_its_blocks_are_copied_is_built_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A write to an earlier image during the compile (through a hard link that -o put
+    beside the user's files) is noticed at the end, and nothing copied from it is kept."""
+    from ocisquash.squashfs import reuse
+
+    caplog.set_level(logging.DEBUG, logger="ocisquash.compile")
+    write_oci_layout(tmp_path / "v1", _base())
+    write_oci_layout(tmp_path / "v2", _top_changed(_base()))
+    cold = _compile(tmp_path / "v2", tmp_path / "cold-cache", tmp_path / "cold.sqfs")
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
+    image = _v1_entry(tmp_path / "cache") / IMAGE_FILE
+    stored = reuse.BlockReuse.stored
+    writes: list[int] = []
+
+    def stored_then_written(self: reuse.BlockReuse, digest: bytes) -> tuple[bytes, int] | None:
+        found = stored(self, digest)
+        if found is not None and not writes:
+            # Rewrite the earlier image's data area with other bytes, as a user writing
+            # to the file would: the blocks copied from now on are not what it indexed.
+            os.chmod(image, 0o644)
+            with open(image, "r+b") as f:
+                f.seek(96)
+                writes.append(f.write(b"\xee" * (image.stat().st_size // 2)))
+        return found
+
+    monkeypatch.setattr(reuse.BlockReuse, "stored", stored_then_written)
+    warm = _compile(tmp_path / "v2", tmp_path / "cache", tmp_path / "warm.sqfs")
+    assert writes, "no block was copied, so the write never happened"
+    assert warm == cold
+    assert any("written to while this compile copied" in r.getMessage() for r in caplog.records)

@@ -211,6 +211,8 @@ class BlockReuse:
         #: digest -> (descriptor of the earlier image, offset, size field)
         self._known: dict[bytes, tuple[int, int, int]] = {}
         self._fds: list[int] = []
+        #: (inode, size, mtime) of each earlier image when it was opened
+        self._seen: list[tuple[int, int, int]] = []
         #: (digest, offset, field) of each block written, in offset order
         self.records: list[tuple[bytes, int, int]] = []
         #: blocks copied (counted by the compressing threads: a statistic, not exact)
@@ -239,6 +241,8 @@ class BlockReuse:
                 os.close(fd)
                 continue
             reuse._fds.append(fd)
+            st = os.fstat(fd)
+            reuse._seen.append((st.st_ino, st.st_size, st.st_mtime_ns))
             for r in records:
                 reuse._known.setdefault(r.digest, (fd, r.offset, r.field))
         return reuse
@@ -265,6 +269,18 @@ class BlockReuse:
         self.reused += 1
         return payload, field
 
+    def changed(self) -> bool:
+        """Whether an earlier image was written to since it was opened (its mtime or size
+        moved): then the blocks copied from it may not be the ones its index names."""
+        for fd, seen in zip(self._fds, self._seen, strict=True):
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                return True
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != seen:
+                return True
+        return False
+
     def written(self, digest: bytes, position: int, field: int) -> None:
         """Record a block written at ``position``."""
         self.records.append((digest, position, field))
@@ -283,6 +299,7 @@ class BlockReuse:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+        self._seen.clear()
         self._known.clear()
 
 
