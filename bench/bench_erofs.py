@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Benchmark the EROFS writer (with and without fragments): size against ``mksquashfs -comp lz4 -Xhc -b 131072`` and
+"""Benchmark the EROFS writer (plain, with fragments, with ztailpacking): size against ``mksquashfs -comp lz4 -Xhc -b 131072`` and
 Debian's ``mkfs.erofs -zlz4hc``, time against ocisquash's own squashfs writer at the
 same settings (lz4hc level 9, 128 KiB of data per block or physical cluster).
 
-Every run is a child process (its peak RSS from ``os.wait4``); the tools alternate so
-background load hits them alike. Prints a Markdown table (``--out`` writes it too).
+Every run is a child process (its peak RSS and CPU time, user plus system, from
+``os.wait4``); the tools alternate so background load hits them alike. On a shared
+machine the CPU time is the steadier measure; both are reported. Prints a Markdown table (``--out`` writes it too).
 
     python bench/bench_erofs.py --source /usr/lib/python3/dist-packages --runs 3
 """
@@ -32,7 +33,8 @@ from ocisquash.squashfs import WriterOptions, Compression
 fmt, src, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if fmt.startswith("erofs"):
     opts = ErofsOptions(compression=ErofsCompression.LZ4HC, level=9, mkfs_time=0,
-                        workers=workers, fragments=fmt == "erofs-fragments")
+                        workers=workers, fragments=fmt == "erofs-fragments",
+                        ztailpacking=fmt == "erofs-ztailpacking")
 else:
     opts = WriterOptions(compression=Compression.LZ4, lz4_hc=True, level=9, mkfs_time=0,
                          workers=workers)
@@ -40,15 +42,15 @@ pack_directory(Path(src), Path(out), opts)
 """
 
 
-def _run(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one child process."""
+def _run(argv: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MiB) of one child process."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.monotonic() - start
     if status != 0:
         raise SystemExit(f"{argv[0]} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def _tools(src: Path, workers: int) -> dict[str, Callable[[str], list[str]]]:
@@ -59,6 +61,7 @@ def _tools(src: Path, workers: int) -> dict[str, Callable[[str], list[str]]]:
     tools = {
         "ocisquash erofs lz4hc": ours("erofs"),
         "ocisquash erofs lz4hc --erofs-fragments": ours("erofs-fragments"),
+        "ocisquash erofs lz4hc --erofs-ztailpacking": ours("erofs-ztailpacking"),
         "ocisquash squashfs lz4hc": ours("squashfs"),
         "mksquashfs -comp lz4 -Xhc -b 131072": lambda out: [
             "mksquashfs", str(src), out, "-comp", "lz4", "-Xhc", "-b", "131072",
@@ -82,6 +85,7 @@ def main() -> None:
         for src in args.source:
             tools = _tools(src, args.workers)
             times: dict[str, list[float]] = {t: [] for t in tools}
+            cpus: dict[str, list[float]] = {t: [] for t in tools}
             rss: dict[str, float] = {t: 0.0 for t in tools}
             sizes: dict[str, int] = {}
             for _ in range(args.runs):
@@ -89,25 +93,29 @@ def main() -> None:
                     out = os.path.join(tmp, f"out{i}")
                     with open(out, "wb"):
                         pass
-                    seconds, peak = _run(argv(out))
+                    seconds, cpu, peak = _run(argv(out))
                     times[tool].append(seconds)
+                    cpus[tool].append(cpu)
                     rss[tool] = max(rss[tool], peak)
                     sizes[tool] = os.path.getsize(out)
                     os.unlink(out)
             ref_size = sizes["mksquashfs -comp lz4 -Xhc -b 131072"]
             ref_time = statistics.median(times["ocisquash squashfs lz4hc"])
+            ref_cpu = statistics.median(cpus["ocisquash squashfs lz4hc"])
             for tool in tools:
                 t = statistics.median(times[tool])
+                c = statistics.median(cpus[tool])
                 rows.append(f"| {src} | {tool} | {sizes[tool] / 1e6:.2f} | "
                             f"{sizes[tool] / ref_size:.2f} | {t:.2f} | {t / ref_time:.2f} | "
-                            f"{rss[tool]:.0f} |")
+                            f"{c:.2f} | {c / ref_cpu:.2f} | {rss[tool]:.0f} |")
     head = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {args.runs} runs each, median time; "
         f"{args.workers} workers.",
         "",
-        "| tree | tool | MB | size / mksquashfs | s | time / ocisquash squashfs | peak MiB |",
-        "|---|---|---|---|---|---|---|",
+        "| tree | tool | MB | size / mksquashfs | s | time / ocisquash squashfs | CPU s "
+        "| CPU / ocisquash squashfs | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     text = "\n".join(head + rows) + "\n"
     print(text)
