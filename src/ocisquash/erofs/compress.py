@@ -498,7 +498,9 @@ class CompressedData:
         extent stays whole (False)."""
         raw = f.chunks[0][0]
         whole = len(packed) // BLOCK_SIZE
-        if not whole or len(raw) <= BLOCK_SIZE:
+        # The tail holds at least what spills past the whole blocks: when that alone
+        # passes the room, no cut fits (skip the two compressions).
+        if not whole or len(raw) <= BLOCK_SIZE or len(packed) % BLOCK_SIZE > room:
             return False
         cut = whole * BLOCK_SIZE * len(raw) // len(packed) // BLOCK_SIZE * BLOCK_SIZE
         for _ in range(3):
