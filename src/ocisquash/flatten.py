@@ -187,6 +187,10 @@ class _Inode:
         self.deferred: list[bytes] | None = None
 
 
+#: the metadata of a file inode known by position only; never written (see _inode_at)
+_UNREAD_META = EntryMeta()
+
+
 def _parent(path: bytes) -> bytes:
     i = path.rfind(b"/")
     return path[:i] if i >= 0 else b""
@@ -256,9 +260,9 @@ class _LayerPass:
         self.opaques: list[bytes] = []
         #: this layer's non-directories by name, as tar extraction would see them; a
         #: name emitted and not linked to yet holds only what a link may need of its
-        #: entry (an inode written under that one name: a file's (meta, position), else
-        #: the entry), made an _Inode when a link finds it (see _inode_at)
-        self.names: dict[bytes, _Inode | TarEntry | tuple[EntryMeta, int]] = {}
+        #: entry (an inode written under that one name: a file's position, else the
+        #: entry), made an _Inode when a link finds it (see _inode_at)
+        self.names: dict[bytes, _Inode | TarEntry | int] = {}
         #: the decision of every non-directory this layer emits (see _SharedNondir)
         self.nondir = _SharedNondir(_NONDIR, index, meta_layer=index)
         #: link names waiting for the second pass → their inode
@@ -505,7 +509,7 @@ class _LayerPass:
             self._link(e)
         else:
             self._write(path, e, data)
-            self._bind(path, (e.meta, e.position) if e.kind == "file" else e)
+            self._bind(path, e.position if e.kind == "file" else e)
 
     def _write(self, path: bytes, e: TarEntry, data: BinaryIO | bytes | None) -> None:
         """Hand one non-directory, non-link entry to the sink under ``path``."""
@@ -587,13 +591,14 @@ class _LayerPass:
         found = self.names.get(name)
         if found is None or isinstance(found, _Inode):
             return found
-        if not isinstance(found, TarEntry):  # a file: a second pass reads it by position
-            meta, position = found
-            found = TarEntry(name, "file", meta, position=position)
+        if isinstance(found, int):
+            # A file. Its data, and with it its metadata, can only come from a second
+            # pass, which reads the member at this position again (see _second_pass).
+            found = TarEntry(name, "file", _UNREAD_META, position=found)
         inode = self.names[name] = _Inode(found, [name])
         return inode
 
-    def _bind(self, path: bytes, inode: _Inode | TarEntry | tuple[EntryMeta, int]) -> None:
+    def _bind(self, path: bytes, inode: _Inode | TarEntry | int) -> None:
         self.names[path] = inode
         if self.kids is not None:
             self._index(path)
@@ -653,7 +658,9 @@ class _LayerPass:
             # The names still waiting, in the order they were linked, each once.
             first, *rest = dict.fromkeys(
                 n for n in inode.deferred if self.deferred.get(n) is inode)
-            self.sink.add_file(first, inode.entry.meta, data, entry.size)
+            # The member read again gives the metadata: an inode made from a bare position
+            # (``_inode_at``) has none of its own.
+            self.sink.add_file(first, entry.meta, data, entry.size)
             f.files += 1
             f.bytes += entry.size
             for name in rest:

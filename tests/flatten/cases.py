@@ -208,7 +208,7 @@ CASES = [
     Case("test_link_through_a_hidden_link_to_a_replaced_file_reads_the_old_data_again",
          # "a" holds only its metadata and position until "h" links to it; "c" then
          # finds no written name holding the old inode, so a second pass reads it.
-         [[F("a", b"old"), H("h", "a"), F("a", b"new"), H("c", "h")], [W("h")]],
+         [[F("a", b"old", mode=0o640), H("h", "a"), F("a", b"new"), H("c", "h")], [W("h")]],
          {b"a": "file:new", b"c": "file:old", b"h": None}),
     Case("test_hardlink_itself_whited_out_leaves_target",
          [[F("a", b"data"), H("b", "a")], [W("b")]], {b"a": "file:data", b"b": None}),
