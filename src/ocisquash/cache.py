@@ -5,7 +5,7 @@ Layout under the cache root::
     images/<key>/image.squashfs   the compiled image (read-only)
     images/<key>/manifest.json    the platform manifest, as received
     images/<key>/config.json      the image config, as received
-    images/<key>/info.json        source reference, digests, platform, sizes, time
+    images/<key>/info.json        its CacheRecord: source, digests, platform, sizes, time
     images/<key>/image.squashfs.verity, .roothash, .roothash.p7s   with --verity
     images/<key>/blocks.idx       the squashfs's block index, for recompiles (squashfs/reuse.py)
     refs/<ref-key>                a reference (+ platform + options) → entry key
@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from .digest import Digest
-from .errors import CacheError, ManifestError, OutputError
+from .errors import CacheError, ManifestError, OcisquashError, OutputError
+from .rules import FidelityIssue
 from .safedir import PrivateDir, wait_for_lock
 from .store import BLOB_DIRS, BlobStore, CacheDirs, default_cache_dir
 
@@ -62,12 +63,113 @@ _KEY_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
+class CacheRecord:
+    """An entry's ``info.json``: what was compiled, from where, and what its files must
+    hash to. :meth:`to_json` and :meth:`from_json` round-trip it; a record written
+    before a field existed reads that field as its default."""
+
+    reference: str
+    source: str
+    #: the platform-specific image manifest's digest (the key's manifest)
+    digest: Digest
+    manifest_digest: Digest
+    config_digest: Digest
+    platform: str
+    format: str
+    format_version: str
+    #: the output options of the key, as JSON
+    options: dict[str, Any]
+    squashfs_size: int
+    squashfs_sha256: str
+    files: int
+    layers: int
+    layer_bytes: int
+    fidelity: tuple[FidelityIssue, ...] = ()
+    #: the flatten and writer numbers of ``CompiledImage.stats``
+    stats: dict[str, Any] = field(default_factory=dict)
+    #: seconds since 1970 when the entry was built
+    created: float = 0.0
+    #: the multi-platform index the image was chosen from, if any
+    index_digest: Digest | None = None
+    #: the dm-verity files' record (``verity.record``), with ``--verity``
+    verity: dict[str, Any] | None = None
+    #: "compiled" here, or "published": fetched from a registry (``publish.py``)
+    origin: str = "compiled"
+    #: the digest of the published artifact it was fetched from
+    artifact: str | None = None
+    #: set by :meth:`ImageCache.publish`
+    key: str = ""
+    #: the image file as published: a later write changes them
+    squashfs_mtime_ns: int | None = None
+    squashfs_ino: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object ``info.json`` holds."""
+        out: dict[str, Any] = {
+            "reference": self.reference, "source": self.source, "digest": str(self.digest),
+            "manifest_digest": str(self.manifest_digest),
+            "config_digest": str(self.config_digest), "platform": self.platform,
+            "index_digest": str(self.index_digest) if self.index_digest else None,
+            "format": self.format, "format_version": self.format_version,
+            "options": self.options, "squashfs_size": self.squashfs_size,
+            "squashfs_sha256": self.squashfs_sha256, "files": self.files,
+            "layers": self.layers, "layer_bytes": self.layer_bytes,
+            "fidelity": [i.to_json() for i in self.fidelity], "stats": self.stats,
+            "created": self.created, "key": self.key,
+        }
+        if self.origin != "compiled":
+            out["origin"] = self.origin
+        for name, value in (("artifact", self.artifact), ("verity", self.verity),
+                            ("squashfs_mtime_ns", self.squashfs_mtime_ns),
+                            ("squashfs_ino", self.squashfs_ino)):
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, doc: object) -> CacheRecord:
+        """The record of an ``info.json``; ``CacheError`` when it is not one."""
+        try:
+            if not isinstance(doc, dict):
+                raise TypeError("not an object")
+            index = doc.get("index_digest")
+            return cls(
+                reference=str(doc.get("reference", "")), source=str(doc.get("source", "")),
+                digest=Digest.parse(str(doc["digest"])),
+                manifest_digest=Digest.parse(str(doc["manifest_digest"])),
+                config_digest=Digest.parse(str(doc["config_digest"])),
+                platform=str(doc.get("platform", "")),
+                format=str(doc.get("format", "squashfs")),
+                format_version=str(doc["format_version"]),
+                options=dict(doc["options"]),
+                squashfs_size=int(doc["squashfs_size"]),
+                squashfs_sha256=str(doc["squashfs_sha256"]),
+                files=int(doc.get("files", 0)), layers=int(doc.get("layers", 0)),
+                layer_bytes=int(doc.get("layer_bytes", 0)),
+                fidelity=tuple(FidelityIssue.from_json(i) for i in doc.get("fidelity", ())),
+                stats=dict(doc.get("stats", {})), created=float(doc.get("created", 0)),
+                index_digest=Digest.parse(str(index)) if index else None,
+                verity=dict(doc["verity"]) if doc.get("verity") is not None else None,
+                origin=str(doc.get("origin", "compiled")),
+                artifact=str(doc["artifact"]) if doc.get("artifact") is not None else None,
+                key=str(doc.get("key", "")),
+                squashfs_mtime_ns=_int_or_none(doc.get("squashfs_mtime_ns")),
+                squashfs_ino=_int_or_none(doc.get("squashfs_ino")))
+        except (KeyError, TypeError, ValueError, OcisquashError) as e:
+            raise CacheError(f"not a cache record: {e}") from None
+
+
+def _int_or_none(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
 class CacheEntry:
     """One compiled image in the cache."""
 
     key: str
     path: Path
-    info: dict[str, Any]
+    record: CacheRecord
     _images: PrivateDir = field(repr=False, compare=False)
 
     @property
@@ -82,7 +184,7 @@ class CacheEntry:
 
     @property
     def created(self) -> float:
-        return float(self.info.get("created", 0))
+        return self.record.created
 
     def read(self, name: str) -> bytes:
         """One small file of the entry (``manifest.json``, ``config.json``)."""
@@ -135,10 +237,10 @@ class ImageCache:
     def get(self, key: str) -> CacheEntry | None:
         """The published entry for ``key``, or None (also when it is damaged, see
         :meth:`damage`)."""
-        info, damage = self._glance(key)
-        if info is None or damage is not None:
+        record, damage = self._glance(key)
+        if record is None or damage is not None:
             return None
-        return CacheEntry(key, self.entry_path(key), info, self._images)
+        return CacheEntry(key, self.entry_path(key), record, self._images)
 
     def damage(self, key: str) -> str | None:
         """Why the entry directory of ``key`` cannot be used, or None when it is whole or
@@ -151,7 +253,7 @@ class ImageCache:
             return f"it cannot be read: {e.strerror}"
         return self._glance(key)[1]
 
-    def _glance(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    def _glance(self, key: str) -> tuple[CacheRecord | None, str | None]:
         try:
             with _open_entry(self._images, key) as d:
                 return _glance(d, key)
@@ -198,9 +300,11 @@ class ImageCache:
             with contextlib.suppress(OSError):
                 shutil.rmtree(name, dir_fd=self._tmp.fd, ignore_errors=True)
 
-    def publish(self, key: str, staged: Path, info: dict[str, Any]) -> CacheEntry:
-        """Move a fully written staging directory into place as entry ``key``."""
-        info = {**info, "key": key, "created": info.get("created", time.time())}
+    def publish(self, key: str, staged: Path, record: CacheRecord) -> CacheEntry:
+        """Move a fully written staging directory into place as entry ``key``, with
+        ``record`` as its ``info.json`` (its key, and its time when it has none, set)."""
+        info = record.to_json()
+        info.update(key=key, created=record.created or time.time())
         try:
             with _open_entry(self._tmp, staged.name) as d:
                 for name in d.listdir():
@@ -320,8 +424,8 @@ class ImageCache:
         """The entries ``target`` names (what ``cache rm`` removes): the reference or
         source as compiled, the image digest, or a prefix of the key or the digest."""
         return [e for e in self.entries()
-                if target in (e.info.get("reference"), e.info.get("source"), e.info.get("digest"))
-                or e.key.startswith(target) or str(e.info.get("digest", "")).startswith(target)]
+                if target in (e.record.reference, e.record.source, str(e.record.digest))
+                or e.key.startswith(target) or str(e.record.digest).startswith(target)]
 
     def prune(self, *, older_than: float | None = None, max_size: int | None = None,
               blobs: bool = False, now: float | None = None) -> Pruned:
@@ -365,22 +469,22 @@ class ImageCache:
                     with contextlib.suppress(OSError):
                         self.blobs.remove(digest)  # no chmod: unlinking needs none
         for key in self.keys():
-            info, damage = self._glance(key)
+            record, damage = self._glance(key)
             written = damage == _WRITTEN  # the content may still be whole: hash it
             if damage is not None and not written:
                 problems.append(f"compiled image {key[:12]}: {damage}")
             else:
-                assert info is not None
-                if not self._image_matches_record(key, info):
+                assert record is not None
+                if not self._image_matches_record(key, record):
                     how = " (written to after it was built)" if written else ""
-                    problems.append(f"compiled image {key[:12]} ({info.get('reference', '?')}): "
+                    problems.append(f"compiled image {key[:12]} ({record.reference or '?'}): "
                                     f"content does not match its record{how}")
                 elif written:
                     # Compile will not hand it out (it cannot hash every image it reuses).
                     problems.append(f"compiled image {key[:12]}: {_WRITTEN}; its content still "
                                     "matches its record")
                 else:
-                    entry = CacheEntry(key, self.entry_path(key), info, self._images)
+                    entry = CacheEntry(key, self.entry_path(key), record, self._images)
                     self._verify_block_index(entry, problems, repair)
                     continue
             if repair:
@@ -405,7 +509,7 @@ class ImageCache:
             with contextlib.suppress(OSError):
                 index.unlink()
 
-    def _image_matches_record(self, key: str, info: dict[str, Any]) -> bool:
+    def _image_matches_record(self, key: str, record: CacheRecord) -> bool:
         """Whether the entry's image (and its verity files) hash to what its record says."""
         try:
             with _open_entry(self._images, key) as d, \
@@ -415,12 +519,12 @@ class ImageCache:
                     h.update(chunk)
         except (OSError, CacheError):
             return False
-        if info.get("squashfs_sha256") != h.hexdigest():
+        if record.squashfs_sha256 != h.hexdigest():
             return False
-        if "verity" in info:
+        if record.verity is not None:
             from .verity import record_damage
 
-            return record_damage(info["verity"], self.entry_path(key) / IMAGE_FILE,
+            return record_damage(record.verity, self.entry_path(key) / IMAGE_FILE,
                                  hash_files=True) is None
         return True
 
@@ -465,26 +569,25 @@ def _newest_mtime(parent: PrivateDir, name: str, own: float) -> float:
     return newest
 
 
-def _read_info(d: PrivateDir) -> dict[str, Any] | None:
+def _read_record(d: PrivateDir) -> CacheRecord | None:
     try:
-        info = json.loads(d.read_bytes(INFO_FILE, _SMALL_FILE_LIMIT))
+        return CacheRecord.from_json(json.loads(d.read_bytes(INFO_FILE, _SMALL_FILE_LIMIT)))
     except (OSError, ValueError, CacheError):
         return None
-    return info if isinstance(info, dict) else None
 
 
 _UNREADABLE = f"its {INFO_FILE} cannot be read"
 _WRITTEN = f"its {IMAGE_FILE} was written to after it was built (its mtime changed)"
 
 
-def _glance(d: PrivateDir, key: str) -> tuple[dict[str, Any] | None, str | None]:
+def _glance(d: PrivateDir, key: str) -> tuple[CacheRecord | None, str | None]:
     """An entry directory's record (None when unreadable) and what a glance shows wrong
     with the entry (None when nothing)."""
-    info = _read_info(d)
-    return info, (_UNREADABLE if info is None else _damage(d, key, info))
+    record = _read_record(d)
+    return record, (_UNREADABLE if record is None else _damage(d, key, record))
 
 
-def _damage(d: PrivateDir, key: str, info: dict[str, Any]) -> str | None:
+def _damage(d: PrivateDir, key: str, record: CacheRecord) -> str | None:
     """What a glance shows wrong with an entry, cheaply enough for every hit.
 
     * its image missing, not the size its record says (after a crash, a file whose
@@ -502,21 +605,20 @@ def _damage(d: PrivateDir, key: str, info: dict[str, Any]) -> str | None:
         return f"its {IMAGE_FILE} is missing"
     if not stat.S_ISREG(st.st_mode):
         return f"its {IMAGE_FILE} is not a file"
-    want = info.get("squashfs_size")
+    want = record.squashfs_size
     if st.st_size != want:
         return f"its {IMAGE_FILE} holds {st.st_size} bytes, its record says {want}"
-    built = info.get("squashfs_mtime_ns")  # absent in records written before it was kept
+    built = record.squashfs_mtime_ns  # absent in records written before it was kept
     if built is not None and st.st_mtime_ns != built:
         return _WRITTEN
-    ino = info.get("squashfs_ino")
+    ino = record.squashfs_ino
     if ino is not None and st.st_ino != ino:
         return f"its {IMAGE_FILE} was replaced (another inode than its record says)"
+    manifest_digest = record.manifest_digest
     try:
-        manifest_digest = Digest.parse(str(info.get("manifest_digest")))
-        recorded_key = entry_key(manifest_digest, str(info.get("format_version")),
-                                 info.get("options"))  # type: ignore[arg-type]
-    except (ManifestError, TypeError, ValueError):
-        return f"its {INFO_FILE} names no valid manifest digest"
+        recorded_key = entry_key(manifest_digest, record.format_version, record.options)
+    except (TypeError, ValueError):
+        return f"its {INFO_FILE} names options that are not JSON"
     if recorded_key != key:
         return f"its {INFO_FILE} is the record of another image (its key would be {recorded_key[:12]})"
     try:
@@ -535,9 +637,9 @@ def _damage(d: PrivateDir, key: str, info: dict[str, Any]) -> str | None:
         return f"its {CONFIG_FILE} is missing"
     if Digest.of(config, config_digest.algorithm) != config_digest:
         return f"its {CONFIG_FILE} does not match the digest its manifest names"
-    if "verity" in info:
+    if record.verity is not None:
         from .verity import record_damage
 
-        return record_damage(info["verity"], d.path / IMAGE_FILE, hash_files=False)
+        return record_damage(record.verity, d.path / IMAGE_FILE, hash_files=False)
     return None
 

@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, ParamSpec, TypeVar
 
-from .cache import CONFIG_FILE, IMAGE_FILE, MANIFEST_FILE, CacheEntry, ImageCache, entry_key
+from .cache import (
+    CONFIG_FILE,
+    IMAGE_FILE,
+    MANIFEST_FILE,
+    CacheEntry,
+    CacheRecord,
+    ImageCache,
+    entry_key,
+)
 from .digest import Digest, VerifyingReader
 from .errors import (
     ImageNotFoundError,
@@ -246,11 +254,6 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
     if phase == "apply":
         progress(Finishing(report.entries))
     return report
-
-
-def _fidelity_json(report: FlattenReport) -> list[dict[str, Any]]:
-    """The fidelity issues as JSON-ready records (paths shown as text), for the cache."""
-    return [i.to_json() for i in report.fidelity]
 
 
 def _build_image(
@@ -672,31 +675,31 @@ def compile_image(
                         outcome = _compare_published(outcome, fetched_dir, staged, source)
                     _write_staged(staged / MANIFEST_FILE, manifest.raw)
                     _write_staged(staged / CONFIG_FILE, config.raw)
-                    info = {
-                        "reference": image.reference,
-                        "source": source,
-                        "digest": str(image.digest),
-                        "manifest_digest": str(manifest.digest),
-                        "config_digest": str(config.digest),
-                        "platform": str(image.platform or config.platform),
-                        "index_digest": str(image.index.digest) if image.index else None,
-                        "format": format,
-                        "format_version": version,
-                        "options": ckey,
-                        "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
-                        "squashfs_sha256": _hash_while_syncing(staged / IMAGE_FILE).hex,
-                        "files": summary.inodes,
-                        "layers": len(manifest.layers),
-                        "layer_bytes": sum(d.size for d in manifest.layers),
-                        "fidelity": _fidelity_json(report),
-                        "stats": _stats(report, summary, format),
-                        "created": time.time(),
-                    }
+                    verity_record = None
                     if vinfo is not None:
                         from .verity import record
 
-                        info["verity"] = record(vinfo, staged / IMAGE_FILE)
-                    entry = cache.publish(key, staged, info)
+                        verity_record = record(vinfo, staged / IMAGE_FILE)
+                    entry = cache.publish(key, staged, CacheRecord(
+                        reference=image.reference,
+                        source=source,
+                        digest=image.digest,
+                        manifest_digest=manifest.digest,
+                        config_digest=config.digest,
+                        platform=str(image.platform or config.platform),
+                        index_digest=image.index.digest if image.index else None,
+                        format=format,
+                        format_version=version,
+                        options=ckey,
+                        squashfs_size=(staged / IMAGE_FILE).stat().st_size,
+                        squashfs_sha256=_hash_while_syncing(staged / IMAGE_FILE).hex,
+                        files=summary.inodes,
+                        layers=len(manifest.layers),
+                        layer_bytes=sum(d.size for d in manifest.layers),
+                        fidelity=report.fidelity,
+                        stats=_stats(report, summary, format),
+                        created=time.time(),
+                        verity=verity_record))
                     built = True
             cache.record_ref(ref_key, key)
         return _from_entry(entry, dest, cached=not built, started=started,
@@ -738,7 +741,7 @@ def _cached_without_asking(cache: ImageCache, source: str, ref_key: str, ckey: d
         if entry is not None:
             return entry
         entry = cache.lookup_ref(ref_key)
-        if entry is not None and entry.info.get("index_digest") == str(pinned):
+        if entry is not None and entry.record.index_digest == pinned:
             return entry
         return None
     return cache.lookup_ref(ref_key) if pull == "never" else None
@@ -749,7 +752,7 @@ def _check_platform(entry: CacheEntry, want: Platform | None, source: str) -> No
     would check it."""
     if want is None:
         return
-    recorded = str(entry.info.get("platform", ""))
+    recorded = entry.record.platform
     try:
         have = Platform.parse(recorded)
     except ManifestError:
@@ -781,7 +784,7 @@ def _stats(report: FlattenReport, summary: WriteSummary | ErofsSummary | None,
 
 def _from_entry(entry: CacheEntry, output: Destination | None, *, cached: bool,
                 started: float, published: Outcome | None = None) -> CompiledImage:
-    info = entry.info
+    record = entry.record
     from .model import parse_manifest_or_index
 
     try:
@@ -797,30 +800,30 @@ def _from_entry(entry: CacheEntry, output: Destination | None, *, cached: bool,
         placed = output.place(entry.image)
         path = output.path
     vinfo = None
-    if "verity" in info:
+    if record.verity is not None:
         from .verity import from_record, place_sidecars
 
         if path is not None and path != entry.image:
             place_sidecars(entry.image, path, place_file)
-        vinfo = from_record(info["verity"], path or entry.image)
-    stats = dict(info.get("stats", {}))
+        vinfo = from_record(record.verity, path or entry.image)
+    stats = dict(record.stats)
     stats["seconds"] = round(time.monotonic() - started, 3)
     return CompiledImage(
         path=path,
-        reference=info.get("reference", ""),
-        digest=Digest.parse(info["digest"]),
-        platform=info.get("platform", ""),
+        reference=record.reference,
+        digest=record.digest,
+        platform=record.platform,
         manifest=manifest,
         config=config,
-        format=info.get("format", "squashfs"),
-        size=int(info.get("squashfs_size", 0)),
-        files=int(info.get("files", 0)),
+        format="erofs" if record.format == "erofs" else "squashfs",
+        size=record.squashfs_size,
+        files=record.files,
         cached=cached,
-        fidelity=tuple(FidelityIssue.from_json(i) for i in info.get("fidelity", ())),
+        fidelity=record.fidelity,
         placed=placed,
         stats=stats,
         verity=vinfo,
-        source="cache" if cached else str(info.get("origin", "compiled")),
+        source="cache" if cached else record.origin,
         published=published,
         cache_key=entry.key,
     )
@@ -843,32 +846,32 @@ def _fetch_published(image: ResolvedImage, wanted: Any, dest: Path, mode: str,
 def _published_info(got: Any, staged: Path, image: ResolvedImage, source: str,
                     manifest: Manifest, config: ImageConfig, format: OutputFormat,
                     version: str, ckey: dict[str, Any],
-                    verity: VerityOptions | None) -> dict[str, Any]:
+                    verity: VerityOptions | None) -> CacheRecord:
     """The cache record of a fetched, verified compile: as a local build's, without the
     flattening report (the layers were never read here)."""
     _write_staged(staged / MANIFEST_FILE, manifest.raw)
     _write_staged(staged / CONFIG_FILE, config.raw)
-    info: dict[str, Any] = {
-        "reference": image.reference, "source": source, "digest": str(image.digest),
-        "manifest_digest": str(manifest.digest), "config_digest": str(config.digest),
-        "platform": str(image.platform or config.platform),
-        "index_digest": str(image.index.digest) if image.index else None,
-        "format": format, "format_version": version, "options": ckey,
-        "squashfs_size": (staged / IMAGE_FILE).stat().st_size,
-        "squashfs_sha256": _hash_while_syncing(staged / IMAGE_FILE).hex,
-        "files": got.inodes, "layers": len(manifest.layers),
-        "layer_bytes": sum(d.size for d in manifest.layers), "fidelity": [],
-        "stats": {"published": {"bytes_downloaded": got.bytes_downloaded}},
-        "created": time.time(), "origin": "published", "artifact": str(got.artifact),
-    }
+    verity_record = None
     if verity is not None and got.root_hash is not None:
         from .publish import verity_info
         from .verity import record
 
         signed = (staged / (IMAGE_FILE + ".roothash.p7s")).exists()
         vinfo = verity_info(staged / IMAGE_FILE, got.root_hash, verity.mode, signed)
-        info["verity"] = record(vinfo, staged / IMAGE_FILE)
-    return info
+        verity_record = record(vinfo, staged / IMAGE_FILE)
+    return CacheRecord(
+        reference=image.reference, source=source, digest=image.digest,
+        manifest_digest=manifest.digest, config_digest=config.digest,
+        platform=str(image.platform or config.platform),
+        index_digest=image.index.digest if image.index else None,
+        format=format, format_version=version, options=ckey,
+        squashfs_size=(staged / IMAGE_FILE).stat().st_size,
+        squashfs_sha256=_hash_while_syncing(staged / IMAGE_FILE).hex,
+        files=got.inodes, layers=len(manifest.layers),
+        layer_bytes=sum(d.size for d in manifest.layers), fidelity=(),
+        stats={"published": {"bytes_downloaded": got.bytes_downloaded}},
+        created=time.time(), origin="published", artifact=str(got.artifact),
+        verity=verity_record)
 
 
 def _compare_published(outcome: Outcome, fetched: Path, staged: Path, source: str) -> Outcome:

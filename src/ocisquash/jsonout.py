@@ -122,22 +122,22 @@ def cache_entries(entries: Iterable[CacheEntry]) -> dict[str, Any]:
     """What ``cache ls --json`` prints."""
     images = []
     for e in entries:
-        info = e.info
+        r = e.record
         images.append({
             "key": e.key,
-            "reference": info.get("reference"),
-            "digest": info.get("digest"),
-            "config_digest": info.get("config_digest"),
-            "platform": info.get("platform"),
-            "format": info.get("format", "squashfs"),
+            "reference": r.reference,
+            "digest": str(r.digest),
+            "config_digest": str(r.config_digest),
+            "platform": r.platform,
+            "format": r.format,
             "created": timestamp(e.created),
             "path": str(e.image),
-            "size": info.get("squashfs_size"),
+            "size": r.squashfs_size,
             "entry_size": e.size,
-            "files": info.get("files"),
-            "layers": info.get("layers"),
-            "layer_bytes": info.get("layer_bytes"),
-            "format_version": info.get("format_version"),
-            "options": _writer_options(info.get("options")),
+            "files": r.files,
+            "layers": r.layers,
+            "layer_bytes": r.layer_bytes,
+            "format_version": r.format_version,
+            "options": _writer_options(r.options),
         })
     return {"schema_version": SCHEMA_VERSION, "images": images}

@@ -46,6 +46,7 @@ from .errors import ImageNotFoundError, IntegrityError, ManifestError, Ocisquash
 from .model import OCI_INDEX, OCI_MANIFEST, Descriptor
 
 if TYPE_CHECKING:
+    from .cache import CacheRecord
     from .compile import CompiledImage
     from .reference import Reference
     from .registry.client import RegistryClient
@@ -224,33 +225,33 @@ class Published:
                           for b in self.blobs]}
 
 
-def publish_entry(uploader: Uploader, image: Path, info: dict[str, Any], subject: Descriptor,
+def publish_entry(uploader: Uploader, image: Path, record: CacheRecord, subject: Descriptor,
                   created: str, *, mount_from: Sequence[str] = ()) -> Published:
     """Push the compiled ``image`` (a cache entry's, with its verity files beside it) as
     an artifact whose subject is ``subject``, and make it discoverable.
 
-    ``info`` is the cache entry's record (format, format version, options, verity);
+    ``record`` is the cache entry's record (format, format version, options, verity);
     ``created`` the image config's date. Blobs the repository holds are not sent; the
     others are mounted from ``mount_from`` where they are, else uploaded.
     """
     from . import __version__
 
-    fmt = str(info.get("format", "squashfs"))
+    fmt = record.format
     layers = []
     for path, media_type in entry_files(image):
         layers.append(Descriptor(media_type, Digest.of_file(path), path.stat().st_size,
                                  ((TITLE, path.name),)))
     annotations = {
         A_FORMAT: fmt,
-        A_VERSION: str(info["format_version"]),
-        A_OPTIONS: canonical(matching_options(info["options"])),
-        A_OPTIONS_KEY: options_key(info["options"]),
+        A_VERSION: record.format_version,
+        A_OPTIONS: canonical(matching_options(record.options)),
+        A_OPTIONS_KEY: options_key(record.options),
         A_TOOL: __version__,
     }
     if created:
         annotations[CREATED] = created
-    verity = info.get("verity")
-    if isinstance(verity, dict) and verity.get("root_hash"):
+    verity = record.verity
+    if verity is not None and verity.get("root_hash"):
         annotations[A_ROOT_HASH] = str(verity["root_hash"])
     raw = artifact_manifest(layers, subject, annotations, ARTIFACT_TYPES[fmt])
     digest = Digest.of(raw)
@@ -697,7 +698,7 @@ def push_compiled(result: CompiledImage, to: Reference, options: SourceOptions, 
                         hints=SchemeHints.in_cache(options.cache_dir))
     try:
         subject = Descriptor(result.manifest.media_type, result.digest, len(result.manifest.raw))
-        return publish_entry(uploader, entry.image, entry.info, subject, result.config.created,
+        return publish_entry(uploader, entry.image, entry.record, subject, result.config.created,
                              mount_from=mount_from)
     finally:
         uploader.transport.close()

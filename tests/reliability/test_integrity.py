@@ -187,7 +187,7 @@ def test_publish_syncs_every_file_before_the_rename(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The files of an entry reach the disk while they are still in the staging directory,
     so the rename never publishes data that a crash could lose."""
-    from ocisquash.cache import ImageCache, entry_key
+    from ocisquash.cache import CacheRecord, ImageCache, entry_key
     from ocisquash.digest import Digest
 
     cache = ImageCache(tmp_path / "cache")
@@ -206,8 +206,11 @@ def test_publish_syncs_every_file_before_the_rename(tmp_path: Path,
         (staged / "image.squashfs").write_bytes(bytes(8192))
         (staged / "manifest.json").write_bytes(manifest)
         (staged / "config.json").write_bytes(config)
-        entry = cache.publish(key, staged, {"squashfs_size": 8192, "format_version": "v",
-                                            "options": {}, "manifest_digest": str(Digest.of(manifest))})
+        entry = cache.publish(key, staged, CacheRecord(
+            reference="", source="", digest=Digest.of(manifest),
+            manifest_digest=Digest.of(manifest), config_digest=Digest.of(config),
+            platform="", format="squashfs", format_version="v", options={},
+            squashfs_size=8192, squashfs_sha256="", files=0, layers=0, layer_bytes=0))
     staging_files = {Path(p).name for p in synced if Path(p).parent == staged}
     assert staging_files >= {"image.squashfs", "manifest.json"}, synced
     assert any(n.startswith(".info.json.") for n in staging_files), synced  # written, renamed

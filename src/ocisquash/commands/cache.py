@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             for e in entries:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
-                print(f"{e.key[:12]}  {printable(e.info.get('digest', ''))[:19]}  "
-                      f"{e.size / 1e6:9.1f} MB  {when}  {printable(e.info.get('format', 'squashfs')):8}  "
-                      f"{printable(e.info.get('platform', ''))}  "
-                      f"{printable(e.info.get('reference', ''))}")
+                r = e.record
+                print(f"{e.key[:12]}  {printable(str(r.digest))[:19]}  "
+                      f"{e.size / 1e6:9.1f} MB  {when}  {printable(r.format):8}  "
+                      f"{printable(r.platform)}  {printable(r.reference)}")
         return 0
     if cmd == "rm":
         status = 0
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 status = 1
             for e in matched:
                 cache.remove(e.key)
-                print(f"removed {e.key[:12]} {printable(e.info.get('reference', ''))}")
+                print(f"removed {e.key[:12]} {printable(e.record.reference)}")
         return status
     if cmd == "prune":
         pruned = cache.prune(
