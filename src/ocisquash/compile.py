@@ -833,14 +833,13 @@ def _fetch_published(image: ResolvedImage, wanted: Any, dest: Path, mode: str,
                      source: str) -> tuple[Any, Outcome]:
     """Look for and fetch a published compile of ``image`` (see :mod:`ocisquash.publish`)."""
     from .publish import Outcome, try_published
+    from .sources.registry import RegistryImage
 
-    client = getattr(getattr(image, "source", None), "client", None)
-    fetch = getattr(image, "fetch_blob", None)
-    if client is None or not callable(fetch):
+    if not isinstance(image, RegistryImage):
         log.warning("%s: compiled images are published only to registries; compiling here",
                     source)
         return None, Outcome(mode, problem="not a registry image")
-    return try_published(client, fetch, wanted, dest, mode, source)
+    return try_published(image.source.client, image.fetch_blob, wanted, dest, mode, source)
 
 
 def _published_info(got: Any, staged: Path, image: ResolvedImage, source: str,
