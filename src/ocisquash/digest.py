@@ -89,8 +89,9 @@ def verify_bytes(data: bytes, digest: Digest, size: int | None = None, *, what: 
 
 
 #: Whether long streams are hashed on a thread of their own (see :class:`HashBehind`):
-#: with one core there is nothing to hash beside.
-HASH_BEHIND = (os.cpu_count() or 1) >= 2
+#: on two cores both already compress at the defaults, and the hand-overs cost more than
+#: they give (``bench/README.md``, "Mechanisms and what they buy").
+HASH_BEHIND = (os.cpu_count() or 1) >= 4
 
 
 class HashBehind:

@@ -27,7 +27,7 @@ class TarStream:
     queue; errors travel the same queue, in stream order. Hashing there rather than in
     the parser's thread takes CPU off the thread that parses the tar and feeds the
     squashfs writer (isal, zstandard and hashlib release the GIL, so both threads run
-    at once; figures: ``bench/README.md``). With 2 cores or more both digests are
+    at once; figures: ``bench/README.md``). With 4 cores or more both digests are
     computed behind this thread, on threads of their own (``digest.HashBehind``).
     """
 
