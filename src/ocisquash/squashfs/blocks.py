@@ -22,6 +22,14 @@ same size only). The keys, and so the image, are the same as if every file were
 hashed; an output that cannot be read back gets exactly that. Large files, which
 rarely repeat, are then hashed rarely (figures: ``bench/README.md``).
 
+An image may hold a million small files, so their records are kept small. A file
+shorter than a block that lands in a fragment is recorded as one int
+(:func:`pack_short`) instead of a :class:`FileData`. When the output can be read back,
+such a file's dedup key is an int of 60 bits (40 bits of its sha256 and its size), and
+a file matching a key is compared with the stored file's bytes, read back, before it
+shares them; a different file with the same short key is keyed by its whole sha256 in
+a second, small map. So duplicates are exactly those the whole sha256 finds.
+
 Blocks are compressed by a thread pool but written strictly in submission order, so the
 output is byte-identical whatever the thread timing. At most :data:`IN_FLIGHT_BYTES` of
 blocks per worker (and at least two blocks) are in flight, which bounds memory: enough
@@ -239,6 +247,24 @@ class BlockPipeline:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
+#: Bits of a short file's size and of its fragment offset in :func:`pack_short`: both
+#: are below the block size, at most 1 MiB.
+_SHORT_BITS = 20
+_SHORT_MASK = (1 << _SHORT_BITS) - 1
+
+
+def pack_short(size: int, fragment: int, offset: int) -> int:
+    """A file shorter than a block, stored in fragment ``fragment`` at ``offset`` (or
+    empty, with fragment :data:`INVALID_INDEX`), as one int."""
+    return size | offset << _SHORT_BITS | fragment << 2 * _SHORT_BITS
+
+
+def unpack_short(packed: int) -> tuple[int, int, int]:
+    """(size, fragment index, fragment offset) of a :func:`pack_short` record."""
+    return (packed & _SHORT_MASK, packed >> 2 * _SHORT_BITS,
+            packed >> _SHORT_BITS & _SHORT_MASK)
+
+
 class FileData:
     """Where one file's contents landed: what its inode needs."""
 
@@ -269,6 +295,23 @@ class FileData:
         """The inode's "block sizes" array, packed."""
         return b"" if self.sizes is None else self.sizes.tobytes()
 
+    @classmethod
+    def of(cls, stored: Stored) -> FileData:
+        """The record of a stored file, made whole from a :func:`pack_short` int."""
+        if not isinstance(stored, int):
+            return stored
+        record = cls()
+        record.size, record.fragment, record.fragment_offset = unpack_short(stored)
+        return record
+
+
+#: Where a file's data is: a :class:`FileData`, or a :func:`pack_short` int.
+Stored = FileData | int
+
+#: Fragment blocks read back to check small duplicates, kept decoded: copies of one
+#: file tend to come many times.
+_FRAGMENT_CACHE = 8
+
 
 class DataWriter:
     """Streams file contents into the data area; see the module docstring for the rules."""
@@ -287,9 +330,15 @@ class DataWriter:
         self._zero = bytes(block_size)
         self._use_fragments = fragments
         self._dedup = dedup
-        #: dedup key (digest + 8-byte size, one bytes object to keep it small) -> data
-        self._seen: dict[bytes, FileData] = {}
+        #: dedup key -> data: digest + 8-byte size as one bytes object, or for a short
+        #: file checked by reading it back, a 60-bit int (see the module docstring)
+        self._seen: dict[bytes | int, Stored] = {}
+        #: short files whose short key was taken by a different file, by whole key
+        self._collided: dict[bytes, Stored] = {}
         self._decompress = decompress
+        self._short_keys = dedup and fragments and decompress is not None
+        #: fragment index -> decoded block, the last few read back
+        self._fragment_cache: dict[int, bytes] = {}
         #: with ``decompress`` (the output can be read back): a file of a block or more
         #: is hashed only when an earlier file has its size. The first file of each
         #: size, not hashed, is kept here (None once it is keyed, by reading it back).
@@ -308,7 +357,7 @@ class DataWriter:
     def fragment_count(self) -> int:
         return self._fragment_count
 
-    def write_file(self, stream: BinaryIO, size: int | None) -> FileData:
+    def write_file(self, stream: BinaryIO, size: int | None) -> Stored:
         """Read ``size`` bytes of ``stream`` (to EOF when None) and store them."""
         bs = self._block_size
         if size is not None and size < bs:
@@ -400,7 +449,7 @@ class DataWriter:
         self._place_tail(record, tail)
         return record
 
-    def write_bytes(self, data: bytes) -> FileData:
+    def write_bytes(self, data: bytes) -> Stored:
         """Store a file given whole."""
         if len(data) < self._block_size:
             return self._store_short(data)
@@ -466,27 +515,70 @@ class DataWriter:
     def _fragment_piece(self, index: int, offset: int, n: int) -> bytes:
         if index == self._fragment_count:  # the fragment block still being filled
             return bytes(self._fragment[offset:offset + n])
-        position, field, _ = FRAGMENT_ENTRY.unpack(self.fragment_table[index])
-        return self._read_block(position, field, self._block_size)[offset:offset + n]
+        while index >= len(self.fragment_table):  # submitted, not written yet
+            self._pipeline.retire_oldest()
+        cache = self._fragment_cache
+        block = cache.pop(index, None)
+        if block is None:
+            position, field, _ = FRAGMENT_ENTRY.unpack(self.fragment_table[index])
+            block = self._read_block(position, field, self._block_size)
+            if len(cache) >= _FRAGMENT_CACHE:
+                del cache[next(iter(cache))]
+        cache[index] = block  # the most recently used last
+        return block[offset:offset + n]
 
-    def _store_short(self, data: bytes) -> FileData:
+    def _store_short(self, data: bytes) -> Stored:
         """Store a file shorter than a block (most files are): in a fragment, or as a
         short block without fragments, unless an identical file is stored already."""
         size = len(data)
         self.bytes_in += size
-        key = b""
-        if self._dedup:
-            key = _key(_sha256_holding_gil(data), size)
+        if not self._dedup:
+            return self._place_short(data)
+        digest = _sha256_holding_gil(data)
+        if not self._short_keys:
+            key = _key(digest, size)
             previous = self._seen.get(key)
             if previous is not None:
                 self.duplicates += 1
                 return previous
-        record = FileData()
-        record.size = size
-        self._place_tail(record, data)
-        if self._dedup:
-            self._seen[key] = record
-        return record
+            stored = self._seen[key] = self._place_short(data)
+            return stored
+        short = int.from_bytes(digest[:5], "little") << _SHORT_BITS | size
+        previous = self._seen.get(short)
+        if previous is None:
+            stored = self._seen[short] = self._place_short(data)
+            return stored
+        if size == 0 or self._short_data(previous) == data:
+            self.duplicates += 1
+            return previous
+        key = _key(digest, size)
+        previous = self._collided.get(key)
+        if previous is not None:
+            self.duplicates += 1
+            return previous
+        stored = self._collided[key] = self._place_short(data)
+        return stored
+
+    def _short_data(self, stored: Stored) -> bytes:
+        """The bytes of a short file stored in a fragment, read back."""
+        assert isinstance(stored, int)
+        size, fragment, offset = unpack_short(stored)
+        return self._fragment_piece(fragment, offset, size)
+
+    def _place_short(self, data: bytes) -> Stored:
+        """Store a file shorter than a block; in a fragment it is recorded as an int."""
+        if not self._use_fragments:
+            record = FileData()
+            record.size = len(data)
+            self._place_tail(record, data)
+            return record
+        if not data:
+            return pack_short(0, INVALID_INDEX, 0)
+        if len(self._fragment) + len(data) > self._block_size:
+            self.flush_fragment()
+        stored = pack_short(len(data), self._fragment_count, len(self._fragment))
+        self._fragment += data
+        return stored
 
     def _place_tail(self, record: FileData, tail: bytes) -> None:
         """Store a file's last partial block (``b""``: none) in the fragment block being
@@ -505,6 +597,8 @@ class DataWriter:
         """Write the last fragment block and forget the dedup map (no more files)."""
         self.flush_fragment()
         self._seen.clear()
+        self._collided.clear()
+        self._fragment_cache.clear()
 
     def flush_fragment(self) -> None:
         """Write the fragment block being filled, if it holds anything."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from .blocks import FileData
+from .blocks import FileData, Stored, unpack_short
 from .directory import Listing
 from .format import (
     DEV_INODE,
@@ -70,9 +70,15 @@ def directory_body(
 _BASIC_FILE = struct.Struct("<" + INODE_HEADER.format.lstrip("<") + FILE_INODE.format.lstrip("<"))
 
 
-def file_inode(data: FileData, nlink: int, xattr: int, mode: int, uid: int, gid: int,
+def file_inode(data: Stored, nlink: int, xattr: int, mode: int, uid: int, gid: int,
                mtime: int, number: int) -> bytes:
     """A file's whole inode record, header included (most inodes are files: one pack)."""
+    if isinstance(data, int):  # a short file in a fragment, or empty
+        if nlink == 1 and xattr == INVALID_INDEX:
+            size, fragment, offset = unpack_short(data)
+            return _BASIC_FILE.pack(InodeType.FILE, mode, uid, gid, mtime, number,
+                                    0, fragment, offset, size)
+        data = FileData.of(data)
     start = data.start or 0
     blocks = data.block_list()
     if (

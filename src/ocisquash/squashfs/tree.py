@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..entry import EntryMeta
 from ..errors import SquashfsError
-from .blocks import FileData
+from .blocks import Stored
 from .format import MAX_NAME_LEN, InodeType
 
 _FILE = InodeType.FILE
@@ -53,7 +53,7 @@ class DirNode(Node):
 class FileNode(Node):
     __slots__ = ("data",)
 
-    def __init__(self, meta: EntryMeta, data: FileData) -> None:
+    def __init__(self, meta: EntryMeta, data: Stored) -> None:
         # Node's fields set here rather than through super(): one is made per file.
         self.type = _FILE
         self.meta = meta
