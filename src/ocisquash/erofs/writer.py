@@ -514,6 +514,7 @@ class _Finisher:
             subdirs = 0
             for name in sorted(node.children):
                 child = node.children[name]
+                assert not isinstance(child, int)  # only the squashfs writer puts ints
                 if isinstance(child, DirNode):
                     subdirs += 1
                     self._visit(child)
@@ -601,6 +602,7 @@ class _Finisher:
                 entries.append((name, FileType.DIR, node.parent_number))
             else:
                 child = node.children[name]
+                assert not isinstance(child, int)
                 entries.append((name, _FILE_TYPE[child.type], child.ref))
         blocks = []
         at = 0

@@ -13,6 +13,12 @@ Rules enforced here:
   non-directory standing where a parent must be is replaced by a directory);
 * a hard link shares the node object; replacing one of its names leaves the others on
   the old node.
+
+A tree may hold a million files, most of them short, so a file shorter than a block
+with one name is not a node: its directory holds one int, its metadata's index in the
+writer's list shifted by :data:`META_SHIFT` over its data record (``blocks.pack_short``).
+A writer that never puts such ints (EROFS) sees only nodes. A hard link to such a file
+makes it a :class:`FileNode` first.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from .blocks import Stored
 from .format import MAX_NAME_LEN, InodeType
 
 _FILE = InodeType.FILE
+
+#: Where a short file's metadata index starts in its int (above ``pack_short``'s bits).
+META_SHIFT = 72
+#: The data record of a short file's int.
+DATA_MASK = (1 << META_SHIFT) - 1
 
 
 class Node:
@@ -46,7 +57,8 @@ class DirNode(Node):
 
     def __init__(self, meta: EntryMeta) -> None:
         super().__init__(meta, InodeType.DIR)
-        self.children: dict[bytes, Node] = {}
+        #: a short file with one name is an int (see the module docstring)
+        self.children: dict[bytes, Node | int] = {}
         self.parent_number = 0
 
 
@@ -137,8 +149,8 @@ class Tree:
         self._last_head, self._last_dir = head, node
         return node
 
-    def get(self, path: bytes) -> Node | None:
-        node: Node = self.root
+    def get(self, path: bytes) -> Node | int | None:
+        node: Node | int = self.root
         for part in split_path(path):
             if not isinstance(node, DirNode):
                 return None
@@ -160,7 +172,7 @@ class Tree:
         else:
             children[parts[-1]] = DirNode(meta)
 
-    def put(self, path: bytes, node: Node, *, checked: bool = False) -> None:
+    def put(self, path: bytes, node: Node | int, *, checked: bool = False) -> None:
         """Place a non-directory ``node`` at ``path`` (already :meth:`placeable` when
         ``checked``), replacing whatever was there."""
         if not checked:

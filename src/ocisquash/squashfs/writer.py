@@ -43,7 +43,7 @@ from .metadata import MetadataWriter, pack_lookup_table
 from .options import WriterOptions as WriterOptions
 from .reuse import BlockReuse
 from .tables import IdTable, XattrTable, check_xattrs
-from .tree import DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
+from .tree import DATA_MASK, META_SHIFT, DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
 
 #: The cache key of the bytes written; kept in version.py so that reading it is cheap.
 from .version import FORMAT_VERSION as FORMAT_VERSION
@@ -68,6 +68,8 @@ class WriteSummary:
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+
+_FILE = InodeType.FILE
 
 _SPECIAL_KINDS = {
     "char": InodeType.CHAR_DEV,
@@ -130,6 +132,10 @@ class SquashfsWriter:
             ) from e
         self._metas: dict[EntryMeta, EntryMeta] = {}
         self._meta_ids: dict[int, tuple[EntryMeta, EntryMeta]] = {}
+        #: the kept metadata objects in order, and each one's index there (by identity),
+        #: which a short file's int in the tree holds (see ``tree.py``)
+        self._meta_list: list[EntryMeta] = []
+        self._meta_index: dict[int, int] = {}
         self._tree = Tree(self._meta(options.default_dir_meta))
         workers = options.workers or os.cpu_count() or 1
         self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers,
@@ -215,7 +221,14 @@ class SquashfsWriter:
             raise e.with_context(repr(path)) from None
         except OSError as e:
             raise self._write_error(e, path) from e
-        self._tree.put(path, FileNode(meta, written), checked=True)
+        if isinstance(written, int):
+            index = self._meta_index.get(id(meta))
+            if index is None:
+                index = self._meta_index[id(meta)] = len(self._meta_list)
+                self._meta_list.append(meta)
+            self._tree.put(path, index << META_SHIFT | written, checked=True)
+        else:
+            self._tree.put(path, FileNode(meta, written), checked=True)
 
     def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
         self._check_open()
@@ -263,6 +276,9 @@ class SquashfsWriter:
             raise SquashfsError(f"hard link target {target!r} does not exist", context=repr(path))
         if isinstance(node, DirNode):
             raise SquashfsError(f"hard link target {target!r} is a directory", context=repr(path))
+        if isinstance(node, int):  # a short file gets a node, which its names share
+            node = FileNode(self._meta_list[node >> META_SHIFT], node & DATA_MASK)
+            self._tree.put(target, node, checked=True)
         if path != target:
             self._tree.put(path, node)
 
@@ -336,7 +352,7 @@ class SquashfsWriter:
         out = self._out
         out.seek(position)
 
-        layout = _Layout(self._tree.root, self._compressor)
+        layout = _Layout(self._tree.root, self._compressor, self._meta_list)
         root_ref = layout.build()
 
         inode_table = position
@@ -437,7 +453,7 @@ def _readable(stream: BinaryIO) -> bool:
         return False
 
 
-def _sorted_children(node: DirNode) -> list[tuple[bytes, Node]]:
+def _sorted_children(node: DirNode) -> list[tuple[bytes, Node | int]]:
     """``node``'s children by name (names sort as bytes, faster than the pairs)."""
     children = node.children
     return [(name, children[name]) for name in sorted(children)]
@@ -452,8 +468,10 @@ class _Layout:
     comes last with the highest number.
     """
 
-    def __init__(self, root: DirNode, compressor: Compressor) -> None:
+    def __init__(self, root: DirNode, compressor: Compressor, metas: list[EntryMeta]) -> None:
         self.root = root
+        #: what a short file's int in the tree indexes (see ``tree.py``)
+        self.metas = metas
         self.inodes = MetadataWriter(compressor)
         self.dirs = MetadataWriter(compressor)
         self.ids = IdTable()
@@ -463,10 +481,10 @@ class _Layout:
         self._meta_fields: dict[int, tuple[int, int, int, int, int]] = {}
         self.stats = {"files": 0, "directories": 0, "symlinks": 0, "devices": 0, "hardlinks": 0}
 
-    def _postorder(self) -> list[tuple[DirNode, list[tuple[bytes, Node]]]]:
+    def _postorder(self) -> list[tuple[DirNode, list[tuple[bytes, Node | int]]]]:
         """Directories in post-order, each with its children sorted by name."""
-        order: list[tuple[DirNode, list[tuple[bytes, Node]]]] = []
-        stack: list[tuple[DirNode, list[tuple[bytes, Node]], int]] = []
+        order: list[tuple[DirNode, list[tuple[bytes, Node | int]]]] = []
+        stack: list[tuple[DirNode, list[tuple[bytes, Node | int]], int]] = []
         stack.append((self.root, _sorted_children(self.root), 0))
         while stack:
             node, children, i = stack.pop()
@@ -490,7 +508,9 @@ class _Layout:
         for node, children in order:
             subdirs = []
             for _, child in children:
-                if isinstance(child, DirNode):
+                if isinstance(child, int):  # a short file with one name
+                    number += 1
+                elif isinstance(child, DirNode):
                     subdirs.append(child)
                 elif child.nlink:
                     hardlinks += 1
@@ -512,12 +532,28 @@ class _Layout:
         self.root.parent_number = number + 1
         self.export = [0] * number
 
-        # Pass 2: write inodes and listings in the same order.
+        # Pass 2: write inodes and listings in the same order. A short file's int has no
+        # number: ``number`` counts again as pass 1 did, to give it its own.
+        number = 0
+        metas = self.metas
+        fields = self._fields
+        inodes = self.inodes
+        export = self.export
+        files = 0
         for node, children in order:
             entries: list[DirEntry] = []
             for name, child in children:
+                if isinstance(child, int):
+                    number += 1
+                    mode, uid, gid, mtime, xattr = fields(metas[child >> META_SHIFT])
+                    ref = export[number - 1] = inodes.append(file_inode(
+                        child & DATA_MASK, 1, xattr, mode, uid, gid, mtime, number))
+                    files += 1
+                    entries.append((name, _FILE, number, ref))
+                    continue
                 if child.ref < 0:  # not a directory (written already), nor a hard link
                     self._write_inode(child)
+                    number = child.number
                 # A node's type is the basic one, as entries store it.
                 entries.append((name, child.type, child.number, child.ref))
             listing = write_listing(self.dirs, entries)
@@ -526,7 +562,9 @@ class _Layout:
                 listing, node.nlink, node.parent_number, xattr, needs_extended(entries)
             )
             self._place(node, header(kind, mode, uid, gid, mtime, node.number) + body)
+            number = node.number
             self.stats["directories"] += 1
+        self.stats["files"] += files
         return self.root.ref
 
     def _fields(self, meta: EntryMeta) -> tuple[int, int, int, int, int]:
