@@ -6,7 +6,6 @@ write-only output, which cannot be read back, still keys by the whole sha256).""
 from __future__ import annotations
 
 import hashlib
-import io
 import random
 import tracemalloc
 from pathlib import Path
