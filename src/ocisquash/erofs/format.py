@@ -100,12 +100,6 @@ XATTR_PREFIXES: tuple[tuple[bytes, int], ...] = (
 )
 
 
-def encode_device(major: int, minor: int) -> int:
-    """The kernel's ``new_encode_dev``, which ``i_u.rdev`` holds: "device ID (if special
-    inodes)"; minor's low 8 bits, then major, then minor's high bits."""
-    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
-
-
 def compact_inode(
     layout: int, xattr_icount: int, mode: int, nlink: int, size: int, i_u: int, ino: int,
     uid: int, gid: int,

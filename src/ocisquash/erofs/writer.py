@@ -30,16 +30,14 @@ Rules enforced here:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections import deque
 from dataclasses import dataclass
-from types import TracebackType
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from ..entry import EntryMeta
 from ..errors import ErofsError, OutputError
-from ..rules import MAX_SYMLINK_TARGET
+from ..imagewriter import ImageWriter
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
 from .compress import Codec, CompressedData, has_map, index_extra, map_header
@@ -62,7 +60,6 @@ from .format import (
     FileType,
     Superblock,
     compact_inode,
-    encode_device,
     extended_inode,
 )
 from .options import ErofsCompression, ErofsOptions
@@ -77,7 +74,6 @@ _FILE_TYPE = {
     InodeType.FIFO: FileType.FIFO,
     InodeType.SOCKET: FileType.SOCK,
 }
-_SPECIAL_KINDS = {"char": InodeType.CHAR_DEV, "block": InodeType.BLOCK_DEV}
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
@@ -134,13 +130,15 @@ class _Inode:
         return EXTENDED_INODE_SIZE if self.extended else COMPACT_INODE_SIZE
 
 
-class ErofsWriter:
+class ErofsWriter(ImageWriter):
     """Writes one EROFS image; add entries in any order, then :meth:`finish`.
 
     ``output`` is a path (created or truncated) or a seekable, writable binary stream
     (the image starts at offset 0). The interface is that of ``SquashfsWriter``, so the
     flattener and ``pack`` feed either one.
     """
+
+    error = ErofsError
 
     def __init__(self, output: str | os.PathLike[str] | BinaryIO,
                  options: ErofsOptions | None = None) -> None:
@@ -196,10 +194,6 @@ class ErofsWriter:
         # Many entries share owner, mode and time: keep one object for each.
         return self._metas.setdefault(meta, meta)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ErofsError("the writer is already finished or aborted")
-
     def _check_path(self, path: bytes) -> None:
         # The shared tree allows squashfs's 256-byte names; EROFS allows 255.
         if len(path) > MAX_NAME_LEN and isinstance(path, bytes):
@@ -207,12 +201,6 @@ class ErofsWriter:
                 if len(part) > MAX_NAME_LEN:
                     raise ErofsError(f"name {part[:32]!r}… is {len(part)} bytes; "
                                      f"EROFS allows {MAX_NAME_LEN}", context=repr(path))
-
-    def add_directory(self, path: bytes, meta: EntryMeta) -> None:
-        """Create the directory ``path``, or update the metadata of an existing one."""
-        self._check_open()
-        self._check_path(path)
-        self._tree.add_directory(path, self._meta(meta))
 
     def add_file(self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes,
                  size: int | None = None) -> None:
@@ -241,73 +229,16 @@ class ErofsWriter:
             raise self._write_error(e, path) from e
         self._tree.put(path, FileNode(meta, extent), checked=True)
 
-    def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
-        self._check_open()
-        self._check_path(path)
-        if len(target) > MAX_SYMLINK_TARGET:
-            raise ErofsError(f"symlink target is {len(target)} bytes; Linux allows "
-                             f"{MAX_SYMLINK_TARGET}", context=repr(path))
-        if not target or b"\0" in target:
-            raise ErofsError(f"symlink target {target!r} is empty or has NUL",
-                             context=repr(path))
-        self._tree.put(path, SymlinkNode(self._meta(meta), target))
-
-    def add_device(self, path: bytes, meta: EntryMeta, kind: Literal["char", "block"],
-                   major: int, minor: int) -> None:
-        self._check_open()
-        self._check_path(path)
-        if kind not in _SPECIAL_KINDS:
-            raise ErofsError(f"device kind {kind!r} is not 'char' or 'block'",
-                             context=repr(path))
-        if not (0 <= major < 1 << 12 and 0 <= minor < 1 << 20):
-            raise ErofsError(f"device {major}:{minor} does not fit the format "
-                             "(major < 4096, minor < 2**20)", context=repr(path))
-        self._tree.put(path, SpecialNode(self._meta(meta), _SPECIAL_KINDS[kind],
-                                         encode_device(major, minor)))
-
-    def add_fifo(self, path: bytes, meta: EntryMeta) -> None:
-        self._check_open()
-        self._check_path(path)
-        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.FIFO))
-
-    def add_socket(self, path: bytes, meta: EntryMeta) -> None:
-        self._check_open()
-        self._check_path(path)
-        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.SOCKET))
-
     def add_hardlink(self, path: bytes, target: bytes) -> None:
         """Make ``path`` another name of the existing non-directory ``target``."""
-        self._check_open()
-        self._check_path(path)
-        node = self._tree.get(target)
-        if node is None:
-            raise ErofsError(f"hard link target {target!r} does not exist", context=repr(path))
-        if isinstance(node, DirNode):
-            raise ErofsError(f"hard link target {target!r} is a directory", context=repr(path))
+        node = self._link_target(path, target)
         if path != target:
             self._tree.put(path, node)
-
-    def exists(self, path: bytes) -> bool:
-        return self._tree.get(path) is not None
 
     # -- finishing ------------------------------------------------------------------
 
     def __enter__(self) -> ErofsWriter:
         return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif not self._closed:
-            self.finish()
-
-    def _write_error(self, e: OSError, path: bytes | None = None) -> OutputError:
-        what = f" (adding {path.decode('utf-8', 'replace')})" if path is not None else ""
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        return OutputError(f"cannot write the image{what}: {e.strerror or e}",
-                           context=self._name,
-                           hint="free space on that filesystem or write elsewhere" if full else "")
 
     def _close_spools(self) -> None:
         self._spool.close()

@@ -16,16 +16,15 @@ back. The image is then padded to a multiple of 4 KiB, "the device block size".
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import struct
 from dataclasses import dataclass
-from types import TracebackType
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from ..entry import EntryMeta
 from ..errors import OutputError, SquashfsError
-from ..rules import MAX_SYMLINK_TARGET, clamp_mtime
+from ..imagewriter import ImageWriter
+from ..rules import clamp_mtime
 from .blocks import BlockPipeline, DataWriter
 from .compressor import Compressor, make_compressor
 from .directory import DirEntry, needs_extended, write_listing
@@ -36,7 +35,6 @@ from .format import (
     InodeType,
     Superblock,
     SuperFlags,
-    encode_device,
 )
 from .inode import directory_body, file_inode, header, special_body, symlink_body
 from .metadata import MetadataWriter, pack_lookup_table
@@ -71,13 +69,9 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 _FILE = InodeType.FILE
 
-_SPECIAL_KINDS = {
-    "char": InodeType.CHAR_DEV,
-    "block": InodeType.BLOCK_DEV,
-}
 
 
-class SquashfsWriter:
+class SquashfsWriter(ImageWriter):
     """Writes one squashfs 4.0 image; add entries in any order, then :meth:`finish`.
 
     ``output`` is a path (created or truncated) or a seekable, writable binary stream
@@ -85,6 +79,8 @@ class SquashfsWriter:
     written as it is added; the rest is written by :meth:`finish`. Use as a context
     manager to have an exception abort the writer.
     """
+
+    error = SquashfsError
 
     def __init__(
         self,
@@ -186,16 +182,6 @@ class SquashfsWriter:
         # Many entries share owner, mode and time: keep one object for each.
         return self._metas.setdefault(meta, meta)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SquashfsError("the writer is already finished or aborted")
-
-    def add_directory(self, path: bytes, meta: EntryMeta) -> None:
-        """Create the directory ``path``, or update the metadata of an existing one
-        (its children are kept)."""
-        self._check_open()
-        self._tree.add_directory(path, self._meta(meta))
-
     def add_file(
         self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes, size: int | None = None
     ) -> None:
@@ -230,86 +216,19 @@ class SquashfsWriter:
         else:
             self._tree.put(path, FileNode(meta, written), checked=True)
 
-    def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
-        self._check_open()
-        if len(target) > MAX_SYMLINK_TARGET:
-            # The kernel refuses symlink inodes whose target exceeds a page.
-            raise SquashfsError(
-                f"symlink target is {len(target)} bytes; Linux allows {MAX_SYMLINK_TARGET}",
-                context=repr(path),
-            )
-        if not target or b"\0" in target:
-            raise SquashfsError(
-                f"symlink target {target!r} is empty or has NUL", context=repr(path)
-            )
-        self._tree.put(path, SymlinkNode(self._meta(meta), target))
-
-    def add_device(
-        self, path: bytes, meta: EntryMeta, kind: Literal["char", "block"], major: int, minor: int
-    ) -> None:
-        self._check_open()
-        if kind not in _SPECIAL_KINDS:
-            raise SquashfsError(
-                f"device kind {kind!r} is not 'char' or 'block'", context=repr(path)
-            )
-        if not (0 <= major < 1 << 12 and 0 <= minor < 1 << 20):
-            raise SquashfsError(
-                f"device {major}:{minor} does not fit the format (major < 4096, minor < 2**20)",
-                context=repr(path),
-            )
-        node = SpecialNode(self._meta(meta), _SPECIAL_KINDS[kind], encode_device(major, minor))
-        self._tree.put(path, node)
-
-    def add_fifo(self, path: bytes, meta: EntryMeta) -> None:
-        self._check_open()
-        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.FIFO))
-
-    def add_socket(self, path: bytes, meta: EntryMeta) -> None:
-        self._check_open()
-        self._tree.put(path, SpecialNode(self._meta(meta), InodeType.SOCKET))
-
     def add_hardlink(self, path: bytes, target: bytes) -> None:
         """Make ``path`` another name of the existing non-directory ``target``."""
-        self._check_open()
-        node = self._tree.get(target)
-        if node is None:
-            raise SquashfsError(f"hard link target {target!r} does not exist", context=repr(path))
-        if isinstance(node, DirNode):
-            raise SquashfsError(f"hard link target {target!r} is a directory", context=repr(path))
+        node = self._link_target(path, target)
         if isinstance(node, int):  # a short file gets a node, which its names share
             node = FileNode(self._meta_list[node >> META_SHIFT], node & DATA_MASK)
             self._tree.put(target, node, checked=True)
         if path != target:
             self._tree.put(path, node)
 
-    def exists(self, path: bytes) -> bool:
-        return self._tree.get(path) is not None
-
     # -- finishing ------------------------------------------------------------------
 
     def __enter__(self) -> SquashfsWriter:
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif not self._closed:
-            self.finish()
-
-    def _write_error(self, e: OSError, path: bytes | None = None) -> OutputError:
-        """The error for a failed write of the image (a full disk, most often)."""
-        what = f" (adding {path.decode('utf-8', 'replace')})" if path is not None else ""
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-        return OutputError(
-            f"cannot write the image{what}: {e.strerror or e}",
-            context=self._name,
-            hint="free space on that filesystem or write elsewhere" if full else "",
-        )
 
     def abort(self) -> None:
         """Stop the compression threads and discard the image being written."""
