@@ -187,8 +187,11 @@ class _Inode:
         self.deferred: list[bytes] | None = None
 
 
-#: the metadata of a file inode known by position only; never written (see _inode_at)
+#: the metadata of a file inode known by name only; never written (see _inode_at)
 _UNREAD_META = EntryMeta()
+#: ``_LayerPass.names``' value for a file emitted under that one name: a shared small
+#: int, where its member position would cost an int object per file
+_BARE_FILE = -1
 
 
 def _parent(path: bytes) -> bytes:
@@ -260,8 +263,8 @@ class _LayerPass:
         self.opaques: list[bytes] = []
         #: this layer's non-directories by name, as tar extraction would see them; a
         #: name emitted and not linked to yet holds only what a link may need of its
-        #: entry (an inode written under that one name: a file's position, else the
-        #: entry), made an _Inode when a link finds it (see _inode_at)
+        #: entry (an inode written under that one name: _BARE_FILE for a file, else
+        #: the entry), made an _Inode when a link finds it (see _inode_at)
         self.names: dict[bytes, _Inode | TarEntry | int] = {}
         #: the decision of every non-directory this layer emits (see _SharedNondir)
         self.nondir = _SharedNondir(_NONDIR, index, meta_layer=index)
@@ -320,8 +323,13 @@ class _LayerPass:
         node = self.decided.get(path)
         if node is None:
             self._emit(e, data)
-            self.decided[path] = (_Decided(_DIR, self.index, meta_layer=self.index)
-                                  if e.kind == "dir" else self.nondir)
+            if e.kind == "dir":
+                self.decided[path] = _Decided(_DIR, self.index, meta_layer=self.index)
+            elif self.index:
+                self.decided[path] = self.nondir
+            # The bottom layer's non-directories hide nothing below it, so they are not
+            # decided: ``names`` knows them for this layer (see _visible), and a later
+            # entry of the same path finds none and replaces it in the sink.
             self._touch(path)
         elif node.layer > self.index:  # decided by an upper layer
             if node.kind == _DIR and e.kind == "dir":
@@ -436,25 +444,34 @@ class _LayerPass:
         """``None`` when an upper layer hides ``path`` through an ancestor; else the
         ancestors not decided yet (they become implicit directories)."""
         missing: list[bytes] = []
+        own: bytes | None = None
         p = path
         while p:
             p = _parent(p)
             node = self.decided.get(p)
             if node is None:
-                missing.append(p)
+                if own is None and p in self.names:
+                    # This layer's non-directory not decided (the bottom layer's), or one
+                    # it hid: an ancestor above then hides it, and ``path`` with it.
+                    own = p
+                elif own is None:
+                    missing.append(p)
                 continue
             if node.opaque or node.kind == _WHITEOUT:
                 return None
             if node.kind == _NONDIR:
                 if node.layer > self.index:
                     return None
-                raise UnsafeLayerError(
-                    f"entry {_show(path)} lies beneath {_show(p)}, which this layer made a "
-                    "non-directory (a symlink?) before it",
-                    context=self.context,
-                    hint="extracting the layer would write through that entry; ocisquash "
-                         "refuses such layers",
-                )
+                own = own or p
+                break
+        if own is not None:
+            raise UnsafeLayerError(
+                f"entry {_show(path)} lies beneath {_show(own)}, which this layer made a "
+                "non-directory (a symlink?) before it",
+                context=self.context,
+                hint="extracting the layer would write through that entry; ocisquash "
+                     "refuses such layers",
+            )
         return missing
 
     def _marker(self, path: bytes, base: bytes) -> None:
@@ -509,7 +526,7 @@ class _LayerPass:
             self._link(e)
         else:
             self._write(path, e, data)
-            self._bind(path, e.position if e.kind == "file" else e)
+            self._bind(path, _BARE_FILE if e.kind == "file" else e)
 
     def _write(self, path: bytes, e: TarEntry, data: BinaryIO | bytes | None) -> None:
         """Hand one non-directory, non-link entry to the sink under ``path``."""
@@ -531,7 +548,7 @@ class _LayerPass:
         if e.kind == "dir":
             return
         if e.kind == "hardlink":
-            target = self._inode_at(e.linkname)
+            target = self._inode_at(e.linkname, e.position)
             if target is None:
                 raise self._dangling(e)
             self._bind(e.path, target)
@@ -548,7 +565,7 @@ class _LayerPass:
         )
 
     def _link(self, e: TarEntry) -> None:
-        inode = self._inode_at(e.linkname)
+        inode = self._inode_at(e.linkname, e.position)
         if inode is None:
             raise self._dangling(e)
         path = e.path
@@ -585,16 +602,19 @@ class _LayerPass:
             inode.head += 1
         return None
 
-    def _inode_at(self, name: bytes) -> _Inode | None:
-        """The inode ``name`` holds in this layer, if any. A bare entry there (emitted
-        under that name only) becomes an _Inode written under it."""
+    def _inode_at(self, name: bytes, link: int) -> _Inode | None:
+        """The inode ``name`` holds in this layer, if any, for the link at member
+        position ``link``. A bare entry there (emitted under that one name only)
+        becomes an _Inode written under it."""
         found = self.names.get(name)
         if found is None or isinstance(found, _Inode):
             return found
         if isinstance(found, int):
-            # A file. Its data, and with it its metadata, can only come from a second
-            # pass, which reads the member at this position again (see _second_pass).
-            found = TarEntry(name, "file", _UNREAD_META, position=found)
+            # A file: the last non-directory member named ``name`` before the link, as
+            # every later one would have replaced it here. Its data, and with it its
+            # metadata, can only come from a second pass, which finds it (see
+            # _second_pass); -1 - link stands for that position until then.
+            found = TarEntry(name, "file", _UNREAD_META, position=-1 - link)
         inode = self.names[name] = _Inode(found, [name])
         return inode
 
@@ -637,11 +657,12 @@ class _LayerPass:
     # -- the second pass ------------------------------------------------------------
 
     def _second_pass(self) -> None:
+        if not self.deferred:
+            return
+        self._find_bare_files()
         wanted: dict[int, _Inode] = {}
         for inode in self.deferred.values():
             wanted[inode.entry.position] = inode
-        if not wanted:
-            return
         f = self.f
         f.second_passes += 1
         if f.progress is not None:
@@ -666,6 +687,32 @@ class _LayerPass:
             for name in rest:
                 self.sink.add_hardlink(name, first)
         self.deferred.clear()
+
+    def _find_bare_files(self) -> None:
+        """Give the files the second pass needs that are known by name only (see
+        _inode_at) their member positions, by reading the layer's headers once more.
+        This takes a file whose data was written under its name, then linked to by a
+        hidden link, then replaced, then linked to through the hidden name: in
+        practice, never."""
+        bare: dict[bytes, list[_Inode]] = {}
+        for inode in {id(i): i for i in self.deferred.values()}.values():
+            if inode.entry.position < 0:
+                bare.setdefault(inode.entry.path, []).append(inode)
+        if not bare:
+            return
+        found: dict[_Inode, int] = {}
+        f = self.f
+        for entry, _ in read_layer(self.layer, limits=f.limits, index=self.index,
+                                   small_files=SMALL_FILE):
+            inodes = bare.get(entry.path)
+            if inodes is None or entry.kind == "dir":
+                continue
+            for inode in inodes:
+                if entry.position < -1 - inode.entry.position:
+                    found[inode] = entry.position
+        for inodes in bare.values():
+            for inode in inodes:
+                inode.entry = inode.entry._replace(position=found[inode])
 
 
 __all__ = [

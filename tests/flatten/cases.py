@@ -210,6 +210,12 @@ CASES = [
          # finds no written name holding the old inode, so a second pass reads it.
          [[F("a", b"old", mode=0o640), H("h", "a"), F("a", b"new"), H("c", "h")], [W("h")]],
          {b"a": "file:new", b"c": "file:old", b"h": None}),
+    Case("test_link_through_a_hidden_link_finds_the_last_member_of_the_name_before_it",
+         # "a" is known by name only when "h" links to it: the second pass must take
+         # the member named "a" last listed before "h", not the first nor the last.
+         [[F("a", b"first"), F("a", b"old", mode=0o640), H("h", "a"), F("a", b"new"),
+           H("c", "h")], [W("h")]],
+         {b"a": "file:new", b"c": "file:old", b"h": None}),
     Case("test_hardlink_itself_whited_out_leaves_target",
          [[F("a", b"data"), H("b", "a")], [W("b")]], {b"a": "file:data", b"b": None}),
     Case("test_hardlink_to_hidden_symlink_becomes_symlink",
