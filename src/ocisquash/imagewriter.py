@@ -17,9 +17,11 @@ format's name-length rule (:meth:`_check_path`), and the finish sequence.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 from types import TracebackType
-from typing import Any, ClassVar, Literal
+from typing import BinaryIO, ClassVar, Generic, Literal, Self, TypeVar
 
 from .entry import EntryMeta
 from .errors import OcisquashError, OutputError
@@ -29,8 +31,11 @@ from .squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
 
 _SPECIAL_KINDS = {"char": InodeType.CHAR_DEV, "block": InodeType.BLOCK_DEV}
 
+#: what a writer's :meth:`ImageWriter.finish` returns
+SummaryT = TypeVar("SummaryT")
 
-class ImageWriter:
+
+class ImageWriter(Generic[SummaryT]):
     """The base of ``SquashfsWriter`` and ``ErofsWriter``; not used on its own."""
 
     #: the format's error type, raised for a bad entry
@@ -39,6 +44,11 @@ class ImageWriter:
     _closed: bool
     #: the output's name, for messages
     _name: str
+    _out: BinaryIO
+    #: whether the writer opened the output (and so closes it, and removes it on abort)
+    _owned: bool
+    #: the output's path when the writer opened it
+    _path: str | bytes | None
 
     # -- what each writer provides ----------------------------------------------------
 
@@ -49,10 +59,13 @@ class ImageWriter:
     def _check_path(self, path: bytes) -> None:
         """Refuse a path the format cannot name (beyond the tree's own rules)."""
 
-    def abort(self) -> None:
+    def _write_rest(self) -> SummaryT:
+        """Write everything that follows the file data (tables, inodes, superblock) and
+        stop the writer's threads and spools."""
         raise NotImplementedError
 
-    def finish(self) -> Any:
+    def _stop(self) -> None:
+        """Stop the writer's threads and spools without writing more."""
         raise NotImplementedError
 
     # -- adding entries ---------------------------------------------------------------
@@ -119,6 +132,42 @@ class ImageWriter:
         return self._tree.get(path) is not None
 
     # -- finishing --------------------------------------------------------------------
+
+    def finish(self) -> SummaryT:
+        """Write the rest of the image and close it; return the writer's summary. On any
+        failure the image is discarded (see :meth:`abort`)."""
+        self._check_open()
+        try:
+            summary = self._write_rest()
+            if self._owned:
+                self._out.close()
+        except OSError as e:
+            self.abort()
+            raise self._write_error(e) from e
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return summary
+
+    def abort(self) -> None:
+        """Stop the writer and discard the image being written."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop()
+        if self._owned:
+            # Flushing what is buffered may fail again (a full disk): the image is
+            # discarded anyway, and the error that made us abort is the one to report.
+            with contextlib.suppress(OSError):
+                self._out.close()
+        if self._path is not None:
+            # A half-written image must not look like one.
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+
+    def __enter__(self) -> Self:
+        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -29,7 +29,6 @@ Rules enforced here:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -130,7 +129,7 @@ class _Inode:
         return EXTENDED_INODE_SIZE if self.extended else COMPACT_INODE_SIZE
 
 
-class ErofsWriter(ImageWriter):
+class ErofsWriter(ImageWriter["ErofsSummary"]):
     """Writes one EROFS image; add entries in any order, then :meth:`finish`.
 
     ``output`` is a path (created or truncated) or a seekable, writable binary stream
@@ -237,42 +236,14 @@ class ErofsWriter(ImageWriter):
 
     # -- finishing ------------------------------------------------------------------
 
-    def __enter__(self) -> ErofsWriter:
-        return self
-
-    def _close_spools(self) -> None:
+    def _stop(self) -> None:
+        self._data.close()
         self._spool.close()
 
-    def abort(self) -> None:
-        """Discard the image being written."""
-        if self._closed:
-            return
-        self._closed = True
-        self._data.close()
-        self._close_spools()
-        if self._owned:
-            with contextlib.suppress(OSError):
-                self._out.close()
-        if self._path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._path)
-
-    def finish(self) -> ErofsSummary:
-        """Write directories, xattrs, inodes and the superblock; return a summary."""
-        self._check_open()
-        try:
-            summary = _Finisher(self).run()
-            self._data.close()
-            self._close_spools()
-            if self._owned:
-                self._out.close()
-        except OSError as e:
-            self.abort()
-            raise self._write_error(e) from e
-        except BaseException:
-            self.abort()
-            raise
-        self._closed = True
+    def _write_rest(self) -> ErofsSummary:
+        """Write directories, xattrs, inodes and the superblock."""
+        summary = _Finisher(self).run()
+        self._stop()
         return summary
 
 

@@ -15,7 +15,6 @@ back. The image is then padded to a multiple of 4 KiB, "the device block size".
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 from dataclasses import dataclass
@@ -71,7 +70,7 @@ _FILE = InodeType.FILE
 
 
 
-class SquashfsWriter(ImageWriter):
+class SquashfsWriter(ImageWriter["WriteSummary"]):
     """Writes one squashfs 4.0 image; add entries in any order, then :meth:`finish`.
 
     ``output`` is a path (created or truncated) or a seekable, writable binary stream
@@ -227,42 +226,11 @@ class SquashfsWriter(ImageWriter):
 
     # -- finishing ------------------------------------------------------------------
 
-    def __enter__(self) -> SquashfsWriter:
-        return self
-
-    def abort(self) -> None:
-        """Stop the compression threads and discard the image being written."""
-        if self._closed:
-            return
-        self._closed = True
+    def _stop(self) -> None:
         self._pipeline.close(cancel=True)
-        if self._owned:
-            # Flushing what is buffered may fail again (a full disk): the image is
-            # discarded anyway, and the error that made us abort is the one to report.
-            with contextlib.suppress(OSError):
-                self._out.close()
-        if self._path is not None:
-            # A half-written image must not look like one.
-            with contextlib.suppress(OSError):
-                os.unlink(self._path)
 
-    def finish(self) -> WriteSummary:
-        """Write all tables and the superblock, pad to 4 KiB, flush; return a summary."""
-        self._check_open()
-        try:
-            summary = self._finish()
-            if self._owned:
-                self._out.close()
-        except OSError as e:
-            self.abort()
-            raise self._write_error(e) from e
-        except BaseException:
-            self.abort()
-            raise
-        self._closed = True
-        return summary
-
-    def _finish(self) -> WriteSummary:
+    def _write_rest(self) -> WriteSummary:
+        """Write all tables and the superblock, pad to 4 KiB, flush."""
         opts = self._options
         self._data.close()
         self._pipeline.drain()
