@@ -183,3 +183,12 @@ class ImageWriter(Generic[SummaryT]):
         return OutputError(f"cannot write the image{what}: {e.strerror or e}",
                            context=self._name,
                            hint="free space on that filesystem or write elsewhere" if full else "")
+
+
+def readable(out: BinaryIO) -> bool:
+    """Whether the image being written can be read back (to check a duplicate, or to key
+    a file late): not when the writer was handed a write-only stream."""
+    try:
+        return bool(out.readable())
+    except (AttributeError, ValueError, OSError):
+        return False

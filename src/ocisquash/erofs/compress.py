@@ -63,7 +63,8 @@ from typing import BinaryIO
 import lz4.block
 
 from ..errors import ErofsError
-from .data import CHUNK, Extent, Spool, readable
+from ..imagewriter import readable
+from .data import CHUNK, Extent, Spool
 from .format import BLOCK_SIZE, DataLayout
 from .options import ErofsCompression
 

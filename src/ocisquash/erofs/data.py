@@ -32,6 +32,7 @@ import tempfile
 from typing import BinaryIO
 
 from ..errors import ErofsError
+from ..imagewriter import readable
 from .format import BLOCK_SIZE, DataLayout
 
 #: Read size for streamed files: whole blocks, so only the last read holds a tail.
@@ -217,11 +218,3 @@ class FlatData:
         self._seen.clear()
         if self._firsts is not None:
             self._firsts.clear()
-
-
-def readable(out: BinaryIO) -> bool:
-    """Whether the image being written can be read back (to key a file late)."""
-    try:
-        return bool(out.readable())
-    except (AttributeError, ValueError, OSError):
-        return False

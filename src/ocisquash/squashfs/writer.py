@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from ..entry import EntryMeta
 from ..errors import OutputError, SquashfsError
-from ..imagewriter import ImageWriter
+from ..imagewriter import ImageWriter, readable
 from ..rules import clamp_mtime
 from .blocks import BlockPipeline, DataWriter
 from .compressor import Compressor, make_compressor
@@ -141,7 +141,7 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             fragments=options.fragments,
             dedup=options.dedup,
             # Duplicate detection reads a few files back when the output allows it.
-            decompress=self._compressor.decompress if _readable(self._out) else None,
+            decompress=self._compressor.decompress if readable(self._out) else None,
         )
         self._closed = False
 
@@ -331,13 +331,6 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             compression=opts.compression.value,
             block_size=opts.block_size,
         )
-
-
-def _readable(stream: BinaryIO) -> bool:
-    try:
-        return bool(stream.readable())
-    except (AttributeError, OSError, ValueError):
-        return False
 
 
 def _sorted_children(node: DirNode) -> list[tuple[bytes, Node | int]]:
