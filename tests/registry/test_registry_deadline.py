@@ -156,9 +156,13 @@ def test_the_watchdog_thread_runs_only_while_a_request_is_open(
     proxy.add("delay", "/blobs/", delay=1.0)  # the config request stays open a second
     fetch = threading.Thread(target=image.config)
     fetch.start()
-    while not proxy.inflight and fetch.is_alive():
+    # Looked for while the request is open (the proxy holds it a second), not sampled
+    # once: on a busy machine this thread may first run again only late in that second.
+    watchdogs: list[threading.Thread] = []
+    while fetch.is_alive() and not watchdogs:
+        if proxy.inflight:
+            watchdogs = [t for t in threading.enumerate() if t.name == "ocisquash-deadline"]
         time.sleep(0.01)
-    watchdogs = [t for t in threading.enumerate() if t.name == "ocisquash-deadline"]
     fetch.join()
     assert watchdogs and image.config().digest  # a request was open, and it was watched
     for t in watchdogs:
