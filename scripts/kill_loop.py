@@ -61,7 +61,10 @@ def check_cache(cache: Path) -> list[str]:
     if not cache.exists():
         return []
     problems = []
-    for e in (cache / "images").iterdir():
+    images = cache / "images"
+    # A kill while the cache was being created may leave its root without images/:
+    # nothing is published yet, and the next compile makes the rest.
+    for e in images.iterdir() if images.is_dir() else ():
         for name in ("image.squashfs", "info.json", "manifest.json", "config.json"):
             if not (e / name).is_file():
                 problems.append(f"entry {e.name[:12]} lacks {name}")
