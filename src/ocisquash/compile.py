@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, ParamSpec, TypeVar
 
@@ -176,7 +177,13 @@ def _writer_options_key(options: WriterOptions | ErofsOptions | None,
             # other bytes for them before, so their images have keys of their own.
             d["gzip_deflate"] = "zlib"
     d.pop("workers", None)  # thread count never changes the bytes
-    return json.loads(json.dumps(d, default=str))  # type: ignore[no-any-return]
+    # Enums by their values ("zstd", not "Compression.ZSTD"): the key is also what a
+    # published image's options annotation shows.
+    return json.loads(json.dumps(d, default=_plain))  # type: ignore[no-any-return]
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Enum) else str(value)
 
 
 class _CountingStream:

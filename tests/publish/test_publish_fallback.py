@@ -35,6 +35,9 @@ def test_push_writes_an_artifact_and_fallback_index_that_skopeo_reads(
     assert len(ann["io.ocisquash.verity.roothash"]) == 64
     assert {"io.ocisquash.format.version", "io.ocisquash.options.key",
             "io.ocisquash.tool.version"} <= set(ann)
+    # Options read as a user wrote them: the compressor by its name.
+    options = json.loads(ann["io.ocisquash.options"])
+    assert options["compression"] == "zstd" and options["block_size"] == 131072
     # The root hash in the annotation is the one compile wrote beside the image.
     cache_images = list((tmp_path / "cache" / "images").iterdir())
     roothash = (cache_images[0] / "image.squashfs.roothash").read_text().strip()
