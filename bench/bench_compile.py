@@ -13,8 +13,21 @@ reversed every other round), each cold from a local ``docker-registry``:
 * ``ocisquash-equal``: ``ocisquash compile --compression gzip --level 9 --block-size 128K``
   (fragments and duplicate detection on, all cores), empty cache directory;
 * ``ocisquash-default``: ``ocisquash compile`` with its defaults, empty cache directory;
+* ``ocisquash-erofs``: ``ocisquash compile --format erofs --compression lz4hc`` (level 9,
+  128 KiB physical clusters: EROFS's defaults), empty cache directory;
+* ``ocisquash-lz4hc``: the squashfs compile at the same settings (lz4 in its
+  high-compression mode, level 9, 128 KiB blocks), empty cache directory. The CLI offers
+  lz4hc for EROFS only, so this one calls ``ocisquash.compile.compile_image`` in a fresh
+  interpreter (issue 23 compares the two formats' compile times);
 * ``warm-registry``: the same image again by tag from the registry, cache filled by the
   default run; ``warm-layout``: the same from the image's OCI layout.
+
+The versions images (``devel-v2``, ``devel-v3`` of ``bench/images.py``: devel with a few
+files of its top or bottom layer changed) run other rounds (issue 24): for each setting
+(the defaults, and gzip 9 / 128 KiB), the version compiled into a copy of a cache that
+holds only devel (``after``; the copy, of hard links, is made untimed before each run)
+and into an empty cache (``cold``), alternating; the two outputs of a round are compared
+with ``cmp``.
 
 Each step runs as a child process reaped with ``os.wait4``: CPU is user+sys of all
 steps (including their own children), peak RSS is the largest ``ru_maxrss`` of any
@@ -78,9 +91,26 @@ import images
 HERE = Path(__file__).resolve().parent
 NPROC = os.cpu_count() or 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "warm-registry", "warm-layout",
-              "floor")
+CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "ocisquash-erofs",
+              "ocisquash-lz4hc", "warm-registry", "warm-layout", "floor")
 EQUAL = ["--compression", "gzip", "--level", "9", "--block-size", "128K"]
+#: EROFS at its defaults, spelled out: lz4hc level 9, 128 KiB physical clusters.
+EROFS = ["--format", "erofs", "--compression", "lz4hc"]
+#: The squashfs compile at EROFS's settings, through the API (the CLI refuses lz4hc for
+#: squashfs): argv is IMAGE OUT CACHE.
+LZ4HC_SQUASHFS = """
+import sys
+from pathlib import Path
+from ocisquash.compile import compile_image
+from ocisquash.sources.options import SourceOptions
+from ocisquash.squashfs.options import Compression, WriterOptions
+image, out, cache = sys.argv[1:4]
+compile_image(image, out, source_options=SourceOptions(cache_dir=Path(cache)),
+              writer_options=WriterOptions(compression=Compression.LZ4, lz4_hc=True, level=9,
+                                           block_size=128 << 10))
+"""
+#: Settings of the recompile rounds of the versions images (label: compile options).
+RECOMPILE = {"defaults": [], "gzip 9, 128K": EQUAL}
 #: GNU time, for each step's own peak RSS (see step()).
 TIME = "/usr/bin/time"
 #: How ocisquash is run: ``python -m ocisquash`` from a snapshot of one commit (see snapshot()).
@@ -368,6 +398,81 @@ def run_ocisquash(image: str, tmp: Path, cache: Path, extra: list[str]) -> Measu
     return m
 
 
+def run_lz4hc_squashfs(image: str, tmp: Path, cache: Path) -> Measure:
+    """The squashfs compile at EROFS's settings (see LZ4HC_SQUASHFS), in a fresh interpreter."""
+    m = Measure()
+    out = tmp / "out.squashfs"
+    try:
+        step(m, "compile", [[sys.executable, "-c", LZ4HC_SQUASHFS, image, str(out), str(cache)]])
+        m.size = out.stat().st_size
+    except StepFailed as e:
+        m.error = str(e)
+    return m
+
+
+# --------------------------------------------------------------------------- recompiles
+
+
+def bench_version(name: str, refs: dict[str, str], runs: int, workdir: Path,
+                  loads: list[str]) -> dict[str, list[Measure]]:
+    """The recompile rounds of a versions image (see the module docstring). Results are
+    keyed ``cold SETTING`` and ``after SETTING``; an ``after`` run's ``info["identical"]``
+    says whether its output was byte for byte the cold one of its round."""
+    base = images.VERSIONS[name][0]
+    results: dict[str, list[Measure]] = {}
+    tmp_root = workdir / "tmp"
+    for label, flags in RECOMPILE.items():
+        slug = "".join(ch if ch.isalnum() else "-" for ch in label)
+        cold, after = results.setdefault(f"cold {label}", []), results.setdefault(f"after {label}", [])
+        v1_cache = tmp_root / f"cache-{base}-{slug}"
+        v1_tmp = tmp_root / f"{base}-{slug}"
+        discard(v1_cache, workdir)
+        discard(v1_tmp, workdir)
+        v1_tmp.mkdir(parents=True)
+        v1 = run_ocisquash(f"docker://{refs[base]}", v1_tmp, v1_cache, flags)
+        discard(v1_tmp, workdir)
+        log(f"{name} {label}: {base} into a cache: {v1.wall:.2f} s {v1.error}")
+        if v1.error:
+            after.append(Measure(error=f"compiling {base}: {v1.error}"))
+            continue
+        for r in range(runs):
+            order = ("cold", "after") if r % 2 == 0 else ("after", "cold")
+            loads.append(f"{os.getloadavg()[0]:.1f}")
+            outs: dict[str, Path] = {}
+            for kind in order:
+                tmp = tmp_root / f"{name}-{kind}"
+                cache = tmp_root / f"cache-{name}-{kind}"
+                discard(tmp, workdir)
+                discard(cache, workdir)
+                tmp.mkdir(parents=True)
+                if kind == "after":
+                    # Hard links: a cache entry records its image's inode (a write through
+                    # a link that -o placed is detected by it), so a copied entry counts
+                    # as damaged and is passed over. Entries are never written in place.
+                    subprocess.run(["cp", "-al", str(v1_cache), str(cache)], check=True)
+                os.sync()
+                m = run_ocisquash(f"docker://{refs[name]}", tmp, cache, flags)
+                (after if kind == "after" else cold).append(m)
+                if not m.error:
+                    outs[kind] = tmp_root / f"out-{name}-{kind}.squashfs"
+                    discard(outs[kind], workdir)
+                    (tmp / "out.squashfs").rename(outs[kind])
+                discard(tmp, workdir)
+                discard(cache, workdir)
+            if len(outs) == 2:
+                same = subprocess.run(["cmp", "-s", str(outs["cold"]), str(outs["after"])],
+                                      check=False).returncode == 0
+                after[-1].info["identical"] = same
+            for out in outs.values():
+                discard(out, workdir)
+            log(f"{name} {label} round {r + 1}/{runs} ({', '.join(order)}): cold "
+                f"{cold[-1].wall:.2f} s, after {base} {after[-1].wall:.2f} s, identical "
+                f"{after[-1].info.get('identical')}; load {loads[-1]} {cold[-1].error} "
+                f"{after[-1].error}")
+        discard(v1_cache, workdir)
+    return results
+
+
 # --------------------------------------------------------------------------- the floor
 
 
@@ -604,6 +709,10 @@ def _round(name: str, ref: str, layout: Path, workdir: Path, contenders: list[st
             m = run_peer(c, ref, tmp)
         elif c == "ocisquash-equal":
             m = run_ocisquash(f"docker://{ref}", tmp, cache, EQUAL)
+        elif c == "ocisquash-erofs":
+            m = run_ocisquash(f"docker://{ref}", tmp, cache, EROFS)
+        elif c == "ocisquash-lz4hc":
+            m = run_lz4hc_squashfs(f"docker://{ref}", tmp, cache)
         else:
             m = run_ocisquash(f"docker://{ref}", tmp, cache, [])
             cache_default = cache
@@ -733,13 +842,15 @@ def save(workdir: Path, name: str, sha: str, runs: int, started: str, loads: lis
 
 
 def load_saved(workdir: Path, sha: str) -> list[tuple[str, dict[str, typing.Any]]]:
-    """Saved results of commit ``sha``, in the order of images.IMAGES."""
+    """Saved results of commit ``sha``, in the order of images.IMAGES. A versions image's
+    recompile rounds are taken from whichever commit ran them last (the report names it):
+    they can be measured again on newer code without a full run."""
     out = []
     for name in images.IMAGES:
         f = workdir / RESULTS / f"{name}.json"
         if f.exists():
             data = json.loads(f.read_text())
-            if data["sha"] == sha:
+            if data["sha"] == sha or name in images.VERSIONS:
                 out.append((name, data))
     return out
 
@@ -783,6 +894,7 @@ def report(workdir: Path, sha: str, out: Path) -> None:
     ] + [f"- {name}: {d['runs']} runs, {d['started']} → {d['finished']}; load "
          + ", ".join(str(x) for x in d["loads"])
          + (f"; contenders wrote to {d['scratch']}" if d.get("scratch") else "")
+         + (f"; commit {d['sha']}" if d["sha"] != sha else "")
          for name, d in saved] + [
         "",
         "| image | contender | wall s (median) | ratio to P1 | CPU s (user+sys) | stolen CPU s "
@@ -791,6 +903,8 @@ def report(workdir: Path, sha: str, out: Path) -> None:
     ]
     verdicts: list[str] = []
     for name, res in all_results.items():
+        if name in images.VERSIONS:
+            continue  # a table of their own below
         p1 = res.get("P1", [])
         fl = floors.get(name, {})
         for c, ms in res.items():
@@ -851,9 +965,108 @@ def report(workdir: Path, sha: str, out: Path) -> None:
         lines += [f"- {name}: " + "; ".join(f"{c} {v}" for c, v in found.items())
                   for name, found in same]
     lines += ["", "## Targets of issue 5", ""] + [f"- {v}" for v in verdicts]
+    lines += erofs_section(all_results)
+    lines += recompile_section(saved, all_results)
     lines += sweep_section(workdir)
     out.write_text("\n".join(lines) + "\n")
     log(f"wrote {out}")
+
+
+def paired(a: list[Measure], b: list[Measure]) -> list[tuple[Measure, Measure]]:
+    """The rounds in which both contenders ran without error, as (a, b) pairs."""
+    return [(x, y) for x, y in zip(a, b, strict=False) if not x.error and not y.error]
+
+
+def erofs_section(all_results: dict[str, dict[str, list[Measure]]]) -> list[str]:
+    """EROFS against squashfs at the same settings (issue 23): time, CPU, memory, size."""
+    rows = []
+    verdicts = []
+    for name, res in all_results.items():
+        pairs = paired(res.get("ocisquash-erofs", []), res.get("ocisquash-lz4hc", []))
+        if not pairs:
+            for c in ("ocisquash-erofs", "ocisquash-lz4hc"):
+                bad = [m.error for m in res.get(c, []) if m.error]
+                if bad:
+                    rows.append(f"| {name} | {c} fails: {bad[0][:100]} | | | | | | |")
+            continue
+        ratios = [e.wall / q.wall for e, q in pairs]
+        cpu_e, cpu_q = med([e.cpu for e, _ in pairs]), med([q.cpu for _, q in pairs])
+        rss_e, rss_q = max(e.rss for e, _ in pairs), max(q.rss for _, q in pairs)
+        size_e, size_q = med([e.size for e, _ in pairs]), med([q.size for _, q in pairs])
+        rows.append(
+            f"| {name} | {med([e.wall for e, _ in pairs]):.2f} / {med([q.wall for _, q in pairs]):.2f} "
+            f"| {med(ratios):.3f} ({', '.join(f'{r:.2f}' for r in ratios)}) "
+            f"| {cpu_e:.1f} / {cpu_q:.1f} ({cpu_e / cpu_q:.2f}) | {rss_text(rss_e)} / {rss_text(rss_q)} "
+            f"| {size_e / 1e6:.1f} / {size_q / 1e6:.1f} ({size_e / size_q:.3f}) |")
+        verdicts.append(f"{name}: EROFS time / squashfs time {med(ratios):.3f} "
+                        f"(≤ 1: {'met' if med(ratios) <= 1 else 'NOT met'}); EROFS peak RSS "
+                        f"{rss_e / 1e6:.0f} MB (< 200 MB: {'met' if rss_e < 200e6 else 'NOT met'})")
+    if not rows:
+        return []
+    return [
+        "", "## EROFS against squashfs at the same settings (issue 23)", "",
+        "`ocisquash compile --format erofs --compression lz4hc` (level 9, 128 KiB physical "
+        "clusters) against the squashfs compile at lz4hc level 9, 128 KiB blocks (through "
+        "`compile_image`: the CLI offers lz4hc for EROFS only), both cold from the registry "
+        "into an empty cache, in the same rounds as the table above. Ratio: EROFS / squashfs "
+        "per round, then the median (each round's in brackets).", "",
+        "| image | wall s, EROFS / squashfs (medians) | time ratio | CPU s, EROFS / squashfs "
+        "| peak RSS MiB, EROFS / squashfs | output MB, EROFS / squashfs (ratio) |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows, "", *[f"- {v}" for v in verdicts],
+    ]
+
+
+#: Issue 24's bounds on after / cold: (versions image, setting) → bound.
+RECOMPILE_TARGETS = {("devel-v2", "defaults"): 0.25, ("devel-v2", "gzip 9, 128K"): 0.15,
+                     ("devel-v3", "defaults"): 1.05, ("devel-v3", "gzip 9, 128K"): 1.05}
+
+
+def recompile_section(saved: list[tuple[str, dict[str, typing.Any]]],
+                      all_results: dict[str, dict[str, list[Measure]]]) -> list[str]:
+    """The recompile rounds of the versions images (issue 24)."""
+    rows = []
+    for name, data in saved:
+        if name not in images.VERSIONS:
+            continue
+        which = images.VERSIONS[name][1]
+        res = all_results[name]
+        change = "bottom" if which == 0 else "top"
+        for label in RECOMPILE:
+            cold, after = res.get(f"cold {label}", []), res.get(f"after {label}", [])
+            pairs = paired(after, cold)
+            if not pairs:
+                err = next((m.error for m in after + cold if m.error), "not run")
+                rows.append(f"| {name} ({change} layer) | {label} | fails | | | | | | {err[:100]} |")
+                continue
+            ratios = [a.wall / c.wall for a, c in pairs]
+            same = [a.info.get("identical") for a, _ in pairs]
+            bound = RECOMPILE_TARGETS.get((name, label))
+            verdict = (f"≤ {bound}: {'met' if med(ratios) <= bound else 'NOT met'}"
+                       if bound is not None else "")
+            rows.append(
+                f"| {name} ({change} layer) | {label} | {med([c.wall for _, c in pairs]):.2f} "
+                f"| {med([a.wall for a, _ in pairs]):.2f} | **{med(ratios):.3f}** "
+                f"({', '.join(f'{r:.2f}' for r in ratios)}) "
+                f"| {med([c.cpu for _, c in pairs]):.1f} / {med([a.cpu for a, _ in pairs]):.1f} "
+                f"| {rss_text(max(c.rss for _, c in pairs))} / {rss_text(max(a.rss for a, _ in pairs))} "
+                f"| {'yes' if all(same) else 'NO (' + ', '.join(str(x) for x in same) + ')'} "
+                f"| {verdict}; commit {data['sha']}, load {', '.join(data['loads'])} |")
+    if not rows:
+        return []
+    return [
+        "", "## Recompile after the last version (issue 24)", "",
+        "Each versions image compiled from the registry into a copy of a cache that holds "
+        "only `devel` (after v1) and into an empty cache (cold), alternating within each "
+        "round (the order reversed every other round); ratio: after / cold per round, then "
+        "the median (each round's in brackets). Identical: `cmp` of the two outputs of every "
+        "round. `devel-v2` changes 5 files of devel's top layer, `devel-v3` 5 files of its "
+        "bottom layer (`bench/images.py`).", "",
+        "| image (changed layer) | setting | cold s | after v1 s | ratio | CPU s, cold / after "
+        "| peak RSS MiB, cold / after | identical | target; measured at |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        *rows,
+    ]
 
 
 def stolen_text(ms: list[Measure]) -> str:
@@ -929,7 +1142,8 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
         ok = [m.wall for m in res.get(c, []) if not m.error]
         if ok:
             v.append(f"{name}: {c} {med(ok):.3f} s (≤ 0.3 s: {yes(med(ok) <= 0.3)})")
-    rss = [m.rss for c in ("ocisquash-equal", "ocisquash-default") for m in res.get(c, [])
+    rss = [m.rss for c in ("ocisquash-equal", "ocisquash-default", "ocisquash-erofs",
+                           "ocisquash-lz4hc") for m in res.get(c, [])
            if not m.error and m.rss > 0]
     if rss:
         v.append(f"{name}: ocisquash peak RSS {max(rss) / 1e6:.0f} MB (≤ 200 MB: "
@@ -1025,7 +1239,9 @@ def main() -> int:
     if args.report_only:
         report(args.workdir, sha, args.output)
         return 0
-    with images.serving(names, args.workdir) as (reg, refs), \
+    served = names + [b for b in dict.fromkeys(images.VERSIONS[n][0] for n in names
+                                               if n in images.VERSIONS) if b not in names]
+    with images.serving(served, args.workdir) as (reg, refs), \
             (shaped_link(reg.port, args.link_rate) if args.link_rate
              else contextlib.nullcontext()):
         if args.sweep:
@@ -1053,6 +1269,17 @@ def main() -> int:
         for name in names:
             layout = args.workdir / "layouts" / name
             floor: dict[str, float] = {}
+            if name in images.VERSIONS:
+                with scratch_fs(args.workdir, name) as fresh:
+                    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                    version_loads: list[str] = []
+                    results = bench_version(name, refs, args.runs, args.workdir, version_loads)
+                    settle(args.workdir, wait=False)
+                save(args.workdir, name, sha, args.runs, started, version_loads, results, {},
+                     "a fresh ext4 (journal, direct-I/O loop device) for this image"
+                     if fresh else "WORKDIR/tmp on the workdir's filesystem", {})
+                report(args.workdir, sha, args.output)
+                continue
             with scratch_fs(args.workdir, name) as fresh:
                 if not args.no_floor:
                     floor = floor_for(name, refs[name], layout, defaults, args.workdir)

@@ -16,7 +16,7 @@ pairs (the order reversed every other round), each a child process running
 
 * ``cold``: v2 (or v3) into an empty cache;
 * ``after v1``: v2 (or v3) into a copy of a cache that holds only v1 (compiled once per
-  setting, untimed; the copy is made untimed before each run).
+  setting, untimed; the copy, of hard links, is made untimed before each run).
 
 Every recompiled image is compared byte for byte with the cold compile of the same round.
 """
@@ -207,7 +207,9 @@ def main() -> int:
                     cache = tmp / f"{kind}-{run}"
                     shutil.rmtree(cache, ignore_errors=True)
                     if kind == "warm":
-                        shutil.copytree(base, cache)
+                        # hard links: a cache entry whose image has another inode than
+                        # the one recorded counts as damaged and is not reused
+                        shutil.copytree(base, cache, copy_function=os.link)
                     took = compile_once(layouts[version], cache, tmp / f"{kind}.sqfs", flags)
                     (warm_t if kind == "warm" else cold_t).append(took)
                 same = same and sha(tmp / "cold.sqfs") == sha(tmp / "warm.sqfs")

@@ -13,7 +13,10 @@ Images (each one OCI layout under ``WORKDIR/layouts/NAME``, tag ``latest``):
 * ``manyfiles``: about 100,000 small files in one gzip layer (generated, deterministic);
 * ``millionfiles``: 1,000,000 files of 16 to 512 bytes in 10,000 directories, one gzip
   layer (generated, deterministic): the scale at which per-entry memory shows;
-* ``bigfile``: one 1 GiB file of half-compressible data in one gzip layer (deterministic).
+* ``bigfile``: one 1 GiB file of half-compressible data in one gzip layer (deterministic);
+* ``devel-v2``, ``devel-v3``: the next versions of ``devel`` (issue 24): the same layers
+  (the same blobs) except that a few files of the top layer (v2) or of the bottom layer
+  (v3) have other bytes, chosen and changed by a seeded generator.
 
 Only the Debian package archive is used from the network (by ``mmdebstrap``). Built
 layouts are kept: a layout with its ``.bench-done`` marker is not built again.
@@ -37,6 +40,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import typing
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -354,6 +358,89 @@ def build_devel(workdir: Path, layout: Path) -> None:
              image, f"oci:{layout}:{TAG}")
 
 
+# --------------------------------------------------------------------------- versions of devel
+
+#: The versions of devel: which layer differs (0 the bottom, -1 the top) and the seed that
+#: picks and changes its files. The other layers are devel's own blobs, byte for byte, so
+#: a cache that holds devel holds them too.
+VERSIONS = {"devel-v2": ("devel", -1, 24), "devel-v3": ("devel", 0, 25)}
+#: How many files of the layer a version changes.
+CHANGED_FILES = 5
+#: How many bytes of each changed file are replaced (all of a shorter one).
+CHANGED_SPAN = 256
+
+
+def _changed_layer(tar: Path, out: Path, seed: int) -> list[str]:
+    """Copy the layer ``tar`` to ``out`` with CHANGED_FILES of its regular files changed.
+
+    The files are drawn by ``seed`` from those of at least CHANGED_SPAN bytes, and in each
+    CHANGED_SPAN bytes at a drawn place get drawn bytes. Sizes, headers and the order of
+    the members stay as they were: only the file contents differ, as in a rebuild that
+    changes a few files in place. Returns the changed names.
+    """
+    rnd = random.Random(seed)
+    with tarfile.open(tar) as t:
+        files = sorted((ti.name, ti.offset_data, ti.size) for ti in t
+                       if ti.isreg() and not ti.issparse() and ti.size >= CHANGED_SPAN)
+    picked = rnd.sample(files, min(CHANGED_FILES, len(files)))
+    tmp = out.with_suffix(".tmp.tar")
+    shutil.copyfile(tar, tmp)
+    with tmp.open("r+b") as f:
+        for _name, offset, size in picked:
+            f.seek(offset + rnd.randrange(size - CHANGED_SPAN + 1))
+            f.write(rnd.randbytes(CHANGED_SPAN))
+    tmp.rename(out)
+    return sorted(name for name, _, _ in picked)
+
+
+def _blob_json(layout: Path, digest: str) -> dict[str, typing.Any]:
+    data: dict[str, typing.Any] = json.loads(
+        (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes())
+    return data
+
+
+def build_version(name: str, workdir: Path, layout: Path) -> None:
+    """The layout of version ``name`` (see VERSIONS): its base's manifest and config with
+    one layer replaced; the other layers' blobs are hard links to the base's."""
+    base_name, which, seed = VERSIONS[name]
+    base = build_image(base_name, workdir)
+    mdesc = json.loads((base / "index.json").read_text())["manifests"][0]
+    manifest = _blob_json(base, mdesc["digest"])
+    config = _blob_json(base, manifest["config"]["digest"])
+    if layout.exists():
+        shutil.rmtree(layout)
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    layer = manifest["layers"][which]
+    if not layer["mediaType"].endswith("gzip"):
+        raise SystemExit(f"{name}: the layer to change is not gzip: {layer['mediaType']}")
+    for ly in manifest["layers"]:
+        if ly is not layer:
+            os.link(base / "blobs" / "sha256" / ly["digest"].split(":", 1)[1],
+                    blobs / ly["digest"].split(":", 1)[1])
+    src = workdir / "src"
+    plain = src / f"{name}-layer.tar"
+    with plain.open("wb") as f:
+        run(["pigz", "-dc", str(base / "blobs" / "sha256" / layer["digest"].split(":", 1)[1])],
+            stdout=f)
+    changed_tar = src / f"{name}-layer-changed.tar"
+    changed_tar.unlink(missing_ok=True)
+    changed = _changed_layer(plain, changed_tar, seed)
+    log(f"{name}: changed in layer {which}: {', '.join(changed)}")
+    new = _compress_layer(layout, changed_tar, "gzip")
+    config["rootfs"]["diff_ids"][which] = new.pop("diff_id")
+    manifest["layers"][which] = {**layer, "digest": new["digest"], "size": new["size"]}
+    cdigest, csize = _put_blob(layout, json.dumps(config, indent=2).encode())
+    manifest["config"] = {**manifest["config"], "digest": cdigest, "size": csize}
+    mdigest, msize = _put_blob(layout, json.dumps(manifest, indent=2).encode())
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": manifest.get("mediaType", MT_MANIFEST), "digest": mdigest, "size": msize,
+        "annotations": {"org.opencontainers.image.ref.name": TAG}}]}, indent=2))
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    plain.unlink()
+    changed_tar.unlink()
+
+
 # --------------------------------------------------------------------------- the images
 
 
@@ -378,6 +465,8 @@ def build_image(name: str, workdir: Path = DEFAULT_WORKDIR) -> Path:
         write_layout(layout, [millionfiles_tar(src / "millionfiles.tar")], "gzip")
     elif name == "bigfile":
         write_layout(layout, [bigfile_tar(src / "bigfile.tar")], "gzip")
+    elif name in VERSIONS:
+        build_version(name, workdir, layout)
     else:
         raise SystemExit(f"unknown image {name!r}; known: {', '.join(IMAGES)}")
     (layout / ".bench-done").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -385,7 +474,8 @@ def build_image(name: str, workdir: Path = DEFAULT_WORKDIR) -> Path:
     return layout
 
 
-IMAGES = ("debian", "debian-zstd", "devel", "manyfiles", "millionfiles", "bigfile")
+IMAGES = ("debian", "debian-zstd", "devel", "manyfiles", "millionfiles", "bigfile",
+          *VERSIONS)
 
 
 def describe(layout: Path) -> str:
