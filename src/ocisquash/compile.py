@@ -62,7 +62,7 @@ from .store import fsync_path
 if TYPE_CHECKING:
     from .erofs import ErofsSummary
     from .erofs.options import ErofsOptions
-    from .flatten import FlattenReport, TreeSink
+    from .flatten import FlattenReport, LayerIndexes, TreeSink
     from .progress import ProgressCallback
     from .publish import Outcome
     from .sources.base import Layer, ResolvedImage
@@ -246,18 +246,18 @@ class _ReportingLayer:
 
 def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
                   progress: ProgressCallback | None,
-                  phase: str = "apply") -> FlattenReport:
+                  phase: str = "apply", indexes: LayerIndexes | None = None) -> FlattenReport:
     from .flatten import flatten
     from .progress import Finishing
 
     # The tar build needs the pause here; the squashfs build holds it through finish().
     with collector_paused():
         if progress is None:
-            return flatten(layers, sink)
+            return flatten(layers, sink, indexes=indexes)
         n = len(layers)
         wrapped = [_ReportingLayer(layer, n - i, n, progress, phase)
                    for i, layer in enumerate(layers)]
-        report = flatten(wrapped, sink)
+        report = flatten(wrapped, sink, indexes=indexes)
     if phase == "apply":
         progress(Finishing(report.entries))
     return report
@@ -332,7 +332,9 @@ def _build_squashfs(
 ) -> tuple[FlattenReport, WriteSummary]:
     import dataclasses
 
+    from .rules import DEFAULT_LIMITS
     from .squashfs import SquashfsWriter
+    from .squashfs.layerindex import Indexes, ReplayError
     from .squashfs.reuse import INDEX_FILE, BlockReuse, index_sources, settings_key
 
     if writer_options is None:
@@ -348,37 +350,54 @@ def _build_squashfs(
         built = build_once(copy_blocks=True)
         if built is None:
             # An earlier image changed while its blocks were copied (a write through a
-            # hard link that -o placed): build again, compressing every block.
-            log.warning("an image in the cache was written to while this compile copied "
-                        "its blocks; building again without copying")
+            # hard link that -o placed), or a layer index did not hold: build again,
+            # compressing every block (build_once said why).
             built = build_once(copy_blocks=False)
             assert built is not None
         return built
 
     def build_once(copy_blocks: bool) -> tuple[FlattenReport, WriteSummary] | None:
         reuse = None
+        settings = settings_key(writer_options)
         if copy_blocks and cache is not None and isinstance(dest, Path):
             shared = [str(d.digest) for d in image.manifest().layers]
-            reuse = BlockReuse.load(settings_key(writer_options),
-                                    index_sources(cache.entries(), shared))
+            reuse = BlockReuse.load(settings, index_sources(cache.entries(), shared))
+        indexes = None
         try:
             try:
                 with collector_paused(), switches_shortened(), \
                         SquashfsWriter(dest, writer_options, reuse=reuse) as writer:
-                    report = _flatten_into(layers, writer, progress)
+                    if reuse is not None:
+                        # Unchanged layers are replayed from the layer indexes of the
+                        # earlier images whose blocks are loaded; every layer is recorded.
+                        indexes = Indexes(reuse, settings, DEFAULT_LIMITS, writer.decompress,
+                                          writer_options.block_size,
+                                          [index.parent for index in reuse.loaded])
+                        indexes.writer = writer
+                    report = _flatten_into(layers, writer, progress, indexes=indexes)
                     summary = writer.finish()
-            except OcisquashError:
+            except OcisquashError as e:
                 # A copied block that no longer decodes when read back for duplicate
-                # detection is how such a write can show first.
+                # detection is how such a write can show first; a replayed layer whose
+                # data cannot be fetched as its index says is built again too.
+                if reuse is not None and isinstance(e, ReplayError):
+                    log.warning("a layer index in the cache does not hold (%s); building "
+                                "again without copying", e)
+                    return None
                 if reuse is not None and reuse.changed():
+                    log.warning(_WRITTEN_WHILE_COPIED)
                     return None
                 raise
             if reuse is not None and reuse.changed():
+                log.warning(_WRITTEN_WHILE_COPIED)
                 return None
             if reuse is not None:
-                assert isinstance(dest, Path)
+                assert isinstance(dest, Path) and indexes is not None
                 _write_staged(dest.parent / INDEX_FILE, reuse.index_bytes())
-                log.debug("reused %d blocks of %d earlier images", reuse.reused, reuse.sources)
+                indexes.finish(dest.parent, writer_options.block_size,
+                               writer_options.fragments, _write_staged)
+                log.debug("reused %d blocks of %d earlier images, replayed %d layers",
+                          reuse.reused, reuse.sources, indexes.replayed)
             return report, summary
         finally:
             if reuse is not None:
@@ -388,6 +407,9 @@ def _build_squashfs(
 
 
 _T = TypeVar("_T")
+
+_WRITTEN_WHILE_COPIED = ("an image in the cache was written to while this compile copied "
+                         "its blocks; building again without copying")
 
 
 def _while_downloading(image: ResolvedImage, build: Callable[[], _T]) -> _T:

@@ -48,13 +48,13 @@ can be written outside the image:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
 from .entry import EntryMeta
 from .errors import ErofsError, LayerError, LimitExceededError, SquashfsError, UnsafeLayerError
-from .layers import TarEntry, layer_context, read_layer
+from .layers import Member, TarEntry, layer_context, read_layer
 from .rules import DEFAULT_LIMITS, Fidelity, FidelityIssue, Limits, check_layer_count
 from .sources.base import Layer
 
@@ -99,6 +99,47 @@ class TreeSink(Protocol):
     def exists(self, path: bytes) -> bool: ...
 
 
+class LayerReplay(Protocol):
+    """A layer's members given again without reading the layer (see ``LayerIndexes``)."""
+
+    def members(self, fidelity: Fidelity | None) -> Iterator[Member]:
+        """``(entry, data)`` as ``read_layer`` yields them; ``fidelity`` gets the notes
+        the layer's reader made (None: a second pass, which notes nothing)."""
+        ...
+
+
+class LayerIndexes(Protocol):
+    """What a compile knows of layers applied before, and learns of these ones: a layer
+    may be *replayed* instead of read (its entries, and data the sink already holds
+    elsewhere), and each layer applied is *recorded* (``squashfs/layerindex.py``)."""
+
+    def replay(self, layer: Layer, hidden: Callable[[bytes], bool]) -> LayerReplay | None:
+        """The replay of ``layer``, or None to read it. ``hidden(path)`` says whether the
+        layers above hide a non-directory at ``path``, as far as they show before the
+        layer is read (a replay may hold no data for a file that was hidden before)."""
+        ...
+
+    def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
+        """The first pass of ``layer`` begins; returns the record its reader notes into."""
+        ...
+
+    def entry(self, entry: TarEntry) -> None:
+        """The first pass read ``entry`` (every entry, in order)."""
+        ...
+
+    def written(self, position: int) -> None:
+        """The sink's last ``add_file`` held the data of the member at ``position``."""
+        ...
+
+    def end(self) -> None:
+        """The first pass is over."""
+        ...
+
+    def stop(self) -> None:
+        """Every pass of the layer is over."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class FlattenReport:
     """What :func:`flatten` did."""
@@ -117,6 +158,8 @@ class FlattenReport:
     #: layers read a second time to fetch hidden hard-link targets
     second_passes: int
     fidelity: tuple[FidelityIssue, ...] = ()
+    #: layers replayed from a layer index instead of read
+    replayed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,21 +252,28 @@ def flatten(
     *,
     limits: Limits = DEFAULT_LIMITS,
     progress: Callable[[FlattenProgress], None] | None = None,
+    indexes: LayerIndexes | None = None,
 ) -> FlattenReport:
     """Apply ``layers`` (bottom first, as a manifest lists them) into ``sink``.
+
+    ``indexes`` replays layers known from earlier compiles instead of reading them,
+    and records the layers applied.
 
     Each layer is read, decompressed and verified once (twice for the rare layer
     whose hidden hard-link targets are needed). Raises ``LayerError`` (or its
     ``UnsafeLayerError``) for invalid or hostile layers, ``IntegrityError`` when a blob
     does not match its digests, ``LimitExceededError`` when a ``limits`` bound is hit.
     """
-    return _Flattener(layers, sink, limits, progress).run()
+    return _Flattener(layers, sink, limits, progress, indexes).run()
 
 
 class _Flattener:
     def __init__(self, layers: Sequence[Layer], sink: TreeSink, limits: Limits,
-                 progress: Callable[[FlattenProgress], None] | None) -> None:
+                 progress: Callable[[FlattenProgress], None] | None,
+                 indexes: LayerIndexes | None = None) -> None:
         check_layer_count(len(layers), limits=limits)
+        self.indexes = indexes
+        self.replayed = 0
         self.layers = layers
         self.sink = sink
         self.limits = limits
@@ -241,7 +291,8 @@ class _Flattener:
             _LayerPass(self, layer, layer_index).run()
             self._event("done", position, layer)
         return FlattenReport(n, self.entries, self.files, self.bytes, self.hidden,
-                             self.whiteouts, self.second_passes, self.fidelity.issues())
+                             self.whiteouts, self.second_passes, self.fidelity.issues(),
+                             self.replayed)
 
     def _event(self, phase: str, position: int, layer: Layer) -> None:
         if self.progress is not None:
@@ -276,25 +327,66 @@ class _LayerPass:
         #: directories: its children need no walk up the tree. Entries directly under
         #: it cannot change that chain (see _entry), and any other parent replaces it.
         self.clear_parent: bytes | None = None
+        #: the layer's replay, when it is replayed instead of read
+        self.replay: LayerReplay | None = None
 
     # -- the first pass -----------------------------------------------------------
 
     def run(self) -> None:
         f = self.f
         limit = f.limits.max_entries
+        indexes = f.indexes
         try:
-            for entry, data in read_layer(self.layer, limits=f.limits, fidelity=f.fidelity,
-                                          index=self.index, small_files=SMALL_FILE):
+            if indexes is None:
+                members = read_layer(self.layer, limits=f.limits, fidelity=f.fidelity,
+                                     index=self.index, small_files=SMALL_FILE)
+            else:
+                self.replay = indexes.replay(self.layer, self._hidden_above)
+                fidelity = indexes.start(self.layer, f.fidelity)
+                if self.replay is not None:
+                    f.replayed += 1
+                    members = self.replay.members(fidelity)
+                else:
+                    members = read_layer(self.layer, limits=f.limits, fidelity=fidelity,
+                                         index=self.index, small_files=SMALL_FILE)
+            for entry, data in members:
                 f.entries += 1
                 if f.entries > limit:
                     raise LimitExceededError(f"more than {limit} entries in the image",
                                              context=self.context)
+                if indexes is not None:
+                    indexes.entry(entry)
                 self._entry(entry, data)
+            if indexes is not None:
+                indexes.end()
             self._second_pass()
+            if indexes is not None:
+                indexes.stop()
         except (SquashfsError, ErofsError) as e:
             # The writer names the path; which layer holds it is the reader's to say.
             raise e.with_context(self.context) from None
         self._apply_markers()
+
+    def _read_again(self) -> Iterator[Member]:
+        """The layer's members once more (no fidelity notes: the first pass made them)."""
+        if self.replay is not None:
+            return self.replay.members(None)
+        f = self.f
+        return read_layer(self.layer, limits=f.limits, index=self.index,
+                          small_files=SMALL_FILE)
+
+    def _hidden_above(self, path: bytes) -> bool:
+        """Whether the layers above hide a non-directory of this layer at ``path``,
+        before this layer's pass (see ``LayerIndexes.replay``): by a decision of the path
+        itself (anything but a bare opaque marker), or of an ancestor (``_visible``).
+        Nothing this layer does can make visible what they hide."""
+        node = self.decided.get(path)
+        if node is not None and node.layer > self.index and node.kind != _NONE:
+            return True
+        try:
+            return self._visible(path) is None
+        except UnsafeLayerError:
+            return False
 
     def _entry(self, e: TarEntry, data: BinaryIO | bytes | None) -> None:
         path = e.path
@@ -534,6 +626,8 @@ class _LayerPass:
         if e.kind == "file":
             assert data is not None
             sink.add_file(path, e.meta, data, e.size)
+            if self.f.indexes is not None:
+                self.f.indexes.written(e.position)
             self.f.files += 1
             self.f.bytes += e.size
         elif e.kind == "symlink":
@@ -669,8 +763,7 @@ class _LayerPass:
             f.progress(FlattenProgress("second-pass", len(f.layers) - self.index,
                                        len(f.layers), str(self.layer.descriptor.digest),
                                        f.entries, f.bytes))
-        for entry, data in read_layer(self.layer, limits=f.limits, index=self.index,
-                                      small_files=SMALL_FILE):
+        for entry, data in self._read_again():
             wanted_inode = wanted.get(entry.position)
             if wanted_inode is None or data is None:
                 continue
@@ -682,6 +775,8 @@ class _LayerPass:
             # The member read again gives the metadata: an inode made from a bare position
             # (``_inode_at``) has none of its own.
             self.sink.add_file(first, entry.meta, data, entry.size)
+            if f.indexes is not None:
+                f.indexes.written(entry.position)
             f.files += 1
             f.bytes += entry.size
             for name in rest:
@@ -701,9 +796,7 @@ class _LayerPass:
         if not bare:
             return
         found: dict[_Inode, int] = {}
-        f = self.f
-        for entry, _ in read_layer(self.layer, limits=f.limits, index=self.index,
-                                   small_files=SMALL_FILE):
+        for entry, _ in self._read_again():
             inodes = bare.get(entry.path)
             if inodes is None or entry.kind == "dir":
                 continue
@@ -719,6 +812,8 @@ __all__ = [
     "FidelityIssue",
     "FlattenProgress",
     "FlattenReport",
+    "LayerIndexes",
+    "LayerReplay",
     "Limits",
     "TreeSink",
     "flatten",

@@ -51,7 +51,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from ..entry import HoleReader
 from ..errors import SquashfsError
@@ -89,16 +89,39 @@ def _compress_batch(compressor: Compressor, blocks: list[bytes]) -> list[tuple[b
     return done
 
 
+class Known:
+    """A block given by its digest, whose stored bytes an earlier image holds (a replayed
+    layer's, see ``layerindex.py``); it counts as ``size`` bytes in a batch."""
+
+    __slots__ = ("digest", "size")
+
+    def __init__(self, digest: bytes, size: int) -> None:
+        self.digest = digest
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
 def _reuse_batch(compressor: Compressor, reuse: BlockReuse,
-                 blocks: list[bytes]) -> list[tuple[bytes, int, bytes]]:
+                 blocks: list[bytes | Known]) -> list[tuple[bytes, int, bytes]]:
     """As :func:`_compress_batch`, copying the blocks an earlier image holds; each
     result also carries the block's digest, for the new image's block index."""
     done = []
     for data in blocks:
-        digest = hashlib.sha256(data).digest()
-        stored = reuse.stored(digest)
-        if stored is None:
-            stored = _compress_block(compressor, data)
+        if type(data) is Known:
+            digest = data.digest
+            stored = reuse.stored(digest)
+            if stored is None:
+                from .layerindex import ReplayError
+
+                raise ReplayError("a block a layer index names cannot be read from its image")
+        else:
+            assert isinstance(data, bytes)
+            digest = hashlib.sha256(data).digest()
+            stored = reuse.stored(digest)
+            if stored is None:
+                stored = _compress_block(compressor, data)
         done.append((*stored, digest))
     blocks.clear()
     return done
@@ -111,7 +134,7 @@ class _Batch:
     __slots__ = ("blocks", "future", "size")
 
     def __init__(self) -> None:
-        self.blocks: list[bytes] = []
+        self.blocks: list[bytes | Known] = []
         self.size = 0
         self.future: Future[list[tuple[bytes, int]]] | Future[
             list[tuple[bytes, int, bytes]]] | None = None
@@ -139,6 +162,11 @@ class BlockPipeline:
         self.position = position
 
     @property
+    def reuses(self) -> bool:
+        """Whether blocks of earlier images can be copied (``submit_known``)."""
+        return self._reuse is not None
+
+    @property
     def submitted(self) -> int:
         """Number of submissions so far (a run of zero blocks is one); a mark for
         :meth:`discard_since`."""
@@ -158,12 +186,30 @@ class BlockPipeline:
         while len(self._queue) > self._limit:
             self._retire()
 
+    def submit_known(self, block: Known, placed: Placed) -> None:
+        """Queue a block whose stored bytes an earlier image holds (needs ``reuse``)."""
+        if self._reuse is None:
+            raise SquashfsError("a block given by its digest needs earlier images")
+        batch = self._filling
+        if batch is None:
+            batch = self._filling = _Batch()
+        self._queue.append((batch, len(batch.blocks), placed))
+        batch.blocks.append(block)
+        batch.size += block.size
+        if batch.size >= BATCH_BYTES:
+            self._hand_over()
+        self._submitted += 1
+        while len(self._queue) > self._limit:
+            self._retire()
+
     def _hand_over(self) -> None:
         batch = self._filling
         assert batch is not None
         self._filling = None
         if self._reuse is None:
-            batch.future = self._pool.submit(_compress_batch, self._compressor, batch.blocks)
+            # Only a replay submits Known blocks, and only with ``reuse``.
+            batch.future = self._pool.submit(_compress_batch, self._compressor,
+                                             batch.blocks)  # type: ignore[arg-type]
         else:
             batch.future = self._pool.submit(_reuse_batch, self._compressor, self._reuse,
                                              batch.blocks)
@@ -426,6 +472,52 @@ class DataWriter:
                 self._pipeline.submit(block, record.placed)
         if total < bs:  # a stream of unknown size that turned out shorter than a block
             return self._store_short(tail)
+        return self._finish_long(record, mark, hasher, total, tail)
+
+    def write_indexed(self, size: int, items: list[bytes | int],
+                      tail: Callable[[], bytes]) -> Stored:
+        """Store a file given by the digests of its whole blocks (or runs of zero blocks),
+        which earlier images hold, and its last partial block's bytes (``tail()``), as
+        ``write_file`` stores the same bytes (see ``layerindex.py``)."""
+        bs = self._block_size
+        if size < bs:
+            data = tail()
+            if len(data) != size:
+                raise SquashfsError(f"a replayed file's data is {len(data)} bytes, not {size}")
+            return self._store_short(data)
+        record = FileData()
+        mark = self._pipeline.submitted
+        hashing = self._dedup
+        firsts = self._first_of_size
+        if firsts is not None and size not in firsts:
+            firsts[size] = record
+            hashing = False
+        hasher = hashlib.sha256() if hashing else None
+        whole = 0
+        for item in items:
+            if isinstance(item, int):
+                if hasher is not None:
+                    for done in range(0, item, 1 << 20):
+                        hasher.update(_ZERO_RECORD * min(item - done, 1 << 20))
+                record.sparse += item * bs
+                self._pipeline.submit_sparse(record.placed, item)
+                whole += item
+            else:
+                if hasher is not None:
+                    hasher.update(b"\x01" + item)
+                self._pipeline.submit_known(Known(item, bs), record.placed)
+                whole += 1
+        left = size - whole * bs
+        last = tail() if left else b""
+        if not 0 <= left < bs or len(last) != left:
+            raise SquashfsError(f"a replayed file's blocks do not make its {size} bytes")
+        return self._finish_long(record, mark, hasher, size, last)
+
+    def _finish_long(self, record: FileData, mark: int, hasher: Any, total: int,
+                     tail: bytes) -> Stored:
+        """Key a file of a block or more whose whole blocks are submitted, and store its
+        tail unless an identical file is stored already."""
+        firsts = self._first_of_size
         record.size = total
         self.bytes_in += total
         if hasher is not None:

@@ -217,6 +217,8 @@ class BlockReuse:
         self.records: list[tuple[bytes, int, int]] = []
         #: blocks copied (counted by the compressing threads: a statistic, not exact)
         self.reused = 0
+        #: the block indexes loaded (their cache entries' directories hold the images)
+        self.loaded: list[Path] = []
 
     @classmethod
     def load(cls, settings: str, sources: Iterable[tuple[Path, Path]]) -> BlockReuse:
@@ -241,6 +243,7 @@ class BlockReuse:
                 os.close(fd)
                 continue
             reuse._fds.append(fd)
+            reuse.loaded.append(index)
             st = os.fstat(fd)
             reuse._seen.append((st.st_ino, st.st_size, st.st_mtime_ns))
             for r in records:
@@ -251,10 +254,13 @@ class BlockReuse:
     def sources(self) -> int:
         return len(self._fds)
 
-    def stored(self, digest: bytes) -> tuple[bytes, int] | None:
-        """The stored bytes and size field of the block with ``digest``, if an earlier
-        image holds it. Called by the compressing threads (a read-only look-up and a
-        positional read)."""
+    def has(self, digest: bytes) -> bool:
+        """Whether an earlier image holds the block with ``digest``."""
+        return digest in self._known
+
+    def read(self, digest: bytes) -> tuple[bytes, int] | None:
+        """The stored bytes and size field of the block with ``digest`` (None: no
+        earlier image holds it, or it cannot be read)."""
         found = self._known.get(digest)
         if found is None:
             return None
@@ -266,8 +272,16 @@ class BlockReuse:
             return None
         if len(payload) != size:
             return None
-        self.reused += 1
         return payload, field
+
+    def stored(self, digest: bytes) -> tuple[bytes, int] | None:
+        """The stored bytes and size field of the block with ``digest``, if an earlier
+        image holds it. Called by the compressing threads (a read-only look-up and a
+        positional read)."""
+        found = self.read(digest)
+        if found is not None:
+            self.reused += 1
+        return found
 
     def changed(self) -> bool:
         """Whether an earlier image was written to since it was opened (its mtime or size

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -24,7 +25,7 @@ from ..entry import EntryMeta
 from ..errors import OutputError, SquashfsError
 from ..imagewriter import ImageWriter, readable
 from ..rules import clamp_mtime
-from .blocks import BlockPipeline, DataWriter
+from .blocks import BlockPipeline, DataWriter, Stored
 from .compressor import Compressor, make_compressor
 from .directory import DirEntry, needs_extended, write_listing
 from .format import (
@@ -36,6 +37,7 @@ from .format import (
     SuperFlags,
 )
 from .inode import directory_body, file_inode, header, special_body, symlink_body
+from .layerindex import IndexedFile
 from .metadata import MetadataWriter, pack_lookup_table
 from .options import WriterOptions as WriterOptions
 from .reuse import BlockReuse
@@ -144,6 +146,8 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             decompress=self._compressor.decompress if readable(self._out) else None,
         )
         self._closed = False
+        #: where the last file added went (for the layer indexes, see ``layerindex.py``)
+        self.last_stored: Stored | None = None
 
     def _header_placeholder(self) -> bytes:
         """Room for the superblock, then the compressor options: "a single metadata
@@ -200,12 +204,18 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
         try:
             if isinstance(source, bytes):
                 written = self._data.write_bytes(source)
+            elif isinstance(source, IndexedFile) and self._pipeline.reuses:
+                if size is not None and size != source.size:
+                    raise SquashfsError(f"file data is {source.size} bytes, not {size}")
+                written = self._data.write_indexed(source.size, source.items,
+                                                   source.tail_bytes)
             else:
                 written = self._data.write_file(source, size)
         except SquashfsError as e:
             raise e.with_context(repr(path)) from None
         except OSError as e:
             raise self._write_error(e, path) from e
+        self.last_stored = written
         if isinstance(written, int):
             index = self._meta_index.get(id(meta))
             if index is None:
@@ -223,6 +233,15 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             self._tree.put(target, node, checked=True)
         if path != target:
             self._tree.put(path, node)
+
+    @property
+    def fragment_table(self) -> list[bytes]:
+        """The fragment table's entries (complete once the image is finished)."""
+        return self._data.fragment_table
+
+    @property
+    def decompress(self) -> Callable[[bytes, int], bytes]:
+        return self._compressor.decompress
 
     # -- finishing ------------------------------------------------------------------
 

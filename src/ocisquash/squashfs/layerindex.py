@@ -1,0 +1,679 @@
+"""Layer indexes: a recompile replays an unchanged layer instead of decoding its tar.
+
+A compile into the cache keeps, beside the image and its block index (``reuse.py``),
+one *layer index* per layer it applied (``layer-<hex of the layer digest>.idx``): every
+tar entry of the layer in order, with what the flattener uses of it (path, kind,
+metadata with xattrs, size, link target, device numbers, member position), the fidelity
+notes the tar reader made for it, and for each regular file this image wrote, where its
+data is *by content*: the sha256 of each whole block (or a run of zero blocks) and, for
+its last partial block, the sha256 of the uncompressed block that holds it (a fragment
+block, or the file's short last block without fragments) with the offset and length in
+it. Those digests are all in the same image's block index, so an index refers only to
+its own image and goes away with it (``cache rm``, ``cache prune``).
+
+A later compile with the same settings, of an image sharing the layer (same blob digest
+and diff_id), *replays* the index instead of decoding the layer when
+
+* the index is whole (checksum) and was made with the same settings and limits;
+* every block and tail block it names is in the loaded block indexes;
+* every file entry the earlier compile did not write (it was hidden then) is hidden now
+  too by the layers above, as far as their decisions show before the layer is read, and
+  no hard link of the layer names it (its data might be needed in a second pass).
+
+Otherwise the layer is decoded as usual. Replayed files reach the writer as
+:class:`IndexedFile`: the writer copies whole blocks by digest (the compressed bytes of
+an earlier image, as for any reused block) and takes the tail's bytes from the
+referenced block, decoded from an earlier image and checked against its digest. The
+tails are then packed into fragment blocks exactly as a cold compile packs them, so the
+image is byte-identical to a cold compile. Small files are thus decompressed again (from
+their fragment blocks) and their fragment blocks compressed again unless the whole
+fragment block recurs: keying tails one by one would need the packing to be known before
+the data, and decoding a fragment block costs much less than decoding and parsing the
+layer's tar. A block that cannot be read, or a tail block that does not match its digest,
+raises :class:`ReplayError`; the compile then builds the image again without reusing
+anything.
+
+The replayed entries' metadata is trusted as the decoding compile normalised it: an
+index is written only by this program, into the user's own cache, and its checksum is
+checked before use. Nothing is read from the layer blob while it is replayed, so its
+digest is checked when it enters the cache (as for every cached blob), not again.
+
+File layout, all integers little-endian::
+
+    magic "OSQLAY1\\n" · u32 n · header (n bytes of JSON) ·
+    u64 m · zstd frame of the entry records (m bytes) ·
+    u64 k · zstd frame of the data records (k bytes) · sha256 of everything before
+
+An entry record is ``_ENTRY`` then the path, the link target and the xattrs. A data
+record is the u64 member position, ``_DATA`` (block items, whether it has a tail), then per item
+``0x00`` + u64 run of zero blocks or ``0x01`` + sha256, then the tail (sha256, u32
+offset, u32 length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, cast
+
+from ..entry import EntryMeta
+from ..errors import SquashfsError
+from ..layers import Fidelity, Limits, TarEntry
+from .blocks import FileData, Stored, unpack_short
+from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
+
+if TYPE_CHECKING:
+    from ..sources.base import Layer
+    from .reuse import BlockReuse
+    from .writer import SquashfsWriter
+
+_MAGIC = b"OSQLAY1\n"
+_LEN = struct.Struct("<I")
+_SECTION = struct.Struct("<Q")
+#: kind, mode, uid, gid, mtime, size, position, devmajor, devminor, path length,
+#: link length, xattr count
+_ENTRY = struct.Struct("<BHIIQQQIIIIH")
+_XATTR = struct.Struct("<HI")
+#: a data record: the member position, then the block items and whether it has a tail
+_POSITION = struct.Struct("<Q")
+_DATA = struct.Struct("<QB")
+_RUN = struct.Struct("<Q")
+_TAIL = struct.Struct("<32sII")
+
+_KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
+_KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
+
+#: Decoded blocks kept for the tails of replayed files: a layer's small files were
+#: packed in order, so consecutive files mostly share one.
+_BLOCK_CACHE = 8
+
+
+def index_name(layer_digest: str) -> str:
+    """The layer index's file name in a cache entry."""
+    return "layer-" + layer_digest.replace(":", "-") + ".idx"
+
+
+class ReplayError(SquashfsError):
+    """A replayed layer's data could not be fetched as its index says; the compile
+    builds the image again without reusing earlier images."""
+
+
+class BadLayerIndex(ValueError):
+    """A layer index that cannot be used."""
+
+
+def _header_for(layer: Layer, settings: str, limits: Limits) -> dict[str, object]:
+    return {
+        "layer": str(layer.descriptor.digest),
+        "diff_id": str(layer.diff_id) if layer.diff_id is not None else None,
+        "settings": hashlib.sha256(settings.encode()).hexdigest(),
+        "limits": asdict(limits),
+    }
+
+
+# -- writing ---------------------------------------------------------------------------
+
+
+class _NoteRecorder(Fidelity):
+    """Passes notes on to the compile's record and keeps them for the index."""
+
+    def __init__(self, target: Fidelity) -> None:
+        super().__init__()
+        self._target = target
+        self.pending: list[tuple[str, bytes]] = []
+
+    def note(self, kind: str, path: bytes) -> None:
+        self._target.note(kind, path)
+        self.pending.append((kind, path))
+
+
+class _LayerRecord:
+    """What one layer's index will hold, gathered while the layer is applied: entry
+    records go through a zstd stream as they come (memory stays small whatever the
+    entry count), the written files' data records wait for the end of the image."""
+
+    def __init__(self, header: dict[str, object]) -> None:
+        import zstandard
+
+        self.header = header
+        self._z = zstandard.ZstdCompressor(level=3).compressobj()
+        self._chunks: list[bytes] = []
+        self.count = 0
+        self.notes: list[tuple[int, str, bytes]] = []
+        #: member positions of the files written, and their data (short ones as ints)
+        self.positions = array("Q")
+        self.short = array("Q")
+        self.long: dict[int, FileData] = {}
+
+    def entry(self, e: TarEntry, notes: list[tuple[str, bytes]]) -> None:
+        for kind, path in notes:
+            self.notes.append((self.count, kind, path))
+        notes.clear()
+        self.count += 1
+        m = e.meta
+        parts = [_ENTRY.pack(_KIND_CODE[e.kind], m.mode, m.uid, m.gid, m.mtime, e.size,
+                             e.position, e.devmajor, e.devminor, len(e.path), len(e.linkname),
+                             len(m.xattrs)), e.path, e.linkname]
+        for name, value in m.xattrs:
+            parts.append(_XATTR.pack(len(name), len(value)))
+            parts.append(name)
+            parts.append(value)
+        chunk = self._z.compress(b"".join(parts))
+        if chunk:
+            self._chunks.append(chunk)
+
+    def trailing(self, notes: list[tuple[str, bytes]]) -> None:
+        for kind, path in notes:
+            self.notes.append((self.count, kind, path))
+        notes.clear()
+
+    def written(self, position: int, stored: Stored) -> None:
+        if isinstance(stored, int):
+            self.positions.append(position)
+            self.short.append(stored)
+        else:
+            self.long[len(self.positions)] = stored
+            self.positions.append(position)
+            self.short.append(0)
+
+    def pack(self, locate: Callable[[Stored], bytes]) -> bytes:
+        import zstandard
+
+        entries = b"".join(self._chunks) + self._z.flush()
+        self._chunks.clear()
+        z = zstandard.ZstdCompressor(level=3).compressobj()
+        data: list[bytes] = []
+        for i, position in enumerate(self.positions):
+            stored: Stored = self.long.get(i) or self.short[i]
+            chunk = z.compress(_POSITION.pack(position) + locate(stored))
+            if chunk:
+                data.append(chunk)
+        data.append(z.flush())
+        header = dict(self.header, entries=self.count, files=len(self.positions),
+                      notes=[[i, k, p.decode("latin-1")] for i, k, p in self.notes])
+        head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        refs = b"".join(data)
+        blob = b"".join([_MAGIC, _LEN.pack(len(head)), head, _SECTION.pack(len(entries)),
+                         entries, _SECTION.pack(len(refs)), refs])
+        return blob + hashlib.sha256(blob).digest()
+
+
+class _Locator:
+    """Turns where a file's data landed in the image being written into digests."""
+
+    def __init__(self, records: Iterable[tuple[bytes, int, int]], fragment_table: list[bytes],
+                 block_size: int, fragments: bool) -> None:
+        self._at = {position: digest for digest, position, _ in records}
+        self._fragments = [FRAGMENT_ENTRY.unpack(e)[0] for e in fragment_table]
+        self._bs = block_size
+        self._use_fragments = fragments
+
+    def _digest(self, position: int) -> bytes:
+        digest = self._at.get(position)
+        if digest is None:
+            raise BadLayerIndex(f"no block was written at offset {position}")
+        return digest
+
+    def __call__(self, stored: Stored) -> bytes:
+        """A data record after its member position: the block items and the tail."""
+        bs = self._bs
+        if isinstance(stored, int):
+            size, fragment, offset = unpack_short(stored)
+            if size == 0 or fragment == INVALID_INDEX:
+                return _DATA.pack(0, 0)
+            return (_DATA.pack(0, 1) + _TAIL.pack(
+                self._digest(self._fragments[fragment]), offset, size))
+        whole = stored.size // bs
+        left = stored.size - whole * bs
+        fields = stored.sizes if stored.sizes is not None else array("I")
+        items: list[bytes] = []
+        count = 0
+        run = 0
+        at = stored.start or 0
+        for i in range(whole):
+            field = fields[i]
+            if field == 0:
+                run += 1
+                continue
+            if run:
+                items.append(b"\x00" + _RUN.pack(run))
+                count += 1
+                run = 0
+            items.append(b"\x01" + self._digest(at))
+            count += 1
+            at += field & ~DATA_UNCOMPRESSED
+        if run:
+            items.append(b"\x00" + _RUN.pack(run))
+            count += 1
+        tail = b""
+        if left:
+            if self._use_fragments:
+                tail = _TAIL.pack(self._digest(self._fragments[stored.fragment]),
+                                  stored.fragment_offset, left)
+            else:
+                tail = _TAIL.pack(self._digest(at), 0, left)
+        return _DATA.pack(count, 1 if tail else 0) + b"".join(items) + tail
+
+
+class Recorder:
+    """Gathers the layer indexes of the image being written (see the module docstring);
+    :meth:`finish` writes them once the image is finished."""
+
+    def __init__(self, settings: str, limits: Limits) -> None:
+        self._settings = settings
+        self._limits = limits
+        self._layers: dict[str, _LayerRecord] = {}
+        self._current: _LayerRecord | None = None
+        self._notes: _NoteRecorder | None = None
+
+    def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
+        """A layer's first pass begins; returns the fidelity record its reader notes into."""
+        digest = str(layer.descriptor.digest)
+        # A layer a manifest lists twice is recorded where it is applied first (above).
+        if digest in self._layers:
+            self._current = None
+        else:
+            self._current = self._layers[digest] = _LayerRecord(
+                _header_for(layer, self._settings, self._limits))
+        self._notes = _NoteRecorder(fidelity)
+        return self._notes
+
+    def entry(self, e: TarEntry) -> None:
+        if self._current is not None and self._notes is not None:
+            self._current.entry(e, self._notes.pending)
+
+    def written(self, position: int, stored: Stored) -> None:
+        if self._current is not None:
+            self._current.written(position, stored)
+
+    def end(self) -> None:
+        if self._current is not None and self._notes is not None:
+            self._current.trailing(self._notes.pending)
+        self._notes = None
+
+    def stop(self) -> None:
+        """The layer's passes are over (notes of a second pass are not recorded)."""
+        self._current = None
+
+    def finish(self, directory: Path, reuse: BlockReuse, fragment_table: list[bytes],
+               block_size: int, fragments: bool,
+               write: Callable[[Path, bytes], None]) -> int:
+        """Write the layer indexes into ``directory``; returns their total size."""
+        locate = _Locator(reuse.records, fragment_table, block_size, fragments)
+        total = 0
+        for digest, record in self._layers.items():
+            blob = record.pack(locate)
+            write(directory / index_name(digest), blob)
+            total += len(blob)
+        self._layers.clear()
+        return total
+
+
+# -- reading ---------------------------------------------------------------------------
+
+
+class LayerIndex:
+    """A layer index read back: its entries and its written files' data records."""
+
+    def __init__(self, header: dict[str, object], entries: bytes, data: bytes) -> None:
+        self.header = header
+        self._entries = entries
+        self._data = data
+
+    def entries(self) -> Iterator[TarEntry]:
+        """The layer's entries in tar order."""
+        buf = self._entries
+        unpack = _ENTRY.unpack_from
+        size = _ENTRY.size
+        metas: dict[tuple[object, ...], EntryMeta] = {}
+        at = 0
+        end = len(buf)
+        while at < end:
+            (kind, mode, uid, gid, mtime, fsize, position, major, minor, plen, llen,
+             nx) = unpack(buf, at)
+            at += size
+            path = buf[at:at + plen]
+            at += plen
+            link = buf[at:at + llen]
+            at += llen
+            xattrs: tuple[tuple[bytes, bytes], ...] = ()
+            if nx:
+                found = []
+                for _ in range(nx):
+                    nlen, vlen = _XATTR.unpack_from(buf, at)
+                    at += _XATTR.size
+                    found.append((buf[at:at + nlen], buf[at + nlen:at + nlen + vlen]))
+                    at += nlen + vlen
+                xattrs = tuple(found)
+            key = (mode, uid, gid, mtime, xattrs)
+            meta = metas.get(key)
+            if meta is None:
+                meta = metas[key] = EntryMeta(mode, uid, gid, mtime, xattrs)
+            yield TarEntry(path, _KINDS[kind], meta, fsize, link, major, minor,
+                           position)
+        if at != end:
+            raise BadLayerIndex("its entry records end inside a record")
+
+    def data(self) -> dict[int, tuple[list[bytes | int], tuple[bytes, int, int] | None]]:
+        """Member position -> (block items: a digest or a run of zero blocks, tail)."""
+        buf = self._data
+        found: dict[int, tuple[list[bytes | int], tuple[bytes, int, int] | None]] = {}
+        at = 0
+        end = len(buf)
+        while at < end:
+            (position,) = _POSITION.unpack_from(buf, at)
+            count, has_tail = _DATA.unpack_from(buf, at + _POSITION.size)
+            at += _POSITION.size + _DATA.size
+            items: list[bytes | int] = []
+            for _ in range(count):
+                if buf[at] == 0:
+                    items.append(_RUN.unpack_from(buf, at + 1)[0])
+                    at += 1 + _RUN.size
+                else:
+                    items.append(buf[at + 1:at + 33])
+                    at += 33
+            tail = None
+            if has_tail:
+                tail = _TAIL.unpack_from(buf, at)
+                at += _TAIL.size
+            found[position] = (items, tail)
+        if at != end:
+            raise BadLayerIndex("its data records end inside a record")
+        return found
+
+    def notes(self) -> list[tuple[int, str, bytes]]:
+        raw = self.header.get("notes", [])
+        assert isinstance(raw, list)
+        return [(int(i), str(k), str(p).encode("latin-1")) for i, k, p in raw]
+
+
+def read_layer_index(path: Path) -> LayerIndex:
+    """The layer index at ``path``; raises ``BadLayerIndex`` when it is damaged."""
+    import zstandard
+
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise BadLayerIndex(f"cannot read it: {e.strerror or e}") from e
+    if len(blob) < len(_MAGIC) + 4 + 16 + 32 or not blob.startswith(_MAGIC):
+        raise BadLayerIndex("not a layer index")
+    body, checksum = blob[:-32], blob[-32:]
+    if hashlib.sha256(body).digest() != checksum:
+        raise BadLayerIndex("its checksum does not match")
+    try:
+        at = len(_MAGIC)
+        (n,) = _LEN.unpack_from(body, at)
+        at += 4
+        header = json.loads(body[at:at + n])
+        at += n
+        sections = []
+        for _ in range(2):
+            (m,) = _SECTION.unpack_from(body, at)
+            at += 8
+            sections.append(body[at:at + m])
+            at += m
+        if at != len(body) or not isinstance(header, dict):
+            raise BadLayerIndex("its sections do not add up")
+        d = zstandard.ZstdDecompressor()
+        entries, data = (d.decompressobj().decompress(s) if s else b"" for s in sections)
+    except (struct.error, ValueError, zstandard.ZstdError) as e:
+        raise BadLayerIndex(f"it does not parse: {e}") from e
+    return LayerIndex(header, entries, data)
+
+
+def check_layer_index(path: Path, known: set[bytes] | None) -> str | None:
+    """What is wrong with a layer index (None: nothing): it must read back whole, and
+    every block it names must be in ``known`` (its image's block index), when given."""
+    try:
+        index = read_layer_index(path)
+        count = sum(1 for _ in index.entries())
+        data = index.data()
+        index.notes()
+    except (BadLayerIndex, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
+        return str(e)
+    if count != index.header.get("entries") or len(data) != index.header.get("files"):
+        return "its record counts do not match its header"
+    if known is not None:
+        for items, tail in data.values():
+            for item in items:
+                if isinstance(item, bytes) and item not in known:
+                    return "it names a block its image's block index does not hold"
+            if tail is not None and tail[0] not in known:
+                return "it names a block its image's block index does not hold"
+    return None
+
+
+class IndexedFile:
+    """A replayed file's data, named by the digests of its blocks. The squashfs writer
+    copies the blocks (``DataWriter.write_indexed``); any other reader may ``read`` it,
+    which decodes them."""
+
+    __slots__ = ("_at", "_blocks", "_buffer", "_source", "items", "size", "tail")
+
+    def __init__(self, source: _Blocks, size: int, items: list[bytes | int],
+                 tail: tuple[bytes, int, int] | None) -> None:
+        self._source = source
+        self.size = size
+        self.items = items
+        self.tail = tail
+        self._blocks: Iterator[bytes] | None = None
+        self._buffer = b""
+        self._at = 0
+
+    def tail_bytes(self) -> bytes:
+        """The bytes of the file's last partial block (``b""``: none)."""
+        if self.tail is None:
+            return b""
+        digest, offset, length = self.tail
+        return self._source.piece(digest, offset, length)
+
+    def _chunks(self) -> Iterator[bytes]:
+        bs = self._source.block_size
+        for item in self.items:
+            if isinstance(item, int):
+                for _ in range(item):
+                    yield bytes(bs)
+            else:
+                yield self._source.block(item)
+        yield self.tail_bytes()
+
+    def read(self, n: int = -1) -> bytes:
+        if self._blocks is None:
+            self._blocks = self._chunks()
+        parts = [self._buffer]
+        have = len(self._buffer)
+        while n < 0 or have < n:
+            chunk = next(self._blocks, None)
+            if chunk is None:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        data = b"".join(parts)
+        if n < 0:
+            self._buffer = b""
+            return data
+        self._buffer = data[n:]
+        return data[:n]
+
+
+class _Blocks:
+    """Uncompressed blocks of earlier images by digest, checked against it."""
+
+    def __init__(self, reuse: BlockReuse, decompress: Callable[[bytes, int], bytes],
+                 block_size: int) -> None:
+        self._reuse = reuse
+        self._decompress = decompress
+        self.block_size = block_size
+        self._cache: dict[bytes, bytes] = {}
+
+    def block(self, digest: bytes) -> bytes:
+        cache = self._cache
+        block = cache.pop(digest, None)
+        if block is None:
+            found = self._reuse.read(digest)
+            if found is None:
+                raise ReplayError("a block a layer index names cannot be read from its image")
+            raw, field = found
+            try:
+                block = raw if field & DATA_UNCOMPRESSED else self._decompress(
+                    raw, self.block_size)
+            except Exception as e:  # a codec's own error type
+                raise ReplayError("a block a layer index names does not decode") from e
+            if hashlib.sha256(block).digest() != digest:
+                raise ReplayError("a block a layer index names does not match its digest")
+            if len(cache) >= _BLOCK_CACHE:
+                del cache[next(iter(cache))]
+        cache[digest] = block  # the most recently used last
+        return block
+
+    def piece(self, digest: bytes, offset: int, length: int) -> bytes:
+        piece = self.block(digest)[offset:offset + length]
+        if len(piece) != length:
+            raise ReplayError("a file's tail lies past the end of its block")
+        return piece
+
+
+class Replay:
+    """One layer's members, replayed from its index."""
+
+    def __init__(self, index: LayerIndex, blocks: _Blocks) -> None:
+        self._index = index
+        self._blocks = blocks
+        self._data = index.data()
+        self._notes = index.notes()
+
+    def unwritten(self) -> Iterator[TarEntry]:
+        """The file entries the earlier compile did not write."""
+        data = self._data
+        for e in self._index.entries():
+            if e.kind == "file" and e.position not in data:
+                yield e
+
+    def link_targets(self) -> set[bytes]:
+        return {e.linkname for e in self._index.entries() if e.kind == "hardlink"}
+
+    def available(self, reuse: BlockReuse) -> bool:
+        for items, tail in self._data.values():
+            for item in items:
+                if isinstance(item, bytes) and not reuse.has(item):
+                    return False
+            if tail is not None and not reuse.has(tail[0]):
+                return False
+        return True
+
+    def members(self, fidelity: Fidelity | None) -> Iterator[tuple[TarEntry, BinaryIO | None]]:
+        """``(entry, data)`` as the tar reader yields them; ``fidelity`` gets the notes
+        the reader made (None: a second pass, which notes nothing)."""
+        notes = self._notes
+        n = 0
+        data = self._data
+        blocks = self._blocks
+        for i, e in enumerate(self._index.entries()):
+            while n < len(notes) and notes[n][0] <= i:
+                if fidelity is not None:
+                    fidelity.note(notes[n][1], notes[n][2])
+                n += 1
+            if e.kind != "file":
+                yield e, None
+                continue
+            found = data.get(e.position)
+            if found is None:
+                # Not written before, and hidden now (checked before the replay began):
+                # the flattener skips it. Reading it would be a bug, not a wrong image.
+                yield e, cast(BinaryIO, _Unwritten())
+                continue
+            yield e, cast(BinaryIO, IndexedFile(blocks, e.size, found[0], found[1]))
+        if fidelity is not None:
+            for _, kind, path in notes[n:]:
+                fidelity.note(kind, path)
+
+
+class _Unwritten(io.RawIOBase):
+    def read(self, n: int = -1) -> bytes:
+        raise ReplayError("a file the layer index holds no data for was needed")
+
+
+class Indexes:
+    """The layer indexes a compile replays and the ones it records (see the module
+    docstring); what ``flatten`` is given as its ``indexes``."""
+
+    def __init__(self, reuse: BlockReuse, settings: str, limits: Limits,
+                 decompress: Callable[[bytes, int], bytes], block_size: int,
+                 sources: Iterable[Path]) -> None:
+        self.reuse = reuse
+        self.recorder = Recorder(settings, limits)
+        self._settings = hashlib.sha256(settings.encode()).hexdigest()
+        self._limits = limits
+        self._blocks = _Blocks(reuse, decompress, block_size)
+        #: the cache entry directories whose images ``reuse`` has open
+        self._sources = list(sources)
+        #: layers replayed, and layers whose index was there but could not be used
+        self.replayed = 0
+        self.passed_over = 0
+        #: the writer whose files are recorded (its ``last_stored``)
+        self.writer: SquashfsWriter | None = None
+
+    def finish(self, directory: Path, block_size: int, fragments: bool,
+               write: Callable[[Path, bytes], None]) -> int:
+        """Write the image's layer indexes into ``directory`` (after the writer finished);
+        returns their total size."""
+        assert self.writer is not None
+        return self.recorder.finish(directory, self.reuse, self.writer.fragment_table,
+                                    block_size, fragments, write)
+
+    def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
+        return self.recorder.start(layer, fidelity)
+
+    def entry(self, entry: TarEntry) -> None:
+        self.recorder.entry(entry)
+
+    def written(self, position: int) -> None:
+        assert self.writer is not None and self.writer.last_stored is not None
+        self.recorder.written(position, self.writer.last_stored)
+
+    def end(self) -> None:
+        self.recorder.end()
+
+    def stop(self) -> None:
+        self.recorder.stop()
+
+    def replay(self, layer: Layer, hidden: Callable[[bytes], bool]) -> Replay | None:
+        """The replay of ``layer``, if an index allows one (see the module docstring);
+        ``hidden(path)`` says whether the layers above hide a file at ``path``."""
+        want = _header_for(layer, "", self._limits)
+        want["settings"] = self._settings
+        name = index_name(str(layer.descriptor.digest))
+        found = False
+        for directory in self._sources:
+            path = directory / name
+            if not path.is_file():
+                continue
+            found = True
+            try:
+                index = read_layer_index(path)
+                if any(index.header.get(k) != v for k, v in want.items()):
+                    continue
+                replay = Replay(index, self._blocks)
+                if not replay.available(self.reuse):
+                    continue
+                unwritten = list(replay.unwritten())
+                if unwritten:
+                    linked = replay.link_targets()
+                    if any(e.path in linked or not hidden(e.path) for e in unwritten):
+                        continue
+            except (BadLayerIndex, struct.error, ValueError, KeyError, IndexError,
+                    TypeError):
+                continue
+            self.replayed += 1
+            return replay
+        if found:
+            self.passed_over += 1
+        return None
