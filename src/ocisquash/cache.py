@@ -8,6 +8,7 @@ Layout under the cache root::
     images/<key>/info.json        its CacheRecord: source, digests, platform, sizes, time
     images/<key>/image.squashfs.verity, .roothash, .roothash.p7s   with --verity
     images/<key>/blocks.idx       the squashfs's block index, for recompiles (squashfs/reuse.py)
+    images/<key>/layer-*.idx      an index of each layer it applied (squashfs/layerindex.py)
     refs/<ref-key>                a reference (+ platform + options) → entry key
     locks/<key>.lock              held (flock) while one process builds <key>
 
@@ -502,12 +503,34 @@ class ImageCache:
             return
         wrong = check_index(entry.image, index)
         if wrong is None:
+            ImageCache._verify_layer_indexes(entry, index, problems, repair)
             return
         problems.append(f"compiled image {entry.key[:12]}: its block index is damaged "
                         f"({wrong}); compiles do not use it")
         if repair:
             with contextlib.suppress(OSError):
                 index.unlink()
+
+    @staticmethod
+    def _verify_layer_indexes(entry: CacheEntry, index: Path, problems: list[str],
+                              repair: bool) -> None:
+        """Check the layer indexes beside a sound block index: each must read back whole
+        and name only blocks the block index holds. A damaged one is only a loss of
+        speed (compiles decode that layer), and repairing removes it alone."""
+        from .squashfs.layerindex import LAYER_INDEX_GLOB, check_layer_index
+        from .squashfs.reuse import read_index
+
+        _, records = read_index(index)
+        known = {r.digest for r in records}
+        for path in sorted(entry.path.glob(LAYER_INDEX_GLOB)):
+            wrong = check_layer_index(path, known)
+            if wrong is None:
+                continue
+            problems.append(f"compiled image {entry.key[:12]}: its layer index {path.name} "
+                            f"is damaged ({wrong}); compiles decode that layer instead")
+            if repair:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def _image_matches_record(self, key: str, record: CacheRecord) -> bool:
         """Whether the entry's image (and its verity files) hash to what its record says."""

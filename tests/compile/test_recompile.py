@@ -117,10 +117,17 @@ def _compile(layout: Path, cache: Path, out: Path,
     return out.read_bytes()
 
 
-def _reused(caplog: pytest.LogCaptureFixture) -> int:
+def _reused(caplog: pytest.LogCaptureFixture, which: int = 0) -> int:
+    """The blocks (``which`` 0) or layers (2) the last compile reused, as it logged them."""
     found = [r.args for r in caplog.records if r.getMessage().startswith("reused ")]
     assert found, "the compile did not report its reused blocks"
-    return int(found[-1][0])  # type: ignore[index]
+    return int(found[-1][which])  # type: ignore[index]
+
+
+#: Layers each change leaves as v1 had them, which the recompile replays from their
+#: layer indexes (tests/compile/test_layer_index.py has the cases where it cannot).
+REPLAYED = {"top_layer_changed": 2, "bottom_layer_changed": 2, "file_moved_and_whiteouts": 2,
+            "hardlinks_and_duplicates": 2, "opaque_directory": 2, "layers_reordered": 3}
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
@@ -135,6 +142,7 @@ def test_recompile_is_byte_identical_to_a_cold_compile(
     _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
     warm = _compile(tmp_path / "v2", tmp_path / "cache", tmp_path / "warm.sqfs")
     assert _reused(caplog) > 10
+    assert _reused(caplog, 2) == REPLAYED[change]
     assert hashlib.sha256(warm).hexdigest() == hashlib.sha256(cold).hexdigest()
 
 

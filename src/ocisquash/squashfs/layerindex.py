@@ -66,7 +66,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 from ..entry import EntryMeta
 from ..errors import SquashfsError
 from ..layers import Fidelity, Limits, TarEntry
-from .blocks import FileData, Stored, unpack_short
+from .blocks import Stored, unpack_short
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 
 if TYPE_CHECKING:
@@ -93,6 +93,10 @@ _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
 #: Decoded blocks kept for the tails of replayed files: a layer's small files were
 #: packed in order, so consecutive files mostly share one.
 _BLOCK_CACHE = 8
+
+
+#: The layer indexes' names in a cache entry, as a glob pattern.
+LAYER_INDEX_GLOB = "layer-*.idx"
 
 
 def index_name(layer_digest: str) -> str:
@@ -150,7 +154,7 @@ class _LayerRecord:
         #: member positions of the files written, and their data (short ones as ints)
         self.positions = array("Q")
         self.short = array("Q")
-        self.long: dict[int, FileData] = {}
+        self.long: dict[int, Stored] = {}
 
     def entry(self, e: TarEntry, notes: list[tuple[str, bytes]]) -> None:
         for kind, path in notes:
@@ -175,10 +179,10 @@ class _LayerRecord:
         notes.clear()
 
     def written(self, position: int, stored: Stored) -> None:
-        if isinstance(stored, int):
+        if isinstance(stored, int) and stored < 1 << 64:
             self.positions.append(position)
             self.short.append(stored)
-        else:
+        else:  # a FileData, or an empty file (its fragment index is INVALID_INDEX)
             self.long[len(self.positions)] = stored
             self.positions.append(position)
             self.short.append(0)
@@ -191,7 +195,7 @@ class _LayerRecord:
         z = zstandard.ZstdCompressor(level=3).compressobj()
         data: list[bytes] = []
         for i, position in enumerate(self.positions):
-            stored: Stored = self.long.get(i) or self.short[i]
+            stored = self.long[i] if i in self.long else self.short[i]
             chunk = z.compress(_POSITION.pack(position) + locate(stored))
             if chunk:
                 data.append(chunk)

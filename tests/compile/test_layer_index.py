@@ -1,0 +1,299 @@
+"""Layer indexes: a recompile replays the layers an earlier image of the cache applied
+instead of decoding them, and writes what a cold compile writes. Each case compiles v1
+into a cache, then v2 into the same cache, checks how many layers were replayed, and
+compares v2's bytes with a cold compile of v2 into an empty cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ocisquash.cache import ImageCache
+from ocisquash.compile import CompiledImage, compile_image
+from ocisquash.sources.options import SourceOptions
+from ocisquash.squashfs.layerindex import LAYER_INDEX_GLOB, read_layer_index
+from ocisquash.squashfs.options import Compression, WriterOptions
+from ocisquash.squashfs.reuse import INDEX_FILE
+
+from .test_recompile import BLOCK, OPTIONS, Layers, _base, _data, _top_changed
+from conftest import require_or_skip
+from imagebuilder import Entry, write_oci_layout
+
+
+def _compile(layout: Path, cache: Path, out: Path,
+             options: WriterOptions = OPTIONS) -> tuple[bytes, CompiledImage]:
+    result = compile_image(f"oci:{layout}:latest", out, writer_options=options,
+                           source_options=SourceOptions(cache_dir=cache), copy=True)
+    return out.read_bytes(), result
+
+
+def _replayed(result: CompiledImage) -> int:
+    return int(result.stats["flatten"]["replayed"])
+
+
+def _recompile(tmp_path: Path, v1: Layers, v2: Layers, options: WriterOptions = OPTIONS,
+               between: Callable[[Path], None] | None = None) -> tuple[CompiledImage,
+                                                                      CompiledImage]:
+    """v2 cold, then v1 and v2 into one cache (``between`` gets v1's entry before v2
+    is compiled); v2's two images must be the same bytes. Returns v2's results."""
+    write_oci_layout(tmp_path / "v1", v1)
+    write_oci_layout(tmp_path / "v2", v2)
+    cold, cold_result = _compile(tmp_path / "v2", tmp_path / "cold-cache",
+                                 tmp_path / "cold.sqfs", options)
+    assert _replayed(cold_result) == 0
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs", options)
+    if between is not None:
+        (entry,) = ImageCache(tmp_path / "cache").entries()
+        between(entry.path)
+    warm, warm_result = _compile(tmp_path / "v2", tmp_path / "cache", tmp_path / "warm.sqfs",
+                                 options)
+    assert warm == cold
+    assert warm_result.fidelity == cold_result.fidelity
+    return cold_result, warm_result
+
+
+def _special_layer() -> list[Entry]:
+    """Entries of every kind, xattrs, and a dropped xattr (a fidelity note to replay)."""
+    return [Entry("srv", "dir", mode=0o750, uid=7, gid=8),
+            Entry("srv/tool", data=_data(300, 2 * BLOCK + 1), mode=0o4755,
+                  xattrs={"security.capability": b"\x01\x00\x00\x02" + bytes(16),
+                          "user.note": b"kept", "system.posix_acl_access": b"dropped"}),
+            Entry("srv/link", "symlink", linkname="../usr/lib/lib0.so"),
+            Entry("srv/null", "char", devmajor=1, devminor=3),
+            Entry("srv/disk", "block", devmajor=8, devminor=1),
+            Entry("srv/pipe", "fifo"),
+            Entry("srv/empty", data=b""),
+            Entry("srv/tool-link", "hardlink", linkname="srv/tool")]
+
+
+def test_unchanged_layers_are_replayed_when_the_top_changes(tmp_path: Path) -> None:
+    base = _base()
+    v1 = [base[0], _special_layer(), *base[1:]]
+    v2 = [base[0], _special_layer(), *_top_changed(base)[1:]]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 3
+    assert any(issue.kind == "xattr-dropped" for issue in warm.fidelity)
+
+
+def test_a_changed_bottom_layer_is_decoded_and_the_others_replayed(tmp_path: Path) -> None:
+    base = _base()
+    bottom = [*base[0], Entry("usr/lib/new.so", data=_data(400, 4 * BLOCK + 3))]
+    _, warm = _recompile(tmp_path, base, [bottom, *base[1:]])
+    assert _replayed(warm) == 2
+
+
+def test_replay_at_gzip_9_and_without_fragments(tmp_path: Path) -> None:
+    options = WriterOptions(compression=Compression.GZIP, level=9, block_size=BLOCK,
+                            fragments=False, mkfs_time=1_700_000_000)
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), options)
+    assert _replayed(warm) == 2
+
+
+def test_replay_without_dedup(tmp_path: Path) -> None:
+    options = WriterOptions(compression=Compression.ZSTD, level=5, block_size=BLOCK,
+                            dedup=False, mkfs_time=1_700_000_000)
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), options)
+    assert _replayed(warm) == 2
+
+
+def _with_top(*entries: Entry) -> Layers:
+    base = _base()
+    return [*base[:2], [*base[2], *entries]]
+
+
+def test_a_file_hidden_before_and_visible_now_makes_its_layer_decoded(tmp_path: Path) -> None:
+    """v1 whites out a bottom-layer file, so v1 did not write it and the bottom layer's
+    index holds no data for it: v2, without the whiteout, decodes that layer."""
+    v1 = _with_top(Entry("usr/lib/.wh.small4"), Entry("usr/lib/.wh.lib2.so"))
+    _, warm = _recompile(tmp_path, v1, _base())
+    assert _replayed(warm) == 1  # the middle layer
+
+
+def test_a_file_hidden_before_and_still_hidden_does_not_stop_the_replay(
+        tmp_path: Path) -> None:
+    v1 = _with_top(Entry("usr/lib/.wh.small4"))
+    v2 = _with_top(Entry("usr/lib/.wh.small4"), Entry("app/more", data=_data(500, 900)))
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 2
+
+
+def test_an_opaque_directory_hides_files_before_and_now(tmp_path: Path) -> None:
+    v1 = _with_top(Entry("usr/lib", "dir"), Entry("usr/lib/.wh..wh..opq"))
+    v2 = _with_top(Entry("usr/lib", "dir"), Entry("usr/lib/.wh..wh..opq"),
+                   Entry("usr/lib/only", data=b"only\n"))
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 2
+
+
+def _linked_layer() -> list[Entry]:
+    return [Entry("data", "dir"),
+            Entry("data/target", data=_data(600, 3 * BLOCK + 11)),
+            Entry("data/small", data=b"small file, linked\n"),
+            Entry("data/link", "hardlink", linkname="data/target"),
+            Entry("data/small-link", "hardlink", linkname="data/small")]
+
+
+def test_hard_links_whose_target_is_hidden_now_take_a_replayed_second_pass(
+        tmp_path: Path) -> None:
+    """v2 whites out the link targets: their data goes under the links, fetched by a
+    second pass, which replays the layer again."""
+    base = _base()
+    v1 = [base[0], _linked_layer(), base[2]]
+    v2 = [base[0], _linked_layer(),
+          [*base[2], Entry("data/.wh.target"), Entry("data/.wh.small")]]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert warm.stats["flatten"]["second_passes"] == 1
+    assert _replayed(warm) == 2
+
+
+def test_hard_links_written_by_a_second_pass_before_are_replayed(tmp_path: Path) -> None:
+    """The reverse: v1 wrote the targets' data in a second pass, v2 in the first."""
+    base = _base()
+    v1 = [base[0], _linked_layer(),
+          [*base[2], Entry("data/.wh.target"), Entry("data/.wh.small")]]
+    v2 = [base[0], _linked_layer(), _top_changed(base)[2]]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 2
+
+
+def test_a_hidden_file_a_link_names_makes_its_layer_decoded(tmp_path: Path) -> None:
+    """v1 hides a link target and its link; v2 shows the link: the target's data was
+    never written, so the layer is decoded for the second pass."""
+    base = _base()
+    hide_both = [Entry("data/.wh.target"), Entry("data/.wh.link")]
+    v1 = [base[0], _linked_layer(), [*base[2], *hide_both]]
+    v2 = [base[0], _linked_layer(), [*base[2], Entry("data/.wh.target")]]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert warm.stats["flatten"]["second_passes"] == 1
+    assert _replayed(warm) == 1
+
+
+def _damage_layer_indexes(entry: Path) -> None:
+    for path in entry.glob(LAYER_INDEX_GLOB):
+        os.chmod(path, 0o644)
+        blob = bytearray(path.read_bytes())
+        blob[len(blob) // 2] ^= 0x01
+        path.write_bytes(bytes(blob))
+
+
+def _remove_layer_indexes(entry: Path) -> None:
+    for path in entry.glob(LAYER_INDEX_GLOB):
+        path.unlink()
+
+
+def _remove_block_index(entry: Path) -> None:
+    (entry / INDEX_FILE).unlink()
+
+
+@pytest.mark.parametrize("damage", [_damage_layer_indexes, _remove_layer_indexes,
+                                    _remove_block_index],
+                         ids=["layer_indexes_damaged", "layer_indexes_missing",
+                              "block_index_missing"])
+def test_a_damaged_or_missing_index_falls_back_to_decoding(
+        tmp_path: Path, damage: Callable[[Path], None]) -> None:
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=damage)
+    assert _replayed(warm) == 0
+
+
+def test_a_pruned_source_image_is_not_replayed(tmp_path: Path) -> None:
+    def prune(entry: Path) -> None:
+        subprocess.run([sys.executable, "-m", "ocisquash", "cache", "--cache-dir",
+                        str(tmp_path / "cache"), "prune", "--max-size", "0"],
+                       check=True, capture_output=True)
+        assert not entry.exists()
+
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=prune)
+    assert _replayed(warm) == 0
+
+
+def test_a_block_that_cannot_be_fetched_builds_the_image_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A replay that cannot read what its index names (here: every read fails) is not
+    finished with other bytes: the image is built again without earlier images."""
+    from ocisquash.squashfs import reuse
+
+    caplog.set_level(logging.WARNING, logger="ocisquash.compile")
+
+    def unreadable(entry: Path) -> None:
+        monkeypatch.setattr(reuse.BlockReuse, "read", lambda self, digest: None)
+
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=unreadable)
+    assert any("layer index in the cache does not hold" in r.getMessage()
+               for r in caplog.records)
+    assert _replayed(warm) == 0  # the build that was kept replayed nothing
+
+
+def test_the_recompile_keeps_its_own_layer_indexes(tmp_path: Path) -> None:
+    """v2's entry indexes its layers itself (refers to its own image): with v1 removed,
+    a third version still replays them."""
+    base = _base()
+    v3 = _with_top(Entry("app/v3", data=b"three\n"))
+    _recompile(tmp_path, base, _top_changed(base))
+    cache = ImageCache(tmp_path / "cache")
+    (v1,) = [e for e in cache.entries() if e.record.source.endswith("/v1:latest")]
+    assert cache.remove(v1.key)
+    write_oci_layout(tmp_path / "v3", v3)
+    cold, _ = _compile(tmp_path / "v3", tmp_path / "cold3", tmp_path / "cold3.sqfs")
+    warm, result = _compile(tmp_path / "v3", tmp_path / "cache", tmp_path / "warm3.sqfs")
+    assert warm == cold
+    assert _replayed(result) == 2
+
+
+def test_verify_reports_a_damaged_layer_index_and_repair_removes_only_it(
+        tmp_path: Path) -> None:
+    write_oci_layout(tmp_path / "v1", _base())
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
+    cache = ImageCache(tmp_path / "cache")
+    assert cache.verify() == []
+    (entry,) = cache.entries()
+    indexes = sorted(entry.path.glob(LAYER_INDEX_GLOB))
+    assert len(indexes) == 3
+    os.chmod(indexes[0], 0o644)
+    blob = bytearray(indexes[0].read_bytes())
+    blob[-40] ^= 0x80
+    indexes[0].write_bytes(bytes(blob))
+    problems = cache.verify(repair=True)
+    assert len(problems) == 1 and "layer index" in problems[0], problems
+    assert sorted(entry.path.glob(LAYER_INDEX_GLOB)) == indexes[1:]
+    assert (entry.path / INDEX_FILE).exists() and cache.verify() == []
+
+
+def test_layer_indexes_list_every_entry_and_are_small(tmp_path: Path) -> None:
+    built = write_oci_layout(tmp_path / "v1", _base())
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
+    (entry,) = ImageCache(tmp_path / "cache").entries()
+    indexes = sorted(entry.path.glob(LAYER_INDEX_GLOB))
+    counts = sorted(sum(1 for _ in read_layer_index(p).entries()) for p in indexes)
+    assert counts == sorted(len(layer) for layer in _base())
+    blobs = sum((tmp_path / "v1" / "blobs" / "sha256" / d.split(":")[1]).stat().st_size
+                for d in built.layer_digests)
+    # At 4 KiB blocks of random data a file costs its entry and a digest per 4 KiB; the
+    # bench measures the share at the default 128 KiB (bench/RESULTS-recompile.md).
+    assert sum(p.stat().st_size for p in indexes) < 0.05 * blobs
+
+
+def test_replayed_image_reads_back_with_unsquashfs(tmp_path: Path) -> None:
+    require_or_skip(subprocess.run(["which", "unsquashfs"], capture_output=True).returncode == 0,
+                    "unsquashfs is not installed")
+    base = _base()
+    v1 = [base[0], _special_layer(), *base[1:]]
+    v2 = [base[0], _special_layer(), *_top_changed(base)[1:]]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 3
+    listing = subprocess.run(["unsquashfs", "-lln", str(tmp_path / "warm.sqfs")], check=True,
+                             capture_output=True, text=True).stdout
+    assert "srv/null" in listing and "srv/tool" in listing
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "x"),
+                    str(tmp_path / "warm.sqfs")], check=True, capture_output=True)
+    assert (tmp_path / "x/usr/lib/lib5.so").read_bytes() == _data(5, 3 * BLOCK + 500)
+    assert (tmp_path / "x/srv/tool").read_bytes() == _data(300, 2 * BLOCK + 1)
+    assert (tmp_path / "x/etc/sparse").read_bytes() == (
+        bytes(4 * BLOCK) + _data(51, BLOCK) + bytes(3 * BLOCK))
