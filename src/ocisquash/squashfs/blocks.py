@@ -25,10 +25,11 @@ rarely repeat, are then hashed rarely (figures: ``bench/README.md``).
 An image may hold a million small files, so their records are kept small. A file
 shorter than a block that lands in a fragment is recorded as one int
 (:func:`pack_short`) instead of a :class:`FileData`. When the output can be read back,
-such a file's dedup key is an int of 60 bits (40 bits of its sha256 and its size), and
-a file matching a key is compared with the stored file's bytes, read back, before it
-shares them; a different file with the same short key is keyed by its whole sha256 in
-a second, small map. So duplicates are exactly those the whole sha256 finds.
+such a file's dedup key is an int of 60 bits (40 bits of :func:`short_hash` and its
+size), and a file matching a key is compared with the stored file's bytes, read back,
+before it shares them; a different file with the same short key is keyed by its whole
+sha256 in a second, small map. So duplicates are exactly those the whole sha256 finds,
+whatever hash makes the short key: it only decides which stored file is compared.
 
 Blocks are compressed by a thread pool but written strictly in submission order, so the
 output is byte-identical whatever the thread timing. At most :data:`IN_FLIGHT_BYTES` of
@@ -626,16 +627,15 @@ class DataWriter:
         self.bytes_in += size
         if not self._dedup:
             return self._place_short(data)
-        digest = _sha256_holding_gil(data)
         if not self._short_keys:
-            key = _key(digest, size)
+            key = _key(_sha256_holding_gil(data), size)
             previous = self._seen.get(key)
             if previous is not None:
                 self.duplicates += 1
                 return previous
             stored = self._seen[key] = self._place_short(data)
             return stored
-        short = int.from_bytes(digest[:5], "little") << _SHORT_BITS | size
+        short = (short_hash(data) & _SHORT_HASH_MASK) << _SHORT_BITS | size
         previous = self._seen.get(short)
         if previous is None:
             stored = self._seen[short] = self._place_short(data)
@@ -643,7 +643,7 @@ class DataWriter:
         if size == 0 or self._short_data(previous) == data:
             self.duplicates += 1
             return previous
-        key = _key(digest, size)
+        key = _key(hashlib.sha256(data).digest(), size)
         previous = self._collided.get(key)
         if previous is not None:
             self.duplicates += 1
@@ -719,14 +719,27 @@ def _key(digest: bytes, size: int) -> bytes:
     return digest + size.to_bytes(8, "little")
 
 
+#: The bits of :func:`short_hash` a short dedup key keeps (above the size's bits).
+_SHORT_HASH_MASK = (1 << 40) - 1
+
+
+def short_hash(data: bytes) -> int:
+    """The hash a short file's dedup key is made of: the interpreter's own (SipHash-1-3
+    under a key drawn at start-up, so a layer cannot be made to collide on purpose). It
+    costs a fifth of a sha256 and never lets the GIL go; a match is checked against the
+    stored bytes, so it changes no image (figures: ``bench/README.md``)."""
+    return hash(data if type(data) is bytes else bytes(data))
+
+
 #: hashlib lets the GIL go while it hashes this many bytes or more (HASHLIB_GIL_MINSIZE).
 _GIL_MINSIZE = 2048
 
 
 def _sha256_holding_gil(data: bytes) -> bytes:
-    """The sha256 of a file shorter than a block, in pieces that keep the GIL when it is at
-    most 16 KiB: taking the GIL back after each hash cost more than hashing a few KiB while
-    the compressing threads ran (figures: ``bench/README.md``)."""
+    """The sha256 of a file shorter than a block (the dedup key of an output that cannot be
+    read back), in pieces that keep the GIL when it is at most 16 KiB: taking the GIL back
+    after each hash cost more than hashing a few KiB while the compressing threads ran
+    (figures: ``bench/README.md``)."""
     if len(data) < _GIL_MINSIZE or len(data) > 8 * (_GIL_MINSIZE - 1):
         return hashlib.sha256(data).digest()
     hasher = hashlib.sha256()
