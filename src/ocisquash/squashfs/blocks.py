@@ -411,13 +411,13 @@ class DataWriter:
             data = _read_exactly(stream, size)
             if len(data) != size:
                 raise SquashfsError(f"file data ended after {len(data)} of {size} bytes")
-            return self._store_short(data)
+            return self.store_short(data)
         record = FileData()
         mark = self._pipeline.submitted
         # The dedup key: the size and a hash over per-block records (0x00 for a zero
         # block, 0x01 + sha256 for any other), unambiguous because records have fixed
         # sizes. A file shorter than a block (most files) is keyed by its own sha256
-        # instead (see _store_short): its size, in the key, tells the two kinds apart.
+        # instead (see store_short): its size, in the key, tells the two kinds apart.
         hashing = self._dedup
         firsts = self._first_of_size
         if firsts is not None and size is not None and size not in firsts:
@@ -472,7 +472,7 @@ class DataWriter:
                     hasher.update(_record(block))
                 self._pipeline.submit(block, record.placed)
         if total < bs:  # a stream of unknown size that turned out shorter than a block
-            return self._store_short(tail)
+            return self.store_short(tail)
         return self._finish_long(record, mark, hasher, total, tail)
 
     def write_indexed(self, size: int, items: list[bytes | int],
@@ -485,7 +485,7 @@ class DataWriter:
             data = tail()
             if len(data) != size:
                 raise SquashfsError(f"a replayed file's data is {len(data)} bytes, not {size}")
-            return self._store_short(data)
+            return self.store_short(data)
         record = FileData()
         mark = self._pipeline.submitted
         hashing = self._dedup
@@ -545,7 +545,7 @@ class DataWriter:
     def write_bytes(self, data: bytes) -> Stored:
         """Store a file given whole."""
         if len(data) < self._block_size:
-            return self._store_short(data)
+            return self.store_short(data)
         return self.write_file(io.BytesIO(data), len(data))
 
     def _key_of_written(self, record: FileData) -> bytes:
@@ -620,11 +620,25 @@ class DataWriter:
         cache[index] = block  # the most recently used last
         return block[offset:offset + n]
 
-    def _store_short(self, data: bytes) -> Stored:
+    def store_short(self, data: bytes) -> Stored:
         """Store a file shorter than a block (most files are): in a fragment, or as a
         short block without fragments, unless an identical file is stored already."""
         size = len(data)
         self.bytes_in += size
+        if self._short_keys and data:
+            short = (short_hash(data) & _SHORT_HASH_MASK) << _SHORT_BITS | size
+            previous = self._seen.get(short)
+            if previous is None:
+                # _place_short in a fragment, written out: most files of an image come
+                # this way, and a call is a tenth of their time here.
+                fragment = self._fragment
+                if len(fragment) + size > self._block_size:
+                    self.flush_fragment()  # clears ``fragment`` in place
+                stored = self._seen[short] = (size | len(fragment) << _SHORT_BITS
+                                              | self._fragment_count << 2 * _SHORT_BITS)
+                fragment += data
+                return stored
+            return self._short_match(data, previous)
         if not self._dedup:
             return self._place_short(data)
         if not self._short_keys:
@@ -640,6 +654,13 @@ class DataWriter:
         if previous is None:
             stored = self._seen[short] = self._place_short(data)
             return stored
+        return self._short_match(data, previous)
+
+    def _short_match(self, data: bytes, previous: Stored) -> Stored:
+        """A short file whose short key an earlier file ``previous`` has: that
+        file if the bytes are the same, else the file of its whole key (stored now if
+        none is)."""
+        size = len(data)
         if size == 0 or self._short_data(previous) == data:
             self.duplicates += 1
             return previous

@@ -93,7 +93,7 @@ class SpecialNode(Node):
         self.rdev = rdev
 
 
-def _plain(path: bytes) -> bool:
+def plain_path(path: bytes) -> bool:
     """True for most valid paths, checked at once: with no "//", "/." or NUL, not starting
     with "/" or "." and not ending with "/", no component is empty, "." or ".."; a path
     of at most 256 bytes has no component longer than that."""
@@ -107,7 +107,7 @@ def split_path(path: bytes) -> list[bytes]:
         raise SquashfsError(f"path {path!r} must be bytes")
     if path == b"":
         return []
-    if _plain(path):
+    if plain_path(path):
         return path.split(b"/")
     parts = path.split(b"/")
     for part in parts:
@@ -177,16 +177,19 @@ class Tree:
         ``checked``), replacing whatever was there."""
         if not checked:
             self.placeable(path)
-        children = self._parent(path).children
-        name = path[path.rfind(b"/") + 1:]
-        if isinstance(children.get(name), DirNode):
+        i = path.rfind(b"/")
+        # _parent's cache looked up here: one call less for most files
+        parent = self._last_dir if i >= 0 and path[:i] == self._last_head else self._parent(path)
+        children = parent.children
+        name = path[i + 1:]
+        if type(children.get(name)) is DirNode:
             self._last_head = None  # a directory leaves the tree: the cache may be in it
         children[name] = node
 
     def placeable(self, path: bytes) -> None:
         """Validate a path for a non-directory; raise before any file data is written
         if it can never be placed."""
-        if isinstance(path, bytes) and path and _plain(path):
+        if isinstance(path, bytes) and path and plain_path(path):
             return
         if not split_path(path):
             raise SquashfsError("the root of the image must be a directory")

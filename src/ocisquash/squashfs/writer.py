@@ -42,7 +42,17 @@ from .metadata import MetadataWriter, pack_lookup_table
 from .options import WriterOptions as WriterOptions
 from .reuse import BlockReuse
 from .tables import IdTable, XattrTable, check_xattrs
-from .tree import DATA_MASK, META_SHIFT, DirNode, FileNode, Node, SpecialNode, SymlinkNode, Tree
+from .tree import (
+    DATA_MASK,
+    META_SHIFT,
+    DirNode,
+    FileNode,
+    Node,
+    SpecialNode,
+    SymlinkNode,
+    Tree,
+    plain_path,
+)
 
 #: The cache key of the bytes written; kept in version.py so that reading it is cheap.
 from .version import FORMAT_VERSION as FORMAT_VERSION
@@ -133,6 +143,10 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
         #: which a short file's int in the tree holds (see ``tree.py``)
         self._meta_list: list[EntryMeta] = []
         self._meta_index: dict[int, int] = {}
+        #: a source's EntryMeta (kept alive here) -> its kept value's index there, by id
+        self._meta_at_ids: dict[int, tuple[EntryMeta, int]] = {}
+        #: files shorter than this take add_file's short path
+        self._short = options.block_size
         self._tree = Tree(self._meta(options.default_dir_meta))
         workers = options.workers or os.cpu_count() or 1
         self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers,
@@ -185,11 +199,45 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
         # Many entries share owner, mode and time: keep one object for each.
         return self._metas.setdefault(meta, meta)
 
+    def _meta_at(self, meta: EntryMeta) -> int:
+        """The index in ``_meta_list`` of ``meta`` as the format keeps it (what a short
+        file's int in the tree holds); by identity first, as :meth:`_meta` does."""
+        known = self._meta_at_ids.get(id(meta))
+        if known is not None:
+            return known[1]
+        kept = self._meta(meta)
+        index = self._meta_index.get(id(kept))
+        if index is None:
+            index = self._meta_index[id(kept)] = len(self._meta_list)
+            self._meta_list.append(kept)
+        if len(self._meta_at_ids) >= 1 << 16:
+            self._meta_at_ids.clear()  # a source that makes a new object per entry
+        self._meta_at_ids[id(meta)] = (meta, index)
+        return index
+
     def add_file(
         self, path: bytes, meta: EntryMeta, data: BinaryIO | bytes, size: int | None = None
     ) -> None:
         """Add a regular file, reading ``data`` block by block (exactly ``size`` bytes if
         given, else to EOF); the contents are never held in memory as a whole."""
+        if (type(data) is bytes and len(data) < self._short and not self._closed
+                and (size is None or size == len(data)) and path and plain_path(path)):
+            # Most files: shorter than a block, handed whole by a layer reader. The
+            # steps of the general path below in fewer calls: an image of many small
+            # files is bound by the main thread's time per file (bench/README.md).
+            known = self._meta_at_ids.get(id(meta))
+            index = known[1] if known is not None else self._meta_at(meta)
+            try:
+                written = self._data.store_short(data)
+            except SquashfsError as e:
+                raise e.with_context(repr(path)) from None
+            except OSError as e:
+                raise self._write_error(e, path) from e
+            if type(written) is int:
+                self._tree.put(path, index << META_SHIFT | written, checked=True)
+            else:
+                self._tree.put(path, FileNode(self._meta_list[index], written), checked=True)
+            return
         self._check_open()
         meta = self._meta(meta)
         self._tree.placeable(path)
