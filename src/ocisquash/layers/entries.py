@@ -61,7 +61,9 @@ Member = tuple[TarEntry, BinaryIO | bytes | None]
 def normalize_path(raw: bytes, *, context: str = "") -> bytes:
     """``raw`` relative to the image root: no leading ``/`` or ``./``, no empty or ``.``
     components; a ``..`` component or a NUL byte raises ``UnsafeLayerError``."""
-    if b"\0" in raw:
+    # find(), not ``in``: CPython's ``bytes in bytes`` first tries the needle as an
+    # int, and builds and drops a TypeError with its message before it searches.
+    if raw.find(b"\0") >= 0:
         raise UnsafeLayerError(f"path {raw!r} contains a NUL byte", context=context)
     # Fast path, most tar names ("./usr/bin/x", "usr/lib/"): once a leading "./" and a
     # trailing "/" are gone, no component can be empty, "." or ".." if no "//" or "/."
@@ -69,8 +71,8 @@ def normalize_path(raw: bytes, *, context: str = "") -> bytes:
     p = raw[2:] if raw[:2] == b"./" else raw
     if p[-1:] == b"/":
         p = p[:-1]
-    if (p and p[0] not in b"/." and p[-1:] != b"/" and b"//" not in p
-            and b"/." not in p):
+    if (p and p[0] not in b"/." and p[-1:] != b"/" and p.find(b"//") < 0
+            and p.find(b"/.") < 0):
         return p
     parts = [p for p in raw.split(b"/") if p and p != b"."]
     if b".." in parts:
@@ -129,7 +131,7 @@ def make_entry(raw_path: bytes, kind: EntryKind, mode: int, uid: int, gid: int, 
     linkname = b""
     if kind == "symlink":
         linkname = raw_link
-        if b"\0" in linkname or not linkname:
+        if not linkname or linkname.find(b"\0") >= 0:
             raise LayerError(f"symlink {_show(path)} has an invalid target", context=context)
         longest = min(limits.max_path_length, MAX_SYMLINK_TARGET)
         if len(linkname) > longest:

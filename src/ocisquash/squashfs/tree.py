@@ -96,9 +96,10 @@ class SpecialNode(Node):
 def plain_path(path: bytes) -> bool:
     """True for most valid paths, checked at once: with no "//", "/." or NUL, not starting
     with "/" or "." and not ending with "/", no component is empty, "." or ".."; a path
-    of at most 256 bytes has no component longer than that."""
+    of at most 256 bytes has no component longer than that. (find(), not ``in``: see
+    ``layers.entries.normalize_path``.)"""
     return (len(path) <= MAX_NAME_LEN and path[0] not in b"/." and path[-1] != 0x2F
-            and b"//" not in path and b"/." not in path and b"\0" not in path)
+            and path.find(b"//") < 0 and path.find(b"/.") < 0 and path.find(b"\0") < 0)
 
 
 def split_path(path: bytes) -> list[bytes]:
