@@ -634,10 +634,10 @@ class DataWriter:
                 fragment = self._fragment
                 if len(fragment) + size > self._block_size:
                     self.flush_fragment()  # clears ``fragment`` in place
-                stored = self._seen[short] = (size | len(fragment) << _SHORT_BITS
+                packed = self._seen[short] = (size | len(fragment) << _SHORT_BITS
                                               | self._fragment_count << 2 * _SHORT_BITS)
                 fragment += data
-                return stored
+                return packed
             return self._short_match(data, previous)
         if not self._dedup:
             return self._place_short(data)
@@ -665,10 +665,10 @@ class DataWriter:
             self.duplicates += 1
             return previous
         key = _key(hashlib.sha256(data).digest(), size)
-        previous = self._collided.get(key)
-        if previous is not None:
+        same = self._collided.get(key)
+        if same is not None:
             self.duplicates += 1
-            return previous
+            return same
         stored = self._collided[key] = self._place_short(data)
         return stored
 

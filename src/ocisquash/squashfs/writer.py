@@ -226,17 +226,18 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             # steps of the general path below in fewer calls: an image of many small
             # files is bound by the main thread's time per file (bench/README.md).
             known = self._meta_at_ids.get(id(meta))
-            index = known[1] if known is not None else self._meta_at(meta)
+            at = known[1] if known is not None else self._meta_at(meta)
             try:
-                written = self._data.store_short(data)
+                stored = self._data.store_short(data)
             except SquashfsError as e:
                 raise e.with_context(repr(path)) from None
             except OSError as e:
                 raise self._write_error(e, path) from e
-            if type(written) is int:
-                self._tree.put(path, index << META_SHIFT | written, checked=True)
+            self.last_stored = stored
+            if type(stored) is int:
+                self._tree.put(path, at << META_SHIFT | stored, checked=True)
             else:
-                self._tree.put(path, FileNode(self._meta_list[index], written), checked=True)
+                self._tree.put(path, FileNode(self._meta_list[at], stored), checked=True)
             return
         self._check_open()
         meta = self._meta(meta)
