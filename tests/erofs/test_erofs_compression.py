@@ -107,6 +107,8 @@ def _expected() -> dict[str, bytes]:
 def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     # A few hundred KiB in flight instead of 8 MiB per worker: "big" streams.
     monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
+    # Segments of 256 KiB: big files span several, each with its own padded end.
+    monkeypatch.setattr(compress, "SEGMENT_BYTES", 256 << 10)
 
 
 @pytest.mark.usefixtures("small_in_flight")
@@ -148,6 +150,100 @@ def test_help_states_the_minimum_kernel_per_compressor() -> None:
                  "deflate (Linux 6.6+)", "zstd (Linux 6.10+)", "(Linux 6.1+)",
                  "after its inode when it fits, not in a block of its own (Linux 5.17+)"):
         assert text in flat
+
+
+# -- fixed-output lz4 pclusters: extents that start mid-lcluster ----------------------
+
+
+def _prose(rng: random.Random, n: int) -> bytes:
+    words = [rng.randbytes(3).hex().encode() for _ in range(400)]
+    out = bytearray()
+    while len(out) < n:
+        out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
+    return bytes(out[:n])
+
+
+def _boundaries() -> dict[str, bytes]:
+    """Files at the block and pcluster boundaries, and extents that start mid-block:
+    fitted pclusters, raw blocks after them (PLAIN extents shifted into the next
+    lcluster), a raw end that passes into the next lcluster, pcluster-sized files."""
+    rng = random.Random(23)
+    text = _prose(rng, 3_000_000)
+    noise = rng.randbytes(400_000)
+    files = {f"size-{n}": text[:n] for n in
+             (0, 1, 4095, 4096, 4097, 8191, 8193, 65535, 65536, 65537, 131071, 131072,
+              131073, 262145, 1_000_000, 2_500_001)}
+    files |= {
+        "noise-4097": noise[:4097],
+        "noise-300000": noise[:300_000],
+        # fitted extents, then raw blocks that start wherever the last one ended
+        "text-noise-text": text[:500_000] + noise[:100_000] + text[:300_000],
+        # a fitted extent and a short raw end that passes an lcluster boundary
+        "text-noise-end": text[:131_072 + 2_000] + noise[:2_993],
+        "text-noise-end-2": text[:200_000] + noise[:7_001],
+        # a segment's last pcluster of a few bytes, then the next segment
+        "zeros": bytes(700_000),
+    }
+    return files
+
+
+def _write_boundaries(w: ErofsWriter) -> None:
+    m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+    for name, data in _boundaries().items():
+        w.add_file(name.encode(), m, data)
+
+
+def _check_through_kernel(image: Path, where: Path, files: dict[str, bytes]) -> None:
+    with erofs_mounted(image, where) as m:
+        for name, data in files.items():
+            assert (m / name).read_bytes() == data, name
+            # Reads that start inside an extent, and ones across every 60 KiB.
+            with open(m / name, "rb") as f:
+                for at in range(1, len(data), 61_441):
+                    f.seek(at)
+                    assert f.read(4099) == data[at:at + 4099], (name, at)
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"fragments": True}, {"ztailpacking": True}, {"compression": LZ4},
+    {"pcluster_size": 16384}, {"pcluster_size": 1 << 20},
+], ids=["lz4hc", "fragments", "ztailpacking", "lz4", "pcluster-16k", "pcluster-1m"])
+@pytest.mark.usefixtures("small_in_flight")
+def test_fitted_pclusters_read_back_through_the_kernel(tmp_path: Path,
+                                                       options: dict[str, object]) -> None:
+    if options.get("fragments"):
+        _require_fragments()
+    if options.get("ztailpacking"):
+        _require_ztailpacking()
+    options.setdefault("compression", LZ4HC)
+    digests = set()
+    for workers in (1, 2):
+        image = tmp_path / f"b{workers}.erofs"
+        write_erofs(image, _write_boundaries, workers=workers, **options)
+        digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    if not options.get("fragments"):
+        fsck(image)
+        out = tmp_path / "x"
+        fsck(image, f"--extract={out}")  # fsck.erofs 1.5 decompresses with its own lz4
+        for name, data in _boundaries().items():
+            assert (out / name).read_bytes() == data, name
+    _check_through_kernel(image, tmp_path / "m", _boundaries())
+
+
+def test_fitted_pclusters_fill_their_blocks(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fitted pclusters take fewer blocks than fixed-input ones, which pad each; with
+    no liblz4 fixed-output call (``destsize`` finds none) the extents are fixed-input
+    and the kernel reads those as well."""
+    fitted, fixed = tmp_path / "fitted.erofs", tmp_path / "fixed.erofs"
+    write_erofs(fitted, _write_boundaries, compression=LZ4HC, workers=2)
+    monkeypatch.setattr(compress, "destsize", lambda: None)
+    write_erofs(fixed, _write_boundaries, compression=LZ4HC, workers=2)
+    # Over 5 MB of prose and zeros: more than 40 pclusters at 128 KiB, each padded by
+    # half a block on average.
+    assert fitted.stat().st_size + 10 * 4096 < fixed.stat().st_size
+    _check_through_kernel(fixed, tmp_path / "m", _boundaries())
 
 
 # -- fragments: every file's last extent in one packed inode (Linux 6.1+) -------------

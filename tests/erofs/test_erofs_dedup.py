@@ -57,6 +57,8 @@ def _write(out: object, **options: object) -> tuple[int, int]:
 @pytest.fixture(autouse=True)
 def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
+    # Segments of 256 KiB: big files span several, each with its own padded end.
+    monkeypatch.setattr(compress, "SEGMENT_BYTES", 256 << 10)
 
 
 @pytest.mark.parametrize("case", CASES)

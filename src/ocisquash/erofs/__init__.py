@@ -18,8 +18,9 @@ One module per on-disk concern::
     format.py      constants, the superblock, compact and extended inodes
     options.py     ErofsOptions and the compressor names, importable without the writer
     data.py        file data: FLAT_PLAIN blocks, FLAT_INLINE tails, dedup, the spool
-    compress.py    lz4/lz4hc/deflate/zstd pclusters in parallel, the lcluster index,
-                   fragments (the packed inode), dedup
+    compress.py    lz4/lz4hc/deflate/zstd pclusters in parallel (lz4 fitted to whole
+                   blocks), the lcluster index, fragments (the packed inode),
+                   ztailpacking, dedup
     directory.py   directory blocks of sorted entries
     xattr.py       name prefixes, inline xattr bodies, the shared xattr area
     writer.py      ErofsWriter: the public API and the finish sequence

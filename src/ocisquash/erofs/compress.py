@@ -1,56 +1,75 @@
 """File data of compressed inodes: physical clusters (lz4, deflate or zstd) and the
 cluster index.
 
-Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression"):
+Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression", the kernel's
+``zmap.c``):
 
 * a compressed file is cut into logical clusters ("lclusters") of one block (4 KiB,
   ``h_clusterbits`` 0); each has an 8-byte "z_erofs_lcluster_index", stored after the
   inode, its xattrs, an 8-byte "z_erofs_map_header" at the next 8-byte boundary and 8
   reserved bytes (``Z_EROFS_FULL_INDEX_START``), one per lcluster of ``i_size``
   (datalayout COMPRESSED_FULL);
-* an extent of decompressed data starts at a HEAD lcluster, whose ``blkaddr`` is the
-  first block of its physical cluster ("pcluster"); the extent's other lclusters are
-  NONHEAD, with ``delta[0]`` the distance back to the HEAD and ``delta[1]`` the
-  distance to the next HEAD; the first NONHEAD carries the pcluster's block count
-  instead (``Z_EROFS_LI_D0_CBLKCNT``), which is how a pcluster spans several blocks
-  ("big pcluster": ``Z_EROFS_ADVISE_BIG_PCLUSTER_1`` in the map header and
-  ``EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER`` in the superblock);
+* an extent of decompressed data starts anywhere in a HEAD lcluster, ``di_clusterofs``
+  bytes in, whose ``blkaddr`` is the first block of its physical cluster ("pcluster");
+  an lcluster holds at most one extent start, so every extent but a file's last is
+  longer than a block. The lclusters an extent covers past its HEAD are NONHEAD, with
+  ``delta[0]`` the distance back to the HEAD and ``delta[1]`` the distance to the next
+  HEAD (or past the last lcluster); the first NONHEAD carries the pcluster's block
+  count instead (``Z_EROFS_LI_D0_CBLKCNT``), which is how a pcluster spans several
+  blocks ("big pcluster": ``Z_EROFS_ADVISE_BIG_PCLUSTER_1`` in the map header and
+  ``EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER`` in the superblock); a HEAD followed by a HEAD
+  is a one-block pcluster;
 * with ``EROFS_FEATURE_INCOMPAT_LZ4_0PADDING`` the compressed data (an lz4 block, a
   raw deflate stream, a zstd frame) ends at the pcluster's end and zeros precede it;
   the kernel skips zeros only within the first block, so a pcluster has exactly as
   many blocks as the compressed data needs, and data that starts with a zero byte
   cannot be stored this way;
-* an extent that does not shrink by a whole block is stored raw, one PLAIN lcluster
-  per block (a PLAIN pcluster is one block on every kernel).
+* data that does not shrink by a whole block is stored raw, a PLAIN lcluster per block
+  of it: a PLAIN pcluster is one block holding the extent's bytes from its first
+  ("shifted", no ``Z_EROFS_ADVISE_INTERLACED_PCLUSTER``), so a PLAIN extent is at most
+  a block long wherever it starts.
+
+lz4 and lz4hc pclusters are fixed-output, as mkfs.erofs makes them: a pcluster holds as
+much of the file as compresses into its whole blocks (liblz4's ``*_destSize``), so the
+next extent starts mid-block and no pcluster is padded but the last of a segment (see
+:func:`compress_segment`). A pcluster still holds at most
+:attr:`~.options.ErofsOptions.pcluster_size` bytes of the file, which bounds the work a
+read decompresses, as squashfs's block size does. deflate and zstd have no such call
+here: their extents are fixed-input, each ``pcluster_size`` bytes of the file, padded.
+A file of at most one block, or one that no extent of shrinks, is stored uncompressed
+(FLAT_INLINE, as ``data.py``), as mkfs.erofs does.
 
 With fragments (``EROFS_FEATURE_INCOMPAT_FRAGMENTS``, Linux 6.1+), each file's last
-extent is not compressed on its own: it is appended to the "packed inode" (a regular
-file in no directory, ``packed_nid`` in the superblock), whose extents are compressed
-and written as they fill, between the files' own. The file's map header says ``Z_EROFS_ADVISE_FRAGMENT_PCLUSTER`` and
+``pcluster_size`` bytes (a whole file up to that size) are not compressed on their own:
+they are appended to the "packed inode" (a regular file in no directory, ``packed_nid``
+in the superblock), whose segments are compressed and written as they fill, between
+the files' own. The file's map header says ``Z_EROFS_ADVISE_FRAGMENT_PCLUSTER`` and
 holds the offset; a file of one extent has no indexes at all, only a header whose
 highest bit says "the whole file is stored in the packed inode". So small files and
 tails are compressed together, as squashfs compresses its fragment blocks.
 
-Extents are fixed-input: each covers :attr:`~.options.ErofsOptions.pcluster_size`
-bytes of the file (the last one less), compressed whole; mkfs.erofs fits lz4 and
-deflate to a fixed output size instead, which python-lz4 and zlib cannot do. A file of at most one block,
-or one that no extent of shrinks, is stored uncompressed (FLAT_INLINE, as
-``data.py``), as mkfs.erofs does.
+With ztailpacking (``EROFS_FEATURE_INCOMPAT_ZTAILPACKING``, Linux 5.17+) a file's last
+pcluster goes right after its cluster index, in the inode's block, when it fits
+(``Z_EROFS_ADVISE_INLINE_PCLUSTER``, ``h_idata_size``): a small file compressed whole,
+or the tail left after the last whole-block pcluster.
 
-Extents are compressed by a thread pool (the compressors release the GIL) and written
-strictly in the order files were added, so the image does not depend on thread
-timing. Files wait in a queue until :data:`IN_FLIGHT_BYTES` per worker of raw data is
-pending, then the oldest are written: memory stays bounded. Identical files are found
-by a sha256 of their contents before anything is written, and share one extent list.
-A file of more than a block is hashed only when an earlier file has its size (see
-``data.py``); the first of each size is keyed when its twin comes, by reading its
-pclusters back and decompressing them, its fragment from wherever the packed inode's
-bytes are. Each file's cluster index is encoded when its extents are written (block addresses
-are known then) and spooled with the tails, to be copied behind its inode at the end.
+Files are cut into segments of :data:`SEGMENT_BYTES`, each compressed by a thread pool
+(the compressors release the GIL) into a list of pclusters, and written strictly in the
+order files were added, so the image does not depend on thread timing. Files wait in a
+queue until :data:`IN_FLIGHT_BYTES` per worker of raw data is pending, then the oldest
+are written: memory stays bounded. Identical files are found by a sha256 of their
+contents before anything is written, and share one extent list. A file of more than a
+block is hashed only when an earlier file has its size (see ``data.py``); the first of
+each size is keyed when its twin comes, by reading its pclusters back and decompressing
+them, its fragment from wherever the packed inode's bytes are. Each file's cluster
+index is encoded as its extents are written (block addresses are known then) and
+spooled with the tails, to be copied behind its inode at the end.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import struct
 import threading
@@ -58,7 +77,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import lz4.block
 
@@ -70,6 +89,13 @@ from .options import ErofsCompression
 
 #: Raw bytes of extents queued or being compressed, per worker.
 IN_FLIGHT_BYTES = 8 << 20
+#: File bytes compressed as one job: pclusters are fitted one after another within a
+#: segment, so only a segment's last pcluster is padded; segments compress in parallel.
+SEGMENT_BYTES = 2 << 20
+#: A fitted pcluster aims at this share of the blocks the previous one's ratio predicts
+#: for a whole ``pcluster_size`` of input: a smaller aim only makes the extent shorter,
+#: a larger one that fits the whole input costs a second try (measured on /usr/bin).
+FIT_MARGIN = 0.95
 
 #: "enum z_erofs_lcluster_type"
 LCLUSTER_PLAIN = 0
@@ -97,6 +123,61 @@ LCLUSTER_DELTA = struct.Struct("<HHHH")
 #: h_algorithmtype (u8, lz4 = 0), h_clusterbits (u8, lcluster bits - block bits)
 MAP_HEADER = struct.Struct("<IHBB")
 
+#: One pcluster of a segment: the file bytes it holds and their compressed form (None:
+#: stored raw).
+Piece = tuple[int, bytes | None]
+
+
+def _blocks(n: int) -> int:
+    return -(-n // BLOCK_SIZE)
+
+
+def saves(packed: bytes | None, raw_len: int) -> bool:
+    """Whether ``packed`` is stored compressed: it saves a block over the raw bytes and
+    does not start with a zero byte (zero padding is found by skipping zeros; a raw
+    deflate stream may start with one)."""
+    return packed is not None and 0 < _blocks(len(packed)) < _blocks(raw_len) \
+        and packed[:1] != b"\0"
+
+
+def _destsize_functions() -> tuple[Any, Any, int] | None:
+    """liblz4's fixed-output calls, ``LZ4_compress_destSize`` and
+    ``LZ4_compress_HC_destSize``, through cffi (which releases the GIL around each
+    call): from the library python-lz4 carries (its extension module exports them),
+    else the system's liblz4. None when neither has them: extents are then
+    fixed-input."""
+    import ctypes.util
+
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef("""
+        int LZ4_compress_destSize(const char* src, char* dst, int* srcSizePtr,
+                                  int targetDstSize);
+        int LZ4_sizeofStateHC(void);
+        int LZ4_compress_HC_destSize(void* stateHC, const char* src, char* dst,
+                                     int* srcSizePtr, int targetDstSize, int level);
+    """)
+    candidates = [getattr(getattr(lz4.block, "_block", None), "__file__", None),
+                  ctypes.util.find_library("lz4")]
+    for path in candidates:
+        if not path:
+            continue
+        try:
+            lib = ffi.dlopen(path)
+            lib.LZ4_compress_destSize  # noqa: B018 (resolve the symbols now)
+            lib.LZ4_compress_HC_destSize  # noqa: B018
+            return ffi, lib, lib.LZ4_sizeofStateHC()
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+@functools.cache
+def destsize() -> tuple[Any, Any, int] | None:
+    """The fixed-output calls, loaded once (see :func:`_destsize_functions`)."""
+    return _destsize_functions()
+
 
 class Codec:
     """One compressor as EROFS uses it: "available compression algorithm types (for
@@ -108,10 +189,12 @@ class Codec:
         self.name = compression
         self._level = level
         self._local = threading.local()
+        self._destsize = None
         if compression in (ErofsCompression.LZ4, ErofsCompression.LZ4HC):
             self.algorithm = 0
             # "z_erofs_lz4_cfgs": max_distance 0 (lz4's 64 KiB), max_pclusterblks
             body = struct.pack("<HH10x", 0, pcluster_size // BLOCK_SIZE)
+            self._destsize = destsize()
         elif compression is ErofsCompression.DEFLATE:
             self.algorithm = 2
             body = struct.pack("<B5x", 15)  # "z_erofs_deflate_cfgs": windowbits
@@ -124,7 +207,12 @@ class Codec:
             raise ValueError(f"no EROFS codec for {compression}")
         self.config = struct.pack("<H", len(body)) + body
 
-    def compress(self, data: bytes) -> bytes:
+    @property
+    def fixed_output(self) -> bool:
+        """Whether :meth:`fit` is there (lz4 and lz4hc, with liblz4's destSize calls)."""
+        return self._destsize is not None
+
+    def compress(self, data: bytes | memoryview) -> bytes:
         """One pcluster's data; thread-safe (a zstd or deflate context per thread)."""
         name = self.name
         if name is ErofsCompression.LZ4:
@@ -144,6 +232,36 @@ class Codec:
         out: bytes = ctx.compress(data)
         return out
 
+    def fit(self, data: bytes | memoryview, budget: int) -> tuple[bytes, int]:
+        """As much of ``data`` as compresses into ``budget`` bytes: the compressed bytes
+        and how many bytes of ``data`` they hold. Thread-safe (state per thread).
+        Each result is decompressed and compared before it is used: the image must
+        not depend on a liblz4 bug."""
+        assert self._destsize is not None
+        ffi, lib, state_size = self._destsize
+        local = self._local
+        out = getattr(local, "out", None)
+        if out is None or len(out) < budget:
+            out = local.out = ffi.new("char[]", budget)
+        taken = ffi.new("int*", len(data))
+        src = ffi.from_buffer(data)
+        if self.name is ErofsCompression.LZ4HC:
+            state = getattr(local, "state", None)
+            if state is None:
+                state = local.state = ffi.new("char[]", state_size)
+            n = lib.LZ4_compress_HC_destSize(state, src, out, taken, budget,
+                                             self._level or 9)
+        else:
+            n = lib.LZ4_compress_destSize(src, out, taken, budget)
+        used = taken[0]
+        packed = bytes(ffi.buffer(out, n)) if n > 0 else b""
+        if not 0 < used <= len(data) or (
+                packed and lz4.block.decompress(packed, uncompressed_size=used)
+                != bytes(data[:used])):
+            raise ErofsError("liblz4 made a fixed-output block that does not decompress "
+                             "to its input")
+        return packed, used
+
     def decompress(self, data: bytes, size: int) -> bytes:
         """The ``size`` bytes that :meth:`compress` made ``data`` of."""
         name = self.name
@@ -157,6 +275,62 @@ class Codec:
             return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
         except Exception as e:  # each library raises its own kind
             raise ErofsError(f"cannot decompress a pcluster read back: {e}") from None
+
+
+def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
+    """Cut ``data`` (one segment of a file) into pclusters of at most ``step`` bytes of
+    it each, in order; they hold all of it.
+
+    With :attr:`Codec.fixed_output`, every pcluster but the last is fitted to whole
+    blocks: the first is compressed whole to learn the data's ratio, then refitted
+    into the blocks it filled; each next one aims at the blocks the last ratio
+    predicts (and, when the whole ``step`` fits in fewer, is refitted into those).
+    The last pcluster, ``step`` bytes or less up to the segment's end, is compressed
+    whole and padded (or, for a file's last, goes inline or to the packed inode).
+    Without it, every pcluster is ``step`` bytes, compressed whole. A pcluster that does
+    not shrink by a block is stored raw (None) and the ratio is learned again.
+    The last piece is returned compressed even when that saves nothing: ztailpacking
+    may place it inline; the writer checks :func:`saves` before storing it.
+    """
+    pieces: list[Piece] = []
+    view = memoryview(data)
+    pos, n = 0, len(data)
+    ratio = 0.0  # compressed / raw of the last fitted pcluster, 0 when unknown
+    while pos < n:
+        window = view[pos:pos + step]
+        whole = None  # the window compressed whole, when it was
+        if pos + step >= n or not codec.fixed_output or not ratio:
+            whole = codec.compress(window)
+            if pos + step >= n:
+                pieces.append((len(window), whole))
+                break
+            if not saves(whole, len(window)):
+                pieces.append((len(window), None))
+                pos += len(window)
+                ratio = 0.0
+                continue
+            if not codec.fixed_output or len(whole) % BLOCK_SIZE == 0 \
+                    or len(whole) < BLOCK_SIZE:
+                pieces.append((len(window), whole))
+                pos += len(window)
+                continue
+            budget = len(whole) // BLOCK_SIZE * BLOCK_SIZE
+        else:
+            budget = max(1, int(step * ratio * FIT_MARGIN) // BLOCK_SIZE) * BLOCK_SIZE
+        packed, used = codec.fit(window, budget)
+        if used == len(window) and len(packed) > BLOCK_SIZE and len(packed) % BLOCK_SIZE:
+            # The aim was too high: all of the window fit with room to spare.
+            packed, used = codec.fit(window, len(packed) // BLOCK_SIZE * BLOCK_SIZE)
+        if not saves(packed, used):
+            if whole is not None:  # the window compressed whole does save a block
+                packed, used = whole, len(window)
+            else:
+                ratio = 0.0  # compress it whole next time round
+                continue
+        pieces.append((used, packed))
+        pos += used
+        ratio = len(packed) / used
+    return pieces
 
 
 def map_header(extent: Extent, algorithm: int) -> bytes:
@@ -188,29 +362,41 @@ def has_map(extent: Extent) -> bool:
     return extent.layout == DataLayout.COMPRESSED_FULL
 
 
-class _File:
-    """One file on its way out: its extents, compressing or compressed, in order."""
+#: What an extent's HEAD says: PLAIN (raw, one block), HEAD1 with its block count in
+#: the first NONHEAD, or HEAD1 without (the tail inline or in the packed inode).
+_PLAIN, _COMPRESSED, _TAIL = 0, 1, 2
 
-    __slots__ = ("chunks", "compressed", "extent", "index", "placed", "raw_bytes",
-                 "start", "tail", "tail_len", "total_blocks")
+
+class _File:
+    """One file on its way out: its segments, compressing or compressed, in order."""
+
+    __slots__ = ("chunks", "compressed", "extent", "index", "logical", "pending", "placed",
+                 "raw_bytes", "start", "starts", "tail", "tail_len", "total_blocks")
 
     def __init__(self, extent: Extent) -> None:
         self.extent = extent
-        self.chunks: deque[tuple[bytes, Future[bytes] | None]] = deque()
+        self.chunks: deque[tuple[bytes, Future[list[Piece]] | None]] = deque()
         self.raw_bytes = 0
         self.start = -1  # where its first block went, once writing began
         self.index = bytearray()
+        #: file bytes the extents written so far hold (where the next extent starts)
+        self.logical = 0
+        #: the last extent written, (start, kind, blkaddr, blocks): its index entries
+        #: wait for the next extent's start
+        self.pending: tuple[int, int, int, int] | None = None
         self.total_blocks = 0
         self.compressed = False
-        self.tail = b""  # the last extent's bytes past the last whole block
-        self.tail_len = 0  # bytes of the last extent, when it went to the packed inode
+        self.tail = b""  # the raw bytes past the last whole block, when stored raw
+        self.tail_len = 0  # bytes of the file's end that went to the packed inode
         #: where each extent went, (offset, blocks or 0 when stored raw, raw length):
         #: kept for the files that may be read back (see ``CompressedData._key_of``)
         self.placed: list[tuple[int, int, int]] | None = None
+        #: the packed inode's: the offset in it where each ``placed`` entry starts
+        self.starts: list[int] | None = None
 
 
 class CompressedData:
-    """Streams files into the data area as lz4 pclusters (or flat, when that is smaller).
+    """Streams files into the data area as pclusters (or flat, when that is smaller).
 
     Files are written in the order they were added. A file is queued until the raw
     bytes queued exceed the limit; a file larger than the limit is written while it is
@@ -225,6 +411,7 @@ class CompressedData:
         self._spool = spool
         self._codec = codec
         self._pcluster = pcluster_size
+        self._segment = max(pcluster_size, SEGMENT_BYTES // pcluster_size * pcluster_size)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
         self._limit = IN_FLIGHT_BYTES * workers
         self._queue: deque[_File] = deque()
@@ -246,10 +433,11 @@ class CompressedData:
         #: the packed inode, which the last extent of each file joins (None: no fragments)
         self._packed = _File(Extent(DataLayout.COMPRESSED_FULL, 0, 0, -1)) if fragments \
             else None
-        #: the packed inode's bytes not yet a whole extent
+        #: the packed inode's bytes not yet a whole segment
         self._packing = bytearray()
         if self._packed is not None:
             self._packed.placed = []
+            self._packed.starts = []
 
     def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
         """Add one file's data; returns its extent, filled in once it is written."""
@@ -268,20 +456,28 @@ class CompressedData:
             hashing = False
         digest = hashlib.sha256() if hashing else None
         streaming = False
-        for raw in self._chunks(source, size):
+        fragment = b""
+        for raw, last in self._segments(source, size):
             extent.size += len(raw)
             if digest is not None:
                 digest.update(raw)
-            # A file of one block is never compressed (nothing to gain): no work queued.
-            small = extent.size <= BLOCK_SIZE and len(raw) < self._pcluster
-            f.chunks.append((raw, None if small else self._pool.submit(self._codec.compress,
-                                                                         raw)))
+            if last and self._packed is not None:
+                # The file's last pcluster_size bytes (or fewer) join the packed inode.
+                cut = (len(raw) - 1) // self._pcluster * self._pcluster
+                raw, fragment = raw[:cut], raw[cut:]
+                if not raw:
+                    break
+            # A file of one block is not compressed (nothing to gain) unless its
+            # compressed form may go inline.
+            small = last and extent.size <= BLOCK_SIZE and not self._ztailpacking
+            f.chunks.append((raw, None if small else self._pool.submit(
+                compress_segment, self._codec, raw, self._pcluster)))
             f.raw_bytes += len(raw)
             if f.raw_bytes > self._limit:
                 if not streaming:
                     streaming = True
                     self.flush()  # the files added before this one go first
-                # The newest extent stays: it may be the last, for the packed inode.
+                # The newest segment stays: its last pcluster may go inline.
                 while f.raw_bytes > self._limit and len(f.chunks) > 1:
                     self._emit_one(f)
         self.bytes_in += extent.size
@@ -299,20 +495,15 @@ class CompressedData:
             for _, future in f.chunks:
                 if future is not None:
                     future.cancel()
-            if streaming:
+            if f.start >= 0:
                 self.position = f.start  # drop what was written; the next file overwrites it
             self.duplicates += 1
             return found
         if key is not None:
             self._seen[key] = extent
-        if self._packed is not None and f.chunks:
-            # The last extent joins the packed inode instead of padding a pcluster.
-            raw, future = f.chunks.pop()
-            if future is not None:
-                future.cancel()
-            f.raw_bytes -= len(raw)
-            f.tail_len = len(raw)
-            extent.fragment_at = self._pack(raw)
+        if fragment:
+            f.tail_len = len(fragment)
+            extent.fragment_at = self._pack(fragment)
         if streaming:
             self._finish_file(f)
         else:
@@ -322,11 +513,13 @@ class CompressedData:
                 self._write_oldest()
         return extent
 
-    def _chunks(self, source: BinaryIO | bytes, size: int | None) -> Iterator[bytes]:
-        step = self._pcluster
+    def _segments(self, source: BinaryIO | bytes, size: int | None
+                  ) -> Iterator[tuple[bytes, bool]]:
+        """The file in segments, each with whether it is the last."""
+        step = self._segment
         if isinstance(source, bytes):
             for i in range(0, len(source), step):
-                yield source[i:i + step]
+                yield source[i:i + step], i + step >= len(source)
             return
         total = 0
         buf = bytearray()
@@ -339,11 +532,12 @@ class CompressedData:
                 break
             total += len(piece)
             buf += piece
-            while len(buf) >= step:
-                yield bytes(buf[:step])
+            # A segment goes once more follows it (so the last is known as such).
+            while len(buf) > step:
+                yield bytes(buf[:step]), False
                 del buf[:step]
         if buf:
-            yield bytes(buf)
+            yield bytes(buf), True
 
     def flush(self) -> None:
         """Write every queued file."""
@@ -359,7 +553,7 @@ class CompressedData:
 
     def _write_oldest(self) -> None:
         f = self._queue.popleft()
-        if f is self._packed:  # one extent of the packed inode, queued when it filled
+        if f is self._packed:  # one segment of the packed inode, queued when it filled
             self._queued -= len(f.chunks[0][0])
             self._emit_one(f)
             return
@@ -368,7 +562,7 @@ class CompressedData:
 
     def _pack(self, raw: bytes) -> int:
         """Append ``raw`` to the packed inode; return its offset there. Each whole
-        extent of the packed inode is compressed and queued at once, so the packed
+        segment of the packed inode is compressed and queued at once, so the packed
         inode is written as the files are, in pieces between them (each pcluster has
         its own address in the index)."""
         packed = self._packed
@@ -376,7 +570,7 @@ class CompressedData:
         at = packed.extent.size
         packed.extent.size += len(raw)
         self._packing += raw
-        step = self._pcluster
+        step = self._segment
         while len(self._packing) >= step:
             self._queue_packed(bytes(self._packing[:step]))
             del self._packing[:step]
@@ -385,50 +579,119 @@ class CompressedData:
     def _queue_packed(self, piece: bytes) -> None:
         packed = self._packed
         assert packed is not None
-        future = self._pool.submit(self._codec.compress, piece) \
+        future = self._pool.submit(compress_segment, self._codec, piece, self._pcluster) \
             if len(piece) > BLOCK_SIZE else None
         packed.chunks.append((piece, future))
         self._queue.append(packed)
         self._queued += len(piece)
 
-    def _emit_one(self, f: _File) -> None:
-        """Write ``f``'s oldest extent: compressed if that saves a block, else raw."""
+    # -- writing extents and their index ----------------------------------------------
+
+    def _emit_one(self, f: _File, hold_last: bool = False) -> tuple[bytes, bytes | None]:
+        """Write ``f``'s oldest segment, pcluster by pcluster; with ``hold_last``, all
+        but the last, which is returned (its bytes, compressed or not) instead."""
         raw, future = f.chunks.popleft()
         f.raw_bytes -= len(raw)
+        pieces = future.result() if future is not None else [(len(raw), None)]
+        at = 0
+        held: tuple[bytes, bytes | None] = (b"", None)
+        for i, (n, packed) in enumerate(pieces):
+            part = raw[at:at + n]
+            at += n
+            if hold_last and i == len(pieces) - 1:
+                held = (part, packed)
+            else:
+                self._write_piece(f, part, packed)
+        assert at == len(raw)
+        return held
+
+    def _write_piece(self, f: _File, raw: bytes, packed: bytes | None) -> None:
+        """Write one extent: compressed if that takes fewer blocks, else raw, a PLAIN
+        extent per block. A PLAIN extent maps at most a block, up to the end of the
+        lcluster after its HEAD's when that holds no HEAD: so the file's last, when it
+        starts mid-lcluster and passes into the next one, is cut there (a block more)."""
         if f.start < 0:
             f.start = self.position
-        lclusters = -(-len(raw) // BLOCK_SIZE)
         blkaddr = self.position // BLOCK_SIZE
-        packed = future.result() if future is not None else raw
-        blocks = -(-len(packed) // BLOCK_SIZE)
-        # Zero padding is found by skipping zero bytes: data starting with one (a raw
-        # deflate stream may) is stored raw instead.
-        if future is not None and blocks < lclusters and packed[:1] != b"\0":
-            if f.placed is not None:
-                f.placed.append((self.position, blocks, len(raw)))
+        n = len(raw)
+        raw_blocks = _blocks(n)
+        cut = n  # where the last PLAIN extent is cut in two (n: not cut)
+        if f.logical + n == f.extent.size:
+            end_of_head = BLOCK_SIZE - (f.logical + (raw_blocks - 1) * BLOCK_SIZE) % BLOCK_SIZE
+            if n - (raw_blocks - 1) * BLOCK_SIZE > end_of_head:
+                cut = (raw_blocks - 1) * BLOCK_SIZE + end_of_head
+                raw_blocks += 1
+        if packed is not None and 0 < _blocks(len(packed)) < raw_blocks \
+                and packed[:1] != b"\0":
+            blocks = _blocks(len(packed))
+            self._place(f, blocks, n)
             self._put(bytes(blocks * BLOCK_SIZE - len(packed)) + packed)
-            f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, blkaddr)
-            for d in range(1, lclusters):
-                d0 = D0_CBLKCNT | blocks if d == 1 else d
-                f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d0, lclusters - d)
+            self._extent(f, n, _COMPRESSED, blkaddr, blocks)
             f.total_blocks += blocks
             f.compressed = True
             f.tail = b""
-        else:
-            if f.placed is not None:
-                f.placed.append((self.position, 0, len(raw)))
-            self._put(raw + bytes(-len(raw) % BLOCK_SIZE))
-            for d in range(lclusters):
-                f.index += LCLUSTER_INDEX.pack(LCLUSTER_PLAIN, 0, blkaddr + d)
-            f.total_blocks += lclusters
-            f.tail = raw[len(raw) - len(raw) % BLOCK_SIZE:]
+            return
+        parts = [raw[i:i + BLOCK_SIZE] for i in range(0, cut, BLOCK_SIZE)]
+        if cut < n:
+            parts[-1] = raw[(raw_blocks - 2) * BLOCK_SIZE:cut]
+            parts.append(raw[cut:])
+        for i, part in enumerate(parts):
+            self._place(f, 0, len(part))
+            self._put(part + bytes(BLOCK_SIZE - len(part)))
+            self._extent(f, len(part), _PLAIN, blkaddr + i, 1)
+        f.total_blocks += len(parts)
+        f.tail = raw[n - n % BLOCK_SIZE:]
+
+    def _place(self, f: _File, blocks: int, n: int) -> None:
+        """Remember where an extent went, for a file that may be read back (raw
+        extents that follow each other as one)."""
+        placed = f.placed
+        if placed is None:
+            return
+        if not blocks and placed:
+            at, was, m = placed[-1]
+            if not was and at + m == self.position and m % BLOCK_SIZE == 0:
+                placed[-1] = (at, 0, m + n)
+                return
+        placed.append((self.position, blocks, n))
+        if f.starts is not None:
+            f.starts.append(f.logical)
+
+    def _extent(self, f: _File, n: int, kind: int, blkaddr: int, blocks: int) -> None:
+        """Record the next ``n`` bytes of ``f`` as one extent; index the one before."""
+        if f.pending is not None:
+            self._index(f, f.pending, f.logical, last=False)
+        f.pending = (f.logical, kind, blkaddr, blocks)
+        f.logical += n
+
+    def _close_index(self, f: _File) -> None:
+        """Index the file's last extent (its NONHEADs count to the end of the file)."""
+        if f.pending is not None:
+            self._index(f, f.pending, f.extent.size, last=True)
+            f.pending = None
+
+    @staticmethod
+    def _index(f: _File, extent: tuple[int, int, int, int], end: int, last: bool) -> None:
+        """The lcluster indexes of one extent: from the lcluster where it starts (its
+        HEAD) to the one where the next starts, or past the file's last lcluster."""
+        start, kind, blkaddr, blocks = extent
+        head = start // BLOCK_SIZE
+        after = -(-end // BLOCK_SIZE) if last else end // BLOCK_SIZE
+        f.index += LCLUSTER_INDEX.pack(LCLUSTER_PLAIN if kind == _PLAIN else LCLUSTER_HEAD1,
+                                       start % BLOCK_SIZE, blkaddr)
+        for lcn in range(head + 1, after):
+            d0 = D0_CBLKCNT | blocks if lcn == head + 1 and kind == _COMPRESSED \
+                else lcn - head
+            f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d0, after - lcn)
 
     def _finish_file(self, f: _File) -> None:
         while len(f.chunks) > 1:
             self._emit_one(f)
-        if not (f.chunks and self._ztailpacking and self._inline_last(f)):
-            while f.chunks:
-                self._emit_one(f)
+        if f.chunks:
+            raw, packed = self._emit_one(
+                f, hold_last=self._ztailpacking and f.extent.fragment_at < 0)
+            if raw:
+                self._write_last(f, raw, packed)
         extent = f.extent
         if extent.fragment_at >= 0:
             self._finish_fragmented(f)
@@ -437,6 +700,7 @@ class CompressedData:
             extent.layout = DataLayout.FLAT_PLAIN
             return
         if f.compressed:
+            self._close_index(f)
             extent.startblk = f.total_blocks  # a compressed inode's i_u: its block count
             extent.index_at = self._spool.put(bytes(f.index))
             extent.index_len = len(f.index)
@@ -453,77 +717,77 @@ class CompressedData:
             if extent.size < BLOCK_SIZE:
                 extent.startblk = 0
 
-    def _inline_last(self, f: _File) -> bool:
-        """ZTAILPACKING: store ``f``'s last extent, compressed, after its cluster index
-        if it fits in the inode's block ("erofs_blkoff(m_pa) + m_plen" may not pass
-        the block's end): its lclusters are a HEAD and NONHEADs, the HEAD's blkaddr
-        unused (the kernel finds the data after the last index, ``h_idata_size``
-        long). An extent too big for the room is cut first (``_split_last``). Returns
-        False when nothing goes inline; the extents left are then written as usual."""
-        raw, future = f.chunks[0]
-        if future is None:
-            return False
-        packed = future.result()
-        lclusters = -(-len(raw) // BLOCK_SIZE)
+    def _write_last(self, f: _File, raw: bytes, packed: bytes | None) -> None:
+        """ZTAILPACKING: store ``f``'s last pcluster after its cluster index if it fits
+        in the inode's block ("erofs_blkoff(m_pa) + m_plen" may not pass the block's
+        end), else as any other. Its lclusters are a HEAD and NONHEADs, the HEAD's
+        blkaddr unused (the kernel finds the data after the last index, ``h_idata_size``
+        long). A pcluster too big for the room is cut first (``_split_last``)."""
         extent = f.extent
-        room = (extent.room - INLINE_OVERHEAD - len(f.index)
-                - lclusters * LCLUSTER_INDEX.size)
-        if len(packed) > room and not self._split_last(f, packed, room):
-            return False
-        raw, future = f.chunks[0]  # the tail, when the extent was cut
-        packed = future.result() if future is not None else b""
-        lclusters = -(-len(raw) // BLOCK_SIZE)
-        if not 0 < len(packed) <= room or packed[:1] == b"\0" or len(packed) >= len(raw):
-            return False
-        f.chunks.popleft()
-        f.raw_bytes -= len(raw)
+        # Every lcluster of the file has its index before the inline data.
+        room = extent.room - INLINE_OVERHEAD - _blocks(extent.size) * LCLUSTER_INDEX.size
+        if packed is not None and len(packed) > room:
+            split = self._split_last(f, raw, packed, room)
+            if split is not None:
+                raw, packed = split
+                if not raw:
+                    return
+        # A file of this pcluster alone, raw and inline (FLAT_INLINE), costs no index.
+        flat_inline = (not f.logical and len(raw) <= extent.room
+                       and len(raw) <= len(packed or b"") + INLINE_OVERHEAD
+                       + _blocks(extent.size) * LCLUSTER_INDEX.size)
+        if packed is None or not 0 < len(packed) <= room or packed[:1] == b"\0" \
+                or len(packed) >= len(raw) or flat_inline:
+            self._write_piece(f, raw, packed)
+            return
         if f.start < 0:
             f.start = self.position
         extent.idata_at = self._spool.put(packed)
         extent.idata_len = len(packed)
         if f.placed is not None:
             f.placed.append((extent.idata_at, -len(packed), len(raw)))
-        f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, 0)
-        for d in range(1, lclusters):
-            f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d, lclusters - d)
+        self._extent(f, len(raw), _TAIL, 0, 0)
         f.compressed = True
         f.tail = b""
-        return True
 
-    def _split_last(self, f: _File, packed: bytes, room: int) -> bool:
-        """Cut ``f``'s last extent, at a block boundary, in two: a head that fills the
-        whole blocks its extent filled and a tail, the rest, that compresses into
-        ``room``, as mkfs.erofs's fixed-output compression leaves a small last
-        pcluster. The cut is estimated from the extent's compression ratio and moved
-        back a block at most twice while the head is too big; when no cut fits, the
-        extent stays whole (False)."""
-        raw = f.chunks[0][0]
+    def _split_last(self, f: _File, raw: bytes, packed: bytes, room: int
+                    ) -> tuple[bytes, bytes] | None:
+        """Cut ``f``'s last pcluster in two: a head that fills the whole blocks the
+        pcluster filled and a tail, the rest, that compresses into ``room``, as
+        mkfs.erofs's fixed-output compression leaves a small last pcluster. The head is
+        written; the tail is returned (empty when the head took everything). With a
+        fixed-output codec the head is fitted; else the cut is estimated from the
+        ratio and moved back a block at most twice while the head is too big. None
+        when no cut fits (nothing written)."""
         whole = len(packed) // BLOCK_SIZE
         # The tail holds at least what spills past the whole blocks: when that alone
-        # passes the room, no cut fits (skip the two compressions).
+        # passes the room, no cut fits (skip the compressions).
         if not whole or len(raw) <= BLOCK_SIZE or len(packed) % BLOCK_SIZE > room:
-            return False
-        cut = whole * BLOCK_SIZE * len(raw) // len(packed) // BLOCK_SIZE * BLOCK_SIZE
-        for _ in range(3):
-            if not 0 < cut < len(raw):
-                return False
-            head, tail = raw[:cut], raw[cut:]
-            jobs = [self._pool.submit(self._codec.compress, part) for part in (head, tail)]
-            head_packed, tail_packed = (job.result() for job in jobs)
-            if len(tail_packed) > room:
-                return False  # a shorter head only makes the tail bigger
-            if len(head_packed) <= whole * BLOCK_SIZE:
-                break
-            cut -= BLOCK_SIZE
+            return None
+        codec = self._codec
+        if codec.fixed_output:
+            head_packed, cut = self._pool.submit(codec.fit, raw, whole * BLOCK_SIZE).result()
+            tail = raw[cut:]
+            tail_packed = self._pool.submit(codec.compress, tail).result() if tail else b""
+            if len(tail_packed) > room or not saves(head_packed, cut):
+                return None
         else:
-            return False
-        f.chunks.popleft()
-        for part, done in ((tail, tail_packed), (head, head_packed)):
-            future: Future[bytes] = Future()
-            future.set_result(done)
-            f.chunks.appendleft((part, future))
-        self._emit_one(f)  # the head, as any extent
-        return True
+            cut = whole * BLOCK_SIZE * len(raw) // len(packed) // BLOCK_SIZE * BLOCK_SIZE
+            for _ in range(3):
+                if not 0 < cut < len(raw):
+                    return None
+                tail = raw[cut:]
+                jobs = [self._pool.submit(codec.compress, part) for part in (raw[:cut], tail)]
+                head_packed, tail_packed = (job.result() for job in jobs)
+                if len(tail_packed) > room:
+                    return None  # a shorter head only makes the tail bigger
+                if len(head_packed) <= whole * BLOCK_SIZE:
+                    break
+                cut -= BLOCK_SIZE
+            else:
+                return None
+        self._write_piece(f, raw[:cut], head_packed)
+        return tail, tail_packed
 
     def _finish_fragmented(self, f: _File) -> None:
         """A file whose last extent is in the packed inode: stays compressed, its tail
@@ -531,11 +795,9 @@ class CompressedData:
         non-compact indexes, fragmentoff is 64 bits") and NONHEADs."""
         extent = f.extent
         extent.startblk = f.total_blocks
-        if f.index:
-            lclusters = -(-f.tail_len // BLOCK_SIZE)
-            f.index += LCLUSTER_INDEX.pack(LCLUSTER_HEAD1, 0, extent.fragment_at >> 32)
-            for d in range(1, lclusters):
-                f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d, lclusters - d)
+        if f.pending is not None:
+            self._extent(f, f.tail_len, _TAIL, extent.fragment_at >> 32, 0)
+            self._close_index(f)
             extent.index_at = self._spool.put(bytes(f.index))
             extent.index_len = len(f.index)
         self.compressed_files += 1
@@ -551,6 +813,7 @@ class CompressedData:
             self._packing.clear()
         self.flush()
         # Always COMPRESSED_FULL: its pclusters lie between other files' blocks.
+        self._close_index(packed)
         extent = packed.extent
         extent.startblk = packed.total_blocks
         extent.index_at = self._spool.put(bytes(packed.index))
@@ -596,7 +859,7 @@ class CompressedData:
 
     def _extent_raw(self, at: int, blocks: int, n: int) -> bytes:
         """One extent's raw bytes from the image: stored raw, or a pcluster of
-        ``blocks`` blocks (compressed data starts with no zero byte: see _emit_one)."""
+        ``blocks`` blocks (compressed data starts with no zero byte: see ``saves``)."""
         if blocks < 0:  # an inline pcluster, in the spool
             raw = self._codec.decompress(self._spool.get(at, -blocks), n)
             if len(raw) != n:
@@ -612,23 +875,29 @@ class CompressedData:
 
     def _packed_raw(self, at: int, n: int) -> bytes:
         """Bytes ``at`` to ``at + n`` of the packed inode, wherever they are now: in
-        the image, queued, or not yet a whole extent."""
+        the image, queued, or not yet a whole segment."""
         packed = self._packed
-        assert packed is not None and packed.placed is not None
-        step = self._pcluster
-        written = len(packed.placed)
-        queued = len(packed.chunks)
+        assert packed is not None and packed.placed is not None and packed.starts is not None
         out = bytearray()
-        k = at // step
-        skip = at - k * step
-        while len(out) < n:
-            if k < written:
-                raw = self._extent_raw(*packed.placed[k])
-            elif k - written < queued:
-                raw = packed.chunks[k - written][0]
-            else:
-                raw = bytes(self._packing)
-            out += raw[skip:skip + n - len(out)]
-            skip = 0
-            k += 1
+        end = at + n
+        pos = at
+        # Written: the extents whose bytes overlap, from the one holding ``at``.
+        i = bisect.bisect_right(packed.starts, pos) - 1
+        while pos < min(end, packed.logical):
+            start = packed.starts[i]
+            raw = self._extent_raw(*packed.placed[i])
+            out += raw[pos - start:end - start]
+            pos = min(end, start + len(raw))
+            i += 1
+        # Queued segments, then the bytes not yet a segment.
+        start = packed.logical
+        for raw, _ in packed.chunks:
+            if start <= pos < start + len(raw):
+                out += raw[pos - start:end - start]
+                pos = min(end, start + len(raw))
+            start += len(raw)
+        if pos < end:
+            out += self._packing[pos - start:end - start]
+        if len(out) != n:
+            raise ErofsError("cannot read back the packed inode being written")
         return bytes(out)

@@ -60,8 +60,9 @@ class ErofsOptions:
     compression: ErofsCompression = ErofsCompression.LZ4HC
     #: compressor level (lz4hc 1..12, deflate 1..9, zstd 1..22); None = 9, 9, 15
     level: int | None = None
-    #: file bytes compressed together into one physical cluster, a multiple of 4 KiB up
-    #: to 1 MiB (the same 128 KiB as squashfs's default block)
+    #: the most file bytes one physical cluster holds, a multiple of 4 KiB up to 1 MiB
+    #: (the same 128 KiB as squashfs's default block); lz4 pclusters hold as much as
+    #: fills their blocks, up to this, deflate and zstd ones exactly this
     pcluster_size: int = 131072
     dedup: bool = True
     #: pack every file's last extent (small files whole) into one compressed "packed
