@@ -1,10 +1,11 @@
 """Time hostile layer patterns at two sizes: the cost per entry must not grow with n.
 
-Run: ``python bench/bench_hostile.py [--entries 20000] [--factor 4]``. Each pattern is
-built as layers in memory at ``n`` and ``factor × n`` entries and flattened into a
-squashfs written to /dev/null-like scratch space; the script prints the time per
-entry at both sizes and fails (exit 1) when the larger run costs more than twice as
-much per entry, which is what a step that is linear in the entries seen so far (a
+Run: ``python bench/bench_hostile.py [--entries 20000] [--factor 4] [--format erofs
+[--compression none]]``. Each pattern is built as layers in memory at ``n`` and
+``factor × n`` entries and flattened into a squashfs (or an EROFS image) written to
+/dev/null-like scratch space; the script prints the time per entry at both sizes and
+the larger image's size, and fails (exit 1) when the larger run costs more than twice
+as much per entry, which is what a step that is linear in the entries seen so far (a
 quadratic run) does. Tests check these layers' results; their time is bounded here.
 
 The patterns are the ones issue 28 found slow or large: PAX global headers read
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from ocisquash.digest import Digest
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter
 from ocisquash.flatten import flatten
 from ocisquash.model import OCI_LAYER_GZIP, Descriptor
 from ocisquash.squashfs import SquashfsWriter
@@ -151,13 +153,14 @@ PATTERNS: dict[str, Callable[[int], list[bytes]]] = {
 }
 
 
-def run(layers: list[bytes]) -> float:
+def run(layers: list[bytes], make: Callable[[BinaryIO], SquashfsWriter | ErofsWriter]) -> tuple[float, int]:
+    """Seconds to flatten ``layers`` into a fresh image, and the image's size."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
-        writer = SquashfsWriter(out)
+        writer = make(out)
         flatten([MemoryLayer(t) for t in layers], writer)
         writer.finish()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, out.seek(0, 2)
 
 
 def main() -> int:
@@ -165,18 +168,30 @@ def main() -> int:
     ap.add_argument("--entries", type=int, default=20000)
     ap.add_argument("--factor", type=int, default=4)
     ap.add_argument("--only", help="comma-separated pattern names")
+    ap.add_argument("--format", choices=("squashfs", "erofs"), default="squashfs")
+    ap.add_argument("--compression", choices=[c.value for c in ErofsCompression],
+                    default="lz4hc", help="with --format erofs")
     args = ap.parse_args()
+    make: Callable[[BinaryIO], SquashfsWriter | ErofsWriter]
+    if args.format == "erofs":
+        options = ErofsOptions(compression=ErofsCompression(args.compression), mkfs_time=0)
+        make = lambda out: ErofsWriter(out, options)  # noqa: E731
+    else:
+        make = SquashfsWriter
     names = args.only.split(",") if args.only else list(PATTERNS)
     failed = []
-    print(f"{'pattern':30} {'n':>8} {'µs/entry':>9} {'n×' + str(args.factor):>9} {'µs/entry':>9}")
+    print(f"{'pattern':30} {'n':>8} {'µs/entry':>9} {'n×' + str(args.factor):>9} {'µs/entry':>9}"
+          f" {'MB':>8}")
     for name in names:
         small, large = args.entries, args.entries * args.factor
-        t_small = run(PATTERNS[name](small)) / small * 1e6
-        t_large = run(PATTERNS[name](large)) / large * 1e6
+        t_small = run(PATTERNS[name](small), make)[0] / small * 1e6
+        seconds, size = run(PATTERNS[name](large), make)
+        t_large = seconds / large * 1e6
         flag = "" if t_large <= 2 * t_small + 5 else "  <- grows with n"
         if flag:
             failed.append(name)
-        print(f"{name:30} {small:8} {t_small:9.1f} {large:9} {t_large:9.1f}{flag}")
+        print(f"{name:30} {small:8} {t_small:9.1f} {large:9} {t_large:9.1f}"
+              f" {size / 1e6:8.1f}{flag}")
     return 1 if failed else 0
 
 

@@ -37,6 +37,17 @@ def fsck(image: Path, *flags: str) -> str:
     return run(exe, *flags, image).stdout
 
 
+def fsck_extracts_holes() -> bool:
+    """Whether ``fsck.erofs --extract`` writes a chunk-based file's holes: from
+    erofs-utils 1.8 (b063ea3, "fsck: extract chunk-based file with hole correctly");
+    1.5 writes the data chunks one after the other, the holes left out."""
+    exe = require_tool("fsck.erofs")
+    proc = run(exe, "-V", check=False)
+    out = proc.stdout + proc.stderr
+    found = re.search(r"(\d+)\.(\d+)", out)
+    return found is not None and (int(found[1]), int(found[2])) >= (1, 8)
+
+
 def dump_inode(image: Path, path: str) -> dict[str, str]:
     """dump.erofs's fields for the inode at ``path``: NID, Links, Layout, Inode size, …"""
     exe = require_tool("dump.erofs")

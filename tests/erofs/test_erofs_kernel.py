@@ -23,7 +23,14 @@ from squashfs._util import (
     snapshot,
 )
 
-from ._util import MKFS_TIME, erofs_mounted, fsck, write_erofs
+from ._util import (
+    MKFS_TIME,
+    dump_inode,
+    erofs_mounted,
+    fsck,
+    fsck_extracts_holes,
+    write_erofs,
+)
 
 pytestmark = pytest.mark.root
 
@@ -71,6 +78,11 @@ def test_fsck_extract_matches_the_source(feature_tree: Path, tmp_path: Path) -> 
 
     src, got = view(feature_tree), view(out)
     assert len(src) > 20
+    if not fsck_extracts_holes():
+        # This fsck.erofs drops the holes of a chunk-based file when it extracts it;
+        # the kernel reads the file right in the test above.
+        assert dump_inode(erofs, "/sparse")["Layout"] == "4"
+        del src[b"sparse"], got[b"sparse"]
     assert src == got
 
 

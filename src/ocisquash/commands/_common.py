@@ -159,6 +159,7 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
     from ..erofs.options import (
         COMPRESSION_HELP,
         FRAGMENTS_MIN_KERNEL,
+        HOLES_MIN_KERNEL,
         ZTAILPACKING_MIN_KERNEL,
     )
 
@@ -180,6 +181,11 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                    help="with --format erofs: store a compressed file's last physical cluster inline "
                         "after its inode when it fits, not in a block of its own "
                         f"(Linux {ZTAILPACKING_MIN_KERNEL}+)")
+    g.add_argument("--erofs-no-holes", action="store_true",
+                   help="with --format erofs: write every zero of a file; by default a file "
+                        "with an all-zero 4 KiB-aligned chunk (a sparse file's hole) is "
+                        "stored chunk-based with that chunk as a hole, which an image needs "
+                        f"Linux {HOLES_MIN_KERNEL}+ for")
     g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
     g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
     g.add_argument("--mkfs-time", type=int, default=None, metavar="EPOCH",
@@ -251,6 +257,7 @@ def erofs_options_from_args(args: argparse.Namespace, *,
         pcluster_size=parse_size(args.block_size),
         fragments=args.erofs_fragments,
         ztailpacking=args.erofs_ztailpacking,
+        holes=not args.erofs_no_holes,
         dedup=not args.no_dedup,
         xattrs=not args.no_xattrs,
         mkfs_time=args.mkfs_time,

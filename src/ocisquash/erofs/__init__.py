@@ -18,6 +18,8 @@ One module per on-disk concern::
     format.py      constants, the superblock, compact and extended inodes
     options.py     ErofsOptions and the compressor names, importable without the writer
     data.py        file data: FLAT_PLAIN blocks, FLAT_INLINE tails, dedup, the spool
+    chunks.py      holes: CHUNK_BASED files, the chunk size, the block map
+    sparse.py      in a compressed image, large files mostly holes stay chunk-based
     compress.py    lz4/lz4hc/deflate/zstd pclusters in parallel (lz4 fitted to whole
                    blocks), the lcluster index, fragments (the packed inode),
                    ztailpacking, dedup

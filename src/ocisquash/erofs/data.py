@@ -1,4 +1,5 @@
-"""File data of uncompressed inodes: FLAT_PLAIN blocks and FLAT_INLINE tails.
+"""File data of uncompressed inodes: FLAT_PLAIN blocks and FLAT_INLINE tails, or, for a
+file with an all-zero chunk, CHUNK_BASED (the rule is in ``chunks.py``).
 
 Format rules enforced here (``erofs.rst``, "Inode data layouts"):
 
@@ -28,11 +29,13 @@ hashed. An output that cannot be read back has every file hashed.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 from typing import BinaryIO
 
 from ..errors import ErofsError
 from ..imagewriter import readable
+from .chunks import chunk_bits, split
 from .format import BLOCK_SIZE, DataLayout
 
 #: Read size for streamed files: whole blocks, so only the last read holds a tail.
@@ -71,6 +74,32 @@ class Extent:
         return self.size % BLOCK_SIZE if self.tail_at >= 0 else 0
 
 
+class ChunkedExtent(Extent):
+    """A chunk-based file's data (see ``chunks.py``): its data chunks, consecutive from
+    ``startblk``, and its block map in the spool (``index_at``, ``index_len``)."""
+
+    __slots__ = ("chunk_bits", "data_len", "holes_key")
+
+    def __init__(self, size: int, startblk: int, chunk_bits: int, holes_key: bytes,
+                 data_len: int) -> None:
+        super().__init__(DataLayout.CHUNK_BASED, size, startblk, -1)
+        #: "chunk blkbits": the inode's ``i_u`` (the block map format, no flags)
+        self.chunk_bits = chunk_bits
+        #: a sha256 of which chunks are holes (the dedup key's part for them)
+        self.holes_key = holes_key
+        #: bytes of the data chunks (the last one unpadded)
+        self.data_len = data_len
+
+
+def measured(source: BinaryIO) -> tuple[BinaryIO, int]:
+    """A stream of unknown size copied aside (the chunk size depends on the size)."""
+    copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+    shutil.copyfileobj(source, copy, CHUNK)
+    size = copy.tell()
+    copy.seek(0)
+    return copy, size  # type: ignore[return-value]
+
+
 class Spool:
     """Bytes that wait for the end (tails, cluster indexes): in memory up to
     :data:`SPOOL_MEMORY`, then in a temporary file."""
@@ -98,13 +127,16 @@ class Spool:
 class FlatData:
     """Streams files into the data area (which starts on a block boundary)."""
 
-    def __init__(self, out: BinaryIO, position: int, spool: Spool, dedup: bool) -> None:
+    def __init__(self, out: BinaryIO, position: int, spool: Spool, dedup: bool,
+                 holes: bool = True) -> None:
         assert position % BLOCK_SIZE == 0
         self._out = out
+        #: whether all-zero chunks become holes (``ErofsOptions.holes``)
+        self._holes = holes
         #: where the next block goes
         self.position = position
         self._dedup = dedup
-        self._seen: dict[tuple[bytes, int, bool], Extent] = {}
+        self._seen: dict[tuple[bytes, bytes, int, bool], Extent] = {}
         #: the first file of each size of more than a block, written unhashed (None
         #: once keyed by reading it back): see the module docstring
         self._firsts: dict[int, Extent | None] | None = (
@@ -114,41 +146,51 @@ class FlatData:
         self.bytes_in = 0
         self.duplicates = 0
         self.compressed_files = 0
+        self.chunked_files = 0
 
     def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
-        """Add one file's data; its tail goes inline if it is at most ``inline_room``."""
+        """Add one file's data; its tail goes inline if it is at most ``inline_room``.
+        A file with an all-zero chunk is stored chunk-based (see ``chunks.py``)."""
         if isinstance(source, bytes):
             size = len(source)
+        elif size is None:
+            source, size = measured(source)
         start = self.position
         hashing = self._dedup
         firsts = self._firsts
         first = False
-        if firsts is not None and size is not None and size > BLOCK_SIZE \
-                and size not in firsts:
+        if firsts is not None and size > BLOCK_SIZE and size not in firsts:
             # No earlier file has this size: none can be a copy of this one.
             first, hashing = True, False
         digest = hashlib.sha256() if hashing else None
-        if isinstance(source, bytes):
-            data = source
-            whole = len(data) - len(data) % BLOCK_SIZE
-            if whole:
-                self._put(memoryview(data)[:whole])
-                if digest is not None:
-                    digest.update(memoryview(data)[:whole])
-            tail = data[whole:]
-            total = len(data)
+
+        def emit(view: bytes | memoryview) -> None:
+            self._put(view)
+            if digest is not None:
+                digest.update(view)
+
+        bits = chunk_bits(size)
+        cut = None
+        if isinstance(source, bytes) and size < BLOCK_SIZE and (
+                not self._holes or source.count(0) != size):
+            # Most files: one short chunk, not all zeros, nothing but a tail.
+            tail = source
+            holes = 0
         else:
-            total, tail = self._stream(source, size, digest)
+            cut = split(source, size, bits, emit, self._holes)
+            tail = cut.tail
+            holes = cut.holes
+        self.bytes_in += size
         if digest is not None:
             digest.update(tail)
-        self.bytes_in += total
-        inline = 0 < len(tail) <= inline_room
+        inline = not holes and 0 < len(tail) <= inline_room
+        holes_key = hashlib.sha256(cut.flags).digest() if cut is not None and holes else b""
         key = None
-        if digest is not None and total:
-            key = (digest.digest(), total, inline)
-            if firsts is not None and total > BLOCK_SIZE:
-                earlier = firsts.get(total)
-                firsts[total] = None
+        if digest is not None and size:
+            key = (digest.digest(), holes_key, size, inline)
+            if firsts is not None and size > BLOCK_SIZE:
+                earlier = firsts.get(size)
+                firsts[size] = None
                 if earlier is not None:
                     self._seen.setdefault(self._key_of(earlier), earlier)
             found = self._seen.get(key)
@@ -156,55 +198,58 @@ class FlatData:
                 self.position = start
                 self.duplicates += 1
                 return found
-        startblk = start // BLOCK_SIZE if total >= BLOCK_SIZE else 0
-        if inline:
-            extent = Extent(DataLayout.FLAT_INLINE, total, startblk, self._spool.put(tail))
+        extent: Extent
+        if cut is not None and holes:
+            if tail:
+                self._put(tail + bytes(BLOCK_SIZE - len(tail)))
+            chunked = ChunkedExtent(size, start // BLOCK_SIZE, bits, holes_key,
+                                    cut.data_len)
+            index = cut.block_map(chunked.startblk)
+            chunked.index_at = self._spool.put(index)
+            chunked.index_len = len(index)
+            self.chunked_files += 1
+            extent = chunked
+        elif inline:
+            startblk = start // BLOCK_SIZE if size >= BLOCK_SIZE else 0
+            extent = Extent(DataLayout.FLAT_INLINE, size, startblk, self._spool.put(tail))
         else:
             if tail:
                 self._put(tail + bytes(BLOCK_SIZE - len(tail)))
-            startblk = start // BLOCK_SIZE if total else 0
-            extent = Extent(DataLayout.FLAT_PLAIN, total, startblk, -1)
+            extent = Extent(DataLayout.FLAT_PLAIN, size, start // BLOCK_SIZE if size else 0,
+                            -1)
         if key is not None:
             self._seen[key] = extent
         if first:
             assert firsts is not None
-            firsts[total] = extent
+            firsts[size] = extent
         return extent
 
-    def _key_of(self, extent: Extent) -> tuple[bytes, int, bool]:
+    def _key_of(self, extent: Extent) -> tuple[bytes, bytes, int, bool]:
         """The dedup key of a file written unhashed, from the image and the spool."""
         self.read_backs += 1
+        if isinstance(extent, ChunkedExtent):
+            # The data chunks are consecutive; the holes are in the key already.
+            digest = hashlib.sha256()
+            at, left = extent.startblk * BLOCK_SIZE, extent.data_len
+            while left:
+                data = self._read(at, min(left, CHUNK))
+                digest.update(data)
+                at += len(data)
+                left -= len(data)
+            return digest.digest(), extent.holes_key, extent.size, False
         whole = extent.size - extent.tail_len
-        self._out.seek(extent.startblk * BLOCK_SIZE)
-        data = self._out.read(whole)
-        if len(data) != whole:
-            raise ErofsError("cannot read back the image being written")
-        digest = hashlib.sha256(data)
+        digest = hashlib.sha256(self._read(extent.startblk * BLOCK_SIZE, whole))
         if extent.tail_len:
             digest.update(self._spool.get(extent.tail_at, extent.tail_len))
-        return digest.digest(), extent.size, extent.layout == DataLayout.FLAT_INLINE
+        return (digest.digest(), b"", extent.size,
+                extent.layout == DataLayout.FLAT_INLINE)
 
-    def _stream(self, source: BinaryIO, size: int | None,
-                digest: hashlib._Hash | None) -> tuple[int, bytes]:
-        total = 0
-        pending = b""
-        while size is None or total < size:
-            want = CHUNK if size is None else min(CHUNK, size - total)
-            chunk = source.read(want)
-            if not chunk:
-                if size is not None:
-                    raise ErofsError(f"file data ended after {total} of {size} bytes")
-                break
-            total += len(chunk)
-            buf = pending + chunk if pending else chunk
-            whole = len(buf) - len(buf) % BLOCK_SIZE
-            if whole:
-                view = memoryview(buf)[:whole]
-                self._put(view)
-                if digest is not None:
-                    digest.update(view)
-            pending = buf[whole:]
-        return total, pending
+    def _read(self, at: int, n: int) -> bytes:
+        self._out.seek(at)
+        data = self._out.read(n)
+        if len(data) != n:
+            raise ErofsError("cannot read back the image being written")
+        return data
 
     def _put(self, data: bytes | memoryview) -> None:
         self._out.seek(self.position)

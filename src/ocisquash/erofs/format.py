@@ -5,8 +5,9 @@ Everything is little endian. Field comments quote erofs-utils' ``include/erofs_f
 ``Documentation/filesystems/erofs.rst`` so the code can be checked against them.
 
 Only the parts this writer emits are here: 4 KiB blocks, one device, compact and
-extended inodes, FLAT_PLAIN and FLAT_INLINE data, inline and shared xattrs with the
-short name prefixes, and the compressed-inode structures of ``compress.py``.
+extended inodes, FLAT_PLAIN, FLAT_INLINE and CHUNK_BASED data, inline and shared
+xattrs with the short name prefixes, and the compressed-inode structures of
+``compress.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ INCOMPAT_ZERO_PADDING = 0x0001
 #: superblock's ``available_compr_algs`` and the per-algorithm config records).
 INCOMPAT_BIG_PCLUSTER = 0x0002
 INCOMPAT_COMPR_CFGS = 0x0002
+#: "#define EROFS_FEATURE_INCOMPAT_CHUNKED_FILE 0x00000004": chunk-based files
+INCOMPAT_CHUNKED_FILE = 0x0004
 #: "#define EROFS_FEATURE_INCOMPAT_ZTAILPACKING 0x00000010": compressed tails inline
 INCOMPAT_ZTAILPACKING = 0x0010
 #: "#define EROFS_FEATURE_INCOMPAT_FRAGMENTS 0x00000020": file tails in a packed inode
@@ -63,6 +66,8 @@ class DataLayout(IntEnum):
     COMPRESSED_FULL = 1
     #: "uncompressed flat inode with tail-packing inline data"
     FLAT_INLINE = 2
+    #: "chunk-based inode": a block map after the inode (see ``chunks.py``)
+    CHUNK_BASED = 4
 
 
 class FileType(IntEnum):

@@ -48,6 +48,10 @@ FRAGMENTS_MIN_KERNEL = "6.1"
 #: (ZTAILPACKING).
 ZTAILPACKING_MIN_KERNEL = "5.17"
 
+#: The oldest Linux that mounts images with a chunk-based file (CHUNKED_FILE): one
+#: with an all-zero chunk, stored as a hole (see ``chunks.py``).
+HOLES_MIN_KERNEL = "5.15"
+
 #: What ``--help`` says about the EROFS compressors.
 COMPRESSION_HELP = "default lz4hc; " + ", ".join(
     f"{c.value} (Linux {MIN_KERNEL[c]}+)" for c in ErofsCompression)
@@ -71,6 +75,10 @@ class ErofsOptions:
     #: store a compressed file's last pcluster right after its inode when it fits in
     #: that block, instead of padding it to a block of its own; Linux 5.17+
     ztailpacking: bool = False
+    #: store a file with an all-zero 4 KiB-aligned chunk chunk-based, its zero chunks as
+    #: holes: a 1 TiB sparse file costs its data, not 1 TiB (Linux 5.15+ for an image
+    #: with such a file); False writes every zero, as Linux 5.4 and 5.13 read
+    holes: bool = True
     xattrs: bool = True
     #: image timestamp (the superblock's epoch); None = $SOURCE_DATE_EPOCH, else now
     mkfs_time: int | None = None

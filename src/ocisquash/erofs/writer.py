@@ -40,13 +40,14 @@ from ..imagewriter import ImageWriter
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
 from .compress import Codec, CompressedData, has_map, index_extra, map_header
-from .data import Extent, FlatData, Spool
+from .data import ChunkedExtent, Extent, FlatData, Spool, measured
 from .directory import DirEntry, directory_size, pack_block, split_blocks
 from .format import (
     BLOCK_SIZE,
     COMPACT_INODE_SIZE,
     EXTENDED_INODE_SIZE,
     INCOMPAT_BIG_PCLUSTER,
+    INCOMPAT_CHUNKED_FILE,
     INCOMPAT_COMPR_CFGS,
     INCOMPAT_FRAGMENTS,
     INCOMPAT_ZERO_PADDING,
@@ -62,6 +63,7 @@ from .format import (
     extended_inode,
 )
 from .options import ErofsCompression, ErofsOptions
+from .sparse import SPARSE_MIN_SIZE, SparseFiles
 from .xattr import SharedXattrs, check_xattrs, icount, inline_size_bound
 
 _FILE_TYPE = {
@@ -92,6 +94,8 @@ class ErofsSummary:
     compression: str
     block_size: int = BLOCK_SIZE
     compressed_files: int = 0
+    #: files stored chunk-based, with holes
+    chunked_files: int = 0
     extended_inodes: int = 0
     shared_xattrs: int = 0
 
@@ -110,14 +114,16 @@ class _Inode:
     """The fields of one inode record, computed twice (layout, then writing) rather
     than kept for every inode."""
 
-    __slots__ = ("compressed", "extended", "i_u", "inline_len", "layout", "mode", "nlink",
-                 "size", "xattrs")
+    __slots__ = ("block_map", "compressed", "extended", "i_u", "inline_len", "layout", "mode",
+                 "nlink", "size", "xattrs")
 
     def __init__(self) -> None:
         self.layout = DataLayout.FLAT_PLAIN
         self.size = 0
         self.i_u = 0
         self.inline_len = 0
+        #: bytes of a chunk-based file's block map, which follows the inode and xattrs
+        self.block_map = 0
         self.compressed = False
         self.mode = 0
         self.nlink = 0
@@ -167,7 +173,8 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         self._codec: Codec | None = None
         self._data: FlatData | CompressedData
         if options.compression is ErofsCompression.NONE:
-            self._data = FlatData(self._out, BLOCK_SIZE, self._spool, options.dedup)
+            self._data = FlatData(self._out, BLOCK_SIZE, self._spool, options.dedup,
+                                  options.holes)
         else:
             self._codec = Codec(options.compression, options.resolved_level(),
                                 options.pcluster_size)
@@ -176,6 +183,10 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
                 workers=options.workers or os.cpu_count() or 1, fragments=options.fragments,
                 ztailpacking=options.ztailpacking)
+        #: with a compressor: the files that are mostly holes (see ``sparse.py``)
+        self._sparse: SparseFiles | None = None
+        if isinstance(self._data, CompressedData) and options.holes:
+            self._sparse = SparseFiles(self._out, self._data, self._spool)
         self._closed = False
 
     # -- adding entries -------------------------------------------------------------
@@ -221,7 +232,12 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         # file's xattrs all inline (sharing only makes the body smaller).
         room = BLOCK_SIZE - EXTENDED_INODE_SIZE - inline_size_bound(meta.xattrs)
         try:
-            extent = self._data.write(source, size, room)
+            if self._sparse is not None and not isinstance(source, bytes) and size is None:
+                source, size = measured(source)
+            if self._sparse is not None and size is not None and size >= SPARSE_MIN_SIZE:
+                extent = self._sparse.write(source, size, room)
+            else:
+                extent = self._data.write(source, size, room)
         except ErofsError as e:
             raise e.with_context(repr(path)) from None
         except OSError as e:
@@ -237,6 +253,8 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
     # -- finishing ------------------------------------------------------------------
 
     def _stop(self) -> None:
+        if self._sparse is not None:
+            self._sparse.close()
         self._data.close()
         self._spool.close()
 
@@ -273,6 +291,8 @@ class _Finisher:
         self.compressed = False
         #: whether any compressed file has its last pcluster inline (ZTAILPACKING)
         self.tailpacked = False
+        #: whether any file is chunk-based (CHUNKED_FILE)
+        self.chunked = False
         self.algorithm = writer._codec.algorithm if writer._codec is not None else 0
 
     def run(self) -> ErofsSummary:
@@ -327,7 +347,7 @@ class _Finisher:
                 pos = end + idata
             else:
                 node.ref = pos // INODE_SLOT
-                pos += head + inode.inline_len
+                pos += head + inode.inline_len + inode.block_map
             if isinstance(node, DirNode):
                 for child in node.children.values():
                     if isinstance(child, DirNode):
@@ -353,6 +373,9 @@ class _Finisher:
             self.out.write(record)
             if inode.inline_len:
                 self.out.write(self._inline(node, inode))
+            if inode.block_map:
+                assert isinstance(node, FileNode)
+                self.out.write(self.w._spool.get(node.extent.index_at, inode.block_map))
             if inode.compressed:
                 assert isinstance(node, FileNode)
                 extent = node.extent
@@ -380,6 +403,8 @@ class _Finisher:
             algs = 1 << codec.algorithm
             self.out.seek(SUPER_OFFSET + 128)
             self.out.write(codec.config)
+        if self.chunked:
+            incompat |= INCOMPAT_CHUNKED_FILE
         superblock = Superblock(
             root_nid=root.ref,
             inodes=len(self.order),
@@ -403,6 +428,9 @@ class _Finisher:
             duplicates=data.duplicates, compression=self.w._options.compression.value,
             extended_inodes=s["extended"], shared_xattrs=len(self.xattrs),
             compressed_files=data.compressed_files,
+            chunked_files=(data.chunked_files if isinstance(data, FlatData)
+                           else self.w._sparse.chunked_files if self.w._sparse is not None
+                           else 0),
         )
 
     def _order(self, root: DirNode) -> None:
@@ -436,6 +464,8 @@ class _Finisher:
         if isinstance(node, FileNode) and node.extent.layout == DataLayout.COMPRESSED_FULL:
             self.compressed = True
             self.tailpacked |= node.extent.idata_len > 0
+        if isinstance(node, FileNode) and isinstance(node.extent, ChunkedExtent):
+            self.chunked = True
         kind = ("files" if isinstance(node, FileNode) else "directories"
                 if isinstance(node, DirNode) else "symlinks"
                 if isinstance(node, SymlinkNode) else "devices")
@@ -459,6 +489,10 @@ class _Finisher:
             inode.i_u = extent.startblk
             inode.inline_len = extent.tail_len
             inode.compressed = has_map(extent)
+            if isinstance(extent, ChunkedExtent):
+                # "struct erofs_inode_chunk_info": the format, chunkbits and no flags
+                inode.i_u = extent.chunk_bits
+                inode.block_map = extent.index_len
         elif isinstance(node, SpecialNode):
             inode.i_u = node.rdev
         else:
