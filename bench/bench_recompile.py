@@ -162,8 +162,10 @@ def build_versions(work: Path, scale: float) -> dict[str, Path]:
     return names
 
 
-def compile_once(layout: Path, cache: Path, out: Path, args: list[str]) -> tuple[float, float]:
-    """Wall and CPU (user + system of the compile process) seconds of one compile."""
+def compile_once(layout: Path, cache: Path, out: Path,
+                 args: list[str]) -> tuple[float, float, int]:
+    """Wall and CPU (user + system of the compile process) seconds of one compile, and
+    its peak resident memory in bytes."""
     cmd = [sys.executable, "-m", "ocisquash", "compile", f"oci:{layout}:latest", "-o", str(out),
            "--force", "--cache-dir", str(cache), *args]
     os.sync()
@@ -174,7 +176,7 @@ def compile_once(layout: Path, cache: Path, out: Path, args: list[str]) -> tuple
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return took, usage.ru_utime + usage.ru_stime
+    return took, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
 def index_share(cache: Path, layout: Path) -> tuple[int, int]:
@@ -220,6 +222,7 @@ def main() -> int:
             warm_t: list[float] = []
             cold_cpu: list[float] = []
             warm_cpu: list[float] = []
+            peak = {"cold": 0, "warm": 0}
             same = True
             for run in range(args.runs):
                 for kind in (("cold", "warm") if run % 2 == 0 else ("warm", "cold")):
@@ -229,8 +232,9 @@ def main() -> int:
                         # hard links: a cache entry whose image has another inode than
                         # the one recorded counts as damaged and is not reused
                         shutil.copytree(base, cache, copy_function=os.link)
-                    took, cpu = compile_once(layouts[version], cache, tmp / f"{kind}.sqfs",
-                                             flags)
+                    took, cpu, rss = compile_once(layouts[version], cache,
+                                                  tmp / f"{kind}.sqfs", flags)
+                    peak[kind] = max(peak[kind], rss)
                     (warm_t if kind == "warm" else cold_t).append(took)
                     (warm_cpu if kind == "warm" else cold_cpu).append(cpu)
                 same = same and sha(tmp / "cold.sqfs") == sha(tmp / "warm.sqfs")
@@ -244,7 +248,7 @@ def main() -> int:
             rows.append((label, change, statistics.median(cold_t), statistics.median(warm_t),
                          statistics.median(ratios), min(ratios), max(ratios),
                          statistics.median(cold_cpu), statistics.median(warm_cpu),
-                         statistics.median(cpu_ratios), same))
+                         statistics.median(cpu_ratios), peak["cold"], peak["warm"], same))
     shutil.rmtree(tmp, ignore_errors=True)
     size = sum(p.stat().st_size for p in (layouts["v1"] / "blobs" / "sha256").iterdir())
     lines = [
@@ -254,16 +258,17 @@ def main() -> int:
         f"({size / 1e6:.0f} MB of blobs), v2 changes 5 files of its 4 MB top layer, v3 "
         "changes 5 files of its bottom layer. Median of "
         f"{args.runs} alternating pairs; ratio = after v1 / cold, per pair (min-max); CPU = "
-        "user + system seconds of the compile process, its ratio the median per pair.",
+        "user + system seconds of the compile process, its ratio the median per pair; peak "
+        "= the largest peak resident memory of the runs.",
         "",
         "| setting | change | cold (s) | after v1 (s) | ratio | min-max | cold CPU (s) "
-        "| after v1 CPU (s) | CPU ratio | identical |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| after v1 CPU (s) | CPU ratio | peak cold / after v1 (MiB) | identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, change, c, w, r, lo, hi, ccpu, wcpu, rcpu, same in rows:
+    for label, change, c, w, r, lo, hi, ccpu, wcpu, rcpu, pc, pw, same in rows:
         lines.append(f"| {label} | {change} | {c:.2f} | {w:.2f} | {r:.2f} | "
                      f"{lo:.2f}-{hi:.2f} | {ccpu:.2f} | {wcpu:.2f} | {rcpu:.2f} | "
-                     f"{'yes' if same else 'NO'} |")
+                     f"{pc / 2**20:.0f} / {pw / 2**20:.0f} | {'yes' if same else 'NO'} |")
     lines += ["", "Layer indexes of v1 (their share of the layer blobs, the issue's bound is "
               "2 %):", ""]
     for label, indexes, blobs in shares:

@@ -297,3 +297,43 @@ def test_replayed_image_reads_back_with_unsquashfs(tmp_path: Path) -> None:
     assert (tmp_path / "x/srv/tool").read_bytes() == _data(300, 2 * BLOCK + 1)
     assert (tmp_path / "x/etc/sparse").read_bytes() == (
         bytes(4 * BLOCK) + _data(51, BLOCK) + bytes(3 * BLOCK))
+
+
+@pytest.mark.parametrize("piece", [5, 64 << 10])
+def test_a_replay_yields_what_decoding_the_layer_yields(
+        tmp_path: Path, piece: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each replayed member is the decoded member, and its data (read through the
+    blocks its index names, as a sink other than the squashfs writer would) its bytes;
+    also when the index is decoded a few bytes at a time (records split anywhere)."""
+    from ocisquash.layers import read_layer
+    from ocisquash.rules import DEFAULT_LIMITS
+    from ocisquash.sources.open import open_source
+    from ocisquash.squashfs import layerindex
+    from ocisquash.squashfs.compressor import make_compressor
+    from ocisquash.squashfs.layerindex import IndexedFile, Indexes
+    from ocisquash.squashfs.reuse import BlockReuse, read_index
+
+    monkeypatch.setattr(layerindex, "_PIECE", piece)
+    base = _base()
+    layers = [base[0], _special_layer(), _linked_layer(), base[1]]
+    write_oci_layout(tmp_path / "v1", layers)
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
+    (entry,) = ImageCache(tmp_path / "cache").entries()
+    settings, _ = read_index(entry.path / INDEX_FILE)
+    reuse = BlockReuse.load(settings, [(entry.image, entry.path / INDEX_FILE)])
+    decompress = make_compressor(OPTIONS.compression, level=OPTIONS.level,
+                                 block_size=BLOCK).decompress
+    indexes = Indexes(reuse, settings, DEFAULT_LIMITS, decompress, BLOCK, [entry.path])
+    try:
+        for layer in open_source(f"oci:{tmp_path / 'v1'}:latest").resolve().layers():
+            replay = indexes.replay(layer, lambda path: True)
+            assert replay is not None
+            decoded = list(read_layer(layer, small_files=1 << 20))
+            replayed = list(replay.members(None))
+            assert [e for e, _ in replayed] == [e for e, _ in decoded]
+            for (e, data), (_, want) in zip(replayed, decoded, strict=True):
+                if e.kind == "file":
+                    assert isinstance(data, IndexedFile)
+                    assert data.read() == want, e.path
+    finally:
+        reuse.close()

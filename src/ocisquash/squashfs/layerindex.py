@@ -61,7 +61,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, TypeVar, cast
 
 from ..entry import EntryMeta
 from ..errors import SquashfsError
@@ -89,6 +89,9 @@ _TAIL = struct.Struct("<32sII")
 
 _KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
+
+#: Entry records are compressed in pieces of this many bytes as a layer is applied.
+_SPOOL = 256 << 10
 
 #: Decoded blocks kept for the tails of replayed files: a layer's small files were
 #: packed in order, so consecutive files mostly share one.
@@ -149,6 +152,8 @@ class _LayerRecord:
         self.header = header
         self._z = zstandard.ZstdCompressor(level=3).compressobj()
         self._chunks: list[bytes] = []
+        #: entry records not compressed yet (compressed in pieces: a call per entry cost more)
+        self._pending = bytearray()
         self.count = 0
         self.notes: list[tuple[int, str, bytes]] = []
         #: member positions of the files written, and their data (short ones as ints)
@@ -169,7 +174,14 @@ class _LayerRecord:
             parts.append(_XATTR.pack(len(name), len(value)))
             parts.append(name)
             parts.append(value)
-        chunk = self._z.compress(b"".join(parts))
+        pending = self._pending
+        pending += b"".join(parts)
+        if len(pending) >= _SPOOL:
+            self._spool()
+
+    def _spool(self) -> None:
+        chunk = self._z.compress(bytes(self._pending))
+        self._pending.clear()
         if chunk:
             self._chunks.append(chunk)
 
@@ -190,13 +202,17 @@ class _LayerRecord:
     def pack(self, locate: Callable[[Stored], bytes]) -> bytes:
         import zstandard
 
+        self._spool()
         entries = b"".join(self._chunks) + self._z.flush()
         self._chunks.clear()
         z = zstandard.ZstdCompressor(level=3).compressobj()
         data: list[bytes] = []
-        for i, position in enumerate(self.positions):
+        # By member position (a second pass writes files after the first pass's), so
+        # that a replay reads them alongside the entries.
+        positions = self.positions
+        for i in sorted(range(len(positions)), key=positions.__getitem__):
             stored = self.long[i] if i in self.long else self.short[i]
-            chunk = z.compress(_POSITION.pack(position) + locate(stored))
+            chunk = z.compress(_POSITION.pack(positions[i]) + locate(stored))
             if chunk:
                 data.append(chunk)
         data.append(z.flush())
@@ -323,8 +339,121 @@ class Recorder:
 # -- reading ---------------------------------------------------------------------------
 
 
+#: Compressed bytes of an index section fed to the decoder at once: a layer's records
+#: are parsed as they are decoded, so memory stays small whatever the entry count.
+_PIECE = 64 << 10
+
+#: One item of a data record: a block's digest, or a run of zero blocks.
+Item = bytes | int
+#: A data record: member position, block items, tail (digest, offset, length) or None.
+DataRecord = tuple[int, list[Item], tuple[bytes, int, int] | None]
+
+
+def _decoded(section: bytes) -> Iterator[bytes]:
+    import zstandard
+
+    if not section:
+        return
+    d = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        for at in range(0, len(section), _PIECE):
+            out = d.decompress(section[at:at + _PIECE])
+            if out:
+                yield out
+    except zstandard.ZstdError as e:
+        raise BadLayerIndex(f"a section does not decode: {e}") from e
+    if not d.eof:
+        raise BadLayerIndex("a section ends inside its zstd frame")
+
+
+def _parse_entry(buf: bytes, at: int, metas: dict[tuple[object, ...], EntryMeta]
+                 ) -> tuple[TarEntry, int] | None:
+    """The entry record at ``at`` and where the next starts; None if ``buf`` ends first."""
+    end = len(buf)
+    if end - at < _ENTRY.size:
+        return None
+    (kind, mode, uid, gid, mtime, size, position, major, minor, plen, llen,
+     nx) = _ENTRY.unpack_from(buf, at)
+    p = at + _ENTRY.size
+    if end - p < plen + llen:
+        return None
+    path = buf[p:p + plen]
+    link = buf[p + plen:p + plen + llen]
+    p += plen + llen
+    xattrs: tuple[tuple[bytes, bytes], ...] = ()
+    if nx:
+        found = []
+        for _ in range(nx):
+            if end - p < _XATTR.size:
+                return None
+            nlen, vlen = _XATTR.unpack_from(buf, p)
+            p += _XATTR.size
+            if end - p < nlen + vlen:
+                return None
+            found.append((buf[p:p + nlen], buf[p + nlen:p + nlen + vlen]))
+            p += nlen + vlen
+        xattrs = tuple(found)
+    if kind >= len(_KINDS):
+        raise BadLayerIndex(f"an entry record has kind {kind}")
+    key = (mode, uid, gid, mtime, xattrs)
+    meta = metas.get(key)
+    if meta is None:
+        if len(metas) >= 1 << 16:
+            metas.clear()
+        meta = metas[key] = EntryMeta(mode, uid, gid, mtime, xattrs)
+    return TarEntry(path, _KINDS[kind], meta, size, link, major, minor,
+                    position), p
+
+
+def _parse_data(buf: bytes, at: int) -> tuple[DataRecord, int] | None:
+    """The data record at ``at`` and where the next starts; None if ``buf`` ends first."""
+    end = len(buf)
+    if end - at < _POSITION.size + _DATA.size:
+        return None
+    (position,) = _POSITION.unpack_from(buf, at)
+    count, has_tail = _DATA.unpack_from(buf, at + _POSITION.size)
+    p = at + _POSITION.size + _DATA.size
+    items: list[Item] = []
+    for _ in range(count):
+        if end - p < 1 + (_RUN.size if buf[p:p + 1] == b"\x00" else 32):
+            return None
+        if buf[p] == 0:
+            items.append(_RUN.unpack_from(buf, p + 1)[0])
+            p += 1 + _RUN.size
+        else:
+            items.append(buf[p + 1:p + 33])
+            p += 33
+    tail = None
+    if has_tail:
+        if end - p < _TAIL.size:
+            return None
+        tail = _TAIL.unpack_from(buf, p)
+        p += _TAIL.size
+    return (position, items, tail), p
+
+
+_T = TypeVar("_T")
+
+
+def _records(section: bytes, parse: Callable[[bytes, int], tuple[_T, int] | None]
+             ) -> Iterator[_T]:
+    buf = b""
+    at = 0
+    for chunk in _decoded(section):
+        buf = buf[at:] + chunk
+        at = 0
+        while True:
+            parsed = parse(buf, at)
+            if parsed is None:
+                break
+            record, at = parsed
+            yield record
+    if at != len(buf):
+        raise BadLayerIndex("a section ends inside a record")
+
+
 class LayerIndex:
-    """A layer index read back: its entries and its written files' data records."""
+    """A layer index read back; its sections are decoded as they are iterated."""
 
     def __init__(self, header: dict[str, object], entries: bytes, data: bytes) -> None:
         self.header = header
@@ -333,75 +462,28 @@ class LayerIndex:
 
     def entries(self) -> Iterator[TarEntry]:
         """The layer's entries in tar order."""
-        buf = self._entries
-        unpack = _ENTRY.unpack_from
-        size = _ENTRY.size
         metas: dict[tuple[object, ...], EntryMeta] = {}
-        at = 0
-        end = len(buf)
-        while at < end:
-            (kind, mode, uid, gid, mtime, fsize, position, major, minor, plen, llen,
-             nx) = unpack(buf, at)
-            at += size
-            path = buf[at:at + plen]
-            at += plen
-            link = buf[at:at + llen]
-            at += llen
-            xattrs: tuple[tuple[bytes, bytes], ...] = ()
-            if nx:
-                found = []
-                for _ in range(nx):
-                    nlen, vlen = _XATTR.unpack_from(buf, at)
-                    at += _XATTR.size
-                    found.append((buf[at:at + nlen], buf[at + nlen:at + nlen + vlen]))
-                    at += nlen + vlen
-                xattrs = tuple(found)
-            key = (mode, uid, gid, mtime, xattrs)
-            meta = metas.get(key)
-            if meta is None:
-                meta = metas[key] = EntryMeta(mode, uid, gid, mtime, xattrs)
-            yield TarEntry(path, _KINDS[kind], meta, fsize, link, major, minor,
-                           position)
-        if at != end:
-            raise BadLayerIndex("its entry records end inside a record")
+        return _records(self._entries, lambda buf, at: _parse_entry(buf, at, metas))
 
-    def data(self) -> dict[int, tuple[list[bytes | int], tuple[bytes, int, int] | None]]:
-        """Member position -> (block items: a digest or a run of zero blocks, tail)."""
-        buf = self._data
-        found: dict[int, tuple[list[bytes | int], tuple[bytes, int, int] | None]] = {}
-        at = 0
-        end = len(buf)
-        while at < end:
-            (position,) = _POSITION.unpack_from(buf, at)
-            count, has_tail = _DATA.unpack_from(buf, at + _POSITION.size)
-            at += _POSITION.size + _DATA.size
-            items: list[bytes | int] = []
-            for _ in range(count):
-                if buf[at] == 0:
-                    items.append(_RUN.unpack_from(buf, at + 1)[0])
-                    at += 1 + _RUN.size
-                else:
-                    items.append(buf[at + 1:at + 33])
-                    at += 33
-            tail = None
-            if has_tail:
-                tail = _TAIL.unpack_from(buf, at)
-                at += _TAIL.size
-            found[position] = (items, tail)
-        if at != end:
-            raise BadLayerIndex("its data records end inside a record")
-        return found
+    def data(self) -> Iterator[DataRecord]:
+        """The written files' data records, by increasing member position."""
+        last = -1
+        for record in _records(self._data, _parse_data):
+            if record[0] <= last:
+                raise BadLayerIndex("its data records are not in member order")
+            last = record[0]
+            yield record
 
     def notes(self) -> list[tuple[int, str, bytes]]:
         raw = self.header.get("notes", [])
-        assert isinstance(raw, list)
+        if not isinstance(raw, list):
+            raise BadLayerIndex("its notes are not a list")
         return [(int(i), str(k), str(p).encode("latin-1")) for i, k, p in raw]
 
 
 def read_layer_index(path: Path) -> LayerIndex:
-    """The layer index at ``path``; raises ``BadLayerIndex`` when it is damaged."""
-    import zstandard
-
+    """The layer index at ``path``; raises ``BadLayerIndex`` when it is damaged (its
+    sections are checked as they are decoded)."""
     try:
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), "rb") as f:
             blob = f.read()
@@ -424,13 +506,11 @@ def read_layer_index(path: Path) -> LayerIndex:
             at += 8
             sections.append(body[at:at + m])
             at += m
-        if at != len(body) or not isinstance(header, dict):
-            raise BadLayerIndex("its sections do not add up")
-        d = zstandard.ZstdDecompressor()
-        entries, data = (d.decompressobj().decompress(s) if s else b"" for s in sections)
-    except (struct.error, ValueError, zstandard.ZstdError) as e:
+    except (struct.error, ValueError) as e:
         raise BadLayerIndex(f"it does not parse: {e}") from e
-    return LayerIndex(header, entries, data)
+    if at != len(body) or not isinstance(header, dict):
+        raise BadLayerIndex("its sections do not add up")
+    return LayerIndex(header, sections[0], sections[1])
 
 
 def check_layer_index(path: Path, known: set[bytes] | None) -> str | None:
@@ -439,19 +519,21 @@ def check_layer_index(path: Path, known: set[bytes] | None) -> str | None:
     try:
         index = read_layer_index(path)
         count = sum(1 for _ in index.entries())
-        data = index.data()
-        index.notes()
-    except (BadLayerIndex, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
-        return str(e)
-    if count != index.header.get("entries") or len(data) != index.header.get("files"):
-        return "its record counts do not match its header"
-    if known is not None:
-        for items, tail in data.values():
+        files = 0
+        for _, items, tail in index.data():
+            files += 1
+            if known is None:
+                continue
             for item in items:
                 if isinstance(item, bytes) and item not in known:
                     return "it names a block its image's block index does not hold"
             if tail is not None and tail[0] not in known:
                 return "it names a block its image's block index does not hold"
+        index.notes()
+    except (BadLayerIndex, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
+        return str(e)
+    if count != index.header.get("entries") or files != index.header.get("files"):
+        return "its record counts do not match its header"
     return None
 
 
@@ -462,7 +544,7 @@ class IndexedFile:
 
     __slots__ = ("_at", "_blocks", "_buffer", "_source", "items", "size", "tail")
 
-    def __init__(self, source: _Blocks, size: int, items: list[bytes | int],
+    def __init__(self, source: _Blocks, size: int, items: list[Item],
                  tail: tuple[bytes, int, int] | None) -> None:
         self._source = source
         self.size = size
@@ -551,35 +633,51 @@ class Replay:
     def __init__(self, index: LayerIndex, blocks: _Blocks) -> None:
         self._index = index
         self._blocks = blocks
-        self._data = index.data()
         self._notes = index.notes()
 
-    def unwritten(self) -> Iterator[TarEntry]:
-        """The file entries the earlier compile did not write."""
-        data = self._data
+    def _files(self) -> Iterator[tuple[TarEntry, DataRecord | None]]:
+        """Each file entry with its data record (None: not written before)."""
+        data = self._index.data()
+        record = next(data, None)
         for e in self._index.entries():
-            if e.kind == "file" and e.position not in data:
-                yield e
+            if e.kind != "file":
+                continue
+            while record is not None and record[0] < e.position:
+                record = next(data, None)  # a record of no file entry: passed over
+            if record is not None and record[0] == e.position:
+                yield e, record
+                record = next(data, None)
+            else:
+                yield e, None
 
-    def link_targets(self) -> set[bytes]:
-        return {e.linkname for e in self._index.entries() if e.kind == "hardlink"}
-
-    def available(self, reuse: BlockReuse) -> bool:
-        for items, tail in self._data.values():
-            for item in items:
+    def usable(self, reuse: BlockReuse, hidden: Callable[[bytes], bool]) -> bool:
+        """Whether every block the index names is at hand, and every file it holds no data
+        for is hidden by ``hidden`` and named by no hard link of the layer."""
+        unwritten = []
+        for e, record in self._files():
+            if record is None:
+                unwritten.append(e.path)
+                continue
+            for item in record[1]:
                 if isinstance(item, bytes) and not reuse.has(item):
                     return False
-            if tail is not None and not reuse.has(tail[0]):
+            if record[2] is not None and not reuse.has(record[2][0]):
                 return False
-        return True
+        if not unwritten:
+            return True
+        if not all(hidden(path) for path in unwritten):
+            return False
+        linked = {e.linkname for e in self._index.entries() if e.kind == "hardlink"}
+        return linked.isdisjoint(unwritten)
 
     def members(self, fidelity: Fidelity | None) -> Iterator[tuple[TarEntry, BinaryIO | None]]:
         """``(entry, data)`` as the tar reader yields them; ``fidelity`` gets the notes
         the reader made (None: a second pass, which notes nothing)."""
         notes = self._notes
         n = 0
-        data = self._data
         blocks = self._blocks
+        data = self._index.data()
+        record = next(data, None)
         for i, e in enumerate(self._index.entries()):
             while n < len(notes) and notes[n][0] <= i:
                 if fidelity is not None:
@@ -588,13 +686,15 @@ class Replay:
             if e.kind != "file":
                 yield e, None
                 continue
-            found = data.get(e.position)
-            if found is None:
+            while record is not None and record[0] < e.position:
+                record = next(data, None)
+            if record is None or record[0] != e.position:
                 # Not written before, and hidden now (checked before the replay began):
                 # the flattener skips it. Reading it would be a bug, not a wrong image.
                 yield e, cast(BinaryIO, _Unwritten())
                 continue
-            yield e, cast(BinaryIO, IndexedFile(blocks, e.size, found[0], found[1]))
+            yield e, cast(BinaryIO, IndexedFile(blocks, e.size, record[1], record[2]))
+            record = next(data, None)
         if fidelity is not None:
             for _, kind, path in notes[n:]:
                 fidelity.note(kind, path)
@@ -666,13 +766,8 @@ class Indexes:
                 if any(index.header.get(k) != v for k, v in want.items()):
                     continue
                 replay = Replay(index, self._blocks)
-                if not replay.available(self.reuse):
+                if not replay.usable(self.reuse, hidden):
                     continue
-                unwritten = list(replay.unwritten())
-                if unwritten:
-                    linked = replay.link_targets()
-                    if any(e.path in linked or not hidden(e.path) for e in unwritten):
-                        continue
             except (BadLayerIndex, struct.error, ValueError, KeyError, IndexError,
                     TypeError):
                 continue
