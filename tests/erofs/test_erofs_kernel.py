@@ -184,3 +184,32 @@ def test_edge_tree_reads_back_through_the_kernel(tmp_path: Path) -> None:
         assert os.minor(nvme.st_rdev) == 70000
         assert stat.S_ISFIFO(os.stat(m / "dev/fifo").st_mode)
         assert stat.S_ISSOCK(os.stat(m / "dev/sock").st_mode)
+
+
+def _gappy_tree(w: ErofsWriter) -> None:
+    """Inline tails that leave most of a block unused after each (2,100 bytes: two do
+    not fit a block), then smaller ones that fit those ends, and ztailpacked files."""
+    m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+    for i in range(100):
+        w.add_file(b"a/wide-%03d" % i, m, bytes((i + j) % 251 for j in range(2100)))
+    for i in range(100):
+        w.add_file(b"b/narrow-%03d" % i, m, bytes((i * 3 + j) % 241 for j in range(1000)))
+    w.add_symlink(b"b/link", m, b"x" * 900)
+
+
+def test_block_ends_left_by_inline_tails_hold_later_inodes(tmp_path: Path) -> None:
+    image = tmp_path / "gaps.erofs"
+    write_erofs(image, _gappy_tree, compression=ErofsCompression.NONE)
+    # In order, each wide tail takes a block of its own (100 blocks) and the narrow
+    # ones 25 more; placed in the ends the wide ones leave, they take none.
+    meta_blkaddr = int.from_bytes(image.read_bytes()[1024 + 40:1024 + 44], "little")
+    assert image.stat().st_size // 4096 - meta_blkaddr <= 102
+    fsck(image)
+    with erofs_mounted(image, tmp_path / "m") as m:
+        for i in range(100):
+            assert (m / f"a/wide-{i:03d}").read_bytes() == \
+                bytes((i + j) % 251 for j in range(2100))
+            assert (m / f"b/narrow-{i:03d}").read_bytes() == \
+                bytes((i * 3 + j) % 241 for j in range(1000))
+        assert os.readlink(m / "b/link") == "x" * 900
+        assert sorted(os.listdir(m / "b"))[:2] == ["link", "narrow-000"]

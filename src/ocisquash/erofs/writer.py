@@ -12,7 +12,10 @@ only per-entry metadata (and the spooled tails, see ``data.py``) waits for the e
 and the inodes, whose nids the directories need, are laid out once the tree is
 complete. The inodes come last, in breadth-first order from the root, so the root
 has a small nid (the superblock's ``rootnid_2b`` holds 16 bits, so shared xattrs
-beyond 2 MiB would be refused) and a directory's entries are stored near each other.
+beyond 2 MiB would be refused) and a directory's entries are stored near each other;
+but an inode whose inline data does not fit what is left of a block starts the next
+block, and later inodes that fit the rest go there (a first fit by size class), so
+blocks of inline tails are not left half empty.
 
 Rules enforced here:
 
@@ -29,8 +32,10 @@ Rules enforced here:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -265,6 +270,38 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         return summary
 
 
+class _Gaps:
+    """The unused ends of metadata blocks, for records placed later: kept by size
+    class, the newest of each class tried first, from the smallest class that may
+    hold the record up. Bounded work per record (one try per class) and memory (a
+    gap is a pair of ints; gaps under :data:`MIN_GAP` are dropped)."""
+
+    MIN_GAP = 64
+    CLASS = 256
+
+    def __init__(self) -> None:
+        self._by_class: list[list[tuple[int, int]]] = [
+            [] for _ in range(BLOCK_SIZE // self.CLASS)]
+
+    def add(self, start: int, end: int) -> None:
+        if end - start >= self.MIN_GAP:
+            self._by_class[(end - start) // self.CLASS].append((start, end))
+
+    def take(self, place: Callable[[int, int], tuple[int, int] | None]) -> int | None:
+        """Place a record with ``place(start, end)`` (where it would start and end in
+        that gap, or None) in the first gap that holds it; returns where it starts."""
+        for bucket in self._by_class:
+            if not bucket:
+                continue
+            start, end = bucket[-1]
+            span = place(start, end)
+            if span is not None:
+                bucket.pop()
+                self.add(span[1], end)
+                return span[0]
+        return None
+
+
 def _sorted_names(node: DirNode) -> list[bytes]:
     """A directory's names in on-disk order, ``.`` and ``..`` included."""
     names = list(node.children)
@@ -325,29 +362,24 @@ class _Finisher:
         area = self.xattrs.area()
         meta_blkaddr = cursor
 
-        # Nids: inodes in order, 32-byte aligned, tails kept within one block.
+        # Nids: inodes in order, 32-byte aligned, tails kept within one block; a
+        # record that does not fit what is left of a block starts the next, and the
+        # rest of the block is kept for later records that fit it (see _Gaps).
         pos = max(len(area), INODE_SLOT)
+        gaps = _Gaps()
         root.parent_number = 0
         for node in self.order:
             inode = self._inode(node)
-            head = inode.isize + len(inode.xattrs)
-            pos = -(-pos // INODE_SLOT) * INODE_SLOT
-            if inode.inline_len and (pos + head) % BLOCK_SIZE + inode.inline_len > BLOCK_SIZE:
-                pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
-            if inode.compressed:
-                # An inline pcluster, after the indexes, keeps within one block too.
-                assert isinstance(node, FileNode)
-                extent = node.extent
-                idata = extent.idata_len
-                end = pos + head + index_extra(pos + head, extent)
-                if idata and end % BLOCK_SIZE + idata > BLOCK_SIZE:
+            at = gaps.take(functools.partial(self._span, node, inode))
+            if at is None:
+                span = self._span(node, inode, pos, None)
+                if span is None:  # its tail would cross into the next block
+                    gaps.add(pos, -(-pos // BLOCK_SIZE) * BLOCK_SIZE)
                     pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
-                    end = pos + head + index_extra(pos + head, extent)
-                node.ref = pos // INODE_SLOT
-                pos = end + idata
-            else:
-                node.ref = pos // INODE_SLOT
-                pos += head + inode.inline_len + inode.block_map
+                    span = self._span(node, inode, pos, None)
+                    assert span is not None
+                at, pos = span
+            node.ref = at // INODE_SLOT
             if isinstance(node, DirNode):
                 for child in node.children.values():
                     if isinstance(child, DirNode):
@@ -363,7 +395,7 @@ class _Finisher:
         base = meta_blkaddr * BLOCK_SIZE
         assert self.out.tell() == base
         self.out.write(area)
-        for node in self.order:
+        for node in sorted(self.order, key=lambda n: n.ref):
             inode = self._inode(node)
             record = self._record(node, inode)
             start = base + node.ref * INODE_SLOT
@@ -432,6 +464,28 @@ class _Finisher:
                            else self.w._sparse.chunked_files if self.w._sparse is not None
                            else 0),
         )
+
+    @staticmethod
+    def _span(node: Node, inode: _Inode, pos: int, limit: int | None
+              ) -> tuple[int, int] | None:
+        """Where ``node``'s record starts and ends if placed from ``pos`` on (32-byte
+        aligned): its inline tail or pcluster may not cross a block boundary, nor the
+        record pass ``limit``. None when it cannot go there."""
+        start = -(-pos // INODE_SLOT) * INODE_SLOT
+        head = start + inode.isize + len(inode.xattrs)
+        if inode.compressed:
+            assert isinstance(node, FileNode)
+            extent = node.extent
+            end = head + index_extra(head, extent)
+            inline = extent.idata_len
+        else:
+            end, inline = head, inode.inline_len
+        if inline and end % BLOCK_SIZE + inline > BLOCK_SIZE:
+            return None
+        end += inline + inode.block_map  # a chunk-based inode's block map follows
+        if limit is not None and end > limit:
+            return None
+        return start, end
 
     def _order(self, root: DirNode) -> None:
         """Breadth-first from the root, each directory's children by name; count links
