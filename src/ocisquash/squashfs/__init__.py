@@ -19,6 +19,8 @@ One module per on-disk concern::
     options.py     WriterOptions and the Compression names, importable without the writer
     compressor.py  gzip / xz / zstd / lz4 / lzo blocks and the compressor-options block
     blocks.py      file data: parallel block compression, fragments, sparse, dedup
+    reuse.py       block indexes: a recompile copies the blocks earlier images hold
+    layerindex.py  layer indexes: a recompile replays the layers earlier images applied
     metadata.py    8 KiB metadata blocks and lookup tables
     inode.py       inode records, basic or extended
     directory.py   directory listings, headers and index

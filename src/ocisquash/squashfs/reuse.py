@@ -18,7 +18,8 @@ per block in parallel with the compression.
 Fragment blocks are reused only when the whole fragment block recurs: tails are packed in
 file order, so a changed small file changes its fragment block, and they are compressed
 again (they are a small part of the data; keying the tails one by one would need the
-packing to be known before the data is).
+packing to be known before the data is). A layer that an earlier image applied need not
+even be decoded: see ``layerindex.py``.
 
 Index file layout, all integers little-endian::
 
