@@ -7,6 +7,7 @@ that are not UTF-8 exactly as the layer had them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -52,4 +53,16 @@ class HoleReader(Protocol):
 
     def skip_zeros(self, n: int) -> None:
         """Move past ``n`` bytes, at most :meth:`zeros_ahead`."""
+        ...
+
+
+@runtime_checkable
+class SparseSource(HoleReader, Protocol):
+    """A sparse file's data that lists where its data is before any of it is read (a
+    sparse tar member): a tar writer needs the whole map before the data."""
+
+    def regions(self) -> Sequence[int] | None:
+        """Offset, length, offset, length… of the data regions, in order, the rest of
+        the file (up to its size) holes; None when the file has no holes. Valid
+        before the first read."""
         ...

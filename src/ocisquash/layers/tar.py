@@ -204,6 +204,11 @@ class _MemberData:
             return self.size - pos
         return max(sparse[at] - pos, 0)
 
+    def regions(self) -> array[int] | None:
+        """A sparse file's map (offset, length, …), None for a plain one
+        (``entry.SparseSource``)."""
+        return self._map
+
     def skip_zeros(self, n: int) -> None:
         """Move past ``n`` bytes of a hole (at most :meth:`zeros_ahead`)."""
         if not 0 <= n <= self.zeros_ahead():
