@@ -60,7 +60,7 @@ def test_compressed_tree_mounts_as_squashfs_of_the_same_tree(
     pack_directory(feature_tree, sqfs, WriterOptions(mkfs_time=MKFS_TIME, workers=1))
     assert summary.compressed_files >= 3  # type: ignore[union-attr]
     assert dump_super(erofs)["Filesystem features"].split() == ["0padding", "big_pcluster"]
-    assert dump_inode(erofs, "/text")["Layout"] == "1"  # COMPRESSED_FULL
+    assert dump_inode(erofs, "/text")["Layout"] == "3"  # COMPRESSED_COMPACT
     fsck(erofs)
     with erofs_mounted(erofs, tmp_path / "e") as e, mounted(sqfs, tmp_path / "s") as s:
         assert diff_snapshots(snapshot(s), snapshot(e)) == []
@@ -119,8 +119,9 @@ def test_mixed_extents_read_back_through_the_kernel(tmp_path: Path) -> None:
     fsck(image)
     layouts = {p: dump_inode(image, "/" + p)["Layout"] for p in
                ("text", "mixed", "noise", "two-blocks", "one-block", "small", "big")}
-    assert layouts == {"text": "1", "mixed": "1", "noise": "2", "two-blocks": "1",
-                       "one-block": "0", "small": "2", "big": "1"}
+    # Compressed files have compact indexes (3); stored ones are flat (0, 2).
+    assert layouts == {"text": "3", "mixed": "3", "noise": "2", "two-blocks": "3",
+                       "one-block": "0", "small": "2", "big": "3"}
     with erofs_mounted(image, tmp_path / "m") as m:
         for name, data in _expected().items():
             got = (m / name).read_bytes()
@@ -244,6 +245,39 @@ def test_fitted_pclusters_fill_their_blocks(tmp_path: Path,
     # half a block on average.
     assert fitted.stat().st_size + 10 * 4096 < fixed.stat().st_size
     _check_through_kernel(fixed, tmp_path / "m", _boundaries())
+
+
+def _compact_alignments(w: ErofsWriter) -> None:
+    """Compressed files whose indexes start at each 8-byte step of a 32-byte boundary
+    (xattrs of different lengths move them: 0 to 6 initial 4-byte entries), with
+    lcluster counts around the 2-byte packs of 16."""
+    rng = random.Random(31)
+    for pad in range(4):
+        meta = EntryMeta(mode=0o644, mtime=MKFS_TIME,
+                         xattrs=((b"user.p", b"v" * (8 * pad + 1)),) if pad else ())
+        for blocks in (2, 3, 7, 8, 17, 18, 22, 23, 40, 100):
+            size = blocks * 4096 - rng.randrange(0, 4000)
+            w.add_file(b"p%d/b%03d" % (pad, blocks), meta, _prose(rng, size))
+
+
+def test_compact_indexes_at_every_alignment_read_back(tmp_path: Path) -> None:
+    image = tmp_path / "c.erofs"
+    write_erofs(image, _compact_alignments, compression=LZ4HC, pcluster_size=16384)
+    expected: dict[str, bytes] = {}
+
+    class Rec:
+        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
+            expected[path.decode()] = data
+
+    _compact_alignments(Rec())  # type: ignore[arg-type]
+    # (two or three blocks of this prose do not shrink by a block: stored flat)
+    assert {dump_inode(image, "/" + p)["Layout"] for p in expected
+            if len(expected[p]) > 6 * 4096} == {"3"}
+    out = tmp_path / "x"
+    fsck(image, f"--extract={out}")
+    for name, data in expected.items():
+        assert (out / name).read_bytes() == data, name
+    _check_through_kernel(image, tmp_path / "m", expected)
 
 
 # -- fragments: every file's last extent in one packed inode (Linux 6.1+) -------------

@@ -23,6 +23,7 @@ One module per on-disk concern::
     compress.py    lz4/lz4hc/deflate/zstd pclusters in parallel (lz4 fitted to whole
                    blocks), the lcluster index, fragments (the packed inode),
                    ztailpacking, dedup
+    zindex.py      the compact (2- and 4-byte) form of the cluster index
     directory.py   directory blocks of sorted entries
     xattr.py       name prefixes, inline xattr bodies, the shared xattr area
     writer.py      ErofsWriter: the public API and the finish sequence

@@ -8,7 +8,9 @@ Format rules enforced here (``erofs_fs.h``, ``erofs.rst`` "Compression", the ker
   ``h_clusterbits`` 0); each has an 8-byte "z_erofs_lcluster_index", stored after the
   inode, its xattrs, an 8-byte "z_erofs_map_header" at the next 8-byte boundary and 8
   reserved bytes (``Z_EROFS_FULL_INDEX_START``), one per lcluster of ``i_size``
-  (datalayout COMPRESSED_FULL);
+  (datalayout COMPRESSED_FULL); a file whose pclusters follow each other on disk (all
+  but the packed inode) stores them in compact form instead, 2 or 4 bytes each
+  (COMPRESSED_COMPACT, ``zindex.py``), converted where its inode is placed;
 * an extent of decompressed data starts anywhere in a HEAD lcluster, ``di_clusterofs``
   bytes in, whose ``blkaddr`` is the first block of its physical cluster ("pcluster");
   an lcluster holds at most one extent start, so every extent but a file's last is
@@ -86,6 +88,7 @@ from ..imagewriter import readable
 from .data import CHUNK, Extent, Spool
 from .format import BLOCK_SIZE, DataLayout
 from .options import ErofsCompression
+from .zindex import compact_size, to_compact
 
 #: Raw bytes of extents queued or being compressed, per worker.
 IN_FLIGHT_BYTES = 8 << 20
@@ -103,8 +106,11 @@ LCLUSTER_HEAD1 = 1
 LCLUSTER_NONHEAD = 2
 #: "Set on 1st non-head lcluster to store compressed block count"
 D0_CBLKCNT = 1 << 11
-#: "Z_EROFS_ADVISE_BIG_PCLUSTER_1"
+#: "Z_EROFS_ADVISE_COMPACTED_2B": compact indexes in 2-byte form where they can be
+ADVISE_COMPACTED_2B = 0x0001
+#: "Z_EROFS_ADVISE_BIG_PCLUSTER_1" and "_2" (HEAD1 and HEAD2 pclusters of many blocks)
 ADVISE_BIG_PCLUSTER_1 = 0x0002
+ADVISE_BIG_PCLUSTER_2 = 0x0004
 #: "Z_EROFS_ADVISE_INLINE_PCLUSTER": the last pcluster follows the cluster index
 ADVISE_INLINE_PCLUSTER = 0x0008
 #: Bytes an inline pcluster must leave for what precedes it in its block besides the
@@ -335,31 +341,48 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
 
 def map_header(extent: Extent, algorithm: int) -> bytes:
     """The map header, plus the 8 reserved bytes before the first full index (none for
-    a file stored whole in the packed inode)."""
+    compact indexes, nor for a file stored whole in the packed inode)."""
     if extent.fragment_at >= 0 and not extent.index_len:
         return struct.pack("<Q", WHOLE_FRAGMENT | extent.fragment_at)
+    advise = ADVISE_BIG_PCLUSTER_1
+    reserved = bytes(8)
+    if extent.layout == DataLayout.COMPRESSED_COMPACT:
+        advise |= ADVISE_BIG_PCLUSTER_2 | ADVISE_COMPACTED_2B
+        reserved = b""
     if extent.fragment_at >= 0:
         return MAP_HEADER.pack(extent.fragment_at & 0xFFFF_FFFF,
-                               ADVISE_BIG_PCLUSTER_1 | ADVISE_FRAGMENT_PCLUSTER,
-                               algorithm, 0) + bytes(8)
+                               advise | ADVISE_FRAGMENT_PCLUSTER, algorithm, 0) + reserved
     if extent.idata_len:
         # "h_reserved1" (u16), then "h_idata_size": the inline pcluster's length
-        return struct.pack("<HHHBB", 0, extent.idata_len,
-                           ADVISE_BIG_PCLUSTER_1 | ADVISE_INLINE_PCLUSTER,
-                           algorithm, 0) + bytes(8)
-    return MAP_HEADER.pack(0, ADVISE_BIG_PCLUSTER_1, algorithm, 0) + bytes(8)
+        return struct.pack("<HHHBB", 0, extent.idata_len, advise | ADVISE_INLINE_PCLUSTER,
+                           algorithm, 0) + reserved
+    return MAP_HEADER.pack(0, advise, algorithm, 0) + reserved
 
 
 def index_extra(end: int, extent: Extent) -> int:
     """Bytes after an inode and its xattrs ending at ``end``: alignment to 8, the map
-    header, its reserved 8 bytes and the lcluster indexes (not the inline pcluster,
-    which follows them)."""
-    return -end % 8 + len(map_header(extent, 0)) + extent.index_len
+    header, its reserved 8 bytes (full indexes) and the lcluster indexes (not the
+    inline pcluster, which follows them)."""
+    header = end + -end % 8 + len(map_header(extent, 0))
+    if extent.layout == DataLayout.COMPRESSED_COMPACT:
+        return header - end + compact_size(extent.index_len // LCLUSTER_INDEX.size, header)
+    return header - end + extent.index_len
+
+
+def index_bytes(extent: Extent, full: bytes, ebase: int) -> bytes:
+    """The cluster index as stored at ``ebase``: ``full`` as it is, or in compact form."""
+    if extent.layout != DataLayout.COMPRESSED_COMPACT:
+        return full
+    compact = to_compact(full, ebase)
+    if compact is None:
+        raise ErofsError("a compact cluster index over pclusters that do not follow "
+                         "each other")
+    return compact
 
 
 def has_map(extent: Extent) -> bool:
     """Whether the inode is compressed (a map header and maybe indexes follow it)."""
-    return extent.layout == DataLayout.COMPRESSED_FULL
+    return extent.layout in (DataLayout.COMPRESSED_FULL, DataLayout.COMPRESSED_COMPACT)
 
 
 #: What an extent's HEAD says: PLAIN (raw, one block), HEAD1 with its block count in
@@ -370,8 +393,9 @@ _PLAIN, _COMPRESSED, _TAIL = 0, 1, 2
 class _File:
     """One file on its way out: its segments, compressing or compressed, in order."""
 
-    __slots__ = ("chunks", "compressed", "extent", "index", "logical", "pending", "placed",
-                 "raw_bytes", "start", "starts", "tail", "tail_len", "total_blocks")
+    __slots__ = ("chunks", "compressed", "extent", "index", "logical", "next_blk", "pending",
+                 "placed", "raw_bytes", "scattered", "start", "starts", "tail", "tail_len",
+                 "total_blocks")
 
     def __init__(self, extent: Extent) -> None:
         self.extent = extent
@@ -385,6 +409,10 @@ class _File:
         #: wait for the next extent's start
         self.pending: tuple[int, int, int, int] | None = None
         self.total_blocks = 0
+        #: the block after the last pcluster; whether one did not start there (the
+        #: compact index then cannot say where pclusters are)
+        self.next_blk = -1
+        self.scattered = False
         self.compressed = False
         self.tail = b""  # the raw bytes past the last whole block, when stored raw
         self.tail_len = 0  # bytes of the file's end that went to the packed inode
@@ -662,6 +690,9 @@ class CompressedData:
         if f.pending is not None:
             self._index(f, f.pending, f.logical, last=False)
         f.pending = (f.logical, kind, blkaddr, blocks)
+        if kind != _TAIL:
+            f.scattered |= 0 <= f.next_blk != blkaddr
+            f.next_blk = blkaddr + blocks
         f.logical += n
 
     def _close_index(self, f: _File) -> None:
@@ -701,6 +732,8 @@ class CompressedData:
             return
         if f.compressed:
             self._close_index(f)
+            if not f.scattered:
+                extent.layout = DataLayout.COMPRESSED_COMPACT
             extent.startblk = f.total_blocks  # a compressed inode's i_u: its block count
             extent.index_at = self._spool.put(bytes(f.index))
             extent.index_len = len(f.index)
@@ -724,8 +757,12 @@ class CompressedData:
         blkaddr unused (the kernel finds the data after the last index, ``h_idata_size``
         long). A pcluster too big for the room is cut first (``_split_last``)."""
         extent = f.extent
-        # Every lcluster of the file has its index before the inline data.
-        room = extent.room - INLINE_OVERHEAD - _blocks(extent.size) * LCLUSTER_INDEX.size
+        # Every lcluster of the file has its index before the inline data: compact
+        # ones, wherever the inode lands, unless the pclusters are scattered.
+        lclusters = _blocks(extent.size)
+        index = max(compact_size(lclusters, at) for at in (0, 8, 16, 24)) \
+            if not f.scattered else lclusters * LCLUSTER_INDEX.size
+        room = extent.room - INLINE_OVERHEAD - index
         if packed is not None and len(packed) > room:
             split = self._split_last(f, raw, packed, room)
             if split is not None:
@@ -734,8 +771,7 @@ class CompressedData:
                     return
         # A file of this pcluster alone, raw and inline (FLAT_INLINE), costs no index.
         flat_inline = (not f.logical and len(raw) <= extent.room
-                       and len(raw) <= len(packed or b"") + INLINE_OVERHEAD
-                       + _blocks(extent.size) * LCLUSTER_INDEX.size)
+                       and len(raw) <= len(packed or b"") + INLINE_OVERHEAD + index)
         if packed is None or not 0 < len(packed) <= room or packed[:1] == b"\0" \
                 or len(packed) >= len(raw) or flat_inline:
             self._write_piece(f, raw, packed)
@@ -798,6 +834,9 @@ class CompressedData:
         if f.pending is not None:
             self._extent(f, f.tail_len, _TAIL, extent.fragment_at >> 32, 0)
             self._close_index(f)
+            # Compact indexes hold 32 bits of the offset (h_fragmentoff) only.
+            if not f.scattered and extent.fragment_at < 1 << 32:
+                extent.layout = DataLayout.COMPRESSED_COMPACT
             extent.index_at = self._spool.put(bytes(f.index))
             extent.index_len = len(f.index)
         self.compressed_files += 1

@@ -66,6 +66,8 @@ class DataLayout(IntEnum):
     COMPRESSED_FULL = 1
     #: "uncompressed flat inode with tail-packing inline data"
     FLAT_INLINE = 2
+    #: "compressed inode with compact indexes" (see ``zindex.py``)
+    COMPRESSED_COMPACT = 3
     #: "chunk-based inode": a block map after the inode (see ``chunks.py``)
     CHUNK_BASED = 4
 

@@ -44,7 +44,7 @@ from ..errors import ErofsError, OutputError
 from ..imagewriter import ImageWriter
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
-from .compress import Codec, CompressedData, has_map, index_extra, map_header
+from .compress import Codec, CompressedData, has_map, index_bytes, index_extra, map_header
 from .data import ChunkedExtent, Extent, FlatData, Spool, measured
 from .directory import DirEntry, directory_size, pack_block, split_blocks
 from .format import (
@@ -414,7 +414,8 @@ class _Finisher:
                 self.out.write(bytes(-self.out.tell() % 8)
                                + map_header(extent, self.algorithm))
                 if extent.index_len:
-                    self.out.write(self.w._spool.get(extent.index_at, extent.index_len))
+                    full = self.w._spool.get(extent.index_at, extent.index_len)
+                    self.out.write(index_bytes(extent, full, self.out.tell()))
                 if extent.idata_len:
                     self.out.write(self.w._spool.get(extent.idata_at, extent.idata_len))
         assert self.out.tell() == meta_end
@@ -515,7 +516,7 @@ class _Finisher:
         node.number = len(self.order) + 1
         self.order.append(node)
         self.xattrs.count(node.meta.xattrs)
-        if isinstance(node, FileNode) and node.extent.layout == DataLayout.COMPRESSED_FULL:
+        if isinstance(node, FileNode) and has_map(node.extent):
             self.compressed = True
             self.tailpacked |= node.extent.idata_len > 0
         if isinstance(node, FileNode) and isinstance(node.extent, ChunkedExtent):
