@@ -514,18 +514,14 @@ class ImageCache:
     @staticmethod
     def _verify_layer_indexes(entry: CacheEntry, index: Path, problems: list[str],
                               repair: bool) -> None:
-        """Check the layer indexes beside a sound block index: each must read back whole
-        and name only blocks the block index holds. A damaged one is only a loss of
-        speed (compiles decode that layer), and repairing removes it alone."""
-        from .squashfs.layerindex import LAYER_INDEX_GLOB, check_layer_index
-        from .squashfs.reuse import read_index
+        """Check the layer indexes beside a sound block index: each must read back whole,
+        name only blocks the block index holds, and find each tail where it says. A
+        damaged one is only a loss of speed (compiles decode that layer), and repairing
+        removes it alone."""
+        from .squashfs.layerindex import LAYER_INDEX_GLOB, check_layer_indexes
 
-        _, records = read_index(index)
-        known = {r.digest for r in records}
-        for path in sorted(entry.path.glob(LAYER_INDEX_GLOB)):
-            wrong = check_layer_index(path, known)
-            if wrong is None:
-                continue
+        paths = sorted(entry.path.glob(LAYER_INDEX_GLOB))
+        for path, wrong in check_layer_indexes(entry.image, index, paths):
             problems.append(f"compiled image {entry.key[:12]}: its layer index {path.name} "
                             f"is damaged ({wrong}); compiles decode that layer instead")
             if repair:

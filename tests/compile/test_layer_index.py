@@ -337,3 +337,64 @@ def test_a_replay_yields_what_decoding_the_layer_yields(
                     assert data.read() == want, e.path
     finally:
         reuse.close()
+
+
+def _misplace_a_tail(path: Path) -> None:
+    """Rewrite a layer index, checksum and all, with one small file's tail moved by a
+    byte in its block: only the tail's CRC-32 can tell."""
+    import hashlib
+    import struct
+
+    import zstandard
+
+    from ocisquash.squashfs import layerindex
+
+    blob = path.read_bytes()[:-32]
+    at = len(layerindex._MAGIC)
+    (n,) = struct.unpack_from("<I", blob, at)
+    head, at = blob[:at + 4 + n], at + 4 + n
+    sections = []
+    for _ in range(2):
+        (m,) = struct.unpack_from("<Q", blob, at)
+        sections.append(blob[at + 8:at + 8 + m])
+        at += 8 + m
+    data = bytearray(zstandard.ZstdDecompressor().decompressobj().decompress(sections[1]))
+    p = 0
+    while True:
+        parsed = layerindex._parse_data(bytes(data), p)
+        assert parsed is not None, "no file with a tail"
+        (_, items, tail), end = parsed
+        if tail is not None and not items and tail[2] < BLOCK - 1:
+            struct.pack_into("<I", data, end - 12, tail[1] + 1)
+            break
+        p = end
+    sections[1] = zstandard.ZstdCompressor().compress(bytes(data))
+    body = head + b"".join(struct.pack("<Q", len(s)) + s for s in sections)
+    os.chmod(path, 0o644)
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def test_a_tail_that_does_not_match_its_check_builds_the_image_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="ocisquash.compile")
+
+    def misplace(entry: Path) -> None:
+        for path in entry.glob(LAYER_INDEX_GLOB):
+            if read_layer_index(path).header.get("files", 0) > 10:  # the bottom layer's
+                _misplace_a_tail(path)
+
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=misplace)
+    assert any("does not match the CRC-32" in r.getMessage() for r in caplog.records)
+    assert _replayed(warm) == 0
+
+
+def test_verify_finds_a_misplaced_tail(tmp_path: Path) -> None:
+    write_oci_layout(tmp_path / "v1", _base())
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
+    cache = ImageCache(tmp_path / "cache")
+    (entry,) = cache.entries()
+    (bottom,) = [p for p in entry.path.glob(LAYER_INDEX_GLOB)
+                 if read_layer_index(p).header.get("files", 0) > 10]
+    _misplace_a_tail(bottom)
+    problems = cache.verify()
+    assert len(problems) == 1 and "does not match its CRC-32" in problems[0], problems

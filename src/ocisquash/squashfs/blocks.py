@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zlib
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -399,6 +400,10 @@ class DataWriter:
         self._fragment_count = 0
         self.bytes_in = 0
         self.duplicates = 0
+        #: with ``check_tails``: the CRC-32 of the last stored file's last partial block
+        #: (0: it has none), which a layer index keeps to check a replayed tail by
+        self.check_tails = False
+        self.tail_check = 0
 
     @property
     def fragment_count(self) -> int:
@@ -521,6 +526,8 @@ class DataWriter:
         firsts = self._first_of_size
         record.size = total
         self.bytes_in += total
+        if self.check_tails:
+            self.tail_check = zlib.crc32(tail) if tail else 0
         if hasher is not None:
             if tail:
                 hasher.update(_record(tail))
@@ -625,6 +632,8 @@ class DataWriter:
         short block without fragments, unless an identical file is stored already."""
         size = len(data)
         self.bytes_in += size
+        if self.check_tails:
+            self.tail_check = zlib.crc32(data)
         if self._short_keys and data:
             short = (short_hash(data) & _SHORT_HASH_MASK) << _SHORT_BITS | size
             previous = self._seen.get(short)

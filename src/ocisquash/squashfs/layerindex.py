@@ -8,7 +8,7 @@ notes the tar reader made for it, and for each regular file this image wrote, wh
 data is *by content*: the sha256 of each whole block (or a run of zero blocks) and, for
 its last partial block, the sha256 of the uncompressed block that holds it (a fragment
 block, or the file's short last block without fragments) with the offset and length in
-it. Those digests are all in the same image's block index, so an index refers only to
+it, and the CRC-32 of the tail. Those digests are all in the same image's block index, so an index refers only to
 its own image and goes away with it (``cache rm``, ``cache prune``).
 
 A later compile with the same settings, of an image sharing the layer (same blob digest
@@ -23,40 +23,44 @@ and diff_id), *replays* the index instead of decoding the layer when
 Otherwise the layer is decoded as usual. Replayed files reach the writer as
 :class:`IndexedFile`: the writer copies whole blocks by digest (the compressed bytes of
 an earlier image, as for any reused block) and takes the tail's bytes from the
-referenced block, decoded from an earlier image and checked against its digest. The
-tails are then packed into fragment blocks exactly as a cold compile packs them, so the
+referenced block, decoded from an earlier image, checked against the tail's CRC-32 (so
+a damaged block or a wrong offset is caught; hashing each whole block again for each
+small file in it would cost more). The tails are then packed into fragment blocks exactly as a cold compile packs them, so the
 image is byte-identical to a cold compile. Small files are thus decompressed again (from
 their fragment blocks) and their fragment blocks compressed again unless the whole
 fragment block recurs: keying tails one by one would need the packing to be known before
 the data, and decoding a fragment block costs much less than decoding and parsing the
-layer's tar. A block that cannot be read, or a tail block that does not match its digest,
-raises :class:`ReplayError`; the compile then builds the image again without reusing
+layer's tar. A block that cannot be read or decoded, or a tail that does not match its
+CRC-32, raises :class:`ReplayError`; the compile then builds the image again without reusing
 anything.
 
 The replayed entries' metadata is trusted as the decoding compile normalised it: an
 index is written only by this program, into the user's own cache, and its checksum is
-checked before use. Nothing is read from the layer blob while it is replayed, so its
-digest is checked when it enters the cache (as for every cached blob), not again.
+checked before use. Nothing is read from the layer blob while it is replayed: the index
+stands for the blob with that digest and diff_id, which the compile that wrote it read
+and verified whole.
 
 File layout, all integers little-endian::
 
-    magic "OSQLAY1\\n" · u32 n · header (n bytes of JSON) ·
+    magic "OSQLAY2\\n" · u32 n · header (n bytes of JSON) ·
     u64 m · zstd frame of the entry records (m bytes) ·
     u64 k · zstd frame of the data records (k bytes) · sha256 of everything before
 
 An entry record is ``_ENTRY`` then the path, the link target and the xattrs. A data
 record is the u64 member position, ``_DATA`` (block items, whether it has a tail), then per item
-``0x00`` + u64 run of zero blocks or ``0x01`` + sha256, then the tail (sha256, u32
-offset, u32 length).
+``0x00`` + u64 run of zero blocks or ``0x01`` + sha256, then the tail (sha256 of its
+block, u32 offset, u32 length, u32 CRC-32 of the tail).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import struct
+import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
@@ -74,7 +78,9 @@ if TYPE_CHECKING:
     from .reuse import BlockReuse
     from .writer import SquashfsWriter
 
-_MAGIC = b"OSQLAY1\n"
+from .reuse import compressor_for
+
+_MAGIC = b"OSQLAY2\n"
 _LEN = struct.Struct("<I")
 _SECTION = struct.Struct("<Q")
 #: kind, mode, uid, gid, mtime, size, position, devmajor, devminor, path length,
@@ -85,7 +91,8 @@ _XATTR = struct.Struct("<HI")
 _POSITION = struct.Struct("<Q")
 _DATA = struct.Struct("<QB")
 _RUN = struct.Struct("<Q")
-_TAIL = struct.Struct("<32sII")
+#: the tail: the digest of the block holding it, its offset and length there, its CRC-32
+_TAIL = struct.Struct("<32sIII")
 
 _KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
@@ -156,8 +163,10 @@ class _LayerRecord:
         self._pending = bytearray()
         self.count = 0
         self.notes: list[tuple[int, str, bytes]] = []
-        #: member positions of the files written, and their data (short ones as ints)
+        #: member positions of the files written, their tails' CRC-32, and their data
+        #: (short ones as ints)
         self.positions = array("Q")
+        self.checks = array("I")
         self.short = array("Q")
         self.long: dict[int, Stored] = {}
 
@@ -190,7 +199,8 @@ class _LayerRecord:
             self.notes.append((self.count, kind, path))
         notes.clear()
 
-    def written(self, position: int, stored: Stored) -> None:
+    def written(self, position: int, stored: Stored, check: int) -> None:
+        self.checks.append(check)
         if isinstance(stored, int) and stored < 1 << 64:
             self.positions.append(position)
             self.short.append(stored)
@@ -199,7 +209,7 @@ class _LayerRecord:
             self.positions.append(position)
             self.short.append(0)
 
-    def pack(self, locate: Callable[[Stored], bytes]) -> bytes:
+    def pack(self, locate: Callable[[Stored, int], bytes]) -> bytes:
         import zstandard
 
         self._spool()
@@ -210,9 +220,12 @@ class _LayerRecord:
         # By member position (a second pass writes files after the first pass's), so
         # that a replay reads them alongside the entries.
         positions = self.positions
-        for i in sorted(range(len(positions)), key=positions.__getitem__):
+        order: Iterable[int] = range(len(positions))
+        if any(a > b for a, b in itertools.pairwise(positions)):
+            order = sorted(order, key=positions.__getitem__)
+        for i in order:
             stored = self.long[i] if i in self.long else self.short[i]
-            chunk = z.compress(_POSITION.pack(positions[i]) + locate(stored))
+            chunk = z.compress(_POSITION.pack(positions[i]) + locate(stored, self.checks[i]))
             if chunk:
                 data.append(chunk)
         data.append(z.flush())
@@ -241,15 +254,16 @@ class _Locator:
             raise BadLayerIndex(f"no block was written at offset {position}")
         return digest
 
-    def __call__(self, stored: Stored) -> bytes:
-        """A data record after its member position: the block items and the tail."""
+    def __call__(self, stored: Stored, check: int) -> bytes:
+        """A data record after its member position: the block items and the tail (whose
+        CRC-32 is ``check``)."""
         bs = self._bs
         if isinstance(stored, int):
             size, fragment, offset = unpack_short(stored)
             if size == 0 or fragment == INVALID_INDEX:
                 return _DATA.pack(0, 0)
             return (_DATA.pack(0, 1) + _TAIL.pack(
-                self._digest(self._fragments[fragment]), offset, size))
+                self._digest(self._fragments[fragment]), offset, size, check))
         whole = stored.size // bs
         left = stored.size - whole * bs
         fields = stored.sizes if stored.sizes is not None else array("I")
@@ -276,9 +290,9 @@ class _Locator:
         if left:
             if self._use_fragments:
                 tail = _TAIL.pack(self._digest(self._fragments[stored.fragment]),
-                                  stored.fragment_offset, left)
+                                  stored.fragment_offset, left, check)
             else:
-                tail = _TAIL.pack(self._digest(at), 0, left)
+                tail = _TAIL.pack(self._digest(at), 0, left, check)
         return _DATA.pack(count, 1 if tail else 0) + b"".join(items) + tail
 
 
@@ -309,9 +323,9 @@ class Recorder:
         if self._current is not None and self._notes is not None:
             self._current.entry(e, self._notes.pending)
 
-    def written(self, position: int, stored: Stored) -> None:
+    def written(self, position: int, stored: Stored, check: int) -> None:
         if self._current is not None:
-            self._current.written(position, stored)
+            self._current.written(position, stored, check)
 
     def end(self) -> None:
         if self._current is not None and self._notes is not None:
@@ -345,8 +359,10 @@ _PIECE = 64 << 10
 
 #: One item of a data record: a block's digest, or a run of zero blocks.
 Item = bytes | int
-#: A data record: member position, block items, tail (digest, offset, length) or None.
-DataRecord = tuple[int, list[Item], tuple[bytes, int, int] | None]
+#: A tail: the digest of the block holding it, its offset and length there, its CRC-32.
+Tail = tuple[bytes, int, int, int]
+#: A data record: member position, block items, tail or None.
+DataRecord = tuple[int, list[Item], Tail | None]
 
 
 def _decoded(section: bytes) -> Iterator[bytes]:
@@ -513,23 +529,44 @@ def read_layer_index(path: Path) -> LayerIndex:
     return LayerIndex(header, sections[0], sections[1])
 
 
-def check_layer_index(path: Path, known: set[bytes] | None) -> str | None:
-    """What is wrong with a layer index (None: nothing): it must read back whole, and
-    every block it names must be in ``known`` (its image's block index), when given."""
+def check_layer_indexes(image: Path, index: Path, paths: Iterable[Path]
+                        ) -> Iterator[tuple[Path, str]]:
+    """What is wrong with the layer indexes at ``paths`` beside ``image`` and its sound
+    block index ``index``: each must read back whole, name only blocks the block index
+    holds, and each tail must match its CRC-32 in the block it names."""
+    from .reuse import BlockReuse, read_index
+
+    settings, _ = read_index(index)
+    compressor, block_size = compressor_for(settings)
+    reuse = BlockReuse.load(settings, [(image, index)])
+    try:
+        blocks = _Blocks(reuse, compressor.decompress, block_size)
+        for path in paths:
+            wrong = _check_layer_index(path, reuse, blocks)
+            if wrong is not None:
+                yield path, wrong
+    finally:
+        reuse.close()
+
+
+def _check_layer_index(path: Path, reuse: BlockReuse, blocks: _Blocks) -> str | None:
     try:
         index = read_layer_index(path)
         count = sum(1 for _ in index.entries())
         files = 0
         for _, items, tail in index.data():
             files += 1
-            if known is None:
-                continue
             for item in items:
-                if isinstance(item, bytes) and item not in known:
+                if isinstance(item, bytes) and not reuse.has(item):
                     return "it names a block its image's block index does not hold"
-            if tail is not None and tail[0] not in known:
-                return "it names a block its image's block index does not hold"
+            if tail is not None:
+                if not reuse.has(tail[0]):
+                    return "it names a block its image's block index does not hold"
+                if zlib.crc32(blocks.piece(*tail[:3])) != tail[3]:
+                    return "a file's tail does not match its CRC-32"
         index.notes()
+    except ReplayError as e:
+        return str(e)
     except (BadLayerIndex, struct.error, ValueError, KeyError, IndexError, TypeError) as e:
         return str(e)
     if count != index.header.get("entries") or files != index.header.get("files"):
@@ -545,7 +582,7 @@ class IndexedFile:
     __slots__ = ("_at", "_blocks", "_buffer", "_source", "items", "size", "tail")
 
     def __init__(self, source: _Blocks, size: int, items: list[Item],
-                 tail: tuple[bytes, int, int] | None) -> None:
+                 tail: Tail | None) -> None:
         self._source = source
         self.size = size
         self.items = items
@@ -555,11 +592,15 @@ class IndexedFile:
         self._at = 0
 
     def tail_bytes(self) -> bytes:
-        """The bytes of the file's last partial block (``b""``: none)."""
+        """The bytes of the file's last partial block (``b""``: none), checked against the
+        CRC-32 the index keeps (the block holding them is found by its digest)."""
         if self.tail is None:
             return b""
-        digest, offset, length = self.tail
-        return self._source.piece(digest, offset, length)
+        digest, offset, length, check = self.tail
+        piece = self._source.piece(digest, offset, length)
+        if zlib.crc32(piece) != check:
+            raise ReplayError("a file's tail does not match the CRC-32 its layer index keeps")
+        return piece
 
     def _chunks(self) -> Iterator[bytes]:
         bs = self._source.block_size
@@ -591,7 +632,7 @@ class IndexedFile:
 
 
 class _Blocks:
-    """Uncompressed blocks of earlier images by digest, checked against it."""
+    """Uncompressed blocks of earlier images by digest."""
 
     def __init__(self, reuse: BlockReuse, decompress: Callable[[bytes, int], bytes],
                  block_size: int) -> None:
@@ -600,7 +641,7 @@ class _Blocks:
         self.block_size = block_size
         self._cache: dict[bytes, bytes] = {}
 
-    def block(self, digest: bytes) -> bytes:
+    def _decoded(self, digest: bytes) -> bytes:
         cache = self._cache
         block = cache.pop(digest, None)
         if block is None:
@@ -613,15 +654,22 @@ class _Blocks:
                     raw, self.block_size)
             except Exception as e:  # a codec's own error type
                 raise ReplayError("a block a layer index names does not decode") from e
-            if hashlib.sha256(block).digest() != digest:
-                raise ReplayError("a block a layer index names does not match its digest")
             if len(cache) >= _BLOCK_CACHE:
                 del cache[next(iter(cache))]
         cache[digest] = block  # the most recently used last
         return block
 
+    def block(self, digest: bytes) -> bytes:
+        """A whole block, checked against its digest."""
+        block = self._decoded(digest)
+        if hashlib.sha256(block).digest() != digest:
+            raise ReplayError("a block a layer index names does not match its digest")
+        return block
+
     def piece(self, digest: bytes, offset: int, length: int) -> bytes:
-        piece = self.block(digest)[offset:offset + length]
+        """Part of a block (a tail: the caller checks it by its CRC-32, which costs less
+        than hashing the whole block for each file in it)."""
+        piece = self._decoded(digest)[offset:offset + length]
         if len(piece) != length:
             raise ReplayError("a file's tail lies past the end of its block")
         return piece
@@ -740,8 +788,9 @@ class Indexes:
         self.recorder.entry(entry)
 
     def written(self, position: int) -> None:
-        assert self.writer is not None and self.writer.last_stored is not None
-        self.recorder.written(position, self.writer.last_stored)
+        writer = self.writer
+        assert writer is not None and writer.last_stored is not None
+        self.recorder.written(position, writer.last_stored, writer.last_tail_check)
 
     def end(self) -> None:
         self.recorder.end()

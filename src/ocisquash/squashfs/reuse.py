@@ -42,11 +42,14 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .format import DATA_UNCOMPRESSED
 from .options import Compression, WriterOptions
 from .version import FORMAT_VERSION
+
+if TYPE_CHECKING:
+    from .compressor import Compressor
 
 #: The block index's name in a cache entry, beside ``image.squashfs``.
 INDEX_FILE = "blocks.idx"
@@ -169,19 +172,25 @@ def read_index(path: Path, image_size: int | None = None) -> tuple[str, list[Ind
     return settings, records
 
 
+def compressor_for(settings: str) -> tuple[Compressor, int]:
+    """The compressor and block size of an index's ``settings`` (``ValueError``,
+    ``KeyError`` or ``TypeError`` when they are not such settings)."""
+    from .compressor import make_compressor
+
+    s = json.loads(settings)
+    compressor = make_compressor(
+        Compression(s["compression"]), level=s["level"], block_size=s["block_size"],
+        gzip_window=s["gzip_window"], xz_filters=tuple(s["xz_filters"]),
+        lz4_hc=s["lz4_hc"])
+    return compressor, int(s["block_size"])
+
+
 def check_index(image: Path, index: Path) -> str | None:
     """What is wrong with an image's block index (None: nothing): besides what
     :func:`read_index` checks, each indexed block must decode to its digest."""
-    from .compressor import make_compressor
-
     try:
         settings, records = read_index(index, image.stat().st_size)
-        s = json.loads(settings)
-        compressor = make_compressor(
-            Compression(s["compression"]), level=s["level"], block_size=s["block_size"],
-            gzip_window=s["gzip_window"], xz_filters=tuple(s["xz_filters"]),
-            lz4_hc=s["lz4_hc"])
-        block_size = int(s["block_size"])
+        compressor, block_size = compressor_for(settings)
     except BadIndex as e:
         return str(e)
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -159,6 +159,8 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             # Duplicate detection reads a few files back when the output allows it.
             decompress=self._compressor.decompress if readable(self._out) else None,
         )
+        # A compile that reuses blocks records layer indexes, which check tails by these.
+        self._data.check_tails = reuse is not None
         self._closed = False
         #: where the last file added went (for the layer indexes, see ``layerindex.py``)
         self.last_stored: Stored | None = None
@@ -282,6 +284,12 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             self._tree.put(target, node, checked=True)
         if path != target:
             self._tree.put(path, node)
+
+    @property
+    def last_tail_check(self) -> int:
+        """The CRC-32 of the last file's last partial block (0: none), when blocks are
+        reused (see ``layerindex.py``)."""
+        return self._data.tail_check
 
     @property
     def fragment_table(self) -> list[bytes]:
