@@ -664,3 +664,74 @@ def test_a_huge_pax_number_is_cut_in_the_error() -> None:
     with pytest.raises(LayerError) as err:
         entries(BlobLayer.of(buf.getvalue(), "tar"))
     assert "(5000 bytes)" in str(err.value) and len(str(err.value)) < 300
+
+
+def _ustar_member(name: bytes, typeflag: bytes, data: bytes, mode: int, uid: int, gid: int,
+                  mtime: int) -> bytes:
+    """One ustar member, written by hand so the name's bytes are exactly ``name``."""
+    def octal(value: int, width: int) -> bytes:
+        return b"%0*o\0" % (width - 1, value) if value >= 0 else b"-%0*o\0" % (width - 2, -value)
+    header = bytearray(512)
+    header[0:len(name)] = name
+    header[100:108] = octal(mode, 8)
+    header[108:116] = octal(uid, 8)
+    header[116:124] = octal(gid, 8)
+    header[124:136] = octal(len(data), 12)
+    header[136:148] = octal(mtime, 12)
+    header[148:156] = b" " * 8
+    header[156:157] = typeflag
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + data + bytes(-len(data) % 512)
+
+
+def _pax_comment() -> bytes:
+    """An extended header that sets only a comment: the member after it is read by the
+    general path, and nothing about it changes."""
+    record = b"13 comment=x\n"
+    header = bytearray(512)
+    header[0:9] = b"PaxHeader"
+    header[100:108] = b"0000644\0"
+    header[124:136] = b"%011o\0" % len(record)
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b" " * 8
+    header[156:157] = b"x"
+    header[257:265] = b"ustar\x0000"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + record + bytes(-len(record) % 512)
+
+
+def _parsed(tar: bytes) -> list[tuple[object, ...]]:
+    from ocisquash.layers.tar import members
+    from ocisquash.rules import DEFAULT_LIMITS
+
+    out: list[tuple[object, ...]] = []
+    fid = Fidelity()
+    try:
+        for e, d in members(io.BytesIO(tar), DEFAULT_LIMITS, fid, "ctx", 100):  # type: ignore[arg-type]
+            out.append((e, d if d is None or isinstance(d, bytes) else d.read()))
+    except LayerError as err:  # the same error either way
+        out.append((type(err), str(err).split(" at offset")[0]))
+    out.append(tuple(fid.issues()))
+    return out
+
+
+_NAME_PARTS = [b"a", b"b", b".", b"..", b"", b".wh.x", b"caf\xc3\xa9", b"./", b"/"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(members=st.lists(st.tuples(
+    st.lists(st.sampled_from(_NAME_PARTS), min_size=1, max_size=4).map(b"/".join),
+    st.sampled_from([b"0", b"5"]),
+    st.binary(max_size=300),
+    st.integers(0, 0o7777777), st.integers(-1, 0o7777777), st.integers(0, 0o7777777),
+    st.sampled_from([0, 1, 2**32 - 1, 2**32, 0o77777777777, -5]),
+), min_size=1, max_size=6))
+def test_plain_headers_parse_as_the_general_path_parses_them(
+        members: list[tuple[bytes, bytes, bytes, int, int, int, int]]) -> None:
+    """The parser's fast path for plain file and directory headers gives the entries,
+    data, errors and fidelity notes the general path (taken after an extended header)
+    gives for the same members."""
+    plain = b"".join(_ustar_member(*m) for m in members) + bytes(1024)
+    general = b"".join(_pax_comment() + _ustar_member(*m) for m in members) + bytes(1024)
+    assert _parsed(plain) == _parsed(general)

@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, cast
 from zlib import adler32
 
-from ..entry import EntryMeta
+from ..entry import PERMISSION_MASK, EntryMeta
 from ..errors import LayerError, LimitExceededError
-from ..rules import Fidelity, Limits
+from ..rules import MAX_MTIME, Fidelity, Limits
 from .decode import CHUNK as _CHUNK
 from .decode import TarStream
-from .entries import EntryKind, Member, _show, make_entry
+from .entries import _METAS_KEPT, EntryKind, Member, TarEntry, _show, make_entry
 
 _TYPES: dict[bytes, EntryKind] = {
     b"0": "file", b"\0": "file", b"7": "file", b"S": "file",
@@ -364,9 +364,20 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
     long_link: bytes | None = None
     index = 0
     metas: dict[tuple[int, int, int, int], EntryMeta] = {}
+    # The plain members' fast path (below) reads these once.
+    max_path = min(limits.max_path_length, 100)
+    max_size = limits.max_file_size
+    meta_key_limit = _METAS_KEPT
+    new_entry = tuple.__new__
     while True:
         header_at = buf.offset
-        block = buf.exact(_BLOCK)
+        have, pos = buf._buf, buf._pos
+        if len(have) - pos >= _BLOCK:  # Buffer.exact's common case, without its call
+            block = have[pos:pos + _BLOCK]
+            buf._pos = pos + _BLOCK
+            buf.offset = header_at + _BLOCK
+        else:
+            block = buf.exact(_BLOCK)
         if not block:
             if pax or long_name is not None or long_link is not None:
                 raise LayerError("tar stream truncated after an extended header", context=context)
@@ -432,6 +443,55 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
                 else:
                     global_bytes = _merge_globals(globals_, global_bytes, records, context)
             continue
+
+        if (plain and (typeflag == b"0" or typeflag == b"5") and not f_prefix[0]
+                and long_name is None and long_link is None and not pax
+                and not pax_sparse_pairs and not globals_):
+            # Most members: a file or directory whose ustar or GNU header says all, with
+            # no extended header before it. make_entry's steps written out for them (a
+            # call is a tenth of the parse's time per member); anything unusual about
+            # the name, times, ids or size takes the general path below.
+            name = f_name.partition(b"\0")[0]
+            path = name[2:] if name[:2] == b"./" else name
+            if path[-1:] == b"/":
+                path = path[:-1]
+            if (path and len(name) <= max_path and path[0] not in b"/." and path[-1:] != b"/"
+                    and path.find(b"//") < 0 and path.find(b"/.") < 0
+                    and 0 <= mtime <= MAX_MTIME and 0 <= uid < 1 << 32 and 0 <= gid < 1 << 32
+                    and size <= max_size):
+                # (a ustar name of at most 100 bytes is never longer than MAX_NAME)
+                mode &= PERMISSION_MASK
+                owner = (mode, uid, gid, mtime)
+                meta = metas.get(owner)
+                if meta is None:
+                    if len(metas) >= meta_key_limit:
+                        metas.clear()
+                    meta = metas[owner] = EntryMeta(mode, uid, gid, mtime)
+                if typeflag == b"5":
+                    plain_entry = new_entry(TarEntry, (path, "dir", meta, 0, b"", 0, 0, index))
+                    index += 1
+                    yield plain_entry, None
+                    if buf.skip(padded) != padded:
+                        raise LayerError("tar stream truncated inside an entry", context=context)
+                    continue
+                plain_entry = new_entry(TarEntry, (path, "file", meta, size, b"", 0, 0, index))
+                index += 1
+                if size <= small:
+                    have, pos = buf._buf, buf._pos
+                    if len(have) - pos >= padded:  # Buffer.take and skip, without calls
+                        data = have[pos:pos + size]
+                        buf._pos = pos + padded
+                        buf.offset += padded
+                    else:
+                        data = buf.take(size)
+                        if len(data) != size or buf.skip(padded - size) != padded - size:
+                            raise _truncated_file(context, path)
+                    yield plain_entry, data
+                    continue
+                data_stream = _MemberData(buf, size, size, None, context, path)
+                yield plain_entry, cast(BinaryIO, data_stream)
+                data_stream.finish()
+                continue
 
         # A real member: gather its fields, extended headers first.
         if long_name is not None:
