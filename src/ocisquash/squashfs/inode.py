@@ -67,7 +67,7 @@ def directory_body(
 
 
 #: A basic file inode whole: the common header, then the basic file body.
-_BASIC_FILE = struct.Struct("<" + INODE_HEADER.format.lstrip("<") + FILE_INODE.format.lstrip("<"))
+BASIC_FILE_INODE = struct.Struct("<" + INODE_HEADER.format.lstrip("<") + FILE_INODE.format.lstrip("<"))
 
 
 def file_inode(data: Stored, nlink: int, xattr: int, mode: int, uid: int, gid: int,
@@ -76,7 +76,7 @@ def file_inode(data: Stored, nlink: int, xattr: int, mode: int, uid: int, gid: i
     if isinstance(data, int):  # a short file in a fragment, or empty
         if nlink == 1 and xattr == INVALID_INDEX:
             size, fragment, offset = unpack_short(data)
-            return _BASIC_FILE.pack(InodeType.FILE, mode, uid, gid, mtime, number,
+            return BASIC_FILE_INODE.pack(InodeType.FILE, mode, uid, gid, mtime, number,
                                     0, fragment, offset, size)
         data = FileData.of(data)
     start = data.start or 0
@@ -88,7 +88,7 @@ def file_inode(data: Stored, nlink: int, xattr: int, mode: int, uid: int, gid: i
         and start < _U32
         and data.size < _U32
     ):
-        return _BASIC_FILE.pack(
+        return BASIC_FILE_INODE.pack(
             InodeType.FILE, mode, uid, gid, mtime, number,
             start, data.fragment, data.fragment_offset, data.size,
         ) + blocks

@@ -69,8 +69,11 @@ class MetadataWriter:
         """Write ``record`` and return its reference: "The lower 16 bit hold an offset
         into the uncompressed block and the upper 48 bit point to the on-disk location of
         the block" (relative to the stream)."""
-        ref = self._disk_size << 16 | len(self._pending)
-        self.write(record)
+        pending = self._pending
+        ref = self._disk_size << 16 | len(pending)
+        pending += record  # write(), without its call: one record per inode
+        if len(pending) >= METADATA_SIZE:
+            self.write(b"")
         return ref
 
     def write(self, data: bytes | bytearray | memoryview) -> None:

@@ -25,18 +25,26 @@ from ..entry import EntryMeta
 from ..errors import OutputError, SquashfsError
 from ..imagewriter import ImageWriter, readable
 from ..rules import clamp_mtime
-from .blocks import BlockPipeline, DataWriter, Stored
+from .blocks import BlockPipeline, DataWriter, Stored, unpack_short
 from .compressor import Compressor, make_compressor
 from .directory import DirEntry, needs_extended, write_listing
 from .format import (
     DEVICE_BLOCK_SIZE,
+    INVALID_INDEX,
     INVALID_TABLE,
     METADATA_UNCOMPRESSED,
     InodeType,
     Superblock,
     SuperFlags,
 )
-from .inode import directory_body, file_inode, header, special_body, symlink_body
+from .inode import (
+    BASIC_FILE_INODE,
+    directory_body,
+    file_inode,
+    header,
+    special_body,
+    symlink_body,
+)
 from .layerindex import IndexedFile
 from .metadata import MetadataWriter, pack_lookup_table
 from .options import WriterOptions as WriterOptions
@@ -493,17 +501,30 @@ class _Layout:
         number = 0
         metas = self.metas
         fields = self._fields
-        inodes = self.inodes
+        append = self.inodes.append
         export = self.export
         files = 0
+        #: each short file's fields, by its metadata's index (see _fields)
+        short_fields: list[tuple[int, int, int, int, int] | None] = [None] * len(metas)
+        basic_file = BASIC_FILE_INODE.pack
         for node, children in order:
             entries: list[DirEntry] = []
             for name, child in children:
                 if isinstance(child, int):
                     number += 1
-                    mode, uid, gid, mtime, xattr = fields(metas[child >> META_SHIFT])
-                    ref = export[number - 1] = inodes.append(file_inode(
-                        child & DATA_MASK, 1, xattr, mode, uid, gid, mtime, number))
+                    at = child >> META_SHIFT
+                    found = short_fields[at]
+                    if found is None:
+                        found = short_fields[at] = fields(metas[at])
+                    mode, uid, gid, mtime, xattr = found
+                    if xattr == INVALID_INDEX:  # file_inode's case for it, without the call
+                        size, fragment, offset = unpack_short(child & DATA_MASK)
+                        record = basic_file(_FILE, mode, uid, gid, mtime, number, 0, fragment,
+                                            offset, size)
+                    else:
+                        record = file_inode(child & DATA_MASK, 1, xattr, mode, uid, gid, mtime,
+                                            number)
+                    ref = export[number - 1] = append(record)
                     files += 1
                     entries.append((name, _FILE, number, ref))
                     continue
