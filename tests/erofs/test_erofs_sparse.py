@@ -31,6 +31,8 @@ from ._util import MKFS_TIME, dump_inode, dump_super, erofs_mounted, fsck
 KIB = 1024
 MIB = 1 << 20
 TIB = 1 << 40
+#: dump.erofs's "Layout" of a compressed inode: full (1) or compact (3) indexes
+COMPRESSED = {"1", "3"}
 
 
 class Holey:
@@ -302,3 +304,34 @@ def test_a_large_file_mostly_holes_is_chunk_based_in_a_compressed_image(
 
 def test_holey_is_a_hole_reader() -> None:
     assert isinstance(Holey(b"", [], 0), HoleReader)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("data_mib", "layouts"), [(9, {"4"}), (10, COMPRESSED)],
+                         ids=["half-holes-chunk-based", "decided-compressed-midway"])
+def test_a_large_file_is_the_same_image_from_bytes_a_stream_or_holes(
+        tmp_path: Path, data_mib: int, layouts: set[str]) -> None:
+    """A large file in a compressed image: with 9 MiB of data (6/7 of it non-zero) in
+    16 MiB, holes are more than half, chunk-based; with 10 MiB, the data passes half its
+    size before its end and what was read aside is replayed to the compressor, holes as
+    zeros, then the rest read on. Bytes, a stream, or a sparse source: the same image,
+    and the kernel reads the file back."""
+    size = SPARSE_MIN_SIZE + 12345
+    rng = random.Random(3)
+    data = bytearray(rng.randbytes(data_mib * MIB))
+    holes = [(i * 4096, (i + 1) * 4096) for i in range(3, data_mib * MIB // 4096, 7)]
+    for start, end in holes:
+        data[start:end] = bytes(end - start)
+    data += bytes(size - len(data) - 5) + b"tail!"
+    holes.append((data_mib * MIB, size - 5))
+    blob = bytes(data)
+    images = [
+        _image(tmp_path, name, {b"f": source}, compression=ErofsCompression.LZ4, workers=1)
+        for name, source in (("bytes", blob), ("stream", (io.BytesIO(blob), size)),
+                             ("holes", (Holey(blob, holes, 5), size)))
+    ]
+    assert images[0] == images[1] == images[2]
+    image = tmp_path / "holes"
+    fsck(image)
+    assert dump_inode(image, "/f")["Layout"] in layouts
+    _check_mounted(image, tmp_path / "m", {"f": blob})

@@ -114,6 +114,21 @@ class Split:
     def holes(self) -> int:
         return self.flags.count(0)
 
+    @property
+    def closed(self) -> int:
+        """Where the current chunk starts: the chunks before it are decided."""
+        return min(len(self.flags) * self.chunk, self.size)
+
+    @property
+    def started(self) -> bool:
+        """Whether the current chunk is data (its bytes so far were emitted)."""
+        return self._started
+
+    @property
+    def whole(self) -> int:
+        """Where the last whole block ends (the bytes after it go to :attr:`tail`)."""
+        return self._whole
+
     def _chunk_end(self) -> int:
         return min(self._pos - self._pos % self.chunk + self.chunk, self.size)
 

@@ -8,42 +8,58 @@ one (``chunks.py``): chunk-based, its all-zero chunks holes, its other chunks
 uncompressed. The rule, again a function of the file's bytes alone:
 
 * a file of at least :data:`SPARSE_MIN_SIZE` bytes whose all-zero chunks (the chunk
-  size of ``chunks.py``) hold at least half of its bytes is stored chunk-based;
+  size of ``chunks.py``) hold at least half of its bytes, and whose other chunks hold
+  at most :data:`SPARSE_MAX_DATA` bytes, is stored chunk-based;
 * any other file is compressed as before, its zeros included (they compress to
   almost nothing).
 
 Half, because such a file loses at most as much by leaving its data uncompressed as
 its holes save; below the size, compressing the zeros costs little.
 
-Whether a file qualifies is known only at its end, and a compressed file streams into
-the image as it is read. So a file of at least :data:`SPARSE_MIN_SIZE` bytes is first
-read into a temporary file, its holes skipped (a sparse tar member's holes are never
-read): temporary space is at most the largest such file's data. Then its data chunks
-are copied into the image, or the file, its holes read back as zeros, goes to the
-compressor like any other. Identical chunk-based files share their chunks.
+Whether a file qualifies is known only once its data passes half its size or
+:data:`SPARSE_MAX_DATA`, or at its end, and a compressed file streams into the image
+as it is read. So a file of at least :data:`SPARSE_MIN_SIZE` bytes is first read into
+a temporary file, its holes skipped (a sparse tar member's holes are never read),
+until it is known: temporary space is at most :data:`SPARSE_MAX_DATA`, however many
+data regions a hostile sparse map spreads over a file. Then its data chunks are copied
+into the image, or the file, the part read so far replayed (holes as zeros) and the
+rest read on, goes to the compressor like any other. Identical chunk-based files share
+their chunks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import tempfile
 from typing import BinaryIO
 
-from .chunks import Split, chunk_bits, split
+from ..entry import HoleReader
+from ..errors import ErofsError
+from .chunks import READ, Split, chunk_bits
 from .compress import CompressedData
 from .data import CHUNK, SPOOL_MEMORY, ChunkedExtent, Extent, Spool
 from .format import BLOCK_SIZE
 
 #: Files smaller than this are compressed whole, zeros and all.
 SPARSE_MIN_SIZE = 16 << 20
+#: A file with more data than this (its data chunks) is compressed whole: the bound on
+#: the temporary space a file takes.
+SPARSE_MAX_DATA = 256 << 20
 
 
-class _Expanded:
-    """A file read back from its data chunks in a temporary file, holes as zeros."""
+class _Replay:
+    """A file's bytes again, for the compressor: the part ``cut`` has seen rebuilt from
+    the data it emitted (in ``aside``) and its holes, then the rest from ``source``."""
 
-    def __init__(self, data: BinaryIO, cut: Split) -> None:
-        self._data = data
+    def __init__(self, aside: BinaryIO, cut: Split, source: BinaryIO | bytes,
+                 seen: int) -> None:
+        self._aside = aside
         self._cut = cut
+        self._source = source if not isinstance(source, bytes) else io.BytesIO(source)
+        if isinstance(source, bytes):
+            self._source.seek(seen)
+        self._seen = seen  # bytes of the file the cut has seen
         self._pos = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -53,18 +69,32 @@ class _Expanded:
             n = left
         out = bytearray()
         while len(out) < n:
-            k = self._pos // cut.chunk
-            end = min((k + 1) * cut.chunk, cut.size)
-            take = min(n - len(out), end - self._pos)
-            if cut.flags[k]:
-                piece = self._data.read(take)
-                if len(piece) != take:
-                    raise OSError("a temporary file came back short")
-                out += piece
-            else:
-                out += bytes(take)
-            self._pos += take
+            want = n - len(out)
+            pos = self._pos
+            if pos >= self._seen:
+                piece = self._source.read(want)
+                if not piece:
+                    raise ErofsError(f"file data ended after {pos} of {cut.size} bytes")
+            elif pos < cut.closed:
+                k = pos // cut.chunk
+                take = min(want, (k + 1) * cut.chunk - pos)
+                piece = self._stored(pos, take) if cut.flags[k] else bytes(take)
+            else:  # the current chunk, data emitted or zeros held
+                take = min(want, self._seen - pos)
+                piece = self._stored(pos, take) if cut.started else bytes(take)
+            out += piece
+            self._pos += len(piece)
         return bytes(out)
+
+    def _stored(self, pos: int, n: int) -> bytes:
+        """Emitted bytes at ``pos`` (in order): from the file aside, or the tail."""
+        whole = self._cut.whole
+        if pos >= whole:
+            return self._cut.tail[pos - whole:pos - whole + n]
+        piece = self._aside.read(min(n, whole - pos))
+        if not piece:
+            raise OSError("a temporary file came back short")
+        return piece
 
 
 class SparseFiles:
@@ -88,15 +118,42 @@ class SparseFiles:
                 digest.update(view)
 
             bits = chunk_bits(size)
-            cut = split(source, size, bits, emit)
+            cut = Split(size, bits, emit)
+            seen = self._read(source, size, cut)
+            aside.seek(0)
+            if seen < size or cut.data_len * 2 > size or cut.data_len > SPARSE_MAX_DATA:
+                replay = _Replay(aside, cut, source, seen)  # type: ignore[arg-type]
+                return self._compressed.write(replay, size, inline_room)  # type: ignore[arg-type]
             tail = cut.tail
+            aside.seek(0, 2)
             aside.write(tail)
             digest.update(tail)
             aside.seek(0)
-            if cut.data_len * 2 > size:
-                return self._compressed.write(_Expanded(aside, cut), size,  # type: ignore[arg-type]
-                                              inline_room)
             return self._chunked(aside, cut, bits, digest.digest())  # type: ignore[arg-type]
+
+    @staticmethod
+    def _read(source: BinaryIO | bytes, size: int, cut: Split) -> int:
+        """Feed ``source`` to ``cut`` until the file is known to be compressed (its
+        data passes half its size or SPARSE_MAX_DATA) or ends; the bytes fed."""
+        if isinstance(source, bytes):
+            source = io.BytesIO(source)
+        reader = source if isinstance(source, HoleReader) else None
+        limit = min(size // 2, SPARSE_MAX_DATA)
+        done = 0
+        while done < size and cut.data_len <= limit:
+            if reader is not None:
+                zeros = min(reader.zeros_ahead(), size - done)
+                if zeros:
+                    reader.skip_zeros(zeros)
+                    cut.feed_zeros(zeros)
+                    done += zeros
+                    continue
+            piece = source.read(min(READ, size - done))
+            if not piece:
+                raise ErofsError(f"file data ended after {done} of {size} bytes")
+            cut.feed(piece)
+            done += len(piece)
+        return done
 
     def _chunked(self, aside: BinaryIO, cut: Split, bits: int, digest: bytes) -> Extent:
         data = self._compressed

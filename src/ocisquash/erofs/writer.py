@@ -237,7 +237,9 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         # file's xattrs all inline (sharing only makes the body smaller).
         room = BLOCK_SIZE - EXTENDED_INODE_SIZE - inline_size_bound(meta.xattrs)
         try:
-            if self._sparse is not None and not isinstance(source, bytes) and size is None:
+            if isinstance(source, bytes):
+                size = len(source)
+            elif self._sparse is not None and size is None:
                 source, size = measured(source)
             if self._sparse is not None and size is not None and size >= SPARSE_MIN_SIZE:
                 extent = self._sparse.write(source, size, room)
