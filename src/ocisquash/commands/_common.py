@@ -172,11 +172,13 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                         "mksquashfs: gzip 9, xz 6, zstd 15)")
     g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
                    help="data block size, a power of two from 4K to 1M (default 128K); "
-                        "for EROFS the largest compressed cluster")
+                        "for EROFS the most file data in one compressed cluster")
     g.add_argument("--no-fragments", action="store_true", help="do not pack file tails into fragments")
     g.add_argument("--erofs-fragments", action="store_true",
                    help="with --format erofs: pack small files and file tails together into "
-                        f"one compressed inode, as squashfs fragments (Linux {FRAGMENTS_MIN_KERNEL}+)")
+                        "one compressed inode, in clusters of up to 1 MiB, as squashfs "
+                        "fragments: squashfs's size on trees of small files "
+                        f"(Linux {FRAGMENTS_MIN_KERNEL}+)")
     g.add_argument("--erofs-ztailpacking", action="store_true",
                    help="with --format erofs: store a compressed file's last physical cluster inline "
                         "after its inode when it fits, not in a block of its own "

@@ -44,7 +44,15 @@ from ..errors import ErofsError, OutputError
 from ..imagewriter import ImageWriter
 from ..squashfs.format import InodeType
 from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
-from .compress import Codec, CompressedData, has_map, index_bytes, index_extra, map_header
+from .compress import (
+    Codec,
+    CompressedData,
+    has_map,
+    index_bytes,
+    index_extra,
+    largest_pcluster,
+    map_header,
+)
 from .data import ChunkedExtent, Extent, FlatData, Spool, measured
 from .directory import DirEntry, directory_size, pack_block, split_blocks
 from .format import (
@@ -182,7 +190,7 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
                                   options.holes)
         else:
             self._codec = Codec(options.compression, options.resolved_level(),
-                                options.pcluster_size)
+                                largest_pcluster(options.pcluster_size, options.fragments))
             self._data = CompressedData(
                 self._out, BLOCK_SIZE, self._spool, codec=self._codec,
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
