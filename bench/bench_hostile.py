@@ -1,12 +1,12 @@
 """Time hostile layer patterns at two sizes: the cost per entry must not grow with n.
 
 Run: ``python bench/bench_hostile.py [--entries 20000] [--factor 4] [--format erofs
-[--compression none]]``. Each pattern is built as layers in memory at ``n`` and
-``factor × n`` entries and flattened into a squashfs (or an EROFS image) written to
-/dev/null-like scratch space; the script prints the time per entry at both sizes and
-the larger image's size, and fails (exit 1) when the larger run costs more than twice
-as much per entry, which is what a step that is linear in the entries seen so far (a
-quadratic run) does. Tests check these layers' results; their time is bounded here.
+[--compression none] | --format tar]``. Each pattern is built as layers in memory at
+``n`` and ``factor × n`` entries and flattened into a squashfs (an EROFS image, a tar)
+written to /dev/null-like scratch space; the script prints the time per entry at both
+sizes and the larger image's size, and fails (exit 1) when the larger run costs more
+than twice as much per entry, which is what a step that is linear in the entries seen
+so far (a quadratic run) does. Tests check these layers' results; their time is bounded here.
 
 The patterns are the ones issue 28 found slow or large: PAX global headers read
 again for every entry, a directory replaced by a file in its own layer, hard links
@@ -33,6 +33,7 @@ from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter
 from ocisquash.flatten import flatten
 from ocisquash.model import OCI_LAYER_GZIP, Descriptor
 from ocisquash.squashfs import SquashfsWriter
+from ocisquash.tarout import TarSink
 
 
 class MemoryLayer:
@@ -153,7 +154,7 @@ PATTERNS: dict[str, Callable[[int], list[bytes]]] = {
 }
 
 
-def run(layers: list[bytes], make: Callable[[BinaryIO], SquashfsWriter | ErofsWriter]) -> tuple[float, int]:
+def run(layers: list[bytes], make: Callable[[BinaryIO], SquashfsWriter | ErofsWriter | TarSink]) -> tuple[float, int]:
     """Seconds to flatten ``layers`` into a fresh image, and the image's size."""
     with tempfile.TemporaryFile() as out:
         start = time.perf_counter()
@@ -168,14 +169,16 @@ def main() -> int:
     ap.add_argument("--entries", type=int, default=20000)
     ap.add_argument("--factor", type=int, default=4)
     ap.add_argument("--only", help="comma-separated pattern names")
-    ap.add_argument("--format", choices=("squashfs", "erofs"), default="squashfs")
+    ap.add_argument("--format", choices=("squashfs", "erofs", "tar"), default="squashfs")
     ap.add_argument("--compression", choices=[c.value for c in ErofsCompression],
                     default="lz4hc", help="with --format erofs")
     args = ap.parse_args()
-    make: Callable[[BinaryIO], SquashfsWriter | ErofsWriter]
+    make: Callable[[BinaryIO], SquashfsWriter | ErofsWriter | TarSink]
     if args.format == "erofs":
         options = ErofsOptions(compression=ErofsCompression(args.compression), mkfs_time=0)
         make = lambda out: ErofsWriter(out, options)  # noqa: E731
+    elif args.format == "tar":
+        make = TarSink
     else:
         make = SquashfsWriter
     names = args.only.split(",") if args.only else list(PATTERNS)
