@@ -362,10 +362,10 @@ def _misplace_a_tail(path: Path) -> None:
     p = 0
     while True:
         parsed = layerindex._parse_data(bytes(data), p)
-        assert parsed is not None, "no file with a tail"
-        (_, items, tail), end = parsed
-        if tail is not None and not items and tail[2] < BLOCK - 1:
-            struct.pack_into("<I", data, end - 12, tail[1] + 1)
+        assert parsed is not None, "no file with a tail given in full"
+        (_, items, kind, _, offset, _), end = parsed
+        if kind == layerindex._TAIL_AT and not items:
+            struct.pack_into("<I", data, end - 8, offset + 1)
             break
         p = end
     sections[1] = zstandard.ZstdCompressor().compress(bytes(data))

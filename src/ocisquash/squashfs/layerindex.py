@@ -42,14 +42,17 @@ and verified whole.
 
 File layout, all integers little-endian::
 
-    magic "OSQLAY2\\n" · u32 n · header (n bytes of JSON) ·
+    magic "OSQLAY3\\n" · u32 n · header (n bytes of JSON) ·
     u64 m · zstd frame of the entry records (m bytes) ·
     u64 k · zstd frame of the data records (k bytes) · sha256 of everything before
 
-An entry record is ``_ENTRY`` then the path, the link target and the xattrs. A data
-record is the u64 member position, ``_DATA`` (block items, whether it has a tail), then per item
-``0x00`` + u64 run of zero blocks or ``0x01`` + sha256, then the tail (sha256 of its
-block, u32 offset, u32 length, u32 CRC-32 of the tail).
+An entry record is ``_ENTRY`` then the path, the link target and the xattrs. Data
+records come by member position, one per file written: ``_DATA`` (the position less the
+previous record's, the number of block items, the kind of tail), then per item ``0x00``
++ u64 run of zero blocks or ``0x01`` + sha256, then the tail: none, its CRC-32 alone
+when it follows the previous tail in the same block, else the sha256 of its block, its
+offset there and its CRC-32. A tail's length is its file's size modulo the block size
+(in the header).
 """
 
 from __future__ import annotations
@@ -83,19 +86,25 @@ from .reuse import compressor_for
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"OSQLAY2\n"
+_MAGIC = b"OSQLAY3\n"
 _LEN = struct.Struct("<I")
 _SECTION = struct.Struct("<Q")
 #: kind, mode, uid, gid, mtime, size, position, devmajor, devminor, path length,
 #: link length, xattr count
 _ENTRY = struct.Struct("<BHIIQQQIIIIH")
 _XATTR = struct.Struct("<HI")
-#: a data record: the member position, then the block items and whether it has a tail
-_POSITION = struct.Struct("<Q")
-_DATA = struct.Struct("<QB")
+#: a data record: its member position less the previous record's, its block items, and
+#: how its tail is given (_NO_TAIL, _NEXT_TAIL, _TAIL_AT)
+_DATA = struct.Struct("<IIB")
 _RUN = struct.Struct("<Q")
-#: the tail: the digest of the block holding it, its offset and length there, its CRC-32
-_TAIL = struct.Struct("<32sIII")
+#: a tail given in full: the digest of the block holding it, its offset there, its CRC-32
+_TAIL = struct.Struct("<32sII")
+#: a tail that follows the previous record's in the same block: its CRC-32
+_CHECK = struct.Struct("<I")
+#: Kinds of tails in a data record. Tails are packed in file order, so most follow the
+#: previous file's: they are given by their CRC-32 alone (a third of the index's size
+#: for small files). A tail's length is its file's size modulo the block size.
+_NO_TAIL, _NEXT_TAIL, _TAIL_AT = 0, 1, 2
 
 _KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
@@ -212,7 +221,7 @@ class _LayerRecord:
             self.positions.append(position)
             self.short.append(0)
 
-    def pack(self, locate: Callable[[Stored, int], bytes]) -> bytes:
+    def pack(self, locate: _Locator) -> bytes:
         import zstandard
 
         self._spool()
@@ -226,13 +235,31 @@ class _LayerRecord:
         order: Iterable[int] = range(len(positions))
         if any(a > b for a, b in itertools.pairwise(positions)):
             order = sorted(order, key=positions.__getitem__)
+        last = 0
+        follow: tuple[bytes, int] | None = None  # the block and offset a next tail takes
         for i in order:
             stored = self.long[i] if i in self.long else self.short[i]
-            chunk = z.compress(_POSITION.pack(positions[i]) + locate(stored, self.checks[i]))
+            count, items, tail = locate(stored)
+            if not 0 <= positions[i] - last < 1 << 32:
+                raise BadLayerIndex("a member position does not fit a data record")
+            if tail is None:
+                head = _DATA.pack(positions[i] - last, count, _NO_TAIL)
+                end = b""
+            elif follow == tail[:2]:
+                head = _DATA.pack(positions[i] - last, count, _NEXT_TAIL)
+                end = _CHECK.pack(self.checks[i])
+            else:
+                head = _DATA.pack(positions[i] - last, count, _TAIL_AT)
+                end = _TAIL.pack(tail[0], tail[1], self.checks[i])
+            if tail is not None:
+                follow = (tail[0], tail[1] + tail[2])
+            last = positions[i]
+            chunk = z.compress(head + items + end)
             if chunk:
                 data.append(chunk)
         data.append(z.flush())
         header = dict(self.header, entries=self.count, files=len(self.positions),
+                      block_size=locate.block_size,
                       notes=[[i, k, p.decode("latin-1")] for i, k, p in self.notes])
         head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
         refs = b"".join(data)
@@ -248,7 +275,7 @@ class _Locator:
                  block_size: int, fragments: bool) -> None:
         self._at = {position: digest for digest, position, _ in records}
         self._fragments = [FRAGMENT_ENTRY.unpack(e)[0] for e in fragment_table]
-        self._bs = block_size
+        self.block_size = block_size
         self._use_fragments = fragments
 
     def _digest(self, position: int) -> bytes:
@@ -257,16 +284,15 @@ class _Locator:
             raise BadLayerIndex(f"no block was written at offset {position}")
         return digest
 
-    def __call__(self, stored: Stored, check: int) -> bytes:
-        """A data record after its member position: the block items and the tail (whose
-        CRC-32 is ``check``)."""
-        bs = self._bs
+    def __call__(self, stored: Stored) -> tuple[int, bytes, tuple[bytes, int, int] | None]:
+        """A file's block items (their count and bytes) and its tail (the digest of the
+        block holding it, its offset and length there), from where it landed."""
+        bs = self.block_size
         if isinstance(stored, int):
             size, fragment, offset = unpack_short(stored)
             if size == 0 or fragment == INVALID_INDEX:
-                return _DATA.pack(0, 0)
-            return (_DATA.pack(0, 1) + _TAIL.pack(
-                self._digest(self._fragments[fragment]), offset, size, check))
+                return 0, b"", None
+            return 0, b"", (self._digest(self._fragments[fragment]), offset, size)
         whole = stored.size // bs
         left = stored.size - whole * bs
         fields = stored.sizes if stored.sizes is not None else array("I")
@@ -289,14 +315,14 @@ class _Locator:
         if run:
             items.append(b"\x00" + _RUN.pack(run))
             count += 1
-        tail = b""
+        tail = None
         if left:
             if self._use_fragments:
-                tail = _TAIL.pack(self._digest(self._fragments[stored.fragment]),
-                                  stored.fragment_offset, left, check)
+                tail = (self._digest(self._fragments[stored.fragment]), stored.fragment_offset,
+                        left)
             else:
-                tail = _TAIL.pack(self._digest(at), 0, left, check)
-        return _DATA.pack(count, 1 if tail else 0) + b"".join(items) + tail
+                tail = (self._digest(at), 0, left)
+        return count, b"".join(items), tail
 
 
 class Recorder:
@@ -430,14 +456,18 @@ def _parse_entry(buf: bytes, at: int, metas: dict[tuple[object, ...], EntryMeta]
                     position), p
 
 
-def _parse_data(buf: bytes, at: int) -> tuple[DataRecord, int] | None:
+#: A data record as stored: position step, block items, tail kind, the tail's block
+#: digest and offset (for _TAIL_AT), its CRC-32.
+_RawData = tuple[int, list[Item], int, bytes, int, int]
+
+
+def _parse_data(buf: bytes, at: int) -> tuple[_RawData, int] | None:
     """The data record at ``at`` and where the next starts; None if ``buf`` ends first."""
     end = len(buf)
-    if end - at < _POSITION.size + _DATA.size:
+    if end - at < _DATA.size:
         return None
-    (position,) = _POSITION.unpack_from(buf, at)
-    count, has_tail = _DATA.unpack_from(buf, at + _POSITION.size)
-    p = at + _POSITION.size + _DATA.size
+    step, count, kind = _DATA.unpack_from(buf, at)
+    p = at + _DATA.size
     items: list[Item] = []
     for _ in range(count):
         if end - p < 1 + (_RUN.size if buf[p:p + 1] == b"\x00" else 32):
@@ -448,13 +478,20 @@ def _parse_data(buf: bytes, at: int) -> tuple[DataRecord, int] | None:
         else:
             items.append(buf[p + 1:p + 33])
             p += 33
-    tail = None
-    if has_tail:
+    digest, offset, check = b"", 0, 0
+    if kind == _NEXT_TAIL:
+        if end - p < _CHECK.size:
+            return None
+        (check,) = _CHECK.unpack_from(buf, p)
+        p += _CHECK.size
+    elif kind == _TAIL_AT:
         if end - p < _TAIL.size:
             return None
-        tail = _TAIL.unpack_from(buf, p)
+        digest, offset, check = _TAIL.unpack_from(buf, p)
         p += _TAIL.size
-    return (position, items, tail), p
+    elif kind != _NO_TAIL:
+        raise BadLayerIndex(f"a data record has tail kind {kind}")
+    return (step, items, kind, digest, offset, check), p
 
 
 _T = TypeVar("_T")
@@ -490,14 +527,39 @@ class LayerIndex:
         metas: dict[tuple[object, ...], EntryMeta] = {}
         return _records(self._entries, lambda buf, at: _parse_entry(buf, at, metas))
 
-    def data(self) -> Iterator[DataRecord]:
-        """The written files' data records, by increasing member position."""
-        last = -1
-        for record in _records(self._data, _parse_data):
-            if record[0] <= last:
-                raise BadLayerIndex("its data records are not in member order")
-            last = record[0]
-            yield record
+    def joined(self) -> Iterator[tuple[TarEntry, DataRecord | None]]:
+        """Each entry with its data record (None: not a file, or one not written)."""
+        block_size = self.header.get("block_size")
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise BadLayerIndex("its header names no block size")
+        data = _records(self._data, _parse_data)
+        raw = next(data, None)
+        position = 0
+        follow: tuple[bytes, int] | None = None
+        for e in self.entries():
+            if raw is None or e.kind != "file":
+                yield e, None
+                continue
+            if position + raw[0] < e.position:
+                raise BadLayerIndex("a data record names no file entry")
+            if position + raw[0] > e.position:
+                yield e, None
+                continue
+            step, items, kind, digest, offset, check = raw
+            position += step
+            tail: Tail | None = None
+            if kind != _NO_TAIL:
+                length = e.size % block_size
+                if kind == _NEXT_TAIL:
+                    if follow is None:
+                        raise BadLayerIndex("a tail follows none")
+                    digest, offset = follow
+                tail = (digest, offset, length, check)
+                follow = (digest, offset + length)
+            yield e, (position, items, tail)
+            raw = next(data, None)
+        if raw is not None:
+            raise BadLayerIndex("a data record names no file entry")
 
     def notes(self) -> list[tuple[int, str, bytes]]:
         raw = self.header.get("notes", [])
@@ -561,10 +623,13 @@ def check_layer_indexes(image: Path, index: Path, paths: Iterable[Path]
 def _check_layer_index(path: Path, reuse: BlockReuse, blocks: _Blocks) -> str | None:
     try:
         index = read_layer_index(path)
-        count = sum(1 for _ in index.entries())
-        files = 0
-        for _, items, tail in index.data():
+        count = files = 0
+        for _, record in index.joined():
+            count += 1
+            if record is None:
+                continue
             files += 1
+            _, items, tail = record
             for item in items:
                 if isinstance(item, bytes) and not reuse.has(item):
                     return "it names a block its image's block index does not hold"
@@ -694,18 +759,9 @@ class Replay:
 
     def _files(self) -> Iterator[tuple[TarEntry, DataRecord | None]]:
         """Each file entry with its data record (None: not written before)."""
-        data = self._index.data()
-        record = next(data, None)
-        for e in self._index.entries():
-            if e.kind != "file":
-                continue
-            while record is not None and record[0] < e.position:
-                record = next(data, None)  # a record of no file entry: passed over
-            if record is not None and record[0] == e.position:
+        for e, record in self._index.joined():
+            if e.kind == "file":
                 yield e, record
-                record = next(data, None)
-            else:
-                yield e, None
 
     def usable(self, reuse: BlockReuse, hidden: Callable[[bytes], bool]) -> bool:
         """Whether every block the index names is at hand, and every file it holds no data
@@ -733,25 +789,19 @@ class Replay:
         notes = self._notes
         n = 0
         blocks = self._blocks
-        data = self._index.data()
-        record = next(data, None)
-        for i, e in enumerate(self._index.entries()):
+        for i, (e, record) in enumerate(self._index.joined()):
             while n < len(notes) and notes[n][0] <= i:
                 if fidelity is not None:
                     fidelity.note(notes[n][1], notes[n][2])
                 n += 1
             if e.kind != "file":
                 yield e, None
-                continue
-            while record is not None and record[0] < e.position:
-                record = next(data, None)
-            if record is None or record[0] != e.position:
+            elif record is None:
                 # Not written before, and hidden now (checked before the replay began):
                 # the flattener skips it. Reading it would be a bug, not a wrong image.
                 yield e, cast(BinaryIO, _Unwritten())
-                continue
-            yield e, cast(BinaryIO, IndexedFile(blocks, e.size, record[1], record[2]))
-            record = next(data, None)
+            else:
+                yield e, cast(BinaryIO, IndexedFile(blocks, e.size, record[1], record[2]))
         if fidelity is not None:
             for _, kind, path in notes[n:]:
                 fidelity.note(kind, path)
