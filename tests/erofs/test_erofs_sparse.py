@@ -361,3 +361,35 @@ def test_chunk_based_files_in_a_compressed_image_do_not_depend_on_workers(
     expected = {name.decode(): data for name, data in files.items() if isinstance(data, bytes)}
     expected["sparse"] = bytes(sparse)
     _check_mounted(tmp_path / "w1", tmp_path / "m", expected)
+
+
+@pytest.mark.root
+def test_a_file_past_4_gib_has_8_kib_chunks_the_kernel_reads(tmp_path: Path) -> None:
+    """chunkbits 1: data across a chunk's blocks and across two chunks, far apart."""
+    size = (4 << 30) + 3 * 8192 + 5
+    writes = [(0, b"first"), (8190, b"across two chunks"), (2 << 30 | 4093, b"x" * 5000),
+              (size - 5, b"last!")]
+    root = tmp_path / "src"
+    root.mkdir()
+    with open(root / "f", "wb") as f:
+        for at, data in writes:
+            f.seek(at)
+            f.write(data)
+    assert chunk_bits(size) == 1
+    tar = _gnu_sparse_tar(root, "--format=pax")
+    (root / "f").unlink()
+    image = tmp_path / "i.erofs"
+    with ErofsWriter(image, ErofsOptions(compression=ErofsCompression.NONE,
+                                         mkfs_time=MKFS_TIME)) as w:
+        flatten([BlobLayer.of(tar, "tar")], w)
+        w.finish()
+    assert image.stat().st_size < 3 * MIB  # a 2 MiB block map, a few chunks of data
+    fsck(image)
+    with erofs_mounted(image, tmp_path / "m") as mnt:
+        f = mnt / "f"
+        assert f.stat().st_size == size
+        for at, data in writes:
+            start, end = max(at - 3, 0), min(at + len(data) + 3, size)
+            expected = bytes(at - start) + data + bytes(end - at - len(data))
+            assert _read_at(f, start, end - start) == expected, at
+        assert _read_at(f, 3 << 30, MIB) == bytes(MIB)
