@@ -393,3 +393,16 @@ def test_a_file_past_4_gib_has_8_kib_chunks_the_kernel_reads(tmp_path: Path) -> 
             expected = bytes(at - start) + data + bytes(end - at - len(data))
             assert _read_at(f, start, end - start) == expected, at
         assert _read_at(f, 3 << 30, MIB) == bytes(MIB)
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_identical_large_sparse_files_in_a_compressed_image_share_unless_told_not(
+        tmp_path: Path, dedup: bool) -> None:
+    blob = b"x" * 10000 + bytes(SPARSE_MIN_SIZE) + b"y"
+    with ErofsWriter(tmp_path / "i.erofs",
+                     ErofsOptions(mkfs_time=MKFS_TIME, dedup=dedup)) as w:
+        for name in (b"a", b"b"):
+            w.add_file(name, EntryMeta(), io.BytesIO(blob), len(blob))
+        summary = w.finish()
+    assert (summary.chunked_files, summary.duplicates) == ((1, 1) if dedup else (2, 0))
+    fsck(tmp_path / "i.erofs")

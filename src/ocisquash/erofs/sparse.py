@@ -101,8 +101,10 @@ class SparseFiles:
     """The files of a compressed image that are mostly holes (see the module
     docstring); the others go on to ``compressed``."""
 
-    def __init__(self, out: BinaryIO, compressed: CompressedData, spool: Spool) -> None:
+    def __init__(self, out: BinaryIO, compressed: CompressedData, spool: Spool,
+                 dedup: bool = True) -> None:
         self._out = out
+        self._dedup = dedup
         self._compressed = compressed
         self._spool = spool
         self._seen: dict[tuple[bytes, bytes, int], ChunkedExtent] = {}
@@ -160,7 +162,7 @@ class SparseFiles:
         data.bytes_in += cut.size
         holes_key = hashlib.sha256(cut.flags).digest()
         key = (digest, holes_key, cut.size)
-        found = self._seen.get(key)
+        found = self._seen.get(key) if self._dedup else None
         if found is not None:
             data.duplicates += 1
             return found
@@ -176,7 +178,8 @@ class SparseFiles:
         index = cut.block_map(extent.startblk)
         extent.index_at = self._spool.put(index)
         extent.index_len = len(index)
-        self._seen[key] = extent
+        if self._dedup:
+            self._seen[key] = extent
         self.chunked_files += 1
         return extent
 

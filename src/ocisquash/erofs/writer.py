@@ -199,7 +199,7 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         #: with a compressor: the files that are mostly holes (see ``sparse.py``)
         self._sparse: SparseFiles | None = None
         if isinstance(self._data, CompressedData) and options.holes:
-            self._sparse = SparseFiles(self._out, self._data, self._spool)
+            self._sparse = SparseFiles(self._out, self._data, self._spool, options.dedup)
         self._closed = False
 
     # -- adding entries -------------------------------------------------------------
