@@ -253,6 +253,34 @@ def test_a_1_tib_sparse_file_costs_nothing_for_its_holes(tmp_path: Path) -> None
     assert out.stat().st_size < 1 << 20  # the block list of 8 Mi zero blocks, compressed
 
 
+def test_a_1_tib_sparse_file_stays_sparse_in_the_tar_output(tmp_path: Path) -> None:
+    """The same layer compiled with --format tar: a PAX sparse member of a few KiB,
+    which GNU tar lists with its real name and size."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with open(root / "big", "wb") as f:
+        f.write(b"start")
+        f.seek(Limits().max_file_size - 3)
+        f.write(b"end")
+    tar = subprocess.run(["tar", "-c", "-f", "-", "--sparse", "--format=pax", "-C", str(root),
+                          "big"], check=True, capture_output=True).stdout
+    (root / "big").unlink()
+    layout = write_raw_layout(tmp_path / "layout", layers=[tar], diff_ids=[sha256(tar)],
+                              layer_media=TAR_MEDIA)
+    out = tmp_path / "out.tar"
+    proc = subprocess.run([sys.executable, "-c", _REPORT_PEAK_RSS, "compile",
+                           f"oci:{layout}:latest", "-o", str(out), "--format", "tar",
+                           "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+                          stderr=subprocess.PIPE)
+    assert proc.returncode == 0, proc.stderr
+    peak = int(re.findall(rb"^VmHWM (\d+)$", proc.stderr, re.M)[-1])
+    assert peak < 400 * 1024, f"peak RSS {peak} KiB"
+    assert out.stat().st_size < 64 << 10
+    listing = subprocess.run(["tar", "-t", "-v", "-f", str(out)], capture_output=True,
+                             text=True, check=True).stdout
+    assert re.search(r" 1099511627776 .* big$", listing, re.M), listing
+
+
 def test_a_1_tib_sparse_file_is_holes_in_erofs_too(tmp_path: Path) -> None:
     """The same layer compiled to EROFS (lz4hc, the default): the file is chunk-based,
     two 1 MiB chunks and a 4 MiB block map (it was 1 TiB of zeros to compress)."""
