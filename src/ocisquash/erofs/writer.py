@@ -27,6 +27,9 @@ Rules enforced here:
   inline tail does not cross a block boundary (the inode moves to the next block);
 * a directory's link count is 2 plus its sub-directories; other inodes count their
   names (hard links);
+* a chunk-based file's block map follows its inode and xattrs (``chunks.py``), and
+  the superblock says CHUNKED_FILE when there is one; with a compressor, a large file
+  goes to ``sparse.py`` first, which stores it chunk-based or hands it on;
 * the image is a whole number of 4 KiB blocks, ``blocks`` in the superblock.
 """
 
