@@ -112,6 +112,9 @@ _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
 #: Entry records are compressed in pieces of this many bytes as a layer is applied.
 _SPOOL = 256 << 10
 
+#: Entries of a layer whose records the check before a replay keeps for its first pass.
+_KEPT = 1 << 16
+
 #: Decoded blocks kept for the tails of replayed files: a layer's small files were
 #: packed in order, so consecutive files mostly share one.
 _BLOCK_CACHE = 8
@@ -756,18 +759,26 @@ class Replay:
         self._index = index
         self._blocks = blocks
         self._notes = index.notes()
-
-    def _files(self) -> Iterator[tuple[TarEntry, DataRecord | None]]:
-        """Each file entry with its data record (None: not written before)."""
-        for e, record in self._index.joined():
-            if e.kind == "file":
-                yield e, record
+        #: the records ``usable`` read, for the first pass (None: read them again)
+        self._kept: list[tuple[TarEntry, DataRecord | None]] | None = None
 
     def usable(self, reuse: BlockReuse, hidden: Callable[[bytes], bool]) -> bool:
         """Whether every block the index names is at hand, and every file it holds no data
-        for is hidden by ``hidden`` and named by no hard link of the layer."""
+        for is hidden by ``hidden`` and named by no hard link of the layer. The records
+        read are kept for the first pass when the layer has at most :data:`_KEPT`
+        entries (decoding them again cost a sixth of a replay), else read again."""
         unwritten = []
-        for e, record in self._files():
+        linked = set()
+        kept: list[tuple[TarEntry, DataRecord | None]] | None = []
+        for e, record in self._index.joined():
+            if kept is not None:
+                kept.append((e, record))
+                if len(kept) > _KEPT:
+                    kept = None
+            if e.kind == "hardlink":
+                linked.add(e.linkname)
+            if e.kind != "file":
+                continue
             if record is None:
                 unwritten.append(e.path)
                 continue
@@ -776,12 +787,11 @@ class Replay:
                     return False
             if record[2] is not None and not reuse.has(record[2][0]):
                 return False
-        if not unwritten:
-            return True
-        if not all(hidden(path) for path in unwritten):
+        if unwritten and not (linked.isdisjoint(unwritten)
+                              and all(hidden(path) for path in unwritten)):
             return False
-        linked = {e.linkname for e in self._index.entries() if e.kind == "hardlink"}
-        return linked.isdisjoint(unwritten)
+        self._kept = kept
+        return True
 
     def members(self, fidelity: Fidelity | None) -> Iterator[tuple[TarEntry, BinaryIO | None]]:
         """``(entry, data)`` as the tar reader yields them; ``fidelity`` gets the notes
@@ -789,7 +799,10 @@ class Replay:
         notes = self._notes
         n = 0
         blocks = self._blocks
-        for i, (e, record) in enumerate(self._index.joined()):
+        joined: Iterable[tuple[TarEntry, DataRecord | None]] = self._index.joined()
+        if self._kept is not None:
+            joined, self._kept = self._kept, None  # the first pass only: let them go
+        for i, (e, record) in enumerate(joined):
             while n < len(notes) and notes[n][0] <= i:
                 if fidelity is not None:
                     fidelity.note(notes[n][1], notes[n][2])
