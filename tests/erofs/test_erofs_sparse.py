@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from flatten.layerkit import BlobLayer
 from ocisquash.entry import EntryMeta, HoleReader
 from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter
-from ocisquash.erofs.chunks import chunk_bits
+from ocisquash.erofs.chunks import Split, chunk_bits
 from ocisquash.erofs.sparse import SPARSE_MIN_SIZE
 from ocisquash.flatten import flatten
 from ocisquash.squashfs import SquashfsWriter, WriterOptions
@@ -406,3 +406,49 @@ def test_identical_large_sparse_files_in_a_compressed_image_share_unless_told_no
         summary = w.finish()
     assert (summary.chunked_files, summary.duplicates) == ((1, 1) if dedup else (2, 0))
     fsck(tmp_path / "i.erofs")
+
+
+@settings(max_examples=300, deadline=None)
+@given(segments=st.lists(st.tuples(st.sampled_from(["data", "zeros", "hole"]),
+                                   st.integers(1, 40000)), max_size=10),
+       bits=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_the_cut_into_chunks_matches_its_definition(segments: list[tuple[str, int]],
+                                                     bits: int, seed: int) -> None:
+    """``Split`` fed in pieces of any size, holes skipped or zeros read: a chunk is a
+    hole exactly when all its bytes are zero; the data chunks are emitted whole, in
+    order, but for the bytes past the last whole block (the tail)."""
+    rng = random.Random(seed)
+    data = bytearray()
+    feeds: list[tuple[bool, bytes | int]] = []
+    for kind, n in segments:
+        if kind == "hole":
+            feeds.append((True, n))
+            data += bytes(n)
+        else:
+            piece = bytes(n) if kind == "zeros" else bytes(rng.choice([0, 0, 7]) for _ in range(n))
+            data += piece
+            at = 0
+            while at < n:  # in reads of random sizes
+                k = rng.randint(1, n - at)
+                feeds.append((False, piece[at:at + k]))
+                at += k
+    size = len(data)
+    emitted = bytearray()
+    cut = Split(size, bits, emitted.extend)
+    for hole, piece in feeds:
+        if hole:
+            assert isinstance(piece, int)
+            cut.feed_zeros(piece)
+        else:
+            assert isinstance(piece, bytes)
+            cut.feed(piece)
+    chunk = 4096 << bits
+    chunks = [bytes(data[at:at + chunk]) for at in range(0, size, chunk)]
+    assert list(cut.flags) == [int(any(c)) for c in chunks]
+    stored = b"".join(c for c in chunks if any(c))
+    whole = size - size % 4096
+    tail = stored[len(stored) - (size - whole):] if chunks and any(chunks[-1]) and size % 4096 \
+        else b""
+    assert bytes(emitted) + cut.tail == stored
+    assert cut.tail == tail
+    assert cut.data_len == len(stored)

@@ -13,8 +13,12 @@ uncompressed. The rule, again a function of the file's bytes alone:
 * any other file is compressed as before, its zeros included (they compress to
   almost nothing).
 
-Half, because such a file loses at most as much by leaving its data uncompressed as
-its holes save; below the size, compressing the zeros costs little.
+Half, because such a file would spend most of its compression time on zeros (and
+its index on them: each 128 KiB of zeros still takes a block and its lclusters); its
+data stays uncompressed instead, which can cost space: a 4 GiB file with a 4 KiB data
+region every 64 KiB is 273 MB chunk-based in 5 s, 136 MB compressed in 14 s (squashfs:
+5 MB, compressed blocks with the zeros). Below the size, compressing the zeros costs
+little.
 
 Whether a file qualifies is known only once its data passes half its size or
 :data:`SPARSE_MAX_DATA`, or at its end, and a compressed file streams into the image
