@@ -39,10 +39,12 @@ def _replayed(result: CompiledImage) -> int:
 
 
 def _recompile(tmp_path: Path, v1: Layers, v2: Layers, options: WriterOptions = OPTIONS,
-               between: Callable[[Path], None] | None = None) -> tuple[CompiledImage,
-                                                                      CompiledImage]:
+               between: Callable[[Path], None] | None = None,
+               rebuilt: bool = False) -> tuple[CompiledImage, CompiledImage]:
     """v2 cold, then v1 and v2 into one cache (``between`` gets v1's entry before v2
-    is compiled); v2's two images must be the same bytes. Returns v2's results."""
+    is compiled); v2's two images must be the same bytes, and so must their layer
+    indexes unless v2 is ``rebuilt`` without copying (which keeps none). Returns v2's
+    results."""
     write_oci_layout(tmp_path / "v1", v1)
     write_oci_layout(tmp_path / "v2", v2)
     cold, cold_result = _compile(tmp_path / "v2", tmp_path / "cold-cache",
@@ -56,7 +58,15 @@ def _recompile(tmp_path: Path, v1: Layers, v2: Layers, options: WriterOptions = 
                                  options)
     assert warm == cold
     assert warm_result.fidelity == cold_result.fidelity
+    # A replayed layer is recorded as decoding it records it.
+    assert _layer_indexes(tmp_path / "cache", warm_result) == (
+        {} if rebuilt else _layer_indexes(tmp_path / "cold-cache", cold_result))
     return cold_result, warm_result
+
+
+def _layer_indexes(cache: Path, result: CompiledImage) -> dict[str, bytes]:
+    (entry,) = [e for e in ImageCache(cache).entries() if e.record.digest == result.digest]
+    return {p.name: p.read_bytes() for p in entry.path.glob(LAYER_INDEX_GLOB)}
 
 
 def _special_layer() -> list[Entry]:
@@ -225,7 +235,8 @@ def test_a_block_that_cannot_be_fetched_builds_the_image_again(
     def unreadable(entry: Path) -> None:
         monkeypatch.setattr(reuse.BlockReuse, "read", lambda self, digest: None)
 
-    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=unreadable)
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=unreadable,
+                         rebuilt=True)
     assert any("layer index in the cache does not hold" in r.getMessage()
                for r in caplog.records)
     assert _replayed(warm) == 0  # the build that was kept replayed nothing
@@ -387,7 +398,8 @@ def test_a_tail_that_does_not_match_its_check_builds_the_image_again(
             if read_layer_index(path).header.get("files", 0) > 10:  # the bottom layer's
                 _misplace_a_tail(path)
 
-    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=misplace)
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=misplace,
+                         rebuilt=True)
     assert any("does not match the CRC-32" in r.getMessage() for r in caplog.records)
     assert _replayed(warm) == 0
 

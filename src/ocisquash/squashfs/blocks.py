@@ -481,16 +481,25 @@ class DataWriter:
         return self._finish_long(record, mark, hasher, total, tail)
 
     def write_indexed(self, size: int, items: list[bytes | int],
-                      tail: Callable[[], bytes]) -> Stored:
+                      tail: Callable[[], bytes], check: int) -> Stored:
         """Store a file given by the digests of its whole blocks (or runs of zero blocks),
-        which earlier images hold, and its last partial block's bytes (``tail()``), as
-        ``write_file`` stores the same bytes (see ``layerindex.py``)."""
+        which earlier images hold, and its last partial block's bytes (``tail()``, which
+        checks them against their CRC-32 ``check``), as ``write_file`` stores the same
+        bytes (see ``layerindex.py``)."""
         bs = self._block_size
         if size < bs:
             data = tail()
             if len(data) != size:
                 raise SquashfsError(f"a replayed file's data is {len(data)} bytes, not {size}")
-            return self.store_short(data)
+            # ``tail()`` checked the bytes against the CRC-32 the index keeps: that is
+            # the one to record, not made again.
+            checking, self.check_tails = self.check_tails, False
+            try:
+                return self.store_short(data)
+            finally:
+                self.check_tails = checking
+                if checking:
+                    self.tail_check = check
         record = FileData()
         mark = self._pipeline.submitted
         hashing = self._dedup
@@ -517,7 +526,13 @@ class DataWriter:
         last = tail() if left else b""
         if not 0 <= left < bs or len(last) != left:
             raise SquashfsError(f"a replayed file's blocks do not make its {size} bytes")
-        return self._finish_long(record, mark, hasher, size, last)
+        checking, self.check_tails = self.check_tails, False
+        try:
+            return self._finish_long(record, mark, hasher, size, last)
+        finally:
+            self.check_tails = checking
+            if checking:
+                self.tail_check = check if last else 0
 
     def _finish_long(self, record: FileData, mark: int, hasher: Any, total: int,
                      tail: bytes) -> Stored:

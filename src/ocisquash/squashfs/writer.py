@@ -266,8 +266,9 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             elif isinstance(source, IndexedFile) and self._pipeline.reuses:
                 if size is not None and size != source.size:
                     raise SquashfsError(f"file data is {source.size} bytes, not {size}")
-                written = self._data.write_indexed(source.size, source.items,
-                                                   source.tail_bytes)
+                written = self._data.write_indexed(
+                    source.size, source.items, source.tail_bytes,
+                    source.tail[3] if source.tail is not None else 0)
             else:
                 written = self._data.write_file(source, size)
         except SquashfsError as e:
