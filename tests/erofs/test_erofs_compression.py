@@ -323,6 +323,26 @@ def test_fragments_read_back_and_do_not_depend_on_workers(tmp_path: Path) -> Non
                 assert f.read(5000) == data[len(data) // 2 + 1:len(data) // 2 + 5001], name
 
 
+def test_packed_inode_of_many_megabytes_reads_back(tmp_path: Path) -> None:
+    """Small files filling several 1 MiB pclusters of the packed inode and more than one
+    of its 4 MiB segments, fitted to whole blocks; files read in a shuffled order."""
+    _require_fragments()
+    rng = random.Random(41)
+    files = {f"d{i % 7}/f{i:03d}": _prose(rng, rng.randrange(1, 120_000))
+             for i in range(90)}
+
+    def build(w: ErofsWriter) -> None:
+        for name, data in files.items():
+            w.add_file(name.encode(), EntryMeta(mode=0o644, mtime=MKFS_TIME), data)
+
+    image = tmp_path / "p.erofs"
+    write_erofs(image, build, compression=LZ4HC, fragments=True, workers=2)
+    assert sum(map(len, files.values())) > 5 << 20
+    order = list(files)
+    rng.shuffle(order)
+    _check_through_kernel(image, tmp_path / "m", {n: files[n] for n in order})
+
+
 def test_fragments_need_a_compressor() -> None:
     with pytest.raises(UsageError, match="fragments are compressed"):
         ErofsOptions(compression=ErofsCompression.NONE, fragments=True)

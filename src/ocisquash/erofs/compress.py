@@ -101,6 +101,10 @@ SEGMENT_BYTES = 2 << 20
 #: 1 MiB, mksquashfs 14.81 MB), for a read of up to 1 MiB decompressed (kept in the
 #: page cache for the files beside it).
 PACKED_PCLUSTER_BYTES = 1 << 20
+#: lz4hc's output over fast lz4's, roughly, for a first guess at a segment's ratio
+#: (fast lz4 costs a tenth of lz4hc's level 9): a low guess only makes the first
+#: pcluster shorter, a high one costs a second try.
+HC_OVER_FAST = 0.85
 #: A fitted pcluster aims at this share of the blocks the previous one's ratio predicts
 #: for a whole ``pcluster_size`` of input: a smaller aim only makes the extent shorter,
 #: a larger one that fits the whole input costs a second try (measured on /usr/bin).
@@ -244,6 +248,15 @@ class Codec:
         out: bytes = ctx.compress(data)
         return out
 
+    def guess_ratio(self, data: bytes | memoryview) -> float:
+        """A cheap guess at the compressed size over the raw size of ``data`` (0.0:
+        none cheaper than compressing it): for lz4hc, fast lz4's, scaled by
+        :data:`HC_OVER_FAST`."""
+        if self.name is not ErofsCompression.LZ4HC or not len(data):
+            return 0.0
+        fast = lz4.block.compress(data, mode="default", store_size=False)
+        return len(fast) * HC_OVER_FAST / len(data)
+
     def fit(self, data: bytes | memoryview, budget: int) -> tuple[bytes, int]:
         """As much of ``data`` as compresses into ``budget`` bytes: the compressed bytes
         and how many bytes of ``data`` they hold. Thread-safe (state per thread).
@@ -314,10 +327,17 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
     view = memoryview(data)
     pos, n = 0, len(data)
     ratio = 0.0  # compressed / raw of the last fitted pcluster, 0 when unknown
+    guessed = False  # whether ``ratio`` is a guess that failed: compress whole then
     while pos < n:
         window = view[pos:pos + step]
         whole = None  # the window compressed whole, when it was
+        if not ratio and not guessed and pos + step < n and codec.fixed_output:
+            ratio = codec.guess_ratio(window)
+            guessed = bool(ratio)
+        elif guessed:
+            ratio, guessed = 0.0, False
         if pos + step >= n or not codec.fixed_output or not ratio:
+            guessed = False
             whole = codec.compress(window)
             if pos + step >= n:
                 pieces.append((len(window), whole))
@@ -348,6 +368,7 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
         pieces.append((used, packed))
         pos += used
         ratio = len(packed) / used
+        guessed = False
     return pieces
 
 
