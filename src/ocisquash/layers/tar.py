@@ -364,10 +364,11 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
     long_link: bytes | None = None
     index = 0
     metas: dict[tuple[int, int, int, int], EntryMeta] = {}
+    #: the mode, uid, gid and mtime fields of plain headers -> the metadata they make
+    owners: dict[tuple[bytes, bytes, bytes, bytes], EntryMeta] = {}
     # The plain members' fast path (below) reads these once.
     max_path = min(limits.max_path_length, 100)
     max_size = limits.max_file_size
-    meta_key_limit = _METAS_KEPT
     new_entry = tuple.__new__
     while True:
         header_at = buf.offset
@@ -388,13 +389,9 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
             return  # end of archive; the caller drains the rest
         (f_name, f_mode, f_uid, f_gid, f_size, f_mtime, f_chksum, typeflag, f_link, magic,
          f_devmajor, f_devminor, f_prefix) = _HEADER.unpack(block)
-        try:  # most headers: every number plain octal, parsed at once (see _num)
+        try:  # most headers: both numbers plain octal, parsed at once (see _num)
             chksum = int(f_chksum.rstrip(b"\0 "), 8)
             size = int(f_size.rstrip(b"\0 "), 8)
-            mode = int(f_mode.rstrip(b"\0 "), 8)
-            uid = int(f_uid.rstrip(b"\0 "), 8)
-            gid = int(f_gid.rstrip(b"\0 "), 8)
-            mtime = int(f_mtime.rstrip(b"\0 "), 8)
             plain = True
         except ValueError:  # the rest are parsed, with their errors, where they are used
             chksum = _num(f_chksum, "checksum", context)
@@ -452,23 +449,24 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
             # Most members: a file or directory whose ustar or GNU header says all, with
             # no extended header before it. make_entry's steps written out for them (a
             # call is a tenth of the parse's time per member); anything unusual about
-            # the name, times, ids or size takes the general path below.
+            # the name, times, ids or size takes the general path below. Owner, mode and
+            # time repeat: their fields' bytes find the metadata they make.
+            fields_at = (f_mode, f_uid, f_gid, f_mtime)
+            meta = owners.get(fields_at)
+            if meta is None:
+                meta = _plain_meta(f_mode, f_uid, f_gid, f_mtime, metas)
+                if meta is not None:
+                    if len(owners) >= _METAS_KEPT:
+                        owners.clear()
+                    owners[fields_at] = meta
             name = f_name.partition(b"\0")[0]
             path = name[2:] if name[:2] == b"./" else name
             if path[-1:] == b"/":
                 path = path[:-1]
-            if (path and len(name) <= max_path and path[0] not in b"/." and path[-1:] != b"/"
-                    and path.find(b"//") < 0 and path.find(b"/.") < 0
-                    and 0 <= mtime <= MAX_MTIME and 0 <= uid < 1 << 32 and 0 <= gid < 1 << 32
+            if (meta is not None and path and len(name) <= max_path and path[0] not in b"/."
+                    and path[-1:] != b"/" and path.find(b"//") < 0 and path.find(b"/.") < 0
                     and size <= max_size):
                 # (a ustar name of at most 100 bytes is never longer than MAX_NAME)
-                mode &= PERMISSION_MASK
-                owner = (mode, uid, gid, mtime)
-                meta = metas.get(owner)
-                if meta is None:
-                    if len(metas) >= meta_key_limit:
-                        metas.clear()
-                    meta = metas[owner] = EntryMeta(mode, uid, gid, mtime)
                 if typeflag == b"5":
                     plain_entry = new_entry(TarEntry, (path, "dir", meta, 0, b"", 0, 0, index))
                     index += 1
@@ -507,11 +505,10 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
             elif magic == b"ustar " and f_prefix[0] and typeflag != b"S":
                 name = _go_gnu_prefix(block, name)
         linkname = long_link if long_link is not None else f_link.partition(b"\0")[0]
-        if not plain:
-            mode = _num(f_mode, "mode", context)
-            uid = _num(f_uid, "uid", context)
-            gid = _num(f_gid, "gid", context)
-            mtime = _num(f_mtime, "mtime", context)
+        mode = _num(f_mode, "mode", context)
+        uid = _num(f_uid, "uid", context)
+        gid = _num(f_gid, "gid", context)
+        mtime = _num(f_mtime, "mtime", context)
         devmajor = devminor = 0
         if typeflag in (b"3", b"4"):
             devmajor = _num(f_devmajor, "devmajor", context)
@@ -625,6 +622,30 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
                 yield entry, None
             if buf.skip(padded) != padded:
                 raise LayerError("tar stream truncated inside an entry", context=context)
+
+
+def _plain_meta(f_mode: bytes, f_uid: bytes, f_gid: bytes, f_mtime: bytes,
+                metas: dict[tuple[int, int, int, int], EntryMeta]) -> EntryMeta | None:
+    """The metadata ``make_entry`` makes of these header fields when they are plain octal
+    and nothing needs clamping (one object per value, kept in ``metas``, which
+    ``make_entry`` shares); None otherwise: the general path then parses them, with
+    their errors, clamps and notes."""
+    try:
+        mode = int(f_mode.rstrip(b"\0 "), 8) & PERMISSION_MASK
+        uid = int(f_uid.rstrip(b"\0 "), 8)
+        gid = int(f_gid.rstrip(b"\0 "), 8)
+        mtime = int(f_mtime.rstrip(b"\0 "), 8)
+    except ValueError:
+        return None
+    if not (0 <= mtime <= MAX_MTIME and 0 <= uid < 1 << 32 and 0 <= gid < 1 << 32):
+        return None
+    key = (mode, uid, gid, mtime)
+    meta = metas.get(key)
+    if meta is None:
+        if len(metas) >= _METAS_KEPT:
+            metas.clear()
+        meta = metas[key] = EntryMeta(mode, uid, gid, mtime)
+    return meta
 
 
 def _go_gnu_prefix(block: bytes, name: bytes) -> bytes:
