@@ -106,7 +106,7 @@ def main() -> None:
                 t = statistics.median(times[tool])
                 c = statistics.median(cpus[tool])
                 rows.append(f"| {src} | {tool} | {sizes[tool] / 1e6:.2f} | "
-                            f"{sizes[tool] / ref_size:.2f} | {t:.2f} | {t / ref_time:.2f} | "
+                            f"{sizes[tool] / ref_size:.3f} | {t:.2f} | {t / ref_time:.2f} | "
                             f"{c:.2f} | {c / ref_cpu:.2f} | {rss[tool]:.0f} |")
     head = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
