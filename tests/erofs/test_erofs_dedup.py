@@ -24,6 +24,9 @@ _NOISE = _RNG.randbytes(400_000)
 FILES = [
     ("a", _TEXT[:300_000]),
     ("noise", _NOISE[:50_000]),            # stored flat, tail inline
+    # Sizes of their own, 360 KB of fragments: with fragments, "big" writes the packed
+    # inode's first segment before "a" is read back from it.
+    *((f"filler-{i}", _TEXT[i:120_001 + 2 * i]) for i in range(3)),
     ("big", _TEXT + _NOISE),               # streamed while read (small in-flight bound)
     ("small", b"tiny"),
     ("b", _TEXT[1:300_001]),               # a's size, other bytes: a is read back
@@ -59,6 +62,10 @@ def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
     # Segments of 256 KiB: big files span several, each with its own padded end.
     monkeypatch.setattr(compress, "SEGMENT_BYTES", 256 << 10)
+    # The packed inode in 256 KiB segments too: fragments are read back from
+    # pclusters already written as well as from the bytes still queued.
+    monkeypatch.setattr(compress, "PACKED_PCLUSTER_BYTES", 128 << 10)
+    monkeypatch.setattr(compress, "PACKED_SEGMENT_PCLUSTERS", 1)
 
 
 @pytest.mark.parametrize("case", CASES)

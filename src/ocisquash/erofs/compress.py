@@ -101,6 +101,8 @@ SEGMENT_BYTES = 2 << 20
 #: 1 MiB, mksquashfs 14.81 MB), for a read of up to 1 MiB decompressed (kept in the
 #: page cache for the files beside it).
 PACKED_PCLUSTER_BYTES = 1 << 20
+#: The packed inode's segments hold this many of its pclusters (at least a segment).
+PACKED_SEGMENT_PCLUSTERS = 4
 #: lz4hc's output over fast lz4's, roughly, for a first guess at a segment's ratio
 #: (fast lz4 costs a tenth of lz4hc's level 9): a low guess only makes the first
 #: pcluster shorter, a high one costs a second try.
@@ -475,7 +477,8 @@ class CompressedData:
         self._segment = max(pcluster_size, SEGMENT_BYTES // pcluster_size * pcluster_size)
         #: the packed inode's pcluster and segment sizes (see PACKED_PCLUSTER_BYTES)
         self._packed_step = largest_pcluster(pcluster_size, fragments)
-        self._packed_segment = max(self._segment, 4 * self._packed_step)
+        self._packed_segment = max(self._segment,
+                                   PACKED_SEGMENT_PCLUSTERS * self._packed_step)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
         self._limit = IN_FLIGHT_BYTES * workers
         self._queue: deque[_File] = deque()
