@@ -170,6 +170,12 @@ def _writer_options_key(options: WriterOptions | ErofsOptions | None,
 
         d = {"format": "erofs", **asdict(ErofsOptions() if options is None else options)}
         d["uuid"] = d["uuid"].hex()
+        if d["compression"].value in ("lz4", "lz4hc"):
+            from .erofs.compress import destsize
+
+            # Without liblz4's fixed-output calls the extents are cut otherwise (see
+            # erofs/compress.py): other bytes, so another key.
+            d["lz4_extents"] = "fitted" if destsize() is not None else "fixed-input"
     else:
         d = asdict(default_writer_options() if options is None else options)
         if d["compression"].value == "gzip" and d["gzip_window"] != 15:

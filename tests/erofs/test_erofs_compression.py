@@ -237,10 +237,15 @@ def test_fitted_pclusters_fill_their_blocks(tmp_path: Path,
     """Fitted pclusters take fewer blocks than fixed-input ones, which pad each; with
     no liblz4 fixed-output call (``destsize`` finds none) the extents are fixed-input
     and the kernel reads those as well."""
+    from ocisquash.compile import _writer_options_key
+
     fitted, fixed = tmp_path / "fitted.erofs", tmp_path / "fixed.erofs"
     write_erofs(fitted, _write_boundaries, compression=LZ4HC, workers=2)
+    fitted_key = _writer_options_key(ErofsOptions(compression=LZ4HC), "erofs")
     monkeypatch.setattr(compress, "destsize", lambda: None)
     write_erofs(fixed, _write_boundaries, compression=LZ4HC, workers=2)
+    # Other bytes, so another cache (and published options) key.
+    assert _writer_options_key(ErofsOptions(compression=LZ4HC), "erofs") != fitted_key
     # Over 5 MB of prose and zeros: more than 40 pclusters at 128 KiB, each padded by
     # half a block on average.
     assert fitted.stat().st_size + 10 * 4096 < fixed.stat().st_size
