@@ -113,7 +113,7 @@ _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
 _SPOOL = 256 << 10
 
 #: Entries of a layer whose records the check before a replay keeps for its first pass.
-_KEPT = 1 << 16
+_KEPT = 1 << 14
 
 #: Decoded blocks kept for the tails of replayed files: a layer's small files were
 #: packed in order, so consecutive files mostly share one.
