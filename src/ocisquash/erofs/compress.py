@@ -103,19 +103,19 @@ SEGMENT_BYTES = 2 << 20
 PACKED_PCLUSTER_BYTES = 1 << 20
 #: The packed inode's segments hold this many of its pclusters (at least a segment).
 PACKED_SEGMENT_PCLUSTERS = 4
-#: lz4hc's output over fast lz4's, roughly, until a segment's first fitted pcluster
-#: says better: each lz4hc pcluster aims at fast lz4's size of its window (fast lz4
-#: costs a twentieth of lz4hc's level 9) times the last pcluster's lz4hc over fast
-#: lz4. A low guess only makes the pcluster shorter, a high one costs a second try.
+#: lz4hc's output over fast lz4's, roughly, as a segment starts: each lz4hc pcluster
+#: aims at fast lz4's size of its window (fast lz4 costs a twentieth of lz4hc's level
+#: 9) times this scale, which then moves halfway to what each fitted pcluster made of
+#: its guess (halfway: one odd pcluster moves the next aim less). A low aim only makes
+#: the pcluster shorter, a high one costs a second try.
 HC_OVER_FAST = 0.85
 #: A fitted pcluster aims at this share of the blocks the previous one's ratio predicts
 #: for a whole ``pcluster_size`` of input: a smaller aim only makes the extent shorter,
 #: a larger one that fits the whole input costs a second try (measured on /usr/bin).
 FIT_MARGIN = 0.95
 #: The same for an aim guessed from fast lz4 on the window itself, which is closer:
-#: on /usr/bin, 11 % less lz4hc work than the previous pcluster's ratio at 0.95 and
-#: 0.2 % smaller (longer pclusters); 0.99 is smaller still but retries more.
-GUESS_MARGIN = 0.97
+#: fewer second tries at no loss of size (bench/RESULTS-erofs.md, "CPU").
+GUESS_MARGIN = 0.95
 
 #: "enum z_erofs_lcluster_type"
 LCLUSTER_PLAIN = 0
@@ -378,7 +378,7 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
         pos += used
         ratio = len(packed) / used
         if guess:
-            scale = ratio / guess
+            scale = (scale + ratio / guess) / 2
     return pieces
 
 
