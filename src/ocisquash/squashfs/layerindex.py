@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar, cast
 from ..entry import EntryMeta
 from ..errors import SquashfsError
 from ..layers import Fidelity, Limits, TarEntry
-from .blocks import Stored, unpack_short
+from .blocks import _SHORT_BITS, _SHORT_MASK, Stored, unpack_short
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 
 if TYPE_CHECKING:
@@ -101,6 +101,9 @@ _RUN = struct.Struct("<Q")
 _TAIL = struct.Struct("<32sII")
 #: a tail that follows the previous record's in the same block: its CRC-32
 _CHECK = struct.Struct("<I")
+#: a data record without block items and its tail, as most files' are
+_DATA_NEXT = struct.Struct("<IIBI")
+_DATA_AT = struct.Struct("<IIB32sII")
 #: Kinds of tails in a data record. Tails are packed in file order, so most follow the
 #: previous file's: they are given by their CRC-32 alone (a third of the index's size
 #: for small files). A tail's length is its file's size modulo the block size.
@@ -109,8 +112,11 @@ _NO_TAIL, _NEXT_TAIL, _TAIL_AT = 0, 1, 2
 _KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
 
-#: Entry records are compressed in pieces of this many bytes as a layer is applied.
+#: Data records are compressed in pieces of this many bytes.
 _SPOOL = 256 << 10
+
+#: Entries of a layer packed and compressed at once as the layer is applied.
+_BATCH = 4096
 
 #: Entries of a layer whose records the check before a replay keeps for its first pass.
 _KEPT = 1 << 14
@@ -151,22 +157,28 @@ def _header_for(layer: Layer, settings: str, limits: Limits) -> dict[str, object
 
 
 class _NoteRecorder(Fidelity):
-    """Passes notes on to the compile's record and keeps them for the index."""
+    """Passes notes on to the compile's record and keeps them for the index, under the
+    number of the entry they come before (a reader notes an entry before yielding it)."""
 
-    def __init__(self, target: Fidelity) -> None:
+    def __init__(self, target: Fidelity, record: _LayerRecord | None) -> None:
         super().__init__()
         self._target = target
-        self.pending: list[tuple[str, bytes]] = []
+        #: the layer's record (None: not recorded, or the first pass is over)
+        self.record = record
 
     def note(self, kind: str, path: bytes) -> None:
         self._target.note(kind, path)
-        self.pending.append((kind, path))
+        record = self.record
+        if record is not None:
+            record.notes.append((record.flushed + len(record.batch), kind, path))
 
 
 class _LayerRecord:
-    """What one layer's index will hold, gathered while the layer is applied: entry
-    records go through a zstd stream as they come (memory stays small whatever the
-    entry count), the written files' data records wait for the end of the image."""
+    """What one layer's index will hold, gathered while the layer is applied: entries
+    are kept in batches of :data:`_BATCH`, each packed and put through a zstd stream in
+    one go (memory stays small whatever the entry count, and the main thread's cost per
+    entry is a list append and a share of one loop), the written files' data records
+    wait for the end of the image."""
 
     def __init__(self, header: dict[str, object]) -> None:
         import zstandard
@@ -174,9 +186,9 @@ class _LayerRecord:
         self.header = header
         self._z = zstandard.ZstdCompressor(level=3).compressobj()
         self._chunks: list[bytes] = []
-        #: entry records not compressed yet (compressed in pieces: a call per entry cost more)
-        self._pending = bytearray()
-        self.count = 0
+        #: entries not packed yet, and how many were before them
+        self.batch: list[TarEntry] = []
+        self.flushed = 0
         self.notes: list[tuple[int, str, bytes]] = []
         #: member positions of the files written, their tails' CRC-32, and their data
         #: (short ones as ints)
@@ -185,34 +197,35 @@ class _LayerRecord:
         self.short = array("Q")
         self.long: dict[int, Stored] = {}
 
-    def entry(self, e: TarEntry, notes: list[tuple[str, bytes]]) -> None:
-        for kind, path in notes:
-            self.notes.append((self.count, kind, path))
-        notes.clear()
-        self.count += 1
-        m = e.meta
-        parts = [_ENTRY.pack(_KIND_CODE[e.kind], m.mode, m.uid, m.gid, m.mtime, e.size,
-                             e.position, e.devmajor, e.devminor, len(e.path), len(e.linkname),
-                             len(m.xattrs)), e.path, e.linkname]
-        for name, value in m.xattrs:
-            parts.append(_XATTR.pack(len(name), len(value)))
-            parts.append(name)
-            parts.append(value)
-        pending = self._pending
-        pending += b"".join(parts)
-        if len(pending) >= _SPOOL:
-            self._spool()
+    @property
+    def count(self) -> int:
+        return self.flushed + len(self.batch)
 
-    def _spool(self) -> None:
-        chunk = self._z.compress(bytes(self._pending))
-        self._pending.clear()
+    def flush(self) -> None:
+        """Pack the batch's entry records into the zstd stream."""
+        batch = self.batch
+        if not batch:
+            return
+        parts: list[bytes] = []
+        add = parts.append
+        pack = _ENTRY.pack
+        codes = _KIND_CODE
+        for path, kind, m, size, link, major, minor, position in batch:
+            xattrs = m.xattrs
+            add(pack(codes[kind], m.mode, m.uid, m.gid, m.mtime, size, position, major,
+                     minor, len(path), len(link), len(xattrs)))
+            add(path)
+            if link:
+                add(link)
+            for name, value in xattrs:
+                add(_XATTR.pack(len(name), len(value)))
+                add(name)
+                add(value)
+        self.flushed += len(batch)
+        batch.clear()
+        chunk = self._z.compress(b"".join(parts))
         if chunk:
             self._chunks.append(chunk)
-
-    def trailing(self, notes: list[tuple[str, bytes]]) -> None:
-        for kind, path in notes:
-            self.notes.append((self.count, kind, path))
-        notes.clear()
 
     def written(self, position: int, stored: Stored, check: int) -> None:
         self.checks.append(check)
@@ -227,39 +240,68 @@ class _LayerRecord:
     def pack(self, locate: _Locator) -> bytes:
         import zstandard
 
-        self._spool()
+        self.flush()
         entries = b"".join(self._chunks) + self._z.flush()
         self._chunks.clear()
         z = zstandard.ZstdCompressor(level=3).compressobj()
         data: list[bytes] = []
+        parts: list[bytes] = []
+        size = 0
         # By member position (a second pass writes files after the first pass's), so
         # that a replay reads them alongside the entries.
         positions = self.positions
         order: Iterable[int] = range(len(positions))
         if any(a > b for a, b in itertools.pairwise(positions)):
             order = sorted(order, key=positions.__getitem__)
+        long, short, checks = self.long, self.short, self.checks
+        fragment_digest = locate.fragment_digest
+        next_tail, tail_at = _DATA_NEXT.pack, _DATA_AT.pack
         last = 0
-        follow: tuple[bytes, int] | None = None  # the block and offset a next tail takes
+        # the block and offset a next tail takes
+        follow: bytes = b""
+        follow_at = -1
         for i in order:
-            stored = self.long[i] if i in self.long else self.short[i]
-            count, items, tail = locate(stored)
-            if not 0 <= positions[i] - last < 1 << 32:
+            position = positions[i]
+            step = position - last
+            if not 0 <= step < 1 << 32:
                 raise BadLayerIndex("a member position does not fit a data record")
-            if tail is None:
-                head = _DATA.pack(positions[i] - last, count, _NO_TAIL)
-                end = b""
-            elif follow == tail[:2]:
-                head = _DATA.pack(positions[i] - last, count, _NEXT_TAIL)
-                end = _CHECK.pack(self.checks[i])
+            last = position
+            stored = long.get(i)
+            if stored is None:
+                # A file in a fragment, as pack_short made it (most files are): written
+                # out, as the main thread packs one per file.
+                stored = short[i]
+                length = stored & _SHORT_MASK
+                fragment = stored >> 2 * _SHORT_BITS
+                offset = stored >> _SHORT_BITS & _SHORT_MASK
+                if length == 0 or fragment == INVALID_INDEX:
+                    record = _DATA.pack(step, 0, _NO_TAIL)
+                else:
+                    digest = fragment_digest(fragment)
+                    if offset == follow_at and digest == follow:
+                        record = next_tail(step, 0, _NEXT_TAIL, checks[i])
+                    else:
+                        record = tail_at(step, 0, _TAIL_AT, digest, offset, checks[i])
+                    follow, follow_at = digest, offset + length
             else:
-                head = _DATA.pack(positions[i] - last, count, _TAIL_AT)
-                end = _TAIL.pack(tail[0], tail[1], self.checks[i])
-            if tail is not None:
-                follow = (tail[0], tail[1] + tail[2])
-            last = positions[i]
-            chunk = z.compress(head + items + end)
-            if chunk:
-                data.append(chunk)
+                count, items, tail = locate(stored)
+                if tail is None:
+                    record = _DATA.pack(step, count, _NO_TAIL) + items
+                elif follow_at == tail[1] and follow == tail[0]:
+                    record = _DATA.pack(step, count, _NEXT_TAIL) + items + _CHECK.pack(
+                        checks[i])
+                else:
+                    record = _DATA.pack(step, count, _TAIL_AT) + items + _TAIL.pack(
+                        tail[0], tail[1], checks[i])
+                if tail is not None:
+                    follow, follow_at = tail[0], tail[1] + tail[2]
+            parts.append(record)
+            size += len(record)
+            if size >= _SPOOL:
+                data.append(z.compress(b"".join(parts)))
+                parts.clear()
+                size = 0
+        data.append(z.compress(b"".join(parts)))
         data.append(z.flush())
         header = dict(self.header, entries=self.count, files=len(self.positions),
                       block_size=locate.block_size,
@@ -280,6 +322,10 @@ class _Locator:
         self._fragments = [FRAGMENT_ENTRY.unpack(e)[0] for e in fragment_table]
         self.block_size = block_size
         self._use_fragments = fragments
+
+    def fragment_digest(self, fragment: int) -> bytes:
+        """The digest of fragment block ``fragment``."""
+        return self._digest(self._fragments[fragment])
 
     def _digest(self, position: int) -> bytes:
         digest = self._at.get(position)
@@ -336,7 +382,8 @@ class Recorder:
         self._settings = settings
         self._limits = limits
         self._layers: dict[str, _LayerRecord] = {}
-        self._current: _LayerRecord | None = None
+        #: the layer being applied (None: not recorded)
+        self.current: _LayerRecord | None = None
         self._notes: _NoteRecorder | None = None
 
     def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
@@ -344,29 +391,22 @@ class Recorder:
         digest = str(layer.descriptor.digest)
         # A layer a manifest lists twice is recorded where it is applied first (above).
         if digest in self._layers:
-            self._current = None
+            self.current = None
         else:
-            self._current = self._layers[digest] = _LayerRecord(
+            self.current = self._layers[digest] = _LayerRecord(
                 _header_for(layer, self._settings, self._limits))
-        self._notes = _NoteRecorder(fidelity)
+        self._notes = _NoteRecorder(fidelity, self.current)
         return self._notes
 
-    def entry(self, e: TarEntry) -> None:
-        if self._current is not None and self._notes is not None:
-            self._current.entry(e, self._notes.pending)
-
-    def written(self, position: int, stored: Stored, check: int) -> None:
-        if self._current is not None:
-            self._current.written(position, stored, check)
-
     def end(self) -> None:
-        if self._current is not None and self._notes is not None:
-            self._current.trailing(self._notes.pending)
+        """The layer's first pass is over (a second pass's notes are not recorded)."""
+        if self._notes is not None:
+            self._notes.record = None
         self._notes = None
 
     def stop(self) -> None:
-        """The layer's passes are over (notes of a second pass are not recorded)."""
-        self._current = None
+        """The layer's passes are over."""
+        self.current = None
 
     def finish(self, directory: Path, reuse: BlockReuse, fragment_table: list[bytes],
                block_size: int, fragments: bool,
@@ -857,12 +897,30 @@ class Indexes:
         return self.recorder.start(layer, fidelity)
 
     def entry(self, entry: TarEntry) -> None:
-        self.recorder.entry(entry)
+        """``entry`` of the layer's first pass comes next (one call per entry: kept
+        short)."""
+        record = self.recorder.current
+        if record is not None:
+            batch = record.batch
+            batch.append(entry)
+            if len(batch) >= _BATCH:
+                record.flush()
 
     def written(self, position: int) -> None:
-        writer = self.writer
-        assert writer is not None and writer.last_stored is not None
-        self.recorder.written(position, writer.last_stored, writer.last_tail_check)
+        """The file at member ``position`` went where the writer's ``last_stored`` says."""
+        record = self.recorder.current
+        if record is not None:
+            writer = self.writer
+            assert writer is not None and writer.last_stored is not None
+            stored = writer.last_stored
+            # _LayerRecord.written, written out for the most common file (one call less
+            # per file).
+            if type(stored) is int and stored < 1 << 64:
+                record.checks.append(writer.last_tail_check)
+                record.positions.append(position)
+                record.short.append(stored)
+            else:
+                record.written(position, stored, writer.last_tail_check)
 
     def end(self) -> None:
         self.recorder.end()
