@@ -59,9 +59,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import logging
+import operator
 import os
 import struct
 import zlib
@@ -251,7 +251,7 @@ class _LayerRecord:
         # that a replay reads them alongside the entries.
         positions = self.positions
         order: Iterable[int] = range(len(positions))
-        if any(a > b for a, b in itertools.pairwise(positions)):
+        if any(map(operator.gt, positions, positions[1:])):
             order = sorted(order, key=positions.__getitem__)
         long, short, checks = self.long, self.short, self.checks
         fragment_digest = locate.fragment_digest
@@ -260,6 +260,8 @@ class _LayerRecord:
         # the block and offset a next tail takes
         follow: bytes = b""
         follow_at = -1
+        # the fragment block the last short file was in, and its digest
+        fragment_at, digest = -1, b""
         for i in order:
             position = positions[i]
             step = position - last
@@ -277,7 +279,8 @@ class _LayerRecord:
                 if length == 0 or fragment == INVALID_INDEX:
                     record = _DATA.pack(step, 0, _NO_TAIL)
                 else:
-                    digest = fragment_digest(fragment)
+                    if fragment != fragment_at:
+                        fragment_at, digest = fragment, fragment_digest(fragment)
                     if offset == follow_at and digest == follow:
                         record = next_tail(step, 0, _NEXT_TAIL, checks[i])
                     else:
