@@ -967,6 +967,7 @@ def report(workdir: Path, sha: str, out: Path) -> None:
     lines += ["", "## Targets of issue 5", ""] + [f"- {v}" for v in verdicts]
     lines += erofs_section(all_results)
     lines += recompile_section(saved, all_results)
+    lines += bounds_section()
     lines += sweep_section(workdir)
     out.write_text("\n".join(lines) + "\n")
     log(f"wrote {out}")
@@ -1067,6 +1068,17 @@ def recompile_section(saved: list[tuple[str, dict[str, typing.Any]]],
         "|---|---|---:|---:|---:|---:|---:|---|---|",
         *rows,
     ]
+
+
+def bounds_section() -> list[str]:
+    """README.md's "What bounds each image", so that the results carry it (the text is
+    kept in one place, the README, and updated there with the figures)."""
+    text = (HERE / "README.md").read_text()
+    start = text.find("\n## What bounds each image\n")
+    if start < 0:
+        return []
+    end = text.find("\n## ", start + 1)
+    return ["", *text[start + 1:end if end > 0 else None].strip().splitlines()]
 
 
 def stolen_text(ms: list[Measure]) -> str:
