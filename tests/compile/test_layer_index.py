@@ -414,3 +414,23 @@ def test_verify_finds_a_misplaced_tail(tmp_path: Path) -> None:
     _misplace_a_tail(bottom)
     problems = cache.verify()
     assert len(problems) == 1 and "does not match its CRC-32" in problems[0], problems
+
+
+def test_a_layer_of_tiny_files_is_not_indexed_past_its_budget(tmp_path: Path) -> None:
+    """An index may take 2 % of its layer's blob (at least 64 KiB): 12,000 files of a
+    few bytes each need more, so that layer is not indexed and a recompile decodes it,
+    still writing the bytes of a cold compile."""
+    base = _base()
+    tiny = [Entry("var", "dir", mode=0o755)]
+    tiny += [Entry(f"var/t{i // 1000}/f{i}", data=b"%d\n" % i) for i in range(12_000)]
+    tiny += [Entry(f"var/t{d}", "dir", mode=0o755) for d in range(12)]
+    top = _top_changed(base)[2]
+    v1, v2 = [base[0], tiny, base[2]], [base[0], tiny, top]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 1  # the bottom layer; the tiny one was decoded
+    tiny_digest = write_oci_layout(tmp_path / "again", v1).layer_digests[1]
+    entries = ImageCache(tmp_path / "cache").entries()
+    assert len(entries) == 2  # v1 and v2
+    for entry in entries:
+        names = [p.name for p in entry.path.glob(LAYER_INDEX_GLOB)]
+        assert len(names) == 2 and not any(tiny_digest.split(":")[1] in n for n in names)

@@ -118,6 +118,18 @@ _SPOOL = 256 << 10
 #: Entries of a layer packed and compressed at once as the layer is applied.
 _BATCH = 4096
 
+#: An index may take this share of its layer's blob (issue 24: "the indexes cost at most
+#: 2% of the layers' size"), and at least :data:`_MIN_BUDGET` bytes (a small layer's
+#: header alone is more). A layer whose index grows past it while it is recorded (tiny
+#: files: about 10 bytes each after compression, see bench/RESULTS-recompile.md) is not
+#: indexed, and a recompile decodes it; its records are dropped at once, which also bounds
+#: what recording holds in memory.
+_BUDGET_SHARE = 50
+_MIN_BUDGET = 64 << 10
+#: What a written file's data record costs in the index, roughly (for the budget
+#: check while the layer is applied; the packed index is checked exactly).
+_DATA_RECORD = 10
+
 #: Entries of a layer whose records the check before a replay keeps for its first pass.
 _KEPT = 1 << 14
 
@@ -180,10 +192,13 @@ class _LayerRecord:
     entry is a list append and a share of one loop), the written files' data records
     wait for the end of the image."""
 
-    def __init__(self, header: dict[str, object]) -> None:
+    def __init__(self, header: dict[str, object], budget: int) -> None:
         import zstandard
 
         self.header = header
+        #: the most bytes this layer's index may take
+        self.budget = budget
+        self._packed = 0
         self._z = zstandard.ZstdCompressor(level=3).compressobj()
         self._chunks: list[bytes] = []
         #: entries not packed yet, and how many were before them
@@ -201,11 +216,12 @@ class _LayerRecord:
     def count(self) -> int:
         return self.flushed + len(self.batch)
 
-    def flush(self) -> None:
-        """Pack the batch's entry records into the zstd stream."""
+    def flush(self) -> bool:
+        """Pack the batch's entry records into the zstd stream; False once the index
+        has outgrown its budget."""
         batch = self.batch
         if not batch:
-            return
+            return True
         parts: list[bytes] = []
         add = parts.append
         pack = _ENTRY.pack
@@ -226,6 +242,8 @@ class _LayerRecord:
         chunk = self._z.compress(b"".join(parts))
         if chunk:
             self._chunks.append(chunk)
+            self._packed += len(chunk)
+        return self._packed + _DATA_RECORD * len(self.positions) <= self.budget
 
     def written(self, position: int, stored: Stored, check: int) -> None:
         self.checks.append(check)
@@ -384,7 +402,8 @@ class Recorder:
     def __init__(self, settings: str, limits: Limits) -> None:
         self._settings = settings
         self._limits = limits
-        self._layers: dict[str, _LayerRecord] = {}
+        #: by layer digest (None: over its budget, not indexed)
+        self._layers: dict[str, _LayerRecord | None] = {}
         #: the layer being applied (None: not recorded)
         self.current: _LayerRecord | None = None
         self._notes: _NoteRecorder | None = None
@@ -397,9 +416,19 @@ class Recorder:
             self.current = None
         else:
             self.current = self._layers[digest] = _LayerRecord(
-                _header_for(layer, self._settings, self._limits))
+                _header_for(layer, self._settings, self._limits),
+                max(layer.descriptor.size // _BUDGET_SHARE, _MIN_BUDGET))
         self._notes = _NoteRecorder(fidelity, self.current)
         return self._notes
+
+    def drop(self) -> None:
+        """The layer being applied is not indexed after all (over its budget)."""
+        for digest, record in self._layers.items():
+            if record is self.current:
+                self._layers[digest] = None
+        self.current = None
+        if self._notes is not None:
+            self._notes.record = None
 
     def end(self) -> None:
         """The layer's first pass is over (a second pass's notes are not recorded)."""
@@ -418,12 +447,18 @@ class Recorder:
         locate = _Locator(reuse.records, fragment_table, block_size, fragments)
         total = 0
         for digest, record in self._layers.items():
+            if record is None:
+                continue
             try:
                 blob = record.pack(locate)
             except BadLayerIndex as e:
                 # Not expected: the image is whole, only this layer's index is left out
                 # (a later compile decodes the layer).
                 log.warning("no layer index for %s: %s", digest, e)
+                continue
+            if len(blob) > record.budget:
+                log.debug("no layer index for %s: %d bytes, over its budget of %d",
+                          digest, len(blob), record.budget)
                 continue
             write(directory / index_name(digest), blob)
             total += len(blob)
@@ -906,8 +941,8 @@ class Indexes:
         if record is not None:
             batch = record.batch
             batch.append(entry)
-            if len(batch) >= _BATCH:
-                record.flush()
+            if len(batch) >= _BATCH and not record.flush():
+                self.recorder.drop()
 
     def written(self, position: int) -> None:
         """The file at member ``position`` went where the writer's ``last_stored`` says."""
