@@ -130,8 +130,10 @@ _MIN_BUDGET = 64 << 10
 #: check while the layer is applied; the packed index is checked exactly).
 _DATA_RECORD = 10
 
-#: Entries of a layer whose records the check before a replay keeps for its first pass.
-_KEPT = 1 << 14
+#: Entries of a layer whose records the check before a replay keeps for its first pass
+#: (a larger layer's are decoded again). 32,768 hold devel's 30,000-entry layer: its
+#: recompile took 0.25 s less CPU (about 11 %) for 7 MB more peak memory.
+_KEPT = 1 << 15
 
 #: Decoded blocks kept for the tails of replayed files: a layer's small files were
 #: packed in order, so consecutive files mostly share one.
