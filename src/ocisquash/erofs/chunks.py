@@ -283,7 +283,31 @@ def split(source: BinaryIO | bytes, size: int, bits: int,
     s = Split(size, bits, emit, holes)
     if isinstance(source, bytes):
         s.feed(source)
-        return s
+    else:
+        feed(source, size, s)
+    return s
+
+
+def feed(source: BinaryIO, size: int, s: Split, data_limit: int | None = None) -> int:
+    """Feed ``s`` from ``source`` until ``size`` bytes are read, or, with ``data_limit``,
+    until ``s`` holds more data than that; returns the bytes read. A source that knows its
+    holes skips them (fed as zeros)."""
+    reader = source if isinstance(source, HoleReader) else None
+    done = 0
+    while done < size and (data_limit is None or s.data_len <= data_limit):
+        if reader is not None:
+            zeros = min(reader.zeros_ahead(), size - done)
+            if zeros:
+                reader.skip_zeros(zeros)
+                s.feed_zeros(zeros)
+                done += zeros
+                continue
+        piece = source.read(min(READ, size - done))
+        if not piece:
+            raise ErofsError(f"file data ended after {done} of {size} bytes")
+        s.feed(piece)
+        done += len(piece)
+    return done
     # A source that knows its holes skips them (emitted as zeros when holes are off).
     reader = source if isinstance(source, HoleReader) else None
     done = 0

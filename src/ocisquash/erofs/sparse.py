@@ -38,9 +38,8 @@ import io
 import tempfile
 from typing import BinaryIO
 
-from ..entry import HoleReader
 from ..errors import ErofsError
-from .chunks import READ, Split, chunk_bits
+from .chunks import Split, chunk_bits, feed
 from .compress import CompressedData
 from .data import CHUNK, SPOOL_MEMORY, ChunkedExtent, Extent, Spool
 from .format import BLOCK_SIZE
@@ -143,23 +142,7 @@ class SparseFiles:
         data passes half its size or SPARSE_MAX_DATA) or ends; the bytes fed."""
         if isinstance(source, bytes):
             source = io.BytesIO(source)
-        reader = source if isinstance(source, HoleReader) else None
-        limit = min(size // 2, SPARSE_MAX_DATA)
-        done = 0
-        while done < size and cut.data_len <= limit:
-            if reader is not None:
-                zeros = min(reader.zeros_ahead(), size - done)
-                if zeros:
-                    reader.skip_zeros(zeros)
-                    cut.feed_zeros(zeros)
-                    done += zeros
-                    continue
-            piece = source.read(min(READ, size - done))
-            if not piece:
-                raise ErofsError(f"file data ended after {done} of {size} bytes")
-            cut.feed(piece)
-            done += len(piece)
-        return done
+        return feed(source, size, cut, min(size // 2, SPARSE_MAX_DATA))
 
     def _chunked(self, aside: BinaryIO, cut: Split, bits: int, digest: bytes) -> Extent:
         data = self._compressed
