@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -22,6 +21,7 @@ import zstandard
 from ocisquash.registry.client import MANIFEST_LIMIT
 from ocisquash.rules import Limits
 from ocisquash.sources.oci_layout import MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE
+from squashfs._util import require_tool
 
 from .conftest import Site, cli_source_args
 from .kit import clean_error_line, run_cli, sha256, write_raw_layout
@@ -225,9 +225,9 @@ def test_gzip_bomb_is_bounded_by_the_format_and_streams_in_bounded_memory(
     assert str(size) in listing
 
 
-def test_a_1_tib_sparse_file_costs_nothing_for_its_holes(tmp_path: Path) -> None:
-    """A 10 KB layer declaring a 1 TiB sparse file: its holes become sparse blocks
-    without being read as zeros (they were: 1.1 GB of peak RSS and a minute of CPU)."""
+def _compile_a_1_tib_sparse_layer(tmp_path: Path, out: Path, *flags: str) -> None:
+    """Compile a layer of one PAX sparse file of 1 TiB ("start", holes, "end") to
+    ``out`` in a child process, whose peak RSS must stay under 400 MiB."""
     root = tmp_path / "root"
     root.mkdir()
     with open(root / "big", "wb") as f:
@@ -240,13 +240,19 @@ def test_a_1_tib_sparse_file_costs_nothing_for_its_holes(tmp_path: Path) -> None
     assert len(tar) < 64 << 10
     layout = write_raw_layout(tmp_path / "layout", layers=[tar], diff_ids=[sha256(tar)],
                               layer_media=TAR_MEDIA)
-    out = tmp_path / "out.squashfs"
     proc = subprocess.run([sys.executable, "-c", _REPORT_PEAK_RSS, "compile",
-                           f"oci:{layout}:latest", "-o", str(out), "--cache-dir",
+                           f"oci:{layout}:latest", "-o", str(out), *flags, "--cache-dir",
                            str(tmp_path / "cache"), "--quiet"], stderr=subprocess.PIPE)
     assert proc.returncode == 0, proc.stderr
     peak = int(re.findall(rb"^VmHWM (\d+)$", proc.stderr, re.M)[-1])
     assert peak < 400 * 1024, f"peak RSS {peak} KiB"
+
+
+def test_a_1_tib_sparse_file_costs_nothing_for_its_holes(tmp_path: Path) -> None:
+    """A 10 KB layer declaring a 1 TiB sparse file: its holes become sparse blocks
+    without being read as zeros (they were: 1.1 GB of peak RSS and a minute of CPU)."""
+    out = tmp_path / "out.squashfs"
+    _compile_a_1_tib_sparse_layer(tmp_path, out)
     listing = subprocess.run(["unsquashfs", "-lls", str(out)], capture_output=True, text=True,
                              check=True).stdout
     assert " 1099511627776 " in listing, listing
@@ -256,25 +262,8 @@ def test_a_1_tib_sparse_file_costs_nothing_for_its_holes(tmp_path: Path) -> None
 def test_a_1_tib_sparse_file_stays_sparse_in_the_tar_output(tmp_path: Path) -> None:
     """The same layer compiled with --format tar: a PAX sparse member of a few KiB,
     which GNU tar lists with its real name and size."""
-    root = tmp_path / "root"
-    root.mkdir()
-    with open(root / "big", "wb") as f:
-        f.write(b"start")
-        f.seek(Limits().max_file_size - 3)
-        f.write(b"end")
-    tar = subprocess.run(["tar", "-c", "-f", "-", "--sparse", "--format=pax", "-C", str(root),
-                          "big"], check=True, capture_output=True).stdout
-    (root / "big").unlink()
-    layout = write_raw_layout(tmp_path / "layout", layers=[tar], diff_ids=[sha256(tar)],
-                              layer_media=TAR_MEDIA)
     out = tmp_path / "out.tar"
-    proc = subprocess.run([sys.executable, "-c", _REPORT_PEAK_RSS, "compile",
-                           f"oci:{layout}:latest", "-o", str(out), "--format", "tar",
-                           "--cache-dir", str(tmp_path / "cache"), "--quiet"],
-                          stderr=subprocess.PIPE)
-    assert proc.returncode == 0, proc.stderr
-    peak = int(re.findall(rb"^VmHWM (\d+)$", proc.stderr, re.M)[-1])
-    assert peak < 400 * 1024, f"peak RSS {peak} KiB"
+    _compile_a_1_tib_sparse_layer(tmp_path, out, "--format", "tar")
     assert out.stat().st_size < 64 << 10
     listing = subprocess.run(["tar", "-t", "-v", "-f", str(out)], capture_output=True,
                              text=True, check=True).stdout
@@ -284,30 +273,12 @@ def test_a_1_tib_sparse_file_stays_sparse_in_the_tar_output(tmp_path: Path) -> N
 def test_a_1_tib_sparse_file_is_holes_in_erofs_too(tmp_path: Path) -> None:
     """The same layer compiled to EROFS (lz4hc, the default): the file is chunk-based,
     two 1 MiB chunks and a 4 MiB block map (it was 1 TiB of zeros to compress)."""
-    root = tmp_path / "root"
-    root.mkdir()
-    with open(root / "big", "wb") as f:
-        f.write(b"start")
-        f.seek(Limits().max_file_size - 3)
-        f.write(b"end")
-    tar = subprocess.run(["tar", "-c", "-f", "-", "--sparse", "--format=pax", "-C", str(root),
-                          "big"], check=True, capture_output=True).stdout
-    (root / "big").unlink()
-    layout = write_raw_layout(tmp_path / "layout", layers=[tar], diff_ids=[sha256(tar)],
-                              layer_media=TAR_MEDIA)
     out = tmp_path / "out.erofs"
-    proc = subprocess.run([sys.executable, "-c", _REPORT_PEAK_RSS, "compile",
-                           f"oci:{layout}:latest", "-o", str(out), "--format", "erofs",
-                           "--cache-dir", str(tmp_path / "cache"), "--quiet"],
-                          stderr=subprocess.PIPE)
-    assert proc.returncode == 0, proc.stderr
-    peak = int(re.findall(rb"^VmHWM (\d+)$", proc.stderr, re.M)[-1])
-    assert peak < 400 * 1024, f"peak RSS {peak} KiB"
+    _compile_a_1_tib_sparse_layer(tmp_path, out, "--format", "erofs")
     assert out.stat().st_size < 16 << 20
-    if shutil.which("dump.erofs"):
-        dump = subprocess.run(["dump.erofs", "--path=/big", str(out)], capture_output=True,
-                              text=True, check=True).stdout
-        assert "Size: 1099511627776" in dump and "Layout: 4" in dump, dump
+    dump = subprocess.run([require_tool("dump.erofs"), "--path=/big", str(out)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "Size: 1099511627776" in dump and "Layout: 4" in dump, dump
 
 
 def test_the_readme_documents_every_default() -> None:
