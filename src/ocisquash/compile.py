@@ -406,6 +406,8 @@ def _build_squashfs(
                           reuse.reused, reuse.sources, indexes.replayed)
             return report, summary
         finally:
+            if indexes is not None:
+                indexes.close()
             if reuse is not None:
                 reuse.close()
 

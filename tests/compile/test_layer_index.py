@@ -185,6 +185,35 @@ def test_a_hidden_file_a_link_names_makes_its_layer_decoded(tmp_path: Path) -> N
     assert _replayed(warm) == 1
 
 
+def _many_small_files() -> Layers:
+    """240 small files in one layer, packed into about 40 fragment blocks, a few of them
+    copies of others; the top layer of v2 hides a stretch of them and a few more."""
+    base = _base()
+    files = [Entry("var", "dir", mode=0o755)]
+    files += [Entry(f"var/f{i:03d}", data=_data(1000 + i % 200, 100 + (i * 37) % 1400))
+              for i in range(240)]
+    return [base[0], files, base[2]]
+
+
+@pytest.mark.parametrize("ahead", [(8, 1024), (2, 5), (1, 1)],
+                         ids=["default_lookahead", "short_lookahead", "one_entry_ahead"])
+def test_tails_decoded_ahead_of_the_files_that_use_them_or_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: tuple[int, int]) -> None:
+    """The blocks holding a replay's tails are decoded and the tails checked by another
+    thread ahead of the writer: with hidden files whose blocks are never used, runs of
+    tails longer than the look-ahead (checked by the writer's thread), and copies whose
+    tails are in blocks left behind, the image is still the cold compile's."""
+    from ocisquash.squashfs import layerindex
+
+    monkeypatch.setattr(layerindex, "_AHEAD", ahead[0])
+    monkeypatch.setattr(layerindex, "_LOOKAHEAD", ahead[1])
+    v1 = _many_small_files()
+    hidden = [Entry(f"var/.wh.f{i:03d}") for i in [*range(30, 90), 131, 170, 171, 239]]
+    v2 = [*v1[:2], [*_top_changed(v1)[2], *hidden]]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 2
+
+
 def _damage_layer_indexes(entry: Path) -> None:
     for path in entry.glob(LAYER_INDEX_GLOB):
         os.chmod(path, 0o644)
@@ -351,6 +380,7 @@ def test_a_replay_yields_what_decoding_the_layer_yields(
                     assert isinstance(data, IndexedFile)
                     assert data.read() == want, e.path
     finally:
+        indexes.close()
         reuse.close()
 
 

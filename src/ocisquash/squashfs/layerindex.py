@@ -25,7 +25,10 @@ Otherwise the layer is decoded as usual. Replayed files reach the writer as
 an earlier image, as for any reused block) and takes the tail's bytes from the
 referenced block, decoded from an earlier image, checked against the tail's CRC-32 (so
 a damaged block or a wrong offset is caught; hashing each whole block again for each
-small file in it would cost more). The tails are then packed into fragment blocks exactly as a cold compile packs them, so the
+small file in it would cost more). A thread of the replay's own reads the index ahead of
+the writer and decodes those blocks, checking the tails in them, before the files come
+(the writer checks a tail itself when its block was not decoded that way). The tails
+are then packed into fragment blocks exactly as a cold compile packs them, so the
 image is byte-identical to a cold compile. Small files are thus decompressed again (from
 their fragment blocks) and their fragment blocks compressed again unless the whole
 fragment block recurs: keying tails one by one would need the packing to be known before
@@ -66,10 +69,12 @@ import os
 import struct
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from ..entry import EntryMeta
 from ..errors import SquashfsError
@@ -138,6 +143,14 @@ _KEPT = 1 << 15
 #: Decoded blocks kept for the tails of replayed files: a layer's small files were
 #: packed in order, so consecutive files mostly share one.
 _BLOCK_CACHE = 8
+
+#: Blocks holding the tails of a replay's next files, decoded ahead by a thread of their
+#: own (zstd and zlib let the GIL go while they decode): at most this many runs of
+#: files whose tails share a block are looked at ahead of the flattener. Decoding them
+#: on the main thread was a quarter of a recompile's time there (bench/README.md).
+_AHEAD = 8
+#: ... and at most this many entries.
+_LOOKAHEAD = 1024
 
 
 #: The layer indexes' names in a cache entry, as a glob pattern.
@@ -753,11 +766,7 @@ class IndexedFile:
         CRC-32 the index keeps (the block holding them is found by its digest)."""
         if self.tail is None:
             return b""
-        digest, offset, length, check = self.tail
-        piece = self._source.piece(digest, offset, length)
-        if zlib.crc32(piece) != check:
-            raise ReplayError("a file's tail does not match the CRC-32 its layer index keeps")
-        return piece
+        return self._source.tail(*self.tail)
 
     def _chunks(self) -> Iterator[bytes]:
         bs = self._source.block_size
@@ -788,47 +797,121 @@ class IndexedFile:
         return data[:n]
 
 
+#: A block decoded, and the tails found in it that match their CRC-32 (offset, length,
+#: CRC-32), checked by the thread that decoded it.
+_Decoded = tuple[bytes, frozenset[tuple[int, int, int]]]
+
+
 class _Blocks:
-    """Uncompressed blocks of earlier images by digest."""
+    """Uncompressed blocks of earlier images by digest. A replay has the blocks its next
+    files' tails are in decoded ahead, and those tails checked, by a thread of its own
+    (:meth:`ahead`, :meth:`release`)."""
 
     def __init__(self, reuse: BlockReuse, decompress: Callable[[bytes, int], bytes],
                  block_size: int) -> None:
         self._reuse = reuse
         self._decompress = decompress
         self.block_size = block_size
-        self._cache: dict[bytes, bytes] = {}
+        self._cache: dict[bytes, _Decoded] = {}
+        #: digest -> its decoding ahead, and how many runs of tails ahead need it
+        self._ahead: dict[bytes, list[Future[_Decoded] | int]] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
-    def _decoded(self, digest: bytes) -> bytes:
+    def _decode(self, digest: bytes) -> bytes:
+        """The block with ``digest``, read and decoded (on any thread)."""
+        found = self._reuse.read(digest)
+        if found is None:
+            raise ReplayError("a block a layer index names cannot be read from its image")
+        raw, field = found
+        if field & DATA_UNCOMPRESSED:
+            return raw
+        try:
+            return self._decompress(raw, self.block_size)
+        except Exception as e:  # a codec's own error type
+            raise ReplayError("a block a layer index names does not decode") from e
+
+    def _decode_checking(self, digest: bytes, tails: list[tuple[int, int, int]]) -> _Decoded:
+        block = self._decode(digest)
+        view = memoryview(block)
+        crc32 = zlib.crc32
+        return block, frozenset(t for t in tails if len(view[t[0]:t[0] + t[1]]) == t[1]
+                                and crc32(view[t[0]:t[0] + t[1]]) == t[2])
+
+    def _decoded(self, digest: bytes) -> _Decoded:
         cache = self._cache
-        block = cache.pop(digest, None)
-        if block is None:
-            found = self._reuse.read(digest)
-            if found is None:
-                raise ReplayError("a block a layer index names cannot be read from its image")
-            raw, field = found
-            try:
-                block = raw if field & DATA_UNCOMPRESSED else self._decompress(
-                    raw, self.block_size)
-            except Exception as e:  # a codec's own error type
-                raise ReplayError("a block a layer index names does not decode") from e
+        found = cache.pop(digest, None)
+        if found is None:
+            ahead = self._ahead.get(digest)
+            if ahead is not None:
+                found = cast("Future[_Decoded]", ahead[0]).result()
+            else:
+                found = self._decode(digest), frozenset()
             if len(cache) >= _BLOCK_CACHE:
                 del cache[next(iter(cache))]
-        cache[digest] = block  # the most recently used last
-        return block
+        cache[digest] = found  # the most recently used last
+        return found
+
+    def ahead(self, digest: bytes, tails: list[tuple[int, int, int]]) -> None:
+        """A run of files whose ``tails`` (offset, length, CRC-32) are in the block with
+        ``digest`` comes soon: decode the block and check the tails now in the background
+        (those of a block decoded already are checked as they are used). Each call is
+        undone by a :meth:`release`."""
+        ahead = self._ahead.get(digest)
+        if ahead is not None:
+            ahead[1] = cast(int, ahead[1]) + 1
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocisquash-tails")
+        self._ahead[digest] = [self._pool.submit(self._decode_checking, digest, tails), 1]
+
+    def release(self, digest: bytes) -> None:
+        """The run of tails an :meth:`ahead` call announced is over (its files were
+        written, or passed over): the block is let go once no run ahead needs it."""
+        ahead = self._ahead.get(digest)
+        if ahead is None:  # forgotten
+            return
+        ahead[1] = cast(int, ahead[1]) - 1
+        if not ahead[1]:
+            cast("Future[_Decoded]", ahead[0]).cancel()
+            del self._ahead[digest]
+
+    def forget(self) -> None:
+        """Let every block decoded ahead go (a replay's pass ended)."""
+        for future, _ in self._ahead.values():
+            cast("Future[_Decoded]", future).cancel()
+        self._ahead.clear()
+
+    def close(self) -> None:
+        self.forget()
+        self._cache.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def block(self, digest: bytes) -> bytes:
         """A whole block, checked against its digest."""
-        block = self._decoded(digest)
+        block = self._decoded(digest)[0]
         if hashlib.sha256(block).digest() != digest:
             raise ReplayError("a block a layer index names does not match its digest")
         return block
 
     def piece(self, digest: bytes, offset: int, length: int) -> bytes:
-        """Part of a block (a tail: the caller checks it by its CRC-32, which costs less
-        than hashing the whole block for each file in it)."""
-        piece = self._decoded(digest)[offset:offset + length]
+        """``length`` bytes at ``offset`` in a block (unchecked)."""
+        piece = self._decoded(digest)[0][offset:offset + length]
         if len(piece) != length:
             raise ReplayError("a file's tail lies past the end of its block")
+        return piece
+
+    def tail(self, digest: bytes, offset: int, length: int, check: int) -> bytes:
+        """A file's tail: ``length`` bytes at ``offset`` in a block, checked against their
+        CRC-32 ``check`` (which costs less than hashing the whole block for each file in
+        it, and catches a wrong offset too)."""
+        block, checked = self._decoded(digest)
+        piece = block[offset:offset + length]
+        if len(piece) != length:
+            raise ReplayError("a file's tail lies past the end of its block")
+        if (offset, length, check) not in checked and zlib.crc32(piece) != check:
+            raise ReplayError("a file's tail does not match the CRC-32 its layer index keeps")
         return piece
 
 
@@ -882,7 +965,7 @@ class Replay:
         joined: Iterable[tuple[TarEntry, DataRecord | None]] = self._index.joined()
         if self._kept is not None:
             joined, self._kept = self._kept, None  # the first pass only: let them go
-        for i, (e, record) in enumerate(joined):
+        for i, (e, record) in enumerate(self._ahead(joined)):
             while n < len(notes) and notes[n][0] <= i:
                 if fidelity is not None:
                     fidelity.note(notes[n][1], notes[n][2])
@@ -898,6 +981,55 @@ class Replay:
         if fidelity is not None:
             for _, kind, path in notes[n:]:
                 fidelity.note(kind, path)
+
+    def _ahead(self, joined: Iterable[tuple[TarEntry, DataRecord | None]]
+               ) -> Iterator[tuple[TarEntry, DataRecord | None]]:
+        """``joined``, read up to :data:`_LOOKAHEAD` entries and :data:`_AHEAD` runs of
+        tails ahead of the caller (a run: consecutive tails in one block), so that each
+        run's block is decoded and its tails checked before its files are written."""
+        blocks = self._blocks
+        source = iter(joined)
+        buffer: deque[tuple[TarEntry, DataRecord | None]] = deque()
+        #: each run of tails ahead: its block's digest, its first and last entry's
+        #: numbers, its tails (offset, length, CRC-32), and whether the block was asked
+        #: for (when the run is complete, or about to be used)
+        runs: deque[list[Any]] = deque()
+        read = 0  # entries taken from ``source``
+        given = 0  # entries handed on
+        try:
+            while True:
+                while not buffer or (len(buffer) < _LOOKAHEAD and len(runs) < _AHEAD):
+                    item = next(source, None)
+                    if item is None:
+                        break
+                    buffer.append(item)
+                    record = item[1]
+                    if record is not None and record[2] is not None:
+                        digest, offset, length, check = record[2]
+                        last = runs[-1] if runs else None
+                        if last is not None and last[0] == digest and not last[4]:
+                            last[2] = read
+                            last[3].append((offset, length, check))
+                        else:
+                            if last is not None and not last[4]:
+                                blocks.ahead(last[0], last[3])
+                                last[4] = True
+                            runs.append([digest, read, read, [(offset, length, check)], False])
+                    read += 1
+                if not buffer:
+                    return
+                # The caller is done with the entries before this one.
+                while runs and runs[0][2] < given:
+                    done = runs.popleft()
+                    if done[4]:
+                        blocks.release(done[0])
+                if runs and not runs[-1][4] and runs[-1][1] <= given:
+                    blocks.ahead(runs[-1][0], runs[-1][3])
+                    runs[-1][4] = True
+                given += 1
+                yield buffer.popleft()
+        finally:
+            blocks.forget()
 
 
 class _Unwritten(io.RawIOBase):
@@ -935,6 +1067,11 @@ class Indexes:
 
     def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
         return self.recorder.start(layer, fidelity)
+
+    def close(self) -> None:
+        """Stop the thread that decodes blocks ahead of replays (when the writer is done
+        with the files)."""
+        self._blocks.close()
 
     def entry(self, entry: TarEntry) -> None:
         """``entry`` of the layer's first pass comes next (one call per entry: kept
