@@ -21,13 +21,13 @@ import contextlib
 import errno
 import os
 from types import TracebackType
-from typing import BinaryIO, ClassVar, Generic, Literal, Self, TypeVar
+from typing import BinaryIO, ClassVar, Generic, Literal, Protocol, Self, TypeVar
 
 from .entry import EntryMeta
 from .errors import OcisquashError, OutputError
 from .rules import MAX_SYMLINK_TARGET
 from .squashfs.format import InodeType, encode_device
-from .squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
+from .squashfs.tree import Node, SpecialNode, SymlinkNode
 
 _SPECIAL_KINDS = {"char": InodeType.CHAR_DEV, "block": InodeType.BLOCK_DEV}
 
@@ -35,12 +35,26 @@ _SPECIAL_KINDS = {"char": InodeType.CHAR_DEV, "block": InodeType.BLOCK_DEV}
 SummaryT = TypeVar("SummaryT")
 
 
+class WriterTree(Protocol):
+    """How a writer keeps its entries (``squashfs/tree.py``, ``erofs/tree.py``)."""
+
+    def add_directory(self, path: bytes, meta: EntryMeta) -> None: ...
+
+    def put(self, path: bytes, node: Node, *, checked: bool = False) -> None:
+        """Place a non-directory, replacing what was at ``path``."""
+        ...
+
+    def get(self, path: bytes) -> Node | int | None:
+        """The entry at ``path`` (an int: a short file's record), or None."""
+        ...
+
+
 class ImageWriter(Generic[SummaryT]):
     """The base of ``SquashfsWriter`` and ``ErofsWriter``; not used on its own."""
 
     #: the format's error type, raised for a bad entry
     error: ClassVar[type[OcisquashError]]
-    _tree: Tree
+    _tree: WriterTree
     _closed: bool
     #: the output's name, for messages
     _name: str
@@ -124,7 +138,7 @@ class ImageWriter(Generic[SummaryT]):
         node = self._tree.get(target)
         if node is None:
             raise self.error(f"hard link target {target!r} does not exist", context=repr(path))
-        if isinstance(node, DirNode):
+        if isinstance(node, Node) and node.type is InodeType.DIR:
             raise self.error(f"hard link target {target!r} is a directory", context=repr(path))
         return node
 

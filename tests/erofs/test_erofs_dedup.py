@@ -36,8 +36,12 @@ FILES = [
     ("big-again", _TEXT + _NOISE),         # a copy of big
     ("mixed", _TEXT[:100_000] + _NOISE[:100_000] + _TEXT[:5_000]),
     ("mixed-again", _TEXT[:100_000] + _NOISE[:100_000] + _TEXT[:5_000]),
-    ("small-again", b"tiny"),
+    ("small-again", b"tiny"),              # a copy too, but see DUPLICATES
 ]
+#: The copies found: "small-again" is one only where short files' data is shared (in
+#: the packed inode, or compressed beside the inode); otherwise each short file's
+#: bytes go beside its own inode and nothing is shared.
+DUPLICATES = {"fragments": 5, "ztailpacking": 5}
 CASES = {
     "none": dict(compression=ErofsCompression.NONE),
     "lz4hc": dict(compression=ErofsCompression.LZ4HC),
@@ -75,8 +79,9 @@ def test_first_of_a_size_is_keyed_late_and_the_image_is_unchanged(
     duplicates, read_backs = _write(late, **CASES[case])
     with open(every, "wb") as f:  # write-only: every file is hashed as it is read
         all_duplicates, no_read_backs = _write(f, **CASES[case])
-    assert (duplicates, read_backs) == (5, 4)
-    assert (all_duplicates, no_read_backs) == (5, 0)
+    copies = DUPLICATES.get(case, 4)
+    assert (duplicates, read_backs) == (copies, 4)
+    assert (all_duplicates, no_read_backs) == (copies, 0)
     assert late.read_bytes() == every.read_bytes()
     if case in ("none", "lz4hc", "ztailpacking"):
         fsck(late, "--extract")

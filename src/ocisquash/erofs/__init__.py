@@ -26,10 +26,11 @@ One module per on-disk concern::
     zindex.py      the compact (2- and 4-byte) form of the cluster index
     directory.py   directory blocks of sorted entries
     xattr.py       name prefixes, inline xattr bodies, the shared xattr area
+    tree.py        the entries until the end: a log of compact records per directory
     writer.py      ErofsWriter: the public API and the finish sequence
     version.py     FORMAT_VERSION, importable without the writer (a cache key)
 
-The entry tree and its path rules are the squashfs writer's (``squashfs/tree.py``).
+The path rules are the squashfs writer's (``squashfs/tree.py``).
 """
 
 from typing import TYPE_CHECKING, Any

@@ -10,7 +10,12 @@ the superblock at byte 1024). Everything else is laid out by
 Writing the data first keeps memory bounded without a temporary copy of the image:
 only per-entry metadata (and the spooled tails, see ``data.py``) waits for the end,
 and the inodes, whose nids the directories need, are laid out once the tree is
-complete. The inodes come last, in breadth-first order from the root, so the root
+complete. A file shorter than a block whose bytes fit beside its inode (most files
+of most images) skips the data writers: its bytes go to the spool and it is kept as
+a record in its directory's log, not as objects (``tree.py``); unless its data is
+compressed (fragments, ztailpacking), it is stored FLAT_INLINE whatever the
+compression, and a copy of it would still carry its own bytes, so it is not hashed
+for duplicates either. The inodes come last, in breadth-first order from the root, so the root
 has a small nid (the superblock's ``rootnid_2b`` holds 16 bits, so shared xattrs
 beyond 2 MiB would be refused) and a directory's entries are stored near each other;
 but an inode whose inline data does not fit what is left of a block starts the next
@@ -35,9 +40,11 @@ Rules enforced here:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
-from collections import deque
+import struct
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -46,7 +53,7 @@ from ..entry import EntryMeta
 from ..errors import ErofsError, OutputError
 from ..imagewriter import ImageWriter
 from ..squashfs.format import InodeType
-from ..squashfs.tree import DirNode, Node, SpecialNode, SymlinkNode, Tree
+from ..squashfs.tree import Node, SpecialNode, SymlinkNode
 from .compress import (
     Codec,
     CompressedData,
@@ -80,6 +87,7 @@ from .format import (
 )
 from .options import ErofsCompression, ErofsOptions
 from .sparse import SPARSE_MIN_SIZE, SparseFiles
+from .tree import DIR_BASE, SIZE_BITS, SIZE_MASK, Dir, EntryTree
 from .xattr import SharedXattrs, check_xattrs, icount, inline_size_bound
 
 _FILE_TYPE = {
@@ -106,6 +114,8 @@ class ErofsSummary:
     devices: int  # character and block devices, FIFOs and sockets
     hardlinks: int  # directory entries beyond the first for an inode
     data_bytes_in: int
+    #: files whose data is stored once for an earlier identical file (a short file
+    #: stored whole beside its inode shares nothing, and is not counted)
     duplicates: int
     compression: str
     block_size: int = BLOCK_SIZE
@@ -160,6 +170,7 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
     """
 
     error = ErofsError
+    _tree: EntryTree
 
     def __init__(self, output: str | os.PathLike[str] | BinaryIO,
                  options: ErofsOptions | None = None) -> None:
@@ -183,9 +194,22 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         except OSError as e:
             raise OutputError(f"cannot write the image: {e.strerror or e}",
                               context=self._name) from e
-        self._metas: dict[EntryMeta, EntryMeta] = {}
-        self._tree = Tree(self._meta(options.default_dir_meta))
+        #: each distinct metadata (as given, and as kept) -> its index in _meta_list
+        self._meta_ids: dict[EntryMeta, int] = {}
+        self._meta_list: list[EntryMeta] = []
+        #: by metadata index: the most bytes of a file's tail that go beside its inode
+        self._rooms: list[int] = []
+        self._tree = EntryTree(self._meta(options.default_dir_meta))
         self._spool = Spool()
+        #: whether a file shorter than a block that fits beside its inode is stored
+        #: there whole, without the data writers (not when it is compressed: into the
+        #: packed inode, or inline in compressed form)
+        self._short_files = not (options.compression is not ErofsCompression.NONE
+                                 and (options.fragments or options.ztailpacking))
+        #: with holes, an uncompressed file of zeros is stored chunk-based
+        self._zero_holes = options.compression is ErofsCompression.NONE and options.holes
+        #: bytes of the files stored that way
+        self._short_bytes = 0
         self._codec: Codec | None = None
         self._data: FlatData | CompressedData
         if options.compression is ErofsCompression.NONE:
@@ -208,6 +232,14 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
     # -- adding entries -------------------------------------------------------------
 
     def _meta(self, meta: EntryMeta) -> EntryMeta:
+        return self._meta_list[self._meta_index(meta)]
+
+    def _meta_index(self, meta: EntryMeta) -> int:
+        """The index of ``meta`` as the image keeps it (checked once per distinct value)."""
+        found = self._meta_ids.get(meta)
+        if found is not None:
+            return found
+        given = meta
         if not self._options.xattrs and meta.xattrs:
             meta = EntryMeta(meta.mode, meta.uid, meta.gid, meta.mtime, ())
         if self._options.all_root and (meta.uid or meta.gid):
@@ -218,7 +250,15 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
             meta = EntryMeta(meta.mode, meta.uid, meta.gid,
                              min(max(meta.mtime, 0), 2**63 - 1), meta.xattrs)
         # Many entries share owner, mode and time: keep one object for each.
-        return self._metas.setdefault(meta, meta)
+        found = self._meta_ids.get(meta)
+        if found is None:
+            found = self._meta_ids[meta] = len(self._meta_list)
+            self._meta_list.append(meta)
+            # The tail goes inline if it fits in a block with the largest inode and
+            # this file's xattrs all inline (sharing only makes the body smaller).
+            self._rooms.append(BLOCK_SIZE - EXTENDED_INODE_SIZE - inline_size_bound(meta.xattrs))
+        self._meta_ids[given] = found
+        return found
 
     def _check_path(self, path: bytes) -> None:
         # The shared tree allows squashfs's 256-byte names; EROFS allows 255.
@@ -234,7 +274,7 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         to EOF) into the image."""
         self._check_open()
         self._check_path(path)
-        meta = self._meta(meta)
+        index = self._meta_index(meta)
         self._tree.placeable(path)
         source: bytes | BinaryIO = data
         if isinstance(data, _BYTES_LIKE):
@@ -244,9 +284,19 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
                                  context=repr(path))
         if size is not None and size < 0:
             raise ErofsError(f"negative file size {size}", context=repr(path))
-        # The tail goes inline if it fits in a block with the largest inode and this
-        # file's xattrs all inline (sharing only makes the body smaller).
-        room = BLOCK_SIZE - EXTENDED_INODE_SIZE - inline_size_bound(meta.xattrs)
+        room = self._rooms[index]
+        if isinstance(source, bytes) and len(source) <= room and self._short_files and (
+                not self._zero_holes or not source or source.count(0) != len(source)):
+            # A short file: FLAT_INLINE (FLAT_PLAIN when empty) whatever the data
+            # writer, and a copy would still carry its own tail, so nothing is shared.
+            n = len(source)
+            try:
+                self._tree.put_short(path, index, self._spool.put(source) if n else 0, n)
+            except OSError as e:
+                raise self._write_error(e, path) from e
+            self._short_bytes += n
+            return
+        meta = self._meta_list[index]
         try:
             if isinstance(source, bytes):
                 size = len(source)
@@ -264,9 +314,17 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
 
     def add_hardlink(self, path: bytes, target: bytes) -> None:
         """Make ``path`` another name of the existing non-directory ``target``."""
-        node = self._link_target(path, target)
+        self._link_target(path, target)
+        node = self._tree.share(target, self._short_node)
         if path != target:
             self._tree.put(path, node)
+
+    def _short_node(self, meta: int, tail_at: int, size: int) -> FileNode:
+        """A short file's record as a node (it gets a second name)."""
+        if not size:
+            return FileNode(self._meta_list[meta], Extent(DataLayout.FLAT_PLAIN, 0, 0, -1))
+        return FileNode(self._meta_list[meta],
+                        Extent(DataLayout.FLAT_INLINE, size, 0, tail_at))
 
     # -- finishing ------------------------------------------------------------------
 
@@ -314,28 +372,78 @@ class _Gaps:
                 return span[0]
         return None
 
+    def take_len(self, n: int) -> int | None:
+        """:meth:`take` for a record of ``n`` bytes, 32-byte aligned, that is not
+        compressed: every gap ends at a block's end, so it fits iff it ends there or
+        before (its tail then stays in the block). Classes whose gaps are all shorter
+        than ``n`` are not tried."""
+        by_class = self._by_class
+        for c in range(n // self.CLASS, len(by_class)):
+            bucket = by_class[c]
+            if bucket:
+                start, end = bucket[-1]
+                start = -(-start // INODE_SLOT) * INODE_SLOT
+                if start + n <= end:
+                    bucket.pop()
+                    self.add(start + n, end)
+                    return start
+        return None
 
-def _sorted_names(node: DirNode) -> list[bytes]:
-    """A directory's names in on-disk order, ``.`` and ``..`` included."""
-    names = list(node.children)
-    names.append(b".")
-    names.append(b"..")
-    names.sort()
-    return names
+
+#: "struct erofs_inode_compact" as ``compact_inode`` packs it (a short file's, at speed)
+_COMPACT = struct.Struct("<HHHHIIIIHHI")
+_REG = MODE_TYPE[FileType.REG_FILE]
+#: a compact FLAT_INLINE inode's i_format
+_INLINE_FORMAT = DataLayout.FLAT_INLINE << 1
+#: a short file's dirent type
+_REG_FILE = int(FileType.REG_FILE)
+#: metadata records written at once
+_WRITE_BATCH = 1 << 20
+
+
+class _Short:
+    """What a short file's inode takes from its metadata, worked out once per value."""
+
+    __slots__ = ("body", "count", "extended", "head", "meta", "mode")
+
+    def __init__(self, meta: EntryMeta, body: bytes, epoch: int) -> None:
+        self.meta = meta
+        self.mode = _REG | meta.mode
+        self.body = body
+        self.count = icount(body)
+        # A short file has one name and fewer than 4 GiB: only these make it extended.
+        self.extended = meta.mtime != epoch or meta.uid > 0xFFFF or meta.gid > 0xFFFF
+        #: the inode and its xattrs, before the inline tail
+        self.head = (EXTENDED_INODE_SIZE if self.extended else COMPACT_INODE_SIZE) + len(body)
 
 
 class _Finisher:
-    """The finish sequence: order, count, lay out, write (see the module docstring)."""
+    """The finish sequence: order, count, lay out, write (see the module docstring).
+
+    Each pass walks the entries in the order of their numbers: the root, then each
+    directory's children by name (a hard-linked node where it is first met), the
+    directories in that order; the packed inode last. Short files are records in
+    their directories' logs (``tree.py``), so a pass holds no object per file: their
+    nids are kept in ``Dir.nids``, and those placed in an earlier block's gap are
+    listed to be written in nid order among the others."""
 
     def __init__(self, writer: ErofsWriter) -> None:
         self.w = writer
         self.out = writer._out
         self.epoch = writer._epoch
+        self.nodes = writer._tree.nodes
+        self.root = writer._tree.root
         self.xattrs = SharedXattrs()
-        self.order: list[Node] = []
+        #: the directories in breadth-first order (that of their numbers)
+        self.dirs: list[Dir] = []
+        #: the directories by their records' handles (see Dir.resolve)
+        self.refs: list[Dir] = []
+        #: the packed inode (fragments), numbered last
+        self.packed: FileNode | None = None
+        self.inodes = 0
         self.stats = {"files": 0, "directories": 0, "symlinks": 0, "devices": 0,
                       "hardlinks": 0, "extended": 0}
-        #: first block of a directory's or symlink's out-of-line blocks, by node id
+        #: first block of a symlink's out-of-line blocks, by node id
         self.blocks_at: dict[int, int] = {}
         #: whether any inode is compressed (the superblock then says how)
         self.compressed = False
@@ -344,12 +452,21 @@ class _Finisher:
         #: whether any file is chunk-based (CHUNKED_FILE)
         self.chunked = False
         self.algorithm = writer._codec.algorithm if writer._codec is not None else 0
+        #: by metadata index, once the shared xattrs are sealed
+        self.shorts: list[_Short] = []
+        #: records placed in an earlier block's gap: nid, number and where the record
+        #: is (a short file: its directory's index in ``dirs`` << 32 | log position;
+        #: else ``-1 - i`` for ``gap_nodes[i]``)
+        self.gap_nids = array("Q")
+        self.gap_numbers = array("Q")
+        self.gap_where = array("q")
+        self.gap_nodes: list[Node] = []
 
     def run(self) -> ErofsSummary:
         data = self.w._data
         data.flush()
-        root = self.w._tree.root
-        self._order(root)
+        root = self.root
+        self._order()
         packed = None
         if isinstance(data, CompressedData):
             extent = data.pack_fragments()
@@ -357,80 +474,42 @@ class _Finisher:
                 # The packed inode is in no directory; the superblock points at it.
                 packed = FileNode(self.w._meta(EntryMeta(0o600, mtime=self.epoch)), extent)
                 packed.nlink = 1
-                packed.number = len(self.order) + 1
-                self.order.append(packed)
+                self.inodes += 1
+                packed.number = self.inodes
+                self.packed = packed
                 self.compressed = True
         self.xattrs.seal()
-        cursor = data.position // BLOCK_SIZE
+        self.shorts = [_Short(m, self.xattrs.body(m.xattrs), self.epoch)
+                       for m in self.w._meta_list]
 
         # Blocks that directories and long symlinks need outside their inode.
-        for node in self.order:
-            if isinstance(node, DirNode | SymlinkNode):
-                n = self._outside_blocks(node)
-                if n:
+        cursor = data.position // BLOCK_SIZE
+        for node in self._dirs_and_symlinks():
+            n = self._outside_blocks(node)
+            if n:
+                if isinstance(node, Dir):
+                    node.blocks_at = cursor
+                else:
                     self.blocks_at[id(node)] = cursor
-                    cursor += n
+                cursor += n
         # The shared xattrs open the metadata area (xattr_blkaddr == meta_blkaddr), and
         # the inodes follow. Nid 0 stays unused: readdir() skips entries numbered 0.
         area = self.xattrs.area()
         meta_blkaddr = cursor
-
-        # Nids: inodes in order, 32-byte aligned, tails kept within one block; a
-        # record that does not fit what is left of a block starts the next, and the
-        # rest of the block is kept for later records that fit it (see _Gaps).
-        pos = max(len(area), INODE_SLOT)
-        gaps = _Gaps()
-        root.parent_number = 0
-        for node in self.order:
-            inode = self._inode(node)
-            at = gaps.take(functools.partial(self._span, node, inode))
-            if at is None:
-                span = self._span(node, inode, pos, None)
-                if span is None:  # its tail would cross into the next block
-                    gaps.add(pos, -(-pos // BLOCK_SIZE) * BLOCK_SIZE)
-                    pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
-                    span = self._span(node, inode, pos, None)
-                    assert span is not None
-                at, pos = span
-            node.ref = at // INODE_SLOT
-            if isinstance(node, DirNode):
-                for child in node.children.values():
-                    if isinstance(child, DirNode):
-                        child.parent_number = node.ref
-        meta_end = meta_blkaddr * BLOCK_SIZE + pos
-        root.parent_number = root.ref
+        meta_end = meta_blkaddr * BLOCK_SIZE + self._layout(max(len(area), INODE_SLOT))
 
         # Write: out-of-line blocks, shared xattrs, inodes.
         self.out.seek(data.position)
-        for node in self.order:
-            if id(node) in self.blocks_at:
+        for node in self._dirs_and_symlinks():
+            if isinstance(node, Dir):
+                if node.blocks_at:
+                    self._write_outside(node)
+            elif id(node) in self.blocks_at:
                 self._write_outside(node)
         base = meta_blkaddr * BLOCK_SIZE
         assert self.out.tell() == base
         self.out.write(area)
-        for node in sorted(self.order, key=lambda n: n.ref):
-            inode = self._inode(node)
-            record = self._record(node, inode)
-            start = base + node.ref * INODE_SLOT
-            gap = start - self.out.tell()
-            if gap:
-                self.out.write(bytes(gap))
-            self.out.write(record)
-            if inode.inline_len:
-                self.out.write(self._inline(node, inode))
-            if inode.block_map:
-                assert isinstance(node, FileNode)
-                self.out.write(self.w._spool.get(node.extent.index_at, inode.block_map))
-            if inode.compressed:
-                assert isinstance(node, FileNode)
-                extent = node.extent
-                self.out.write(bytes(-self.out.tell() % 8)
-                               + map_header(extent, self.algorithm))
-                if extent.index_len:
-                    full = self.w._spool.get(extent.index_at, extent.index_len)
-                    self.out.write(index_bytes(extent, full, self.out.tell()))
-                if extent.idata_len:
-                    self.out.write(self.w._spool.get(extent.idata_at, extent.idata_len))
+        self._write_inodes(base)
         assert self.out.tell() == meta_end
         end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
         self.out.write(bytes(end - meta_end))
@@ -453,7 +532,7 @@ class _Finisher:
             incompat |= INCOMPAT_CHUNKED_FILE
         superblock = Superblock(
             root_nid=root.ref,
-            inodes=len(self.order),
+            inodes=self.inodes,
             epoch=self.epoch,
             blocks=end // BLOCK_SIZE,
             meta_blkaddr=meta_blkaddr,
@@ -468,9 +547,9 @@ class _Finisher:
         self.out.flush()
         s = self.stats
         return ErofsSummary(
-            bytes_written=end, inodes=len(self.order), files=s["files"],
+            bytes_written=end, inodes=self.inodes, files=s["files"],
             directories=s["directories"], symlinks=s["symlinks"], devices=s["devices"],
-            hardlinks=s["hardlinks"], data_bytes_in=data.bytes_in,
+            hardlinks=s["hardlinks"], data_bytes_in=data.bytes_in + self.w._short_bytes,
             duplicates=data.duplicates, compression=self.w._options.compression.value,
             extended_inodes=s["extended"], shared_xattrs=len(self.xattrs),
             compressed_files=data.compressed_files,
@@ -478,6 +557,171 @@ class _Finisher:
                            else self.w._sparse.chunked_files if self.w._sparse is not None
                            else 0),
         )
+
+    # -- numbering --------------------------------------------------------------------
+
+    def _order(self) -> None:
+        """Number the entries breadth-first from the root, each directory's children by
+        name; count links and xattr uses. A hard-linked node is numbered where it is
+        first met."""
+        root = self.root
+        root.nlink = 0
+        self._visit(root)
+        dirs = self.dirs
+        dirs.append(root)
+        metas = self.w._meta_list
+        nodes = self.nodes
+        refs = self.refs
+        count = self.xattrs.count
+        stats = self.stats
+        i = 0
+        while i < len(dirs):
+            node = dirs[i]
+            i += 1
+            names = node.resolve(refs)
+            # "." and ".." among the names, in byte order
+            bisect.insort(names, b".")
+            bisect.insort(names, b"..")
+            node.size = directory_size(names, split_blocks(names))
+            subdirs = shorts = 0
+            data = node.data
+            node_metas = node.metas
+            assert node.order is not None
+            for at in node.order:
+                v = data[at]
+                if v >= 0:
+                    shorts += 1
+                    self.inodes += 1
+                    xattrs = metas[node_metas[at]].xattrs
+                    if xattrs:
+                        count(xattrs)
+                elif v <= DIR_BASE:
+                    sub = refs[DIR_BASE - v]
+                    subdirs += 1
+                    self._visit(sub)
+                    dirs.append(sub)
+                else:
+                    child = nodes[-1 - v]
+                    if child.nlink:
+                        child.nlink += 1
+                        stats["hardlinks"] += 1
+                    else:
+                        child.nlink = 1
+                        self._visit(child)
+            stats["files"] += shorts
+            node.nlink = 2 + subdirs
+            node.nids = array("Q", bytes(8 * len(node.order)))
+
+    def _visit(self, node: Node) -> None:
+        self.inodes += 1
+        node.number = self.inodes
+        self.xattrs.count(node.meta.xattrs)
+        if isinstance(node, FileNode) and has_map(node.extent):
+            self.compressed = True
+            self.tailpacked |= node.extent.idata_len > 0
+        if isinstance(node, FileNode) and isinstance(node.extent, ChunkedExtent):
+            self.chunked = True
+        kind = ("files" if isinstance(node, FileNode) else "directories"
+                if isinstance(node, Dir) else "symlinks"
+                if isinstance(node, SymlinkNode) else "devices")
+        self.stats[kind] += 1
+
+    def _dirs_and_symlinks(self) -> list[Node]:
+        """Directories and symlinks in the order of their numbers."""
+        found: list[Node] = [self.root]
+        nodes = self.nodes
+        seen: set[int] = set()
+        for d in self.dirs:
+            data = d.data
+            assert d.order is not None
+            for at in d.order:
+                v = data[at]
+                if v <= DIR_BASE:
+                    found.append(self.refs[DIR_BASE - v])
+                elif v < 0:
+                    child = nodes[-1 - v]
+                    if isinstance(child, SymlinkNode) and id(child) not in seen:
+                        seen.add(id(child))
+                        found.append(child)
+        return found
+
+    # -- layout -----------------------------------------------------------------------
+
+    def _layout(self, pos: int) -> int:
+        """Give every inode its nid: in the order of their numbers, 32-byte aligned,
+        tails kept within one block; a record that does not fit what is left of a
+        block starts the next, and the rest of the block is kept for later records
+        that fit it (see _Gaps). Returns the end of the metadata area (from its
+        start)."""
+        gaps = _Gaps()
+        take = gaps.take_len
+        shorts = self.shorts
+        nodes = self.nodes
+        refs = self.refs
+        root = self.root
+        root.parent_number = 0
+        pos = self._place(root, pos, gaps)
+        number = 1
+        for index, d in enumerate(self.dirs):
+            data = d.data
+            metas = d.metas
+            nids = d.nids
+            order = d.order
+            assert order is not None and nids is not None
+            for j, at in enumerate(order):
+                v = data[at]
+                if v >= 0:
+                    number += 1
+                    size = v & SIZE_MASK
+                    length = shorts[metas[at]].head + size
+                    start = take(length)
+                    if start is not None:
+                        nids[j] = start // INODE_SLOT * 2 + 1
+                        self.gap_nids.append(start // INODE_SLOT)
+                        self.gap_numbers.append(number)
+                        self.gap_where.append(index << 32 | at)
+                        continue
+                    start = -(-pos // INODE_SLOT) * INODE_SLOT
+                    if size and (start + length - size) % BLOCK_SIZE + size > BLOCK_SIZE:
+                        # the tail would cross into the next block
+                        gaps.add(pos, -(-pos // BLOCK_SIZE) * BLOCK_SIZE)
+                        start = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
+                    nids[j] = start // INODE_SLOT * 2
+                    pos = start + length
+                elif v <= DIR_BASE:
+                    number += 1
+                    sub = refs[DIR_BASE - v]
+                    sub.parent_number = d.ref
+                    pos = self._place(sub, pos, gaps)
+                else:
+                    child = nodes[-1 - v]
+                    if child.ref < 0:
+                        number += 1
+                        pos = self._place(child, pos, gaps)
+        if self.packed is not None:
+            pos = self._place(self.packed, pos, gaps)
+        root.parent_number = root.ref
+        return pos
+
+    def _place(self, node: Node, pos: int, gaps: _Gaps) -> int:
+        """Give ``node`` its nid (its ``ref``); returns the new end of the area."""
+        inode = self._inode(node)
+        at = gaps.take(functools.partial(self._span, node, inode))
+        if at is None:
+            span = self._span(node, inode, pos, None)
+            if span is None:  # its tail would cross into the next block
+                gaps.add(pos, -(-pos // BLOCK_SIZE) * BLOCK_SIZE)
+                pos = -(-pos // BLOCK_SIZE) * BLOCK_SIZE
+                span = self._span(node, inode, pos, None)
+                assert span is not None
+            at, pos = span
+        else:
+            self.gap_nids.append(at // INODE_SLOT)
+            self.gap_numbers.append(node.number)
+            self.gap_where.append(-1 - len(self.gap_nodes))
+            self.gap_nodes.append(node)
+        node.ref = at // INODE_SLOT
+        return pos
 
     @staticmethod
     def _span(node: Node, inode: _Inode, pos: int, limit: int | None
@@ -501,45 +745,9 @@ class _Finisher:
             return None
         return start, end
 
-    def _order(self, root: DirNode) -> None:
-        """Breadth-first from the root, each directory's children by name; count links
-        and xattr uses. A hard-linked node is placed where it is first met."""
-        queue: deque[DirNode] = deque([root])
-        root.nlink = 0
-        self._visit(root)
-        while queue:
-            node = queue.popleft()
-            subdirs = 0
-            for name in sorted(node.children):
-                child = node.children[name]
-                assert not isinstance(child, int)  # only the squashfs writer puts ints
-                if isinstance(child, DirNode):
-                    subdirs += 1
-                    self._visit(child)
-                    queue.append(child)
-                elif child.nlink:
-                    child.nlink += 1
-                    self.stats["hardlinks"] += 1
-                else:
-                    child.nlink = 1
-                    self._visit(child)
-            node.nlink = 2 + subdirs
+    # -- the inodes -------------------------------------------------------------------
 
-    def _visit(self, node: Node) -> None:
-        node.number = len(self.order) + 1
-        self.order.append(node)
-        self.xattrs.count(node.meta.xattrs)
-        if isinstance(node, FileNode) and has_map(node.extent):
-            self.compressed = True
-            self.tailpacked |= node.extent.idata_len > 0
-        if isinstance(node, FileNode) and isinstance(node.extent, ChunkedExtent):
-            self.chunked = True
-        kind = ("files" if isinstance(node, FileNode) else "directories"
-                if isinstance(node, DirNode) else "symlinks"
-                if isinstance(node, SymlinkNode) else "devices")
-        self.stats[kind] += 1
-
-    def _outside_blocks(self, node: DirNode | SymlinkNode) -> int:
+    def _outside_blocks(self, node: Node) -> int:
         inode = self._inode(node)
         return (inode.size - inode.inline_len + BLOCK_SIZE - 1) // BLOCK_SIZE
 
@@ -564,18 +772,18 @@ class _Finisher:
         elif isinstance(node, SpecialNode):
             inode.i_u = node.rdev
         else:
-            if isinstance(node, DirNode):
-                names = _sorted_names(node)
-                inode.size = directory_size(names, split_blocks(names))
+            if isinstance(node, Dir):
+                inode.size = node.size
+                inode.i_u = node.blocks_at
             else:
                 assert isinstance(node, SymlinkNode)
                 inode.size = len(node.target)
+                inode.i_u = self.blocks_at.get(id(node), 0)
             tail = inode.size % BLOCK_SIZE
             inode.extended = self._extended(meta, inode)
             if tail and inode.isize + len(inode.xattrs) + tail <= BLOCK_SIZE:
                 inode.layout = DataLayout.FLAT_INLINE
                 inode.inline_len = tail
-            inode.i_u = self.blocks_at.get(id(node), 0)
         inode.extended = self._extended(meta, inode)
         return inode
 
@@ -583,7 +791,11 @@ class _Finisher:
         return (meta.mtime != self.epoch or meta.uid > 0xFFFF or meta.gid > 0xFFFF
                 or inode.nlink > 0xFFFF or inode.size > 0xFFFF_FFFF)
 
-    def _record(self, node: Node, inode: _Inode) -> bytes:
+    def _record(self, node: Node, start: int) -> bytes:
+        """``node``'s whole record as it is stored from the image offset ``start``: the
+        inode, its xattrs and what follows them (inline tail, block map, cluster
+        index)."""
+        inode = self._inode(node)
         meta = node.meta
         count = icount(inode.xattrs)
         if inode.extended:
@@ -593,21 +805,153 @@ class _Finisher:
         else:
             head = compact_inode(inode.layout, count, inode.mode, inode.nlink, inode.size,
                                  inode.i_u, node.number, meta.uid, meta.gid)
-        return head + inode.xattrs
+        record = bytearray(head + inode.xattrs)
+        spool = self.w._spool
+        if inode.inline_len:
+            record += self._inline(node, inode)
+        if inode.block_map:
+            assert isinstance(node, FileNode)
+            record += spool.get(node.extent.index_at, inode.block_map)
+        if inode.compressed:
+            assert isinstance(node, FileNode)
+            extent = node.extent
+            record += bytes(-(start + len(record)) % 8) + map_header(extent, self.algorithm)
+            if extent.index_len:
+                full = spool.get(extent.index_at, extent.index_len)
+                record += index_bytes(extent, full, start + len(record))
+            if extent.idata_len:
+                record += spool.get(extent.idata_at, extent.idata_len)
+        return bytes(record)
 
-    def _dir_blocks(self, node: DirNode) -> list[bytes]:
+    def _short_record(self, short: _Short, size: int, tail_at: int, number: int) -> bytes:
+        """A short file's record: its inode, xattrs and whole data."""
+        meta = short.meta
+        layout = DataLayout.FLAT_INLINE if size else DataLayout.FLAT_PLAIN
+        if short.extended:
+            self.stats["extended"] += 1
+            head = extended_inode(layout, short.count, short.mode, 1, size, 0, number,
+                                  meta.uid, meta.gid, meta.mtime)
+        else:
+            head = _COMPACT.pack(layout << 1, short.count, short.mode, 1, size, 0, 0, number,
+                                 meta.uid, meta.gid, 0)
+        if not size:
+            return head + short.body
+        return head + short.body + self.w._spool.get(tail_at, size)
+
+    # -- writing ----------------------------------------------------------------------
+
+    def _write_inodes(self, base: int) -> None:
+        """Every record at its nid, in nid order: those placed as the numbers go (their
+        nids grow), merged with the ones placed in gaps, sorted by nid."""
+        records = _Records(self.out, base)
+        put = records.put
+        gap_nids = self.gap_nids
+        gaps = sorted(range(len(gap_nids)), key=gap_nids.__getitem__)
+        gaps.append(-1)
+        gap_nids.append(1 << 63)  # after every nid
+        g = 0
+        next_gap = gap_nids[gaps[0]]
+        in_gaps = {id(node) for node in self.gap_nodes}
+        shorts = self.shorts
+        spool_get = self.w._spool.get
+        pack = _COMPACT.pack
+        stats = self.stats
+        nodes = self.nodes
+        refs = self.refs
+        number = 1
+        if id(self.root) not in in_gaps:
+            put(self.root.ref, self._record(self.root, base + self.root.ref * INODE_SLOT))
+        for d in self.dirs:
+            data = d.data
+            metas = d.metas
+            nids = d.nids
+            order = d.order
+            assert order is not None and nids is not None
+            for j, at in enumerate(order):
+                v = data[at]
+                if v >= 0:
+                    number += 1
+                    nid = nids[j]
+                    if nid & 1:
+                        continue
+                    nid >>= 1
+                    while next_gap < nid:
+                        self._write_gap(gaps[g], records)
+                        g += 1
+                        next_gap = gap_nids[gaps[g]]
+                    size = v & SIZE_MASK
+                    short = shorts[metas[at]]
+                    if short.extended or not size:
+                        put(nid, self._short_record(short, size, v >> SIZE_BITS, number))
+                        continue
+                    # the compact inode of most files, written out here
+                    meta = short.meta
+                    put(nid, pack(_INLINE_FORMAT, short.count, short.mode, 1, size, 0, 0, number,
+                                  meta.uid, meta.gid, 0) + short.body
+                        + spool_get(v >> SIZE_BITS, size))
+                    continue
+                if v <= DIR_BASE:
+                    node: Node = refs[DIR_BASE - v]
+                else:
+                    node = nodes[-1 - v]
+                    if node.number != number + 1:
+                        continue  # another name of a node written already
+                number += 1
+                if id(node) not in in_gaps:
+                    while next_gap < node.ref:
+                        self._write_gap(gaps[g], records)
+                        g += 1
+                        next_gap = gap_nids[gaps[g]]
+                    put(node.ref, self._record(node, base + node.ref * INODE_SLOT))
+        packed = self.packed
+        if packed is not None and id(packed) not in in_gaps:
+            while next_gap < packed.ref:
+                self._write_gap(gaps[g], records)
+                g += 1
+                next_gap = gap_nids[gaps[g]]
+            put(packed.ref, self._record(packed, base + packed.ref * INODE_SLOT))
+        while gaps[g] >= 0:
+            self._write_gap(gaps[g], records)
+            g += 1
+        records.close()
+        del stats
+
+    def _write_gap(self, k: int, records: _Records) -> None:
+        """Write the ``k``-th record placed in a gap."""
+        nid = self.gap_nids[k]
+        where = self.gap_where[k]
+        if where < 0:
+            node = self.gap_nodes[-1 - where]
+            records.put(nid, self._record(node, records.base + nid * INODE_SLOT))
+            return
+        d = self.dirs[where >> 32]
+        at = where & 0xFFFF_FFFF
+        v = d.data[at]
+        records.put(nid, self._short_record(self.shorts[d.metas[at]], v & SIZE_MASK,
+                                            v >> SIZE_BITS, self.gap_numbers[k]))
+
+    def _dir_blocks(self, node: Dir) -> list[bytes]:
         """The directory's blocks, used bytes only (the last one is not padded)."""
-        names = _sorted_names(node)
+        log = node.log_names()
+        data = node.data
+        nids = node.nids
+        order = node.order
+        assert order is not None and nids is not None
+        names: list[bytes] = []
         entries: list[DirEntry] = []
-        for name in names:
-            if name == b".":
-                entries.append((name, FileType.DIR, node.ref))
-            elif name == b"..":
-                entries.append((name, FileType.DIR, node.parent_number))
+        for j, at in enumerate(order):
+            v = data[at]
+            names.append(log[at])
+            if v >= 0:
+                entries.append((log[at], _REG_FILE, nids[j] >> 1))
             else:
-                child = node.children[name]
-                assert not isinstance(child, int)
-                entries.append((name, _FILE_TYPE[child.type], child.ref))
+                child = self.refs[DIR_BASE - v] if v <= DIR_BASE else self.nodes[-1 - v]
+                entries.append((log[at], _FILE_TYPE[child.type], child.ref))
+        # "." and ".." among the names, in byte order
+        for name, nid in ((b".", node.ref), (b"..", node.parent_number)):
+            i = bisect.bisect(names, name)
+            names.insert(i, name)
+            entries.insert(i, (name, FileType.DIR, nid))
         blocks = []
         at = 0
         for n in split_blocks(names):
@@ -617,7 +961,7 @@ class _Finisher:
 
     def _content(self, node: Node) -> bytes:
         """A directory's or symlink's whole data (at most a few blocks)."""
-        if isinstance(node, DirNode):
+        if isinstance(node, Dir):
             blocks = self._dir_blocks(node)
             return b"".join(b + bytes(BLOCK_SIZE - len(b)) for b in blocks[:-1]) + blocks[-1]
         assert isinstance(node, SymlinkNode)
@@ -634,3 +978,31 @@ class _Finisher:
             return self.w._spool.get(node.extent.tail_at, inode.inline_len)
         content = self._content(node)
         return content[len(content) - inode.inline_len:]
+
+
+class _Records:
+    """Writes records at their nids, in nid order, zeros between, in batches."""
+
+    def __init__(self, out: BinaryIO, base: int) -> None:
+        self.out = out
+        #: where the metadata area starts in the image
+        self.base = base
+        self.buf = bytearray()
+        #: the image offset of ``buf``'s first byte
+        self.start = out.tell()
+
+    def put(self, nid: int, record: bytes) -> None:
+        at = self.base + nid * INODE_SLOT
+        gap = at - self.start - len(self.buf)
+        assert gap >= 0
+        if gap:
+            self.buf += bytes(gap)
+        self.buf += record
+        if len(self.buf) >= _WRITE_BATCH:
+            self.out.write(self.buf)
+            self.start += len(self.buf)
+            self.buf.clear()
+
+    def close(self) -> None:
+        self.out.write(self.buf)
+        self.buf.clear()

@@ -100,6 +100,7 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
     """
 
     error = SquashfsError
+    _tree: Tree
 
     def __init__(
         self,

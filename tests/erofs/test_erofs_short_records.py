@@ -1,0 +1,111 @@
+"""A million small files must fit in bounded memory: a short file (its bytes fit beside
+its inode) is a record in its directory's log, not objects, and skips the data
+writers. The image must be the one the data writers make of the same files given as
+streams, and fsck.erofs and the kernel read it."""
+
+from __future__ import annotations
+
+import io
+import random
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from ocisquash.entry import EntryMeta
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, data
+
+from ._util import MKFS_TIME, erofs_mounted, fsck, fsck_extracts_holes
+
+META = [EntryMeta(0o644, mtime=MKFS_TIME), EntryMeta(0o600, 5, 7, MKFS_TIME),
+        EntryMeta(0o640, 70_000, 3, MKFS_TIME),             # extended: uid past 65535
+        EntryMeta(0o644, mtime=MKFS_TIME + 1),              # extended: its own mtime
+        EntryMeta(0o644, mtime=MKFS_TIME, xattrs=((b"user.a", b"1"),)),
+        EntryMeta(0o644, mtime=MKFS_TIME, xattrs=((b"user.big", b"v" * 3000),))]
+
+
+def _files(seed: int) -> list[tuple[bytes, bytes, EntryMeta]]:
+    """Short files of every kind (empty, all zeros, a block but one, a tail that fits
+    beside a large xattr body or not), some replaced, in directories of a few to
+    hundreds of entries (directories of several blocks)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(1500):
+        d = b"many" if i % 3 == 0 else b"d%d/e%d" % (rng.randrange(5), rng.randrange(3))
+        size = rng.choice([0, 1, 30, 500, 1000, 4000, 4032, 4095])
+        data = bytes(size) if rng.random() < 0.1 else rng.randbytes(size)
+        out.append((d + b"/f%04d-%s" % (rng.randrange(1200), b"n" * rng.randrange(40)),
+                    data, rng.choice(META)))
+    return out
+
+
+def _write(path: Path, files: list[tuple[bytes, bytes, EntryMeta]], streams: bool,
+           compression: ErofsCompression) -> None:
+    options = ErofsOptions(compression=compression, mkfs_time=MKFS_TIME, workers=2)
+    with ErofsWriter(path, options) as w:
+        for name, content, meta in files:
+            if streams:  # the data writers' path
+                w.add_file(name, meta, io.BytesIO(content), len(content))
+            else:
+                w.add_file(name, meta, content)
+            if name.endswith(b"nnn"):
+                w.add_hardlink(name + b".link", name)
+        w.add_directory(files[5][0], META[1])  # a directory over a short file
+        w.add_file(b"d1", META[0], b"a short file over a directory")
+        w.finish()
+
+
+@pytest.mark.parametrize("compression", [ErofsCompression.NONE, ErofsCompression.LZ4HC])
+def test_short_files_as_records_make_the_image_streams_make(
+        tmp_path: Path, compression: ErofsCompression) -> None:
+    files = _files(seed=len(compression.value))
+    records, streams = tmp_path / "records.erofs", tmp_path / "streams.erofs"
+    _write(records, files, False, compression)
+    _write(streams, files, True, compression)
+    assert records.read_bytes() == streams.read_bytes()
+    out = tmp_path / "x"
+    fsck(records, f"--extract={out}")
+    # An uncompressed file of zeros is chunk-based: one hole (1.5 extracts none).
+    holes_extracted = compression is not ErofsCompression.NONE or fsck_extracts_holes()
+    with erofs_mounted(records, tmp_path / "m") as mnt:
+        expected: dict[bytes, bytes] = {}
+        for name, content, _ in files:
+            expected[name] = content
+        expected.pop(files[5][0])
+        expected = {n: c for n, c in expected.items() if not n.startswith(b"d1/")}
+        expected[b"d1"] = b"a short file over a directory"
+        for name, content in expected.items():
+            assert (mnt / name.decode()).read_bytes() == content, name
+            if holes_extracted or content.count(0) < len(content):
+                assert (out / name.decode()).read_bytes() == content, name
+            if name.endswith(b"nnn"):
+                link = mnt / (name.decode() + ".link")
+                assert link.stat().st_ino == (mnt / name.decode()).stat().st_ino
+                assert link.stat().st_nlink == 2
+        assert (mnt / files[5][0].decode()).is_dir()
+
+
+def test_a_short_file_costs_under_40_bytes_in_the_writer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory the writer holds per short file until the end (tracemalloc: its name and
+    record in the directory's log; the spool is on disk here)."""
+    monkeypatch.setattr(data, "SPOOL_MEMORY", 1)
+    rng = random.Random(3)
+    n = 20_000
+    files = [(b"d%02d/file-%06d" % (i % 100, i), rng.randbytes(rng.randrange(16, 512)))
+             for i in range(n)]
+    options = ErofsOptions(mkfs_time=MKFS_TIME, workers=1)
+    with ErofsWriter(tmp_path / "i.erofs", options) as w:
+        for name, content in files[:100]:  # directories, and the logs' first sizes
+            w.add_file(name, META[0], content)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for name, content in files[100:]:
+                w.add_file(name, META[0], content)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        w.finish()
+    per_file = held / (n - 100)
+    assert per_file < 40, per_file
