@@ -353,6 +353,20 @@ def test_fragments_need_a_compressor() -> None:
         ErofsOptions(compression=ErofsCompression.NONE, fragments=True)
 
 
+def test_for_kernel_gives_each_kernel_what_it_reads_and_keeps_what_is_asked() -> None:
+    picked = {k: ErofsOptions.for_kernel(k) for k in ("5.13", "5.15", "5.17", "6.1")}
+    assert [(o.fragments, o.ztailpacking, o.holes) for o in picked.values()] == [
+        (False, False, False), (False, False, True), (False, True, True),
+        (True, False, True)]
+    kept = ErofsOptions.for_kernel("6.1", holes=False, level=12, workers=1)
+    assert (kept.fragments, kept.holes, kept.level, kept.workers) == (True, False, 12, 1)
+    plain = ErofsOptions.for_kernel("6.1", compression=ErofsCompression.NONE)
+    assert (plain.fragments, plain.ztailpacking, plain.holes) == (False, False, True)
+    with pytest.raises(UsageError, match=r"Linux 5\.17 cannot mount EROFS images with "
+                                         r"fragments \(it needs Linux 6\.1\+\)"):
+        ErofsOptions.for_kernel("5.17", fragments=True)
+
+
 # -- ztailpacking: a compressed file's last pcluster inline after its inode (5.17+) -----
 # erofs-utils 1.5 knows the feature: fsck.erofs judges beside the kernel.
 

@@ -74,3 +74,48 @@ def test_pack_erofs_fragments_flag(source: Path, tmp_path: Path) -> None:
         assert (m / "sub/file").read_bytes() == b"content\n" * 1000
         assert (m / "f3").read_bytes() == b"line 3\n" * 700
         assert os.getxattr(m / "same", "user.tag") == b"v"
+
+
+@pytest.mark.parametrize(("kernel", "compression", "flags"), [
+    ("6.1", "lz4hc", ["--erofs-fragments"]),
+    ("6.12.9-amd64", "lz4hc", ["--erofs-fragments"]),
+    ("5.17", "lz4hc", ["--erofs-ztailpacking"]),
+    ("5.15", "lz4hc", []),
+    ("5.13", "none", ["--erofs-no-holes"]),
+    ("5.4", "none", ["--erofs-no-holes"]),
+])
+def test_erofs_kernel_picks_the_features_that_kernel_reads(
+        source: Path, tmp_path: Path, kernel: str, compression: str, flags: list[str]) -> None:
+    for i in range(5):
+        (source / f"f{i}").write_bytes(b"line %d\n" % i * 700)
+    # A zero 4 KiB chunk: stored as a hole from 5.15 on (uncompressed images).
+    (source / "sparse").write_bytes(b"head" + bytes(3 * 4096) + b"tail")
+    by_kernel, by_flags, plain = (tmp_path / n for n in ("k.erofs", "f.erofs", "p.erofs"))
+    for image, extra in ((by_kernel, ["--erofs-kernel", kernel]), (by_flags, flags),
+                         (plain, [])):
+        proc = _cli("pack", source, image, "--format", "erofs", "-c", compression,
+                    "--mkfs-time", "0", *extra)
+        assert proc.returncode == 0, proc.stderr
+    assert by_kernel.read_bytes() == by_flags.read_bytes()
+    assert (by_kernel.read_bytes() == plain.read_bytes()) == (not flags)
+    if "--erofs-fragments" not in flags:  # erofs-utils 1.5 cannot read fragments
+        fsck(by_kernel)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--erofs-kernel", "5.10"],
+     "Linux 5.10 cannot mount EROFS images compressed with lz4hc (it needs Linux 5.13+)"),
+    (["--erofs-kernel", "6.1", "-c", "zstd"],
+     "Linux 6.1 cannot mount EROFS images compressed with zstd (it needs Linux 6.10+)"),
+    (["--erofs-kernel", "5.15", "--erofs-fragments"],
+     "Linux 5.15 cannot mount EROFS images with fragments (it needs Linux 6.1+)"),
+    (["--erofs-kernel", "4.19", "-c", "none"], "Linux 4.19 cannot mount EROFS images"),
+    (["--erofs-kernel", "six"], "invalid kernel version 'six'"),
+])
+def test_erofs_kernel_refuses_what_that_kernel_cannot_mount(
+        source: Path, tmp_path: Path, argv: list[str], message: str) -> None:
+    proc = _cli("pack", source, tmp_path / "o", "--format", "erofs", *argv)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"ocisquash: {message}"), proc.stderr
+    assert "hint:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -188,6 +188,13 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                         "with an all-zero 4 KiB-aligned chunk (a sparse file's hole) is "
                         "stored chunk-based with that chunk as a hole, which an image needs "
                         f"Linux {HOLES_MIN_KERNEL}+ for")
+    g.add_argument("--erofs-kernel", default=None, metavar="VERSION",
+                   help="with --format erofs: the oldest Linux that will mount the image, "
+                        "e.g. 5.15 or 6.1; switches on what it reads that makes images "
+                        f"smaller (fragments from {FRAGMENTS_MIN_KERNEL}, else ztailpacking "
+                        f"from {ZTAILPACKING_MIN_KERNEL}; holes only from {HOLES_MIN_KERNEL})"
+                        " and refuses a compressor or flag it cannot mount (default: "
+                        "images Linux 5.13 mounts, holes aside)")
     g.add_argument("--no-dedup", action="store_true", help="do not detect duplicate files")
     g.add_argument("--no-xattrs", action="store_true", help="leave extended attributes out")
     g.add_argument("--mkfs-time", type=int, default=None, metavar="EPOCH",
@@ -253,19 +260,23 @@ def erofs_options_from_args(args: argparse.Namespace, *,
     if name not in names:
         raise UsageError(f"EROFS cannot compress with {name}",
                          hint=f"with --format erofs use --compression {', '.join(names)}")
-    return ErofsOptions(
+    common = dict(
         compression=ErofsCompression(name),
         level=args.level,
         pcluster_size=parse_size(args.block_size),
-        fragments=args.erofs_fragments,
-        ztailpacking=args.erofs_ztailpacking,
-        holes=not args.erofs_no_holes,
         dedup=not args.no_dedup,
         xattrs=not args.no_xattrs,
         mkfs_time=args.mkfs_time,
         workers=args.workers,
         all_root=all_root,
     )
+    # The feature flags only ever switch a feature one way.
+    flags = {"fragments": args.erofs_fragments, "ztailpacking": args.erofs_ztailpacking,
+             "holes": not args.erofs_no_holes}
+    if args.erofs_kernel is None:
+        return ErofsOptions(**common, **flags)
+    asked = {k: v for k, v in flags.items() if v != (k == "holes")}
+    return ErofsOptions.for_kernel(args.erofs_kernel, **common, **asked)
 
 
 def print_fidelity(issues: Iterable[FidelityIssue]) -> None:

@@ -52,6 +52,28 @@ ZTAILPACKING_MIN_KERNEL = "5.17"
 #: with an all-zero chunk, stored as a hole (see ``chunks.py``).
 HOLES_MIN_KERNEL = "5.15"
 
+#: The oldest Linux ``for_kernel`` accepts: EROFS left staging in 5.4.
+OLDEST_KERNEL = "5.4"
+
+
+def kernel_version(text: str) -> tuple[int, int]:
+    """``"6.1"``, ``"5.15.0-91-generic"`` → (6, 1); anything else raises UsageError."""
+    head = text.strip().split("-", 1)[0].split(".")
+    try:
+        if len(head) < 2 or not all(part.isdigit() for part in head[:3]):
+            raise ValueError
+        return int(head[0]), int(head[1])
+    except ValueError:
+        raise UsageError(f"invalid kernel version {text!r}",
+                         hint="give MAJOR.MINOR, e.g. 5.15 or 6.1 (`uname -r` of the "
+                              "oldest host that mounts the image)") from None
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
 #: What ``--help`` says about the EROFS compressors.
 COMPRESSION_HELP = "default lz4hc; " + ", ".join(
     f"{c.value} (Linux {MIN_KERNEL[c]}+)" for c in ErofsCompression)
@@ -115,6 +137,49 @@ class ErofsOptions:
                                   "always inline) or choose --compression lz4hc")
         if len(self.uuid) != 16:
             raise UsageError("the volume uuid must be 16 bytes")
+
+    @classmethod
+    def for_kernel(cls, kernel: str, **settings: object) -> ErofsOptions:
+        """Options whose images the given Linux and every later one mount.
+
+        Every EROFS feature that ``kernel`` reads and that makes images smaller is
+        switched on: fragments from 6.1 (which carry file tails, so tail packing is
+        left off), else ztailpacking from 5.17; holes are kept from 5.15 and turned off
+        before it. ``settings`` are the other fields, and a feature given there wins
+        (``holes=False`` on 6.1 stays off); a compressor or feature asked for there that
+        ``kernel`` cannot mount raises UsageError, naming the version it needs.
+        """
+        have = kernel_version(kernel)
+        shown = f"{have[0]}.{have[1]}"
+        if have < _version(OLDEST_KERNEL):
+            raise UsageError(f"Linux {shown} cannot mount EROFS images",
+                             hint=f"EROFS is mountable from Linux {OLDEST_KERNEL}")
+        compression = settings.get("compression", cls.compression)
+        assert isinstance(compression, ErofsCompression)
+        needs = MIN_KERNEL[compression]
+        if have < _version(needs):
+            raise UsageError(
+                f"Linux {shown} cannot mount EROFS images compressed with "
+                f"{compression.value} (it needs Linux {needs}+)",
+                hint="choose --compression " + ", ".join(
+                    c.value for c in ErofsCompression if have >= _version(MIN_KERNEL[c])))
+        wanted = {"fragments": FRAGMENTS_MIN_KERNEL, "ztailpacking": ZTAILPACKING_MIN_KERNEL,
+                  "holes": HOLES_MIN_KERNEL}
+        for name, since in wanted.items():
+            if settings.get(name) and have < _version(since):
+                raise UsageError(f"Linux {shown} cannot mount EROFS images with {name} "
+                                 f"(it needs Linux {since}+)",
+                                 hint=f"drop --erofs-{name} or give a later kernel")
+        compressed = compression is not ErofsCompression.NONE
+        fragments = compressed and have >= _version(FRAGMENTS_MIN_KERNEL)
+        chosen: dict[str, object] = {
+            "fragments": fragments,
+            "ztailpacking": (compressed and not fragments
+                             and have >= _version(ZTAILPACKING_MIN_KERNEL)),
+            "holes": have >= _version(HOLES_MIN_KERNEL),
+        }
+        chosen.update(settings)
+        return cls(**chosen)  # type: ignore[arg-type]
 
     def resolved_level(self) -> int | None:
         """The level the compressor runs at (None: lz4's single fast mode, or none)."""
