@@ -146,6 +146,43 @@ def test_recompile_is_byte_identical_to_a_cold_compile(
     assert hashlib.sha256(warm).hexdigest() == hashlib.sha256(cold).hexdigest()
 
 
+@pytest.mark.parametrize("copy", ["in_kernel_one_block_a_run", "read_and_written"])
+def test_copied_blocks_make_the_same_image_however_they_are_copied(
+        tmp_path: Path, copy: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Blocks of earlier images go from file to file in runs, by copy_file_range; where
+    the kernel cannot (files on two filesystems answer EXDEV) they are read and written.
+    With duplicates rewinding the output over copied blocks, the image is the same."""
+    import errno
+    import os
+
+    from ocisquash.squashfs import blocks
+
+    caplog.set_level(logging.DEBUG, logger="ocisquash.compile")
+    asked: list[int] = []
+    if copy == "read_and_written":
+        def refused(*args: object) -> int:
+            asked.append(1)
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        monkeypatch.setattr(os, "copy_file_range", refused)
+    else:
+        # Each block a run of its own, and few blocks in flight: a duplicate's blocks are
+        # copied before it is found to be one, and the output is rewound over them.
+        monkeypatch.setattr(blocks, "COPY_RUN", 1)
+        monkeypatch.setattr(blocks, "IN_FLIGHT_BYTES", 1)
+    v2 = CHANGES["hardlinks_and_duplicates"](_base())
+    v2[2].append(Entry("app/main-copy-2", data=_data(60, 6 * BLOCK + 7)))  # a third copy
+    write_oci_layout(tmp_path / "v1", _base())
+    write_oci_layout(tmp_path / "v2", v2)
+    cold = _compile(tmp_path / "v2", tmp_path / "cold-cache", tmp_path / "cold.sqfs")
+    _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
+    warm = _compile(tmp_path / "v2", tmp_path / "cache", tmp_path / "warm.sqfs")
+    assert _reused(caplog) > 10
+    assert warm == cold
+    assert bool(asked) == (copy == "read_and_written")
+
+
 def test_recompile_at_gzip_9_and_without_fragments(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="ocisquash.compile")
@@ -330,11 +367,12 @@ def test_an_image_written_to_while_its_blocks_are_copied_is_built_again(
     cold = _compile(tmp_path / "v2", tmp_path / "cold-cache", tmp_path / "cold.sqfs")
     _compile(tmp_path / "v1", tmp_path / "cache", tmp_path / "v1.sqfs")
     image = _v1_entry(tmp_path / "cache") / IMAGE_FILE
-    stored = reuse.BlockReuse.stored
+    locate = reuse.BlockReuse.locate
     writes: list[int] = []
 
-    def stored_then_written(self: reuse.BlockReuse, digest: bytes) -> tuple[bytes, int] | None:
-        found = stored(self, digest)
+    def located_then_written(self: reuse.BlockReuse,
+                             digest: bytes) -> tuple[int, int, int] | None:
+        found = locate(self, digest)
         if found is not None and not writes:
             # Rewrite the earlier image's data area with other bytes, as a user writing
             # to the file would: the blocks copied from now on are not what it indexed.
@@ -344,7 +382,7 @@ def test_an_image_written_to_while_its_blocks_are_copied_is_built_again(
                 writes.append(f.write(b"\xee" * (image.stat().st_size // 2)))
         return found
 
-    monkeypatch.setattr(reuse.BlockReuse, "stored", stored_then_written)
+    monkeypatch.setattr(reuse.BlockReuse, "locate", located_then_written)
     warm = _compile(tmp_path / "v2", tmp_path / "cache", tmp_path / "warm.sqfs")
     assert writes, "no block was copied, so the write never happened"
     assert warm == cold

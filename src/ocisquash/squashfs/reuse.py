@@ -284,6 +284,15 @@ class BlockReuse:
             return None
         return payload, field
 
+    def locate(self, digest: bytes) -> tuple[int, int, int] | None:
+        """Where an earlier image holds the block with ``digest``: its descriptor (open
+        until :meth:`close`), the offset and the size field (None: none holds it).
+        Called by the compressing threads, which count it as reused."""
+        found = self._known.get(digest)
+        if found is not None:
+            self.reused += 1
+        return found
+
     def stored(self, digest: bytes) -> tuple[bytes, int] | None:
         """The stored bytes and size field of the block with ``digest``, if an earlier
         image holds it. Called by the compressing threads (a read-only look-up and a

@@ -159,7 +159,8 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
         self._tree = Tree(self._meta(options.default_dir_meta))
         workers = options.workers or os.cpu_count() or 1
         self._pipeline = BlockPipeline(self._out, self._out.tell(), self._compressor, workers,
-                                       options.block_size, reuse)
+                                       options.block_size, reuse,
+                                       self._out.fileno() if self._owned else None)
         self._data = DataWriter(
             self._pipeline,
             options.block_size,
