@@ -18,6 +18,7 @@ Format rules enforced here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .format import (
@@ -29,8 +30,9 @@ from .format import (
 )
 from .metadata import MetadataWriter
 
-#: One name in a listing: (name, basic inode type, inode number, inode reference: block
-#: start << 16 | offset). A plain tuple: one is built for every entry of the image.
+#: One name in a listing: (name, basic inode type, inode number, where its inode is: the
+#: inode table's block number << 16 | offset, see ``MetadataWriter.append``). A plain
+#: tuple: one is built for every entry of the image.
 DirEntry = tuple[bytes, int, int, int]
 
 
@@ -45,8 +47,10 @@ class Listing:
     index_count: int
 
 
-def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
-    """Append the listing of ``entries`` (sorted by name) to ``table``.
+def write_listing(table: MetadataWriter, entries: list[DirEntry],
+                  inode_start: Callable[[int], int]) -> Listing:
+    """Append the listing of ``entries`` (sorted by name) to ``table``;
+    ``inode_start(number)`` is the on-disk start of the inode table's block ``number``.
 
     Like mksquashfs, a header is indexed when the entries since the previous indexed
     point would exceed one metadata block (counted within the listing), and the index
@@ -75,7 +79,8 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
             or crosses
         ):
             if header_at >= 0:
-                DIR_HEADER.pack_into(listing, header_at, count - 1, base_block, base_number)
+                DIR_HEADER.pack_into(listing, header_at, count - 1, inode_start(base_block),
+                                     base_number)
                 if crosses:
                     headers.append((len(listing), name))
                     indexed_from = len(listing)
@@ -89,7 +94,8 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry]) -> Listing:
         listing += name
         count += 1
     if header_at >= 0:
-        DIR_HEADER.pack_into(listing, header_at, count - 1, base_block, base_number)
+        DIR_HEADER.pack_into(listing, header_at, count - 1, inode_start(base_block),
+                             base_number)
     table.write(listing)
     index = bytearray()
     for at, name in headers:

@@ -11,14 +11,20 @@ Format rules enforced here:
   unsigned integers ... holding the on-disk locations of each metadata block", "stored
   uncompressed and not preceded by a header".
 
-Blocks are compressed synchronously as they fill, so the location of any byte already
-written (and of the block being filled) is known at once: the inode and directory
-writers need those locations to reference each other.
+The inode and directory writers need the locations of each other's blocks: a block's
+on-disk start is the sum of the compressed sizes of the blocks before it. With a thread
+pool, full blocks are compressed on it while the next ones fill; :meth:`append` then
+returns a reference by block *number*, which :meth:`resolve` turns into the format's
+(by block start) once the blocks before it are compressed, and :meth:`reference` waits
+for them. Without a pool each block is compressed as it fills. The bytes are the same
+either way.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
+from concurrent.futures import Executor, Future
 
 from .compressor import Compressor
 from .format import METADATA_SIZE, METADATA_UNCOMPRESSED
@@ -37,15 +43,20 @@ def pack_metadata_block(compressor: Compressor, chunk: bytes) -> bytes:
 class MetadataWriter:
     """An in-memory metadata stream (inode, directory, xattr or lookup-table records)."""
 
-    def __init__(self, compressor: Compressor) -> None:
+    def __init__(self, compressor: Compressor, pool: Executor | None = None) -> None:
         self._compressor = compressor
+        #: compresses full blocks while the next ones fill (see the module docstring)
+        self._pool = pool
         self._pending = bytearray()
+        #: the blocks compressed so far, and those still being compressed after them
         self._blocks: list[bytes] = []
-        #: on-disk size of the blocks written so far = start of the block being filled
+        self._waiting: deque[Future[bytes]] = deque()
+        #: on-disk size of the compressed blocks = start of the first one not compressed
         self._disk_size = 0
-        #: on-disk start (relative to the stream) of every completed block
+        #: on-disk start (relative to the stream) of every compressed block
         self._starts: list[int] = []
-        #: uncompressed bytes in completed blocks
+        #: completed blocks (compressed or not), and their uncompressed bytes
+        self._emitted = 0
         self._flushed = 0
 
     @property
@@ -55,26 +66,36 @@ class MetadataWriter:
 
     def reference(self) -> tuple[int, int]:
         """(block start relative to the stream, offset in the block) of the next byte."""
+        self._settle(self._emitted)
         return self._disk_size, len(self._pending)
+
+    def block_start(self, index: int) -> int:
+        """On-disk start (relative to the stream) of block number ``index`` (a completed
+        block, or the one being filled)."""
+        self._settle(index)
+        return self._starts[index] if index < len(self._starts) else self._disk_size
 
     def block_start_of(self, position: int) -> int:
         """On-disk start (relative to the stream) of the block holding ``position``."""
         index = position // METADATA_SIZE
-        if index < len(self._starts):
-            return self._starts[index]
-        assert index == len(self._starts), "position beyond the block being filled"
-        return self._disk_size
+        assert index <= self._emitted, "position beyond the block being filled"
+        return self.block_start(index)
 
     def append(self, record: bytes) -> int:
-        """Write ``record`` and return its reference: "The lower 16 bit hold an offset
-        into the uncompressed block and the upper 48 bit point to the on-disk location of
-        the block" (relative to the stream)."""
+        """Write ``record`` and return where it starts as the block's number << 16 |
+        the offset in the block; :meth:`resolve` makes it the format's reference."""
         pending = self._pending
-        ref = self._disk_size << 16 | len(pending)
+        ref = self._emitted << 16 | len(pending)
         pending += record  # write(), without its call: one record per inode
         if len(pending) >= METADATA_SIZE:
             self.write(b"")
         return ref
+
+    def resolve(self, ref: int) -> int:
+        """The reference of an :meth:`append` result: "The lower 16 bit hold an offset
+        into the uncompressed block and the upper 48 bit point to the on-disk location of
+        the block" (relative to the stream)."""
+        return self.block_start(ref >> 16) << 16 | (ref & 0xFFFF)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._pending += data
@@ -83,17 +104,29 @@ class MetadataWriter:
             del self._pending[:METADATA_SIZE]
 
     def _emit(self, chunk: bytes) -> None:
-        block = pack_metadata_block(self._compressor, chunk)
+        if self._pool is None:
+            self._place(pack_metadata_block(self._compressor, chunk))
+        else:
+            self._waiting.append(self._pool.submit(pack_metadata_block, self._compressor, chunk))
+        self._emitted += 1
+        self._flushed += len(chunk)
+
+    def _place(self, block: bytes) -> None:
         self._starts.append(self._disk_size)
         self._blocks.append(block)
         self._disk_size += len(block)
-        self._flushed += len(chunk)
+
+    def _settle(self, count: int) -> None:
+        """Wait until the first ``count`` completed blocks are compressed."""
+        while len(self._blocks) < count:
+            self._place(self._waiting.popleft().result())
 
     def finish(self) -> list[bytes]:
         """Flush the partial last block and return all on-disk blocks in order."""
         if self._pending:
             self._emit(bytes(self._pending))
             self._pending.clear()
+        self._settle(self._emitted)
         return self._blocks
 
     @property
@@ -103,14 +136,15 @@ class MetadataWriter:
 
 
 def pack_lookup_table(
-    compressor: Compressor, records: bytes, table_start: int
+    compressor: Compressor, records: bytes, table_start: int, pool: Executor | None = None
 ) -> tuple[bytes, int]:
-    """Lay out a lookup table at absolute offset ``table_start``.
+    """Lay out a lookup table at absolute offset ``table_start`` (its blocks compressed
+    on ``pool`` when given).
 
     Returns (bytes to write, absolute offset of the location list), the value the
     superblock stores for the table.
     """
-    meta = MetadataWriter(compressor)
+    meta = MetadataWriter(compressor, pool)
     meta.write(records)
     blocks = meta.finish()
     body = b"".join(blocks)

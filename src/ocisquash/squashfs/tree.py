@@ -47,7 +47,8 @@ class Node:
         self.meta = meta
         #: "inode number": assigned when the image is finished, 0 until then
         self.number = 0
-        #: 64-bit inode reference, assigned when the inode is written
+        #: where the inode is, assigned when it is written: the inode table's block
+        #: number << 16 | offset (``MetadataWriter.append``)
         self.ref = -1
         self.nlink = 0
 

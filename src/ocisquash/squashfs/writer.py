@@ -15,9 +15,11 @@ back. The image is then padded to a multiple of 4 KiB, "the device block size".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -316,6 +318,19 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
     def _stop(self) -> None:
         self._pipeline.close(cancel=True)
 
+    @contextlib.contextmanager
+    def _table_pool(self) -> Iterator[Executor | None]:
+        """Threads that compress the tables' metadata blocks while the main thread lays
+        out the next ones (see ``metadata.py``): at gzip level 9 compressing them took
+        most of the tables' time (figures: bench/README.md). None with one worker."""
+        workers = self._options.workers or os.cpu_count() or 1
+        if workers < 2:
+            yield None
+            return
+        with ThreadPoolExecutor(max_workers=workers,
+                                thread_name_prefix="ocisquash-tables") as pool:
+            yield pool
+
     def _write_rest(self) -> WriteSummary:
         """Write all tables and the superblock, pad to 4 KiB, flush."""
         opts = self._options
@@ -326,37 +341,39 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
         out = self._out
         out.seek(position)
 
-        layout = _Layout(self._tree.root, self._compressor, self._meta_list)
-        root_ref = layout.build()
+        with self._table_pool() as pool:
+            layout = _Layout(self._tree.root, self._compressor, self._meta_list, pool)
+            root_ref = layout.build()
 
-        inode_table = position
-        inode_bytes = b"".join(layout.inodes.finish())
-        directory_table = inode_table + len(inode_bytes)
-        dir_bytes = b"".join(layout.dirs.finish())
-        end = directory_table + len(dir_bytes)
-        chunks = [inode_bytes, dir_bytes]
+            inode_table = position
+            inode_bytes = b"".join(layout.inodes.finish())
+            directory_table = inode_table + len(inode_bytes)
+            dir_bytes = b"".join(layout.dirs.finish())
+            end = directory_table + len(dir_bytes)
+            chunks = [inode_bytes, dir_bytes]
 
-        # With no fragments, unsquashfs reads the directory table up to the fragment
-        # table start, so that start must be the end of the directory table.
-        fragment_table = end
-        if self._data.fragment_count:
-            table, fragment_table = pack_lookup_table(
-                self._compressor, b"".join(self._data.fragment_table), end
-            )
+            # With no fragments, unsquashfs reads the directory table up to the fragment
+            # table start, so that start must be the end of the directory table.
+            fragment_table = end
+            if self._data.fragment_count:
+                table, fragment_table = pack_lookup_table(
+                    self._compressor, b"".join(self._data.fragment_table), end, pool
+                )
+                chunks.append(table)
+                end += len(table)
+
+            export_table = INVALID_TABLE
+            if opts.exportable:
+                export = layout.inode_refs()
+                table, export_table = pack_lookup_table(
+                    self._compressor, struct.pack(f"<{len(export)}Q", *export), end, pool
+                )
+                chunks.append(table)
+                end += len(table)
+
+            table, id_table = pack_lookup_table(self._compressor, layout.ids.records(), end)
             chunks.append(table)
             end += len(table)
-
-        export_table = INVALID_TABLE
-        if opts.exportable:
-            table, export_table = pack_lookup_table(
-                self._compressor, struct.pack(f"<{len(layout.export)}Q", *layout.export), end
-            )
-            chunks.append(table)
-            end += len(table)
-
-        table, id_table = pack_lookup_table(self._compressor, layout.ids.records(), end)
-        chunks.append(table)
-        end += len(table)
 
         xattr_table = INVALID_TABLE
         if len(layout.xattrs):
@@ -435,14 +452,16 @@ class _Layout:
     comes last with the highest number.
     """
 
-    def __init__(self, root: DirNode, compressor: Compressor, metas: list[EntryMeta]) -> None:
+    def __init__(self, root: DirNode, compressor: Compressor, metas: list[EntryMeta],
+                 pool: Executor | None = None) -> None:
         self.root = root
         #: what a short file's int in the tree indexes (see ``tree.py``)
         self.metas = metas
-        self.inodes = MetadataWriter(compressor)
-        self.dirs = MetadataWriter(compressor)
+        self.inodes = MetadataWriter(compressor, pool)
+        self.dirs = MetadataWriter(compressor, pool)
         self.ids = IdTable()
         self.xattrs = XattrTable(compressor)
+        #: each inode number's inode, as ``MetadataWriter.append`` gave it
         self.export: list[int] = []
         self.count = 0
         self._meta_fields: dict[int, tuple[int, int, int, int, int]] = {}
@@ -536,7 +555,7 @@ class _Layout:
                     number = child.number
                 # A node's type is the basic one, as entries store it.
                 entries.append((name, child.type, child.number, child.ref))
-            listing = write_listing(self.dirs, entries)
+            listing = write_listing(self.dirs, entries, self.inodes.block_start)
             mode, uid, gid, mtime, xattr = self._fields(node.meta)
             kind, body = directory_body(
                 listing, node.nlink, node.parent_number, xattr, needs_extended(entries)
@@ -545,7 +564,12 @@ class _Layout:
             number = node.number
             self.stats["directories"] += 1
         self.stats["files"] += files
-        return self.root.ref
+        return self.inodes.resolve(self.root.ref)
+
+    def inode_refs(self) -> list[int]:
+        """The inode reference of each inode number (the export table's records)."""
+        starts = self.inodes.block_starts
+        return [starts[ref >> 16] << 16 | (ref & 0xFFFF) for ref in self.export]
 
     def _fields(self, meta: EntryMeta) -> tuple[int, int, int, int, int]:
         """(mode, uid index, gid index, mtime, xattr index) of an inode's ``meta``. The
