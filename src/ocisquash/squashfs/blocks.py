@@ -496,6 +496,10 @@ class FileData:
 #: Where a file's data is: a :class:`FileData`, or a :func:`pack_short` int.
 Stored = FileData | int
 
+#: Where a replayed file's tail lies in an earlier image: the digest of the block that
+#: holds it, its offset there, and the length of that block.
+TailOrigin = tuple[bytes, int, int]
+
 #: Fragment blocks read back to check small duplicates, kept decoded: copies of one
 #: file tend to come many times.
 _FRAGMENT_CACHE = 8
@@ -535,6 +539,12 @@ class DataWriter:
         #: files read back to be keyed
         self.read_backs = 0
         self._fragment = bytearray()
+        #: where the fragment block being filled comes from, when it holds only tails of
+        #: replayed files, in the order and at the offsets they had in one block of an
+        #: earlier image: that block's digest, the bytes of it the fragment holds, and
+        #: its length. Once it holds the whole block it is that block, whose stored bytes
+        #: are copied without hashing the fragment (see ``write_indexed``).
+        self._origin: list[Any] | None = None
         #: packed fragment table entries, in fragment index order
         self.fragment_table: list[bytes] = []
         self._fragment_count = 0
@@ -621,25 +631,28 @@ class DataWriter:
         return self._finish_long(record, mark, hasher, total, tail)
 
     def write_indexed(self, size: int, items: list[bytes | int],
-                      tail: Callable[[], bytes], check: int) -> Stored:
+                      tail: Callable[[], tuple[bytes, TailOrigin | None]], check: int) -> Stored:
         """Store a file given by the digests of its whole blocks (or runs of zero blocks),
         which earlier images hold, and its last partial block's bytes (``tail()``, which
-        checks them against their CRC-32 ``check``), as ``write_file`` stores the same
-        bytes (see ``layerindex.py``)."""
+        checks them against their CRC-32 ``check``, and says where they are), as
+        ``write_file`` stores the same bytes (see ``layerindex.py``)."""
         bs = self._block_size
         if size < bs:
-            data = tail()
+            data, origin = tail()
             if len(data) != size:
                 raise SquashfsError(f"a replayed file's data is {len(data)} bytes, not {size}")
             # ``tail()`` checked the bytes against the CRC-32 the index keeps: that is
             # the one to record, not made again.
             checking, self.check_tails = self.check_tails, False
+            before, count = len(self._fragment), self._fragment_count
             try:
-                return self.store_short(data)
+                stored = self.store_short(data)
             finally:
                 self.check_tails = checking
                 if checking:
                     self.tail_check = check
+            self._follow(origin, before, count, size)
+            return stored
         record = FileData()
         mark = self._pipeline.submitted
         hashing = self._dedup
@@ -663,16 +676,40 @@ class DataWriter:
                 self._pipeline.submit_known(Known(item, bs), record.placed)
                 whole += 1
         left = size - whole * bs
-        last = tail() if left else b""
+        last, origin = tail() if left else (b"", None)
         if not 0 <= left < bs or len(last) != left:
             raise SquashfsError(f"a replayed file's blocks do not make its {size} bytes")
         checking, self.check_tails = self.check_tails, False
+        before, count = len(self._fragment), self._fragment_count
         try:
-            return self._finish_long(record, mark, hasher, size, last)
+            stored = self._finish_long(record, mark, hasher, size, last)
         finally:
             self.check_tails = checking
             if checking:
                 self.tail_check = check if last else 0
+        if left:
+            self._follow(origin, before, count, left)
+        return stored
+
+    def _follow(self, origin: TailOrigin | None, before: int, count: int, n: int) -> None:
+        """Keep ``_origin`` for a tail of ``n`` bytes from ``origin`` just stored: the
+        fragment block being filled held ``before`` bytes and was number ``count``."""
+        if not self._use_fragments:
+            return
+        now = len(self._fragment)
+        if self._fragment_count == count and now == before:
+            return  # a duplicate: the fragment did not change
+        known = self._origin
+        if origin is None:
+            self._origin = None
+        elif self._fragment_count != count or before == 0:
+            # It begins a fragment block (after the one it did not fit in was written).
+            self._origin = [origin[0], n, origin[2]] if origin[1] == 0 and now == n else None
+        elif (known is not None and known[0] == origin[0] and known[1] == before
+              and origin[1] == before and now == before + n):
+            known[1] = now
+        else:
+            self._origin = None
 
     def _finish_long(self, record: FileData, mark: int, hasher: Any, total: int,
                      tail: bytes) -> Stored:
@@ -880,10 +917,19 @@ class DataWriter:
 
     def flush_fragment(self) -> None:
         """Write the fragment block being filled, if it holds anything."""
-        if not self._fragment:
+        fragment = self._fragment
+        if not fragment:
             return
-        self._pipeline.submit(bytes(self._fragment), self._fragment_placed)
-        self._fragment.clear()
+        origin = self._origin
+        self._origin = None
+        if origin is not None and origin[1] == len(fragment) == origin[2]:
+            # The whole of a block of an earlier image, byte for byte (every tail was
+            # checked against its CRC-32 and lies where it lay there): its digest is
+            # known, and its stored bytes are the ones to write.
+            self._pipeline.submit_known(Known(origin[0], len(fragment)), self._fragment_placed)
+        else:
+            self._pipeline.submit(bytes(fragment), self._fragment_placed)
+        fragment.clear()
         self._fragment_count += 1
 
     def _fragment_placed(self, position: int, field: int, count: int = 1) -> None:

@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from ..entry import EntryMeta
 from ..errors import SquashfsError
 from ..layers import Fidelity, Limits, TarEntry
-from .blocks import _SHORT_BITS, _SHORT_MASK, Stored, unpack_short
+from .blocks import _SHORT_BITS, _SHORT_MASK, Stored, TailOrigin, unpack_short
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 
 if TYPE_CHECKING:
@@ -764,9 +764,16 @@ class IndexedFile:
     def tail_bytes(self) -> bytes:
         """The bytes of the file's last partial block (``b""``: none), checked against the
         CRC-32 the index keeps (the block holding them is found by its digest)."""
+        return self.tail_piece()[0]
+
+    def tail_piece(self) -> tuple[bytes, TailOrigin | None]:
+        """:meth:`tail_bytes`, and where they lie: the digest of the block holding them,
+        their offset there, and the block's length (None: no tail)."""
         if self.tail is None:
-            return b""
-        return self._source.tail(*self.tail)
+            return b"", None
+        digest, offset, length, check = self.tail
+        piece, block_length = self._source.tail(digest, offset, length, check)
+        return piece, (digest, offset, block_length)
 
     def _chunks(self) -> Iterator[bytes]:
         bs = self._source.block_size
@@ -902,17 +909,17 @@ class _Blocks:
             raise ReplayError("a file's tail lies past the end of its block")
         return piece
 
-    def tail(self, digest: bytes, offset: int, length: int, check: int) -> bytes:
+    def tail(self, digest: bytes, offset: int, length: int, check: int) -> tuple[bytes, int]:
         """A file's tail: ``length`` bytes at ``offset`` in a block, checked against their
         CRC-32 ``check`` (which costs less than hashing the whole block for each file in
-        it, and catches a wrong offset too)."""
+        it, and catches a wrong offset too); and the block's length."""
         block, checked = self._decoded(digest)
         piece = block[offset:offset + length]
         if len(piece) != length:
             raise ReplayError("a file's tail lies past the end of its block")
         if (offset, length, check) not in checked and zlib.crc32(piece) != check:
             raise ReplayError("a file's tail does not match the CRC-32 its layer index keeps")
-        return piece
+        return piece, len(block)
 
 
 class Replay:

@@ -271,7 +271,7 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
                 if size is not None and size != source.size:
                     raise SquashfsError(f"file data is {source.size} bytes, not {size}")
                 written = self._data.write_indexed(
-                    source.size, source.items, source.tail_bytes,
+                    source.size, source.items, source.tail_piece,
                     source.tail[3] if source.tail is not None else 0)
             else:
                 written = self._data.write_file(source, size)
