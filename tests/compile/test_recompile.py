@@ -6,6 +6,7 @@ v2's bytes with a cold compile of v2 into an empty cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ from ocisquash.cache import IMAGE_FILE, ImageCache
 from ocisquash.compile import compile_image
 from ocisquash.sources.options import SourceOptions
 from ocisquash.squashfs.options import Compression, WriterOptions
-from ocisquash.squashfs.reuse import INDEX_FILE, read_index
+from ocisquash.squashfs.reuse import INDEX_FILE, read_index, settings_key
 
 from conftest import require_or_skip
 from imagebuilder import Entry, write_oci_layout
@@ -208,6 +209,22 @@ def test_other_settings_reuse_nothing(tmp_path: Path, caplog: pytest.LogCaptureF
     assert _reused(caplog) == 0
     cold = _compile(tmp_path / "v2", tmp_path / "cold-cache", tmp_path / "cold.sqfs", level9)
     assert warm == cold
+
+
+
+#: all three are dependencies of the package
+@pytest.mark.parametrize("compression", [Compression.GZIP, Compression.ZSTD, Compression.LZ4])
+def test_the_settings_key_names_the_compressing_library_as_installed(
+        compression: Compression) -> None:
+    """The key records the version the package's metadata gives (taken from the module,
+    which the compressor imports anyway): a new version of the library, which may make
+    other bytes, reuses no block of an image it did not write."""
+    from importlib.metadata import version
+
+    package = {Compression.GZIP: "deflate", Compression.ZSTD: "zstandard",
+               Compression.LZ4: "lz4"}[compression]
+    key = json.loads(settings_key(WriterOptions(compression=compression)))
+    assert key["libraries"][package] == version(package)
 
 
 def _v1_entry(cache_dir: Path) -> Path:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import os
 import struct
@@ -63,26 +64,48 @@ _LEN = struct.Struct("<I")
 #: the image first, then the newest): this bounds the memory of the look-up table.
 MAX_SOURCES = 16
 
-#: The Python packages whose version can change a compressor's output.
+#: The Python packages whose version can change a compressor's output, with the
+#: module each installs.
 _LIBRARIES = {
-    Compression.GZIP: ("deflate",),  # and zlib for small windows: its version is below
-    Compression.ZSTD: ("zstandard",),
-    Compression.LZ4: ("lz4",),
-    Compression.LZO: ("python-lzo",),
+    Compression.GZIP: (("deflate", "deflate"),),  # and zlib for small windows: below
+    Compression.ZSTD: (("zstandard", "zstandard"),),
+    Compression.LZ4: (("lz4", "lz4"),),
+    Compression.LZO: (("python-lzo", "lzo"),),
     Compression.XZ: (),  # the interpreter's own lzma module: its version is below
 }
+
+
+def _library_version(package: str, module: str) -> str | None:
+    """The installed version of ``package``: its module's ``__version__``, which the
+    compressor has imported already (importing ``importlib.metadata`` for it took a
+    compile into the cache 0.03-0.1 s of start-up; figures: ``bench/README.md``), or
+    the package's metadata when the module has none."""
+    try:
+        found = getattr(importlib.import_module(module), "__version__", None)
+    except ImportError:
+        found = None
+    if isinstance(found, bytes):  # python-lzo's
+        found = found.decode("ascii", "replace")
+    if isinstance(found, str):
+        return found
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def settings_key(options: WriterOptions) -> str:
     """What a block's stored bytes depend on besides the block: the compressor settings,
     the writer's format version and the compressing libraries' versions."""
     import zlib
-    from importlib.metadata import PackageNotFoundError, version
 
     libs: dict[str, str] = {"python": sys.version.split()[0], "zlib": zlib.ZLIB_RUNTIME_VERSION}
-    for name in _LIBRARIES[options.compression]:
-        with contextlib.suppress(PackageNotFoundError):
-            libs[name] = version(name)
+    for package, module in _LIBRARIES[options.compression]:
+        found = _library_version(package, module)
+        if found is not None:
+            libs[package] = found
     return json.dumps({
         "format": FORMAT_VERSION,
         "compression": options.compression.value,
