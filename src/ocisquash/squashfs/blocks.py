@@ -986,7 +986,7 @@ def _sha256_holding_gil(data: bytes) -> bytes:
 _CRC_GIL_MINSIZE = 5 * 1024
 
 
-def crc32_holding_gil(data: bytes) -> int:
+def crc32_holding_gil(data: bytes | memoryview) -> int:
     """The CRC-32 of a file's tail (zlib's), in pieces that keep the GIL: as for
     :func:`_sha256_holding_gil`, taking the GIL back from the compressing threads after
     each tail cost more than computing it. isal's CRC-32 (carry-less multiplication)

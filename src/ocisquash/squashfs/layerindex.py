@@ -79,7 +79,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 from ..entry import EntryMeta
 from ..errors import SquashfsError
 from ..layers import Fidelity, Limits, TarEntry
-from .blocks import _SHORT_BITS, _SHORT_MASK, Stored, TailOrigin, unpack_short
+from .blocks import (
+    _SHORT_BITS,
+    _SHORT_MASK,
+    Stored,
+    TailOrigin,
+    crc32_holding_gil,
+    unpack_short,
+)
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 
 if TYPE_CHECKING:
@@ -840,7 +847,9 @@ class _Blocks:
     def _decode_checking(self, digest: bytes, tails: list[tuple[int, int, int]]) -> _Decoded:
         block = self._decode(digest)
         view = memoryview(block)
-        crc32 = zlib.crc32
+        # Holding the GIL: taking it back from the writing thread after each tail would
+        # cost more than the CRC-32 (as for the writer's own, see crc32_holding_gil).
+        crc32 = crc32_holding_gil
         return block, frozenset(t for t in tails if len(view[t[0]:t[0] + t[1]]) == t[1]
                                 and crc32(view[t[0]:t[0] + t[1]]) == t[2])
 
@@ -917,7 +926,7 @@ class _Blocks:
         piece = block[offset:offset + length]
         if len(piece) != length:
             raise ReplayError("a file's tail lies past the end of its block")
-        if (offset, length, check) not in checked and zlib.crc32(piece) != check:
+        if (offset, length, check) not in checked and crc32_holding_gil(piece) != check:
             raise ReplayError("a file's tail does not match the CRC-32 its layer index keeps")
         return piece, len(block)
 
