@@ -125,18 +125,20 @@ def test_compile_restores_the_callers_settings_and_builds_with_its_own(
         tmp_path: Path, callers_switch_interval: float) -> None:
     layers = [[Entry("etc", "dir"), Entry("etc/hostname", data=b"box\n" * 50_000)]]
     write_oci_layout(tmp_path / "layout", layers, compression="gzip")
-    during: list[tuple[float, bool]] = []
+    during: list[tuple[str, float, bool]] = []
+    fmt = ""
 
     def progress(event: object) -> None:
         if isinstance(event, LayerApplying):
-            during.append((sys.getswitchinterval(), gc.isenabled()))
+            during.append((fmt, sys.getswitchinterval(), gc.isenabled()))
 
-    for use_cache in (True, False):
-        compile_image(f"oci:{tmp_path / 'layout'}:latest", tmp_path / f"{use_cache}.squashfs",
-                      source_options=SourceOptions(cache_dir=tmp_path / "cache"),
-                      progress=progress, use_cache=use_cache)
-        assert (sys.getswitchinterval(), gc.isenabled()) == (callers_switch_interval, True)
-    assert during and set(during) == {(SWITCH_INTERVAL, False)}
+    for fmt in ("squashfs", "erofs"):
+        for use_cache in (True, False):
+            compile_image(f"oci:{tmp_path / 'layout'}:latest", tmp_path / f"{use_cache}.{fmt}",
+                          format=fmt, source_options=SourceOptions(cache_dir=tmp_path / "cache"),
+                          progress=progress, use_cache=use_cache)
+            assert (sys.getswitchinterval(), gc.isenabled()) == (callers_switch_interval, True)
+    assert set(during) == {(f, SWITCH_INTERVAL, False) for f in ("squashfs", "erofs")}
 
 
 def test_pack_restores_the_callers_settings(tmp_path: Path,

@@ -322,7 +322,7 @@ def _build_erofs(
     layers = image.layers()
 
     def build() -> tuple[FlattenReport, ErofsSummary]:
-        with collector_paused(), ErofsWriter(dest, options) as writer:
+        with collector_paused(), switches_shortened(), ErofsWriter(dest, options) as writer:
             report = _flatten_into(layers, writer, progress)
             return report, writer.finish()
 

@@ -13,10 +13,11 @@ the bench machine is in ``bench/README.md`` ("Mechanisms and what they buy").
   the older generations grow with the image. None of those objects form reference
   cycles: there is nothing for a collection to free until the build ends.
 * The GIL's switch interval is at most :data:`SWITCH_INTERVAL` while squashfs blocks
-  are compressed (:func:`switches_shortened`). A compressing thread needs the GIL for
-  a moment around each C call, and the thread parsing the layers runs Python most of
-  the time: at CPython's 5 ms, a compressing thread waits that long to hand a block
-  back, and the writer then waits for blocks that are not ready.
+  or EROFS pclusters are compressed (:func:`switches_shortened`). A compressing thread
+  needs the GIL for a moment around each C call (an EROFS pcluster takes three), and
+  the thread parsing the layers runs Python most of the time: at CPython's 5 ms, a
+  compressing thread waits that long to hand a block back, and the writer then waits
+  for blocks that are not ready.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def collector_paused() -> contextlib.AbstractContextManager[None]:
     return _COLLECTOR.held()
 
 
-#: The switch interval while squashfs blocks are compressed (see the module docstring).
+#: The switch interval while squashfs blocks or EROFS pclusters are compressed (see the
+#: module docstring).
 SWITCH_INTERVAL = 0.0005
 
 _SWITCH: HeldSetting[float] = HeldSetting(

@@ -412,7 +412,7 @@ def _write(out: BinaryIO, src: bytes, root_st: os.stat_result,
             return writer.finish()
     from .erofs import ErofsWriter
 
-    with ErofsWriter(out, options) as ewriter:
+    with switches_shortened(), ErofsWriter(out, options) as ewriter:
         _add_tree(ewriter, src, root_st, options, skip, fidelity)
         return ewriter.finish()
 
