@@ -104,18 +104,20 @@ PACKED_PCLUSTER_BYTES = 1 << 20
 #: The packed inode's segments hold this many of its pclusters (at least a segment).
 PACKED_SEGMENT_PCLUSTERS = 4
 #: lz4hc's output over fast lz4's, roughly, as a segment starts: each lz4hc pcluster
-#: aims at fast lz4's size of its window (fast lz4 costs a twentieth of lz4hc's level
-#: 9) times this scale, which then moves halfway to what each fitted pcluster made of
-#: its guess (halfway: one odd pcluster moves the next aim less). A low aim only makes
-#: the pcluster shorter, a high one costs a second try.
+#: aims at fast lz4's size of its window (see :data:`GUESS_PIECES`) times this scale,
+#: which then moves halfway to what each fitted pcluster made of its guess (halfway:
+#: one odd pcluster moves the next aim less). A low aim only makes the pcluster
+#: shorter; a high one fits the whole window with room to spare in its last block.
 HC_OVER_FAST = 0.85
 #: A fitted pcluster aims at this share of the blocks the previous one's ratio predicts
-#: for a whole ``pcluster_size`` of input: a smaller aim only makes the extent shorter,
-#: a larger one that fits the whole input costs a second try (measured on /usr/bin).
+#: for a whole ``pcluster_size`` of input (lz4, which has no cheaper guess): a smaller
+#: aim only makes the extent shorter (measured on /usr/bin).
 FIT_MARGIN = 0.95
-#: The same for an aim guessed from fast lz4 on the window itself, which is closer:
-#: fewer second tries at no loss of size (bench/RESULTS-erofs.md, "CPU").
+#: The same for an aim guessed from fast lz4 on the window itself, which is closer.
 GUESS_MARGIN = 0.95
+#: Fast lz4 guesses from this many pieces spread evenly over the window, half of it
+#: together: fast lz4 on all of it cost 5-10 % of lz4hc's time (bench/README.md, EROFS).
+GUESS_PIECES = 8
 
 #: "enum z_erofs_lcluster_type"
 LCLUSTER_PLAIN = 0
@@ -258,9 +260,15 @@ class Codec:
     def guess_ratio(self, data: bytes | memoryview) -> float:
         """A cheap measure of how well ``data`` compresses, proportional to the codec's
         compressed over raw size (0.0: none cheaper than compressing it): for lz4hc,
-        fast lz4's ratio, which the caller scales (see :data:`HC_OVER_FAST`)."""
-        if self.name is not ErofsCompression.LZ4HC or not len(data):
+        fast lz4's ratio on :data:`GUESS_PIECES` pieces spread over ``data`` (half of
+        it, one call), which the caller scales (see :data:`HC_OVER_FAST`)."""
+        n = len(data)
+        if self.name is not ErofsCompression.LZ4HC or not n:
             return 0.0
+        every = n // GUESS_PIECES
+        if every >= 2 * BLOCK_SIZE:
+            piece = every // 2
+            data = b"".join(data[at:at + piece] for at in range(0, every * GUESS_PIECES, every))
         fast = lz4.block.compress(data, mode="default", store_size=False)
         return len(fast) / len(data)
 
@@ -322,16 +330,19 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
     With :attr:`Codec.fixed_output`, every pcluster but the last is fitted to whole
     blocks: each aims at the blocks its window (the next ``step`` bytes) is expected to
     fill, from the cheap :meth:`Codec.guess_ratio` of the window scaled by what the
-    last fitted pcluster made of it (lz4hc), else from the last pcluster's ratio (lz4);
-    a pcluster whose whole window fits in fewer blocks is refitted into those. With
-    neither, the window is compressed whole to learn its ratio, then refitted into the
-    blocks it filled. The last pcluster, ``step`` bytes or less up to the segment's
-    end, is compressed whole and padded (or, for a file's last, goes inline or to the
-    packed inode). Without it, every pcluster is ``step`` bytes, compressed whole. A
-    pcluster that does not shrink by a block is stored raw (None) and the ratio is
-    learned again. The last piece is returned compressed even when that saves nothing:
-    ztailpacking may place it inline; the writer checks :func:`saves` before storing
-    it.
+    last fitted pcluster made of it (lz4hc), else from the last pcluster's ratio (lz4;
+    with none yet, the window is compressed whole to learn it and fitted into the
+    blocks that filled). Each window is fitted once: when all of it fits with room to
+    spare, its last block is padded rather than fitted again into fewer blocks (a
+    second pass over the window saved 0.02-0.04 % of the data's blocks on the bench
+    images). The last pcluster, ``step`` bytes or less up to the segment's end, is
+    compressed whole and padded (or, for a file's last, goes inline or to the packed
+    inode). Without it, every pcluster is ``step`` bytes, compressed whole. A pcluster
+    that does not shrink by a block is stored raw (None), and the ratio is learned
+    again: when fitted by a guess, the whole blocks of what the fit took (at least one),
+    not compressed whole once more. The last piece
+    is returned compressed even when that saves nothing: ztailpacking may place it
+    inline; the writer checks :func:`saves` before storing it.
     """
     pieces: list[Piece] = []
     view = memoryview(data)
@@ -339,15 +350,13 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
     fixed = codec.fixed_output
     ratio = 0.0  # compressed / raw of the last fitted pcluster, 0 when unknown
     scale = HC_OVER_FAST  # that ratio over the guess for its window
-    retry = False  # whether the last aim failed to save a block: compress whole then
     while pos < n:
         window = view[pos:pos + step]
         last = pos + step >= n
         whole = None  # the window compressed whole, when it was
-        guess = codec.guess_ratio(window) if fixed and not last and not retry else 0.0
+        guess = codec.guess_ratio(window) if fixed and not last else 0.0
         aim, margin = (guess * scale, GUESS_MARGIN) if guess else (ratio, FIT_MARGIN)
-        if last or not fixed or not aim or retry:
-            retry = False
+        if last or not fixed or not aim:
             whole = codec.compress(window)
             if last:
                 pieces.append((len(window), whole))
@@ -365,14 +374,14 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
         else:
             budget = max(1, int(step * aim * margin) // BLOCK_SIZE) * BLOCK_SIZE
         packed, used = codec.fit(window, budget)
-        if used == len(window) and len(packed) > BLOCK_SIZE and len(packed) % BLOCK_SIZE:
-            # The aim was too high: all of the window fit with room to spare.
-            packed, used = codec.fit(window, len(packed) // BLOCK_SIZE * BLOCK_SIZE)
         if not saves(packed, used):
             if whole is not None:  # the window compressed whole does save a block
                 packed, used = whole, len(window)
             else:
-                retry = True  # compress it whole next time round
+                raw = max(BLOCK_SIZE, used - used % BLOCK_SIZE)
+                pieces.append((raw, None))
+                pos += raw
+                ratio = 0.0
                 continue
         pieces.append((used, packed))
         pos += used
