@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from ocisquash.entry import EntryMeta
-from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, data
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter
+from ocisquash.erofs.tree import Tails
 
 from ._util import MKFS_TIME, erofs_mounted, fsck, fsck_extracts_holes
 
@@ -88,8 +89,8 @@ def test_short_files_as_records_make_the_image_streams_make(
 def test_a_short_file_costs_under_40_bytes_in_the_writer(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory the writer holds per short file until the end (tracemalloc: its name and
-    record in the directory's log; the spool is on disk here)."""
-    monkeypatch.setattr(data, "SPOOL_MEMORY", 1)
+    record in the directory's log; their bytes are on disk here)."""
+    monkeypatch.setattr(Tails, "FLUSH", 4096)
     rng = random.Random(3)
     n = 20_000
     files = [(b"d%02d/file-%06d" % (i % 100, i), rng.randbytes(rng.randrange(16, 512)))
@@ -109,3 +110,40 @@ def test_a_short_file_costs_under_40_bytes_in_the_writer(
         w.finish()
     per_file = held / (n - 100)
     assert per_file < 40, per_file
+
+
+@pytest.mark.parametrize("order", ["added", "reversed", "shuffled"])
+def test_short_files_bytes_read_back_in_any_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str) -> None:
+    monkeypatch.setattr(Tails, "FLUSH", 5000)  # most in the file, the last in memory
+    rng = random.Random(order)
+    pieces = [rng.randbytes(rng.randrange(0, 4000)) for _ in range(3000)]
+    tails = Tails(str(tmp_path))
+    try:
+        offsets = [tails.put(p) for p in pieces]
+        picks = list(range(len(pieces)))
+        if order == "reversed":
+            picks.reverse()
+        elif order == "shuffled":
+            rng.shuffle(picks)
+        for i in picks:
+            assert tails.get(offsets[i], len(pieces[i])) == pieces[i], i
+    finally:
+        tails.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nothing_is_left_beside_the_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Tails, "FLUSH", 4096)
+    image = tmp_path / "i.erofs"
+    with pytest.raises(RuntimeError), ErofsWriter(image, ErofsOptions(mkfs_time=0)) as w:
+        for i in range(100):
+            w.add_file(b"d/f%d" % i, META[0], b"x" * 300)
+        raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []
+    with ErofsWriter(image, ErofsOptions(mkfs_time=0)) as w:
+        for i in range(100):
+            w.add_file(b"d/f%d" % i, META[0], b"x" * 300)
+    assert list(tmp_path.iterdir()) == [image]
+    fsck(image)

@@ -6,7 +6,7 @@ in its log, in the order the entries came:
 * the names, each followed by ``/`` (a name never holds one), in one ``bytearray``;
 * ``metas``, an ``array('I')``: the entry's metadata, an index into the writer's list;
 * ``data``, an ``array('q')``: a short file whose data goes beside its inode, as
-  ``tail_at << 12 | size`` (its bytes are in the writer's spool at ``tail_at``; size
+  ``tail_at << 12 | size`` (its bytes are in :class:`Tails` at ``tail_at``; size
   below a block, 0 for an empty file), or ``-1 - k`` for anything else, ``nodes[k]``
   of the tree (symlinks, devices, files with blocks of data, files with several
   names); once the finish sequence resolves the directory, its sub-directories too
@@ -34,11 +34,14 @@ dict, kept from then on; entries that are only added are never indexed.
 
 from __future__ import annotations
 
+import io
+import os
+import tempfile
 from array import array
 from collections.abc import Callable
 
 from ..entry import EntryMeta
-from ..errors import SquashfsError
+from ..errors import ErofsError, SquashfsError
 from ..squashfs.format import InodeType
 from ..squashfs.tree import Node, plain_path, split_path
 
@@ -219,3 +222,70 @@ class EntryTree:
             return
         if not split_path(path):
             raise SquashfsError("the root of the image must be a directory")
+
+
+class Tails:
+    """The short files' bytes, appended in the order they came to a temporary file
+    (in the output's directory when there is one; unlinked at once, so nothing is left
+    behind whatever happens) in 1 MiB writes, and read back by offset through a window
+    that grows while reads follow each other and shrinks when they jump."""
+
+    FLUSH = 1 << 20
+    MIN_WINDOW = 4 << 10
+    MAX_WINDOW = 1 << 20
+
+    def __init__(self, directory: str | None = None) -> None:
+        self._dir = directory
+        self._file: io.FileIO | None = None
+        self._buf = bytearray()
+        #: bytes in the file (the rest are in _buf)
+        self._flushed = 0
+        self._window = b""
+        self._window_at = 0
+        self._window_size = 64 << 10
+        self._hits = 0
+
+    def put(self, data: bytes) -> int:
+        """Store ``data``; return its offset."""
+        at = self._flushed + len(self._buf)
+        self._buf += data
+        if len(self._buf) >= self.FLUSH:
+            self._flush()
+        return at
+
+    def _flush(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(buffering=0, dir=self._dir,  # noqa: SIM115
+                                                prefix=".ocisquash-tails-")
+        file = self._file
+        assert file is not None
+        with memoryview(self._buf) as whole:
+            done = 0
+            while done < len(whole):
+                done += file.write(whole[done:]) or 0
+        self._flushed += len(self._buf)
+        self._buf.clear()
+
+    def get(self, at: int, n: int) -> bytes:
+        if at >= self._flushed:
+            at -= self._flushed
+            return bytes(self._buf[at:at + n])
+        start = at - self._window_at
+        if start >= 0 and start + n <= len(self._window):
+            self._hits += 1
+            return self._window[start:start + n]
+        self._window_size = (min(self._window_size * 2, self.MAX_WINDOW) if self._hits >= 16
+                             else max(self._window_size // 2, self.MIN_WINDOW))
+        self._hits = 0
+        assert self._file is not None
+        self._window = os.pread(self._file.fileno(), max(n, self._window_size), at)
+        self._window_at = at
+        if len(self._window) < n:
+            raise ErofsError("cannot read back the short files' data from a temporary file")
+        return self._window[:n]
+
+    def close(self) -> None:
+        self._buf = bytearray()
+        self._window = b""
+        if self._file is not None:
+            self._file.close()

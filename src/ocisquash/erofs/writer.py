@@ -87,7 +87,7 @@ from .format import (
 )
 from .options import ErofsCompression, ErofsOptions
 from .sparse import SPARSE_MIN_SIZE, SparseFiles
-from .tree import DIR_BASE, SIZE_BITS, SIZE_MASK, Dir, EntryTree
+from .tree import DIR_BASE, SIZE_BITS, SIZE_MASK, Dir, EntryTree, Tails
 from .xattr import SharedXattrs, check_xattrs, icount, inline_size_bound
 
 _FILE_TYPE = {
@@ -201,6 +201,9 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         self._rooms: list[int] = []
         self._tree = EntryTree(self._meta(options.default_dir_meta))
         self._spool = Spool()
+        #: the short files' bytes, beside the output
+        self._tails = Tails(os.path.dirname(os.path.abspath(os.fsdecode(self._path)))
+                            if self._path is not None else None)
         #: whether a file shorter than a block that fits beside its inode is stored
         #: there whole, without the data writers (not when it is compressed: into the
         #: packed inode, or inline in compressed form)
@@ -291,7 +294,7 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
             # writer, and a copy would still carry its own tail, so nothing is shared.
             n = len(source)
             try:
-                self._tree.put_short(path, index, self._spool.put(source) if n else 0, n)
+                self._tree.put_short(path, index, self._tails.put(source) if n else 0, n)
             except OSError as e:
                 raise self._write_error(e, path) from e
             self._short_bytes += n
@@ -323,8 +326,8 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         """A short file's record as a node (it gets a second name)."""
         if not size:
             return FileNode(self._meta_list[meta], Extent(DataLayout.FLAT_PLAIN, 0, 0, -1))
-        return FileNode(self._meta_list[meta],
-                        Extent(DataLayout.FLAT_INLINE, size, 0, tail_at))
+        return FileNode(self._meta_list[meta], Extent(DataLayout.FLAT_INLINE, size, 0,
+                                                      self._spool.put(self._tails.get(tail_at, size))))
 
     # -- finishing ------------------------------------------------------------------
 
@@ -333,6 +336,7 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
             self._sparse.close()
         self._data.close()
         self._spool.close()
+        self._tails.close()
 
     def _write_rest(self) -> ErofsSummary:
         """Write directories, xattrs, inodes and the superblock."""
@@ -836,7 +840,7 @@ class _Finisher:
                                  meta.uid, meta.gid, 0)
         if not size:
             return head + short.body
-        return head + short.body + self.w._spool.get(tail_at, size)
+        return head + short.body + self.w._tails.get(tail_at, size)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -853,7 +857,7 @@ class _Finisher:
         next_gap = gap_nids[gaps[0]]
         in_gaps = {id(node) for node in self.gap_nodes}
         shorts = self.shorts
-        spool_get = self.w._spool.get
+        tails_get = self.w._tails.get
         pack = _COMPACT.pack
         stats = self.stats
         nodes = self.nodes
@@ -888,7 +892,7 @@ class _Finisher:
                     meta = short.meta
                     put(nid, pack(_INLINE_FORMAT, short.count, short.mode, 1, size, 0, 0, number,
                                   meta.uid, meta.gid, 0) + short.body
-                        + spool_get(v >> SIZE_BITS, size))
+                        + tails_get(v >> SIZE_BITS, size))
                     continue
                 if v <= DIR_BASE:
                     node: Node = refs[DIR_BASE - v]
