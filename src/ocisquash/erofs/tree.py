@@ -199,7 +199,20 @@ class EntryTree:
     def put_short(self, path: bytes, meta: int, tail_at: int, size: int) -> None:
         """Place a short file (see the module docstring) at the :meth:`placeable`
         ``path``."""
-        self._put(path, meta, tail_at << SIZE_BITS | size)
+        # _put written out: most entries come here
+        i = path.rfind(b"/")
+        parent = self._last_dir if i >= 0 and path[:i] == self._last_head else self._parent(path)
+        name = path[i + 1:]
+        if parent.subdirs and parent.subdirs.pop(name, None) is not None:
+            self._last_head = None  # a directory left the tree: the cache may be in it
+        # Dir.append written out
+        if parent.index is not None:
+            parent.index[name] = len(parent.data)
+        names = parent.names
+        names += name
+        names += b"/"
+        parent.metas.append(meta)
+        parent.data.append(tail_at << SIZE_BITS | size)
 
     def share(self, path: bytes, make: Callable[[int, int, int], Node]) -> Node:
         """The node at the existing non-directory ``path``; a short file's record is

@@ -53,7 +53,7 @@ from ..entry import EntryMeta
 from ..errors import ErofsError, OutputError
 from ..imagewriter import ImageWriter
 from ..squashfs.format import InodeType
-from ..squashfs.tree import Node, SpecialNode, SymlinkNode
+from ..squashfs.tree import Node, SpecialNode, SymlinkNode, plain_path
 from .compress import (
     Codec,
     CompressedData,
@@ -197,6 +197,9 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         #: each distinct metadata (as given, and as kept) -> its index in _meta_list
         self._meta_ids: dict[EntryMeta, int] = {}
         self._meta_list: list[EntryMeta] = []
+        #: the metadata add_file was given last, and its index
+        self._last_meta: EntryMeta | None = None
+        self._last_index = 0
         #: by metadata index: the most bytes of a file's tail that go beside its inode
         self._rooms: list[int] = []
         self._tree = EntryTree(self._meta(options.default_dir_meta))
@@ -275,6 +278,23 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
                  size: int | None = None) -> None:
         """Add a regular file, streaming ``data`` (exactly ``size`` bytes if given, else
         to EOF) into the image."""
+        # The layer reader hands the same object to entries of the same metadata:
+        # looked up by identity first (EntryMeta's hash is Python code).
+        if meta is self._last_meta:
+            index: int | None = self._last_index
+        else:
+            index = self._meta_ids.get(meta)
+            if index is not None:
+                self._last_meta, self._last_index = meta, index
+        # Most files: short (see the module docstring), given as bytes, under a plain
+        # path; the checks of the general path below, at once.
+        if (index is not None and type(data) is bytes and len(data) <= self._rooms[index]
+                and (size is None or size == len(data)) and self._short_files
+                and not self._closed and type(path) is bytes and 0 < len(path) <= MAX_NAME_LEN
+                and plain_path(path) and (not self._zero_holes or not data
+                                          or data.count(0) != len(data))):
+            self._add_short(path, index, data)
+            return
         self._check_open()
         self._check_path(path)
         index = self._meta_index(meta)
@@ -290,14 +310,7 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         room = self._rooms[index]
         if isinstance(source, bytes) and len(source) <= room and self._short_files and (
                 not self._zero_holes or not source or source.count(0) != len(source)):
-            # A short file: FLAT_INLINE (FLAT_PLAIN when empty) whatever the data
-            # writer, and a copy would still carry its own tail, so nothing is shared.
-            n = len(source)
-            try:
-                self._tree.put_short(path, index, self._tails.put(source) if n else 0, n)
-            except OSError as e:
-                raise self._write_error(e, path) from e
-            self._short_bytes += n
+            self._add_short(path, index, source)
             return
         meta = self._meta_list[index]
         try:
@@ -314,6 +327,17 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         except OSError as e:
             raise self._write_error(e, path) from e
         self._tree.put(path, FileNode(meta, extent), checked=True)
+
+    def _add_short(self, path: bytes, meta: int, data: bytes) -> None:
+        """A short file: FLAT_INLINE (FLAT_PLAIN when empty) whatever the data writer,
+        and a copy would still carry its own bytes, so nothing is shared."""
+        n = len(data)
+        try:
+            at = self._tails.put(data) if n else 0
+        except OSError as e:
+            raise self._write_error(e, path) from e
+        self._tree.put_short(path, meta, at, n)
+        self._short_bytes += n
 
     def add_hardlink(self, path: bytes, target: bytes) -> None:
         """Make ``path`` another name of the existing non-directory ``target``."""
@@ -442,6 +466,9 @@ class _Finisher:
         self.dirs: list[Dir] = []
         #: the directories by their records' handles (see Dir.resolve)
         self.refs: list[Dir] = []
+        #: the directories and symlinks in the order of their numbers (their blocks
+        #: outside the inode go in that order)
+        self.outside: list[Node] = []
         #: the packed inode (fragments), numbered last
         self.packed: FileNode | None = None
         self.inodes = 0
@@ -488,7 +515,7 @@ class _Finisher:
 
         # Blocks that directories and long symlinks need outside their inode.
         cursor = data.position // BLOCK_SIZE
-        for node in self._dirs_and_symlinks():
+        for node in self.outside:
             n = self._outside_blocks(node)
             if n:
                 if isinstance(node, Dir):
@@ -504,7 +531,7 @@ class _Finisher:
 
         # Write: out-of-line blocks, shared xattrs, inodes.
         self.out.seek(data.position)
-        for node in self._dirs_and_symlinks():
+        for node in self.outside:
             if isinstance(node, Dir):
                 if node.blocks_at:
                     self._write_outside(node)
@@ -573,6 +600,8 @@ class _Finisher:
         self._visit(root)
         dirs = self.dirs
         dirs.append(root)
+        outside = self.outside
+        outside.append(root)
         metas = self.w._meta_list
         nodes = self.nodes
         refs = self.refs
@@ -604,6 +633,7 @@ class _Finisher:
                     subdirs += 1
                     self._visit(sub)
                     dirs.append(sub)
+                    outside.append(sub)
                 else:
                     child = nodes[-1 - v]
                     if child.nlink:
@@ -612,6 +642,8 @@ class _Finisher:
                     else:
                         child.nlink = 1
                         self._visit(child)
+                        if isinstance(child, SymlinkNode):
+                            outside.append(child)
             stats["files"] += shorts
             node.nlink = 2 + subdirs
             node.nids = array("Q", bytes(8 * len(node.order)))
@@ -629,25 +661,6 @@ class _Finisher:
                 if isinstance(node, Dir) else "symlinks"
                 if isinstance(node, SymlinkNode) else "devices")
         self.stats[kind] += 1
-
-    def _dirs_and_symlinks(self) -> list[Node]:
-        """Directories and symlinks in the order of their numbers."""
-        found: list[Node] = [self.root]
-        nodes = self.nodes
-        seen: set[int] = set()
-        for d in self.dirs:
-            data = d.data
-            assert d.order is not None
-            for at in d.order:
-                v = data[at]
-                if v <= DIR_BASE:
-                    found.append(self.refs[DIR_BASE - v])
-                elif v < 0:
-                    child = nodes[-1 - v]
-                    if isinstance(child, SymlinkNode) and id(child) not in seen:
-                        seen.add(id(child))
-                        found.append(child)
-        return found
 
     # -- layout -----------------------------------------------------------------------
 
@@ -849,6 +862,7 @@ class _Finisher:
         nids grow), merged with the ones placed in gaps, sorted by nid."""
         records = _Records(self.out, base)
         put = records.put
+        buf = records.buf
         gap_nids = self.gap_nids
         gaps = sorted(range(len(gap_nids)), key=gap_nids.__getitem__)
         gaps.append(-1)
@@ -859,7 +873,6 @@ class _Finisher:
         shorts = self.shorts
         tails_get = self.w._tails.get
         pack = _COMPACT.pack
-        stats = self.stats
         nodes = self.nodes
         refs = self.refs
         number = 1
@@ -888,11 +901,17 @@ class _Finisher:
                     if short.extended or not size:
                         put(nid, self._short_record(short, size, v >> SIZE_BITS, number))
                         continue
-                    # the compact inode of most files, written out here
+                    # the compact inode of most files, and records.put(), written out here
                     meta = short.meta
-                    put(nid, pack(_INLINE_FORMAT, short.count, short.mode, 1, size, 0, 0, number,
-                                  meta.uid, meta.gid, 0) + short.body
-                        + tails_get(v >> SIZE_BITS, size))
+                    gap = base + nid * INODE_SLOT - records.start - len(buf)
+                    if gap:
+                        buf += bytes(gap)
+                    buf += pack(_INLINE_FORMAT, short.count, short.mode, 1, size, 0, 0, number,
+                                meta.uid, meta.gid, 0)
+                    buf += short.body
+                    buf += tails_get(v >> SIZE_BITS, size)
+                    if len(buf) >= _WRITE_BATCH:
+                        records.flush()
                     continue
                 if v <= DIR_BASE:
                     node: Node = refs[DIR_BASE - v]
@@ -918,7 +937,6 @@ class _Finisher:
             self._write_gap(gaps[g], records)
             g += 1
         records.close()
-        del stats
 
     def _write_gap(self, k: int, records: _Records) -> None:
         """Write the ``k``-th record placed in a gap."""
@@ -1003,9 +1021,13 @@ class _Records:
             self.buf += bytes(gap)
         self.buf += record
         if len(self.buf) >= _WRITE_BATCH:
-            self.out.write(self.buf)
-            self.start += len(self.buf)
-            self.buf.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered (``buf`` stays the same object)."""
+        self.out.write(self.buf)
+        self.start += len(self.buf)
+        self.buf.clear()
 
     def close(self) -> None:
         self.out.write(self.buf)
