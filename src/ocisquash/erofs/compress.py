@@ -606,15 +606,28 @@ class CompressedData:
                 yield source[i:i + step], i + step >= len(source)
             return
         total = 0
-        buf = bytearray()
-        while size is None or total < size:
-            want = CHUNK if size is None else min(CHUNK, size - total)
-            piece = source.read(want)
-            if not piece:
-                if size is not None:
+        if size is not None:
+            # A segment in one read (a tar member's data is copied once, joined).
+            while total < size:
+                want = min(step, size - total)
+                piece = source.read(want)
+                if 0 < len(piece) < want:
+                    parts = [piece]
+                    got = len(piece)
+                    while got < want and (more := source.read(want - got)):
+                        parts.append(more)
+                        got += len(more)
+                    piece = b"".join(parts)
+                if not piece:
                     raise ErofsError(f"file data ended after {total} of {size} bytes")
+                total += len(piece)
+                yield piece, total >= size
+            return
+        buf = bytearray()
+        while True:
+            piece = source.read(CHUNK)
+            if not piece:
                 break
-            total += len(piece)
             buf += piece
             # A segment goes once more follows it (so the last is known as such).
             while len(buf) > step:
@@ -671,16 +684,18 @@ class CompressedData:
 
     # -- writing extents and their index ----------------------------------------------
 
-    def _emit_one(self, f: _File, hold_last: bool = False) -> tuple[bytes, bytes | None]:
+    def _emit_one(self, f: _File, hold_last: bool = False
+                  ) -> tuple[bytes | memoryview, bytes | None]:
         """Write ``f``'s oldest segment, pcluster by pcluster; with ``hold_last``, all
         but the last, which is returned (its bytes, compressed or not) instead."""
         raw, future = f.chunks.popleft()
         f.raw_bytes -= len(raw)
         pieces = future.result() if future is not None else [(len(raw), None)]
         at = 0
-        held: tuple[bytes, bytes | None] = (b"", None)
+        held: tuple[bytes | memoryview, bytes | None] = (b"", None)
+        view = memoryview(raw)  # the pieces' bytes are not copied
         for i, (n, packed) in enumerate(pieces):
-            part = raw[at:at + n]
+            part = view[at:at + n]
             at += n
             if hold_last and i == len(pieces) - 1:
                 held = (part, packed)
@@ -689,7 +704,7 @@ class CompressedData:
         assert at == len(raw)
         return held
 
-    def _write_piece(self, f: _File, raw: bytes, packed: bytes | None) -> None:
+    def _write_piece(self, f: _File, raw: bytes | memoryview, packed: bytes | None) -> None:
         """Write one extent: compressed if that takes fewer blocks, else raw, a PLAIN
         extent per block. A PLAIN extent maps at most a block, up to the end of the
         lcluster after its HEAD's when that holds no HEAD: so the file's last, when it
@@ -719,12 +734,20 @@ class CompressedData:
         if cut < n:
             parts[-1] = raw[(raw_blocks - 2) * BLOCK_SIZE:cut]
             parts.append(raw[cut:])
+        out = []  # the blocks, each part padded, written at once
+        for part in parts:
+            out.append(part)
+            if len(part) < BLOCK_SIZE:
+                out.append(bytes(BLOCK_SIZE - len(part)))
+        start = self.position
         for i, part in enumerate(parts):
             self._place(f, 0, len(part))
-            self._put(part + bytes(BLOCK_SIZE - len(part)))
+            self.position += BLOCK_SIZE
             self._extent(f, len(part), _PLAIN, blkaddr + i, 1)
+        self.position = start
+        self._put(b"".join(out))
         f.total_blocks += len(parts)
-        f.tail = raw[n - n % BLOCK_SIZE:]
+        f.tail = bytes(raw[n - n % BLOCK_SIZE:])
 
     def _place(self, f: _File, blocks: int, n: int) -> None:
         """Remember where an extent went, for a file that may be read back (raw
@@ -806,7 +829,7 @@ class CompressedData:
             if extent.size < BLOCK_SIZE:
                 extent.startblk = 0
 
-    def _write_last(self, f: _File, raw: bytes, packed: bytes | None) -> None:
+    def _write_last(self, f: _File, raw: bytes | memoryview, packed: bytes | None) -> None:
         """ZTAILPACKING: store ``f``'s last pcluster after its cluster index if it fits
         in the inode's block ("erofs_blkoff(m_pa) + m_plen" may not pass the block's
         end), else as any other. Its lclusters are a HEAD and NONHEADs, the HEAD's
@@ -842,8 +865,8 @@ class CompressedData:
         f.compressed = True
         f.tail = b""
 
-    def _split_last(self, f: _File, raw: bytes, packed: bytes, room: int
-                    ) -> tuple[bytes, bytes] | None:
+    def _split_last(self, f: _File, raw: bytes | memoryview, packed: bytes, room: int
+                    ) -> tuple[bytes | memoryview, bytes] | None:
         """Cut ``f``'s last pcluster in two: a head that fills the whole blocks the
         pcluster filled and a tail, the rest, that compresses into ``room``, as
         mkfs.erofs's fixed-output compression leaves a small last pcluster. The head is
@@ -917,8 +940,10 @@ class CompressedData:
         return extent
 
     def _put(self, data: bytes) -> None:
-        self._out.seek(self.position)
-        self._out.write(data)
+        out = self._out
+        if out.tell() != self.position:  # a seek would flush the buffer every time
+            out.seek(self.position)
+        out.write(data)
         self.position += len(data)
 
     # -- keying a file already written (size-first dedup) ------------------------------

@@ -70,24 +70,30 @@ class _Replay:
         left = cut.size - self._pos
         if n < 0 or n > left:
             n = left
-        out = bytearray()
-        while len(out) < n:
-            want = n - len(out)
+        out: list[bytes] = []
+        got = 0
+        while got < n:
+            want = n - got
             pos = self._pos
             if pos >= self._seen:
                 piece = self._source.read(want)
                 if not piece:
                     raise ErofsError(f"file data ended after {pos} of {cut.size} bytes")
             elif pos < cut.closed:
+                # The run of data (or hole) chunks from here, at once.
                 k = pos // cut.chunk
-                take = min(want, (k + 1) * cut.chunk - pos)
-                piece = self._stored(pos, take) if cut.flags[k] else bytes(take)
+                data = cut.flags[k]
+                j = cut.flags.find(0 if data else 1, k)
+                end = cut.closed if j < 0 else min(j * cut.chunk, cut.closed)
+                take = min(want, end - pos)
+                piece = self._stored(pos, take) if data else bytes(take)
             else:  # the current chunk, data emitted or zeros held
                 take = min(want, self._seen - pos)
                 piece = self._stored(pos, take) if cut.started else bytes(take)
-            out += piece
+            out.append(piece)
+            got += len(piece)
             self._pos += len(piece)
-        return bytes(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _stored(self, pos: int, n: int) -> bytes:
         """Emitted bytes at ``pos`` (in order): from the file aside, or the tail."""
@@ -116,11 +122,8 @@ class SparseFiles:
     def write(self, source: BinaryIO | bytes, size: int, inline_room: int) -> Extent:
         """Add one file of at least :data:`SPARSE_MIN_SIZE` bytes."""
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as aside:
-            digest = hashlib.sha256()
-
             def emit(view: bytes | memoryview) -> None:
                 aside.write(view)
-                digest.update(view)
 
             bits = chunk_bits(size)
             cut = Split(size, bits, emit)
@@ -129,10 +132,13 @@ class SparseFiles:
             if seen < size or cut.data_len * 2 > size or cut.data_len > SPARSE_MAX_DATA:
                 replay = _Replay(aside, cut, source, seen)  # type: ignore[arg-type]
                 return self._compressed.write(replay, size, inline_room)  # type: ignore[arg-type]
-            tail = cut.tail
+            # Hashed only now that it is chunk-based: most files this large are not.
             aside.seek(0, 2)
-            aside.write(tail)
-            digest.update(tail)
+            aside.write(cut.tail)
+            aside.seek(0)
+            digest = hashlib.sha256()
+            while piece := aside.read(CHUNK):
+                digest.update(piece)
             aside.seek(0)
             return self._chunked(aside, cut, bits, digest.digest())  # type: ignore[arg-type]
 
