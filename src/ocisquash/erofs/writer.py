@@ -423,6 +423,10 @@ _COMPACT = struct.Struct("<HHHHIIIIHHI")
 _REG = MODE_TYPE[FileType.REG_FILE]
 #: a compact FLAT_INLINE inode's i_format
 _INLINE_FORMAT = DataLayout.FLAT_INLINE << 1
+#: the parts of ``_COMPACT``: before i_size, i_size to i_ino (i_mtime and i_u 0), after
+_PRE = struct.Struct("<HHHH")
+_SIZE_INO = struct.Struct("<I8xI")
+_POST = struct.Struct("<HH4x")
 #: a short file's dirent type
 _REG_FILE = int(FileType.REG_FILE)
 #: metadata records written at once
@@ -432,7 +436,7 @@ _WRITE_BATCH = 1 << 20
 class _Short:
     """What a short file's inode takes from its metadata, worked out once per value."""
 
-    __slots__ = ("body", "count", "extended", "head", "meta", "mode")
+    __slots__ = ("body", "count", "extended", "head", "meta", "mode", "post", "pre")
 
     def __init__(self, meta: EntryMeta, body: bytes, epoch: int) -> None:
         self.meta = meta
@@ -443,6 +447,12 @@ class _Short:
         self.extended = meta.mtime != epoch or meta.uid > 0xFFFF or meta.gid > 0xFFFF
         #: the inode and its xattrs, before the inline tail
         self.head = (EXTENDED_INODE_SIZE if self.extended else COMPACT_INODE_SIZE) + len(body)
+        if not self.extended:
+            # A compact FLAT_INLINE record around its i_size, i_mtime, i_u and i_ino
+            # (_SIZE_INO): i_format, i_xattr_icount, i_mode, i_nlink before; i_uid,
+            # i_gid, the reserved field and the xattrs after.
+            self.pre = _PRE.pack(_INLINE_FORMAT, self.count, self.mode, 1)
+            self.post = _POST.pack(meta.uid, meta.gid) + body
 
 
 class _Finisher:
@@ -672,7 +682,7 @@ class _Finisher:
         start)."""
         gaps = _Gaps()
         take = gaps.take_len
-        shorts = self.shorts
+        heads = [short.head for short in self.shorts]
         nodes = self.nodes
         refs = self.refs
         root = self.root
@@ -690,7 +700,7 @@ class _Finisher:
                 if v >= 0:
                     number += 1
                     size = v & SIZE_MASK
-                    length = shorts[metas[at]].head + size
+                    length = heads[metas[at]] + size
                     start = take(length)
                     if start is not None:
                         nids[j] = start // INODE_SLOT * 2 + 1
@@ -872,7 +882,7 @@ class _Finisher:
         in_gaps = {id(node) for node in self.gap_nodes}
         shorts = self.shorts
         tails_get = self.w._tails.get
-        pack = _COMPACT.pack
+        size_ino = _SIZE_INO.pack
         nodes = self.nodes
         refs = self.refs
         number = 1
@@ -902,13 +912,12 @@ class _Finisher:
                         put(nid, self._short_record(short, size, v >> SIZE_BITS, number))
                         continue
                     # the compact inode of most files, and records.put(), written out here
-                    meta = short.meta
                     gap = base + nid * INODE_SLOT - records.start - len(buf)
                     if gap:
                         buf += bytes(gap)
-                    buf += pack(_INLINE_FORMAT, short.count, short.mode, 1, size, 0, 0, number,
-                                meta.uid, meta.gid, 0)
-                    buf += short.body
+                    buf += short.pre
+                    buf += size_ino(size, number)
+                    buf += short.post
                     buf += tails_get(v >> SIZE_BITS, size)
                     if len(buf) >= _WRITE_BATCH:
                         records.flush()
