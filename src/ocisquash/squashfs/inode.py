@@ -68,6 +68,11 @@ def directory_body(
 
 #: A basic file inode whole: the common header, then the basic file body.
 BASIC_FILE_INODE = struct.Struct("<" + INODE_HEADER.format.lstrip("<") + FILE_INODE.format.lstrip("<"))
+#: The same cut after the modification time: type, permissions, uid and gid indexes,
+#: time (what files of one metadata share), then inode number and the file body.
+BASIC_FILE_HEAD = struct.Struct("<HHHHI")
+BASIC_FILE_TAIL = struct.Struct("<I" + FILE_INODE.format.lstrip("<"))
+assert BASIC_FILE_HEAD.size + BASIC_FILE_TAIL.size == BASIC_FILE_INODE.size
 
 
 def file_inode(data: Stored, nlink: int, xattr: int, mode: int, uid: int, gid: int,

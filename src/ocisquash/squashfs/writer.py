@@ -27,7 +27,7 @@ from ..entry import EntryMeta
 from ..errors import OutputError, SquashfsError
 from ..imagewriter import ImageWriter, readable
 from ..rules import clamp_mtime
-from .blocks import BlockPipeline, DataWriter, Stored, unpack_short
+from .blocks import _SHORT_BITS, _SHORT_MASK, BlockPipeline, DataWriter, Stored
 from .compressor import Compressor, make_compressor
 from .directory import DirEntry, needs_extended, write_listing
 from .format import (
@@ -40,7 +40,8 @@ from .format import (
     SuperFlags,
 )
 from .inode import (
-    BASIC_FILE_INODE,
+    BASIC_FILE_HEAD,
+    BASIC_FILE_TAIL,
     directory_body,
     file_inode,
     header,
@@ -89,6 +90,10 @@ class WriteSummary:
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 _FILE = InodeType.FILE
+
+#: Where a short file's fragment index is in its int (``blocks.pack_short``).
+_FRAGMENT_SHIFT = 2 * _SHORT_BITS
+_FRAGMENT_MASK = (1 << (META_SHIFT - _FRAGMENT_SHIFT)) - 1
 
 
 
@@ -526,24 +531,26 @@ class _Layout:
         append = self.inodes.append
         export = self.export
         files = 0
-        #: each short file's fields, by its metadata's index (see _fields)
-        short_fields: list[tuple[int, int, int, int, int] | None] = [None] * len(metas)
-        basic_file = BASIC_FILE_INODE.pack
+        #: by a short file's metadata index: the head of its basic inode (what files of
+        #: one metadata share), or b"" when its xattrs need an extended one
+        heads: list[bytes | None] = [None] * len(metas)
+        basic_tail = BASIC_FILE_TAIL.pack
         for node, children in order:
             entries: list[DirEntry] = []
             for name, child in children:
                 if isinstance(child, int):
                     number += 1
                     at = child >> META_SHIFT
-                    found = short_fields[at]
-                    if found is None:
-                        found = short_fields[at] = fields(metas[at])
-                    mode, uid, gid, mtime, xattr = found
-                    if xattr == INVALID_INDEX:  # file_inode's case for it, without the call
-                        size, fragment, offset = unpack_short(child & DATA_MASK)
-                        record = basic_file(_FILE, mode, uid, gid, mtime, number, 0, fragment,
-                                            offset, size)
+                    head = heads[at]
+                    if head is None:
+                        head = heads[at] = self._basic_head(metas[at])
+                    if head:  # file_inode's case for it, without the call
+                        # The int's fields (blocks.pack_short): size, offset, fragment.
+                        record = head + basic_tail(
+                            number, 0, child >> _FRAGMENT_SHIFT & _FRAGMENT_MASK,
+                            child >> _SHORT_BITS & _SHORT_MASK, child & _SHORT_MASK)
                     else:
+                        mode, uid, gid, mtime, xattr = fields(metas[at])
                         record = file_inode(child & DATA_MASK, 1, xattr, mode, uid, gid, mtime,
                                             number)
                     ref = export[number - 1] = append(record)
@@ -570,6 +577,13 @@ class _Layout:
         """The inode reference of each inode number (the export table's records)."""
         starts = self.inodes.block_starts
         return [starts[ref >> 16] << 16 | (ref & 0xFFFF) for ref in self.export]
+
+    def _basic_head(self, meta: EntryMeta) -> bytes:
+        """The head of a basic file inode of ``meta`` (b"": it needs an extended one)."""
+        mode, uid, gid, mtime, xattr = self._fields(meta)
+        if xattr != INVALID_INDEX:
+            return b""
+        return BASIC_FILE_HEAD.pack(_FILE, mode, uid, gid, mtime)
 
     def _fields(self, meta: EntryMeta) -> tuple[int, int, int, int, int]:
         """(mode, uid index, gid index, mtime, xattr index) of an inode's ``meta``. The
