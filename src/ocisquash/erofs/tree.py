@@ -39,6 +39,7 @@ import os
 import tempfile
 from array import array
 from collections.abc import Callable
+from itertools import islice
 
 from ..entry import EntryMeta
 from ..errors import ErofsError, SquashfsError
@@ -58,7 +59,7 @@ class Dir(Node):
     sequence works out for it."""
 
     __slots__ = ("blocks_at", "data", "index", "metas", "names", "nids", "order",
-                 "parent_number", "size", "subdirs")
+                 "parent_number", "size", "subdirs", "tail")
 
     def __init__(self, meta: EntryMeta) -> None:
         super().__init__(meta, _DIR)
@@ -77,6 +78,8 @@ class Dir(Node):
         self.size = 0
         #: first block of the directory's out-of-line blocks (0: none)
         self.blocks_at = 0
+        #: the directory's last block, once made, when it goes inline
+        self.tail: bytes | None = None
         self.parent_number = 0
 
     def append(self, name: bytes, meta: int, data: int) -> None:
@@ -105,14 +108,21 @@ class Dir(Node):
         ``refs``). Returns the children's names in that order. The sub-directory map
         and the index are dropped: nothing is added after this."""
         self.index = None
+        log = self.log_names()
+        subdirs = self.subdirs
+        self.subdirs = {}
+        if all(map(bytes.__lt__, log, islice(log, 1, None))) and not subdirs:
+            # Most directories: the names came sorted, none twice (a layer's tar lists
+            # them so), and no sub-directory; no map of the names is made.
+            self.order = array("q", range(len(log)))
+            return log
         latest: dict[bytes, int] = {}
-        for i, name in enumerate(self.log_names()):
+        for i, name in enumerate(log):
             latest[name] = i
-        for name, sub in self.subdirs.items():
+        for name, sub in subdirs.items():
             latest[name] = len(self.data)
             self.append(name, 0, DIR_BASE - len(refs))
             refs.append(sub)
-        self.subdirs = {}
         names = sorted(latest)
         self.order = array("q", [latest[n] for n in names])
         return names

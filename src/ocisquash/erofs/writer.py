@@ -45,7 +45,7 @@ import functools
 import os
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -68,6 +68,7 @@ from .directory import DirEntry, directory_size, pack_block, split_blocks
 from .format import (
     BLOCK_SIZE,
     COMPACT_INODE_SIZE,
+    DIRENT,
     EXTENDED_INODE_SIZE,
     INCOMPAT_BIG_PCLUSTER,
     INCOMPAT_CHUNKED_FILE,
@@ -961,54 +962,79 @@ class _Finisher:
         records.put(nid, self._short_record(self.shorts[d.metas[at]], v & SIZE_MASK,
                                             v >> SIZE_BITS, self.gap_numbers[k]))
 
-    def _dir_blocks(self, node: Dir) -> list[bytes]:
-        """The directory's blocks, used bytes only (the last one is not padded)."""
+    def _dir_blocks(self, node: Dir) -> Iterator[bytes]:
+        """The directory's blocks in order, used bytes only (the last one is not
+        padded), made one at a time (a directory may hold a million names)."""
         log = node.log_names()
         data = node.data
         nids = node.nids
         order = node.order
         assert order is not None and nids is not None
-        names: list[bytes] = []
-        entries: list[DirEntry] = []
+        dots = [(b"..", node.parent_number), (b".", node.ref)]  # popped from the end
+        block: list[DirEntry] = []
+        used = 0
         for j, at in enumerate(order):
+            name = log[at]
+            # "." and ".." among the names, in byte order
+            while dots and dots[-1][0] < name:
+                dot, nid = dots.pop()
+                if used + DIRENT.size + len(dot) > BLOCK_SIZE:
+                    yield pack_block(block)
+                    block, used = [], 0
+                block.append((dot, FileType.DIR, nid))
+                used += DIRENT.size + len(dot)
             v = data[at]
-            names.append(log[at])
             if v >= 0:
-                entries.append((log[at], _REG_FILE, nids[j] >> 1))
+                entry: DirEntry = (name, _REG_FILE, nids[j] >> 1)
             else:
                 child = self.refs[DIR_BASE - v] if v <= DIR_BASE else self.nodes[-1 - v]
-                entries.append((log[at], _FILE_TYPE[child.type], child.ref))
-        # "." and ".." among the names, in byte order
-        for name, nid in ((b".", node.ref), (b"..", node.parent_number)):
-            i = bisect.bisect(names, name)
-            names.insert(i, name)
-            entries.insert(i, (name, FileType.DIR, nid))
-        blocks = []
-        at = 0
-        for n in split_blocks(names):
-            blocks.append(pack_block(entries[at:at + n]))
-            at += n
-        return blocks
-
-    def _content(self, node: Node) -> bytes:
-        """A directory's or symlink's whole data (at most a few blocks)."""
-        if isinstance(node, Dir):
-            blocks = self._dir_blocks(node)
-            return b"".join(b + bytes(BLOCK_SIZE - len(b)) for b in blocks[:-1]) + blocks[-1]
-        assert isinstance(node, SymlinkNode)
-        return node.target
+                entry = (name, _FILE_TYPE[child.type], child.ref)
+            if used + DIRENT.size + len(name) > BLOCK_SIZE:
+                yield pack_block(block)
+                block, used = [], 0
+            block.append(entry)
+            used += DIRENT.size + len(name)
+        while dots:
+            dot, nid = dots.pop()
+            if used + DIRENT.size + len(dot) > BLOCK_SIZE:
+                yield pack_block(block)
+                block, used = [], 0
+            block.append((dot, FileType.DIR, nid))
+            used += DIRENT.size + len(dot)
+        yield pack_block(block)
 
     def _write_outside(self, node: Node) -> None:
+        """Write the blocks of a directory or symlink that do not go inline; keep a
+        directory's inline tail (its last block) for its inode."""
         inode = self._inode(node)
-        content = self._content(node)
-        outside = content[:len(content) - inode.inline_len]
+        if isinstance(node, Dir):
+            last = b""
+            for block in self._dir_blocks(node):
+                if last:
+                    self.out.write(last + bytes(BLOCK_SIZE - len(last)))
+                last = block
+            if inode.inline_len:
+                assert len(last) == inode.inline_len
+                node.tail = last
+            else:
+                self.out.write(last + bytes(-len(last) % BLOCK_SIZE))
+            return
+        assert isinstance(node, SymlinkNode)
+        outside = node.target[:len(node.target) - inode.inline_len]
         self.out.write(outside + bytes(-len(outside) % BLOCK_SIZE))
 
     def _inline(self, node: Node, inode: _Inode) -> bytes:
         if isinstance(node, FileNode):
             return self.w._spool.get(node.extent.tail_at, inode.inline_len)
-        content = self._content(node)
-        return content[len(content) - inode.inline_len:]
+        if isinstance(node, Dir):
+            if node.tail is None:  # all of it inline: one block
+                blocks = list(self._dir_blocks(node))
+                assert len(blocks) == 1
+                node.tail = blocks[0]
+            assert len(node.tail) == inode.inline_len
+            return node.tail
+        assert isinstance(node, SymlinkNode)
+        return node.target[len(node.target) - inode.inline_len:]
 
 
 class _Records:
