@@ -302,6 +302,36 @@ def test_a_large_file_mostly_holes_is_chunk_based_in_a_compressed_image(
                                            "data": bytes(mostly_data)})
 
 
+@pytest.mark.root
+def test_a_large_file_written_while_read_then_found_chunk_based_leaves_nothing_behind(
+        tmp_path: Path) -> None:
+    """A large file is compressed and written while it is read until holes come in; one
+    that turns out chunk-based (under 8 MiB of data, then zeros) once more than one
+    worker's in-flight limit of it was written is taken back: the image, with files before and after it, is
+    the one its declared holes make (never compressed), and the kernel reads it."""
+    size = SPARSE_MIN_SIZE + 12345
+    rng = random.Random(5)
+    data = 8 * MIB - 64 * KIB
+    blob = rng.randbytes(data) + bytes(size - data - 5) + b"tail!"
+    before, after = _prose(rng, 300_000), _prose(rng, 200_000)
+    images = [
+        _image(tmp_path, name, {b"a": before, b"f": source, b"z": after},
+               compression=ErofsCompression.LZ4HC, workers=1)
+        for name, source in (("stream", (io.BytesIO(blob), size)),
+                             ("holes", (Holey(blob, [(data, size - 5)], 9), size)))
+    ]
+    assert images[0] == images[1]
+    image = tmp_path / "stream"
+    fsck(image)
+    assert dump_inode(image, "/f")["Layout"] == "4"
+    _check_mounted(image, tmp_path / "m", {"a": before, "f": blob, "z": after})
+
+
+def _prose(rng: random.Random, n: int) -> bytes:
+    words = [rng.randbytes(3).hex().encode() for _ in range(300)]
+    return b" ".join(rng.choice(words) for _ in range(n // 6))[:n]
+
+
 def test_holey_is_a_hole_reader() -> None:
     assert isinstance(Holey(b"", [], 0), HoleReader)
 

@@ -541,29 +541,23 @@ class CompressedData:
         digest = hashlib.sha256() if hashing else None
         streaming = False
         fragment = b""
-        for raw, last in self._segments(source, size):
-            extent.size += len(raw)
-            if digest is not None:
-                digest.update(raw)
-            if last and self._packed is not None:
-                # The file's last pcluster_size bytes (or fewer) join the packed inode.
-                cut = (len(raw) - 1) // self._pcluster * self._pcluster
-                raw, fragment = raw[:cut], raw[cut:]
-                if not raw:
-                    break
-            # A file of one block is not compressed (nothing to gain) unless its
-            # compressed form may go inline.
-            small = last and extent.size <= BLOCK_SIZE and not self._ztailpacking
-            f.chunks.append((raw, None if small else self._pool.submit(
-                compress_segment, self._codec, raw, self._pcluster)))
-            f.raw_bytes += len(raw)
-            if f.raw_bytes > self._limit:
-                if not streaming:
-                    streaming = True
-                    self.flush()  # the files added before this one go first
-                # The newest segment stays: its last pcluster may go inline.
-                while f.raw_bytes > self._limit and len(f.chunks) > 1:
-                    self._emit_one(f)
+        try:
+            for raw, last in self._segments(source, size):
+                streaming = self._add_segment(f, raw, last, digest, streaming)
+                if last and self._packed is not None:
+                    fragment = raw[(len(raw) - 1) // self._pcluster * self._pcluster:]
+        except BaseException:
+            # The source gave up (see ``sparse.py``), or the build fails: the file leaves
+            # nothing behind, so that it may be added again.
+            for _, future in f.chunks:
+                if future is not None:
+                    future.cancel()
+            if f.start >= 0:
+                self.position = f.start
+            if firsts is not None and size is not None and firsts.get(size) is f:
+                del firsts[size]
+            raise
+
         self.bytes_in += extent.size
         # A duplicate shares the extent only if its tail would go inline the same way.
         key = ((digest.digest(), extent.size, extent.size % BLOCK_SIZE <= inline_room)
@@ -596,6 +590,34 @@ class CompressedData:
             while self._queued > self._limit:
                 self._write_oldest()
         return extent
+
+    def _add_segment(self, f: _File, raw: bytes, last: bool,
+                     digest: hashlib._Hash | None, streaming: bool) -> bool:
+        """Queue the next segment of ``f`` for compression, and write ``f``'s older
+        segments once it holds more than the in-flight limit; returns whether ``f`` is
+        written while it is read (the files added before it were written first)."""
+        f.extent.size += len(raw)
+        if digest is not None:
+            digest.update(raw)
+        if last and self._packed is not None:
+            # The file's last pcluster_size bytes (or fewer) join the packed inode.
+            raw = raw[:(len(raw) - 1) // self._pcluster * self._pcluster]
+            if not raw:
+                return streaming
+        # A file of one block is not compressed (nothing to gain) unless its
+        # compressed form may go inline.
+        small = last and f.extent.size <= BLOCK_SIZE and not self._ztailpacking
+        f.chunks.append((raw, None if small else self._pool.submit(
+            compress_segment, self._codec, raw, self._pcluster)))
+        f.raw_bytes += len(raw)
+        if f.raw_bytes > self._limit:
+            if not streaming:
+                streaming = True
+                self.flush()  # the files added before this one go first
+            # The newest segment stays: its last pcluster may go inline.
+            while f.raw_bytes > self._limit and len(f.chunks) > 1:
+                self._emit_one(f)
+        return streaming
 
     def _segments(self, source: BinaryIO | bytes, size: int | None
                   ) -> Iterator[tuple[bytes, bool]]:

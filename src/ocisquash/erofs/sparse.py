@@ -38,6 +38,7 @@ import io
 import tempfile
 from typing import BinaryIO
 
+from ..entry import HoleReader
 from ..errors import ErofsError
 from .chunks import Split, chunk_bits, feed
 from .compress import CompressedData
@@ -106,6 +107,40 @@ class _Replay:
         return piece
 
 
+class _Holes(Exception):
+    """Raised by :class:`_Tee` when the file may be stored chunk-based after all."""
+
+
+class _Tee:
+    """A file's bytes for the compressor, each also given to ``cut`` (which sets its
+    data chunks aside) until the file is known to be compressed: then they only pass
+    through. Raises :class:`_Holes` instead, before the compressor has more zeros than
+    data, when the file has a declared hole ahead, or when it ends undecided."""
+
+    def __init__(self, source: BinaryIO, cut: Split, limit: int) -> None:
+        self._source = source
+        self._reader = source if isinstance(source, HoleReader) else None
+        self._cut = cut
+        self._limit = limit
+        self.pos = 0  # bytes read and given to the cut
+        self.decided = False
+
+    def read(self, n: int) -> bytes:
+        if self.decided:
+            return self._source.read(n)
+        if self._reader is not None and self._reader.zeros_ahead():
+            raise _Holes
+        data = self._source.read(n)
+        cut = self._cut
+        cut.feed(data)
+        self.pos += len(data)
+        if cut.data_len > self._limit:
+            self.decided = True
+        elif cut.holes * cut.chunk > cut.data_len or self.pos >= cut.size:
+            raise _Holes
+        return data
+
+
 class SparseFiles:
     """The files of a compressed image that are mostly holes (see the module
     docstring); the others go on to ``compressed``."""
@@ -127,7 +162,17 @@ class SparseFiles:
 
             bits = chunk_bits(size)
             cut = Split(size, bits, emit)
-            seen = self._read(source, size, cut)
+            if isinstance(source, bytes):
+                source = io.BytesIO(source)
+            # Most such files have no holes: compressed while they are read (and while
+            # their data is set aside), which stops (leaving nothing written) if holes
+            # come in.
+            tee = _Tee(source, cut, min(size // 2, SPARSE_MAX_DATA))
+            try:
+                return self._compressed.write(tee, size, inline_room)  # type: ignore[arg-type]
+            except _Holes:
+                pass
+            seen = tee.pos + feed(source, size - tee.pos, cut, min(size // 2, SPARSE_MAX_DATA))
             aside.seek(0)
             if seen < size or cut.data_len * 2 > size or cut.data_len > SPARSE_MAX_DATA:
                 replay = _Replay(aside, cut, source, seen)  # type: ignore[arg-type]
@@ -141,14 +186,6 @@ class SparseFiles:
                 digest.update(piece)
             aside.seek(0)
             return self._chunked(aside, cut, bits, digest.digest())  # type: ignore[arg-type]
-
-    @staticmethod
-    def _read(source: BinaryIO | bytes, size: int, cut: Split) -> int:
-        """Feed ``source`` to ``cut`` until the file is known to be compressed (its
-        data passes half its size or SPARSE_MAX_DATA) or ends; the bytes fed."""
-        if isinstance(source, bytes):
-            source = io.BytesIO(source)
-        return feed(source, size, cut, min(size // 2, SPARSE_MAX_DATA))
 
     def _chunked(self, aside: BinaryIO, cut: Split, bits: int, digest: bytes) -> Extent:
         data = self._compressed
