@@ -31,6 +31,10 @@ from .format import METADATA_SIZE, METADATA_UNCOMPRESSED
 
 _U16 = struct.Struct("<H")
 
+#: Blocks of one stream handed to the pool and not compressed yet, at most: the
+#: uncompressed bytes waiting stay small whatever the compressor's speed.
+_WAITING = 64
+
 
 def pack_metadata_block(compressor: Compressor, chunk: bytes) -> bytes:
     """Return one on-disk metadata block (header + payload) for ``chunk`` (≤ 8 KiB)."""
@@ -107,6 +111,8 @@ class MetadataWriter:
         if self._pool is None:
             self._place(pack_metadata_block(self._compressor, chunk))
         else:
+            if len(self._waiting) >= _WAITING:  # a slow compressor: hold the layout back
+                self._place(self._waiting.popleft().result())
             self._waiting.append(self._pool.submit(pack_metadata_block, self._compressor, chunk))
         self._emitted += 1
         self._flushed += len(chunk)
