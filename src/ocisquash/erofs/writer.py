@@ -1027,12 +1027,13 @@ class _Finisher:
         if isinstance(node, FileNode):
             return self.w._spool.get(node.extent.tail_at, inode.inline_len)
         if isinstance(node, Dir):
-            if node.tail is None:  # all of it inline: one block
+            tail, node.tail = node.tail, None  # kept by _write_outside until here only
+            if tail is None:  # all of it inline: one block
                 blocks = list(self._dir_blocks(node))
                 assert len(blocks) == 1
-                node.tail = blocks[0]
-            assert len(node.tail) == inode.inline_len
-            return node.tail
+                tail = blocks[0]
+            assert len(tail) == inode.inline_len
+            return tail
         assert isinstance(node, SymlinkNode)
         return node.target[len(node.target) - inode.inline_len:]
 
