@@ -174,3 +174,14 @@ def test_laying_out_short_files_costs_under_44_bytes_each(
             tracemalloc.stop()
     per_file = peak / n
     assert per_file < 44, per_file
+
+
+def test_short_files_bytes_go_to_the_temporary_directory_when_the_output_s_takes_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Tails, "FLUSH", 16)
+    tails = Tails(str(tmp_path / "gone"))  # as a directory that takes no new file
+    try:
+        at = [tails.put(b"%020d" % i) for i in range(10)]
+        assert [tails.get(a, 20) for a in at] == [b"%020d" % i for i in range(10)]
+    finally:
+        tails.close()

@@ -278,8 +278,15 @@ class Tails:
 
     def _flush(self) -> None:
         if self._file is None:
-            self._file = tempfile.TemporaryFile(buffering=0, dir=self._dir,  # noqa: SIM115
-                                                prefix=".ocisquash-tails-")
+            try:
+                self._file = tempfile.TemporaryFile(buffering=0, dir=self._dir,  # noqa: SIM115
+                                                    prefix=".ocisquash-tails-")
+            except OSError:
+                if self._dir is None:
+                    raise
+                # The output's directory may take the output but no new file.
+                self._file = tempfile.TemporaryFile(buffering=0,  # noqa: SIM115
+                                                    prefix=".ocisquash-tails-")
         file = self._file
         assert file is not None
         with memoryview(self._buf) as whole:
