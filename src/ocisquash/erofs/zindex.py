@@ -28,7 +28,10 @@ packed inode's, which keeps full indexes.
 
 from __future__ import annotations
 
+import operator
 import struct
+import sys
+from array import array
 
 #: "struct z_erofs_lcluster_index" of the full form: di_advise (the type), clusterofs,
 #: blkaddr | delta[2]
@@ -60,42 +63,43 @@ def compact_size(total: int, ebase: int) -> int:
     return -(-initial // 2) * 8 + two * 2 + -(-rest // 2) * 8
 
 
-def _entries(full: bytes) -> list[tuple[int, int, int, int]]:
-    """The full index as (type, clusterofs or delta[0], delta[1], blkaddr)."""
-    out = []
-    for at in range(0, len(full), _FULL.size):
-        advise, clusterofs, blkaddr = _FULL.unpack_from(full, at)
-        if advise == _NONHEAD:
-            _, _, d0, d1 = _DELTA.unpack_from(full, at)
-            out.append((_NONHEAD, d0, d1, 0))
-        else:
-            out.append((advise, clusterofs, 0, blkaddr))
-    return out
+def _values(full: bytes) -> tuple[list[int], list[int], list[int]]:
+    """Each lcluster of the full index as its compact value (type and clusterofs,
+    delta[0] or block count), its delta[1] (read for NONHEADs) and its blkaddr (0 for a
+    NONHEAD and for a tail, which has no block). A NONHEAD's delta[0] and delta[1] are
+    the two halves of the blkaddr field: the index is read as 16-bit words."""
+    words = array("H", full)
+    if sys.byteorder != "little":
+        words.byteswap()
+    kinds, ofs, lo, hi = words[0::4], words[1::4], words[2::4], words[3::4]
+    values = [k << _LO_BITS | (d0 if k == _NONHEAD else o) for k, o, d0 in zip(kinds, ofs, lo, strict=True)]
+    addrs = [0 if k == _NONHEAD else a | b << 16 for k, a, b in zip(kinds, lo, hi, strict=True)]
+    return values, hi.tolist(), addrs
 
 
-def _pack(entries: list[tuple[int, int, int, int]], bits: int, size: int
-          ) -> bytes | None:
-    """One pack of ``len(entries)`` entries, ``bits`` apart, ``size`` bytes in all;
-    None when its HEADs' block addresses do not follow from one base."""
-    n = len(entries)
-    values = []
-    for i, (kind, lo, d1, _) in enumerate(entries):
-        if kind == _NONHEAD and not lo & _CBLKCNT and i == n - 1:
-            lo = min(d1, _LO_MASK)
-        values.append(kind << _LO_BITS | lo)
+def _pack(values: list[int], last_d1: int, heads: list[int], addrs: list[int], bits: int,
+          size: int) -> bytes | None:
+    """One pack of ``len(values)`` entries, ``bits`` apart, ``size`` bytes in all
+    (``last_d1``: the last entry's delta[1]; ``heads``: where its entries with a block
+    are, ``addrs`` their blocks); None when the HEADs' block addresses do not follow
+    from one base."""
+    last = values[-1]
+    if last >> _LO_BITS == _NONHEAD and not last & _CBLKCNT:
+        # A NONHEAD last in its pack holds its distance forward to the next HEAD.
+        values = [*values[:-1], _NONHEAD << _LO_BITS | min(last_d1, _LO_MASK)]
     base = None
-    for i, (kind, _, _, blkaddr) in enumerate(entries):
-        if kind == _NONHEAD or not blkaddr:
-            continue  # a tail (inline or in the packed inode) has no block
+    for i, blkaddr in zip(heads, addrs, strict=True):
         want = blkaddr - _blocks_before(values, i)
         if base is None:
             base = want
         elif want != base:
             return None
-    bitstring = 0
-    for i, v in enumerate(values):
-        bitstring |= v << (bits * i)
+    bitstring: int = sum(map(operator.lshift, values, _SHIFTS[bits]))
     return bitstring.to_bytes(size - 4, "little") + struct.pack("<I", base or 0)
+
+
+#: Where each entry of a pack starts in its bit string, by the entries' spacing.
+_SHIFTS = {14: [14 * i for i in range(16)], 16: [0, 16]}
 
 
 def _blocks_before(values: list[int], i: int) -> int:
@@ -121,17 +125,31 @@ def _blocks_before(values: list[int], i: int) -> int:
 def to_compact(full: bytes, ebase: int) -> bytes | None:
     """The compact form of the full index ``full`` placed at ``ebase``; None when the
     pclusters do not follow each other on disk."""
-    entries = _entries(full)
-    initial, two, rest = _sections(len(entries), ebase)
-    dummy = (_PLAIN, 0, 0, 0)  # past the last lcluster: read by no one
+    values, d1s, addrs = _values(full)
+    initial, two, rest = _sections(len(values), ebase)
+    # Past the last lcluster: PLAIN entries read by no one.
+    values += [_PLAIN] * 16
+    d1s += [0] * 16
+    addrs += [0] * 16
+    # Where the lclusters with a block are (HEADs and PLAINs, not a tail), in order.
+    heads = [i for i, a in enumerate(addrs) if a]
     out = bytearray()
     at = 0
+    h = 0  # the first of ``heads`` not in a pack yet
     for count, per, bits, size in ((initial, 2, 16, 8), (two, 16, 14, 32), (rest, 2, 16, 8)):
         for start in range(at, at + count, per):
-            group = entries[start:min(start + per, at + count)]
-            group += [dummy] * (per - len(group))
+            end = start + per
+            group, last_d1 = values[start:end], d1s[end - 1]
+            if at + count < end:  # the last pack: the entries after the last lcluster
+                group[at + count - start:] = [_PLAIN] * (end - at - count)
+                last_d1 = 0
+            first = h
+            while h < len(heads) and heads[h] < min(end, at + count):
+                h += 1
+            in_pack = heads[first:h]
             try:
-                packed = _pack(group, bits, size)
+                packed = _pack(group, last_d1, [i - start for i in in_pack],
+                               [addrs[i] for i in in_pack], bits, size)
             except ValueError:
                 packed = None
             if packed is None:
