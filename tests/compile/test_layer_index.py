@@ -195,7 +195,7 @@ def _many_small_files() -> Layers:
     return [base[0], files, base[2]]
 
 
-@pytest.mark.parametrize("ahead", [(8, 1024), (2, 5), (1, 1)],
+@pytest.mark.parametrize("ahead", [(4 << 20, 8192), (2 * BLOCK, 5), (1, 1)],
                          ids=["default_lookahead", "short_lookahead", "one_entry_ahead"])
 def test_tails_decoded_ahead_of_the_files_that_use_them_or_passed_over(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: tuple[int, int]) -> None:
@@ -205,7 +205,7 @@ def test_tails_decoded_ahead_of_the_files_that_use_them_or_passed_over(
     tails are in blocks left behind, the image is still the cold compile's."""
     from ocisquash.squashfs import layerindex
 
-    monkeypatch.setattr(layerindex, "_AHEAD", ahead[0])
+    monkeypatch.setattr(layerindex, "_AHEAD_BYTES", ahead[0])
     monkeypatch.setattr(layerindex, "_LOOKAHEAD", ahead[1])
     v1 = _many_small_files()
     hidden = [Entry(f"var/.wh.f{i:03d}") for i in [*range(30, 90), 131, 170, 171, 239]]

@@ -238,6 +238,22 @@ class _Copier:
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
+class _Done:
+    """What a future gives, known when the block is queued (a block of an earlier image
+    that is copied: no thread need look at it)."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self, done: list[tuple[bytes | Source, int, bytes]]) -> None:
+        self._done = done
+
+    def result(self) -> list[tuple[bytes | Source, int, bytes]]:
+        return self._done
+
+    def cancel(self) -> bool:
+        return False
+
+
 class _Batch:
     """Blocks a compressing thread takes at once; ``future`` is None until it is handed
     over, and only then does ``blocks`` stop growing."""
@@ -248,7 +264,7 @@ class _Batch:
         self.blocks: list[bytes | Known] = []
         self.size = 0
         self.future: Future[list[tuple[bytes, int]]] | Future[
-            list[tuple[bytes | Source, int, bytes]]] | None = None
+            list[tuple[bytes | Source, int, bytes]]] | _Done | None = None
 
 
 class BlockPipeline:
@@ -307,6 +323,21 @@ class BlockPipeline:
         """Queue a block whose stored bytes an earlier image holds (needs ``reuse``)."""
         if self._reuse is None:
             raise SquashfsError("a block given by its digest needs earlier images")
+        if self._copier is not None:
+            # Where it is is all the copy needs: no compressing thread is woken for it
+            # (a replay queues thousands of them).
+            at = self._reuse.locate(block.digest)
+            if at is None:
+                from .layerindex import ReplayError
+
+                raise ReplayError("a block a layer index names cannot be read from its image")
+            known = _Batch()
+            known.future = _Done([((at[0], at[1]), at[2], block.digest)])
+            self._queue.append((known, 0, placed))
+            self._submitted += 1
+            while len(self._queue) > self._limit:
+                self._retire()
+            return
         batch = self._filling
         if batch is None:
             batch = self._filling = _Batch()

@@ -152,12 +152,14 @@ _KEPT = 1 << 15
 _BLOCK_CACHE = 8
 
 #: Blocks holding the tails of a replay's next files, decoded ahead by a thread of their
-#: own (zstd and zlib let the GIL go while they decode): at most this many runs of
-#: files whose tails share a block are looked at ahead of the flattener. Decoding them
-#: on the main thread was a quarter of a recompile's time there (bench/README.md).
-_AHEAD = 8
+#: own (zstd and zlib let the GIL go while they decode): at most this many bytes of them
+#: (runs of files whose tails share a block, a block each) are looked at ahead of the
+#: flattener. Decoding them on the main thread was a quarter of a recompile's time there;
+#: 8 blocks ahead left the main thread waiting for them twice as long as 32 did on a
+#: loaded machine (bench/README.md).
+_AHEAD_BYTES = 4 << 20
 #: ... and at most this many entries.
-_LOOKAHEAD = 1024
+_LOOKAHEAD = 8192
 
 
 #: The layer indexes' names in a cache entry, as a glob pattern.
@@ -1000,9 +1002,10 @@ class Replay:
 
     def _ahead(self, joined: Iterable[tuple[TarEntry, DataRecord | None]]
                ) -> Iterator[tuple[TarEntry, DataRecord | None]]:
-        """``joined``, read up to :data:`_LOOKAHEAD` entries and :data:`_AHEAD` runs of
-        tails ahead of the caller (a run: consecutive tails in one block), so that each
-        run's block is decoded and its tails checked before its files are written."""
+        """``joined``, read ahead of the caller by up to :data:`_LOOKAHEAD` entries and
+        as many runs of tails (consecutive tails in one block) as blocks make
+        :data:`_AHEAD_BYTES`, so that each run's block is decoded and its tails checked
+        before its files are written."""
         blocks = self._blocks
         source = iter(joined)
         buffer: deque[tuple[TarEntry, DataRecord | None]] = deque()
@@ -1012,9 +1015,10 @@ class Replay:
         runs: deque[list[Any]] = deque()
         read = 0  # entries taken from ``source``
         given = 0  # entries handed on
+        ahead = max(1, _AHEAD_BYTES // blocks.block_size)
         try:
             while True:
-                while not buffer or (len(buffer) < _LOOKAHEAD and len(runs) < _AHEAD):
+                while not buffer or (len(buffer) < _LOOKAHEAD and len(runs) < ahead):
                     item = next(source, None)
                     if item is None:
                         break
