@@ -116,7 +116,7 @@ FIT_MARGIN = 0.95
 #: The same for an aim guessed from fast lz4 on the window itself, which is closer.
 GUESS_MARGIN = 0.95
 #: Fast lz4 guesses from this many pieces spread evenly over the window, half of it
-#: together: fast lz4 on all of it cost 5-10 % of lz4hc's time (bench/README.md, EROFS).
+#: together: fast lz4 on all of it cost 5-10 % of lz4hc's time (bench/RESULTS-erofs.md).
 GUESS_PIECES = 8
 
 #: "enum z_erofs_lcluster_type"
