@@ -146,8 +146,10 @@ def _reuse_batch(compressor: Compressor, reuse: BlockReuse, blocks: list[bytes |
 #: the copying thread, which needs the GIL for each).
 COPY_RUN = 4 << 20
 
-#: Runs handed to the copying thread and not yet done, at most (an error shows soon).
-_COPIES_IN_FLIGHT = 4
+#: Runs handed to the copying thread and not yet done, at most: they hold no bytes, so
+#: the writing thread waits for the copies only to read a block back or at the end (on
+#: a loaded machine, a bound of 4 had it waiting for them a tenth of a recompile).
+_COPIES_IN_FLIGHT = 64
 
 
 class _Copier:
@@ -157,14 +159,17 @@ class _Copier:
     consecutively are one copy. The writing thread only says where each goes: copying
     226 MB through it took a fifth of a recompile's time there (bench/README.md).
     Copies land at their own offsets, so their order against the other writes does not
-    matter; :meth:`wait` is called before anything is read back or written over."""
+    matter; :meth:`wait` is called before the output is written over, and
+    :meth:`wait_for` before a part of it is read back."""
 
     def __init__(self, out: int) -> None:
         self._out = out
         #: the run not handed over yet: descriptor, source offset, output offset, size
         self._run: list[int] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocisquash-copy")
-        self._copying: deque[Future[None]] = deque()
+        #: the runs handed over, in order (one thread copies them in that order), each
+        #: with where it lands: its first and its end offset
+        self._copying: deque[tuple[Future[None], int, int]] = deque()
         #: False once the kernel refused to copy between these files: read and write
         self._in_kernel = hasattr(os, "copy_file_range")
 
@@ -181,28 +186,42 @@ class _Copier:
 
     def _hand_over(self) -> None:
         copying = self._copying
-        while copying and copying[0].done():
-            copying.popleft().result()  # raises what the copy raised
+        while copying and copying[0][0].done():
+            copying.popleft()[0].result()  # raises what the copy raised
         run = self._run
         if run is None:
             return
         self._run = None
-        copying.append(self._pool.submit(self._copy, *run))
+        copying.append((self._pool.submit(self._copy, *run), run[2], run[2] + run[3]))
         while len(copying) > _COPIES_IN_FLIGHT:
-            copying.popleft().result()
+            copying.popleft()[0].result()
 
     def wait(self) -> None:
         """Return once every copy asked for is in the output."""
         self._hand_over()
         copying = self._copying
         while copying:
-            copying.popleft().result()
+            copying.popleft()[0].result()
+
+    def wait_for(self, start: int, end: int) -> None:
+        """Return once the copies that land in ``[start, end)`` of the output are there
+        (duplicate detection reads a few blocks back: it need not wait for the rest)."""
+        run = self._run
+        if run is not None and run[2] < end and start < run[2] + run[3]:
+            self._hand_over()
+        copying = self._copying
+        last = -1
+        for i, (_, first, stop) in enumerate(copying):
+            if first < end and start < stop:
+                last = i
+        for _ in range(last + 1):  # the runs before it are copied first
+            copying.popleft()[0].result()
 
     def close(self, cancel: bool = False) -> None:
         try:
             if cancel:
                 self._run = None
-                for future in self._copying:
+                for future, _, _ in self._copying:
                     future.cancel()
                 self._copying.clear()
             else:
@@ -440,7 +459,7 @@ class BlockPipeline:
         """``n`` bytes already written at ``position`` (the blocks there retired); the
         write position does not move."""
         if self._copier is not None:
-            self._copier.wait()
+            self._copier.wait_for(position, position + n)
         out = self._out
         here = out.tell()
         try:
