@@ -276,18 +276,16 @@ def _build_image(
     format: OutputFormat,
     progress: ProgressCallback | None,
     cache: ImageCache | None = None,
-    final: Callable[[Path], None] | None = None,
 ) -> tuple[FlattenReport, WriteSummary | ErofsSummary]:
     """Flatten ``image`` into a squashfs or EROFS image at ``dest``. With ``cache``
     (``dest`` is then a file in a staging directory), a squashfs reuses the blocks of
-    the cache's images and gets a block index beside it; ``final(dest)`` is then called
-    once the image is final, before the indexes are written."""
+    the cache's images and gets a block index beside it."""
     from .erofs.options import ErofsOptions
 
     if isinstance(writer_options, ErofsOptions) or format == "erofs":
         assert writer_options is None or isinstance(writer_options, ErofsOptions)
         return _build_erofs(image, dest, writer_options, progress)
-    return _build_squashfs(image, dest, writer_options, progress, cache, final)
+    return _build_squashfs(image, dest, writer_options, progress, cache)
 
 
 def _check_writer_options(format: OutputFormat,
@@ -337,7 +335,6 @@ def _build_squashfs(
     writer_options: WriterOptions | None,
     progress: ProgressCallback | None,
     cache: ImageCache | None = None,
-    final: Callable[[Path], None] | None = None,
 ) -> tuple[FlattenReport, WriteSummary]:
     import dataclasses
 
@@ -400,8 +397,6 @@ def _build_squashfs(
             if reuse is not None and reuse.changed():
                 log.warning(_WRITTEN_WHILE_COPIED)
                 return None
-            if final is not None and isinstance(dest, Path):
-                final(dest)
             if reuse is not None:
                 assert isinstance(dest, Path) and indexes is not None
                 _write_staged(dest.parent / INDEX_FILE, reuse.index_bytes())
@@ -479,54 +474,6 @@ def _hash_while_syncing(path: Path) -> Digest:
         return Digest.of_file(path)
     finally:
         syncer.join()
-
-
-class _DigestAhead:
-    """The digest of an image in a cache entry being built, made (with the image's
-    fsync, see :func:`_hash_while_syncing`) by a thread of its own from the moment the
-    image is final, while the entry's indexes and other files are written."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._path: Path | None = None
-        self._found: Digest | OSError | None = None
-
-    def start(self, path: Path) -> None:
-        """``path`` is final (nothing writes it any more): start reading it."""
-        self.join()  # a digest started before is of bytes built again since
-
-        def run() -> None:
-            try:
-                self._found = _hash_while_syncing(path)
-            except OSError as e:
-                self._found = e
-
-        self._path, self._found = path, None
-        self._thread = threading.Thread(target=run, name="ocisquash-digest", daemon=True)
-        self._thread.start()
-
-    def digest(self, path: Path) -> Digest:
-        """The digest of ``path``: the one started, else made now."""
-        if self._thread is None or self._path != path:
-            return _hash_while_syncing(path)
-        self.join()
-        found, self._path = self._found, None
-        if isinstance(found, OSError):
-            raise found
-        assert found is not None
-        return found
-
-    def join(self) -> None:
-        """Wait for a digest started."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self) -> _DigestAhead:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.join()  # the staging directory is not removed while the image is read
 
 
 def _write_staged(path: Path, data: bytes) -> None:
@@ -730,8 +677,7 @@ def compile_image(
                 log.warning("cache entry %s is damaged (%s); building it again", key[:12], damage)
             if entry is None or pull == "always":
                 cache.remove(key)  # whole (pull="always"), damaged, or absent
-                with cache.staging() as staged, cache.staging() as fetched_dir, \
-                        _DigestAhead() as ahead:
+                with cache.staging() as staged, cache.staging() as fetched_dir:
                     manifest = image.manifest()
                     config = image.config()
                     outcome = None
@@ -751,21 +697,16 @@ def compile_image(
                             cache.record_ref(ref_key, key)
                             return _from_entry(entry, dest, cached=False, started=started,
                                                published=outcome)
-                    # Without a hash tree to add, the image is final once built: its
-                    # digest is made while the entry's other files are written.
-                    final = ahead.start if verity is None else None
                     try:
                         report, summary = _build_image(image, staged / IMAGE_FILE,
-                                                       writer_options, format, progress, cache,
-                                                       final)
+                                                       writer_options, format, progress, cache)
                     except (LayerError, IntegrityError):
                         # A blob damaged in the store after it was verified reads as a bad
                         # layer: drop what no longer matches its digest, fetch it again once.
                         if not _drop_damaged_blobs(cache, manifest):
                             raise
                         report, summary = _build_image(image, staged / IMAGE_FILE,
-                                                       writer_options, format, progress, cache,
-                                                       final)
+                                                       writer_options, format, progress, cache)
                     vinfo = _add_verity(staged / IMAGE_FILE, verity, image.digest, okey)
                     if outcome is not None and outcome.artifact is not None:
                         outcome = _compare_published(outcome, fetched_dir, staged, source)
@@ -788,7 +729,7 @@ def compile_image(
                         format_version=version,
                         options=ckey,
                         squashfs_size=(staged / IMAGE_FILE).stat().st_size,
-                        squashfs_sha256=ahead.digest(staged / IMAGE_FILE).hex,
+                        squashfs_sha256=_hash_while_syncing(staged / IMAGE_FILE).hex,
                         files=summary.inodes,
                         layers=len(manifest.layers),
                         layer_bytes=sum(d.size for d in manifest.layers),

@@ -22,10 +22,6 @@ _ALGORITHMS = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)$")
 
 
-#: Bytes of a file hashed at once by :meth:`Digest.of_file`.
-FILE_PIECE = 8 << 20
-
-
 @dataclass(frozen=True, slots=True, order=True)
 class Digest:
     """A content digest such as ``sha256:e3b0…``; only sha256 and sha512 are accepted."""
@@ -54,15 +50,11 @@ class Digest:
 
     @classmethod
     def of_file(cls, path: str | os.PathLike[str], algorithm: str = "sha256") -> Digest:
-        """The digest of a file's contents, read into one buffer of :data:`FILE_PIECE`
-        bytes: each read and each hash of a piece lets the GIL go, and taking it back
-        from a busy thread can take a switch interval, so pieces are few."""
+        """The digest of a file's contents, read in 1 MiB pieces."""
         h = hashlib.new(algorithm)
-        buffer = bytearray(FILE_PIECE)
-        view = memoryview(buffer)
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buffer):
-                h.update(view[:n])
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
         return cls(algorithm, h.hexdigest())
 
     def matches_file(self, path: str | os.PathLike[str]) -> bool:
