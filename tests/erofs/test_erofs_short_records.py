@@ -6,6 +6,7 @@ streams, and fsck.erofs and the kernel read it."""
 from __future__ import annotations
 
 import io
+import os
 import random
 import tracemalloc
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from ocisquash.entry import EntryMeta
 from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter
+from ocisquash.erofs import tree as tree_module
 from ocisquash.erofs import writer as writer_module
 from ocisquash.erofs.tree import Tails
 
@@ -185,3 +187,53 @@ def test_short_files_bytes_go_to_the_temporary_directory_when_the_output_s_takes
         assert [tails.get(a, 20) for a in at] == [b"%020d" % i for i in range(10)]
     finally:
         tails.close()
+
+
+def _again_and_again(w: ErofsWriter, n: int) -> None:
+    """Paths added again and again: one name, two names in turn, a file and a symlink in
+    turn, a file over a directory over a file; the last add of each wins."""
+    for i in range(n):
+        w.add_file(b"d/same", META[i % 2], b"%d" % i)
+        w.add_file(b"d/turn-%d" % (i % 2), META[0], b"turn %d" % i)
+        if i % 2:
+            w.add_symlink(b"d/kind", META[0], b"target-%d" % i)
+        else:
+            w.add_file(b"d/kind", META[0], b"file %d" % i)
+        w.add_file(b"d/z-%05d" % (i % 300), META[0], b"z %d" % i)
+    w.add_hardlink(b"d/linked", b"d/same")
+    w.add_file(b"e/x", META[0], b"under e")
+    w.add_directory(b"e/x", META[1])
+    w.add_file(b"e/x", META[0], b"x again")
+
+
+def test_a_path_added_again_and_again_costs_one_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile layers may repeat a path millions of times: replaced records are
+    compacted away, and the image is the one without compaction."""
+    monkeypatch.setattr(Tails, "FLUSH", 4096)
+    n = 30_000
+    compacted = tmp_path / "compacted.erofs"
+    options = ErofsOptions(mkfs_time=MKFS_TIME, workers=1)
+    with ErofsWriter(compacted, options) as w:
+        tracemalloc.start()
+        try:
+            _again_and_again(w, n)
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+    assert held < 2_000_000, held  # 4 records of 120,000 kept: about 20 MB
+    whole = tmp_path / "whole.erofs"
+    monkeypatch.setattr(tree_module, "COMPACT_AT", 1 << 30)
+    with ErofsWriter(whole, options) as w:
+        _again_and_again(w, n)
+    assert compacted.read_bytes() == whole.read_bytes()
+    with erofs_mounted(compacted, tmp_path / "m") as mnt:
+        last = n - 1
+        assert (mnt / "d/same").read_bytes() == b"%d" % last
+        assert (mnt / "d/same").stat().st_ino == (mnt / "d/linked").stat().st_ino
+        assert (mnt / "d/turn-1").read_bytes() == b"turn %d" % last
+        assert (mnt / "d/turn-0").read_bytes() == b"turn %d" % (last - 1)
+        assert os.readlink(mnt / "d/kind") == f"target-{last}"
+        assert (mnt / "d/z-00000").read_bytes() == b"z %d" % (n - 300)
+        assert len(list((mnt / "d").iterdir())) == 5 + 300
+        assert (mnt / "e/x").read_bytes() == b"x again"

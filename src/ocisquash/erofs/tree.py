@@ -51,6 +51,8 @@ SIZE_BITS = 12
 SIZE_MASK = (1 << SIZE_BITS) - 1
 #: a sub-directory's record in a resolved log (see :meth:`Dir.resolve`)
 DIR_BASE = -(1 << 62)
+#: records in a directory's log before the first compaction (see EntryTree.compact)
+COMPACT_AT = 4096
 _DIR = InodeType.DIR
 
 
@@ -58,8 +60,8 @@ class Dir(Node):
     """A directory: its sub-directories, its log of other entries, and what the finish
     sequence works out for it."""
 
-    __slots__ = ("blocks_at", "data", "index", "metas", "names", "nids", "order",
-                 "parent_number", "size", "subdirs", "tail")
+    __slots__ = ("blocks_at", "data", "index", "last", "limit", "metas", "names", "nids",
+                 "order", "parent_number", "size", "subdirs", "tail", "unsorted")
 
     def __init__(self, meta: EntryMeta) -> None:
         super().__init__(meta, _DIR)
@@ -69,6 +71,12 @@ class Dir(Node):
         self.data = array("q")
         #: name -> position of its last record, once a lookup needed it
         self.index: dict[bytes, int] | None = None
+        #: the name appended last, and whether a name came that was not after the one
+        #: before it (so one may be there twice): the log is then compacted each time
+        #: it reaches ``limit`` records (see EntryTree.compact)
+        self.last = b""
+        self.unsorted = False
+        self.limit = COMPACT_AT
         #: after :meth:`resolve`: the children in on-disk (byte) order, each a log
         #: position or a sub-directory (see there)
         self.order: array[int] | None = None
@@ -83,6 +91,9 @@ class Dir(Node):
         self.parent_number = 0
 
     def append(self, name: bytes, meta: int, data: int) -> None:
+        if name <= self.last:
+            self.unsorted = True
+        self.last = name
         if self.index is not None:
             self.index[name] = len(self.data)
         self.names += name
@@ -111,7 +122,7 @@ class Dir(Node):
         log = self.log_names()
         subdirs = self.subdirs
         self.subdirs = {}
-        if all(map(bytes.__lt__, log, islice(log, 1, None))) and not subdirs:
+        if not self.unsorted and not subdirs:
             # Most directories: the names came sorted, none twice (a layer's tar lists
             # them so), and no sub-directory; no map of the names is made.
             self.order = array("q", range(len(log)))
@@ -134,8 +145,9 @@ class EntryTree:
     def __init__(self, default_dir_meta: EntryMeta) -> None:
         self._default = default_dir_meta
         self.root = Dir(default_dir_meta)
-        #: the entries that are not short files with one name
-        self.nodes: list[Node] = []
+        #: the entries that are not short files with one name (None: replaced, its
+        #: record dropped)
+        self.nodes: list[Node | None] = []
         #: the parent path found last: entries come grouped by directory
         self._last_head: bytes | None = b""
         self._last_dir = self.root
@@ -175,7 +187,11 @@ class EntryTree:
         if at is None:
             return None
         data = node.data[at]
-        return self.nodes[-1 - data] if data < 0 else data
+        if data >= 0:
+            return data
+        entry = self.nodes[-1 - data]
+        assert entry is not None
+        return entry
 
     def add_directory(self, path: bytes, meta: EntryMeta) -> None:
         parts = split_path(path)
@@ -197,6 +213,8 @@ class EntryTree:
         if parent.subdirs and parent.subdirs.pop(name, None) is not None:
             self._last_head = None  # a directory left the tree: the cache may be in it
         parent.append(name, meta, data)
+        if parent.unsorted and len(parent.data) >= parent.limit:
+            self.compact(parent)
 
     def put(self, path: bytes, node: Node, *, checked: bool = False) -> None:
         """Place a non-directory ``node`` at ``path`` (already :meth:`placeable` when
@@ -216,6 +234,9 @@ class EntryTree:
         if parent.subdirs and parent.subdirs.pop(name, None) is not None:
             self._last_head = None  # a directory left the tree: the cache may be in it
         # Dir.append written out
+        if name <= parent.last:
+            parent.unsorted = True
+        parent.last = name
         if parent.index is not None:
             parent.index[name] = len(parent.data)
         names = parent.names
@@ -223,6 +244,31 @@ class EntryTree:
         names += b"/"
         parent.metas.append(meta)
         parent.data.append(tail_at << SIZE_BITS | size)
+        if parent.unsorted and len(parent.data) >= parent.limit:
+            self.compact(parent)
+
+    def compact(self, d: Dir) -> None:
+        """Drop the records of ``d``'s log that a later one of the same name replaced
+        (and the nodes only they held), so that a path added again and again costs one
+        record; the next compaction waits until the log has doubled (linear time in
+        all). Positions change: the index is made again when a lookup needs it."""
+        log = d.log_names()
+        latest: dict[bytes, int] = {}
+        for i, name in enumerate(log):
+            latest[name] = i
+        if len(latest) < len(log):
+            data = d.data
+            for i, name in enumerate(log):
+                if latest[name] != i and data[i] < 0:
+                    self.nodes[-1 - data[i]] = None
+            keep = sorted(latest.values())
+            names = [log[i] for i in keep]
+            d.names = bytearray(b"/".join(names) + b"/")
+            d.metas = array("I", [d.metas[i] for i in keep])
+            d.data = array("q", [data[i] for i in keep])
+            d.index = None
+            d.unsorted = not all(map(bytes.__lt__, names, islice(names, 1, None)))
+        d.limit = max(COMPACT_AT, 2 * len(d.data))
 
     def share(self, path: bytes, make: Callable[[int, int, int], Node]) -> Node:
         """The node at the existing non-directory ``path``; a short file's record is
@@ -232,7 +278,9 @@ class EntryTree:
         assert at is not None
         data = parent.data[at]
         if data < 0:
-            return self.nodes[-1 - data]
+            found = self.nodes[-1 - data]
+            assert found is not None
+            return found
         node = make(parent.metas[at], data >> SIZE_BITS, data & SIZE_MASK)
         self.nodes.append(node)
         parent.data[at] = -len(self.nodes)

@@ -647,6 +647,7 @@ class _Finisher:
                     outside.append(sub)
                 else:
                     child = nodes[-1 - v]
+                    assert child is not None
                     if child.nlink:
                         child.nlink += 1
                         stats["hardlinks"] += 1
@@ -723,6 +724,7 @@ class _Finisher:
                     pos = self._place(sub, pos, gaps)
                 else:
                     child = nodes[-1 - v]
+                    assert child is not None
                     if child.ref < 0:
                         number += 1
                         pos = self._place(child, pos, gaps)
@@ -923,12 +925,11 @@ class _Finisher:
                     if len(buf) >= _WRITE_BATCH:
                         records.flush()
                     continue
-                if v <= DIR_BASE:
-                    node: Node = refs[DIR_BASE - v]
-                else:
-                    node = nodes[-1 - v]
-                    if node.number != number + 1:
-                        continue  # another name of a node written already
+                found = refs[DIR_BASE - v] if v <= DIR_BASE else nodes[-1 - v]
+                assert found is not None
+                node: Node = found
+                if node.number != number + 1:
+                    continue  # another name of a node written already
                 number += 1
                 if id(node) not in in_gaps:
                     while next_gap < node.ref:
@@ -988,6 +989,7 @@ class _Finisher:
                 entry: DirEntry = (name, _REG_FILE, nids[j] >> 1)
             else:
                 child = self.refs[DIR_BASE - v] if v <= DIR_BASE else self.nodes[-1 - v]
+                assert child is not None
                 entry = (name, _FILE_TYPE[child.type], child.ref)
             if used + DIRENT.size + len(name) > BLOCK_SIZE:
                 yield pack_block(block)
