@@ -19,7 +19,14 @@ from ocisquash.erofs import tree as tree_module
 from ocisquash.erofs import writer as writer_module
 from ocisquash.erofs.tree import Tails
 
-from ._util import MKFS_TIME, erofs_mounted, fsck, fsck_extracts_holes
+from ._util import (
+    MKFS_TIME,
+    dump_inode,
+    dump_super,
+    erofs_mounted,
+    fsck,
+    fsck_extracts_holes,
+)
 
 META = [EntryMeta(0o644, mtime=MKFS_TIME), EntryMeta(0o600, 5, 7, MKFS_TIME),
         EntryMeta(0o640, 70_000, 3, MKFS_TIME),             # extended: uid past 65535
@@ -237,3 +244,24 @@ def test_a_path_added_again_and_again_costs_one_record(
         assert (mnt / "d/z-00000").read_bytes() == b"z %d" % (n - 300)
         assert len(list((mnt / "d").iterdir())) == 5 + 300
         assert (mnt / "e/x").read_bytes() == b"x again"
+
+
+def test_records_that_fill_the_gap_before_the_root_are_written_first(tmp_path: Path) -> None:
+    """The root comes first, after the shared xattrs; when its inline directory does not
+    fit the rest of that block, it starts the next one and later records fill the gap
+    it left, so they are written before it."""
+    shared = EntryMeta(0o644, mtime=MKFS_TIME, xattrs=((b"user.g0", b"v" * 1990),))
+    image = tmp_path / "i.erofs"
+    with ErofsWriter(image, ErofsOptions(mkfs_time=MKFS_TIME)) as w:
+        w.add_file(b"x1", shared, b"one")
+        w.add_file(b"x2", shared, b"two")  # the pair is shared: the area is ~2 KB
+        for i in range(150):
+            w.add_file(b"file-%03d" % i, META[0], b"%03d" % i * 33)
+    root_nid = int(dump_super(image)["Filesystem root nid"])
+    assert root_nid * 32 % 4096 == 0  # the root went to the next block...
+    assert int(dump_inode(image, "/file-000")["NID"]) < root_nid  # ...after a gap
+    fsck(image)
+    with erofs_mounted(image, tmp_path / "m") as mnt:
+        for i in range(150):
+            assert (mnt / f"file-{i:03d}").read_bytes() == b"%03d" % i * 33
+        assert os.getxattr(mnt / "x2", "user.g0") == b"v" * 1990

@@ -889,8 +889,14 @@ class _Finisher:
         nodes = self.nodes
         refs = self.refs
         number = 1
-        if id(self.root) not in in_gaps:
-            put(self.root.ref, self._record(self.root, base + self.root.ref * INODE_SLOT))
+        root = self.root
+        # The root is placed first, but records may fill the gap it left before it (its
+        # inline tail did not fit the rest of the block after the shared xattrs).
+        while next_gap < root.ref:
+            self._write_gap(gaps[g], records)
+            g += 1
+            next_gap = gap_nids[gaps[g]]
+        put(root.ref, self._record(root, base + root.ref * INODE_SLOT))
         for d in self.dirs:
             data = d.data
             metas = d.metas
