@@ -308,20 +308,3 @@ def feed(source: BinaryIO, size: int, s: Split, data_limit: int | None = None) -
         s.feed(piece)
         done += len(piece)
     return done
-    # A source that knows its holes skips them (emitted as zeros when holes are off).
-    reader = source if isinstance(source, HoleReader) else None
-    done = 0
-    while done < size:
-        if reader is not None:
-            zeros = min(reader.zeros_ahead(), size - done)
-            if zeros:
-                reader.skip_zeros(zeros)
-                s.feed_zeros(zeros)
-                done += zeros
-                continue
-        piece = source.read(min(READ, size - done))
-        if not piece:
-            raise ErofsError(f"file data ended after {done} of {size} bytes")
-        s.feed(piece)
-        done += len(piece)
-    return s
