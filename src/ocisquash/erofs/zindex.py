@@ -42,6 +42,11 @@ _CBLKCNT = 1 << 11
 #: "lclusterbits": one block
 _LO_BITS = 12
 _LO_MASK = (1 << _LO_BITS) - 1
+#: a pack of 2 entries of 4 bytes (16 bits apart: two 16-bit words), then its blkaddr
+_PACK2 = struct.Struct("<HHI")
+_BASE = struct.Struct("<I")
+#: PLAIN entries after the last lcluster, read by no one (enough for any pack)
+_PAST_END = [_PLAIN] * 16
 
 
 def _sections(total: int, ebase: int) -> tuple[int, int, int]:
@@ -63,43 +68,8 @@ def compact_size(total: int, ebase: int) -> int:
     return -(-initial // 2) * 8 + two * 2 + -(-rest // 2) * 8
 
 
-def _values(full: bytes) -> tuple[list[int], list[int], list[int]]:
-    """Each lcluster of the full index as its compact value (type and clusterofs,
-    delta[0] or block count), its delta[1] (read for NONHEADs) and its blkaddr (0 for a
-    NONHEAD and for a tail, which has no block). A NONHEAD's delta[0] and delta[1] are
-    the two halves of the blkaddr field: the index is read as 16-bit words."""
-    words = array("H", full)
-    if sys.byteorder != "little":
-        words.byteswap()
-    kinds, ofs, lo, hi = words[0::4], words[1::4], words[2::4], words[3::4]
-    values = [k << _LO_BITS | (d0 if k == _NONHEAD else o) for k, o, d0 in zip(kinds, ofs, lo, strict=True)]
-    addrs = [0 if k == _NONHEAD else a | b << 16 for k, a, b in zip(kinds, lo, hi, strict=True)]
-    return values, hi.tolist(), addrs
-
-
-def _pack(values: list[int], last_d1: int, heads: list[int], addrs: list[int], bits: int,
-          size: int) -> bytes | None:
-    """One pack of ``len(values)`` entries, ``bits`` apart, ``size`` bytes in all
-    (``last_d1``: the last entry's delta[1]; ``heads``: where its entries with a block
-    are, ``addrs`` their blocks); None when the HEADs' block addresses do not follow
-    from one base."""
-    last = values[-1]
-    if last >> _LO_BITS == _NONHEAD and not last & _CBLKCNT:
-        # A NONHEAD last in its pack holds its distance forward to the next HEAD.
-        values = [*values[:-1], _NONHEAD << _LO_BITS | min(last_d1, _LO_MASK)]
-    base = None
-    for i, blkaddr in zip(heads, addrs, strict=True):
-        want = blkaddr - _blocks_before(values, i)
-        if base is None:
-            base = want
-        elif want != base:
-            return None
-    bitstring: int = sum(map(operator.lshift, values, _SHIFTS[bits]))
-    return bitstring.to_bytes(size - 4, "little") + struct.pack("<I", base or 0)
-
-
-#: Where each entry of a pack starts in its bit string, by the entries' spacing.
-_SHIFTS = {14: [14 * i for i in range(16)], 16: [0, 16]}
+#: Where each entry of a pack of 16 starts in its bit string (14 bits apart).
+_SHIFTS = [14 * i for i in range(16)]
 
 
 def _blocks_before(values: list[int], i: int) -> int:
@@ -125,35 +95,58 @@ def _blocks_before(values: list[int], i: int) -> int:
 def to_compact(full: bytes, ebase: int) -> bytes | None:
     """The compact form of the full index ``full`` placed at ``ebase``; None when the
     pclusters do not follow each other on disk."""
-    values, d1s, addrs = _values(full)
-    initial, two, rest = _sections(len(values), ebase)
-    # Past the last lcluster: PLAIN entries read by no one.
-    values += [_PLAIN] * 16
-    d1s += [0] * 16
-    addrs += [0] * 16
+    words = array("H", full)
+    if sys.byteorder != "little":
+        words.byteswap()
+    kinds, lo, hi = words[0::4], words[2::4], words[3::4]
+    # The index read as 16-bit words: type, clusterofs, and blkaddr's halves, which for
+    # a NONHEAD are delta[0] and delta[1]. Each lcluster's compact value is its type and
+    # clusterofs (a NONHEAD: delta[0] or the block count); PLAIN entries past the end.
+    values = [k << _LO_BITS | (d0 if k == _NONHEAD else o)
+              for k, o, d0 in zip(kinds, words[1::4], lo, strict=True)]
+    total = len(values)
+    values += _PAST_END
     # Where the lclusters with a block are (HEADs and PLAINs, not a tail), in order.
-    heads = [i for i, a in enumerate(addrs) if a]
+    heads = [i for i, (k, a, b) in enumerate(zip(kinds, lo, hi, strict=True))
+             if k != _NONHEAD and (a or b)]
+    heads.append(total)  # after every pack
+    initial, two, rest = _sections(total, ebase)
     out = bytearray()
     at = 0
     h = 0  # the first of ``heads`` not in a pack yet
-    for count, per, bits, size in ((initial, 2, 16, 8), (two, 16, 14, 32), (rest, 2, 16, 8)):
-        for start in range(at, at + count, per):
+    for count, per in ((initial, 2), (two, 16), (rest, 2)):
+        stop = at + count
+        for start in range(at, stop, per):
             end = start + per
-            group, last_d1 = values[start:end], d1s[end - 1]
-            if at + count < end:  # the last pack: the entries after the last lcluster
-                group[at + count - start:] = [_PLAIN] * (end - at - count)
+            group = values[start:end]
+            if stop < end:  # the last pack: the entries after the last lcluster
+                group[stop - start:] = _PAST_END[:end - stop]
                 last_d1 = 0
-            first = h
-            while h < len(heads) and heads[h] < min(end, at + count):
+            else:
+                last_d1 = hi[end - 1]
+            last = group[-1]
+            if last >> _LO_BITS == _NONHEAD and not last & _CBLKCNT:
+                # A NONHEAD last in its pack holds its distance forward to the next HEAD.
+                group[-1] = _NONHEAD << _LO_BITS | min(last_d1, _LO_MASK)
+            # The block the pack's first pcluster starts at, the same from each HEAD.
+            base = None
+            while heads[h] < end and heads[h] < stop:
+                i = heads[h]
                 h += 1
-            in_pack = heads[first:h]
-            try:
-                packed = _pack(group, last_d1, [i - start for i in in_pack],
-                               [addrs[i] for i in in_pack], bits, size)
-            except ValueError:
-                packed = None
-            if packed is None:
-                return None
-            out += packed
-        at += count
+                try:
+                    want = (lo[i] | hi[i] << 16) - (_blocks_before(group, i - start)
+                                                   if i > start else 0)
+                except ValueError:
+                    return None
+                if base is None:
+                    base = want
+                elif want != base:
+                    return None
+            if per == 2:
+                out += _PACK2.pack(group[0], group[1], base or 0)
+            else:
+                bitstring: int = sum(map(operator.lshift, group, _SHIFTS))
+                out += bitstring.to_bytes(28, "little")
+                out += _BASE.pack(base or 0)
+        at = stop
     return bytes(out)
