@@ -12,7 +12,8 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,3 +300,22 @@ def build_feature_tree(root: Path, *, block_size: int = 131072) -> None:
                 follow_symlinks=False,
             )
     os.utime(b, (1_500_000_000, 1_500_000_000))
+
+
+def bytes_held_per_file(writer: object, files: Sequence[tuple[bytes, bytes]],
+                        meta: object, warm: int = 100) -> float:
+    """Bytes ``writer`` holds per file for ``files[warm:]`` (tracemalloc), added by
+    ``add_file(name, meta, data)`` after the first ``warm`` made the directories and
+    the maps' first sizes; the writer is not finished here."""
+    add = writer.add_file  # type: ignore[attr-defined]
+    for name, data in files[:warm]:
+        add(name, meta, data)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for name, data in files[warm:]:
+            add(name, meta, data)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return held / (len(files) - warm)

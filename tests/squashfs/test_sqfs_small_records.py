@@ -6,7 +6,6 @@ write-only output, which cannot be read back, still keys by the whole sha256).""
 from __future__ import annotations
 
 import random
-import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from ocisquash.entry import EntryMeta
 from ocisquash.squashfs import SquashfsWriter, WriterOptions
 from ocisquash.squashfs import blocks as blocks_module
 
-from ._util import unsquashfs_extract
+from ._util import bytes_held_per_file, unsquashfs_extract
 from .test_sqfs_dedup_readback import WriteOnly
 
 BS = 4096
@@ -100,16 +99,6 @@ def test_a_short_file_costs_under_300_bytes_in_the_writer(
              for i in range(n)]
     options = WriterOptions(mkfs_time=0, block_size=1 << 17, workers=1)
     with SquashfsWriter(tmp_path / "i.sqfs", options) as w:
-        for name, data in files[:100]:  # directories, and the maps' first sizes
-            w.add_file(name, F, data)
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for name, data in files[100:]:
-                w.add_file(name, F, data)
-            held = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        per_file = bytes_held_per_file(w, files, F)
         w.finish()
-    per_file = held / (n - 100)
     assert per_file < 300, per_file
