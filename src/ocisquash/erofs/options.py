@@ -69,11 +69,6 @@ def kernel_version(text: str) -> tuple[int, int]:
                               "oldest host that mounts the image)") from None
 
 
-def _version(text: str) -> tuple[int, int]:
-    major, minor = text.split(".")
-    return int(major), int(minor)
-
-
 #: What ``--help`` says about the EROFS compressors.
 COMPRESSION_HELP = "default lz4hc; " + ", ".join(
     f"{c.value} (Linux {MIN_KERNEL[c]}+)" for c in ErofsCompression)
@@ -151,32 +146,32 @@ class ErofsOptions:
         """
         have = kernel_version(kernel)
         shown = f"{have[0]}.{have[1]}"
-        if have < _version(OLDEST_KERNEL):
+        if have < kernel_version(OLDEST_KERNEL):
             raise UsageError(f"Linux {shown} cannot mount EROFS images",
                              hint=f"EROFS is mountable from Linux {OLDEST_KERNEL}")
         compression = settings.get("compression", cls.compression)
         assert isinstance(compression, ErofsCompression)
         needs = MIN_KERNEL[compression]
-        if have < _version(needs):
+        if have < kernel_version(needs):
             raise UsageError(
                 f"Linux {shown} cannot mount EROFS images compressed with "
                 f"{compression.value} (it needs Linux {needs}+)",
                 hint="choose --compression " + ", ".join(
-                    c.value for c in ErofsCompression if have >= _version(MIN_KERNEL[c])))
+                    c.value for c in ErofsCompression if have >= kernel_version(MIN_KERNEL[c])))
         wanted = {"fragments": FRAGMENTS_MIN_KERNEL, "ztailpacking": ZTAILPACKING_MIN_KERNEL,
                   "holes": HOLES_MIN_KERNEL}
         for name, since in wanted.items():
-            if settings.get(name) and have < _version(since):
+            if settings.get(name) and have < kernel_version(since):
                 raise UsageError(f"Linux {shown} cannot mount EROFS images with {name} "
                                  f"(it needs Linux {since}+)",
                                  hint=f"drop --erofs-{name} or give a later kernel")
         compressed = compression is not ErofsCompression.NONE
-        fragments = compressed and have >= _version(FRAGMENTS_MIN_KERNEL)
+        fragments = compressed and have >= kernel_version(FRAGMENTS_MIN_KERNEL)
         chosen: dict[str, object] = {
             "fragments": fragments,
             "ztailpacking": (compressed and not fragments
-                             and have >= _version(ZTAILPACKING_MIN_KERNEL)),
-            "holes": have >= _version(HOLES_MIN_KERNEL),
+                             and have >= kernel_version(ZTAILPACKING_MIN_KERNEL)),
+            "holes": have >= kernel_version(HOLES_MIN_KERNEL),
         }
         chosen.update(settings)
         return cls(**chosen)  # type: ignore[arg-type]
