@@ -158,3 +158,28 @@ def test_a_token_realm_on_the_registry_host_warns_nothing(
     assert source(f"{token_registry.host}/private/app:oci", options).resolve(AMD64).digest
     assert token_registry.tokens.requests[0].authorization is not None
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_token_is_never_sent_to_another_registry_that_names_the_same_realm(
+        token_registry: TokenRegistry, make_options: Any) -> None:
+    # A token fetched for one registry is cached by realm, service, scope and user.
+    # A second registry (here a proxy on another port, in front of the same
+    # registry, so that its challenge names the same realm and service) must not be
+    # given that token: with a wrong password for it, the pull fails at the token
+    # server instead of succeeding with the first registry's token.
+    good = make_options(plain_http=True, username=TOKEN_USER, password=TOKEN_PASSWORD)
+    assert source(f"{token_registry.host}/private/app:oci", good).resolve(AMD64).digest
+    issued = [r for r in token_registry.tokens.requests if r.method == "GET"]
+    assert len(issued) == 1
+    other = FaultProxy(token_registry.host)
+    try:
+        wrong = make_options(plain_http=True, username=TOKEN_USER, password="not-the-password")
+        with pytest.raises(AuthError):
+            source(f"{other.host}/private/app:oci", wrong).resolve(AMD64)
+        sent = [s.headers.get("authorization") or "" for s in other.requests()]
+    finally:
+        other.close()
+    asked = [r for r in token_registry.tokens.requests if r.method == "GET"]
+    assert len(asked) == 2
+    assert asked[1].authorization == "Basic " + _b64(f"{TOKEN_USER}:not-the-password")
+    assert sent and not [h for h in sent if h.startswith("Bearer ")]

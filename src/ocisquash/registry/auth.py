@@ -7,8 +7,10 @@ the registry answers ``401`` with ``WWW-Authenticate``:
   repository's ``pull`` scope — anonymously, with the user's credentials as HTTP
   Basic, or, for an identity token, by the OAuth2 ``refresh_token`` grant — and
   send the request again with ``Authorization: Bearer <token>``. Tokens are
-  cached (for every client in the process) until ``expires_in`` (default 60 s)
-  runs out, so further requests of the same repository skip the round trip.
+  cached (for every client of the same registry in the process) until
+  ``expires_in`` (default 60 s) runs out, so further requests of the same
+  repository skip the round trip. A token is never sent to another registry,
+  even one whose challenge names the same realm.
 * ``Basic realm="…"``: send the request again with the credentials as HTTP Basic.
 
 Credentials belong to the registry they were configured for: they go to that
@@ -108,7 +110,9 @@ class Token:
         return time.monotonic() < self.expires_at - self.margin
 
 
-_TokenKey = tuple[str, str, str, str]
+#: (registry, realm, service, scope, whose credentials): a token stays with the registry
+#: it was fetched for, even when another registry's challenge names the same realm.
+_TokenKey = tuple[str, str, str, str, str]
 _token_cache: dict[_TokenKey, Token] = {}
 #: The last challenge each registry sent, so a new client authorizes its first request.
 _known_challenges: dict[str, Challenge] = {}
@@ -174,7 +178,7 @@ class Authenticator:
     def _key(self, challenge: Challenge) -> _TokenKey:
         creds = self._credentials
         who = f"{creds.source}:{creds.username}" if creds is not None else ""
-        return (challenge.get("realm"), challenge.get("service"), self.scope, who)
+        return (self.registry, challenge.get("realm"), challenge.get("service"), self.scope, who)
 
     def header(self) -> str | None:
         """The ``Authorization`` value known for this registry without a round trip, if any."""
