@@ -252,6 +252,20 @@ def test_fitted_pclusters_fill_their_blocks(tmp_path: Path,
     _check_through_kernel(fixed, tmp_path / "m", _boundaries())
 
 
+def test_fitted_pclusters_checked_for_an_old_liblz4_keep_their_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A liblz4 older than ``TRUSTED_LZ4`` has each fitted block decompressed and
+    compared before it is used; the check changes no byte of the image."""
+    found = compress.destsize()
+    require_or_skip(found is not None, "no liblz4 with LZ4_compress_HC_destSize")
+    assert found is not None
+    trusted, checked = tmp_path / "trusted.erofs", tmp_path / "checked.erofs"
+    write_erofs(trusted, _write_boundaries, compression=LZ4HC, workers=2)
+    monkeypatch.setattr(compress, "destsize", lambda: (*found[:3], True))
+    write_erofs(checked, _write_boundaries, compression=LZ4HC, workers=2)
+    assert checked.read_bytes() == trusted.read_bytes()
+
+
 def _compact_alignments(w: ErofsWriter) -> None:
     """Compressed files whose indexes start at each 8-byte step of a 32-byte boundary
     (xattrs of different lengths move them: 0 to 6 initial 4-byte entries), with

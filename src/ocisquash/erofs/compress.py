@@ -115,6 +115,13 @@ HC_OVER_FAST = 0.85
 FIT_MARGIN = 0.95
 #: The same for an aim guessed from fast lz4 on the window itself, which is closer.
 GUESS_MARGIN = 0.95
+#: The liblz4 (``LZ4_versionNumber``) that mkfs.erofs requires for its fixed-output
+#: calls, 1.9.3: before 1.9.2 ``LZ4_compress_destSize`` could write a block that does
+#: not decompress into its input's size (lz4 #859) or corrupt data (CVE-2019-17543);
+#: before 1.9.0 ``LZ4_compress_HC_destSize`` could write a bad block for a long run
+#: (lz4 #631); 1.9.3 fixed its ratio (lz4 #784). With an older library each fitted
+#: block is decompressed and compared before it is used.
+TRUSTED_LZ4 = 10903
 #: Fast lz4 guesses from this many pieces spread evenly over the window, half of it
 #: together: fast lz4 on all of it cost 5-10 % of lz4hc's time (bench/RESULTS-erofs.md).
 GUESS_PIECES = 8
@@ -165,18 +172,20 @@ def saves(packed: bytes | None, raw_len: int) -> bool:
         and packed[:1] != b"\0"
 
 
-def _destsize_functions() -> tuple[Any, Any, int] | None:
+def _destsize_functions() -> tuple[Any, Any, int, bool] | None:
     """liblz4's fixed-output calls, ``LZ4_compress_destSize`` and
     ``LZ4_compress_HC_destSize``, through cffi (which releases the GIL around each
     call): from the library python-lz4 carries (its extension module exports them),
-    else the system's liblz4. None when neither has them: extents are then
-    fixed-input."""
+    else the system's liblz4. Returns cffi's module and library, the size of an lz4hc
+    state and whether the library predates :data:`TRUSTED_LZ4` (each fitted block is
+    then checked). None when neither has them: extents are then fixed-input."""
     import ctypes.util
 
     import cffi
 
     ffi = cffi.FFI()
     ffi.cdef("""
+        int LZ4_versionNumber(void);
         int LZ4_compress_destSize(const char* src, char* dst, int* srcSizePtr,
                                   int targetDstSize);
         int LZ4_sizeofStateHC(void);
@@ -192,14 +201,14 @@ def _destsize_functions() -> tuple[Any, Any, int] | None:
             lib = ffi.dlopen(path)
             lib.LZ4_compress_destSize  # noqa: B018 (resolve the symbols now)
             lib.LZ4_compress_HC_destSize  # noqa: B018
-            return ffi, lib, lib.LZ4_sizeofStateHC()
+            return ffi, lib, lib.LZ4_sizeofStateHC(), lib.LZ4_versionNumber() < TRUSTED_LZ4
         except (OSError, AttributeError):
             continue
     return None
 
 
 @functools.cache
-def destsize() -> tuple[Any, Any, int] | None:
+def destsize() -> tuple[Any, Any, int, bool] | None:
     """The fixed-output calls, loaded once (see :func:`_destsize_functions`)."""
     return _destsize_functions()
 
@@ -275,10 +284,10 @@ class Codec:
     def fit(self, data: bytes | memoryview, budget: int) -> tuple[bytes, int]:
         """As much of ``data`` as compresses into ``budget`` bytes: the compressed bytes
         and how many bytes of ``data`` they hold. Thread-safe (state per thread).
-        Each result is decompressed and compared before it is used: the image must
-        not depend on a liblz4 bug."""
+        With a liblz4 older than :data:`TRUSTED_LZ4`, each result is decompressed and
+        compared before it is used: the image must not depend on its known bugs."""
         assert self._destsize is not None
-        ffi, lib, state_size = self._destsize
+        ffi, lib, state_size, check = self._destsize
         local = self._local
         out = getattr(local, "out", None)
         if out is None or len(out) < budget:
@@ -296,7 +305,7 @@ class Codec:
         used = taken[0]
         packed = bytes(ffi.buffer(out, n)) if n > 0 else b""
         if not 0 < used <= len(data) or (
-                packed and lz4.block.decompress(packed, uncompressed_size=used)
+                check and packed and lz4.block.decompress(packed, uncompressed_size=used)
                 != bytes(data[:used])):
             raise ErofsError("liblz4 made a fixed-output block that does not decompress "
                              "to its input")
