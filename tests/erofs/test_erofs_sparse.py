@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from flatten.layerkit import BlobLayer
 from ocisquash.entry import EntryMeta, HoleReader
-from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress
 from ocisquash.erofs.chunks import Split, chunk_bits
 from ocisquash.erofs.sparse import SPARSE_MIN_SIZE
 from ocisquash.flatten import flatten
@@ -325,6 +325,45 @@ def test_a_large_file_written_while_read_then_found_chunk_based_leaves_nothing_b
     fsck(image)
     assert dump_inode(image, "/f")["Layout"] == "4"
     _check_mounted(image, tmp_path / "m", {"a": before, "f": blob, "z": after})
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("rest", "layouts"), [("zeros", {"4"}), ("data", COMPRESSED)],
+                         ids=["chunk-based", "compressed-after-all"])
+def test_a_large_file_taken_back_is_the_same_read_back_or_set_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rest: str, layouts: set[str]) -> None:
+    """A large file is compressed and written while it is read until holes come in;
+    its bytes so far then come back from the image (compressed extents decompressed,
+    raw ones read), or, when the output cannot be read, from what was set aside as
+    they passed. The same image either way, whether the file turns out chunk-based or
+    compressed after all, and the kernel reads it."""
+    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)  # written early on
+    monkeypatch.setattr(compress, "SEGMENT_BYTES", 256 << 10)
+    size = SPARSE_MIN_SIZE + 12345
+    rng = random.Random(17)
+    # Prose (compressed extents) and noise (raw ones), then 5 MiB of zeros: more zeros
+    # than data, so the file is taken back; then zeros or data to the end.
+    head = b"".join(_prose(rng, 150_000) + rng.randbytes(50_000) for _ in range(20))
+    blob = head + bytes(5 * MIB)
+    blob += (bytes(size - len(blob) - 5) if rest == "zeros"
+             else rng.randbytes(size - len(blob) - 5)) + b"tail!"
+    before = _prose(rng, 300_000)
+    options = ErofsOptions(compression=ErofsCompression.LZ4HC, mkfs_time=MKFS_TIME, workers=1)
+    images = []
+    for name in ("read-back", "set-aside"):
+        path = tmp_path / name
+        with open(path, "wb") as out:  # write-only: nothing can be read back
+            output = path if name == "read-back" else out
+            with ErofsWriter(output, options) as w:  # type: ignore[arg-type]
+                w.add_file(b"a", EntryMeta(mode=0o644), before)
+                w.add_file(b"f", EntryMeta(mode=0o644), io.BytesIO(blob), size)
+                w.finish()
+        images.append(path.read_bytes())
+    assert images[0] == images[1]
+    image = tmp_path / "read-back"
+    fsck(image)
+    assert dump_inode(image, "/f")["Layout"] in layouts
+    _check_mounted(image, tmp_path / "m", {"a": before, "f": blob})
 
 
 def _prose(rng: random.Random, n: int) -> bytes:

@@ -77,7 +77,7 @@ import struct
 import threading
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -446,6 +446,11 @@ def has_map(extent: Extent) -> bool:
     return extent.layout in (DataLayout.COMPRESSED_FULL, DataLayout.COMPRESSED_COMPACT)
 
 
+class Withdrawn(Exception):
+    """Raised by a file's source to take the file back: :meth:`CompressedData.write`
+    leaves nothing of it in the image and, if asked, hands back the bytes it read."""
+
+
 #: What an extent's HEAD says: PLAIN (raw, one block), HEAD1 with its block count in
 #: the first NONHEAD, or HEAD1 without (the tail inline or in the packed inode).
 _PLAIN, _COMPRESSED, _TAIL = 0, 1, 2
@@ -532,11 +537,17 @@ class CompressedData:
             self._packed.placed = []
             self._packed.starts = []
 
-    def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int) -> Extent:
-        """Add one file's data; returns its extent, filled in once it is written."""
+    def write(self, source: BinaryIO | bytes, size: int | None, inline_room: int,
+              given_back: Callable[[bytes], None] | None = None) -> Extent:
+        """Add one file's data; returns its extent, filled in once it is written. When
+        ``source`` raises :class:`Withdrawn`, ``given_back`` (if any) gets the bytes
+        read from it so far, in order, read back from the image where they were
+        written (which needs an output that can be read)."""
         extent = Extent(DataLayout.COMPRESSED_FULL, 0, 0, -1)
         extent.room = inline_room
         f = _File(extent)
+        if given_back is not None:
+            f.placed = []
         if isinstance(source, bytes):
             size = len(source)
         hashing = self._dedup
@@ -555,9 +566,11 @@ class CompressedData:
                 streaming = self._add_segment(f, raw, last, digest, streaming)
                 if last and self._packed is not None:
                     fragment = raw[(len(raw) - 1) // self._pcluster * self._pcluster:]
-        except BaseException:
+        except BaseException as e:
             # The source gave up (see ``sparse.py``), or the build fails: the file leaves
             # nothing behind, so that it may be added again.
+            if given_back is not None and isinstance(e, Withdrawn):
+                self._give_back(f, given_back)
             for _, future in f.chunks:
                 if future is not None:
                     future.cancel()
@@ -1000,6 +1013,18 @@ class CompressedData:
             digest.update(self._packed_raw(extent.fragment_at, f.tail_len))
         f.placed = None
         return digest.digest(), extent.size, extent.size % BLOCK_SIZE <= extent.room
+
+    def _give_back(self, f: _File, out: Callable[[bytes], None]) -> None:
+        """``f``'s bytes so far, in order and a piece at a time: its extents from the
+        image, then its segments still queued."""
+        for at, blocks, n in f.placed or ():
+            if blocks:
+                out(self._extent_raw(at, blocks, n))
+                continue
+            for i in range(0, n, CHUNK):  # raw blocks, merged into one run
+                out(self._read(at + i, min(CHUNK, n - i)))
+        for raw, _ in f.chunks:
+            out(raw)
 
     def _read(self, at: int, n: int) -> bytes:
         self._out.seek(at)

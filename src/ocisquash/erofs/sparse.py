@@ -22,13 +22,17 @@ little.
 
 Whether a file qualifies is known only once its data passes half its size or
 :data:`SPARSE_MAX_DATA`, or at its end, and a compressed file streams into the image
-as it is read. So a file of at least :data:`SPARSE_MIN_SIZE` bytes is first read into
-a temporary file, its holes skipped (a sparse tar member's holes are never read),
-until it is known: temporary space is at most :data:`SPARSE_MAX_DATA`, however many
-data regions a hostile sparse map spreads over a file. Then its data chunks are copied
-into the image, or the file, the part read so far replayed (holes as zeros) and the
-rest read on, goes to the compressor like any other. Identical chunk-based files share
-their chunks.
+as it is read. So a file of at least :data:`SPARSE_MIN_SIZE` bytes is compressed while
+it is read, its chunks counted, until it is known; most are decided compressed on the
+way. If holes come in first, the file is taken back and its bytes so far are read
+back from the image (decompressed) into a temporary file, its data chunks only; then
+it is read on into that file, its holes skipped (a sparse tar member's holes are never
+read), until it is known: temporary space is at most :data:`SPARSE_MAX_DATA`, however
+many data regions a hostile sparse map spreads over a file. Then its data chunks are
+copied into the image, or the file, the part read so far replayed (holes as zeros) and
+the rest read on, goes to the compressor like any other. (With an output that cannot
+be read, the data chunks go to the temporary file as the file streams.) Identical
+chunk-based files share their chunks.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from typing import BinaryIO
 
 from ..entry import HoleReader
 from ..errors import ErofsError
+from ..imagewriter import readable
 from .chunks import Split, chunk_bits, feed
-from .compress import CompressedData
+from .compress import CompressedData, Withdrawn
 from .data import CHUNK, SPOOL_MEMORY, ChunkedExtent, Extent, Spool
 from .format import BLOCK_SIZE
 
@@ -107,15 +112,18 @@ class _Replay:
         return piece
 
 
-class _Holes(Exception):
+class _Holes(Withdrawn):
     """Raised by :class:`_Tee` when the file may be stored chunk-based after all."""
 
 
 class _Tee:
-    """A file's bytes for the compressor, each also given to ``cut`` (which sets its
-    data chunks aside) until the file is known to be compressed: then they only pass
-    through. Raises :class:`_Holes` instead, before the compressor has more zeros than
-    data, when the file has a declared hole ahead, or when it ends undecided."""
+    """A file's bytes for the compressor, each also given to ``cut`` (which counts its
+    chunks, and may set its data chunks aside) until the file is known to be
+    compressed: then they only pass through. Raises :class:`_Holes` instead, before
+    the compressor has more zeros than data, when the file has a declared hole ahead,
+    or when it ends undecided; the bytes read for that last call are then ``unread``.
+    Until then a read returns ``n`` bytes unless the file ends, so that the compressor
+    holds no part of a segment when a read is refused."""
 
     def __init__(self, source: BinaryIO, cut: Split, limit: int) -> None:
         self._source = source
@@ -124,21 +132,36 @@ class _Tee:
         self._limit = limit
         self.pos = 0  # bytes read and given to the cut
         self.decided = False
+        self.unread: list[bytes] = []
 
     def read(self, n: int) -> bytes:
         if self.decided:
             return self._source.read(n)
-        if self._reader is not None and self._reader.zeros_ahead():
-            raise _Holes
-        data = self._source.read(n)
         cut = self._cut
-        cut.feed(data)
-        self.pos += len(data)
-        if cut.data_len > self._limit:
-            self.decided = True
-        elif cut.holes * cut.chunk > cut.data_len or self.pos >= cut.size:
-            raise _Holes
-        return data
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            if self._reader is not None and self._reader.zeros_ahead():
+                self.unread = parts
+                raise _Holes
+            data = self._source.read(n - got)
+            if not data:
+                break
+            cut.feed(data)
+            self.pos += len(data)
+            parts.append(data)
+            got += len(data)
+            if cut.data_len > self._limit:
+                self.decided = True  # no refusal ahead: a short read may stay short
+                break
+            if cut.holes * cut.chunk > cut.data_len or self.pos >= cut.size:
+                self.unread = parts
+                raise _Holes
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _drop(view: bytes | memoryview) -> None:
+    """Where the chunks of a file counted while it is compressed go: nowhere."""
 
 
 class SparseFiles:
@@ -164,14 +187,21 @@ class SparseFiles:
             cut = Split(size, bits, emit)
             if isinstance(source, bytes):
                 source = io.BytesIO(source)
-            # Most such files have no holes: compressed while they are read (and while
-            # their data is set aside), which stops (leaving nothing written) if holes
-            # come in.
-            tee = _Tee(source, cut, min(size // 2, SPARSE_MAX_DATA))
+            # Most such files have no holes: compressed while they are read (their
+            # chunks counted), which stops (leaving nothing written) if holes come in;
+            # the bytes read so far then come back from the image into ``cut``. An
+            # output that cannot be read has them set aside as they pass.
+            back = readable(self._out)
+            counted = Split(size, bits, _drop) if back else cut
+            tee = _Tee(source, counted, min(size // 2, SPARSE_MAX_DATA))
             try:
-                return self._compressed.write(tee, size, inline_room)  # type: ignore[arg-type]
+                return self._compressed.write(tee, size, inline_room,  # type: ignore[arg-type]
+                                              cut.feed if back else None)
             except _Holes:
                 pass
+            if back:
+                for piece in tee.unread:
+                    cut.feed(piece)
             seen = tee.pos + feed(source, size - tee.pos, cut, min(size // 2, SPARSE_MAX_DATA))
             aside.seek(0)
             if seen < size or cut.data_len * 2 > size or cut.data_len > SPARSE_MAX_DATA:
