@@ -115,8 +115,9 @@ class LayerIndexes(Protocol):
 
     def replay(self, layer: Layer, hidden: Callable[[bytes], bool]) -> LayerReplay | None:
         """The replay of ``layer``, or None to read it. ``hidden(path)`` says whether the
-        layers above hide a non-directory at ``path``, as far as they show before the
-        layer is read (a replay may hold no data for a file that was hidden before)."""
+        layer's pass leaves the data of a file at ``path`` unread: a whiteout marker, or
+        a non-directory the layers above hide, as far as they show before the layer is
+        read (a replay may hold no data for a file that was hidden before)."""
         ...
 
     def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
@@ -376,10 +377,14 @@ class _LayerPass:
                           small_files=SMALL_FILE)
 
     def _hidden_above(self, path: bytes) -> bool:
-        """Whether the layers above hide a non-directory of this layer at ``path``,
-        before this layer's pass (see ``LayerIndexes.replay``): by a decision of the path
-        itself (anything but a bare opaque marker), or of an ancestor (``_visible``).
-        Nothing this layer does can make visible what they hide."""
+        """Whether this layer's pass leaves the data of a file at ``path`` unread (see
+        ``LayerIndexes.replay``): a whiteout or opaque marker (never read, whatever the
+        layers above decided), or a non-directory the layers above hide before this
+        layer's pass, by a decision of the path itself (anything but a bare opaque
+        marker) or of an ancestor (``_visible``). Nothing this layer does can make
+        visible what they hide."""
+        if path[path.rfind(b"/") + 1:].startswith(WHITEOUT_PREFIX):
+            return True
         node = self.decided.get(path)
         if node is not None and node.layer > self.index and node.kind != _NONE:
             return True

@@ -142,6 +142,19 @@ def test_an_opaque_directory_hides_files_before_and_now(tmp_path: Path) -> None:
     assert _replayed(warm) == 2
 
 
+def test_an_unchanged_layer_of_whiteouts_only_is_replayed(tmp_path: Path) -> None:
+    """A layer of markers (as a "remove the docs" step makes) holds no data: its
+    markers were never written, and need not be hidden now for its replay."""
+    base = _base()
+    markers = [Entry("usr", "dir", mode=0o755), Entry("usr/lib", "dir", mode=0o755),
+               Entry("usr/lib/.wh.small3"), Entry("usr/lib/.wh.lib5.so"),
+               Entry("usr/lib/.wh.absent"), Entry("var", "dir"), Entry("var/.wh..wh..opq")]
+    v1 = [*base[:2], markers, base[2]]
+    v2 = [*base[:2], markers, _top_changed(base)[2]]
+    _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 3
+
+
 def _linked_layer() -> list[Entry]:
     return [Entry("data", "dir"),
             Entry("data/target", data=_data(600, 3 * BLOCK + 11)),

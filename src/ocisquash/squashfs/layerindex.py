@@ -16,9 +16,10 @@ and diff_id), *replays* the index instead of decoding the layer when
 
 * the index is whole (checksum) and was made with the same settings and limits;
 * every block and tail block it names is in the loaded block indexes;
-* every file entry the earlier compile did not write (it was hidden then) is hidden now
-  too by the layers above, as far as their decisions show before the layer is read, and
-  no hard link of the layer names it (its data might be needed in a second pass).
+* every file entry the earlier compile did not write (it was hidden then, or it is a
+  whiteout marker) is hidden now too by the layers above, as far as their decisions
+  show before the layer is read, or is a marker, and no hard link of the layer names it
+  (its data might be needed in a second pass).
 
 Otherwise the layer is decoded as usual. Replayed files reach the writer as
 :class:`IndexedFile`: the writer copies whole blocks by digest (the compressed bytes of
@@ -991,8 +992,9 @@ class Replay:
             if e.kind != "file":
                 yield e, None
             elif record is None:
-                # Not written before, and hidden now (checked before the replay began):
-                # the flattener skips it. Reading it would be a bug, not a wrong image.
+                # Not written before, and hidden now or a whiteout marker (checked
+                # before the replay began): the flattener skips it. Reading it would be
+                # a bug, not a wrong image.
                 yield e, cast(BinaryIO, _Unwritten())
             else:
                 yield e, cast(BinaryIO, IndexedFile(blocks, e.size, record[1], record[2]))
@@ -1127,7 +1129,8 @@ class Indexes:
 
     def replay(self, layer: Layer, hidden: Callable[[bytes], bool]) -> Replay | None:
         """The replay of ``layer``, if an index allows one (see the module docstring);
-        ``hidden(path)`` says whether the layers above hide a file at ``path``."""
+        ``hidden(path)`` says whether the layer's pass leaves the data of a file at
+        ``path`` unread (a whiteout marker, or a file the layers above hide)."""
         want = _header_for(layer, "", self._limits)
         want["settings"] = self._settings
         name = index_name(str(layer.descriptor.digest))
