@@ -208,6 +208,25 @@ def _many_small_files() -> Layers:
     return [base[0], files, base[2]]
 
 
+def test_duplicates_of_files_far_back_in_a_replay(tmp_path: Path) -> None:
+    """Duplicates of small files written a hundred fragment blocks before, and of files
+    of several blocks: a replay compares each with its first copy's bytes (in a block
+    copied from the earlier image) or keys that copy by its blocks' digests, and still
+    writes the cold compile's bytes."""
+    base = _base()
+    files = [Entry("var", "dir", mode=0o755)]
+    files += [Entry(f"var/f{i:03d}", data=_data(2000 + i, 700 + (i * 53) % 900))
+              for i in range(500)]
+    files += [Entry(f"var/g{i:03d}", data=_data(2000 + i, 700 + (i * 53) % 900))
+              for i in range(0, 40, 3)]
+    files += [Entry(f"var/big{i}", data=_data(3000 + i, 3 * BLOCK + 5 + i)) for i in range(3)]
+    files += [Entry(f"var/big{i}-copy", data=_data(3000 + i, 3 * BLOCK + 5 + i))
+              for i in range(3)]
+    _, warm = _recompile(tmp_path, [base[0], files, base[2]],
+                         [base[0], files, _top_changed(base)[2]])
+    assert _replayed(warm) == 2
+
+
 @pytest.mark.parametrize("ahead", [(4 << 20, 8192), (2 * BLOCK, 5), (1, 1)],
                          ids=["default_lookahead", "short_lookahead", "one_entry_ahead"])
 def test_tails_decoded_ahead_of_the_files_that_use_them_or_passed_over(

@@ -18,7 +18,8 @@ block is always hashed (such sizes repeat all the time). A longer one is hashed 
 when an earlier file has its size: the first file of each size is written unhashed,
 and when a second one comes, the first is keyed by reading its blocks back from the
 output and decoding them (once per size; like mksquashfs, which compares files of the
-same size only). The keys, and so the image, are the same as if every file were
+same size only), or, in a compile that reuses blocks, from the sha256 of each block that
+the new image's block index records. The keys, and so the image, are the same as if every file were
 hashed; an output that cannot be read back gets exactly that. Large files, which
 rarely repeat, are then hashed rarely (figures: ``bench/README.md``).
 
@@ -455,10 +456,21 @@ class BlockPipeline:
             self._out.seek(self.position)
             self._out_at = self.position
 
+    def digest_at(self, position: int) -> bytes | None:
+        """The sha256 of the block retired at ``position``, when blocks are reused (the
+        block index records every block); else None."""
+        return None if self._reuse is None else self._reuse.digest_at(position)
+
     def read_back(self, position: int, n: int) -> bytes:
         """``n`` bytes already written at ``position`` (the blocks there retired); the
         write position does not move."""
         if self._copier is not None:
+            assert self._reuse is not None
+            # A block an earlier image holds is read there, without waiting for its copy
+            # (a replay's duplicates are compared with files in blocks copied just now).
+            earlier = self._reuse.read_written(position, n)
+            if earlier is not None:
+                return earlier
             self._copier.wait_for(position, position + n)
         out = self._out
         here = out.tell()
@@ -809,10 +821,18 @@ class DataWriter:
         position = record.start or 0
         hasher = hashlib.sha256()
         whole = record.size // bs
+        digest_at = self._pipeline.digest_at
         for i in range(whole):
             field = fields[i]
             if field == 0:
                 hasher.update(_ZERO_RECORD)
+                continue
+            digest = digest_at(position)
+            if digest is not None:
+                # The block's sha256, as the block index records it: its record without
+                # reading the block back and decoding it.
+                hasher.update(b"\x01" + digest)
+                position += field & ~DATA_UNCOMPRESSED
                 continue
             block = self._read_block(position, field, bs)
             position += field & ~DATA_UNCOMPRESSED

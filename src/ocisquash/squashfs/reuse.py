@@ -33,10 +33,12 @@ checksum, settings or bounds do not hold is not used (the blocks are compressed 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import importlib
 import json
+import operator
 import os
 import struct
 import sys
@@ -341,6 +343,29 @@ class BlockReuse:
         """Record a block written at ``position``."""
         self.records.append((digest, position, field))
 
+    def digest_at(self, position: int) -> bytes | None:
+        """The digest of the block written at ``position`` of this image (None: none was),
+        from the records kept for its block index."""
+        records = self.records
+        i = bisect.bisect_left(records, position, key=_position)
+        if i < len(records) and records[i][1] == position:
+            return records[i][0]
+        return None
+
+    def read_written(self, position: int, size: int) -> bytes | None:
+        """The ``size`` stored bytes of the block written at ``position`` of this image,
+        read from an earlier image that holds the same block (None: none does). Such a
+        block was copied from there, or compressed to the same bytes."""
+        digest = self.digest_at(position)
+        found = self._known.get(digest) if digest is not None else None
+        if found is None or found[2] & ~DATA_UNCOMPRESSED != size:
+            return None
+        try:
+            payload = os.pread(found[0], size, found[1])
+        except OSError:
+            return None
+        return payload if len(payload) == size else None
+
     def rewound(self, position: int) -> None:
         """The data area was rewound to ``position``: forget the blocks at and after it."""
         records = self.records
@@ -357,6 +382,9 @@ class BlockReuse:
         self._fds.clear()
         self._seen.clear()
         self._known.clear()
+
+
+_position = operator.itemgetter(1)
 
 
 def index_sources(entries: Iterable[Any], layers: Iterable[str] = ()) -> list[tuple[Path, Path]]:
