@@ -569,8 +569,6 @@ class CompressedData:
         except BaseException as e:
             # The source gave up (see ``sparse.py``), or the build fails: the file leaves
             # nothing behind, so that it may be added again.
-            if given_back is not None and isinstance(e, Withdrawn):
-                self._give_back(f, given_back)
             for _, future in f.chunks:
                 if future is not None:
                     future.cancel()
@@ -578,6 +576,9 @@ class CompressedData:
                 self.position = f.start
             if firsts is not None and size is not None and firsts.get(size) is f:
                 del firsts[size]
+            if given_back is not None and isinstance(e, Withdrawn):
+                # Its bytes are still where they were written, until the next file.
+                self._give_back(f, given_back)
             raise
 
         self.bytes_in += extent.size
