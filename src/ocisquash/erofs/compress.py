@@ -456,6 +456,14 @@ class Withdrawn(Exception):
 _PLAIN, _COMPRESSED, _TAIL = 0, 1, 2
 
 
+@functools.lru_cache(maxsize=1024)
+def _nonheads(n: int) -> bytes:
+    """The ``n`` NONHEAD indexes after a HEAD: ``delta[0]`` back to it, ``delta[1]``
+    forward past the last (an extent maps at most a pcluster: ``n`` stays small)."""
+    return b"".join(LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, i, n + 1 - i)
+                    for i in range(1, n + 1))
+
+
 class _File:
     """One file on its way out: its segments, compressing or compressed, in order."""
 
@@ -501,6 +509,10 @@ class CompressedData:
                  pcluster_size: int, workers: int, dedup: bool,
                  fragments: bool = False, ztailpacking: bool = False) -> None:
         self._out = out
+        #: where ``out``'s own position is, as left by ``_put`` and ``_read`` (-1: not
+        #: known), so that a write asks the kernel for it only when it moved: another
+        #: writer of ``out`` (``sparse.py``) leaves it past ``position`` or at it
+        self._out_at = -1
         self.position = position
         self._spool = spool
         self._codec = codec
@@ -832,12 +844,16 @@ class CompressedData:
         start, kind, blkaddr, blocks = extent
         head = start // BLOCK_SIZE
         after = -(-end // BLOCK_SIZE) if last else end // BLOCK_SIZE
-        f.index += LCLUSTER_INDEX.pack(LCLUSTER_PLAIN if kind == _PLAIN else LCLUSTER_HEAD1,
-                                       start % BLOCK_SIZE, blkaddr)
-        for lcn in range(head + 1, after):
-            d0 = D0_CBLKCNT | blocks if lcn == head + 1 and kind == _COMPRESSED \
-                else lcn - head
-            f.index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, d0, after - lcn)
+        index = f.index
+        index += LCLUSTER_INDEX.pack(LCLUSTER_PLAIN if kind == _PLAIN else LCLUSTER_HEAD1,
+                                     start % BLOCK_SIZE, blkaddr)
+        n = after - head - 1
+        if n > 0:
+            if kind == _COMPRESSED:  # the first NONHEAD holds the block count
+                index += LCLUSTER_DELTA.pack(LCLUSTER_NONHEAD, 0, D0_CBLKCNT | blocks, n)
+                index += _nonheads(n)[LCLUSTER_DELTA.size:]
+            else:
+                index += _nonheads(n)
 
     def _finish_file(self, f: _File) -> None:
         while len(f.chunks) > 1:
@@ -986,10 +1002,11 @@ class CompressedData:
 
     def _put(self, data: bytes) -> None:
         out = self._out
-        if out.tell() != self.position:  # a seek would flush the buffer every time
+        if self._out_at != self.position:  # a seek would flush the buffer every time
             out.seek(self.position)
         out.write(data)
         self.position += len(data)
+        self._out_at = self.position
 
     # -- keying a file already written (size-first dedup) ------------------------------
 
@@ -1030,6 +1047,7 @@ class CompressedData:
     def _read(self, at: int, n: int) -> bytes:
         self._out.seek(at)
         data = self._out.read(n)
+        self._out_at = at + len(data)
         if len(data) != n:
             raise ErofsError("cannot read back the image being written")
         return data
