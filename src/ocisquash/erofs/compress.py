@@ -101,6 +101,10 @@ SEGMENT_BYTES = 2 << 20
 #: 1 MiB, mksquashfs 14.81 MB), for a read of up to 1 MiB decompressed (kept in the
 #: page cache for the files beside it).
 PACKED_PCLUSTER_BYTES = 1 << 20
+#: Segments shorter than this (small files, mostly) are compressed in batches of up to
+#: this many bytes, one job each: a job per small file cost the writer's thread more
+#: (a future, a lock, a wake-up) than the batch's own list.
+BATCH_BYTES = 128 << 10
 #: The packed inode's segments hold this many of its pclusters (at least a segment).
 PACKED_SEGMENT_PCLUSTERS = 4
 #: lz4hc's output over fast lz4's, roughly, as a segment starts: each lz4hc pcluster
@@ -464,6 +468,25 @@ def _nonheads(n: int) -> bytes:
                     for i in range(1, n + 1))
 
 
+class _Batch:
+    """Short segments of several files, compressed by one job, in order."""
+
+    __slots__ = ("future", "raws", "size")
+
+    def __init__(self) -> None:
+        self.raws: list[bytes] = []
+        self.size = 0
+        self.future: Future[list[list[Piece]]] | None = None  # None: still filling
+
+
+def _compress_batch(codec: Codec, raws: list[bytes], step: int) -> list[list[Piece]]:
+    return [compress_segment(codec, raw, step) for raw in raws]
+
+
+#: How a segment is compressed: its own job, a place in a batch, or not at all (None).
+_Job = Future[list[Piece]] | tuple[_Batch, int] | None
+
+
 class _File:
     """One file on its way out: its segments, compressing or compressed, in order."""
 
@@ -473,7 +496,7 @@ class _File:
 
     def __init__(self, extent: Extent) -> None:
         self.extent = extent
-        self.chunks: deque[tuple[bytes, Future[list[Piece]] | None]] = deque()
+        self.chunks: deque[tuple[bytes, _Job]] = deque()
         self.raw_bytes = 0
         self.start = -1  # where its first block went, once writing began
         self.index = bytearray()
@@ -525,6 +548,8 @@ class CompressedData:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
         self._limit = IN_FLIGHT_BYTES * workers
         self._queue: deque[_File] = deque()
+        #: the batch that short segments join, not handed to the pool yet
+        self._filling: _Batch | None = None
         self._queued = 0
         self._dedup = dedup
         self._ztailpacking = ztailpacking
@@ -581,9 +606,7 @@ class CompressedData:
         except BaseException as e:
             # The source gave up (see ``sparse.py``), or the build fails: the file leaves
             # nothing behind, so that it may be added again.
-            for _, future in f.chunks:
-                if future is not None:
-                    future.cancel()
+            self._drop_jobs(f)
             if f.start >= 0:
                 self.position = f.start
             if firsts is not None and size is not None and firsts.get(size) is f:
@@ -605,9 +628,7 @@ class CompressedData:
                 self._seen.setdefault(self._key_of(first), first.extent)
         found = self._seen.get(key) if key is not None else None
         if found is not None:
-            for _, future in f.chunks:
-                if future is not None:
-                    future.cancel()
+            self._drop_jobs(f)
             if f.start >= 0:
                 self.position = f.start  # drop what was written; the next file overwrites it
             self.duplicates += 1
@@ -641,9 +662,11 @@ class CompressedData:
                 return streaming
         # A file of one block is not compressed (nothing to gain) unless its
         # compressed form may go inline.
-        small = last and f.extent.size <= BLOCK_SIZE and not self._ztailpacking
-        f.chunks.append((raw, None if small else self._pool.submit(
-            compress_segment, self._codec, raw, self._pcluster)))
+        job: _Job = None
+        if not (last and f.extent.size <= BLOCK_SIZE and not self._ztailpacking):
+            job = self._batched(raw) if len(raw) < BATCH_BYTES else self._pool.submit(
+                compress_segment, self._codec, raw, self._pcluster)
+        f.chunks.append((raw, job))
         f.raw_bytes += len(raw)
         if f.raw_bytes > self._limit:
             if not streaming:
@@ -653,6 +676,39 @@ class CompressedData:
             while f.raw_bytes > self._limit and len(f.chunks) > 1:
                 self._emit_one(f)
         return streaming
+
+    def _batched(self, raw: bytes) -> tuple[_Batch, int]:
+        """Put ``raw`` in the batch being filled (handed over first if ``raw`` would
+        make it too long, so that the newest segment is always the filling batch's
+        last until the next one comes)."""
+        batch = self._filling
+        if batch is not None and batch.size + len(raw) > BATCH_BYTES:
+            self._hand_over()
+            batch = None
+        if batch is None:
+            batch = self._filling = _Batch()
+        batch.raws.append(raw)
+        batch.size += len(raw)
+        return batch, len(batch.raws) - 1
+
+    def _hand_over(self) -> None:
+        batch = self._filling
+        assert batch is not None
+        self._filling = None
+        batch.future = self._pool.submit(_compress_batch, self._codec, batch.raws,
+                                         self._pcluster)
+
+    def _drop_jobs(self, f: _File) -> None:
+        """Spare the compressing threads ``f``'s segments (it leaves nothing behind):
+        jobs not started, and its segment at the end of the batch being filled."""
+        for raw, job in f.chunks:
+            if isinstance(job, tuple):
+                batch = job[0]
+                if batch is self._filling and batch.raws and batch.raws[-1] is raw:
+                    batch.raws.pop()
+                    batch.size -= len(raw)
+            elif job is not None:
+                job.cancel()
 
     def _segments(self, source: BinaryIO | bytes, size: int | None
                   ) -> Iterator[tuple[bytes, bool]]:
@@ -745,9 +801,19 @@ class CompressedData:
                   ) -> tuple[bytes | memoryview, bytes | None]:
         """Write ``f``'s oldest segment, pcluster by pcluster; with ``hold_last``, all
         but the last, which is returned (its bytes, compressed or not) instead."""
-        raw, future = f.chunks.popleft()
+        raw, job = f.chunks.popleft()
         f.raw_bytes -= len(raw)
-        pieces = future.result() if future is not None else [(len(raw), None)]
+        pieces: list[Piece]
+        if job is None:
+            pieces = [(len(raw), None)]
+        elif isinstance(job, tuple):
+            batch, i = job
+            if batch.future is None:  # the batch still filling
+                self._hand_over()
+            assert batch.future is not None
+            pieces = batch.future.result()[i]
+        else:
+            pieces = job.result()
         at = 0
         held: tuple[bytes | memoryview, bytes | None] = (b"", None)
         view = memoryview(raw)  # the pieces' bytes are not copied
