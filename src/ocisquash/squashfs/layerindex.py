@@ -236,6 +236,9 @@ class _LayerRecord:
         self.checks = array("I")
         self.short = array("Q")
         self.long: dict[int, Stored] = {}
+        #: a replayed layer's entry records, notes and entry count, as its index holds
+        #: them (None: gathered here)
+        self.kept: tuple[bytes, list[tuple[int, str, bytes]], int] | None = None
 
     @property
     def count(self) -> int:
@@ -286,6 +289,9 @@ class _LayerRecord:
         self.flush()
         entries = b"".join(self._chunks) + self._z.flush()
         self._chunks.clear()
+        entry_count, notes = self.count, self.notes
+        if self.kept is not None:
+            entries, notes, entry_count = self.kept
         z = zstandard.ZstdCompressor(level=3).compressobj()
         data: list[bytes] = []
         parts: list[bytes] = []
@@ -349,9 +355,9 @@ class _LayerRecord:
                 size = 0
         data.append(z.compress(b"".join(parts)))
         data.append(z.flush())
-        header = dict(self.header, entries=self.count, files=len(self.positions),
+        header = dict(self.header, entries=entry_count, files=len(self.positions),
                       block_size=locate.block_size,
-                      notes=[[i, k, p.decode("latin-1")] for i, k, p in self.notes])
+                      notes=[[i, k, p.decode("latin-1")] for i, k, p in notes])
         head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
         refs = b"".join(data)
         blob = b"".join([_MAGIC, _LEN.pack(len(head)), head, _SECTION.pack(len(entries)),
@@ -431,10 +437,15 @@ class Recorder:
         self._layers: dict[str, _LayerRecord | None] = {}
         #: the layer being applied (None: not recorded)
         self.current: _LayerRecord | None = None
+        #: the same, when its entries are gathered (None: not recorded, or replayed)
+        self.gathering: _LayerRecord | None = None
         self._notes: _NoteRecorder | None = None
 
-    def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
-        """A layer's first pass begins; returns the fidelity record its reader notes into."""
+    def start(self, layer: Layer, fidelity: Fidelity,
+              replayed: LayerIndex | None = None) -> Fidelity:
+        """A layer's first pass begins; returns the fidelity record its reader notes into.
+        A layer ``replayed`` from an index keeps that index's entry records and notes
+        (the same bytes as gathering them again; only where its files went is new)."""
         digest = str(layer.descriptor.digest)
         # A layer a manifest lists twice is recorded where it is applied first (above).
         if digest in self._layers:
@@ -443,7 +454,12 @@ class Recorder:
             self.current = self._layers[digest] = _LayerRecord(
                 _header_for(layer, self._settings, self._limits),
                 max(layer.descriptor.size // _BUDGET_SHARE, _MIN_BUDGET))
-        self._notes = _NoteRecorder(fidelity, self.current)
+        self.gathering = self.current
+        count = replayed.header.get("entries") if replayed is not None else None
+        if self.current is not None and replayed is not None and isinstance(count, int):
+            self.current.kept = (replayed.entry_records, replayed.notes(), count)
+            self.gathering = None
+        self._notes = _NoteRecorder(fidelity, self.gathering)
         return self._notes
 
     def drop(self) -> None:
@@ -451,7 +467,7 @@ class Recorder:
         for digest, record in self._layers.items():
             if record is self.current:
                 self._layers[digest] = None
-        self.current = None
+        self.current = self.gathering = None
         if self._notes is not None:
             self._notes.record = None
 
@@ -463,7 +479,7 @@ class Recorder:
 
     def stop(self) -> None:
         """The layer's passes are over."""
-        self.current = None
+        self.current = self.gathering = None
 
     def finish(self, directory: Path, reuse: BlockReuse, fragment_table: list[bytes],
                block_size: int, fragments: bool,
@@ -627,6 +643,11 @@ class LayerIndex:
         self.header = header
         self._entries = entries
         self._data = data
+
+    @property
+    def entry_records(self) -> bytes:
+        """The entry section as stored (a zstd frame of the entry records)."""
+        return self._entries
 
     def entries(self) -> Iterator[TarEntry]:
         """The layer's entries in tar order."""
@@ -1078,6 +1099,8 @@ class Indexes:
         self.passed_over = 0
         #: the writer whose files are recorded (its ``last_stored``)
         self.writer: SquashfsWriter | None = None
+        #: the layer :meth:`replay` replays, and its index (for :meth:`start`)
+        self._replayed: tuple[Layer, LayerIndex] | None = None
 
     def finish(self, directory: Path, block_size: int, fragments: bool,
                write: Callable[[Path, bytes], None]) -> int:
@@ -1088,7 +1111,11 @@ class Indexes:
                                     block_size, fragments, write)
 
     def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
-        return self.recorder.start(layer, fidelity)
+        replayed, self._replayed = self._replayed, None
+        if replayed is not None and replayed[0] is not layer:
+            replayed = None
+        return self.recorder.start(layer, fidelity,
+                                   replayed[1] if replayed is not None else None)
 
     def close(self) -> None:
         """Stop the thread that decodes blocks ahead of replays (when the writer is done
@@ -1098,7 +1125,7 @@ class Indexes:
     def entry(self, entry: TarEntry) -> None:
         """``entry`` of the layer's first pass comes next (one call per entry: kept
         short)."""
-        record = self.recorder.current
+        record = self.recorder.gathering
         if record is not None:
             batch = record.batch
             batch.append(entry)
@@ -1151,6 +1178,7 @@ class Indexes:
                     TypeError):
                 continue
             self.replayed += 1
+            self._replayed = (layer, index)
             return replay
         if found:
             self.passed_over += 1
