@@ -445,9 +445,13 @@ def index_bytes(extent: Extent, full: bytes, ebase: int) -> bytes:
     return compact
 
 
+#: The layouts of compressed inodes (see :func:`has_map`).
+MAPPED_LAYOUTS = (DataLayout.COMPRESSED_FULL, DataLayout.COMPRESSED_COMPACT)
+
+
 def has_map(extent: Extent) -> bool:
     """Whether the inode is compressed (a map header and maybe indexes follow it)."""
-    return extent.layout in (DataLayout.COMPRESSED_FULL, DataLayout.COMPRESSED_COMPACT)
+    return extent.layout in MAPPED_LAYOUTS
 
 
 class Withdrawn(Exception):

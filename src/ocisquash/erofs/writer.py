@@ -55,9 +55,9 @@ from ..imagewriter import ImageWriter
 from ..squashfs.format import InodeType
 from ..squashfs.tree import Node, SpecialNode, SymlinkNode, plain_path
 from .compress import (
+    MAPPED_LAYOUTS,
     Codec,
     CompressedData,
-    has_map,
     index_bytes,
     index_extra,
     largest_pcluster,
@@ -83,7 +83,6 @@ from .format import (
     DataLayout,
     FileType,
     Superblock,
-    compact_inode,
     extended_inode,
 )
 from .options import ErofsCompression, ErofsOptions
@@ -101,6 +100,8 @@ _FILE_TYPE = {
     InodeType.SOCKET: FileType.SOCK,
 }
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+#: each node type's S_IFMT bits
+_MODE = {kind: MODE_TYPE[ftype] for kind, ftype in _FILE_TYPE.items()}
 
 
 @dataclass(frozen=True)
@@ -419,7 +420,7 @@ class _Gaps:
         return None
 
 
-#: "struct erofs_inode_compact" as ``compact_inode`` packs it (a short file's, at speed)
+#: "struct erofs_inode_compact" as ``format.compact_inode`` packs it, at speed
 _COMPACT = struct.Struct("<HHHHIIIIHHI")
 _REG = MODE_TYPE[FileType.REG_FILE]
 #: a compact FLAT_INLINE inode's i_format
@@ -663,15 +664,20 @@ class _Finisher:
     def _visit(self, node: Node) -> None:
         self.inodes += 1
         node.number = self.inodes
-        self.xattrs.count(node.meta.xattrs)
-        if isinstance(node, FileNode) and has_map(node.extent):
-            self.compressed = True
-            self.tailpacked |= node.extent.idata_len > 0
-        if isinstance(node, FileNode) and isinstance(node.extent, ChunkedExtent):
-            self.chunked = True
-        kind = ("files" if isinstance(node, FileNode) else "directories"
-                if isinstance(node, Dir) else "symlinks"
-                if isinstance(node, SymlinkNode) else "devices")
+        xattrs = node.meta.xattrs
+        if xattrs:
+            self.xattrs.count(xattrs)
+        if isinstance(node, FileNode):
+            extent = node.extent
+            if extent.layout in MAPPED_LAYOUTS:
+                self.compressed = True
+                self.tailpacked |= extent.idata_len > 0
+            elif isinstance(extent, ChunkedExtent):
+                self.chunked = True
+            kind = "files"
+        else:
+            kind = ("directories" if isinstance(node, Dir) else "symlinks"
+                    if isinstance(node, SymlinkNode) else "devices")
         self.stats[kind] += 1
 
     # -- layout -----------------------------------------------------------------------
@@ -785,21 +791,29 @@ class _Finisher:
         """The fields of ``node``'s inode (nids and block addresses aside)."""
         meta = node.meta
         inode = _Inode()
-        inode.mode = MODE_TYPE[_FILE_TYPE[node.type]] | meta.mode
+        inode.mode = _MODE[node.type] | meta.mode
         inode.nlink = node.nlink
-        inode.xattrs = self.xattrs.body(meta.xattrs)
+        if meta.xattrs:
+            inode.xattrs = self.xattrs.body(meta.xattrs)
         if isinstance(node, FileNode):
+            # Most nodes (every file with blocks of data), without calls.
             extent = node.extent
-            inode.layout = extent.layout
-            inode.size = extent.size
+            inode.layout = layout = extent.layout
+            inode.size = size = extent.size
             inode.i_u = extent.startblk
-            inode.inline_len = extent.tail_len
-            inode.compressed = has_map(extent)
+            if extent.tail_at >= 0:  # Extent.tail_len
+                inode.inline_len = size % BLOCK_SIZE
+            inode.compressed = layout in MAPPED_LAYOUTS
             if isinstance(extent, ChunkedExtent):
                 # "struct erofs_inode_chunk_info": the format, chunkbits and no flags
                 inode.i_u = extent.chunk_bits
                 inode.block_map = extent.index_len
-        elif isinstance(node, SpecialNode):
+            # _extended, written out
+            inode.extended = (meta.mtime != self.epoch or meta.uid > 0xFFFF
+                              or meta.gid > 0xFFFF or inode.nlink > 0xFFFF
+                              or size > 0xFFFF_FFFF)
+            return inode
+        if isinstance(node, SpecialNode):
             inode.i_u = node.rdev
         else:
             if isinstance(node, Dir):
@@ -827,15 +841,18 @@ class _Finisher:
         index)."""
         inode = self._inode(node)
         meta = node.meta
-        count = icount(inode.xattrs)
+        xattrs = inode.xattrs
+        count = icount(xattrs) if xattrs else 0
         if inode.extended:
             self.stats["extended"] += 1
             head = extended_inode(inode.layout, count, inode.mode, inode.nlink, inode.size,
                                   inode.i_u, node.number, meta.uid, meta.gid, meta.mtime)
-        else:
-            head = compact_inode(inode.layout, count, inode.mode, inode.nlink, inode.size,
-                                 inode.i_u, node.number, meta.uid, meta.gid)
-        record = bytearray(head + inode.xattrs)
+        else:  # format.compact_inode, its struct at hand
+            head = _COMPACT.pack(inode.layout << 1, count, inode.mode, inode.nlink,
+                                 inode.size, 0, inode.i_u, node.number, meta.uid, meta.gid, 0)
+        record = bytearray(head)
+        if xattrs:
+            record += xattrs
         spool = self.w._spool
         if inode.inline_len:
             record += self._inline(node, inode)
