@@ -475,12 +475,14 @@ def _nonheads(n: int) -> bytes:
 class _Batch:
     """Short segments of several files, compressed by one job, in order."""
 
-    __slots__ = ("future", "raws", "size")
+    __slots__ = ("done", "future", "raws", "size")
 
     def __init__(self) -> None:
         self.raws: list[bytes] = []
         self.size = 0
         self.future: Future[list[list[Piece]]] | None = None  # None: still filling
+        #: the future's result, once a file asked for it
+        self.done: list[list[Piece]] | None = None
 
 
 def _compress_batch(codec: Codec, raws: list[bytes], step: int) -> list[list[Piece]]:
@@ -812,10 +814,12 @@ class CompressedData:
             pieces = [(len(raw), None)]
         elif isinstance(job, tuple):
             batch, i = job
-            if batch.future is None:  # the batch still filling
-                self._hand_over()
-            assert batch.future is not None
-            pieces = batch.future.result()[i]
+            if batch.done is None:
+                if batch.future is None:  # the batch still filling
+                    self._hand_over()
+                assert batch.future is not None
+                batch.done = batch.future.result()
+            pieces = batch.done[i]
         else:
             pieces = job.result()
         at = 0
