@@ -1,5 +1,6 @@
 """Duplicate files: a file of more than a block is hashed only when an earlier file has
-its size; the first of each size is keyed late, by reading it back from the image. The
+its size; the first of each size is keyed late, from its segments while it is still
+queued for compression, else by reading it back from the image. The
 image is the one hashing every file gives (an output that cannot be read back), and
 the kernel reads every copy."""
 
@@ -51,14 +52,18 @@ CASES = {
 }
 
 
-def _write(out: object, **options: object) -> tuple[int, int]:
+def _write(out: object, files: list[tuple[str, bytes]] = FILES,
+           **options: object) -> tuple[int, int, int]:
+    """The image's duplicates, the files read back to be keyed and the files keyed
+    from their queued segments."""
     opts = ErofsOptions(mkfs_time=MKFS_TIME, workers=2, **options)  # type: ignore[arg-type]
     with ErofsWriter(out, opts) as w:  # type: ignore[arg-type]
         m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
-        for name, data in FILES:
+        for name, data in files:
             w.add_file(name.encode(), m, data)
-        read_backs = w._data.read_backs
-        return w.finish().duplicates, read_backs
+        # Uncompressed data is written as it comes: nothing is queued.
+        read_backs, queued = w._data.read_backs, getattr(w._data, "keyed_queued", 0)
+        return w.finish().duplicates, read_backs, queued
 
 
 @pytest.fixture(autouse=True)
@@ -76,11 +81,15 @@ def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_first_of_a_size_is_keyed_late_and_the_image_is_unchanged(
         case: str, tmp_path: Path) -> None:
     late, every = tmp_path / "late.erofs", tmp_path / "every.erofs"
-    duplicates, read_backs = _write(late, **CASES[case])
+    duplicates, read_backs, queued = _write(late, **CASES[case])
     with open(every, "wb") as f:  # write-only: every file is hashed as it is read
-        all_duplicates, no_read_backs = _write(f, **CASES[case])
+        all_duplicates, no_read_backs, _ = _write(f, **CASES[case])
     copies = DUPLICATES.get(case, 4)
-    assert (duplicates, read_backs) == (copies, 4)
+    # One first file is still queued when its twin comes (compressed data waits for
+    # its pclusters; uncompressed data is written at once): it is keyed from its
+    # segments.
+    assert (duplicates, read_backs, queued) == ((copies, 4, 0) if case == "none"
+                                                else (copies, 3, 1))
     assert (all_duplicates, no_read_backs) == (copies, 0)
     assert late.read_bytes() == every.read_bytes()
     if case in ("none", "lz4hc", "ztailpacking"):
@@ -88,4 +97,29 @@ def test_first_of_a_size_is_keyed_late_and_the_image_is_unchanged(
     if case != "zstd":
         with erofs_mounted(late, tmp_path / "m") as mnt:
             for name, data in FILES:
+                assert (mnt / name).read_bytes() == data, name
+
+
+#: Twins that come while the first of their size is still queued (under the in-flight
+#: bound): it is keyed from its segments, not written and read back.
+QUEUED = [
+    ("p", _TEXT[:30_000]),
+    ("q", _TEXT[5:30_005]),                # p's size, other bytes
+    ("r", _TEXT[:30_000]),                 # a copy of p
+    ("s", _NOISE[:20_000]),
+    ("s-again", _NOISE[:20_000]),          # a copy of s
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_first_of_a_size_still_queued_is_keyed_from_its_segments(
+        case: str, tmp_path: Path) -> None:
+    late, every = tmp_path / "late.erofs", tmp_path / "every.erofs"
+    assert _write(late, QUEUED, **CASES[case]) == ((2, 2, 0) if case == "none" else (2, 0, 2))
+    with open(every, "wb") as f:  # write-only: every file is hashed as it is read
+        assert _write(f, QUEUED, **CASES[case]) == (2, 0, 0)
+    assert late.read_bytes() == every.read_bytes()
+    if case != "zstd":
+        with erofs_mounted(late, tmp_path / "m") as mnt:
+            for name, data in QUEUED:
                 assert (mnt / name).read_bytes() == data, name

@@ -562,12 +562,14 @@ class CompressedData:
         self._seen: dict[tuple[bytes, int, bool], Extent] = {}
         #: a file of more than a block is hashed only when an earlier file has its
         #: size (as the squashfs writer does); the first file of each size, unhashed,
-        #: is kept here, and None once it is keyed by reading it back. Needs an output
-        #: that can be read.
+        #: is kept here, and None once it is keyed: from its segments while it is
+        #: queued, else by reading it back (which needs an output that can be read;
+        #: without one every file is hashed).
         self._firsts: dict[int, _File | None] | None = (
             {} if dedup and readable(out) else None)
-        #: files read back to be keyed
+        #: files read back to be keyed, and keyed from their queued segments instead
         self.read_backs = 0
+        self.keyed_queued = 0
         self.bytes_in = 0
         self.duplicates = 0
         self.compressed_files = 0
@@ -1085,13 +1087,21 @@ class CompressedData:
     # -- keying a file already written (size-first dedup) ------------------------------
 
     def _key_of(self, f: _File) -> tuple[bytes, int, bool]:
-        """The dedup key of ``f``, written unhashed, from its bytes in the image, its
-        inline tail and its fragment: the key ``write`` computes as it reads a file."""
-        self.read_backs += 1
-        while f in self._queue:  # write it, and the files queued before it
-            self._write_oldest()
+        """The dedup key of ``f``, added unhashed: the key ``write`` computes as it reads
+        a file. From its segments while it is still queued (they hold all its bytes but
+        its fragment's), else from its bytes in the image, its inline tail and its
+        fragment."""
         extent = f.extent
         digest = hashlib.sha256()
+        if f in self._queue:
+            self.keyed_queued += 1
+            for raw, _ in f.chunks:
+                digest.update(raw)
+            if extent.fragment_at >= 0:
+                digest.update(self._packed_raw(extent.fragment_at, f.tail_len))
+            f.placed = None
+            return digest.digest(), extent.size, extent.size % BLOCK_SIZE <= extent.room
+        self.read_backs += 1
         placed = f.placed or []
         for i, (at, blocks, n) in enumerate(placed):
             if extent.layout == DataLayout.FLAT_INLINE and i == len(placed) - 1:
