@@ -15,6 +15,8 @@ Format rules enforced here (``erofs.rst``, "Directories"):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from .format import BLOCK_SIZE, DIRENT
 
 #: (name, file type, nid)
@@ -22,7 +24,8 @@ DirEntry = tuple[bytes, int, int]
 
 
 def split_blocks(names: list[bytes]) -> list[int]:
-    """How many of the sorted ``names`` each block holds, first block first."""
+    """How many of the sorted ``names`` each block holds, first block first (the blocks
+    :func:`pack_blocks` makes of them)."""
     counts: list[int] = []
     used = n = 0
     for name in names:
@@ -34,6 +37,22 @@ def split_blocks(names: list[bytes]) -> list[int]:
         n += 1
     counts.append(n)
     return counts
+
+
+def pack_blocks(entries: Iterable[DirEntry]) -> Iterator[bytes]:
+    """The blocks of the sorted ``entries``, used bytes only (the last one is not
+    padded), made one at a time: a block takes entries while they fit, as
+    :func:`split_blocks` counts them."""
+    block: list[DirEntry] = []
+    used = 0
+    for entry in entries:
+        cost = DIRENT.size + len(entry[0])
+        if used + cost > BLOCK_SIZE:
+            yield pack_block(block)
+            block, used = [], 0
+        block.append(entry)
+        used += cost
+    yield pack_block(block)
 
 
 def directory_size(names: list[bytes], counts: list[int]) -> int:

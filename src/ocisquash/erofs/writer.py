@@ -64,11 +64,10 @@ from .compress import (
     map_header,
 )
 from .data import ChunkedExtent, Extent, FlatData, Spool, measured
-from .directory import DirEntry, directory_size, pack_block, split_blocks
+from .directory import DirEntry, directory_size, pack_blocks, split_blocks
 from .format import (
     BLOCK_SIZE,
     COMPACT_INODE_SIZE,
-    DIRENT,
     EXTENDED_INODE_SIZE,
     INCOMPAT_BIG_PCLUSTER,
     INCOMPAT_CHUNKED_FILE,
@@ -989,44 +988,30 @@ class _Finisher:
     def _dir_blocks(self, node: Dir) -> Iterator[bytes]:
         """The directory's blocks in order, used bytes only (the last one is not
         padded), made one at a time (a directory may hold a million names)."""
+        return pack_blocks(self._dir_entries(node))
+
+    def _dir_entries(self, node: Dir) -> Iterator[DirEntry]:
+        """The directory's entries in byte order, "." and ".." among them."""
         log = node.log_names()
         data = node.data
         nids = node.nids
         order = node.order
         assert order is not None and nids is not None
         dots = [(b"..", node.parent_number), (b".", node.ref)]  # popped from the end
-        block: list[DirEntry] = []
-        used = 0
         for j, at in enumerate(order):
             name = log[at]
-            # "." and ".." among the names, in byte order
             while dots and dots[-1][0] < name:
                 dot, nid = dots.pop()
-                if used + DIRENT.size + len(dot) > BLOCK_SIZE:
-                    yield pack_block(block)
-                    block, used = [], 0
-                block.append((dot, FileType.DIR, nid))
-                used += DIRENT.size + len(dot)
+                yield dot, FileType.DIR, nid
             v = data[at]
             if v >= 0:
-                entry: DirEntry = (name, _REG_FILE, nids[j] >> 1)
+                yield name, _REG_FILE, nids[j] >> 1
             else:
                 child = self.refs[DIR_BASE - v] if v <= DIR_BASE else self.nodes[-1 - v]
                 assert child is not None
-                entry = (name, _FILE_TYPE[child.type], child.ref)
-            if used + DIRENT.size + len(name) > BLOCK_SIZE:
-                yield pack_block(block)
-                block, used = [], 0
-            block.append(entry)
-            used += DIRENT.size + len(name)
-        while dots:
-            dot, nid = dots.pop()
-            if used + DIRENT.size + len(dot) > BLOCK_SIZE:
-                yield pack_block(block)
-                block, used = [], 0
-            block.append((dot, FileType.DIR, nid))
-            used += DIRENT.size + len(dot)
-        yield pack_block(block)
+                yield name, _FILE_TYPE[child.type], child.ref
+        for dot, nid in reversed(dots):
+            yield dot, FileType.DIR, nid
 
     def _write_outside(self, node: Node) -> None:
         """Write the blocks of a directory or symlink that do not go inline; keep a
