@@ -1097,20 +1097,17 @@ class CompressedData:
             self.keyed_queued += 1
             for raw, _ in f.chunks:
                 digest.update(raw)
-            if extent.fragment_at >= 0:
-                digest.update(self._packed_raw(extent.fragment_at, f.tail_len))
-            f.placed = None
-            return digest.digest(), extent.size, extent.size % BLOCK_SIZE <= extent.room
-        self.read_backs += 1
-        placed = f.placed or []
-        for i, (at, blocks, n) in enumerate(placed):
-            if extent.layout == DataLayout.FLAT_INLINE and i == len(placed) - 1:
-                # Its last block was given back: the tail is in the spool.
-                whole = n - n % BLOCK_SIZE
-                digest.update(self._read(at, whole))
-                digest.update(self._spool.get(extent.tail_at, extent.tail_len))
-            else:
-                digest.update(self._extent_raw(at, blocks, n))
+        else:
+            self.read_backs += 1
+            placed = f.placed or []
+            for i, (at, blocks, n) in enumerate(placed):
+                if extent.layout == DataLayout.FLAT_INLINE and i == len(placed) - 1:
+                    # Its last block was given back: the tail is in the spool.
+                    whole = n - n % BLOCK_SIZE
+                    digest.update(self._read(at, whole))
+                    digest.update(self._spool.get(extent.tail_at, extent.tail_len))
+                else:
+                    digest.update(self._extent_raw(at, blocks, n))
         if extent.fragment_at >= 0:
             digest.update(self._packed_raw(extent.fragment_at, f.tail_len))
         f.placed = None
