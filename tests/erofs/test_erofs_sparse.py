@@ -307,8 +307,9 @@ def test_a_large_file_written_while_read_then_found_chunk_based_leaves_nothing_b
         tmp_path: Path) -> None:
     """A large file is compressed and written while it is read until holes come in; one
     that turns out chunk-based (under 8 MiB of data, then zeros) once more than one
-    worker's in-flight limit of it was written is taken back: the image, with files before and after it, is
-    the one its declared holes make (never compressed), and the kernel reads it."""
+    worker's in-flight limit of it was written is taken back: the image, with files
+    before and after it, is the one its declared holes make (never compressed), and the
+    kernel reads it."""
     size = SPARSE_MIN_SIZE + 12345
     rng = random.Random(5)
     data = 8 * MIB - 64 * KIB

@@ -540,7 +540,6 @@ def test_same_input_gives_identical_bytes(tmp_path: Path) -> None:
     assert images[0] == images[1] == images[2]
 
 
-
 def test_tables_are_the_same_bytes_whether_a_pool_compresses_them_or_not(
         tmp_path: Path) -> None:
     """With one worker the tables' metadata blocks are compressed as they fill; with
@@ -577,6 +576,7 @@ def test_tables_are_the_same_bytes_whether_a_pool_compresses_them_or_not(
     assert os.stat(out / "links/l000").st_ino == os.stat(out / "target").st_ino
     last = f"d39/file-0299-{'n' * (299 % 30)}"
     assert (out / last).read_bytes() == b"39-299" * (299 % 7)
+
 
 def test_mkfs_time_comes_from_source_date_epoch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -96,7 +96,6 @@ _FRAGMENT_SHIFT = 2 * _SHORT_BITS
 _FRAGMENT_MASK = (1 << (META_SHIFT - _FRAGMENT_SHIFT)) - 1
 
 
-
 class SquashfsWriter(ImageWriter["WriteSummary"]):
     """Writes one squashfs 4.0 image; add entries in any order, then :meth:`finish`.
 
