@@ -178,36 +178,39 @@ def saves(packed: bytes | None, raw_len: int) -> bool:
 
 def _destsize_functions() -> tuple[Any, Any, int, bool] | None:
     """liblz4's fixed-output calls, ``LZ4_compress_destSize`` and
-    ``LZ4_compress_HC_destSize``, through cffi (which releases the GIL around each
-    call): from the library python-lz4 carries (its extension module exports them),
-    else the system's liblz4. Returns cffi's module and library, the size of an lz4hc
-    state and whether the library predates :data:`TRUSTED_LZ4` (each fitted block is
-    then checked). None when neither has them: extents are then fixed-input."""
-    import ctypes.util
+    ``LZ4_compress_HC_destSize``, through ctypes (which releases the GIL around each
+    call, and unlike cffi needs no C parser: loading pycparser cost every EROFS compile
+    25-80 ms before its first layer): from the library python-lz4 carries (its
+    extension module exports them), else the system's liblz4. Returns the two calls,
+    the size of an lz4hc state and whether the library predates :data:`TRUSTED_LZ4`
+    (each fitted block is then checked). None when neither has them: extents are then
+    fixed-input."""
+    import ctypes
 
-    import cffi
+    def candidates() -> Iterator[str | None]:
+        yield getattr(getattr(lz4.block, "_block", None), "__file__", None)
+        import ctypes.util  # runs ldconfig: only when python-lz4's library has no calls
 
-    ffi = cffi.FFI()
-    ffi.cdef("""
-        int LZ4_versionNumber(void);
-        int LZ4_compress_destSize(const char* src, char* dst, int* srcSizePtr,
-                                  int targetDstSize);
-        int LZ4_sizeofStateHC(void);
-        int LZ4_compress_HC_destSize(void* stateHC, const char* src, char* dst,
-                                     int* srcSizePtr, int targetDstSize, int level);
-    """)
-    candidates = [getattr(getattr(lz4.block, "_block", None), "__file__", None),
-                  ctypes.util.find_library("lz4")]
-    for path in candidates:
+        yield ctypes.util.find_library("lz4")
+
+    pointer, size = ctypes.c_void_p, ctypes.c_int
+    for path in candidates():
         if not path:
             continue
         try:
-            lib = ffi.dlopen(path)
-            lib.LZ4_compress_destSize  # noqa: B018 (resolve the symbols now)
-            lib.LZ4_compress_HC_destSize  # noqa: B018
-            return ffi, lib, lib.LZ4_sizeofStateHC(), lib.LZ4_versionNumber() < TRUSTED_LZ4
+            lib = ctypes.CDLL(path)
+            fast, hc = lib.LZ4_compress_destSize, lib.LZ4_compress_HC_destSize
+            version, state_size = lib.LZ4_versionNumber(), lib.LZ4_sizeofStateHC()
         except (OSError, AttributeError):
             continue
+        # int LZ4_compress_destSize(const char* src, char* dst, int* srcSizePtr,
+        #                           int targetDstSize);
+        fast.argtypes = (pointer, pointer, pointer, size)
+        # int LZ4_compress_HC_destSize(void* stateHC, const char* src, char* dst,
+        #                              int* srcSizePtr, int targetDstSize, int level);
+        hc.argtypes = (pointer, pointer, pointer, pointer, size, size)
+        fast.restype = hc.restype = size
+        return fast, hc, state_size, version < TRUSTED_LZ4
     return None
 
 
@@ -285,32 +288,44 @@ class Codec:
         fast = lz4.block.compress(data, mode="default", store_size=False)
         return len(fast) / len(data)
 
-    def fit(self, data: bytes | memoryview, budget: int) -> tuple[bytes, int]:
-        """As much of ``data`` as compresses into ``budget`` bytes: the compressed bytes
-        and how many bytes of ``data`` they hold. Thread-safe (state per thread).
-        With a liblz4 older than :data:`TRUSTED_LZ4`, each result is decompressed and
-        compared before it is used: the image must not depend on its known bugs."""
+    def fit(self, data: bytes | memoryview, budget: int, start: int = 0,
+            end: int | None = None) -> tuple[bytes, int]:
+        """As much of ``data[start:end]`` as compresses into ``budget`` bytes: the
+        compressed bytes and how many bytes from ``start`` they hold. Thread-safe
+        (state per thread); a memoryview is copied first (liblz4 is given the address
+        of a ``bytes``). With a liblz4 older than :data:`TRUSTED_LZ4`, each result is
+        decompressed and compared before it is used: the image must not depend on its
+        known bugs."""
+        import ctypes
+
         assert self._destsize is not None
-        ffi, lib, state_size, check = self._destsize
+        fast, hc, state_size, check = self._destsize
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        if end is None:
+            end = len(data)
         local = self._local
         out = getattr(local, "out", None)
         if out is None or len(out) < budget:
-            out = local.out = ffi.new("char[]", budget)
-        taken = ffi.new("int*", len(data))
-        src = ffi.from_buffer(data)
+            out = local.out = ctypes.create_string_buffer(budget)
+            local.taken = ctypes.c_int()
+        taken = local.taken
+        taken.value = end - start
+        src = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        assert src is not None
+        src += start
         if self.name is ErofsCompression.LZ4HC:
             state = getattr(local, "state", None)
             if state is None:
-                state = local.state = ffi.new("char[]", state_size)
-            n = lib.LZ4_compress_HC_destSize(state, src, out, taken, budget,
-                                             self._level or 9)
+                state = local.state = ctypes.create_string_buffer(state_size)
+            n = hc(state, src, out, ctypes.byref(taken), budget, self._level or 9)
         else:
-            n = lib.LZ4_compress_destSize(src, out, taken, budget)
-        used = taken[0]
-        packed = bytes(ffi.buffer(out, n)) if n > 0 else b""
-        if not 0 < used <= len(data) or (
+            n = fast(src, out, ctypes.byref(taken), budget)
+        used = taken.value
+        packed = ctypes.string_at(out, n) if n > 0 else b""
+        if not 0 < used <= end - start or (
                 check and packed and lz4.block.decompress(packed, uncompressed_size=used)
-                != bytes(data[:used])):
+                != data[start:start + used]):
             raise ErofsError("liblz4 made a fixed-output block that does not decompress "
                              "to its input")
         return packed, used
@@ -386,7 +401,7 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
             budget = len(whole) // BLOCK_SIZE * BLOCK_SIZE
         else:
             budget = max(1, int(step * aim * margin) // BLOCK_SIZE) * BLOCK_SIZE
-        packed, used = codec.fit(window, budget)
+        packed, used = codec.fit(data, budget, pos, pos + len(window))
         if not saves(packed, used):
             if whole is not None:  # the window compressed whole does save a block
                 packed, used = whole, len(window)
