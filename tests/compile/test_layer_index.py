@@ -10,17 +10,18 @@ import logging
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ocisquash.cache import ImageCache
+from ocisquash.cache import IMAGE_FILE, ImageCache
 from ocisquash.compile import CompiledImage, compile_image
 from ocisquash.sources.options import SourceOptions
 from ocisquash.squashfs.layerindex import LAYER_INDEX_GLOB, read_layer_index
 from ocisquash.squashfs.options import Compression, WriterOptions
-from ocisquash.squashfs.reuse import INDEX_FILE
+from ocisquash.squashfs.reuse import INDEX_FILE, read_index
 
 from .test_recompile import BLOCK, OPTIONS, Layers, _base, _data, _top_changed
 from conftest import require_or_skip
@@ -227,22 +228,82 @@ def test_duplicates_of_files_far_back_in_a_replay(tmp_path: Path) -> None:
     assert _replayed(warm) == 2
 
 
-@pytest.mark.parametrize("ahead", [(4 << 20, 8192), (2 * BLOCK, 5), (1, 1)],
-                         ids=["default_lookahead", "short_lookahead", "one_entry_ahead"])
-def test_tails_decoded_ahead_of_the_files_that_use_them_or_passed_over(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ahead: tuple[int, int]) -> None:
-    """The blocks holding a replay's tails are decoded and the tails checked by another
-    thread ahead of the writer: with hidden files whose blocks are never used, runs of
-    tails longer than the look-ahead (checked by the writer's thread), and copies whose
-    tails are in blocks left behind, the image is still the cold compile's."""
+def _with_crc32(data: bytes, target: int) -> bytes:
+    """``data`` with its last 4 bytes changed so that its CRC-32 is ``target`` (the
+    CRC-32 of a fixed length is affine in the bits: solved over GF(2))."""
+    head = data[:-4]
+    zero = zlib.crc32(head + bytes(4))
+    pivots: dict[int, tuple[int, int]] = {}  # highest bit -> (CRC change, bits flipped)
+    for i in range(32):
+        change, flips = zlib.crc32(head + (1 << i).to_bytes(4, "little")) ^ zero, 1 << i
+        for bit in reversed(range(32)):
+            if change >> bit & 1:
+                if bit not in pivots:
+                    pivots[bit] = (change, flips)
+                    break
+                change ^= pivots[bit][0]
+                flips ^= pivots[bit][1]
+    want, flips = target ^ zero, 0
+    for bit in reversed(range(32)):
+        if want >> bit & 1:
+            want ^= pivots[bit][0]
+            flips ^= pivots[bit][1]
+    forged = head + flips.to_bytes(4, "little")
+    assert zlib.crc32(forged) == target
+    return forged
+
+
+def test_small_files_with_the_same_crc32_and_size_are_told_apart(tmp_path: Path) -> None:
+    """A compile into the cache keys small files by their CRC-32 and size (a replayed
+    file's key is then known without its bytes) and compares the bytes of files with
+    the same key: files forged to share one, in the replayed layer and in the decoded
+    top layer above it, are each stored with their own bytes, and true copies are
+    still shared."""
+    require_or_skip(subprocess.run(["which", "unsquashfs"], capture_output=True).returncode == 0,
+                    "unsquashfs is not installed")
+    base = _many_small_files()
+    a = _data(7000, 900)
+    twins = {"var/twin-a": a, "var/twin-b": _with_crc32(_data(7001, 900), zlib.crc32(a)),
+             "var/twin-c": a}
+    twins["var/twin-d"] = _with_crc32(_data(7002, 900), zlib.crc32(a))
+    replayed = [*base[1], *(Entry(p, data=d) for p, d in twins.items())]
+    on_top = {"app/twin-e": _with_crc32(_data(7003, 900), zlib.crc32(a)), "app/twin-f": a,
+              "app/twin-g": _with_crc32(_data(7004, 900), zlib.crc32(a))}
+    top = [*_top_changed(base)[2], *(Entry(p, data=d) for p, d in on_top.items())]
+    _, warm = _recompile(tmp_path, [base[0], replayed, base[2]], [base[0], replayed, top])
+    assert _replayed(warm) == 2
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "x"),
+                    str(tmp_path / "warm.sqfs")], check=True, capture_output=True)
+    for path, data in {**twins, **on_top}.items():
+        assert (tmp_path / "x" / path).read_bytes() == data, path
+    assert len({zlib.crc32(d) for d in {**twins, **on_top}.values()}) == 1
+
+
+@pytest.mark.parametrize(("fragments", "ahead"),
+                         [(True, (4 << 20, 8192)), (False, (4 << 20, 8192)),
+                          (False, (2 * BLOCK, 5)), (False, (1, 1))],
+                         ids=["fragments_placed_without_bytes", "default_lookahead",
+                              "short_lookahead", "one_entry_ahead"])
+def test_tails_placed_without_bytes_or_decoded_ahead_with_some_files_passed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fragments: bool,
+        ahead: tuple[int, int]) -> None:
+    """With hidden files whose tails are never used, the image is still the cold
+    compile's. With fragments, a replay places small files' tails without their bytes
+    and fetches those of fragment blocks that are not copied whole (the hidden files
+    leave holes in them); without, the blocks holding a replay's tails are decoded and
+    the tails checked by another thread ahead of the writer, also with runs of tails
+    longer than the look-ahead (checked by the writer's thread), and copies whose tails
+    are in blocks left behind."""
     from ocisquash.squashfs import layerindex
 
     monkeypatch.setattr(layerindex, "_AHEAD_BYTES", ahead[0])
     monkeypatch.setattr(layerindex, "_LOOKAHEAD", ahead[1])
+    options = WriterOptions(compression=Compression.ZSTD, level=5, block_size=BLOCK,
+                            fragments=fragments, mkfs_time=1_700_000_000)
     v1 = _many_small_files()
     hidden = [Entry(f"var/.wh.f{i:03d}") for i in [*range(30, 90), 131, 170, 171, 239]]
     v2 = [*v1[:2], [*_top_changed(v1)[2], *hidden]]
-    _, warm = _recompile(tmp_path, v1, v2)
+    _, warm = _recompile(tmp_path, v1, v2, options)
     assert _replayed(warm) == 2
 
 
@@ -301,6 +362,44 @@ def test_a_block_that_cannot_be_fetched_builds_the_image_again(
     assert any("layer index in the cache does not hold" in r.getMessage()
                for r in caplog.records)
     assert _replayed(warm) == 0  # the build that was kept replayed nothing
+
+
+def _rot_tail_block(entry: Path, name: bytes = b"var/f120") -> None:
+    """Change a byte of the stored block holding the tail of file ``name``, in place,
+    keeping the image's size, mode and mtime (as a disk's fault would)."""
+    tails = {record[2][0] for path in entry.glob(LAYER_INDEX_GLOB)
+             for e, record in read_layer_index(path).joined()
+             if e.path == name and record is not None and record[2] is not None}
+    assert len(tails) == 1
+    _, records = read_index(entry / INDEX_FILE)
+    image = entry / IMAGE_FILE
+    before = image.stat()
+    os.chmod(image, 0o644)
+    with open(image, "r+b") as f:
+        for r in records:
+            if r.digest in tails:
+                f.seek(r.offset + r.stored_size // 2)
+                byte = f.read(1)[0]
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte ^ 0x5A]))
+    os.chmod(image, before.st_mode)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_a_fragment_block_copied_without_decoding_is_checked_by_its_stored_bytes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A replay copies an earlier fragment block whole without decoding it (or fetching
+    its files' tails) when its files come in the same order: the CRC-32 of its stored
+    bytes, which the block index keeps, is checked instead. An earlier image with such
+    a block changed in place (here, the one holding the 121st small file's tail, in
+    the middle of a run that is copied whole) is not copied from: the image is built
+    again without reusing anything, and is the cold compile's."""
+    caplog.set_level(logging.WARNING, logger="ocisquash.compile")
+    _, warm = _recompile(tmp_path, _many_small_files(), _top_changed(_many_small_files()),
+                         between=_rot_tail_block, rebuilt=True)
+    assert any("does not match the CRC-32 its block index keeps" in r.getMessage()
+               for r in caplog.records)
+    assert _replayed(warm) == 0
 
 
 def test_the_recompile_keeps_its_own_layer_indexes(tmp_path: Path) -> None:

@@ -30,7 +30,13 @@ such a file's dedup key is an int of 60 bits (40 bits of :func:`short_hash` and 
 size), and a file matching a key is compared with the stored file's bytes, read back,
 before it shares them; a different file with the same short key is keyed by its whole
 sha256 in a second, small map. So duplicates are exactly those the whole sha256 finds,
-whatever hash makes the short key: it only decides which stored file is compared.
+whatever hash makes the short key: it only decides which stored file is compared. A
+compile that records layer indexes computes each tail's CRC-32 for them anyway and makes
+the short key of that instead: a replayed file's key is then known from its index, and
+a file no stored file shares a key with is placed without its bytes
+(:meth:`DataWriter.write_indexed`). A CRC-32 can be forged to match; a forged match
+costs what a true copy costs (one comparison with the stored file's bytes), and a
+sha256 besides.
 
 Blocks are compressed by a thread pool but written strictly in submission order, so the
 output is byte-identical whatever the thread timing. At most :data:`IN_FLIGHT_BYTES` of
@@ -63,7 +69,7 @@ from ..entry import HoleReader
 from ..errors import SquashfsError
 from .compressor import Compressor
 from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
-from .reuse import BlockReuse
+from .reuse import _CRC_GIL_MINSIZE, BlockReuse, crc32_holding_gil
 
 
 class Placed(Protocol):
@@ -112,33 +118,44 @@ class Known:
 #: Where an earlier image holds a block's stored bytes: its descriptor and the offset.
 Source = tuple[int, int]
 
+#: A block ready to be written: its stored bytes or where an earlier image holds them,
+#: its size field, and what the new image's block index keeps of it besides (its
+#: digest, its length, the CRC-32 of its stored bytes).
+Ready = tuple[bytes | Source, int, bytes, int, int]
+
 
 def _reuse_batch(compressor: Compressor, reuse: BlockReuse, blocks: list[bytes | Known],
-                 copying: bool) -> list[tuple[bytes | Source, int, bytes]]:
+                 copying: bool) -> list[Ready]:
     """As :func:`_compress_batch`, taking the blocks an earlier image holds from there;
-    each result also carries the block's digest, for the new image's block index. With
-    ``copying``, such a block is given by where it is (:class:`_Copier` copies it),
-    else by its bytes."""
-    done: list[tuple[bytes | Source, int, bytes]] = []
+    each result also carries what the new image's block index keeps. With ``copying``,
+    such a block is given by where it is (:class:`_Copier` copies it), else by its
+    bytes."""
+    done: list[Ready] = []
     for data in blocks:
         if type(data) is Known:
             digest = data.digest
         else:
             assert isinstance(data, bytes)
             digest = hashlib.sha256(data).digest()
-        found: tuple[bytes | Source, int] | None
+        found: Ready | None = None
         if copying:
             at = reuse.locate(digest)
-            found = None if at is None else ((at[0], at[1]), at[2])
+            if at is not None:
+                found = ((at[0], at[1]), at[2], digest, at[3], at[4])
         else:
-            found = reuse.stored(digest)
+            stored = reuse.stored(digest)
+            if stored is not None:
+                found = (stored[0], stored[1], digest, stored[2], stored[3])
         if found is None:
             if type(data) is Known:
                 from .layerindex import ReplayError
 
                 raise ReplayError("a block a layer index names cannot be read from its image")
-            found = _compress_block(compressor, data)  # type: ignore[arg-type]
-        done.append((*found, digest))
+            assert isinstance(data, bytes)
+            packed, field = _compress_block(compressor, data)
+            # One call that lets the GIL go: this is a compressing thread.
+            found = (packed, field, digest, len(data), _crc32(packed))
+        done.append(found)
     blocks.clear()
     return done
 
@@ -264,10 +281,10 @@ class _Done:
 
     __slots__ = ("_done",)
 
-    def __init__(self, done: list[tuple[bytes | Source, int, bytes]]) -> None:
+    def __init__(self, done: list[Ready]) -> None:
         self._done = done
 
-    def result(self) -> list[tuple[bytes | Source, int, bytes]]:
+    def result(self) -> list[Ready]:
         return self._done
 
     def cancel(self) -> bool:
@@ -283,8 +300,7 @@ class _Batch:
     def __init__(self) -> None:
         self.blocks: list[bytes | Known] = []
         self.size = 0
-        self.future: Future[list[tuple[bytes, int]]] | Future[
-            list[tuple[bytes | Source, int, bytes]]] | _Done | None = None
+        self.future: Future[list[tuple[bytes, int]]] | Future[list[Ready]] | _Done | None = None
 
 
 class BlockPipeline:
@@ -339,10 +355,16 @@ class BlockPipeline:
         while len(self._queue) > self._limit:
             self._retire()
 
-    def submit_known(self, block: Known, placed: Placed) -> None:
-        """Queue a block whose stored bytes an earlier image holds (needs ``reuse``)."""
+    def submit_known(self, block: Known, placed: Placed, check: bool = False) -> None:
+        """Queue a block whose stored bytes an earlier image holds (needs ``reuse``);
+        with ``check``, those bytes are read and checked against their CRC-32 first."""
         if self._reuse is None:
             raise SquashfsError("a block given by its digest needs earlier images")
+        if check and self._reuse.read(block.digest) is None:
+            from .layerindex import ReplayError
+
+            raise ReplayError("a block of an earlier image cannot be read, or does not match "
+                              "the CRC-32 its block index keeps")
         if self._copier is not None:
             # Where it is is all the copy needs: no compressing thread is woken for it
             # (a replay queues thousands of them).
@@ -352,7 +374,7 @@ class BlockPipeline:
 
                 raise ReplayError("a block a layer index names cannot be read from its image")
             known = _Batch()
-            known.future = _Done([((at[0], at[1]), at[2], block.digest)])
+            known.future = _Done([((at[0], at[1]), at[2], block.digest, at[3], at[4])])
             self._queue.append((known, 0, placed))
             self._submitted += 1
             while len(self._queue) > self._limit:
@@ -415,7 +437,7 @@ class BlockPipeline:
             size = field & ~DATA_UNCOMPRESSED
             self._copier.add(payload, position, size)  # type: ignore[arg-type]
         if self._reuse is not None:
-            self._reuse.written(done[2], position, field)  # type: ignore[misc]
+            self._reuse.written(done[2], position, field, done[3], done[4])  # type: ignore[misc]
         placed(position, field)
         self.position = position + size
 
@@ -455,6 +477,11 @@ class BlockPipeline:
         if self._out_at != self.position:
             self._out.seek(self.position)
             self._out_at = self.position
+
+    def known_length(self, digest: bytes) -> int | None:
+        """The length of the block with ``digest`` that an earlier image holds (None:
+        none does)."""
+        return None if self._reuse is None else self._reuse.length(digest)
 
     def digest_at(self, position: int) -> bytes | None:
         """The sha256 of the block retired at ``position``, when blocks are reused (the
@@ -578,6 +605,7 @@ class DataWriter:
         fragments: bool,
         dedup: bool,
         decompress: Callable[[bytes, int], bytes] | None = None,
+        check_tails: bool = False,
     ) -> None:
         self._pipeline = pipeline
         self._block_size = block_size
@@ -591,6 +619,12 @@ class DataWriter:
         self._collided: dict[bytes, Stored] = {}
         self._decompress = decompress
         self._short_keys = dedup and fragments and decompress is not None
+        #: with ``check_tails``: a short file's dedup key is made of its CRC-32 (computed
+        #: for the layer index anyway) instead of :func:`short_hash`, so that a replayed
+        #: file's key is known from its index without its bytes
+        self._crc_keys = self._short_keys and check_tails
+        #: replayed tails are placed without their bytes (``write_indexed``)
+        self.lazy_tails = fragments and (not dedup or self._crc_keys)
         #: fragment index -> decoded block, the last few read back
         self._fragment_cache: dict[int, bytes] = {}
         #: with ``decompress`` (the output can be read back): a file of a block or more
@@ -607,6 +641,14 @@ class DataWriter:
         #: its length. Once it holds the whole block it is that block, whose stored bytes
         #: are copied without hashing the fragment (see ``write_indexed``).
         self._origin: list[Any] | None = None
+        #: tails in the fragment block being filled whose bytes are not there yet (zero
+        #: bytes stand for them): their offset there, length, and what gives their bytes
+        #: (checked against their CRC-32). Fetched only if the block is not copied whole.
+        self._pending: list[tuple[int, int, Callable[[], tuple[bytes, TailOrigin | None]]]] = []
+        #: fragment blocks written as a copy of an earlier image's block: that block's
+        #: digest (a replayed file whose tail lies in it, at the same offset, is a
+        #: duplicate of the file there without comparing bytes)
+        self._copied: dict[int, bytes] = {}
         #: packed fragment table entries, in fragment index order
         self.fragment_table: list[bytes] = []
         self._fragment_count = 0
@@ -614,7 +656,7 @@ class DataWriter:
         self.duplicates = 0
         #: with ``check_tails``: the CRC-32 of the last stored file's last partial block
         #: (0: it has none), which a layer index keeps to check a replayed tail by
-        self.check_tails = False
+        self.check_tails = check_tails
         self.tail_check = 0
 
     @property
@@ -693,26 +735,27 @@ class DataWriter:
         return self._finish_long(record, mark, hasher, total, tail)
 
     def write_indexed(self, size: int, items: list[bytes | int],
-                      tail: Callable[[], tuple[bytes, TailOrigin | None]], check: int) -> Stored:
+                      tail: Callable[[], tuple[bytes, TailOrigin | None]], check: int,
+                      where: tuple[bytes, int] | None = None) -> Stored:
         """Store a file given by the digests of its whole blocks (or runs of zero blocks),
         which earlier images hold, and its last partial block's bytes (``tail()``, which
         checks them against their CRC-32 ``check``, and says where they are), as
-        ``write_file`` stores the same bytes (see ``layerindex.py``)."""
+        ``write_file`` stores the same bytes (see ``layerindex.py``). ``where`` (the
+        digest of the block holding the tail, and its offset there) lets a file shorter
+        than a block be placed without its bytes (see :meth:`_place_replayed`)."""
         bs = self._block_size
         if size < bs:
+            if where is not None and size and self.lazy_tails:
+                stored = self._place_replayed(size, tail, check, where)
+                if stored is not None:
+                    return stored
             data, origin = tail()
             if len(data) != size:
                 raise SquashfsError(f"a replayed file's data is {len(data)} bytes, not {size}")
-            # ``tail()`` checked the bytes against the CRC-32 the index keeps: that is
-            # the one to record, not made again.
-            checking, self.check_tails = self.check_tails, False
             before, count = len(self._fragment), self._fragment_count
-            try:
-                stored = self.store_short(data)
-            finally:
-                self.check_tails = checking
-                if checking:
-                    self.tail_check = check
+            # ``tail()`` checked the bytes against the CRC-32 the index keeps: that is
+            # the one to record (and the key), not made again.
+            stored = self.store_short(data, check)
             self._follow(origin, before, count, size)
             return stored
         record = FileData()
@@ -738,8 +781,21 @@ class DataWriter:
                 self._pipeline.submit_known(Known(item, bs), record.placed)
                 whole += 1
         left = size - whole * bs
+        if not 0 <= left < bs:
+            raise SquashfsError(f"a replayed file's blocks do not make its {size} bytes")
+        if left and hasher is None and where is not None and self.lazy_tails:
+            # Not keyed (the first file of its size): ``_finish_long`` would only place
+            # the tail, which can go without its bytes.
+            length = self._pipeline.known_length(where[0])
+            if length is not None:
+                record.size = size
+                self.bytes_in += size
+                self.tail_check = check
+                record.fragment, record.fragment_offset = self._place_pending(
+                    left, tail, where, length)
+                return record
         last, origin = tail() if left else (b"", None)
-        if not 0 <= left < bs or len(last) != left:
+        if len(last) != left:
             raise SquashfsError(f"a replayed file's blocks do not make its {size} bytes")
         checking, self.check_tails = self.check_tails, False
         before, count = len(self._fragment), self._fragment_count
@@ -752,6 +808,79 @@ class DataWriter:
         if left:
             self._follow(origin, before, count, left)
         return stored
+
+    def _place_replayed(self, size: int, tail: Callable[[], tuple[bytes, TailOrigin | None]],
+                        check: int, where: tuple[bytes, int]) -> Stored | None:
+        """Store a replayed file shorter than a block, of CRC-32 ``check``, whose bytes
+        lie at ``where`` in a block of an earlier image, without fetching them: when no
+        file stored before has its key (its CRC-32 and size; so none has its bytes), it
+        goes into the fragment block being filled as ``store_short`` would put it, and
+        its bytes are fetched only if that block is not written as a copy of the earlier
+        one (``flush_fragment``). When the file stored under its key lies at ``where``
+        too, in a block copied whole, it is that file. Else None: the caller stores the
+        bytes."""
+        digest, offset = where
+        length = self._pipeline.known_length(digest)
+        if length is None:
+            return None
+        key = 0
+        if self._crc_keys:
+            key = (check & _SHORT_HASH_MASK) << _SHORT_BITS | size
+            previous = self._seen.get(key)
+            if previous is not None:
+                if type(previous) is int and self._lies_at(previous, digest, offset):
+                    self.bytes_in += size
+                    self.tail_check = check
+                    self.duplicates += 1
+                    return previous
+                return None
+        elif self._dedup:
+            return None
+        index, at = self._place_pending(size, tail, where, length)
+        packed = size | at << _SHORT_BITS | index << 2 * _SHORT_BITS
+        if self._crc_keys:
+            self._seen[key] = packed
+        self.bytes_in += size
+        self.tail_check = check
+        return packed
+
+    def _place_pending(self, n: int, tail: Callable[[], tuple[bytes, TailOrigin | None]],
+                       where: tuple[bytes, int], length: int) -> tuple[int, int]:
+        """Put a tail of ``n`` bytes, which lie at ``where`` in an earlier image's block
+        of ``length`` bytes, into the fragment block being filled without its bytes;
+        returns that block's number and the tail's offset there."""
+        fragment = self._fragment
+        before, count = len(fragment), self._fragment_count
+        if before + n > self._block_size:
+            self.flush_fragment()  # clears ``fragment`` in place
+        at = len(fragment)
+        self._pending.append((at, n, tail))
+        fragment += self._zero[:n]
+        self._follow((where[0], where[1], length), before, count, n)
+        return self._fragment_count, at
+
+    def _lies_at(self, stored: int, digest: bytes, offset: int) -> bool:
+        """Whether a short file stored in a fragment block holds the bytes at ``offset`` of
+        the earlier image's block with ``digest`` (of its length): its fragment block is
+        a copy of that block, or is being filled with it, and it is at that offset."""
+        _, fragment, at = unpack_short(stored)
+        if at != offset:
+            return False
+        if fragment == self._fragment_count:
+            origin = self._origin
+            return origin is not None and origin[0] == digest and at < origin[1]
+        return self._copied.get(fragment) == digest
+
+    def _fetch_pending(self) -> None:
+        """Put the bytes of the tails placed without them into the fragment block being
+        filled."""
+        fragment = self._fragment
+        for at, n, tail in self._pending:
+            data = tail()[0]
+            if len(data) != n:
+                raise SquashfsError(f"a replayed file's data is {len(data)} bytes, not {n}")
+            fragment[at:at + n] = data
+        self._pending.clear()
 
     def _follow(self, origin: TailOrigin | None, before: int, count: int, n: int) -> None:
         """Keep ``_origin`` for a tail of ``n`` bytes from ``origin`` just stored: the
@@ -876,6 +1005,8 @@ class DataWriter:
 
     def _fragment_piece(self, index: int, offset: int, n: int) -> bytes:
         if index == self._fragment_count:  # the fragment block still being filled
+            if self._pending:
+                self._fetch_pending()
             return bytes(self._fragment[offset:offset + n])
         while index >= len(self.fragment_table):  # submitted, not written yet
             self._pipeline.retire_oldest()
@@ -889,16 +1020,19 @@ class DataWriter:
         cache[index] = block  # the most recently used last
         return block[offset:offset + n]
 
-    def store_short(self, data: bytes) -> Stored:
+    def store_short(self, data: bytes, check: int | None = None) -> Stored:
         """Store a file shorter than a block (most files are): in a fragment, or as a
-        short block without fragments, unless an identical file is stored already."""
+        short block without fragments, unless an identical file is stored already.
+        ``check``: its CRC-32, when known."""
         size = len(data)
         self.bytes_in += size
         if self.check_tails:
-            self.tail_check = _crc32(data) if size <= _CRC_GIL_MINSIZE else \
-                crc32_holding_gil(data)
+            if check is None:
+                check = _crc32(data) if size <= _CRC_GIL_MINSIZE else crc32_holding_gil(data)
+            self.tail_check = check
         if self._short_keys and data:
-            short = (short_hash(data) & _SHORT_HASH_MASK) << _SHORT_BITS | size
+            short = ((self.tail_check if self._crc_keys else short_hash(data))
+                     & _SHORT_HASH_MASK) << _SHORT_BITS | size
             previous = self._seen.get(short)
             if previous is None:
                 # _place_short in a fragment, written out: most files of an image come
@@ -921,7 +1055,8 @@ class DataWriter:
                 return previous
             stored = self._seen[key] = self._place_short(data)
             return stored
-        short = (short_hash(data) & _SHORT_HASH_MASK) << _SHORT_BITS | size
+        short = ((self.tail_check if self._crc_keys else short_hash(data))
+                 & _SHORT_HASH_MASK) << _SHORT_BITS | size
         previous = self._seen.get(short)
         if previous is None:
             stored = self._seen[short] = self._place_short(data)
@@ -984,6 +1119,7 @@ class DataWriter:
         self._seen.clear()
         self._collided.clear()
         self._fragment_cache.clear()
+        self._copied.clear()
 
     def flush_fragment(self) -> None:
         """Write the fragment block being filled, if it holds anything."""
@@ -993,11 +1129,17 @@ class DataWriter:
         origin = self._origin
         self._origin = None
         if origin is not None and origin[1] == len(fragment) == origin[2]:
-            # The whole of a block of an earlier image, byte for byte (every tail was
-            # checked against its CRC-32 and lies where it lay there): its digest is
-            # known, and its stored bytes are the ones to write.
-            self._pipeline.submit_known(Known(origin[0], len(fragment)), self._fragment_placed)
+            # The whole of a block of an earlier image, byte for byte (each tail lies
+            # where it lay there, and was checked against its CRC-32 or not fetched):
+            # its digest is known, and its stored bytes are the ones to write. Tails not
+            # fetched are vouched for by those bytes, checked against their CRC-32.
+            self._pipeline.submit_known(Known(origin[0], len(fragment)), self._fragment_placed,
+                                        check=bool(self._pending))
+            self._pending.clear()
+            self._copied[self._fragment_count] = origin[0]
         else:
+            if self._pending:
+                self._fetch_pending()
             self._pipeline.submit(bytes(fragment), self._fragment_placed)
         fragment.clear()
         self._fragment_count += 1
@@ -1026,8 +1168,9 @@ _SHORT_HASH_MASK = (1 << 40) - 1
 
 
 def short_hash(data: bytes) -> int:
-    """The hash a short file's dedup key is made of: the interpreter's own (SipHash-1-3
-    under a key drawn at start-up, so a layer cannot be made to collide on purpose). It
+    """The hash a short file's dedup key is made of (unless the writer checks tails: see
+    the module docstring): the interpreter's own (SipHash-1-3 under a key drawn at
+    start-up, so a layer cannot be made to collide on purpose). It
     costs a fifth of a sha256 and never lets the GIL go; a match is checked against the
     stored bytes, so it changes no image (figures: ``bench/README.md``)."""
     return hash(data if type(data) is bytes else bytes(data))
@@ -1049,25 +1192,6 @@ def _sha256_holding_gil(data: bytes) -> bytes:
     for start in range(0, len(data), _GIL_MINSIZE - 1):
         hasher.update(view[start:start + _GIL_MINSIZE - 1])
     return hasher.digest()
-
-
-#: isal (as zlib) lets the GIL go while it computes the CRC-32 of more than this many
-#: bytes.
-_CRC_GIL_MINSIZE = 5 * 1024
-
-
-def crc32_holding_gil(data: bytes | memoryview) -> int:
-    """The CRC-32 of a file's tail (zlib's), in pieces that keep the GIL: as for
-    :func:`_sha256_holding_gil`, taking the GIL back from the compressing threads after
-    each tail cost more than computing it. isal's CRC-32 (carry-less multiplication)
-    takes a quarter of zlib's time on a 1.7 KB tail (figures: ``bench/README.md``)."""
-    if len(data) <= _CRC_GIL_MINSIZE:
-        return _crc32(data)
-    view = memoryview(data)
-    check = 0
-    for start in range(0, len(data), _CRC_GIL_MINSIZE):
-        check = _crc32(view[start:start + _CRC_GIL_MINSIZE], check)
-    return check
 
 
 def _read_exactly(stream: BinaryIO, n: int) -> bytes:

@@ -9,7 +9,8 @@ to one compressed afresh.
 
 Each image compiled into the cache keeps a *block index* beside it (:data:`INDEX_FILE`):
 per data or fragment block it wrote, the sha256 of the uncompressed block, the block's
-offset in the image and its size field. A compile into the cache loads the indexes of
+offset in the image and its size field, its uncompressed length, and the CRC-32 of its
+stored bytes. A compile into the cache loads the indexes of
 earlier images with the same settings (:func:`settings_key`) and, for each block, copies
 the stored bytes when an index knows the block's digest, else compresses it. The
 compressing threads do the hashing and the look-up, so a cold compile pays one sha256
@@ -23,12 +24,17 @@ even be decoded: see ``layerindex.py``.
 
 Index file layout, all integers little-endian::
 
-    magic "OSQBLK1\\n" · u32 n · settings (n bytes of JSON) · u64 count ·
-    count × (sha256[32] · u64 offset · u32 size field) · sha256 of everything before
+    magic "OSQBLK2\\n" · u32 n · settings (n bytes of JSON) · u64 count ·
+    count × (sha256[32] · u64 offset · u32 size field · u32 length · u32 CRC-32) ·
+    sha256 of everything before
 
-44 bytes per block, 0.03 % of the uncompressed data at 128 KiB blocks. An index whose
+52 bytes per block, 0.04 % of the uncompressed data at 128 KiB blocks. An index whose
 checksum, settings or bounds do not hold is not used (the blocks are compressed again);
-``cache verify`` also decodes each indexed block and compares its digest.
+``cache verify`` also decodes each indexed block and compares its digest. Stored bytes
+read from an earlier image (to decode a block a replay needs) are checked against their
+CRC-32 first; a replay copies a fragment block of an earlier image whole after that
+check alone, without decoding it, and needs its length to know the block is whole (see
+``layerindex.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from isal.isal_zlib import crc32 as _crc32
+
 from .format import DATA_UNCOMPRESSED
 from .options import Compression, WriterOptions
 from .version import FORMAT_VERSION
@@ -57,8 +65,8 @@ if TYPE_CHECKING:
 #: The block index's name in a cache entry, beside ``image.squashfs``.
 INDEX_FILE = "blocks.idx"
 
-_MAGIC = b"OSQBLK1\n"
-_RECORD = struct.Struct("<32sQI")
+_MAGIC = b"OSQBLK2\n"
+_RECORD = struct.Struct("<32sQIII")
 _COUNT = struct.Struct("<Q")
 _LEN = struct.Struct("<I")
 
@@ -125,16 +133,23 @@ class IndexRecord:
     digest: bytes  # sha256 of the uncompressed block
     offset: int  # where its stored bytes start in the image
     field: int  # its size field (bit 24: stored uncompressed)
+    length: int  # the uncompressed block's length
+    check: int  # CRC-32 of the stored bytes
 
     @property
     def stored_size(self) -> int:
         return self.field & ~DATA_UNCOMPRESSED
 
 
-def pack_index(settings: str, records: Iterable[tuple[bytes, int, int]]) -> bytes:
+#: What the block index keeps of a block written: its digest, offset, size field,
+#: uncompressed length and the CRC-32 of its stored bytes.
+Written = tuple[bytes, int, int, int, int]
+
+
+def pack_index(settings: str, records: Iterable[Written]) -> bytes:
     """The bytes of a block index."""
     body = [_MAGIC, _LEN.pack(len(settings.encode())), settings.encode()]
-    rows = [_RECORD.pack(d, o, f) for d, o, f in records]
+    rows = [_RECORD.pack(*r) for r in records]
     body.append(_COUNT.pack(len(rows)))
     body.extend(rows)
     blob = b"".join(body)
@@ -230,6 +245,8 @@ def check_index(image: Path, index: Path) -> str | None:
                         raw, block_size)
                 except Exception:  # a codec's own error type
                     return f"the block at offset {r.offset} does not decode"
+                if stored_check(raw) != r.check:
+                    return f"the block at offset {r.offset} does not match its CRC-32"
                 if hashlib.sha256(block).digest() != r.digest:
                     return f"the block at offset {r.offset} does not match its digest"
     except OSError as e:
@@ -243,13 +260,14 @@ class BlockReuse:
 
     def __init__(self, settings: str) -> None:
         self.settings = settings
-        #: digest -> (descriptor of the earlier image, offset, size field)
-        self._known: dict[bytes, tuple[int, int, int]] = {}
+        #: digest -> (descriptor of the earlier image, offset, size field, length,
+        #: CRC-32 of the stored bytes)
+        self._known: dict[bytes, tuple[int, int, int, int, int]] = {}
         self._fds: list[int] = []
         #: (inode, size, mtime) of each earlier image when it was opened
         self._seen: list[tuple[int, int, int]] = []
-        #: (digest, offset, field) of each block written, in offset order
-        self.records: list[tuple[bytes, int, int]] = []
+        #: (digest, offset, field, length, CRC-32) of each block written, in offset order
+        self.records: list[Written] = []
         #: blocks copied (counted by the compressing threads: a statistic, not exact)
         self.reused = 0
         #: the block indexes loaded (their cache entries' directories hold the images)
@@ -282,7 +300,7 @@ class BlockReuse:
             st = os.fstat(fd)
             reuse._seen.append((st.st_ino, st.st_size, st.st_mtime_ns))
             for r in records:
-                reuse._known.setdefault(r.digest, (fd, r.offset, r.field))
+                reuse._known.setdefault(r.digest, (fd, r.offset, r.field, r.length, r.check))
         return reuse
 
     @property
@@ -293,39 +311,49 @@ class BlockReuse:
         """Whether an earlier image holds the block with ``digest``."""
         return digest in self._known
 
+    def length(self, digest: bytes) -> int | None:
+        """The uncompressed length of the block with ``digest`` (None: no earlier image
+        holds it)."""
+        found = self._known.get(digest)
+        return None if found is None else found[3]
+
     def read(self, digest: bytes) -> tuple[bytes, int] | None:
-        """The stored bytes and size field of the block with ``digest`` (None: no
-        earlier image holds it, or it cannot be read)."""
+        """The stored bytes and size field of the block with ``digest``, checked against
+        the CRC-32 its index keeps (None: no earlier image holds it, or it cannot be
+        read, or its bytes changed)."""
         found = self._known.get(digest)
         if found is None:
             return None
-        fd, offset, field = found
+        fd, offset, field, _, check = found
         size = field & ~DATA_UNCOMPRESSED
         try:
             payload = os.pread(fd, size, offset)
         except OSError:
             return None
-        if len(payload) != size:
+        if len(payload) != size or stored_check(payload) != check:
             return None
         return payload, field
 
-    def locate(self, digest: bytes) -> tuple[int, int, int] | None:
+    def locate(self, digest: bytes) -> tuple[int, int, int, int, int] | None:
         """Where an earlier image holds the block with ``digest``: its descriptor (open
-        until :meth:`close`), the offset and the size field (None: none holds it).
+        until :meth:`close`), the offset and the size field, and the block's length and
+        the CRC-32 of its stored bytes (None: none holds it).
         Called by the compressing threads, which count it as reused."""
         found = self._known.get(digest)
         if found is not None:
             self.reused += 1
         return found
 
-    def stored(self, digest: bytes) -> tuple[bytes, int] | None:
-        """The stored bytes and size field of the block with ``digest``, if an earlier
-        image holds it. Called by the compressing threads (a read-only look-up and a
-        positional read)."""
+    def stored(self, digest: bytes) -> tuple[bytes, int, int, int] | None:
+        """The stored bytes and size field of the block with ``digest``, its length and
+        the CRC-32 of those bytes, if an earlier image holds it. Called by the
+        compressing threads (a read-only look-up and a positional read)."""
         found = self.read(digest)
-        if found is not None:
-            self.reused += 1
-        return found
+        if found is None:
+            return None
+        self.reused += 1
+        known = self._known[digest]
+        return found[0], found[1], known[3], known[4]
 
     def changed(self) -> bool:
         """Whether an earlier image was written to since it was opened (its mtime or size
@@ -339,9 +367,10 @@ class BlockReuse:
                 return True
         return False
 
-    def written(self, digest: bytes, position: int, field: int) -> None:
+    def written(self, digest: bytes, position: int, field: int, length: int,
+                check: int) -> None:
         """Record a block written at ``position``."""
-        self.records.append((digest, position, field))
+        self.records.append((digest, position, field, length, check))
 
     def digest_at(self, position: int) -> bytes | None:
         """The digest of the block written at ``position`` of this image (None: none was),
@@ -357,14 +386,10 @@ class BlockReuse:
         read from an earlier image that holds the same block (None: none does). Such a
         block was copied from there, or compressed to the same bytes."""
         digest = self.digest_at(position)
-        found = self._known.get(digest) if digest is not None else None
-        if found is None or found[2] & ~DATA_UNCOMPRESSED != size:
+        found = self.read(digest) if digest is not None else None
+        if found is None or found[1] & ~DATA_UNCOMPRESSED != size:
             return None
-        try:
-            payload = os.pread(found[0], size, found[1])
-        except OSError:
-            return None
-        return payload if len(payload) == size else None
+        return found[0]
 
     def rewound(self, position: int) -> None:
         """The data area was rewound to ``position``: forget the blocks at and after it."""
@@ -385,6 +410,31 @@ class BlockReuse:
 
 
 _position = operator.itemgetter(1)
+
+
+#: isal (as zlib) lets the GIL go while it computes the CRC-32 of more than this many
+#: bytes.
+_CRC_GIL_MINSIZE = 5 * 1024
+
+
+def crc32_holding_gil(data: bytes | memoryview) -> int:
+    """The CRC-32 of a file's tail (zlib's), in pieces that keep the GIL: as for
+    ``blocks._sha256_holding_gil``, taking the GIL back from the compressing threads
+    after each tail cost more than computing it. isal's CRC-32 (carry-less
+    multiplication) takes a quarter of zlib's time on a 1.7 KB tail (figures:
+    ``bench/README.md``)."""
+    if len(data) <= _CRC_GIL_MINSIZE:
+        return _crc32(data)
+    view = memoryview(data)
+    check = 0
+    for start in range(0, len(data), _CRC_GIL_MINSIZE):
+        check = _crc32(view[start:start + _CRC_GIL_MINSIZE], check)
+    return check
+
+
+def stored_check(payload: bytes) -> int:
+    """The CRC-32 of a block's stored bytes, as the block index keeps it."""
+    return crc32_holding_gil(payload)
 
 
 def index_sources(entries: Iterable[Any], layers: Iterable[str] = ()) -> list[tuple[Path, Path]]:

@@ -174,9 +174,10 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             dedup=options.dedup,
             # Duplicate detection reads a few files back when the output allows it.
             decompress=self._compressor.decompress if readable(self._out) else None,
+            # A compile that reuses blocks records layer indexes, which check tails by
+            # their CRC-32.
+            check_tails=reuse is not None,
         )
-        # A compile that reuses blocks records layer indexes, which check tails by these.
-        self._data.check_tails = reuse is not None
         self._closed = False
         #: where the last file added went (for the layer indexes, see ``layerindex.py``)
         self.last_stored: Stored | None = None
@@ -274,9 +275,11 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             elif isinstance(source, IndexedFile) and self._pipeline.reuses:
                 if size is not None and size != source.size:
                     raise SquashfsError(f"file data is {source.size} bytes, not {size}")
+                tail = source.tail
                 written = self._data.write_indexed(
                     source.size, source.items, source.tail_piece,
-                    source.tail[3] if source.tail is not None else 0)
+                    tail[3] if tail is not None else 0,
+                    (tail[0], tail[1]) if tail is not None else None)
             else:
                 written = self._data.write_file(source, size)
         except SquashfsError as e:
@@ -301,6 +304,12 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             self._tree.put(target, node, checked=True)
         if path != target:
             self._tree.put(path, node)
+
+    @property
+    def lazy_tails(self) -> bool:
+        """Whether replayed files shorter than a block are placed without fetching their
+        bytes (see ``DataWriter.write_indexed``)."""
+        return self._data.lazy_tails and self._pipeline.reuses
 
     @property
     def last_tail_check(self) -> int:
