@@ -67,6 +67,8 @@ IMPLICIT_DIR_META = EntryMeta(mode=0o755)
 SMALL_FILE = 64 << 10
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
+#: entries the first pass gathers for a layer's index before handing them over
+GATHERED = 4096
 
 
 class TreeSink(Protocol):
@@ -124,8 +126,14 @@ class LayerIndexes(Protocol):
         """The first pass of ``layer`` begins; returns the record its reader notes into."""
         ...
 
-    def entry(self, entry: TarEntry) -> None:
-        """The first pass read ``entry`` (every entry, in order)."""
+    def gather(self) -> list[TarEntry] | None:
+        """The list the first pass appends every entry it reads to, in order (None: the
+        layer's entries are not wanted); handed over by :meth:`gathered`."""
+        ...
+
+    def gathered(self) -> bool:
+        """Take the entries in :meth:`gather`'s list (which it empties); False: no more
+        are wanted (the layer is not recorded after all)."""
         ...
 
     def written(self, position: int) -> None:
@@ -350,14 +358,47 @@ class _LayerPass:
                 else:
                     members = read_layer(self.layer, limits=f.limits, fidelity=fidelity,
                                          index=self.index, small_files=SMALL_FILE)
+            # The first pass's entries, for the layer's index (None: not gathered).
+            gather = indexes.gather() if indexes is not None else None
+            decided, names, sink = self.decided, self.names, self.sink
             for entry, data in members:
                 f.entries += 1
                 if f.entries > limit:
                     raise LimitExceededError(f"more than {limit} entries in the image",
                                              context=self.context)
+                if gather is not None:
+                    gather.append(entry)
+                    if len(gather) >= GATHERED and not indexes.gathered():  # type: ignore[union-attr]
+                        gather = None
+                path = entry.path
+                i = path.rfind(b"/")
+                parent = path[:i] if i >= 0 else b""
+                if (entry.kind != "file" or not path or path[i + 1:i + 5] == WHITEOUT_PREFIX
+                        or parent != self.clear_parent or path in decided) \
+                        and self._entry(entry, data):
+                    continue
+                # A file no layer above decided, under decided parents (most entries):
+                # what _emit, _write, _bind and _touch do for it, written out here, not in
+                # a method (the main thread's time per entry bounds an image of many
+                # small files: bench/README.md).
+                assert data is not None
+                names.pop(path, None)
+                if self.deferred:
+                    self.deferred.pop(path, None)
+                size = entry.size
+                sink.add_file(path, entry.meta, data, size)
                 if indexes is not None:
-                    indexes.entry(entry)
-                self._entry(entry, data)
+                    indexes.written(entry.position)
+                f.files += 1
+                f.bytes += size
+                names[path] = _BARE_FILE
+                if self.kids is not None:
+                    self._index(path)
+                if self.index:
+                    decided[path] = self.nondir
+                above = decided.get(parent)
+                if above is None or above.under != self.index:
+                    self._touch(path)
             if indexes is not None:
                 indexes.end()
             self._second_pass()
@@ -393,12 +434,14 @@ class _LayerPass:
         except UnsafeLayerError:
             return False
 
-    def _entry(self, e: TarEntry, data: BinaryIO | bytes | None) -> None:
+    def _entry(self, e: TarEntry, data: BinaryIO | bytes | None) -> bool:
+        """Apply one entry; False leaves it to the caller: a file no layer above decided,
+        whose parents are decided (``clear_parent`` is then its parent)."""
         path = e.path
         base = path[path.rfind(b"/") + 1:]
         if base.startswith(WHITEOUT_PREFIX):
             self._marker(path, base)
-            return
+            return True
         if not path and e.kind != "dir":
             raise UnsafeLayerError(f"the layer replaces the root directory with a {e.kind}",
                                    context=self.context)
@@ -416,31 +459,10 @@ class _LayerPass:
             self._keep_parents(path)
             self.f.hidden += 1
             self._shadow(e)
-            return
+            return True
         node = self.decided.get(path)
         if node is None and e.kind == "file" and not missing:
-            # A file no layer above decided, under decided parents (most entries): what
-            # _emit, _write, _bind and _touch do for it, written out (the main thread's
-            # time per entry bounds an image of many small files: bench/README.md).
-            assert data is not None
-            self.names.pop(path, None)
-            if self.deferred:
-                self.deferred.pop(path, None)
-            self.sink.add_file(path, e.meta, data, e.size)
-            f = self.f
-            if f.indexes is not None:
-                f.indexes.written(e.position)
-            f.files += 1
-            f.bytes += e.size
-            self.names[path] = _BARE_FILE
-            if self.kids is not None:
-                self._index(path)
-            if self.index:
-                self.decided[path] = self.nondir
-            above = self.decided.get(parent)
-            if above is None or above.under != self.index:
-                self._touch(path)
-            return
+            return False  # the first pass's loop adds it (see run)
         if node is None:
             self._emit(e, data)
             if e.kind == "dir":
@@ -475,7 +497,7 @@ class _LayerPass:
                     self._note_clobbered_own_entries(path)
                 self.f.hidden += 1
                 self._shadow(e)
-                return
+                return True
         else:  # the same layer lists the path again: the last entry wins
             if node.kind == _DIR and e.kind == "dir":
                 self.sink.add_directory(path, e.meta)
@@ -494,6 +516,7 @@ class _LayerPass:
             self.decided[parent] = _Decided(_DIR, self.index, implicit=True)
         if missing:
             self._touch(missing[-1])
+        return True
 
     def _own(self, path: bytes, node: _Decided) -> _Decided:
         """``path``'s decision, made its own object when it was the shared one."""

@@ -64,33 +64,39 @@ def write_listing(table: MetadataWriter, entries: list[DirEntry],
     header_at = -1
     count = 0
     base_number = 0
+    #: no inode block is -1: the first entry starts a header
     base_block = -1
     entry_struct = DIR_ENTRY.size
+    #: where an entry crossing the indexed metadata block would end (see ``crosses``)
+    limit = METADATA_SIZE - entry_struct
+    pack = DIR_ENTRY.pack
     for name, kind, number, ref in entries:
-        entry_block = ref >> 16
         delta = number - base_number
-        entry_size = entry_struct + len(name)
-        crosses = header_at >= 0 and len(listing) + entry_size - indexed_from > METADATA_SIZE
+        # Most entries start no header: the tests below in one condition, the cheap ones
+        # first (an entry crosses when len(listing) + its size - indexed_from > 8 KiB).
         if (
-            header_at < 0
+            ref >> 16 != base_block
             or count == MAX_DIR_ENTRIES_PER_HEADER
-            or entry_block != base_block
+            or len(listing) + len(name) > limit
             or not -0x8000 <= delta <= 0x7FFF
-            or crosses
         ):
+            entry_block = ref >> 16
+            crosses = (header_at >= 0
+                       and len(listing) + entry_struct + len(name) - indexed_from > METADATA_SIZE)
             if header_at >= 0:
                 DIR_HEADER.pack_into(listing, header_at, count - 1, inode_start(base_block),
                                      base_number)
                 if crosses:
                     headers.append((len(listing), name))
                     indexed_from = len(listing)
+                    limit = indexed_from + METADATA_SIZE - entry_struct
             header_at = len(listing)
             listing += bytes(DIR_HEADER.size)
             count = 0
             base_number = number
             base_block = entry_block
             delta = 0
-        listing += DIR_ENTRY.pack(ref & 0xFFFF, delta, kind, len(name) - 1)
+        listing += pack(ref & 0xFFFF, delta, kind, len(name) - 1)
         listing += name
         count += 1
     if header_at >= 0:

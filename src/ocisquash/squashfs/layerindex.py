@@ -132,9 +132,6 @@ _KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
 #: Data records are compressed in pieces of this many bytes.
 _SPOOL = 256 << 10
 
-#: Entries of a layer packed and compressed at once as the layer is applied.
-_BATCH = 4096
-
 #: An index may take this share of its layer's blob (issue 24: "the indexes cost at most
 #: 2% of the layers' size"), and at least :data:`_MIN_BUDGET` bytes (a small layer's
 #: header alone is more). A layer whose index grows past it while it is recorded (tiny
@@ -216,10 +213,11 @@ class _NoteRecorder(Fidelity):
 
 class _LayerRecord:
     """What one layer's index will hold, gathered while the layer is applied: entries
-    are kept in batches of :data:`_BATCH`, each packed and put through a zstd stream in
-    one go (memory stays small whatever the entry count, and the main thread's cost per
-    entry is a list append and a share of one loop), the written files' data records
-    wait for the end of the image."""
+    are kept in batches (the flattener appends each to ``batch`` and hands over every
+    ``flatten.GATHERED``), each packed and put through a zstd stream in one go (memory
+    stays small whatever the entry count, and the main thread's cost per entry is a list
+    append and a share of one loop), the written files' data records wait for the end
+    of the image."""
 
     def __init__(self, header: dict[str, object], budget: int) -> None:
         import zstandard
@@ -1133,15 +1131,22 @@ class Indexes:
         with the files)."""
         self._blocks.close()
 
-    def entry(self, entry: TarEntry) -> None:
-        """``entry`` of the layer's first pass comes next (one call per entry: kept
-        short)."""
+    def gather(self) -> list[TarEntry] | None:
+        """The list the layer's first pass appends its entries to (no call per entry);
+        None when they are not gathered (not recorded, or replayed)."""
         record = self.recorder.gathering
-        if record is not None:
-            batch = record.batch
-            batch.append(entry)
-            if len(batch) >= _BATCH and not record.flush():
-                self.recorder.drop()
+        return None if record is None else record.batch
+
+    def gathered(self) -> bool:
+        """Pack the entries gathered so far; False once the layer is over its budget
+        (then not recorded)."""
+        record = self.recorder.gathering
+        if record is None:
+            return False
+        if record.flush():
+            return True
+        self.recorder.drop()
+        return False
 
     def written(self, position: int) -> None:
         """The file at member ``position`` went where the writer's ``last_stored`` says."""
@@ -1150,10 +1155,11 @@ class Indexes:
             writer = self.writer
             assert writer is not None and writer.last_stored is not None
             stored = writer.last_stored
-            # _LayerRecord.written, written out for the most common file (one call less
-            # per file).
+            # _LayerRecord.written, written out for the most common file, and the
+            # writer's last_tail_check read without its property (two calls less per
+            # file).
             if type(stored) is int and stored < 1 << 64:
-                record.checks.append(writer.last_tail_check)
+                record.checks.append(writer.tails.tail_check)
                 record.positions.append(position)
                 record.short.append(stored)
             else:

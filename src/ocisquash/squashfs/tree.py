@@ -131,16 +131,17 @@ class Tree:
     def __init__(self, default_dir_meta: EntryMeta) -> None:
         self._default = default_dir_meta
         self.root = DirNode(default_dir_meta)
-        #: the parent path found last: entries come grouped by directory
-        self._last_head: bytes | None = b""
-        self._last_dir = self.root
+        #: the parent path found last, and its node: entries come grouped by directory
+        #: (``SquashfsWriter.add_file``'s short path reads them as :meth:`put` does)
+        self.last_head: bytes | None = b""
+        self.last_dir = self.root
 
-    def _parent(self, path: bytes) -> DirNode:
+    def parent(self, path: bytes) -> DirNode:
         """The directory that holds the valid, non-root ``path``, made if missing."""
         i = path.rfind(b"/")
         head = path[:i] if i >= 0 else b""
-        if head == self._last_head:
-            return self._last_dir
+        if head == self.last_head:
+            return self.last_dir
         node = self.root
         if head:
             for part in head.split(b"/"):
@@ -148,7 +149,7 @@ class Tree:
                 if not isinstance(child, DirNode):
                     child = node.children[part] = DirNode(self._default)
                 node = child
-        self._last_head, self._last_dir = head, node
+        self.last_head, self.last_dir = head, node
         return node
 
     def get(self, path: bytes) -> Node | int | None:
@@ -167,7 +168,7 @@ class Tree:
         if not parts:
             self.root.meta = meta
             return
-        children = self._parent(path).children
+        children = self.parent(path).children
         existing = children.get(parts[-1])
         if isinstance(existing, DirNode):
             existing.meta = meta
@@ -180,12 +181,12 @@ class Tree:
         if not checked:
             self.placeable(path)
         i = path.rfind(b"/")
-        # _parent's cache looked up here: one call less for most files
-        parent = self._last_dir if i >= 0 and path[:i] == self._last_head else self._parent(path)
+        # parent()'s cache looked up here: one call less for most files
+        parent = self.last_dir if i >= 0 and path[:i] == self.last_head else self.parent(path)
         children = parent.children
         name = path[i + 1:]
         if type(children.get(name)) is DirNode:
-            self._last_head = None  # a directory leaves the tree: the cache may be in it
+            self.last_head = None  # a directory leaves the tree: the cache may be in it
         children[name] = node
 
     def placeable(self, path: bytes) -> None:

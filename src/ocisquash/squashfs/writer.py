@@ -34,6 +34,8 @@ from .format import (
     DEVICE_BLOCK_SIZE,
     INVALID_INDEX,
     INVALID_TABLE,
+    MAX_NAME_LEN,
+    METADATA_SIZE,
     METADATA_UNCOMPRESSED,
     InodeType,
     Superblock,
@@ -41,6 +43,7 @@ from .format import (
 )
 from .inode import (
     BASIC_FILE_HEAD,
+    BASIC_FILE_INODE,
     BASIC_FILE_TAIL,
     directory_body,
     file_inode,
@@ -62,7 +65,6 @@ from .tree import (
     SpecialNode,
     SymlinkNode,
     Tree,
-    plain_path,
 )
 
 #: The cache key of the bytes written; kept in version.py so that reading it is cheap.
@@ -90,6 +92,8 @@ class WriteSummary:
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 _FILE = InodeType.FILE
+
+_BASIC_FILE_SIZE = BASIC_FILE_INODE.size
 
 #: Where a short file's fragment index is in its int (``blocks.pack_short``).
 _FRAGMENT_SHIFT = 2 * _SHORT_BITS
@@ -178,6 +182,8 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             # their CRC-32.
             check_tails=reuse is not None,
         )
+        #: its ``tail_check`` is :attr:`last_tail_check` (read there once per file)
+        self.tails = self._data
         self._closed = False
         #: where the last file added went (for the layer indexes, see ``layerindex.py``)
         self.last_stored: Stored | None = None
@@ -240,10 +246,14 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
         """Add a regular file, reading ``data`` block by block (exactly ``size`` bytes if
         given, else to EOF); the contents are never held in memory as a whole."""
         if (type(data) is bytes and len(data) < self._short and not self._closed
-                and (size is None or size == len(data)) and path and plain_path(path)):
+                and (size is None or size == len(data)) and path
+                # plain_path(path), written out
+                and len(path) <= MAX_NAME_LEN and path[0] not in b"/." and path[-1] != 0x2F
+                and path.find(b"//") < 0 and path.find(b"/.") < 0 and path.find(b"\0") < 0):
             # Most files: shorter than a block, handed whole by a layer reader. The
-            # steps of the general path below in fewer calls: an image of many small
-            # files is bound by the main thread's time per file (bench/README.md).
+            # steps of the general path below in fewer calls (the path check and
+            # Tree.put written out): an image of many small files is bound by the main
+            # thread's time per file (bench/README.md).
             known = self._meta_at_ids.get(id(meta))
             at = known[1] if known is not None else self._meta_at(meta)
             try:
@@ -253,10 +263,15 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             except OSError as e:
                 raise self._write_error(e, path) from e
             self.last_stored = stored
-            if type(stored) is int:
-                self._tree.put(path, at << META_SHIFT | stored, checked=True)
-            else:
-                self._tree.put(path, FileNode(self._meta_list[at], stored), checked=True)
+            tree = self._tree
+            i = path.rfind(b"/")
+            children = (tree.last_dir if i >= 0 and path[:i] == tree.last_head
+                        else tree.parent(path)).children
+            name = path[i + 1:]
+            if type(children.get(name)) is DirNode:
+                tree.last_head = None  # a directory leaves the tree: see Tree.put
+            children[name] = (at << META_SHIFT | stored if type(stored) is int
+                              else FileNode(self._meta_list[at], stored))
             return
         self._check_open()
         meta = self._meta(meta)
@@ -348,15 +363,19 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
         """Write all tables and the superblock, pad to 4 KiB, flush."""
         opts = self._options
         self._data.close()
-        self._pipeline.drain()
-        self._pipeline.close()
-        position = self._pipeline.position
         out = self._out
-        out.seek(position)
 
         with self._table_pool() as pool:
-            layout = _Layout(self._tree.root, self._compressor, self._meta_list, pool)
+            # The inodes and listings are laid out while the last data blocks are
+            # compressed: only a file inode with blocks needs to know where they went
+            # (a short file's place in its fragment is known), and it waits for them.
+            layout = _Layout(self._tree.root, self._compressor, self._meta_list, pool,
+                             self._pipeline.drain)
             root_ref = layout.build()
+            self._pipeline.drain()
+            self._pipeline.close()
+            position = self._pipeline.position
+            out.seek(position)
 
             inode_table = position
             inode_bytes = b"".join(layout.inodes.finish())
@@ -453,7 +472,10 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
 def _sorted_children(node: DirNode) -> list[tuple[bytes, Node | int]]:
     """``node``'s children by name (names sort as bytes, faster than the pairs)."""
     children = node.children
-    return [(name, children[name]) for name in sorted(children)]
+    names = sorted(children)
+    if names == list(children):  # added in order, as most tars list them: no lookups
+        return list(children.items())
+    return [(name, children[name]) for name in names]
 
 
 class _Layout:
@@ -466,8 +488,12 @@ class _Layout:
     """
 
     def __init__(self, root: DirNode, compressor: Compressor, metas: list[EntryMeta],
-                 pool: Executor | None = None) -> None:
+                 pool: Executor | None = None,
+                 data_written: Callable[[], None] | None = None) -> None:
         self.root = root
+        #: called before the first inode of a file with blocks is written: their places
+        #: are known once the blocks queued are written (None: they are)
+        self._data_written = data_written
         #: what a short file's int in the tree indexes (see ``tree.py``)
         self.metas = metas
         self.inodes = MetadataWriter(compressor, pool)
@@ -543,8 +569,15 @@ class _Layout:
         #: one metadata share), or b"" when its xattrs need an extended one
         heads: list[bytes | None] = [None] * len(metas)
         basic_tail = BASIC_FILE_TAIL.pack
+        inodes = self.inodes
         for node, children in order:
             entries: list[DirEntry] = []
+            add = entries.append
+            #: short files' basic inodes not handed to ``inodes`` yet, and where the next
+            #: one starts in its stream: they are written in one go, and each one's
+            #: reference is what ``MetadataWriter.append`` would have returned
+            run: list[bytes] = []
+            at_byte = inodes.position
             for name, child in children:
                 if isinstance(child, int):
                     number += 1
@@ -554,23 +587,35 @@ class _Layout:
                         head = heads[at] = self._basic_head(metas[at])
                     if head:  # file_inode's case for it, without the call
                         # The int's fields (blocks.pack_short): size, offset, fragment.
-                        record = head + basic_tail(
+                        run.append(head + basic_tail(
                             number, 0, child >> _FRAGMENT_SHIFT & _FRAGMENT_MASK,
-                            child >> _SHORT_BITS & _SHORT_MASK, child & _SHORT_MASK)
+                            child >> _SHORT_BITS & _SHORT_MASK, child & _SHORT_MASK))
+                        ref = (at_byte // METADATA_SIZE) << 16 | at_byte % METADATA_SIZE
+                        at_byte += _BASIC_FILE_SIZE
                     else:
+                        if run:
+                            inodes.write(b"".join(run))
+                            run.clear()
                         mode, uid, gid, mtime, xattr = fields(metas[at])
-                        record = file_inode(child & DATA_MASK, 1, xattr, mode, uid, gid, mtime,
-                                            number)
-                    ref = export[number - 1] = append(record)
+                        ref = append(file_inode(child & DATA_MASK, 1, xattr, mode, uid, gid,
+                                                mtime, number))
+                        at_byte = inodes.position
+                    export[number - 1] = ref
                     files += 1
-                    entries.append((name, _FILE, number, ref))
+                    add((name, _FILE, number, ref))
                     continue
                 if child.ref < 0:  # not a directory (written already), nor a hard link
+                    if run:
+                        inodes.write(b"".join(run))
+                        run.clear()
                     self._write_inode(child)
                     number = child.number
+                    at_byte = inodes.position
                 # A node's type is the basic one, as entries store it.
-                entries.append((name, child.type, child.number, child.ref))
-            listing = write_listing(self.dirs, entries, self.inodes.block_start)
+                add((name, child.type, child.number, child.ref))
+            if run:
+                inodes.write(b"".join(run))
+            listing = write_listing(self.dirs, entries, inodes.block_start)
             mode, uid, gid, mtime, xattr = self._fields(node.meta)
             kind, body = directory_body(
                 listing, node.nlink, node.parent_number, xattr, needs_extended(entries)
@@ -609,6 +654,9 @@ class _Layout:
     def _write_inode(self, node: Node) -> None:
         mode, uid, gid, mtime, xattr = self._fields(node.meta)
         if isinstance(node, FileNode):
+            if self._data_written is not None and not isinstance(node.data, int):
+                self._data_written()
+                self._data_written = None
             record = file_inode(node.data, node.nlink, xattr, mode, uid, gid, mtime, node.number)
             self.stats["files"] += 1
         else:
