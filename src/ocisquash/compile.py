@@ -254,12 +254,13 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
                   progress: ProgressCallback | None,
                   phase: str = "apply", indexes: LayerIndexes | None = None) -> FlattenReport:
     from .flatten import flatten
-    from .progress import Finishing
 
     # The tar build needs the pause here; the squashfs build holds it through finish().
     with collector_paused():
         if progress is None:
             return flatten(layers, sink, indexes=indexes)
+        from .progress import Finishing  # not loaded by a compile without progress
+
         n = len(layers)
         wrapped = [_ReportingLayer(layer, n - i, n, progress, phase)
                    for i, layer in enumerate(layers)]

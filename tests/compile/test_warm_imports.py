@@ -95,6 +95,9 @@ def test_cached_compile_of_a_layout_imports_neither_writer_nor_http(
                                            "-o", str(tmp_path / "cold.squashfs"))
     assert cold["cached"] is False
     assert "ocisquash.squashfs.writer" in cold_modules  # the control: a build imports it
+    # A build without --verity does not load the hash tree's module (a few per cent of
+    # the start of a compile of many small files).
+    assert imported_of(cold_modules, ("ocisquash.verity",)) == []
 
     warm_modules, warm = compile_recording(tmp_path, "--cache-dir", str(cache), src,
                                            "-o", str(tmp_path / "warm.squashfs"))

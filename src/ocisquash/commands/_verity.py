@@ -37,7 +37,6 @@ def add_verity_arguments(parser: argparse.ArgumentParser) -> None:
 def verity_options_from_args(args: argparse.Namespace) -> VerityOptions | None:
     """The ``VerityOptions`` asked for, or None without ``--verity``."""
     from ..errors import UsageError
-    from ..verity import VerityOptions, parse_salt
 
     if args.verity is None:
         for flag, value in (("--verity-salt", args.verity_salt),
@@ -46,6 +45,9 @@ def verity_options_from_args(args: argparse.Namespace) -> VerityOptions | None:
             if value is not None:
                 raise UsageError(f"{flag} needs --verity")
         return None
+    # Imported only here: a compile without --verity does not load the module.
+    from ..verity import VerityOptions, parse_salt
+
     options = VerityOptions(
         mode=args.verity,
         salt=parse_salt(args.verity_salt) if args.verity_salt is not None else None,
