@@ -462,6 +462,21 @@ def test_header_with_signed_checksum_is_accepted_and_bad_checksum_refused() -> N
         list(read_layer(BlobLayer.of(bytes(tar), "tar")))
 
 
+def test_a_bad_header_is_named_by_its_offset_in_the_tar() -> None:
+    """The offset in the message is the header's, after reads that went past the
+    parser's buffer (a file of 3 MiB, read as a stream) and many small members."""
+    files = [F("big", bytes(range(256)) * (3 << 12))] + [F(f"s{i}", b"y" * (i * 37))
+                                                          for i in range(300)]
+    tar = bytearray(make_tar(files, format=tarfile.USTAR_FORMAT))
+    with tarfile.open(fileobj=io.BytesIO(bytes(tar))) as tf:
+        at = tf.getmember("s250").offset
+    tar[at + 148:at + 156] = b"%06o\0 " % 7
+    with pytest.raises(LayerError, match=f"invalid tar header at offset {at} "):
+        for _entry, data in read_layer(BlobLayer.of(bytes(tar), "tar")):
+            if data is not None and not isinstance(data, bytes):
+                data.read(1000)  # the rest is skipped by the parser
+
+
 def test_owner_ids_beyond_32_bits_are_replaced_and_recorded() -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:

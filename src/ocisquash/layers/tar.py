@@ -78,23 +78,30 @@ class Buffer:
     """Forward-only reads over the uncompressed stream, through one large buffer.
 
     Small reads (headers) are served from the buffer; large reads of file data go
-    straight to the stream when the buffer is empty, so data is copied once.
+    straight to the stream when the buffer is empty, so data is copied once. A read
+    from the buffer moves ``_pos`` only (the parser's fast path does that itself):
+    the tar offset is computed when asked for.
     """
 
     def __init__(self, stream: TarStream) -> None:
         self._stream = stream
         self._buf = b""
         self._pos = 0
-        #: bytes consumed so far (the tar offset of the next read)
-        self.offset = 0
+        #: the tar offset of ``_buf[0]``
+        self._base = 0
+
+    @property
+    def offset(self) -> int:
+        """Bytes consumed so far (the tar offset of the next read)."""
+        return self._base + self._pos
 
     def exact(self, n: int) -> bytes:
         """``n`` bytes, or fewer only at the end of the stream."""
         buf, pos = self._buf, self._pos
         if len(buf) - pos >= n:
             self._pos = pos + n
-            self.offset += n
             return buf[pos:pos + n]
+        base = self._base + pos
         parts = [buf[pos:]]
         have = len(parts[0])
         while have < n:
@@ -104,8 +111,7 @@ class Buffer:
             parts.append(chunk)
             have += len(chunk)
         joined = b"".join(parts)
-        out, self._buf, self._pos = joined[:n], joined, min(n, len(joined))
-        self.offset += len(out)
+        out, self._buf, self._pos, self._base = joined[:n], joined, min(n, len(joined)), base
         return out
 
     def some(self, n: int) -> bytes:
@@ -114,8 +120,9 @@ class Buffer:
         if avail <= 0:
             if n >= _CHUNK // 4:
                 data = self._stream.read(n)
-                self.offset += len(data)
+                self._base += len(data)  # past the (empty) buffer
                 return data
+            self._base += self._pos
             self._buf, self._pos = self._stream.read(_CHUNK), 0
             avail = len(self._buf)
             if not avail:
@@ -123,7 +130,6 @@ class Buffer:
         k = min(n, avail)
         out = self._buf[self._pos:self._pos + k]
         self._pos += k
-        self.offset += k
         return out
 
     def take(self, n: int) -> bytes:
@@ -131,7 +137,6 @@ class Buffer:
         buf, pos = self._buf, self._pos
         if len(buf) - pos >= n:
             self._pos = pos + n
-            self.offset += n
             return buf[pos:pos + n]
         return _gather(self.some(n), n, self.some)
 
@@ -139,7 +144,6 @@ class Buffer:
         """Discard ``n`` bytes; returns how many were there."""
         if len(self._buf) - self._pos >= n:  # most skips: a member's padding
             self._pos += n
-            self.offset += n
             return n
         done = 0
         while done < n:
@@ -371,12 +375,10 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
     max_size = limits.max_file_size
     new_entry = tuple.__new__
     while True:
-        header_at = buf.offset
         have, pos = buf._buf, buf._pos
         if len(have) - pos >= _BLOCK:  # Buffer.exact's common case, without its call
             block = have[pos:pos + _BLOCK]
             buf._pos = pos + _BLOCK
-            buf.offset = header_at + _BLOCK
         else:
             block = buf.exact(_BLOCK)
         if not block:
@@ -404,13 +406,14 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
             # Some old tars summed signed chars.
             high = sum(1 for b in block[:148] + block[156:] if b > 127)
             if chksum != unsigned - 256 * high:
-                raise LayerError(f"invalid tar header at offset {header_at} (bad checksum)",
-                                 context=context)
+                raise LayerError(
+                    f"invalid tar header at offset {buf.offset - _BLOCK} (bad checksum)",
+                    context=context)
         if not plain:
             size = _num(f_size, "size", context)
         if size < 0:
-            raise LayerError(f"invalid tar header at offset {header_at} (negative size)",
-                             context=context)
+            raise LayerError(f"invalid tar header at offset {buf.offset - _BLOCK} (negative "
+                             "size)", context=context)
         padded = size + (-size % _BLOCK)
 
         if typeflag in (b"x", b"g", b"L", b"K"):
@@ -481,7 +484,6 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
                     if len(have) - pos >= padded:  # Buffer.take and skip, without calls
                         data = have[pos:pos + size]
                         buf._pos = pos + padded
-                        buf.offset += padded
                     else:
                         data = buf.take(size)
                         if len(data) != size or buf.skip(padded - size) != padded - size:
@@ -494,6 +496,7 @@ def members(stream: TarStream, limits: Limits, fid: Fidelity, context: str,
                 continue
 
         # A real member: gather its fields, extended headers first.
+        header_at = buf.offset - _BLOCK
         if long_name is not None:
             name = long_name
         else:
