@@ -77,7 +77,7 @@ import struct
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -443,8 +443,12 @@ def index_extra(end: int, extent: Extent) -> int:
     """Bytes after an inode and its xattrs ending at ``end``: alignment to 8, the map
     header, its reserved 8 bytes (full indexes) and the lcluster indexes (not the
     inline pcluster, which follows them)."""
-    header = end + -end % 8 + len(map_header(extent, 0))
-    if extent.layout == DataLayout.COMPRESSED_COMPACT:
+    # len(map_header(extent, 0)), without packing it: 8 bytes, and the reserved 8 of
+    # full indexes (none for a file stored whole in the packed inode)
+    compact = extent.layout == DataLayout.COMPRESSED_COMPACT
+    whole_fragment = extent.fragment_at >= 0 and not extent.index_len
+    header = end + -end % 8 + (8 if compact or whole_fragment else 16)
+    if compact:
         return header - end + compact_size(extent.index_len // LCLUSTER_INDEX.size, header)
     return header - end + extent.index_len
 
@@ -622,7 +626,11 @@ class CompressedData:
         streaming = False
         fragment = b""
         try:
-            for raw, last in self._segments(source, size):
+            # A file given whole in one segment (most files) needs no generator.
+            segments: Iterable[tuple[bytes, bool]] = (
+                ((source, True),) if type(source) is bytes and 0 < size <= self._segment  # type: ignore[operator]
+                else self._segments(source, size))
+            for raw, last in segments:
                 streaming = self._add_segment(f, raw, last, digest, streaming)
                 if last and self._packed is not None:
                     fragment = raw[(len(raw) - 1) // self._pcluster * self._pcluster:]
@@ -839,6 +847,12 @@ class CompressedData:
             pieces = batch.done[i]
         else:
             pieces = job.result()
+        if len(pieces) == 1:  # most segments: one pcluster, the segment's bytes whole
+            packed = pieces[0][1]
+            if hold_last:
+                return raw, packed
+            self._write_piece(f, raw, packed)
+            return b"", None
         at = 0
         held: tuple[bytes | memoryview, bytes | None] = (b"", None)
         view = memoryview(raw)  # the pieces' bytes are not copied
@@ -857,27 +871,35 @@ class CompressedData:
         extent per block. A PLAIN extent maps at most a block, up to the end of the
         lcluster after its HEAD's when that holds no HEAD: so the file's last, when it
         starts mid-lcluster and passes into the next one, is cut there (a block more)."""
+        position = self.position
         if f.start < 0:
-            f.start = self.position
-        blkaddr = self.position // BLOCK_SIZE
+            f.start = position
+        blkaddr = position // BLOCK_SIZE
         n = len(raw)
-        raw_blocks = _blocks(n)
+        raw_blocks = -(-n // BLOCK_SIZE)
         cut = n  # where the last PLAIN extent is cut in two (n: not cut)
         if f.logical + n == f.extent.size:
             end_of_head = BLOCK_SIZE - (f.logical + (raw_blocks - 1) * BLOCK_SIZE) % BLOCK_SIZE
             if n - (raw_blocks - 1) * BLOCK_SIZE > end_of_head:
                 cut = (raw_blocks - 1) * BLOCK_SIZE + end_of_head
                 raw_blocks += 1
-        if packed is not None and 0 < _blocks(len(packed)) < raw_blocks \
-                and packed[:1] != b"\0":
-            blocks = _blocks(len(packed))
-            self._place(f, blocks, n)
-            self._put(bytes(blocks * BLOCK_SIZE - len(packed)) + packed)
-            self._extent(f, n, _COMPRESSED, blkaddr, blocks)
-            f.total_blocks += blocks
-            f.compressed = True
-            f.tail = b""
-            return
+        if packed is not None:
+            size = len(packed)
+            blocks = -(-size // BLOCK_SIZE)
+            if 0 < blocks < raw_blocks and packed[0]:  # see saves()
+                if f.placed is not None:
+                    self._place(f, blocks, n)
+                # self._put(), written out
+                stream = self._out
+                if self._out_at != position:  # a seek would flush the buffer every time
+                    stream.seek(position)
+                stream.write(bytes(blocks * BLOCK_SIZE - size) + packed)
+                self.position = self._out_at = position + blocks * BLOCK_SIZE
+                self._extent(f, n, _COMPRESSED, blkaddr, blocks)
+                f.total_blocks += blocks
+                f.compressed = True
+                f.tail = b""
+                return
         parts = [raw[i:i + BLOCK_SIZE] for i in range(0, cut, BLOCK_SIZE)]
         if cut < n:
             parts[-1] = raw[(raw_blocks - 2) * BLOCK_SIZE:cut]
@@ -962,12 +984,15 @@ class CompressedData:
             extent.layout = DataLayout.FLAT_PLAIN
             return
         if f.compressed:
-            self._close_index(f)
+            if f.pending is not None:  # self._close_index(f), written out
+                self._index(f, f.pending, extent.size, last=True)
+                f.pending = None
             if not f.scattered:
                 extent.layout = DataLayout.COMPRESSED_COMPACT
             extent.startblk = f.total_blocks  # a compressed inode's i_u: its block count
-            extent.index_at = self._spool.put(bytes(f.index))
-            extent.index_len = len(f.index)
+            index = f.index
+            extent.index_at = self._spool.put(bytes(index))
+            extent.index_len = len(index)
             self.compressed_files += 1
             return
         # Nothing shrank: every block was written raw and in order, which is the

@@ -102,26 +102,54 @@ def measured(source: BinaryIO) -> tuple[BinaryIO, int]:
 
 class Spool:
     """Bytes that wait for the end (tails, cluster indexes): in memory up to
-    :data:`SPOOL_MEMORY`, then in a temporary file."""
+    :data:`SPOOL_MEMORY`, then in a temporary file. A ``bytearray`` and a file read and
+    written where it is: each put and get of a compile's thousands costs no seek
+    (``SpooledTemporaryFile`` adds a Python call or two to each)."""
 
     def __init__(self) -> None:
-        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        self._buf: bytearray | None = bytearray()
+        self._file: BinaryIO | None = None
         self._end = 0
+        #: the file's position
+        self._at = 0
 
     def put(self, data: bytes) -> int:
         """Store ``data``; return its offset."""
         at = self._end
-        self._file.seek(at)
-        self._file.write(data)
-        self._end += len(data)
+        self._end = end = at + len(data)
+        buf = self._buf
+        if buf is not None:
+            buf += data
+            if end > SPOOL_MEMORY:
+                spill = self._file = tempfile.TemporaryFile()  # noqa: SIM115
+                spill.write(buf)
+                self._at = end
+                self._buf = None
+            return at
+        file = self._file
+        assert file is not None
+        if self._at != at:
+            file.seek(at)
+        file.write(data)
+        self._at = end
         return at
 
     def get(self, at: int, n: int) -> bytes:
-        self._file.seek(at)
-        return self._file.read(n)
+        buf = self._buf
+        if buf is not None:
+            return bytes(buf[at:at + n])
+        file = self._file
+        assert file is not None
+        if self._at != at:
+            file.seek(at)
+        data = file.read(n)
+        self._at = at + len(data)
+        return data
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+        self._buf = bytearray()
 
 
 class FlatData:

@@ -854,7 +854,8 @@ class _Finisher:
             record += xattrs
         spool = self.w._spool
         if inode.inline_len:
-            record += self._inline(node, inode)
+            record += (spool.get(node.extent.tail_at, inode.inline_len)
+                       if isinstance(node, FileNode) else self._inline(node, inode))
         if inode.block_map:
             assert isinstance(node, FileNode)
             record += spool.get(node.extent.index_at, inode.block_map)
