@@ -92,6 +92,8 @@ from .zindex import compact_size, to_compact
 
 #: Raw bytes of extents queued or being compressed, per worker.
 IN_FLIGHT_BYTES = 8 << 20
+#: Bytes of pclusters handed to the output at once.
+WRITE_BATCH = 1 << 20
 #: File bytes compressed as one job: pclusters are fitted one after another within a
 #: segment, so only a segment's last pcluster is padded; segments compress in parallel.
 SEGMENT_BYTES = 2 << 20
@@ -557,10 +559,16 @@ class CompressedData:
                  pcluster_size: int, workers: int, dedup: bool,
                  fragments: bool = False, ztailpacking: bool = False) -> None:
         self._out = out
-        #: where ``out``'s own position is, as left by ``_put`` and ``_read`` (-1: not
+        #: where ``out``'s own position is, as left by ``_drain`` and ``_read`` (-1: not
         #: known), so that a write asks the kernel for it only when it moved: another
         #: writer of ``out`` (``sparse.py``) leaves it past ``position`` or at it
         self._out_at = -1
+        #: the bytes written last, ``_pending[:_filled]``, in order from ``_pending_at``,
+        #: not yet handed to ``out``: the pclusters of many small files go in one write
+        #: (see ``_put``); a buffer of fixed size, filled in place
+        self._pending = bytearray(WRITE_BATCH)
+        self._filled = 0
+        self._pending_at = -1
         self.position = position
         self._spool = spool
         self._codec = codec
@@ -781,9 +789,10 @@ class CompressedData:
             yield bytes(buf), True
 
     def flush(self) -> None:
-        """Write every queued file."""
+        """Write every queued file, and hand every byte written to the output."""
         while self._queue:
             self._write_oldest()
+        self._drain()
 
     def close(self) -> None:
         self._queue.clear()
@@ -889,12 +898,19 @@ class CompressedData:
             if 0 < blocks < raw_blocks and packed[0]:  # see saves()
                 if f.placed is not None:
                     self._place(f, blocks, n)
-                # self._put(), written out
-                stream = self._out
-                if self._out_at != position:  # a seek would flush the buffer every time
-                    stream.seek(position)
-                stream.write(bytes(blocks * BLOCK_SIZE - size) + packed)
-                self.position = self._out_at = position + blocks * BLOCK_SIZE
+                # self._put() of the padding and the pcluster, written out
+                filled = self._filled
+                stored = blocks * BLOCK_SIZE
+                if self._pending_at + filled != position or filled + stored > WRITE_BATCH:
+                    self._drain()
+                    self._pending_at = position
+                    filled = 0
+                end = filled + stored
+                pending = self._pending
+                pending[filled:end - size] = bytes(stored - size)
+                pending[end - size:end] = packed
+                self._filled = end
+                self.position = position + stored
                 self._extent(f, n, _COMPRESSED, blkaddr, blocks)
                 f.total_blocks += blocks
                 f.compressed = True
@@ -1117,12 +1133,39 @@ class CompressedData:
         return extent
 
     def _put(self, data: bytes) -> None:
-        out = self._out
-        if self._out_at != self.position:  # a seek would flush the buffer every time
-            out.seek(self.position)
-        out.write(data)
-        self.position += len(data)
-        self._out_at = self.position
+        """Write ``data`` at ``position``: kept after the bytes written just before it
+        and handed to the output :data:`WRITE_BATCH` bytes at a time (a write of its own
+        for each pcluster cost a system call each, most of them for small files). Bytes
+        that do not follow the kept ones (after a rewind) hand those over first, so the
+        output gets the same writes in the same order."""
+        position = self.position
+        filled = self._filled
+        n = len(data)
+        if self._pending_at + filled != position or filled + n > WRITE_BATCH:
+            self._drain()
+            self._pending_at = position
+            filled = 0
+        self.position = position + n
+        if n >= WRITE_BATCH:  # a long run of raw blocks: as it is
+            if self._out_at != position:
+                self._out.seek(position)
+            self._out.write(data)
+            self._out_at = self._pending_at = position + n
+            return
+        self._pending[filled:filled + n] = data
+        self._filled = filled + n
+
+    def _drain(self) -> None:
+        """Hand the bytes kept by ``_put`` to the output."""
+        filled = self._filled
+        if filled:
+            at = self._pending_at
+            if self._out_at != at:  # a seek would flush the buffer every time
+                self._out.seek(at)
+            with memoryview(self._pending) as whole:
+                self._out.write(whole[:filled])
+            self._out_at = self._pending_at = at + filled
+            self._filled = 0
 
     # -- keying a file already written (size-first dedup) ------------------------------
 
@@ -1166,6 +1209,7 @@ class CompressedData:
             out(raw)
 
     def _read(self, at: int, n: int) -> bytes:
+        self._drain()
         self._out.seek(at)
         data = self._out.read(n)
         self._out_at = at + len(data)
