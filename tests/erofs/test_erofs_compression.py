@@ -143,6 +143,26 @@ def test_bytes_are_the_same_for_any_worker_count_and_run(tmp_path: Path) -> None
     assert len(digests) == 1
 
 
+def test_raw_pclusters_of_a_mebibyte_between_small_ones_read_back(tmp_path: Path) -> None:
+    """With 1 MiB pclusters, noise is stored raw a mebibyte at a time (a write of its
+    own) between the pclusters of small files (gathered into one write)."""
+    rng = random.Random(31)
+    files = {f"text-{i}": _prose(rng, 5_000 + 20_000 * i) for i in range(8)}
+    # A file of one window that does not shrink is written raw whole.
+    files |= {"noise": rng.randbytes(1 << 20), "noise-more": rng.randbytes(2_500_000),
+              "noise-text": rng.randbytes(1_100_000) + _prose(rng, 300_000)}
+
+    def build(w: ErofsWriter) -> None:
+        m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+        for name, data in sorted(files.items()):
+            w.add_file(name.encode(), m, data)
+
+    image = tmp_path / "raw.erofs"
+    write_erofs(image, build, compression=LZ4HC, pcluster_size=1 << 20, workers=2)
+    fsck(image)
+    _check_through_kernel(image, tmp_path / "m", files)
+
+
 @pytest.mark.usefixtures("small_in_flight")
 @pytest.mark.parametrize("features", [{}, {"fragments": True}, {"ztailpacking": True}],
                          ids=["plain", "fragments", "ztailpacking"])
