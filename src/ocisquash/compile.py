@@ -384,15 +384,16 @@ def _build_squashfs(
                     report = _flatten_into(layers, writer, progress, indexes=indexes)
                     summary = writer.finish()
             except OcisquashError as e:
-                # A copied block that no longer decodes when read back for duplicate
-                # detection is how such a write can show first; a replayed layer whose
-                # data cannot be fetched as its index says is built again too.
+                # A copied block that no longer matches its CRC-32 or decodes when read
+                # back for duplicate detection is how such a write can show first
+                # (said as such); a replayed layer whose data cannot be fetched as its
+                # index says, or a block damaged in place, is built again too.
+                if reuse is not None and reuse.changed():
+                    log.warning(_WRITTEN_WHILE_COPIED)
+                    return None
                 if reuse is not None and isinstance(e, ReplayError):
                     log.warning("a layer index in the cache does not hold (%s); building "
                                 "again without copying", e)
-                    return None
-                if reuse is not None and reuse.changed():
-                    log.warning(_WRITTEN_WHILE_COPIED)
                     return None
                 raise
             if reuse is not None and reuse.changed():

@@ -6,6 +6,7 @@ compares v2's bytes with a cold compile of v2 into an empty cache.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import subprocess
@@ -23,7 +24,7 @@ from ocisquash.squashfs.layerindex import LAYER_INDEX_GLOB, read_layer_index
 from ocisquash.squashfs.options import Compression, WriterOptions
 from ocisquash.squashfs.reuse import INDEX_FILE, read_index
 
-from .test_recompile import BLOCK, OPTIONS, Layers, _base, _data, _top_changed
+from .test_recompile import BLOCK, OPTIONS, Layers, _base, _bottom_changed, _data, _top_changed
 from conftest import require_or_skip
 from imagebuilder import Entry, write_oci_layout
 
@@ -400,6 +401,53 @@ def test_a_fragment_block_copied_without_decoding_is_checked_by_its_stored_bytes
     assert any("does not match the CRC-32 its block index keeps" in r.getMessage()
                for r in caplog.records)
     assert _replayed(warm) == 0
+
+
+def _rot_data_block(entry: Path, block: bytes) -> None:
+    """Change a byte in the middle of the stored bytes of the data block ``block`` (not a
+    fragment block) of an earlier image, in place, keeping its size, mode and mtime."""
+    digest = hashlib.sha256(block).digest()
+    _, records = read_index(entry / INDEX_FILE)
+    (record,) = [r for r in records if r.digest == digest]
+    assert record.length == BLOCK  # a whole block: a file's data block
+    image = entry / IMAGE_FILE
+    before = image.stat()
+    os.chmod(image, 0o644)
+    with open(image, "r+b") as f:
+        f.seek(record.offset + record.stored_size // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x5A]))
+    os.chmod(image, before.st_mode)
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize(("which", "changed"), [(0, _top_changed), (2, _top_changed),
+                                                (0, _bottom_changed)],
+                         ids=["compressed", "stored_as_is", "decoded_layer"])
+def test_a_data_block_copied_from_an_earlier_image_is_checked_by_its_stored_bytes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, which: int,
+        changed: Callable[[Layers], Layers]) -> None:
+    """A replay copies the data blocks of an unchanged layer's files from the earlier
+    image (copy_file_range, no decoding), and so does a decoded layer for each block an
+    earlier image holds (found by its digest): what lands in the new image is checked
+    against the CRC-32 the earlier image's block index keeps. With one such block
+    changed in place (a block of usr/lib/lib3.so), the image is built again without
+    copying, is the cold compile's, and unsquashfs reads the file."""
+    require_or_skip(subprocess.run(["which", "unsquashfs"], capture_output=True).returncode == 0,
+                    "unsquashfs is not installed")
+    caplog.set_level(logging.WARNING, logger="ocisquash.compile")
+    lib3 = _data(3, 3 * BLOCK + 300)
+    _, warm = _recompile(tmp_path, _base(), changed(_base()), rebuilt=True,
+                         between=lambda entry: _rot_data_block(
+                             entry, lib3[which * BLOCK:(which + 1) * BLOCK]))
+    assert any("does not match the CRC-32 its block index keeps" in r.getMessage()
+               for r in caplog.records)
+    assert _replayed(warm) == 0
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(tmp_path / "x"),
+                    str(tmp_path / "warm.sqfs")], check=True, capture_output=True)
+    assert (tmp_path / "x/usr/lib/lib3.so").read_bytes() == lib3
+    assert (tmp_path / "x/etc/big.conf").read_bytes() == _data(50, 5 * BLOCK)
 
 
 def test_the_recompile_keeps_its_own_layer_indexes(tmp_path: Path) -> None:

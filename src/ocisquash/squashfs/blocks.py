@@ -178,12 +178,22 @@ class _Copier:
     226 MB through it took a fifth of a recompile's time there (bench/README.md).
     Copies land at their own offsets, so their order against the other writes does not
     matter; :meth:`wait` is called before the output is written over, and
-    :meth:`wait_for` before a part of it is read back."""
+    :meth:`wait_for` before a part of it is read back.
+
+    Each run copied is read back from the output, in one read, and each block of it
+    checked against the CRC-32 of its stored bytes that the earlier image's block index
+    keeps, on this thread: a block damaged in place in the earlier image (its size and
+    mtime kept) raises :class:`~.layerindex.ReplayError` (the compile then builds again
+    without copying) rather than landing in the image. The bytes checked are the ones
+    written, so a change to the earlier image between a check and its copy cannot slip
+    through, whether the kernel copied or shared the extents."""
 
     def __init__(self, out: int) -> None:
         self._out = out
         #: the run not handed over yet: descriptor, source offset, output offset, size
         self._run: list[int] | None = None
+        #: the stored size and CRC-32 of each block of that run, in order
+        self._checks: list[tuple[int, int]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocisquash-copy")
         #: the runs handed over, in order (one thread copies them in that order), each
         #: with where it lands: its first and its end offset
@@ -191,16 +201,19 @@ class _Copier:
         #: False once the kernel refused to copy between these files: read and write
         self._in_kernel = hasattr(os, "copy_file_range")
 
-    def add(self, source: Source, position: int, size: int) -> None:
-        """Copy ``size`` bytes at ``source`` to ``position`` of the output."""
+    def add(self, source: Source, position: int, size: int, check: int) -> None:
+        """Copy the ``size`` stored bytes of a block at ``source`` to ``position`` of the
+        output; ``check`` is their CRC-32."""
         fd, at = source
         run = self._run
         if (run is not None and run[0] == fd and run[1] + run[3] == at
                 and run[2] + run[3] == position and run[3] < COPY_RUN):
             run[3] += size
+            self._checks.append((size, check))
             return
         self._hand_over()
         self._run = [fd, at, position, size]
+        self._checks = [(size, check)]
 
     def _hand_over(self) -> None:
         copying = self._copying
@@ -210,7 +223,10 @@ class _Copier:
         if run is None:
             return
         self._run = None
-        copying.append((self._pool.submit(self._copy, *run), run[2], run[2] + run[3]))
+        fd, at, position, size = run
+        copying.append((self._pool.submit(self._copy, fd, at, position, size, self._checks),
+                        position, position + size))
+        self._checks = []
         while len(copying) > _COPIES_IN_FLIGHT:
             copying.popleft()[0].result()
 
@@ -239,6 +255,7 @@ class _Copier:
         try:
             if cancel:
                 self._run = None
+                self._checks = []
                 for future, _, _ in self._copying:
                     future.cancel()
                 self._copying.clear()
@@ -247,8 +264,10 @@ class _Copier:
         finally:
             self._pool.shutdown(wait=True, cancel_futures=cancel)
 
-    def _copy(self, fd: int, at: int, position: int, size: int) -> None:
+    def _copy(self, fd: int, at: int, position: int, size: int,
+              checks: list[tuple[int, int]]) -> None:
         out = self._out
+        start, total = position, size
         while size:
             if self._in_kernel:
                 try:
@@ -268,6 +287,22 @@ class _Copier:
             at += n
             position += n
             size -= n
+        # One read of the run (at most COPY_RUN and a block), pages the copy has just
+        # put in the page cache; isal's CRC-32 lets the GIL go on each block.
+        written = os.pread(out, total, start)
+        if len(written) != total:
+            from .layerindex import ReplayError
+
+            raise ReplayError("a run copied from an earlier image cannot be read back")
+        view = memoryview(written)
+        offset = 0
+        for stored, check in checks:
+            if _crc32(view[offset:offset + stored]) != check:
+                from .layerindex import ReplayError
+
+                raise ReplayError("a block copied from an earlier image does not match the "
+                                  "CRC-32 its block index keeps")
+            offset += stored
 
 
 #: What ``copy_file_range`` answers when it cannot copy between two files (other
@@ -435,7 +470,7 @@ class BlockPipeline:
         else:  # in an earlier image
             assert self._copier is not None
             size = field & ~DATA_UNCOMPRESSED
-            self._copier.add(payload, position, size)  # type: ignore[arg-type]
+            self._copier.add(payload, position, size, done[4])  # type: ignore[arg-type,misc]
         if self._reuse is not None:
             self._reuse.written(done[2], position, field, done[3], done[4])  # type: ignore[misc]
         placed(position, field)
