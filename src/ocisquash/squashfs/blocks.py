@@ -200,6 +200,8 @@ class _Copier:
         self._copying: deque[tuple[Future[None], int, int]] = deque()
         #: False once the kernel refused to copy between these files: read and write
         self._in_kernel = hasattr(os, "copy_file_range")
+        #: what the copying thread reads the copies back into (see :meth:`_check`)
+        self._buffer: memoryview | None = None
 
     def add(self, source: Source, position: int, size: int, check: int) -> None:
         """Copy the ``size`` stored bytes of a block at ``source`` to ``position`` of the
@@ -287,22 +289,48 @@ class _Copier:
             at += n
             position += n
             size -= n
-        # One read of the run (at most COPY_RUN and a block), pages the copy has just
-        # put in the page cache; isal's CRC-32 lets the GIL go on each block.
-        written = os.pread(out, total, start)
-        if len(written) != total:
-            from .layerindex import ReplayError
+        self._check(start, total, checks)
 
-            raise ReplayError("a run copied from an earlier image cannot be read back")
-        view = memoryview(written)
-        offset = 0
-        for stored, check in checks:
-            if _crc32(view[offset:offset + stored]) != check:
-                from .layerindex import ReplayError
+    def _check(self, position: int, size: int, checks: list[tuple[int, int]]) -> None:
+        """Check the ``size`` bytes at ``position`` of the output, blocks of the stored
+        sizes and CRC-32s ``checks``: read back in chunks of :data:`_CHECK_CHUNK` into
+        one buffer (the pages the copy has just put in the page cache; a fresh buffer
+        per run would be fresh pages to fault in and zero), isal's CRC-32 letting the
+        GIL go on each piece of more than 5 KiB."""
+        from .layerindex import ReplayError
 
-                raise ReplayError("a block copied from an earlier image does not match the "
-                                  "CRC-32 its block index keeps")
-            offset += stored
+        # The run is these blocks, added one by one: else the loop below would not end.
+        assert sum(stored for stored, _ in checks) == size
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(_CHECK_CHUNK))
+        buffer = self._buffer
+        i = 0
+        left, check = checks[0]
+        crc = 0
+        while size:
+            n = os.preadv(self._out, [buffer[:min(size, _CHECK_CHUNK)]], position)
+            if n <= 0:
+                raise ReplayError("a run copied from an earlier image cannot be read back")
+            at = 0
+            while at < n:
+                take = min(left, n - at)
+                crc = _crc32(buffer[at:at + take], crc)
+                at += take
+                left -= take
+                if not left:
+                    if crc != check:
+                        raise ReplayError("a block copied from an earlier image does not "
+                                          "match the CRC-32 its block index keeps")
+                    i += 1
+                    crc = 0
+                    if i < len(checks):
+                        left, check = checks[i]
+            position += n
+            size -= n
+
+
+#: The copying thread reads what it copied back in chunks of this size at most.
+_CHECK_CHUNK = 1 << 20
 
 
 #: What ``copy_file_range`` answers when it cannot copy between two files (other
