@@ -23,7 +23,8 @@ and diff_id), *replays* the index instead of decoding the layer when
 
 Otherwise the layer is decoded as usual. Replayed files reach the writer as
 :class:`IndexedFile`: the writer copies whole blocks by digest (the compressed bytes of
-an earlier image, as for any reused block), and packs the tails into fragment blocks
+an earlier image, as for any reused block, each checked after its copy against the
+CRC-32 of its stored bytes: ``blocks._Copier``), and packs the tails into fragment blocks
 exactly as a cold compile packs them, so the image is byte-identical to a cold compile.
 Such a compile keys small files by their CRC-32 (``blocks.py``), so a replayed small
 file whose key no file stored before has is placed without its bytes. While the tails

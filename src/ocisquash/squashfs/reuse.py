@@ -30,11 +30,15 @@ Index file layout, all integers little-endian::
 
 52 bytes per block, 0.04 % of the uncompressed data at 128 KiB blocks. An index whose
 checksum, settings or bounds do not hold is not used (the blocks are compressed again);
-``cache verify`` also decodes each indexed block and compares its digest. Stored bytes
-read from an earlier image (to decode a block a replay needs) are checked against their
-CRC-32 first; a replay copies a fragment block of an earlier image whole after that
-check alone, without decoding it, and needs its length to know the block is whole (see
-``layerindex.py``).
+``cache verify`` also decodes each indexed block and compares its digest. Every block
+taken from an earlier image is checked against the CRC-32 of its stored bytes: those
+copied from file to file are read back from the new image after the copy
+(``blocks._Copier``, on its own thread; a mismatch makes the compile build the image
+again without copying), those read here (:meth:`BlockReuse.read`: to decode a block a
+replay needs, or to copy through the writer) before use (a block that does not match
+is compressed again, or, named by a replay alone, the image is built again). A replay
+copies a fragment block of an earlier image whole after that check alone, without
+decoding it, and needs its length to know the block is whole (see ``layerindex.py``).
 """
 
 from __future__ import annotations
