@@ -392,7 +392,7 @@ def _build_squashfs(
                     log.warning(_WRITTEN_WHILE_COPIED)
                     return None
                 if reuse is not None and isinstance(e, ReplayError):
-                    log.warning("a layer index in the cache does not hold (%s); building "
+                    log.warning("the cache's earlier images cannot be reused (%s); building "
                                 "again without copying", e)
                     return None
                 raise
