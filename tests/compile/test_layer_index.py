@@ -22,7 +22,7 @@ from ocisquash.compile import CompiledImage, compile_image
 from ocisquash.sources.options import SourceOptions
 from ocisquash.squashfs.layerindex import LAYER_INDEX_GLOB, read_layer_index
 from ocisquash.squashfs.options import Compression, WriterOptions
-from ocisquash.squashfs.reuse import INDEX_FILE, read_index
+from ocisquash.squashfs.reuse import INDEX_FILE, IndexRecord, read_index
 
 from .test_recompile import BLOCK, OPTIONS, Layers, _base, _bottom_changed, _data, _top_changed
 from conftest import require_or_skip
@@ -373,16 +373,20 @@ def _rot_tail_block(entry: Path, name: bytes = b"var/f120") -> None:
              if e.path == name and record is not None and record[2] is not None}
     assert len(tails) == 1
     _, records = read_index(entry / INDEX_FILE)
-    image = entry / IMAGE_FILE
+    _flip_in_place(entry / IMAGE_FILE, [r for r in records if r.digest in tails])
+
+
+def _flip_in_place(image: Path, records: list[IndexRecord]) -> None:
+    """Change the byte in the middle of each of ``records``' stored bytes in ``image``,
+    keeping the image's size, mode and mtime (as a disk's fault would)."""
     before = image.stat()
     os.chmod(image, 0o644)
     with open(image, "r+b") as f:
         for r in records:
-            if r.digest in tails:
-                f.seek(r.offset + r.stored_size // 2)
-                byte = f.read(1)[0]
-                f.seek(-1, os.SEEK_CUR)
-                f.write(bytes([byte ^ 0x5A]))
+            f.seek(r.offset + r.stored_size // 2)
+            byte = f.read(1)[0]
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte ^ 0x5A]))
     os.chmod(image, before.st_mode)
     os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
 
@@ -410,16 +414,7 @@ def _rot_data_block(entry: Path, block: bytes) -> None:
     _, records = read_index(entry / INDEX_FILE)
     (record,) = [r for r in records if r.digest == digest]
     assert record.length == BLOCK  # a whole block: a file's data block
-    image = entry / IMAGE_FILE
-    before = image.stat()
-    os.chmod(image, 0o644)
-    with open(image, "r+b") as f:
-        f.seek(record.offset + record.stored_size // 2)
-        byte = f.read(1)[0]
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte ^ 0x5A]))
-    os.chmod(image, before.st_mode)
-    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns))
+    _flip_in_place(entry / IMAGE_FILE, [record])
 
 
 @pytest.mark.parametrize(("which", "changed"), [(0, _top_changed), (2, _top_changed),
