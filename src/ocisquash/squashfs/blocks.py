@@ -340,8 +340,8 @@ class _Copier:
                 raise ReplayError("a run copied from an earlier image cannot be read back")
             at = 0
             while at < n:
-                take = min(left, n - at, _CRC_GIL_MINSIZE)  # keeping the GIL, as above
-                crc = _crc32(buffer[at:at + take], crc)
+                take = min(left, n - at)  # a block may go on into the next chunk
+                crc = crc32_holding_gil(buffer[at:at + take], crc)
                 at += take
                 left -= take
                 if not left:

@@ -421,16 +421,15 @@ _position = operator.itemgetter(1)
 _CRC_GIL_MINSIZE = 5 * 1024
 
 
-def crc32_holding_gil(data: bytes | memoryview) -> int:
-    """The CRC-32 of a file's tail (zlib's), in pieces that keep the GIL: as for
-    ``blocks._sha256_holding_gil``, taking the GIL back from the compressing threads
-    after each tail cost more than computing it. isal's CRC-32 (carry-less
-    multiplication) takes a quarter of zlib's time on a 1.7 KB tail (figures:
-    ``bench/README.md``)."""
+def crc32_holding_gil(data: bytes | memoryview, check: int = 0) -> int:
+    """The CRC-32 of a file's tail (zlib's; continuing ``check``, that of the bytes
+    before), in pieces that keep the GIL: as for ``blocks._sha256_holding_gil``, taking
+    the GIL back from the compressing threads after each tail cost more than computing
+    it. isal's CRC-32 (carry-less multiplication) takes a quarter of zlib's time on a
+    1.7 KB tail (figures: ``bench/README.md``)."""
     if len(data) <= _CRC_GIL_MINSIZE:
-        return _crc32(data)
+        return _crc32(data, check)
     view = memoryview(data)
-    check = 0
     for start in range(0, len(data), _CRC_GIL_MINSIZE):
         check = _crc32(view[start:start + _CRC_GIL_MINSIZE], check)
     return check
