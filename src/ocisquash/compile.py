@@ -118,11 +118,11 @@ class CompiledImage:
 
     def runtime_config(self) -> dict[str, Any]:
         """The OCI runtime-spec ``config.json`` for running this image (see
-        :mod:`ocisquash.runtime`): user names resolved from the compiled squashfs's own
-        ``/etc/passwd`` and ``/etc/group``."""
+        :mod:`ocisquash.runtime`): user names resolved from the compiled image's own
+        ``/etc/passwd`` and ``/etc/group`` (squashfs or EROFS)."""
         from .runtime import runtime_config
 
-        image = self.path if self.format == "squashfs" else None
+        image = self.path if self.format in ("squashfs", "erofs") else None
         return runtime_config(self.config, image)
 
 

@@ -27,9 +27,10 @@ as ``docker run`` without ``-t`` does.
 
 **Where user names come from.** A name in ``User`` is looked up in ``/etc/passwd`` and
 ``/etc/group`` *of the compiled image*, by :class:`~ocisquash.squashfs.reader.SquashfsReader`
-reading the finished squashfs, never the host's files. Reading the image we wrote
-(rather than catching those files as they stream into the writer) gives the same answer
-on a cache hit, where no writer runs, and for any squashfs a caller names; it sees the
+or :class:`~ocisquash.erofs.reader.ErofsReader` reading the finished image, never the
+host's files. Reading the image we wrote (rather than catching those files as they
+stream into the writer) gives the same answer on a cache hit, where no writer runs,
+and for any squashfs or EROFS image a caller names; it sees the
 tree after every whiteout, hardlink and symlink is applied, which is what the runtime
 will see; and it costs a few metadata blocks, not a copy kept in the cache entry.
 
@@ -316,8 +317,9 @@ def build_runtime_config(config: ImageConfig, user: ExecUser,
 
 def runtime_config(config: ImageConfig, image: str | Path | None) -> dict[str, Any]:
     """The runtime-spec ``config.json`` of ``config`` whose root filesystem is the
-    squashfs ``image``: user names resolved from the image's own ``/etc/passwd`` and
-    ``/etc/group``, a tmpfs on each volume the image has a directory for.
+    squashfs or EROFS ``image`` (told apart by their magic): user names resolved from
+    the image's own ``/etc/passwd`` and ``/etc/group``, a tmpfs on each volume the image
+    has a directory for.
 
     With ``image=None`` (a tar output, say) only a numeric ``User`` can be converted,
     and volumes are mounted unchecked. Raises :class:`RuntimeConfigError` when the user
@@ -327,23 +329,25 @@ def runtime_config(config: ImageConfig, image: str | Path | None) -> dict[str, A
     if image is None:
         if any(_id(part) is None for part in c.user.split(":") if part):
             raise RuntimeConfigError(
-                f"user {c.user!r} is a name, and there is no squashfs to look it up in",
-                hint="compile to a squashfs file (the default format, not stdout) to write a "
-                     "runtime config")
+                f"user {c.user!r} is a name, and there is no image to look it up in",
+                hint="compile to a squashfs or EROFS file (not a tar, not stdout) to write "
+                     "a runtime config")
         return build_runtime_config(config, resolve_user(c.user, None, None),
                                     [Volume(v) for v in c.volumes])
 
-    from .squashfs.format import InodeType
+    from .erofs.reader import ErofsReader, is_erofs
     from .squashfs.reader import SquashfsReader
 
-    with SquashfsReader(image) as reader:
+    reader: ErofsReader | SquashfsReader = \
+        ErofsReader(image) if is_erofs(image) else SquashfsReader(image)
+    with reader:
         passwd = reader.read_file("/etc/passwd")
         group = reader.read_file("/etc/group")
         user = resolve_user(c.user, passwd, group)
         volumes = []
         for volume in c.volumes:
-            st = reader.stat(volume)
-            if st is not None and st.kind is InodeType.DIR:
+            st = reader.stat(volume) if reader.is_dir(volume) else None
+            if st is not None:
                 volumes.append(Volume(volume, st.mode, st.uid, st.gid))
             else:
                 # A runtime cannot create the mount point on a read-only root.

@@ -1,4 +1,5 @@
-"""runc runs what ocisquash compiles: ``compile --bundle``, ``ocisquash mount``, ``runc run``.
+"""runc runs what ocisquash compiles: ``compile --bundle``, ``ocisquash mount``, ``runc run``,
+with a squashfs and with an EROFS image.
 
 The image's shell and libc are the host's static busybox; its user is a name that only
 the image's own ``/etc/passwd`` and ``/etc/group`` define. runc (not our code) decides
@@ -57,14 +58,14 @@ def _require_runc() -> None:
     require_or_skip(os.geteuid() == 0, "runc run (and a loop mount) need root")
 
 
-@pytest.fixture
-def bundle(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+@pytest.fixture(params=["squashfs", "erofs"])
+def bundle(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, Path]]:
     """A compiled workload, its bundle and its image mounted on the bundle's rootfs."""
     _require_runc()
     ref = write_workload(tmp_path / "layout", CONFIG)
-    image, bundle = tmp_path / "app.squashfs", tmp_path / "bundle"
-    ocisquash("compile", ref, "-o", str(image), "--bundle", str(bundle),
-              "--cache-dir", str(tmp_path / "cache"), "--quiet")
+    image, bundle = tmp_path / f"app.{request.param}", tmp_path / "bundle"
+    ocisquash("compile", ref, "-o", str(image), "--format", request.param,
+              "--bundle", str(bundle), "--cache-dir", str(tmp_path / "cache"), "--quiet")
     ocisquash("mount", str(image), str(bundle / "rootfs"))
     try:
         yield image, bundle

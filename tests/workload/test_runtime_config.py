@@ -1,5 +1,6 @@
 """The image config → runtime-spec conversion (``ocisquash.runtime``) and the squashfs
-path lookup it reads user names with (``ocisquash.squashfs.reader``).
+path lookup it reads user names with (``ocisquash.squashfs.reader``; the EROFS one,
+``ocisquash.erofs.reader``, is judged in tests/erofs/test_erofs_reader.py).
 
 Judges from outside: ``umoci raw runtime-config`` converts the same image with its own
 code (given the rootfs ``umoci unpack`` wrote), and ``unsquashfs -cat`` reads the same
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ocisquash.compile import compile_image
+from ocisquash.compile import CompiledImage, compile_image
+from ocisquash.erofs import ErofsOptions
 from ocisquash.errors import RuntimeConfigError, SquashfsError
 from ocisquash.model import ImageConfig
 from ocisquash.runtime import DEFAULT_PATH, ExecUser, build_runtime_config, resolve_user
@@ -122,11 +124,21 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         Entry("etc/hostname", "symlink", linkname="/etc/../work/hello.txt")])
 
 
+@pytest.mark.parametrize("format", ["squashfs", "erofs", "erofs-fragments"])
 def test_runtime_config_reads_users_from_the_compiled_image(
-        workload: tuple[Path, str], tmp_path: Path) -> None:
+        workload: tuple[Path, str], tmp_path: Path, format: str) -> None:
     _root, ref = workload
-    result = compile_image(ref, tmp_path / "a.squashfs",
-                           source_options=SourceOptions(cache_dir=tmp_path / "cache"))
+    # EROFS with fragments keeps /etc/passwd compressed in the packed inode
+    options = ErofsOptions(fragments=True) if format == "erofs-fragments" else None
+    kind = "erofs" if options else format
+
+    def compile_to(name: str) -> CompiledImage:
+        return compile_image(ref, tmp_path / name, format=kind,  # type: ignore[arg-type]
+                             writer_options=options,
+                             source_options=SourceOptions(cache_dir=tmp_path / "cache"))
+
+    result = compile_to("a.img")
+    assert result.format == kind
     cfg = result.runtime_config()
     assert cfg["process"]["user"] == {"uid": APP_UID, "gid": APP_GID,
                                       "additionalGids": [EXTRA_GID]}
@@ -136,8 +148,7 @@ def test_runtime_config_reads_users_from_the_compiled_image(
          "options": ["rw", "nosuid", "nodev", "mode=750", f"uid={APP_UID}",
                      f"gid={APP_GID}"]}]
     # the same answer from a cache hit, where no writer runs
-    again = compile_image(ref, tmp_path / "b.squashfs",
-                          source_options=SourceOptions(cache_dir=tmp_path / "cache"))
+    again = compile_to("b.img")
     assert again.cached and again.runtime_config() == cfg
 
 
@@ -234,4 +245,5 @@ def test_bundle_refuses_tar_output(tmp_path: Path) -> None:
          "-o", str(tmp_path / "x.tar"), "--bundle", str(tmp_path / "b")],
         capture_output=True, text=True, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("ocisquash: --bundle needs squashfs output")
+    assert proc.stderr.startswith("ocisquash: --bundle needs a squashfs or EROFS image, "
+                                  "not tar")

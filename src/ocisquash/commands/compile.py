@@ -158,8 +158,9 @@ def _run(args: argparse.Namespace, output: object) -> int:
                                          default_level=DEFAULT_ZSTD_LEVEL)
     verity = verity_options_from_args(args)
     sopts = source_options_from_args(args)
-    if args.bundle is not None and args.format != "squashfs":
-        raise UsageError("--bundle needs squashfs output: a runtime mounts it as the root")
+    if args.bundle is not None and args.format not in ("squashfs", "erofs"):
+        raise UsageError(f"--bundle needs a squashfs or EROFS image, not {args.format}: a "
+                         "runtime mounts it as the root")
     try:
         result = compile_image(
             args.image,

@@ -28,6 +28,7 @@ One module per on-disk concern::
     xattr.py       name prefixes, inline xattr bodies, the shared xattr area
     tree.py        the entries until the end: a log of compact records per directory
     writer.py      ErofsWriter: the public API and the finish sequence
+    reader.py      ErofsReader: one file read back by its path (runtime configs)
     version.py     FORMAT_VERSION, importable without the writer (a cache key)
 
 The path rules are the squashfs writer's (``squashfs/tree.py``).

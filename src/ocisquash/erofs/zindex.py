@@ -49,7 +49,7 @@ _BASE = struct.Struct("<I")
 _PAST_END = [_PLAIN] * 16
 
 
-def _sections(total: int, ebase: int) -> tuple[int, int, int]:
+def sections(total: int, ebase: int) -> tuple[int, int, int]:
     """How many lclusters are in the initial 4-byte form, the 2-byte form and the
     final 4-byte form."""
     initial = (32 - ebase % 32) // 4
@@ -64,7 +64,7 @@ def _sections(total: int, ebase: int) -> tuple[int, int, int]:
 def compact_size(total: int, ebase: int) -> int:
     """Bytes of the compact index of ``total`` lclusters starting at ``ebase``: up to
     the end of the pack that holds the last (where an inline pcluster begins)."""
-    initial, two, rest = _sections(total, ebase)
+    initial, two, rest = sections(total, ebase)
     return -(-initial // 2) * 8 + two * 2 + -(-rest // 2) * 8
 
 
@@ -72,7 +72,7 @@ def compact_size(total: int, ebase: int) -> int:
 _SHIFTS = [14 * i for i in range(16)]
 
 
-def _blocks_before(values: list[int], i: int) -> int:
+def blocks_before(values: list[int], i: int) -> int:
     """Blocks of the pack's pclusters before the HEAD at ``i``, counted as the kernel
     counts them (``unpack_compacted_index`` with big pclusters)."""
     blocks = 0
@@ -110,7 +110,7 @@ def to_compact(full: bytes, ebase: int) -> bytes | None:
     heads = [i for i, (k, a, b) in enumerate(zip(kinds, lo, hi, strict=True))
              if k != _NONHEAD and (a or b)]
     heads.append(total)  # after every pack
-    initial, two, rest = _sections(total, ebase)
+    initial, two, rest = sections(total, ebase)
     out = bytearray()
     at = 0
     h = 0  # the first of ``heads`` not in a pack yet
@@ -134,7 +134,7 @@ def to_compact(full: bytes, ebase: int) -> bytes | None:
                 i = heads[h]
                 h += 1
                 try:
-                    want = (lo[i] | hi[i] << 16) - (_blocks_before(group, i - start)
+                    want = (lo[i] | hi[i] << 16) - (blocks_before(group, i - start)
                                                    if i > start else 0)
                 except ValueError:
                     return None

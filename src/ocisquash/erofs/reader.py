@@ -1,0 +1,471 @@
+"""Read one small file out of an EROFS image by its path: the lookup a runtime config
+needs (``/etc/passwd``, ``/etc/group``, whether a volume's directory exists) without
+mounting the image, as ``squashfs/reader.py`` does for squashfs.
+
+It reads what the writer in this package writes (``erofs.rst``; ``erofs_fs.h``; the
+kernel's ``inode.c``, ``namei.c``, ``data.c`` and ``zmap.c``):
+
+* the superblock at byte 1024 (4 KiB blocks only, as this writer makes them) and the
+  inodes at ``meta_blkaddr`` in 32-byte slots: compact (32 bytes) and extended
+  (64 bytes), each followed by its xattrs ("12 + 4 * (i_xattr_icount - 1)" bytes);
+* directories: blocks of "erofs_dirent" records and their names ("the number of
+  dirents in a block is nameoff[0] / 12"; a block's last name runs to the first NUL or
+  the end of the data);
+* data: FLAT_PLAIN, FLAT_INLINE (the tail after the inode and its xattrs), CHUNK_BASED
+  (a block map of ``__le32``, EROFS_NULL_ADDR a hole), and compressed inodes with full
+  or compact cluster indexes, big pclusters, an inline last pcluster (ztailpacking)
+  or a last extent in the packed inode (fragments); lz4, deflate and zstd pclusters,
+  their data at the pcluster's end after zero padding.
+
+It walks one path at a time and decompresses only the pclusters the file's bytes are
+in, so its memory is bounded by the size limit a caller passes. Every inconsistency (a
+reference outside the image, a pcluster that does not decode, a loop of symlinks) is an
+:class:`~ocisquash.errors.ErofsError`: the image is damaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import ErofsError, LimitExceededError
+from .compress import (
+    ADVISE_FRAGMENT_PCLUSTER,
+    ADVISE_INLINE_PCLUSTER,
+    D0_CBLKCNT,
+    LCLUSTER_INDEX,
+    LCLUSTER_NONHEAD,
+    LCLUSTER_PLAIN,
+    WHOLE_FRAGMENT,
+)
+from .format import (
+    BLOCK_BITS,
+    BLOCK_SIZE,
+    DIRENT,
+    INODE_SLOT,
+    MAGIC,
+    NULL_ADDR,
+    SUPER_OFFSET,
+    DataLayout,
+    FileType,
+)
+from .zindex import blocks_before, sections
+
+#: Linux follows at most 40 symlinks when it resolves one path (``MAXSYMLINKS``).
+MAX_SYMLINKS = 40
+#: The most bytes one extent of a compressed file may decompress to here: the writer's
+#: largest pcluster holds 1 MiB of a file (the packed inode's).
+MAX_EXTENT = 4 << 20
+
+_S_IFMT = 0o170000
+_KIND_OF_MODE = {mode: kind for kind, mode in (
+    (FileType.REG_FILE, 0o100000), (FileType.DIR, 0o040000), (FileType.CHRDEV, 0o020000),
+    (FileType.BLKDEV, 0o060000), (FileType.FIFO, 0o010000), (FileType.SOCK, 0o140000),
+    (FileType.SYMLINK, 0o120000))}
+#: "struct erofs_inode_compact" and "struct erofs_inode_extended" (see format.py)
+_COMPACT = struct.Struct("<HHHHIIIIHHI")
+_EXTENDED = struct.Struct("<HHHHQIIIIQII16x")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+#: "struct z_erofs_map_header": h_fragmentoff / (h_reserved1, h_idata_size), h_advise,
+#: h_algorithmtype, h_clusterbits
+_MAP_HEADER = struct.Struct("<IHBB")
+_HEAD_LO = 0xFFF  # a compact entry's value bits (lclusterbits 12)
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """An entry's type, permission bits and owner."""
+
+    kind: FileType
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Inode:
+    nid: int
+    kind: FileType
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    layout: int
+    i_u: int
+    #: where the inode's data area starts: after the inode and its xattrs
+    tail_at: int
+
+
+class ErofsReader:
+    """An EROFS image opened for path lookups.
+
+    >>> with ErofsReader("app.erofs") as image:
+    ...     passwd = image.read_file("/etc/passwd")   # None when the path is absent
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise ErofsError(f"cannot open {self.path}: {e.strerror or e}") from e
+        try:
+            self._size = os.fstat(self._f.fileno()).st_size
+            self._superblock()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def __enter__(self) -> ErofsReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    # -- public lookups ------------------------------------------------------------
+
+    def read_file(self, path: str, *, limit: int = 16 << 20) -> bytes | None:
+        """The contents of the regular file at ``path`` (symlinks followed inside the
+        image, as a runtime resolves them from the container's root), or None when
+        nothing is there. A file larger than ``limit`` bytes is a LimitExceededError;
+        a path that names a directory or a device is an ErofsError."""
+        inode = self._resolve(path)
+        if inode is None:
+            return None
+        if inode.kind is not FileType.REG_FILE:
+            raise ErofsError(f"{path} in {self.path} is not a regular file")
+        if inode.size > limit:
+            raise LimitExceededError(
+                f"{path} in {self.path} is {inode.size} bytes, more than {limit}")
+        return self._data(inode, 0, inode.size)
+
+    def is_dir(self, path: str) -> bool:
+        """Whether ``path`` (symlinks followed) is a directory in the image."""
+        inode = self._resolve(path)
+        return inode is not None and inode.kind is FileType.DIR
+
+    def stat(self, path: str) -> Stat | None:
+        """Type, mode and owner of ``path`` (symlinks followed), or None when absent."""
+        inode = self._resolve(path)
+        if inode is None:
+            return None
+        return Stat(inode.kind, inode.mode & ~_S_IFMT, inode.uid, inode.gid)
+
+    # -- structure -----------------------------------------------------------------
+
+    def _damaged(self, what: str) -> ErofsError:
+        return ErofsError(f"{self.path} is damaged: {what}",
+                          hint="compile the image again (the cache repairs itself with "
+                               "'ocisquash cache verify --repair')")
+
+    def _read_at(self, offset: int, n: int) -> bytes:
+        if offset < 0 or n < 0 or offset + n > self._size:
+            raise self._damaged(f"a reference to bytes {offset}..{offset + n} lies outside "
+                                f"the image ({self._size} bytes)")
+        self._f.seek(offset)
+        data = self._f.read(n)
+        if len(data) != n:
+            raise self._damaged(f"short read at {offset}")
+        return data
+
+    def _superblock(self) -> None:
+        if self._size < SUPER_OFFSET + 128:
+            raise ErofsError(f"{self.path} is not an EROFS image (shorter than a superblock)")
+        sb = self._read_at(SUPER_OFFSET, 128)
+        if _U32.unpack_from(sb, 0)[0] != MAGIC:
+            raise ErofsError(f"{self.path} is not an EROFS image (no magic at byte 1024)")
+        if sb[12] != BLOCK_BITS:
+            raise ErofsError(f"{self.path} has blocks of {1 << sb[12]} bytes; only "
+                             f"{BLOCK_SIZE} are read")
+        # "rootnid_2b", "meta_blkaddr", "packed_nid"
+        self._root = struct.unpack_from("<H", sb, 14)[0]
+        self._meta = _U32.unpack_from(sb, 40)[0] << BLOCK_BITS
+        self._packed_nid = _U64.unpack_from(sb, 96)[0]
+        self._packed: _Inode | None = None
+        #: the packed inode's cluster index, decoded once: (types, values, first
+        #: blocks, where the index ends)
+        self._maps: dict[int, tuple[list[int], list[int], list[int], int]] = {}
+
+    def _inode(self, nid: int) -> _Inode:
+        at = self._meta + nid * INODE_SLOT
+        head = self._read_at(at, _COMPACT.size)
+        i_format = head[0] | head[1] << 8
+        if i_format & 1:  # "extended inode"
+            (_, icount, mode, _, size, i_u, _, uid, gid, _, _, _) = \
+                _EXTENDED.unpack(self._read_at(at, _EXTENDED.size))
+            isize = _EXTENDED.size
+        else:
+            (_, icount, mode, _, size, _, i_u, _, uid, gid, _) = _COMPACT.unpack(head)
+            isize = _COMPACT.size
+        if i_format >> 5:
+            raise self._damaged(f"inode {nid} has unknown format bits {i_format:#x}")
+        kind = _KIND_OF_MODE.get(mode & _S_IFMT)
+        if kind is None:
+            raise self._damaged(f"inode {nid} has mode {mode:#o}")
+        # "xattr_isize = sizeof(struct erofs_xattr_ibody_header) + 4 * (icount - 1)"
+        xattrs = 12 + 4 * (icount - 1) if icount else 0
+        return _Inode(nid, kind, mode, uid, gid, size, (i_format >> 1) & 7, i_u,
+                      at + isize + xattrs)
+
+    def _entries(self, directory: _Inode) -> list[tuple[bytes, int]]:
+        """The (name, nid) of every entry of ``directory``."""
+        if directory.size > 256 << 20:
+            raise self._damaged(f"a directory of {directory.size} bytes")
+        data = self._data(directory, 0, directory.size)
+        out = []
+        for start in range(0, len(data), BLOCK_SIZE):
+            block = data[start:start + BLOCK_SIZE]
+            if len(block) < DIRENT.size:
+                raise self._damaged(f"directory inode {directory.nid} has a short block")
+            first = DIRENT.unpack_from(block, 0)[1]
+            count = first // DIRENT.size
+            if not count or first % DIRENT.size or first > len(block):
+                raise self._damaged(f"directory inode {directory.nid} has a bad block")
+            heads = [DIRENT.unpack_from(block, i * DIRENT.size) for i in range(count)]
+            for i, (nid, nameoff, _type, _) in enumerate(heads):
+                end = heads[i + 1][1] if i + 1 < count else len(block)
+                if not first <= nameoff <= end <= len(block):
+                    raise self._damaged(f"directory inode {directory.nid} has a bad name")
+                out.append((block[nameoff:end].split(b"\0", 1)[0], nid))
+        return out
+
+    def _resolve(self, path: str) -> _Inode | None:
+        """The inode at ``path`` with every symlink followed inside the image (an
+        absolute target starts again at the image's root, ``..`` stops at the root)."""
+        root = self._inode(self._root)
+        pending = [p for p in path.encode("utf-8", "surrogateescape").split(b"/")
+                   if p not in (b"", b".")]
+        pending.reverse()
+        trail: list[_Inode] = [root]
+        followed = 0
+        while pending:
+            name = pending.pop()
+            if name == b".":
+                continue
+            if name == b"..":
+                if len(trail) > 1:
+                    trail.pop()
+                continue
+            here = trail[-1]
+            if here.kind is not FileType.DIR:
+                return None
+            nid = next((n for entry, n in self._entries(here) if entry == name), None)
+            if nid is None:
+                return None
+            inode = self._inode(nid)
+            if inode.kind is FileType.SYMLINK:
+                followed += 1
+                if followed > MAX_SYMLINKS:
+                    raise ErofsError(f"{path} in {self.path}: too many levels of symlinks")
+                if inode.size > BLOCK_SIZE:
+                    raise self._damaged(f"a symlink target of {inode.size} bytes")
+                target = self._data(inode, 0, inode.size)
+                pending.extend(reversed([p for p in target.split(b"/") if p]))
+                if target.startswith(b"/"):
+                    trail = [root]
+                continue
+            trail.append(inode)
+        return trail[-1]
+
+    # -- file data -----------------------------------------------------------------
+
+    def _data(self, inode: _Inode, start: int, length: int) -> bytes:
+        """Bytes ``start`` to ``start + length`` of the inode's data."""
+        layout = inode.layout
+        if layout == DataLayout.FLAT_PLAIN:
+            return self._read_at((inode.i_u << BLOCK_BITS) + start, length)
+        if layout == DataLayout.FLAT_INLINE:
+            # "the inline data ... right after the inode and its xattrs": the last
+            # size % 4 KiB bytes; the whole blocks before it from i_u
+            whole = inode.size - inode.size % BLOCK_SIZE
+            out = b""
+            if start < whole:
+                n = min(length, whole - start)
+                out = self._read_at((inode.i_u << BLOCK_BITS) + start, n)
+                start, length = start + n, length - n
+            if length:
+                out += self._read_at(inode.tail_at + start - whole, length)
+            return out
+        if layout == DataLayout.CHUNK_BASED:
+            return self._chunked(inode, start, length)
+        if layout in (DataLayout.COMPRESSED_FULL, DataLayout.COMPRESSED_COMPACT):
+            return self._compressed(inode, start, length)
+        raise self._damaged(f"inode {inode.nid} has data layout {layout}")
+
+    def _chunked(self, inode: _Inode, start: int, length: int) -> bytes:
+        bits = BLOCK_BITS + (inode.i_u & 0x1F)
+        if inode.i_u & 0x20:  # EROFS_CHUNK_FORMAT_INDEXES: not what this writer makes
+            raise ErofsError(f"{self.path}: chunk indexes (not a block map) are not read")
+        out = bytearray()
+        while length:
+            chunk = start >> bits
+            (blkaddr,) = _U32.unpack(self._read_at(inode.tail_at + 4 * chunk, 4))
+            n = min(length, ((chunk + 1) << bits) - start)
+            if blkaddr == NULL_ADDR:
+                out += bytes(n)
+            else:
+                out += self._read_at((blkaddr << BLOCK_BITS) + start - (chunk << bits), n)
+            start, length = start + n, length - n
+        return bytes(out)
+
+    def _compressed(self, inode: _Inode, start: int, length: int) -> bytes:
+        """Bytes of a compressed inode: the extents they are in, each decompressed."""
+        header_at = inode.tail_at + -inode.tail_at % 8
+        header = self._read_at(header_at, 8)
+        (word,) = _U64.unpack(header)
+        if word & WHOLE_FRAGMENT:  # "the whole file is stored in the packed inode"
+            return self._fragment(word & ~WHOLE_FRAGMENT, start, length)
+        fragmentoff, advise, algorithm, clusterbits = _MAP_HEADER.unpack(header)
+        if clusterbits:
+            raise ErofsError(f"{self.path}: lclusters of more than a block are not read")
+        count = -(-inode.size // BLOCK_SIZE)
+        if count > self._size // 2:
+            raise self._damaged(f"a file of {inode.size} bytes")
+        known = self._maps.get(inode.nid)
+        if known is not None:  # the packed inode's, read for each fragment
+            kinds, values, addrs, end_of_index = known
+        elif inode.layout == DataLayout.COMPRESSED_FULL:
+            ebase = header_at + 16  # the map header and its 8 reserved bytes
+            raw = self._read_at(ebase, count * LCLUSTER_INDEX.size)
+            entries = [LCLUSTER_INDEX.unpack_from(raw, i * 8) for i in range(count)]
+            kinds = [e[0] & 3 for e in entries]
+            values = [e[2] & 0xFFFF if kind == LCLUSTER_NONHEAD else e[1]
+                      for e, kind in zip(entries, kinds, strict=True)]
+            addrs = [e[2] for e in entries]
+            end_of_index = ebase + len(raw)
+        else:
+            ebase = header_at + 8
+            kinds, values, addrs, end_of_index = self._compact(ebase, count)
+        if inode.nid == self._packed_nid:
+            self._maps[inode.nid] = kinds, values, addrs, end_of_index
+        # Extents start at the HEADs and PLAINs, clusterofs bytes into their lcluster.
+        heads = [i for i in range(count) if kinds[i] != LCLUSTER_NONHEAD]
+        if not heads or heads[0] != 0 or values[0]:
+            raise self._damaged(f"inode {inode.nid} has no extent at its start")
+        starts = [(i << BLOCK_BITS) + values[i] for i in heads]
+        starts.append(inode.size)
+        tail = len(heads) - 1  # the extent holding the last byte
+        while tail and starts[tail] >= inode.size:
+            tail -= 1
+        out = bytearray()
+        for n, i in enumerate(heads):
+            lo, hi = starts[n], starts[n + 1]
+            if hi <= start or lo >= start + length or n > tail:
+                continue
+            if hi - lo > MAX_EXTENT or hi < lo:
+                raise self._damaged(f"an extent of {hi - lo} bytes in inode {inode.nid}")
+            if n == tail and advise & ADVISE_FRAGMENT_PCLUSTER:
+                data = self._fragment(fragmentoff, 0, hi - lo)
+            elif n == tail and advise & ADVISE_INLINE_PCLUSTER:
+                # "h_idata_size": the last pcluster right after the cluster index
+                packed = self._read_at(end_of_index, header[2] | header[3] << 8)
+                data = self._decode(packed, algorithm & 0xF, hi - lo)
+            elif addrs[i] < 0:
+                raise self._damaged(f"inode {inode.nid}'s compact index does not count "
+                                    "its blocks")
+            elif kinds[i] == LCLUSTER_PLAIN:
+                if hi - lo > BLOCK_SIZE:
+                    raise self._damaged(f"a raw extent of {hi - lo} bytes in inode "
+                                        f"{inode.nid}")
+                data = self._read_at(addrs[i] << BLOCK_BITS, hi - lo)
+            else:
+                blocks = 1
+                if i + 1 < count and kinds[i + 1] == LCLUSTER_NONHEAD \
+                        and values[i + 1] & D0_CBLKCNT:
+                    blocks = values[i + 1] & ~D0_CBLKCNT
+                packed = self._read_at(addrs[i] << BLOCK_BITS, blocks << BLOCK_BITS)
+                data = self._decode(packed, algorithm & 0xF, hi - lo)
+            out += data[max(0, start - lo):start + length - lo]
+        if len(out) != length:
+            raise self._damaged(f"inode {inode.nid} reads as {len(out)} bytes, not {length}")
+        return bytes(out)
+
+    def _compact(self, ebase: int, count: int) -> tuple[list[int], list[int], list[int], int]:
+        """A compact index decoded: per lcluster its type, its value (clusterofs, or a
+        NONHEAD's delta or block count) and, for a HEAD or PLAIN, its first block."""
+        initial, two, rest = sections(count, ebase)
+        kinds: list[int] = []
+        values: list[int] = []
+        addrs: list[int] = []
+        at = ebase
+        for n, per, size in ((initial, 2, 8), (two, 16, 32), (rest, 2, 8)):
+            for _ in range(-(-n // per)):
+                raw = self._read_at(at, size)
+                at += size
+                if per == 2:
+                    group = list(struct.unpack_from("<HH", raw))
+                else:
+                    bits = int.from_bytes(raw[:28], "little")
+                    group = [bits >> (14 * j) & 0x3FFF for j in range(16)]
+                (base,) = _U32.unpack_from(raw, size - 4)
+                for j, value in enumerate(group[:count - len(kinds)]):
+                    kind = value >> 12 & 3
+                    kinds.append(kind)
+                    values.append(value & _HEAD_LO)
+                    addr = -1  # a NONHEAD, or a HEAD whose pack cannot be counted
+                    if kind != LCLUSTER_NONHEAD:
+                        with contextlib.suppress(ValueError):
+                            addr = base + blocks_before(group, j)
+                    addrs.append(addr)
+        return kinds, values, addrs, at
+
+    def _fragment(self, offset: int, start: int, length: int) -> bytes:
+        """Bytes of a file stored in the packed inode from ``offset`` in it."""
+        if not self._packed_nid:
+            raise self._damaged("a file in the packed inode, but the image has none")
+        if self._packed is None:
+            self._packed = self._inode(self._packed_nid)
+        packed = self._packed
+        if offset + start + length > packed.size:
+            raise self._damaged(f"a fragment past the packed inode's {packed.size} bytes")
+        return self._data(packed, offset + start, length)
+
+    def _decode(self, packed: bytes, algorithm: int, size: int) -> bytes:
+        """One pcluster decompressed to ``size`` bytes: its data follows the zeros that
+        pad it to whole blocks (the kernel skips them within the first block)."""
+        first = packed[:BLOCK_SIZE]
+        data = packed[len(first) - len(first.lstrip(b"\0")):]
+        try:
+            if algorithm == 0:
+                import lz4.block
+
+                out: bytes = lz4.block.decompress(data, uncompressed_size=size)
+            elif algorithm == 2:
+                out = zlib.decompressobj(-15).decompress(data, size)
+            elif algorithm == 3:
+                import zstandard
+
+                with zstandard.ZstdDecompressor().stream_reader(data) as stream:
+                    out = stream.read(size)
+            else:
+                raise ErofsError(f"{self.path} uses compression algorithm {algorithm}, "
+                                 "which is not read")
+        except ErofsError:
+            raise
+        except Exception as e:  # each codec raises its own kind
+            raise self._damaged(f"a pcluster does not decode ({e})") from None
+        if len(out) != size:
+            raise self._damaged(f"a pcluster decodes to {len(out)} bytes, not {size}")
+        return out
+
+
+def is_erofs(path: str | os.PathLike[str]) -> bool:
+    """Whether the file at ``path`` starts as an EROFS image (its magic at byte 1024)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(SUPER_OFFSET)
+            return f.read(4) == _U32.pack(MAGIC)
+    except OSError:
+        return False
+
+
+__all__ = ["MAX_SYMLINKS", "ErofsReader", "Stat", "is_erofs"]
