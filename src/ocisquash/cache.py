@@ -25,6 +25,14 @@ entry that fails (a crash of a kernel that lost the data, a file removed or repl
 by hand, another entry's files moved in) is not used: compile builds it again, and
 ``cache verify``, which also hashes the image, reports it.
 
+A cache copied whole (``cp -a``, ``rsync -a``, a restored backup) has every image under
+another inode, and one copied without its times under another mtime too. Such an
+entry is hashed once where it is looked up by its key (a compile's hit, ``--pull
+never``, the offline fallback) and by ``cache verify --repair``: when its files still
+match its record, the record takes the image's new inode and mtime and the entry is
+used; otherwise it is damaged, as above. Listing every entry (the sources of a
+recompile's blocks) hashes none: an entry not adopted yet is passed over there.
+
 The build lock is an ``flock``, which the kernel drops when its holder dies, so a
 killed compile never leaves a lock behind. The directories and the rules that keep
 other users out are in :mod:`ocisquash.safedir`.
@@ -37,6 +45,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -61,6 +70,8 @@ CONFIG_FILE = "config.json"
 #: manifest.json and config.json are read whole on every hit; no genuine one is near this
 _SMALL_FILE_LIMIT = 16 << 20
 _KEY_RE = re.compile(r"[0-9a-f]{64}")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -235,13 +246,44 @@ class ImageCache:
     def entry_path(self, key: str) -> Path:
         return self.root / "images" / key
 
-    def get(self, key: str) -> CacheEntry | None:
+    def get(self, key: str, *, adopt: bool = True) -> CacheEntry | None:
         """The published entry for ``key``, or None (also when it is damaged, see
-        :meth:`damage`)."""
+        :meth:`damage`). With ``adopt``, an entry whose image is another file than its
+        record says (a copied cache) is hashed, and used when it still matches (see
+        :meth:`adopt`)."""
         record, damage = self._glance(key)
+        if record is not None and damage in _MAYBE_WHOLE and adopt:
+            record = self.adopt(key, record)
+            damage = None if record is not None else damage
         if record is None or damage is not None:
             return None
         return CacheEntry(key, self.entry_path(key), record, self._images)
+
+    def adopt(self, key: str, record: CacheRecord) -> CacheRecord | None:
+        """Hash the image of entry ``key``, whose inode or mtime is not its record's; if
+        its files still match the record, record the image as it is now and return the
+        new record, else None. The record's key fields are unchanged, so the entry
+        stays the same entry."""
+        from .progress import human_size
+
+        if not self._image_matches_record(key, record):
+            return None
+        try:
+            with _open_entry(self._images, key) as d:
+                st = d.lstat(IMAGE_FILE)
+                info = record.to_json()
+                info.update(squashfs_mtime_ns=st.st_mtime_ns, squashfs_ino=st.st_ino)
+                d.write_atomic(INFO_FILE, json.dumps(info, indent=2, sort_keys=True).encode(),
+                               mode=0o444)
+                adopted = _read_record(d)
+                if adopted is None or _damage(d, key, adopted) is not None:
+                    return None
+        except (OSError, CacheError):
+            return None
+        log.info("cache entry %s was copied or moved (its image is another file than its "
+                 "record said); its %s still match its record, so it is used",
+                 key[:12], human_size(record.squashfs_size))
+        return adopted
 
     def damage(self, key: str) -> str | None:
         """Why the entry directory of ``key`` cannot be used, or None when it is whole or
@@ -267,7 +309,7 @@ class ImageCache:
 
     def entries(self) -> list[CacheEntry]:
         """Every usable entry (damaged ones are left out; see :meth:`verify`)."""
-        return [e for key in self.keys() if (e := self.get(key)) is not None]
+        return [e for key in self.keys() if (e := self.get(key, adopt=False)) is not None]
 
     @contextlib.contextmanager
     def build_lock(self, key: str, what: str = "") -> Iterator[None]:
@@ -471,19 +513,21 @@ class ImageCache:
                         self.blobs.remove(digest)  # no chmod: unlinking needs none
         for key in self.keys():
             record, damage = self._glance(key)
-            written = damage == _WRITTEN  # the content may still be whole: hash it
-            if damage is not None and not written:
+            moved = damage in _MAYBE_WHOLE  # the content may still be whole: hash it
+            if damage is not None and not moved:
                 problems.append(f"compiled image {key[:12]}: {damage}")
             else:
                 assert record is not None
                 if not self._image_matches_record(key, record):
-                    how = " (written to after it was built)" if written else ""
+                    how = " (written to after it was built)" if damage == _WRITTEN else ""
                     problems.append(f"compiled image {key[:12]} ({record.reference or '?'}): "
                                     f"content does not match its record{how}")
-                elif written:
-                    # Compile will not hand it out (it cannot hash every image it reuses).
-                    problems.append(f"compiled image {key[:12]}: {_WRITTEN}; its content still "
-                                    "matches its record")
+                elif moved and not (repair and self.adopt(key, record)):
+                    # Listing entries does not hash them: a recompile passes it over.
+                    problems.append(f"compiled image {key[:12]}: {damage}; its content still "
+                                    "matches its record ('cache verify --repair' records it "
+                                    "as it is now)")
+                    continue
                 else:
                     entry = CacheEntry(key, self.entry_path(key), record, self._images)
                     self._verify_block_index(entry, problems, repair)
@@ -597,6 +641,10 @@ def _read_record(d: PrivateDir) -> CacheRecord | None:
 
 _UNREADABLE = f"its {INFO_FILE} cannot be read"
 _WRITTEN = f"its {IMAGE_FILE} was written to after it was built (its mtime changed)"
+_MOVED = f"its {IMAGE_FILE} is another file than its record says (another inode)"
+#: What a glance sees of an image that may still be whole: copied with the cache, or
+#: touched; hashing it tells (see :meth:`ImageCache.adopt`).
+_MAYBE_WHOLE = (_WRITTEN, _MOVED)
 
 
 def _glance(d: PrivateDir, key: str) -> tuple[CacheRecord | None, str | None]:
@@ -632,7 +680,7 @@ def _damage(d: PrivateDir, key: str, record: CacheRecord) -> str | None:
         return _WRITTEN
     ino = record.squashfs_ino
     if ino is not None and st.st_ino != ino:
-        return f"its {IMAGE_FILE} was replaced (another inode than its record says)"
+        return _MOVED
     manifest_digest = record.manifest_digest
     try:
         recorded_key = entry_key(manifest_digest, record.format_version, record.options)

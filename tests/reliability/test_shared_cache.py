@@ -307,7 +307,78 @@ def test_image_replaced_by_another_file_is_not_handed_out(layout: Path, tmp_path
     os.replace(forged, image)
     proc = _compile(layout, cache, out)
     assert proc.returncode == 0, proc.stderr
-    assert "was replaced" in proc.stderr, proc.stderr
+    assert "another inode" in proc.stderr, proc.stderr
+    assert out.read_bytes() == good
+
+
+def _copy_cache(cache: Path, to: Path) -> None:
+    """``cp -a``: every file under a new inode, times and modes kept."""
+    subprocess.run(["cp", "-a", str(cache), str(to)], check=True)
+
+
+def test_a_copied_cache_is_hashed_once_then_used(layout: Path, tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "o.squashfs"
+    assert _compile(layout, cache, out).returncode == 0
+    good = out.read_bytes()
+    copy = tmp_path / "copied"
+    _copy_cache(cache, copy)
+    (entry,) = (copy / "images").iterdir()
+    # A hit (by reference, with --pull never: no registry to fall back on) hashes the
+    # image, finds it whole and records the new inode.
+    proc = _compile(layout, copy, out, "--pull", "never", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cached"] is True
+    assert "damaged" not in proc.stderr
+    assert out.read_bytes() == good
+    info = json.loads((entry / "info.json").read_text())
+    assert info["squashfs_ino"] == (entry / "image.squashfs").stat().st_ino
+    assert stat.S_IMODE((entry / "info.json").stat().st_mode) == 0o444
+    verify = run_cli("cache", "--cache-dir", str(copy), "verify")
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_verify_repair_records_a_copied_cache_and_keeps_it(layout: Path,
+                                                          tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "o.squashfs"
+    assert _compile(layout, cache, out).returncode == 0
+    copy = tmp_path / "copied"
+    _copy_cache(cache, copy)
+    (entry,) = (copy / "images").iterdir()
+    found = run_cli("cache", "--cache-dir", str(copy), "verify")
+    assert found.returncode == 1
+    assert (f"compiled image {entry.name[:12]}: its image.squashfs is another file than its "
+            "record says (another inode); its content still matches its record") \
+        in found.stderr, found.stderr
+    fixed = run_cli("cache", "--cache-dir", str(copy), "verify", "--repair")
+    assert fixed.returncode == 0 and "(removed)" not in fixed.stderr, fixed.stderr
+    assert "1 compiled image(s): 0 problem(s)" in fixed.stdout
+    assert run_cli("cache", "--cache-dir", str(copy), "verify").returncode == 0
+    assert entry.exists()
+
+
+def test_a_copied_cache_whose_image_changed_is_built_again(layout: Path,
+                                                          tmp_path: Path) -> None:
+    """Copied, then the copy's image changed with its size and mtime kept: the hash of
+    the first lookup tells, and the entry is built again, never handed out."""
+    cache, out = tmp_path / "cache", tmp_path / "o.squashfs"
+    assert _compile(layout, cache, out).returncode == 0
+    good = out.read_bytes()
+    copy = tmp_path / "copied"
+    _copy_cache(cache, copy)
+    (entry,) = (copy / "images").iterdir()
+    image = entry / "image.squashfs"
+    st = image.stat()
+    os.chmod(image, 0o644)
+    with open(image, "r+b") as f:
+        f.seek(len(good) // 2)
+        byte = f.read(1)
+        f.seek(len(good) // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    proc = _compile(layout, copy, out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cached"] is False
+    assert f"cache entry {entry.name[:12]} is damaged" in proc.stderr, proc.stderr
     assert out.read_bytes() == good
 
 
