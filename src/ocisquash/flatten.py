@@ -54,7 +54,7 @@ from typing import BinaryIO, Literal, Protocol
 
 from .entry import EntryMeta
 from .errors import ErofsError, LayerError, LimitExceededError, SquashfsError, UnsafeLayerError
-from .layers import Member, TarEntry, layer_context, read_layer
+from .layers import Member, TarEntry, TarStream, layer_context, read_layer
 from .rules import DEFAULT_LIMITS, Fidelity, FidelityIssue, Limits, check_layer_count
 from .sources.base import Layer
 
@@ -124,6 +124,11 @@ class LayerIndexes(Protocol):
 
     def start(self, layer: Layer, fidelity: Fidelity) -> Fidelity:
         """The first pass of ``layer`` begins; returns the record its reader notes into."""
+        ...
+
+    def reading(self, stream: TarStream) -> None:
+        """The first pass reads the layer from ``stream`` (not called when it is
+        replayed)."""
         ...
 
     def gather(self) -> list[TarEntry] | None:
@@ -357,7 +362,8 @@ class _LayerPass:
                     members = self.replay.members(fidelity)
                 else:
                     members = read_layer(self.layer, limits=f.limits, fidelity=fidelity,
-                                         index=self.index, small_files=SMALL_FILE)
+                                         index=self.index, small_files=SMALL_FILE,
+                                         progress=indexes.reading)
             # The first pass's entries, for the layer's index (None: not gathered).
             gather = indexes.gather() if indexes is not None else None
             decided, names, sink = self.decided, self.names, self.sink

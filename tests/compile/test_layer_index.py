@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import subprocess
 import sys
 import zlib
@@ -638,3 +639,28 @@ def test_a_layer_of_tiny_files_is_not_indexed_past_its_budget(tmp_path: Path) ->
     for entry in entries:
         names = [p.name for p in entry.path.glob(LAYER_INDEX_GLOB)]
         assert len(names) == 2 and not any(tiny_digest.split(":")[1] in n for n in names)
+
+
+def test_a_layer_of_small_files_whose_index_will_not_fit_is_given_up_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """12,000 files of 300 random bytes: the layer's index would outgrow its budget only
+    after 8,192 entries, but its first 4,096 already take more than their share of it
+    (by the blob read for them), so it is given up then; the other layers keep theirs
+    and a recompile still writes the bytes of a cold compile."""
+    base = _base()
+    rng = random.Random(24)
+    small = [Entry("var", "dir", mode=0o755)]
+    small += [Entry(f"var/s{i // 1000}/f{i}", data=rng.randbytes(300)) for i in range(12_000)]
+    small += [Entry(f"var/s{d}", "dir", mode=0o755) for d in range(12)]
+    top = _top_changed(base)[2]
+    v1, v2 = [base[0], small, base[2]], [base[0], small, top]
+    with caplog.at_level(logging.DEBUG, logger="ocisquash.squashfs.layerindex"):
+        _, warm = _recompile(tmp_path, v1, v2)
+    assert _replayed(warm) == 1  # the bottom layer; the small files' one was decoded
+    small_digest = write_oci_layout(tmp_path / "again", v1).layer_digests[1]
+    given_up = [r.getMessage() for r in caplog.records if "over its budget" in r.getMessage()]
+    assert given_up and all(m.endswith(f"{small_digest}: over its budget after 4096 entries")
+                            for m in given_up), given_up
+    for entry in ImageCache(tmp_path / "cache").entries():
+        names = [p.name for p in entry.path.glob(LAYER_INDEX_GLOB)]
+        assert len(names) == 2 and not any(small_digest.split(":")[1] in n for n in names)

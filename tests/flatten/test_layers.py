@@ -15,7 +15,7 @@ import tarfile
 import threading
 from collections.abc import Callable, Set
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import zstandard
@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ocisquash.digest as digest_module
-from ocisquash.digest import Digest
+from ocisquash.digest import Digest, VerifyingReader
 from ocisquash.entry import HoleReader
 from ocisquash.errors import (
     DigestMismatchError,
@@ -34,7 +34,7 @@ from ocisquash.errors import (
     UnsupportedError,
 )
 from ocisquash.flatten import flatten
-from ocisquash.layers import normalize_path, read_layer
+from ocisquash.layers import TarStream, normalize_path, read_layer
 from ocisquash.layers.compression import PeekReader
 from ocisquash.layers.tar import _byte_sum, _num
 from ocisquash.layers.zstd import ZstdReader
@@ -407,6 +407,56 @@ def test_file_data_reads_the_same_whatever_the_read_sizes(sizes: list[int]) -> N
             got += chunk
             i += 1
         assert bytes(got) == want
+
+
+class _Slivers(io.RawIOBase):
+    """A blob that arrives in pieces of the given sizes, as a download gives it."""
+
+    def __init__(self, blob: bytes, sizes: list[int]) -> None:
+        self._blob, self._sizes, self._at, self._i = blob, sizes, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        size = self._sizes[self._i % len(self._sizes)]
+        self._i += 1
+        if n is not None and n >= 0:
+            size = min(size, n)
+        out = self._blob[self._at:self._at + size]
+        self._at += len(out)
+        return out
+
+
+class _SliverLayer(BlobLayer):
+    def __init__(self, layer: BlobLayer, sizes: list[int]) -> None:
+        super().__init__(layer.blob, layer.diff_id, layer.descriptor.media_type)
+        self._sizes = sizes
+
+    def open(self) -> BinaryIO:
+        return VerifyingReader(_Slivers(self.blob, self._sizes),  # type: ignore[return-value]
+                               self.descriptor.digest, self.descriptor.size, what="layer")
+
+
+def _compressed_by_entry(layer: BlobLayer) -> list[int]:
+    """``TarStream.compressed`` as each entry of ``layer`` comes."""
+    streams: list[TarStream] = []
+    return [streams[0].compressed for _ in read_layer(layer, progress=streams.append)]
+
+
+_MANY_CHUNKS = make_tar([F(f"f{i}", random.Random(i).randbytes(200_000)) for i in range(16)])
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "tar"])
+@settings(max_examples=6, deadline=None)
+@given(sizes=st.lists(st.integers(min_value=1, max_value=300_000), min_size=1, max_size=8))
+def test_the_blob_read_for_each_entry_is_the_same_however_its_bytes_arrive(
+        compression: str, sizes: list[int]) -> None:
+    """How much of the blob was read by the time an entry comes is the same for the same
+    blob whatever the sizes of the reads that brought it (a layer index is given up by
+    it, and the cache's contents must not depend on the download's timing); it grows
+    as the entries do, and is the whole blob at the end."""
+    layer = BlobLayer.of(_MANY_CHUNKS, compression)
+    whole = _compressed_by_entry(layer)
+    assert whole == sorted(whole) and whole[0] < whole[-1] <= len(layer.blob)
+    assert _compressed_by_entry(_SliverLayer(layer, sizes)) == whole
 
 
 def test_unsupported_entry_types_are_skipped_and_recorded() -> None:

@@ -25,7 +25,7 @@ here for the callers that read layers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from ..digest import Digest, VerifyingReader
@@ -58,13 +58,16 @@ def layer_context(layer: Layer, index: int | None = None) -> str:
 
 def read_layer(layer: Layer, *, limits: Limits = DEFAULT_LIMITS, fidelity: Fidelity | None = None,
                index: int | None = None, verify_diff_id: bool = True,
-               small_files: int = -1) -> Iterator[Member]:
+               small_files: int = -1,
+               progress: Callable[[TarStream], None] | None = None) -> Iterator[Member]:
     """Yield ``(entry, data)`` for each member of ``layer``; ``data`` only for files.
 
     ``data`` is a stream of exactly ``entry.size`` bytes, valid until the next item
     is requested; unread data is skipped. A file (not sparse) of at most
     ``small_files`` bytes comes as ``bytes`` instead. When the generator is exhausted
     the whole blob has been read and both digests checked. Errors name the layer.
+    ``progress`` is given the layer's :class:`TarStream` before its first entry, to ask
+    how much of the blob the entries so far took (``TarStream.compressed``).
     """
     context = layer_context(layer, index)
     check_media_type(layer.descriptor.media_type, context=context)
@@ -72,7 +75,7 @@ def read_layer(layer: Layer, *, limits: Limits = DEFAULT_LIMITS, fidelity: Fidel
     raw_stream = layer.open()
     try:
         yield from _read(raw_stream, layer.diff_id if verify_diff_id else None, limits, fid,
-                         context, small_files)
+                         context, small_files, progress)
     finally:
         close = getattr(raw_stream, "close", None)
         if close is not None:
@@ -80,7 +83,8 @@ def read_layer(layer: Layer, *, limits: Limits = DEFAULT_LIMITS, fidelity: Fidel
 
 
 def _read(raw_stream: BinaryIO, diff_id: Digest | None, limits: Limits, fid: Fidelity,
-          context: str, small: int) -> Iterator[Member]:
+          context: str, small: int,
+          progress: Callable[[TarStream], None] | None = None) -> Iterator[Member]:
     raw = PeekReader(raw_stream)
     compression = sniff_compression(raw.peek(SNIFF_BYTES))
     if compression not in ("gzip", "zstd", "tar"):
@@ -92,7 +96,10 @@ def _read(raw_stream: BinaryIO, diff_id: Digest | None, limits: Limits, fid: Fid
         # end: that check is the diff_id check, over the same bytes.
         diff_id = None
     stream = TarStream(inner, raw, diff_id.algorithm if diff_id else None, compression,
-                       limits, context, getattr(raw_stream, "abort", None))
+                       limits, context, getattr(raw_stream, "abort", None),
+                       marks=progress is not None)
+    if progress is not None:
+        progress(stream)
     try:
         yield from members(stream, limits, fid, context, small)
         stream.drain()
@@ -117,6 +124,7 @@ __all__ = [
     "Limits",
     "Member",
     "TarEntry",
+    "TarStream",
     "check_media_type",
     "layer_context",
     "normalize_path",

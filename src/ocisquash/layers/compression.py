@@ -40,6 +40,19 @@ class PeekReader:
                 out, self._head = self._head[:n], self._head[n:]
         else:
             out = self._raw.read(n)
+        if n is not None and 0 <= len(out) < n and out:
+            # Wait for all n bytes (or the end): how much of the blob is read for a given
+            # stretch of the tar then depends on the blob alone, not on how its bytes
+            # arrived (``TarStream.compressed_at``).
+            parts = [out]
+            have = len(out)
+            while have < n:
+                more = self._raw.read(n - have)
+                if not more:
+                    break
+                parts.append(more)
+                have += len(more)
+            out = b"".join(parts)
         self.count += len(out)
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ class TarStream:
 
     def __init__(self, inner: Any, raw: PeekReader, algorithm: str | None,
                  compression: Compression, limits: Limits, context: str,
-                 abort: Callable[[], None] | None = None) -> None:
+                 abort: Callable[[], None] | None = None, marks: bool = False) -> None:
         #: the uncompressed bytes' hash; None when nothing is to be checked against it
         self.hash = HashBehind(algorithm) if algorithm else None
         #: ends a read of the blob that waits for bytes (a layer read as it downloads)
@@ -47,6 +48,14 @@ class TarStream:
         self._pos = 0
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.QUEUED)
         self._stopped = False
+        #: the compressed bytes read by the end of each chunk not handed out yet, kept
+        #: when asked for (for ``compressed``)
+        self._marks: deque[int] | None = deque() if marks else None
+        #: the compressed bytes read by the end of the last chunk handed out (with
+        #: ``marks``): the same for the same blob whatever the timing, as the decoders
+        #: read the blob in pieces of fixed sizes (``PeekReader`` waits for whole pieces)
+        #: and the chunks are of fixed sizes
+        self.compressed = 0
         self._thread = threading.Thread(
             target=self._decode, args=(inner, raw, compression, limits, context),
             name="ocisquash-decode", daemon=True)
@@ -70,6 +79,9 @@ class TarStream:
                 if self.hash is not None:
                     self.hash.update(data)
                 self.count += len(data)
+                marks = self._marks
+                if marks is not None:
+                    marks.append(raw.count)
                 if self.count > limits.ratio_floor and self.count > limits.max_ratio * max(raw.count, 1):
                     raise LimitExceededError(
                         f"layer expands more than {limits.max_ratio}× ({raw.count} compressed "
@@ -110,6 +122,8 @@ class TarStream:
                 self.eof = True
                 return b""
             self._chunk, self._pos = item, 0
+            if self._marks is not None:
+                self.compressed = self._marks.popleft()
         chunk, pos = self._chunk, self._pos
         if pos == 0 and (n is None or n < 0 or n >= len(chunk)):
             self._pos = len(chunk)

@@ -96,6 +96,7 @@ from .format import DATA_UNCOMPRESSED, FRAGMENT_ENTRY, INVALID_INDEX
 from .reuse import crc32_holding_gil
 
 if TYPE_CHECKING:
+    from ..layers import TarStream
     from ..sources.base import Layer
     from .reuse import BlockReuse
     from .writer import SquashfsWriter
@@ -144,6 +145,16 @@ _MIN_BUDGET = 64 << 10
 #: What a written file's data record costs in the index, roughly (for the budget
 #: check while the layer is applied; the packed index is checked exactly).
 _DATA_RECORD = 10
+#: A layer is given up at once when its index so far, spread over the whole blob at the
+#: rate it grew over the part read so far, would take more than this many times its
+#: budget (rather than only when the index outgrows the budget). The part read is
+#: ``TarStream.compressed``, the same for the same blob whatever the timing, so the
+#: decision is too. A layer of tiny files outgrows its budget at about the rate of its
+#: start: manyfiles' rate was 1.3 at its first 4,096 entries and 1.4-1.5 after, and its
+#: index was dropped at entry 69,632 of 101,001 before. Layers whose indexes fit stayed
+#: far below: devel's largest (small files first) 0.29 at a quarter of its blob and
+#: 0.14 at its end, debian's 0.15 (bench/README.md).
+_EARLY_OVER = 1.25
 
 #: Entries of a layer whose records the check before a replay keeps for its first pass
 #: (a larger layer's are decoded again). 32,768 hold devel's 30,000-entry layer: its
@@ -220,12 +231,16 @@ class _LayerRecord:
     append and a share of one loop), the written files' data records wait for the end
     of the image."""
 
-    def __init__(self, header: dict[str, object], budget: int) -> None:
+    def __init__(self, header: dict[str, object], budget: int, blob_size: int) -> None:
         import zstandard
 
         self.header = header
         #: the most bytes this layer's index may take
         self.budget = budget
+        self.blob_size = blob_size
+        #: the layer's decoded stream, which says how much of the blob the entries so
+        #: far took (None: not known, a replayed layer)
+        self.stream: TarStream | None = None
         self._packed = 0
         self._z = zstandard.ZstdCompressor(level=3).compressobj()
         self._chunks: list[bytes] = []
@@ -274,7 +289,12 @@ class _LayerRecord:
         if chunk:
             self._chunks.append(chunk)
             self._packed += len(chunk)
-        return self._packed + _DATA_RECORD * len(self.positions) <= self.budget
+        size = self._packed + _DATA_RECORD * len(self.positions)
+        if size > self.budget:
+            return False
+        stream = self.stream
+        read = stream.compressed if stream is not None else 0
+        return not read or size * self.blob_size <= _EARLY_OVER * self.budget * read
 
     def written(self, position: int, stored: Stored, check: int) -> None:
         self.checks.append(check)
@@ -457,7 +477,8 @@ class Recorder:
         else:
             self.current = self._layers[digest] = _LayerRecord(
                 _header_for(layer, self._settings, self._limits),
-                max(layer.descriptor.size // _BUDGET_SHARE, _MIN_BUDGET))
+                max(layer.descriptor.size // _BUDGET_SHARE, _MIN_BUDGET),
+                layer.descriptor.size)
         self.gathering = self.current
         count = replayed.header.get("entries") if replayed is not None else None
         if self.current is not None and replayed is not None and isinstance(count, int):
@@ -1146,8 +1167,16 @@ class Indexes:
             return False
         if record.flush():
             return True
+        log.debug("no layer index for %s: over its budget after %d entries",
+                  record.header["layer"], record.count)
         self.recorder.drop()
         return False
+
+    def reading(self, stream: TarStream) -> None:
+        """The layer being gathered is read from ``stream``."""
+        record = self.recorder.gathering
+        if record is not None:
+            record.stream = stream
 
     def written(self, position: int) -> None:
         """The file at member ``position`` went where the writer's ``last_stored`` says."""
