@@ -16,7 +16,8 @@ calling thread feeds them to the writer. The syscalls (which release the GIL) th
 overlap with the writer's Python work and with compression. One walker keeps the
 order, so the image is byte-identical to a sequential walk; file contents held
 between the two threads never exceed :data:`READ_AHEAD_BYTES` (plus one file). Larger
-files are opened and streamed block by block by the calling thread. The Python work of
+files are opened and streamed block by block by the calling thread, a sparse one's
+holes skipped rather than read (:class:`_Holes`). The Python work of
 both threads still takes turns on the GIL, so the gain is modest, and none when
 compression is the bottleneck (figures: ``bench/README.md``).
 
@@ -41,7 +42,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final, cast
 
 from .entry import EntryMeta
 from .errors import OcisquashError, SquashfsError, UsageError
@@ -67,7 +68,7 @@ _BATCH_BYTES = 4 << 20
 _HINT_CHANGED = "the tree changed while it was packed; pack a tree nobody is modifying"
 
 # Entry kinds handed from the walker to the writer thread.
-_DIR, _FILE, _STREAM, _LINK, _SYMLINK, _CHAR, _BLOCK, _FIFO, _SOCK = range(9)
+_DIR, _FILE, _STREAM, _LINK, _SYMLINK, _CHAR, _BLOCK, _FIFO, _SOCK, _SPARSE = range(10)
 
 
 #: placeholder metadata of hard-link entries
@@ -312,7 +313,9 @@ class _Walker:
                     if stat.S_ISREG(mode):
                         size = st.st_size
                         if size > small:
-                            batch.append(_Entry(_STREAM, path, image_path, meta, b"", size))
+                            # Fewer blocks than its size: it has holes (see _Holes).
+                            kind = _SPARSE if st.st_blocks * 512 < size else _STREAM
+                            batch.append(_Entry(kind, path, image_path, meta, b"", size))
                         else:
                             # Empty files are not opened, as mksquashfs does not.
                             data = _read_whole(path, size) if size else b""
@@ -370,7 +373,7 @@ def _add_tree(
                     writer.add_directory(e.image_path, e.meta)
                 elif kind == _LINK:
                     writer.add_hardlink(e.image_path, e.value)
-                elif kind == _STREAM:
+                elif kind in (_STREAM, _SPARSE):
                     _stream_file(writer, e)
                 elif kind == _SYMLINK:
                     writer.add_symlink(e.image_path, e.meta, e.value)
@@ -388,13 +391,62 @@ def _split_device(rdev: int) -> tuple[int, int]:
     return os.major(rdev), os.minor(rdev)
 
 
+class _Holes:
+    """A sparse file read as an ``entry.HoleReader``: ``lseek(SEEK_DATA)`` says where
+    its next data is, so the writers skip its holes instead of reading their zeros (a
+    1 TiB file with a few MiB of data costs its data, as a sparse tar member does).
+    The image is the same either way: the writers store a zero block read in full as a
+    hole too. A filesystem without holes answers SEEK_DATA with the position itself,
+    and SEEK_HOLE with the file's end: all data."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._fd = f.fileno()
+        self._size = size
+        self._pos = 0
+        #: the data region known to hold the position: [start, end)
+        self._data = (0, 0)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def zeros_ahead(self) -> int:
+        pos = self._pos
+        start, end = self._data
+        if start <= pos < end:
+            return 0
+        fd = self._fd
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            start = end = self._size  # no data after pos: a hole to the end
+        finally:
+            os.lseek(fd, pos, os.SEEK_SET)  # SEEK_DATA and SEEK_HOLE moved it
+        self._data = (start, end)
+        return max(0, min(start, self._size) - pos)
+
+    def skip_zeros(self, n: int) -> None:
+        if not 0 <= n <= self.zeros_ahead():
+            raise ValueError(f"skip_zeros({n}) past the hole")
+        self._pos += n
+        os.lseek(self._fd, self._pos, os.SEEK_SET)
+
+
 def _stream_file(writer: TreeSink, e: _Entry) -> None:
-    """Add a file too large to read ahead, streaming it block by block."""
+    """Add a file too large to read ahead, streaming it block by block (a sparse one
+    without reading its holes)."""
     try:
         with open(e.path, "rb", buffering=0) as f:
             # The writer reads exactly the lstat size and says so when the file is
             # shorter; a longer one is caught here.
-            writer.add_file(e.image_path, e.meta, f, size=e.size)
+            # The writers take any object with read(); they ask a HoleReader for holes.
+            source = cast(BinaryIO, _Holes(f, e.size)) if e.kind == _SPARSE else f
+            writer.add_file(e.image_path, e.meta, source, size=e.size)
             if f.read(1):
                 raise _changed(e.path, e.size, "more now")
     except OcisquashError:
