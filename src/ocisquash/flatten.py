@@ -366,6 +366,8 @@ class _LayerPass:
                                          progress=indexes.reading)
             # The first pass's entries, for the layer's index (None: not gathered).
             gather = indexes.gather() if indexes is not None else None
+            # Where the files go, for the layer's index (None: not recorded, or no longer).
+            written = indexes.written if indexes is not None else None
             decided, names, sink = self.decided, self.names, self.sink
             for entry, data in members:
                 f.entries += 1
@@ -375,7 +377,7 @@ class _LayerPass:
                 if gather is not None:
                     gather.append(entry)
                     if len(gather) >= GATHERED and not indexes.gathered():  # type: ignore[union-attr]
-                        gather = None
+                        gather = written = None
                 path = entry.path
                 i = path.rfind(b"/")
                 parent = path[:i] if i >= 0 else b""
@@ -393,8 +395,8 @@ class _LayerPass:
                     self.deferred.pop(path, None)
                 size = entry.size
                 sink.add_file(path, entry.meta, data, size)
-                if indexes is not None:
-                    indexes.written(entry.position)
+                if written is not None:
+                    written(entry.position)
                 f.files += 1
                 f.bytes += size
                 names[path] = _BARE_FILE
