@@ -28,10 +28,11 @@ packed inode's, which keeps full indexes.
 
 from __future__ import annotations
 
-import operator
+import re
 import struct
 import sys
 from array import array
+from collections.abc import Sequence
 
 #: "struct z_erofs_lcluster_index" of the full form: di_advise (the type), clusterofs,
 #: blkaddr | delta[2]
@@ -44,9 +45,8 @@ _LO_BITS = 12
 _LO_MASK = (1 << _LO_BITS) - 1
 #: a pack of 2 entries of 4 bytes (16 bits apart: two 16-bit words), then its blkaddr
 _PACK2 = struct.Struct("<HHI")
-_BASE = struct.Struct("<I")
-#: PLAIN entries after the last lcluster, read by no one (enough for any pack)
-_PAST_END = [_PLAIN] * 16
+#: Bits of an entry of the 2-byte form: its value and its type
+_ENTRY_BITS = _LO_BITS + 2
 
 
 def sections(total: int, ebase: int) -> tuple[int, int, int]:
@@ -68,15 +68,12 @@ def compact_size(total: int, ebase: int) -> int:
     return -(-initial // 2) * 8 + two * 2 + -(-rest // 2) * 8
 
 
-#: Where each entry of a pack of 16 starts in its bit string (14 bits apart).
-_SHIFTS = [14 * i for i in range(16)]
-
-
-def blocks_before(values: list[int], i: int) -> int:
-    """Blocks of the pack's pclusters before the HEAD at ``i``, counted as the kernel
-    counts them (``unpack_compacted_index`` with big pclusters)."""
+def blocks_before(values: Sequence[int], i: int, start: int = 0) -> int:
+    """Blocks of the pack's pclusters before the HEAD at ``i`` (the pack's entries from
+    ``start``), counted as the kernel counts them (``unpack_compacted_index`` with big
+    pclusters)."""
     blocks = 0
-    while i > 0:
+    while i > start:
         i -= 1
         kind, lo = values[i] >> _LO_BITS, values[i] & _LO_MASK
         if kind == _NONHEAD:
@@ -92,61 +89,95 @@ def blocks_before(values: list[int], i: int) -> int:
     return blocks
 
 
+#: An lcluster that is not a NONHEAD, by its type's low byte (HEADs and PLAINs).
+_NOT_NONHEAD = re.compile(b"[^\x02]")
+#: The high bytes of values that fit an entry (14 bits).
+_NARROW = bytes(range(1 << _ENTRY_BITS - 8))
+#: A NONHEAD's delta[0] read as its compact value's high byte: its type over it.
+_NONHEAD_HIGH = bytes(b | _NONHEAD << (_LO_BITS - 8) for b in range(256))
+
+
 def to_compact(full: bytes, ebase: int) -> bytes | None:
     """The compact form of the full index ``full`` placed at ``ebase``; None when the
-    pclusters do not follow each other on disk."""
+    pclusters do not follow each other on disk (or an entry does not fit the form).
+
+    Made with operations over the whole index rather than a loop per lcluster: a
+    large file's index is converted at the end of the compile, on one thread, with a
+    pack of 16 per 64 KiB of the file.
+    """
+    total = len(full) // 8
+    if full[1::8].count(0) != total:
+        return None  # a type of more than a byte
+    # Each lcluster's compact value, 16 bits: its type and clusterofs, for a NONHEAD
+    # delta[0] or the block count (the full form's blkaddr low half).
+    value_bytes = bytearray(2 * total)
+    value_bytes[0::2] = full[4::8]
+    value_bytes[1::2] = full[5::8].translate(_NONHEAD_HIGH)
+    heads = [m.start() for m in _NOT_NONHEAD.finditer(full[0::8])]
     words = array("H", full)
+    values = array("H", value_bytes)
     if sys.byteorder != "little":
         words.byteswap()
-    kinds, lo, hi = words[0::4], words[2::4], words[3::4]
-    # The index read as 16-bit words: type, clusterofs, and blkaddr's halves, which for
-    # a NONHEAD are delta[0] and delta[1]. Each lcluster's compact value is its type and
-    # clusterofs (a NONHEAD: delta[0] or the block count); PLAIN entries past the end.
-    values = [k << _LO_BITS | (d0 if k == _NONHEAD else o)
-              for k, o, d0 in zip(kinds, words[1::4], lo, strict=True)]
-    total = len(values)
-    values += _PAST_END
-    # Where the lclusters with a block are (HEADs and PLAINs, not a tail), in order.
-    heads = [i for i, (k, a, b) in enumerate(zip(kinds, lo, hi, strict=True))
-             if k != _NONHEAD and (a or b)]
-    heads.append(total)  # after every pack
-    initial, two, rest = sections(total, ebase)
+        values.byteswap()
+    for i in heads:
+        values[i] = words[4 * i] << _LO_BITS | words[4 * i + 1]
+    high = values.tobytes()[sys.byteorder == "little"::2]
+    if high.translate(None, _NARROW):
+        return None  # a value wider than its entry's 14 bits
+    initial, two, _ = sections(total, ebase)
+    # The sections: where each starts, its entries per pack, where it stops.
+    parts = ((0, 2, initial), (initial, 16, initial + two), (initial + two, 2, total))
+
+    # The block each pack's first pcluster starts at, from the lclusters with a block
+    # (HEADs and PLAINs, not a tail): the same from each of its HEADs (0: none).
+    bases: dict[int, int] = {}
+    for i in heads:
+        blkaddr = words[4 * i + 2] | words[4 * i + 3] << 16
+        if not blkaddr:
+            continue
+        at, per, _ = parts[0] if i < initial else parts[1] if i < initial + two else parts[2]
+        start = i - (i - at) % per
+        try:
+            want = blkaddr - blocks_before(values, i, start)
+        except ValueError:
+            return None
+        if bases.setdefault(start, want) != want:
+            return None
+
+    # A NONHEAD last in its pack holds its distance forward to the next HEAD (delta[1])
+    # instead; PLAIN entries follow the file's last lcluster to the end of its pack.
+    for at, per, stop in parts:
+        lasts = slice(at + per - 1, stop, per)
+        values[lasts] = array("H", [
+            _NONHEAD << _LO_BITS | min(d1, _LO_MASK)
+            if last >> _LO_BITS == _NONHEAD and not last & _CBLKCNT else last
+            for last, d1 in zip(values[lasts], words[4 * lasts.start + 3:4 * stop:4 * per],
+                                strict=True)])
+    values.extend(_PLAIN for _ in range(total % 2))
+
     out = bytearray()
-    at = 0
-    h = 0  # the first of ``heads`` not in a pack yet
-    for count, per in ((initial, 2), (two, 16), (rest, 2)):
-        stop = at + count
-        for start in range(at, stop, per):
-            end = start + per
-            group = values[start:end]
-            if stop < end:  # the last pack: the entries after the last lcluster
-                group[stop - start:] = _PAST_END[:end - stop]
-                last_d1 = 0
-            else:
-                last_d1 = hi[end - 1]
-            last = group[-1]
-            if last >> _LO_BITS == _NONHEAD and not last & _CBLKCNT:
-                # A NONHEAD last in its pack holds its distance forward to the next HEAD.
-                group[-1] = _NONHEAD << _LO_BITS | min(last_d1, _LO_MASK)
-            # The block the pack's first pcluster starts at, the same from each HEAD.
-            base = None
-            while heads[h] < end and heads[h] < stop:
-                i = heads[h]
-                h += 1
-                try:
-                    want = (lo[i] | hi[i] << 16) - (blocks_before(group, i - start)
-                                                   if i > start else 0)
-                except ValueError:
-                    return None
-                if base is None:
-                    base = want
-                elif want != base:
-                    return None
-            if per == 2:
-                out += _PACK2.pack(group[0], group[1], base or 0)
-            else:
-                bitstring: int = sum(map(operator.lshift, group, _SHIFTS))
-                out += bitstring.to_bytes(28, "little")
-                out += _BASE.pack(base or 0)
-        at = stop
+    for start in range(0, initial, 2):
+        out += _PACK2.pack(values[start], values[start + 1], bases.get(start, 0))
+    packs = two // 16
+    if packs:
+        # The packs of 16 at once: each entry's 14 bits moved down over the 2 unused
+        # bits of the entries before it, so that a pack's bit string fills its first
+        # 28 of 32 bytes; its base fills the other 4.
+        section = values[initial:initial + two]
+        base = array("I", (bases.get(start, 0) for start in range(initial, initial + two, 16)))
+        if sys.byteorder != "little":
+            section.byteswap()
+            base.byteswap()
+        entries = int.from_bytes(section.tobytes(), "little")
+        first = int.from_bytes((b"\xff\xff" + bytes(30)) * packs, "little")  # each pack's first
+        bits = 0
+        for slot in range(16):
+            bits |= entries >> 2 * slot & first << 14 * slot
+        packed = bytearray(bits.to_bytes(32 * packs, "little"))
+        fours = base.tobytes()
+        for byte in range(4):
+            packed[28 + byte::32] = fours[byte::4]
+        out += packed
+    for start in range(initial + two, total, 2):
+        out += _PACK2.pack(values[start], values[start + 1], bases.get(start, 0))
     return bytes(out)
