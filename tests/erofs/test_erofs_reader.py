@@ -1,6 +1,6 @@
 """``ErofsReader`` (the path lookup a runtime config reads user names with) reads every
-file of every layout the EROFS writer makes: what was packed, and what the kernel's
-EROFS driver reads out of the same image."""
+file of every layout the EROFS writer makes, and of mkfs.erofs's images: what was
+packed, and what the kernel's EROFS driver reads out of the same image."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ocisquash.erofs.reader import ErofsReader, is_erofs
 from ocisquash.errors import ErofsError, LimitExceededError
 from ocisquash.pack import pack_directory
 
-from ._util import MKFS_TIME, erofs_mounted
+from ._util import MKFS_TIME, erofs_mounted, require_tool, run
 
 #: Option sets that between them give every data layout and index form: FLAT_PLAIN and
 #: FLAT_INLINE (none), CHUNK_BASED (a file with a zero chunk), full and compact indexes
@@ -103,6 +103,29 @@ def test_reader_reads_back_every_file_as_packed(tree: Path, tmp_path: Path, name
         source = (tree / "d" / "sub").stat()
         assert st is not None
         assert (st.mode, st.uid, st.gid) == (0o750, source.st_uid, source.st_gid)
+
+
+#: mkfs.erofs's layouts (Debian 12's erofs-utils 1.5): one-block pclusters (their
+#: compact indexes counted without big pclusters), big ones with -C, PLAIN tails inline,
+#: and lz4 data at the start of its pcluster, without zero padding (legacy-compress)
+MKFS_EROFS = {
+    "uncompressed": [],
+    "lz4hc": ["-zlz4hc"],
+    "lz4": ["-zlz4"],
+    "lz4hc-big": ["-zlz4hc", "-C65536"],
+    "lz4hc-ztailpacking": ["-zlz4hc", "-Eztailpacking"],
+    "lz4-legacy": ["-zlz4", "-Elegacy-compress"],
+}
+
+
+@pytest.mark.parametrize("name", MKFS_EROFS)
+def test_reader_reads_mkfs_erofs_images(tree: Path, tmp_path: Path, name: str) -> None:
+    image = tmp_path / "m.erofs"
+    run(require_tool("mkfs.erofs"), *MKFS_EROFS[name], image, tree)
+    with ErofsReader(image) as r:
+        for path in _files(tree):
+            assert r.read_file(path) == (tree / path[1:]).read_bytes(), path
+        assert r.read_file("/d/sub/relative") == (tree / "etc" / "passwd").read_bytes()
 
 
 @pytest.mark.root

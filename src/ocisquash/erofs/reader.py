@@ -2,8 +2,9 @@
 needs (``/etc/passwd``, ``/etc/group``, whether a volume's directory exists) without
 mounting the image, as ``squashfs/reader.py`` does for squashfs.
 
-It reads what the writer in this package writes (``erofs.rst``; ``erofs_fs.h``; the
-kernel's ``inode.c``, ``namei.c``, ``data.c`` and ``zmap.c``):
+It reads what the writer in this package writes and what mkfs.erofs writes
+(``erofs.rst``; ``erofs_fs.h``; the kernel's ``inode.c``, ``namei.c``, ``data.c`` and
+``zmap.c``):
 
 * the superblock at byte 1024 (4 KiB blocks only, as this writer makes them) and the
   inodes at ``meta_blkaddr`` in 32-byte slots: compact (32 bytes) and extended
@@ -14,8 +15,10 @@ kernel's ``inode.c``, ``namei.c``, ``data.c`` and ``zmap.c``):
 * data: FLAT_PLAIN, FLAT_INLINE (the tail after the inode and its xattrs), CHUNK_BASED
   (a block map of ``__le32``, EROFS_NULL_ADDR a hole), and compressed inodes with full
   or compact cluster indexes, big pclusters, an inline last pcluster (ztailpacking)
-  or a last extent in the packed inode (fragments); lz4, deflate and zstd pclusters,
-  their data at the pcluster's end after zero padding.
+  or a last extent in the packed inode (fragments), one-block pclusters (mkfs.erofs
+  without ``-C``: a compact pack counts its blocks another way); lz4, deflate and zstd
+  pclusters, their data at the pcluster's end after zero padding, or, without
+  ``LZ4_0PADDING``, lz4 data from its start, decoded only as far as the extent.
 
 It walks one path at a time and decompresses only the pclusters the file's bytes are
 in, so its memory is bounded by the size limit a caller passes. Every inconsistency (a
@@ -26,15 +29,17 @@ reference outside the image, a pcluster that does not decode, a loop of symlinks
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import ErofsError, LimitExceededError
 from .compress import (
+    ADVISE_BIG_PCLUSTER_1,
     ADVISE_FRAGMENT_PCLUSTER,
     ADVISE_INLINE_PCLUSTER,
     D0_CBLKCNT,
@@ -47,6 +52,7 @@ from .format import (
     BLOCK_BITS,
     BLOCK_SIZE,
     DIRENT,
+    INCOMPAT_ZERO_PADDING,
     INODE_SLOT,
     MAGIC,
     NULL_ADDR,
@@ -190,6 +196,10 @@ class ErofsReader:
         self._root = struct.unpack_from("<H", sb, 14)[0]
         self._meta = _U32.unpack_from(sb, 40)[0] << BLOCK_BITS
         self._packed_nid = _U64.unpack_from(sb, 96)[0]
+        #: "EROFS_FEATURE_INCOMPAT_LZ4_0PADDING": compressed data ends at its pcluster's
+        #: end; without it (mkfs.erofs -E legacy-compress) it starts at the first block
+        #: and what follows it is not part of it
+        self._zero_padding = bool(_U32.unpack_from(sb, 80)[0] & INCOMPAT_ZERO_PADDING)
         self._packed: _Inode | None = None
         #: the packed inode's cluster index, decoded once: (types, values, first
         #: blocks, where the index ends)
@@ -344,7 +354,8 @@ class ErofsReader:
             end_of_index = ebase + len(raw)
         else:
             ebase = header_at + 8
-            kinds, values, addrs, end_of_index = self._compact(ebase, count)
+            kinds, values, addrs, end_of_index = self._compact(
+                ebase, count, big=bool(advise & ADVISE_BIG_PCLUSTER_1))
         if inode.nid == self._packed_nid:
             self._maps[inode.nid] = kinds, values, addrs, end_of_index
         # Extents start at the HEADs and PLAINs, clusterofs bytes into their lcluster.
@@ -366,9 +377,11 @@ class ErofsReader:
             if n == tail and advise & ADVISE_FRAGMENT_PCLUSTER:
                 data = self._fragment(fragmentoff, 0, hi - lo)
             elif n == tail and advise & ADVISE_INLINE_PCLUSTER:
-                # "h_idata_size": the last pcluster right after the cluster index
+                # "h_idata_size": the last pcluster right after the cluster index, its
+                # bytes as they are when its lcluster is PLAIN
                 packed = self._read_at(end_of_index, header[2] | header[3] << 8)
-                data = self._decode(packed, algorithm & 0xF, hi - lo)
+                data = packed[:hi - lo] if kinds[i] == LCLUSTER_PLAIN else \
+                    self._decode(packed, algorithm & 0xF, hi - lo)
             elif addrs[i] < 0:
                 raise self._damaged(f"inode {inode.nid}'s compact index does not count "
                                     "its blocks")
@@ -389,9 +402,15 @@ class ErofsReader:
             raise self._damaged(f"inode {inode.nid} reads as {len(out)} bytes, not {length}")
         return bytes(out)
 
-    def _compact(self, ebase: int, count: int) -> tuple[list[int], list[int], list[int], int]:
+    def _compact(self, ebase: int, count: int, big: bool
+                 ) -> tuple[list[int], list[int], list[int], int]:
         """A compact index decoded: per lcluster its type, its value (clusterofs, or a
-        NONHEAD's delta or block count) and, for a HEAD or PLAIN, its first block."""
+        NONHEAD's delta or block count) and, for a HEAD or PLAIN, its first block. The
+        kernel counts the blocks of a pack's pclusters before a HEAD from its 32-bit
+        base in two ways (``unpack_compacted_index``): with big pclusters (``big``, the
+        inode's ``Z_EROFS_ADVISE_BIG_PCLUSTER_1``) as ``zindex.blocks_before``; without
+        (mkfs.erofs's one-block pclusters), one block for each pcluster before it, plus
+        one."""
         initial, two, rest = sections(count, ebase)
         kinds: list[int] = []
         values: list[int] = []
@@ -412,9 +431,11 @@ class ErofsReader:
                     kinds.append(kind)
                     values.append(value & _HEAD_LO)
                     addr = -1  # a NONHEAD, or a HEAD whose pack cannot be counted
-                    if kind != LCLUSTER_NONHEAD:
+                    if kind != LCLUSTER_NONHEAD and big:
                         with contextlib.suppress(ValueError):
                             addr = base + blocks_before(group, j)
+                    elif kind != LCLUSTER_NONHEAD:
+                        addr = base + _one_block_pclusters_before(group, j)
                     addrs.append(addr)
         return kinds, values, addrs, at
 
@@ -431,14 +452,19 @@ class ErofsReader:
 
     def _decode(self, packed: bytes, algorithm: int, size: int) -> bytes:
         """One pcluster decompressed to ``size`` bytes: its data follows the zeros that
-        pad it to whole blocks (the kernel skips them within the first block)."""
+        pad it to whole blocks (the kernel skips them within the first block), or, in an
+        image without zero padding, starts at its first byte."""
+        out: bytes
         first = packed[:BLOCK_SIZE]
-        data = packed[len(first) - len(first.lstrip(b"\0")):]
+        data = packed[len(first) - len(first.lstrip(b"\0")):] if self._zero_padding \
+            else packed
         try:
-            if algorithm == 0:
+            if algorithm == 0 and not self._zero_padding:
+                out = _lz4_partial(data, size)
+            elif algorithm == 0:
                 import lz4.block
 
-                out: bytes = lz4.block.decompress(data, uncompressed_size=size)
+                out = lz4.block.decompress(data, uncompressed_size=size)
             elif algorithm == 2:
                 out = zlib.decompressobj(-15).decompress(data, size)
             elif algorithm == 3:
@@ -456,6 +482,50 @@ class ErofsReader:
         if len(out) != size:
             raise self._damaged(f"a pcluster decodes to {len(out)} bytes, not {size}")
         return out
+
+
+def _lz4_partial(data: bytes, size: int) -> bytes:
+    """The first ``size`` bytes an lz4 block at the start of ``data`` decodes to, what
+    follows it in ``data`` not read (liblz4's ``LZ4_decompress_safe_partial``, from the
+    library python-lz4 carries)."""
+    import ctypes
+
+    import lz4.block
+
+    call = _partial_call(getattr(getattr(lz4.block, "_block", None), "__file__", None))
+    out = ctypes.create_string_buffer(size)
+    n = call(data, out, len(data), size, size)
+    if n < 0:
+        raise ValueError(f"lz4 error {n}")
+    return out.raw[:n]
+
+
+@functools.cache
+def _partial_call(path: str | None) -> Any:
+    import ctypes
+
+    if path is None:
+        raise ValueError("no liblz4 to decode a pcluster without zero padding")
+    # int LZ4_decompress_safe_partial(const char* src, char* dst, int srcSize,
+    #                                 int targetOutputSize, int dstCapacity);
+    call = ctypes.CDLL(path).LZ4_decompress_safe_partial
+    size = ctypes.c_int
+    call.argtypes = (ctypes.c_char_p, ctypes.c_char_p, size, size, size)
+    call.restype = size
+    return call
+
+
+def _one_block_pclusters_before(values: list[int], i: int) -> int:
+    """The kernel's ``nblk`` without big pclusters: 1, plus one for each pcluster before
+    entry ``i`` of the pack, a NONHEAD skipping back over its ``delta[0]``."""
+    blocks = 1
+    while i > 0:
+        i -= 1
+        if values[i] >> 12 & 3 == LCLUSTER_NONHEAD:
+            i -= values[i] & _HEAD_LO
+        if i >= 0:
+            blocks += 1
+    return blocks
 
 
 def is_erofs(path: str | os.PathLike[str]) -> bool:
