@@ -311,18 +311,20 @@ def test_image_replaced_by_another_file_is_not_handed_out(layout: Path, tmp_path
     assert out.read_bytes() == good
 
 
-def _copy_cache(cache: Path, to: Path) -> None:
-    """``cp -a``: every file under a new inode, times and modes kept."""
-    subprocess.run(["cp", "-a", str(cache), str(to)], check=True)
+def _copied_cache(layout: Path, tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """A cache holding the layout's image, copied by ``cp -a`` (every file under a new
+    inode, times and modes kept): the copy, its one entry, and the image's bytes."""
+    cache, out = tmp_path / "cache", tmp_path / "o.squashfs"
+    assert _compile(layout, cache, out).returncode == 0
+    copy = tmp_path / "copied"
+    subprocess.run(["cp", "-a", str(cache), str(copy)], check=True)
+    (entry,) = (copy / "images").iterdir()
+    return copy, entry, out.read_bytes()
 
 
 def test_a_copied_cache_is_hashed_once_then_used(layout: Path, tmp_path: Path) -> None:
-    cache, out = tmp_path / "cache", tmp_path / "o.squashfs"
-    assert _compile(layout, cache, out).returncode == 0
-    good = out.read_bytes()
-    copy = tmp_path / "copied"
-    _copy_cache(cache, copy)
-    (entry,) = (copy / "images").iterdir()
+    copy, entry, good = _copied_cache(layout, tmp_path)
+    out = tmp_path / "o.squashfs"
     # A hit (by reference, with --pull never: no registry to fall back on) hashes the
     # image, finds it whole and records the new inode.
     proc = _compile(layout, copy, out, "--pull", "never", "--json")
@@ -339,11 +341,7 @@ def test_a_copied_cache_is_hashed_once_then_used(layout: Path, tmp_path: Path) -
 
 def test_verify_repair_records_a_copied_cache_and_keeps_it(layout: Path,
                                                           tmp_path: Path) -> None:
-    cache, out = tmp_path / "cache", tmp_path / "o.squashfs"
-    assert _compile(layout, cache, out).returncode == 0
-    copy = tmp_path / "copied"
-    _copy_cache(cache, copy)
-    (entry,) = (copy / "images").iterdir()
+    copy, entry, _good = _copied_cache(layout, tmp_path)
     found = run_cli("cache", "--cache-dir", str(copy), "verify")
     assert found.returncode == 1
     assert (f"compiled image {entry.name[:12]}: its image.squashfs is another file than its "
@@ -360,12 +358,8 @@ def test_a_copied_cache_whose_image_changed_is_built_again(layout: Path,
                                                           tmp_path: Path) -> None:
     """Copied, then the copy's image changed with its size and mtime kept: the hash of
     the first lookup tells, and the entry is built again, never handed out."""
-    cache, out = tmp_path / "cache", tmp_path / "o.squashfs"
-    assert _compile(layout, cache, out).returncode == 0
-    good = out.read_bytes()
-    copy = tmp_path / "copied"
-    _copy_cache(cache, copy)
-    (entry,) = (copy / "images").iterdir()
+    copy, entry, good = _copied_cache(layout, tmp_path)
+    out = tmp_path / "o.squashfs"
     image = entry / "image.squashfs"
     st = image.stat()
     os.chmod(image, 0o644)

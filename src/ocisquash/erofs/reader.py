@@ -34,10 +34,10 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from ..errors import ErofsError, LimitExceededError
+from ..errors import ErofsError
+from ..imagereader import MAX_SYMLINKS, ImageReader
 from .compress import (
     ADVISE_BIG_PCLUSTER_1,
     ADVISE_FRAGMENT_PCLUSTER,
@@ -62,8 +62,6 @@ from .format import (
 )
 from .zindex import blocks_before, sections
 
-#: Linux follows at most 40 symlinks when it resolves one path (``MAXSYMLINKS``).
-MAX_SYMLINKS = 40
 #: The most bytes one extent of a compressed file may decompress to here: the writer's
 #: largest pcluster holds 1 MiB of a file (the packed inode's).
 MAX_EXTENT = 4 << 20
@@ -108,56 +106,19 @@ class _Inode:
     tail_at: int
 
 
-class ErofsReader:
+class ErofsReader(ImageReader[_Inode]):
     """An EROFS image opened for path lookups.
 
     >>> with ErofsReader("app.erofs") as image:
     ...     passwd = image.read_file("/etc/passwd")   # None when the path is absent
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        try:
-            self._f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
-        except OSError as e:
-            raise ErofsError(f"cannot open {self.path}: {e.strerror or e}") from e
-        try:
-            self._size = os.fstat(self._f.fileno()).st_size
-            self._superblock()
-        except BaseException:
-            self._f.close()
-            raise
+    error = ErofsError
 
-    def __enter__(self) -> ErofsReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._f.close()
+    def _open(self) -> None:
+        self._superblock()
 
     # -- public lookups ------------------------------------------------------------
-
-    def read_file(self, path: str, *, limit: int = 16 << 20) -> bytes | None:
-        """The contents of the regular file at ``path`` (symlinks followed inside the
-        image, as a runtime resolves them from the container's root), or None when
-        nothing is there. A file larger than ``limit`` bytes is a LimitExceededError;
-        a path that names a directory or a device is an ErofsError."""
-        inode = self._resolve(path)
-        if inode is None:
-            return None
-        if inode.kind is not FileType.REG_FILE:
-            raise ErofsError(f"{path} in {self.path} is not a regular file")
-        if inode.size > limit:
-            raise LimitExceededError(
-                f"{path} in {self.path} is {inode.size} bytes, more than {limit}")
-        return self._data(inode, 0, inode.size)
-
-    def is_dir(self, path: str) -> bool:
-        """Whether ``path`` (symlinks followed) is a directory in the image."""
-        inode = self._resolve(path)
-        return inode is not None and inode.kind is FileType.DIR
 
     def stat(self, path: str) -> Stat | None:
         """Type, mode and owner of ``path`` (symlinks followed), or None when absent."""
@@ -167,21 +128,6 @@ class ErofsReader:
         return Stat(inode.kind, inode.mode & ~_S_IFMT, inode.uid, inode.gid)
 
     # -- structure -----------------------------------------------------------------
-
-    def _damaged(self, what: str) -> ErofsError:
-        return ErofsError(f"{self.path} is damaged: {what}",
-                          hint="compile the image again (the cache repairs itself with "
-                               "'ocisquash cache verify --repair')")
-
-    def _read_at(self, offset: int, n: int) -> bytes:
-        if offset < 0 or n < 0 or offset + n > self._size:
-            raise self._damaged(f"a reference to bytes {offset}..{offset + n} lies outside "
-                                f"the image ({self._size} bytes)")
-        self._f.seek(offset)
-        data = self._f.read(n)
-        if len(data) != n:
-            raise self._damaged(f"short read at {offset}")
-        return data
 
     def _superblock(self) -> None:
         if self._size < SUPER_OFFSET + 128:
@@ -193,7 +139,7 @@ class ErofsReader:
             raise ErofsError(f"{self.path} has blocks of {1 << sb[12]} bytes; only "
                              f"{BLOCK_SIZE} are read")
         # "rootnid_2b", "meta_blkaddr", "packed_nid"
-        self._root = struct.unpack_from("<H", sb, 14)[0]
+        self._root_nid = struct.unpack_from("<H", sb, 14)[0]
         self._meta = _U32.unpack_from(sb, 40)[0] << BLOCK_BITS
         self._packed_nid = _U64.unpack_from(sb, 96)[0]
         #: "EROFS_FEATURE_INCOMPAT_LZ4_0PADDING": compressed data ends at its pcluster's
@@ -248,43 +194,31 @@ class ErofsReader:
                 out.append((block[nameoff:end].split(b"\0", 1)[0], nid))
         return out
 
-    def _resolve(self, path: str) -> _Inode | None:
-        """The inode at ``path`` with every symlink followed inside the image (an
-        absolute target starts again at the image's root, ``..`` stops at the root)."""
-        root = self._inode(self._root)
-        pending = [p for p in path.encode("utf-8", "surrogateescape").split(b"/")
-                   if p not in (b"", b".")]
-        pending.reverse()
-        trail: list[_Inode] = [root]
-        followed = 0
-        while pending:
-            name = pending.pop()
-            if name == b".":
-                continue
-            if name == b"..":
-                if len(trail) > 1:
-                    trail.pop()
-                continue
-            here = trail[-1]
-            if here.kind is not FileType.DIR:
-                return None
-            nid = next((n for entry, n in self._entries(here) if entry == name), None)
-            if nid is None:
-                return None
-            inode = self._inode(nid)
-            if inode.kind is FileType.SYMLINK:
-                followed += 1
-                if followed > MAX_SYMLINKS:
-                    raise ErofsError(f"{path} in {self.path}: too many levels of symlinks")
-                if inode.size > BLOCK_SIZE:
-                    raise self._damaged(f"a symlink target of {inode.size} bytes")
-                target = self._data(inode, 0, inode.size)
-                pending.extend(reversed([p for p in target.split(b"/") if p]))
-                if target.startswith(b"/"):
-                    trail = [root]
-                continue
-            trail.append(inode)
-        return trail[-1]
+    def _root(self) -> _Inode:
+        return self._inode(self._root_nid)
+
+    def _child(self, directory: _Inode, name: bytes) -> _Inode | None:
+        nid = next((n for entry, n in self._entries(directory) if entry == name), None)
+        return None if nid is None else self._inode(nid)
+
+    def _is_dir(self, inode: _Inode) -> bool:
+        return inode.kind is FileType.DIR
+
+    def _is_file(self, inode: _Inode) -> bool:
+        return inode.kind is FileType.REG_FILE
+
+    def _target(self, inode: _Inode) -> bytes | None:
+        if inode.kind is not FileType.SYMLINK:
+            return None
+        if inode.size > BLOCK_SIZE:
+            raise self._damaged(f"a symlink target of {inode.size} bytes")
+        return self._data(inode, 0, inode.size)
+
+    def _file_size(self, inode: _Inode) -> int:
+        return inode.size
+
+    def _file_data(self, inode: _Inode) -> bytes:
+        return self._data(inode, 0, inode.size)
 
     # -- file data -----------------------------------------------------------------
 

@@ -17,13 +17,11 @@ loop of symlinks) is a :class:`~ocisquash.errors.SquashfsError`: the image is da
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
-from ..errors import LimitExceededError, SquashfsError
+from ..errors import SquashfsError
+from ..imagereader import MAX_SYMLINKS, ImageReader
 from .compressor import Compressor
 from .format import (
     DATA_UNCOMPRESSED,
@@ -47,9 +45,6 @@ from .format import (
 )
 from .limits import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from .options import Compression
-
-#: Linux follows at most 40 symlinks when it resolves one path (``MAXSYMLINKS``).
-MAX_SYMLINKS = 40
 
 _KIND = {
     CompressorId.GZIP: Compression.GZIP,
@@ -89,61 +84,24 @@ class _Inode:
     target: bytes = b""
 
 
-class SquashfsReader:
+class SquashfsReader(ImageReader[_Inode]):
     """A squashfs 4.0 image opened for path lookups.
 
     >>> with SquashfsReader("app.squashfs") as image:
     ...     passwd = image.read_file("/etc/passwd")   # None when the path is absent
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        try:
-            self._f: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
-        except OSError as e:
-            raise SquashfsError(f"cannot open {self.path}: {e.strerror or e}") from e
-        try:
-            self._size = os.fstat(self._f.fileno()).st_size
-            self._sb = self._superblock()
-            self._compressor = self._make_compressor()
-        except BaseException:
-            self._f.close()
-            raise
+    error = SquashfsError
 
-    def __enter__(self) -> SquashfsReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._f.close()
+    def _open(self) -> None:
+        self._sb = self._superblock()
+        self._compressor = self._make_compressor()
 
     @property
     def superblock(self) -> Superblock:
         return self._sb
 
     # -- public lookups ------------------------------------------------------------
-
-    def read_file(self, path: str, *, limit: int = 16 << 20) -> bytes | None:
-        """The contents of the regular file at ``path`` (symlinks followed inside the
-        image, as a runtime resolves them from the container's root), or None when
-        nothing is there. A file larger than ``limit`` bytes is a LimitExceededError;
-        a path that names a directory or a device is a SquashfsError."""
-        inode = self._resolve(path)
-        if inode is None:
-            return None
-        if inode.kind is not InodeType.FILE:
-            raise SquashfsError(f"{path} in {self.path} is not a regular file")
-        if inode.size > limit:
-            raise LimitExceededError(
-                f"{path} in {self.path} is {inode.size} bytes, more than {limit}")
-        return self._file_data(inode)
-
-    def is_dir(self, path: str) -> bool:
-        """Whether ``path`` (symlinks followed) is a directory in the image."""
-        inode = self._resolve(path)
-        return inode is not None and inode.kind is InodeType.DIR
 
     def stat(self, path: str) -> Stat | None:
         """Type, mode and owner of ``path`` (symlinks followed), or None when absent."""
@@ -164,21 +122,6 @@ class SquashfsReader:
         return int.from_bytes(raw, "little")
 
     # -- structure -----------------------------------------------------------------
-
-    def _damaged(self, what: str) -> SquashfsError:
-        return SquashfsError(f"{self.path} is damaged: {what}",
-                             hint="compile the image again (the cache repairs itself with "
-                                  "'ocisquash cache verify --repair')")
-
-    def _read_at(self, offset: int, n: int) -> bytes:
-        if offset < 0 or n < 0 or offset + n > self._size:
-            raise self._damaged(f"a reference to bytes {offset}..{offset + n} lies outside "
-                                f"the image ({self._size} bytes)")
-        self._f.seek(offset)
-        data = self._f.read(n)
-        if len(data) != n:
-            raise self._damaged(f"short read at {offset}")
-        return data
 
     def _superblock(self) -> Superblock:
         if self._size < Superblock.SIZE:
@@ -317,41 +260,24 @@ class SquashfsReader:
                 raise self._damaged("a directory listing overruns its size")
         return None
 
-    def _resolve(self, path: str) -> _Inode | None:
-        """The inode at ``path`` with every symlink followed inside the image (an
-        absolute target starts again at the image's root, ``..`` stops at the root)."""
-        root = self._inode(self._sb.root_inode)
-        pending = [p for p in path.encode("utf-8", "surrogateescape").split(b"/")
-                   if p not in (b"", b".")]
-        pending.reverse()
-        trail: list[_Inode] = [root]
-        followed = 0
-        while pending:
-            name = pending.pop()
-            if name == b".":
-                continue
-            if name == b"..":
-                if len(trail) > 1:
-                    trail.pop()
-                continue
-            here = trail[-1]
-            if here.kind is not InodeType.DIR:
-                return None
-            ref = self._lookup(here, name)
-            if ref is None:
-                return None
-            inode = self._inode(ref)
-            if inode.kind is InodeType.SYMLINK:
-                followed += 1
-                if followed > MAX_SYMLINKS:
-                    raise SquashfsError(f"{path} in {self.path}: too many levels of symlinks")
-                parts = [p for p in inode.target.split(b"/") if p]
-                pending.extend(reversed(parts))
-                if inode.target.startswith(b"/"):
-                    trail = [root]
-                continue
-            trail.append(inode)
-        return trail[-1]
+    def _root(self) -> _Inode:
+        return self._inode(self._sb.root_inode)
+
+    def _child(self, directory: _Inode, name: bytes) -> _Inode | None:
+        ref = self._lookup(directory, name)
+        return None if ref is None else self._inode(ref)
+
+    def _is_dir(self, inode: _Inode) -> bool:
+        return inode.kind is InodeType.DIR
+
+    def _is_file(self, inode: _Inode) -> bool:
+        return inode.kind is InodeType.FILE
+
+    def _target(self, inode: _Inode) -> bytes | None:
+        return inode.target if inode.kind is InodeType.SYMLINK else None
+
+    def _file_size(self, inode: _Inode) -> int:
+        return inode.size
 
     # -- file data -----------------------------------------------------------------
 
