@@ -311,6 +311,11 @@ class ImageCache:
         """Every usable entry (damaged ones are left out; see :meth:`verify`)."""
         return [e for key in self.keys() if (e := self.get(key, adopt=False)) is not None]
 
+    def unchecked(self) -> int:
+        """How many entries :meth:`entries` leaves out only because their image is
+        another file than their record says (a copied cache; see :meth:`adopt`)."""
+        return sum(1 for key in self.keys() if self._glance(key)[1] in _MAYBE_WHOLE)
+
     @contextlib.contextmanager
     def build_lock(self, key: str, what: str = "") -> Iterator[None]:
         """Hold the build lock of ``key``; waits while another process holds it (saying so

@@ -347,11 +347,20 @@ def test_verify_repair_records_a_copied_cache_and_keeps_it(layout: Path,
     assert (f"compiled image {entry.name[:12]}: its image.squashfs is another file than its "
             "record says (another inode); its content still matches its record") \
         in found.stderr, found.stderr
+    # cache ls leaves it out until it is checked, and says so
+    listed = run_cli("cache", "--cache-dir", str(copy), "ls")
+    assert listed.returncode == 0 and entry.name[:12] not in listed.stdout
+    assert listed.stderr.splitlines() == [
+        "ocisquash: 1 compiled image(s) not listed: copied or moved here (their files are "
+        "not the ones their records name); a compile that uses one checks it then",
+        "hint: 'ocisquash cache verify --repair' checks them all now"]
     fixed = run_cli("cache", "--cache-dir", str(copy), "verify", "--repair")
     assert fixed.returncode == 0 and "(removed)" not in fixed.stderr, fixed.stderr
     assert "1 compiled image(s): 0 problem(s)" in fixed.stdout
     assert run_cli("cache", "--cache-dir", str(copy), "verify").returncode == 0
     assert entry.exists()
+    listed = run_cli("cache", "--cache-dir", str(copy), "ls")
+    assert entry.name[:12] in listed.stdout and listed.stderr == ""
 
 
 def test_a_copied_cache_whose_image_changed_is_built_again(layout: Path,

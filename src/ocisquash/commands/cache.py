@@ -46,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
     cmd = args.cache_command
     if cmd == "ls":
         entries = cache.entries()
+        unchecked = cache.unchecked()
+        if unchecked:
+            print(f"ocisquash: {unchecked} compiled image(s) not listed: copied or moved here "
+                  "(their files are not the ones their records name); a compile that uses "
+                  "one checks it then\nhint: 'ocisquash cache verify --repair' checks them "
+                  "all now", file=sys.stderr)
         if args.json:
             from ..jsonout import cache_entries, write
 
