@@ -83,20 +83,16 @@ def _state_dir(target: Path) -> Path:
     return STATE_ROOT / hashlib.sha256(str(target).encode()).hexdigest()[:16]
 
 
-#: EROFS: "EROFS_SUPER_MAGIC_V1 0xE0F5E1E2" at byte 1024 (the superblock's offset).
-EROFS_MAGIC = (1024, bytes.fromhex("e2e1f5e0"))
-
-
 def _filesystem(image: Path) -> str:
-    """``erofs`` or ``squashfs``, by the image's magic."""
+    """``erofs`` or ``squashfs``, by the image's magic (``erofs.format.has_magic``)."""
+    from .erofs.format import SUPER_OFFSET, has_magic
+
     try:
         with open(image, "rb") as f:
-            f.seek(EROFS_MAGIC[0])
-            if f.read(4) == EROFS_MAGIC[1]:
-                return "erofs"
+            head = f.read(SUPER_OFFSET + 4)
     except OSError as e:
         raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
-    return "squashfs"
+    return "erofs" if has_magic(head) else "squashfs"
 
 
 def _mount_readonly(image: Path, target: Path) -> str:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .digest import Digest
+from .erofs.format import SUPER_OFFSET, has_magic
 from .errors import ImageNotFoundError, IntegrityError, ManifestError, OcisquashError
 from .model import OCI_INDEX, OCI_MANIFEST, Descriptor
 
@@ -561,8 +562,7 @@ def _check_verity(image: Path, root: str, wanted: Wanted, what: str) -> None:
 
 
 _SQUASHFS_MAGIC = b"hsqs"
-_EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
-_EROFS_SB = 1024
+_EROFS_SB = SUPER_OFFSET
 
 
 def _sniff_format(image: Path) -> str:
@@ -570,7 +570,7 @@ def _sniff_format(image: Path) -> str:
         head = f.read(_EROFS_SB + 32)
     if head[:4] == _SQUASHFS_MAGIC:
         return "squashfs"
-    if head[_EROFS_SB:_EROFS_SB + 4] == _EROFS_MAGIC:
+    if has_magic(head):
         return "erofs"
     raise IntegrityError("is neither a squashfs nor an EROFS image", context=str(image))
 
@@ -582,7 +582,7 @@ def _check_image(image: Path, fmt: str, what: str) -> int:
     if fmt == "squashfs":
         _expect(head[:4] == _SQUASHFS_MAGIC, "has no squashfs image", what)
         return int.from_bytes(head[4:8], "little")  # "inode_count"
-    _expect(head[_EROFS_SB:_EROFS_SB + 4] == _EROFS_MAGIC, "has no EROFS image", what)
+    _expect(has_magic(head), "has no EROFS image", what)
     return int.from_bytes(head[_EROFS_SB + 16:_EROFS_SB + 24], "little")  # "inos"
 
 

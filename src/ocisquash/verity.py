@@ -905,17 +905,16 @@ class VerifyResult:
 
 
 _SQUASHFS_MAGIC = b"hsqs"
-#: "#define EROFS_SUPER_OFFSET 1024", "#define EROFS_SUPER_MAGIC_V1 0xE0F5E1E2"
-_EROFS_OFFSET = 1024
-_EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
 
 
 def _image_size(head: bytes) -> int | None:
     """The bytes a squashfs or EROFS image says it uses, from its first 2 KiB."""
     if head[:4] == _SQUASHFS_MAGIC and len(head) >= 48:
         return int.from_bytes(head[40:48], "little")  # "bytes used"
-    sb = head[_EROFS_OFFSET:_EROFS_OFFSET + 40]
-    if sb[:4] == _EROFS_MAGIC and len(sb) == 40:
+    from .erofs.format import SUPER_OFFSET, has_magic
+
+    sb = head[SUPER_OFFSET:SUPER_OFFSET + 40]
+    if has_magic(head) and len(sb) == 40:
         # "blkszbits" at 12, "blocks" (u32, "used for statfs") at 36
         return int.from_bytes(sb[36:40], "little") << sb[12]
     return None

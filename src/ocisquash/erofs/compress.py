@@ -178,15 +178,14 @@ def saves(packed: bytes | None, raw_len: int) -> bool:
         and packed[:1] != b"\0"
 
 
-def _destsize_functions() -> tuple[Any, Any, int, bool] | None:
-    """liblz4's fixed-output calls, ``LZ4_compress_destSize`` and
-    ``LZ4_compress_HC_destSize``, through ctypes (which releases the GIL around each
-    call, and unlike cffi needs no C parser: loading pycparser cost every EROFS compile
-    25-80 ms before its first layer): from the library python-lz4 carries (its
-    extension module exports them), else the system's liblz4. Returns the two calls,
-    the size of an lz4hc state and whether the library predates :data:`TRUSTED_LZ4`
-    (each fitted block is then checked). None when neither has them: extents are then
-    fixed-input."""
+@functools.cache
+def liblz4() -> Any | None:
+    """liblz4 through ctypes (which releases the GIL around each call, and unlike cffi
+    needs no C parser: loading pycparser cost every EROFS compile 25-80 ms before its
+    first layer): the library python-lz4 carries (its extension module exports
+    liblz4's calls), else the system's liblz4; the first with the fixed-output calls
+    ``LZ4_compress_destSize`` and ``LZ4_compress_HC_destSize``, None when neither has
+    them."""
     import ctypes
 
     def candidates() -> Iterator[str | None]:
@@ -195,25 +194,41 @@ def _destsize_functions() -> tuple[Any, Any, int, bool] | None:
 
         yield ctypes.util.find_library("lz4")
 
-    pointer, size = ctypes.c_void_p, ctypes.c_int
     for path in candidates():
         if not path:
             continue
         try:
             lib = ctypes.CDLL(path)
-            fast, hc = lib.LZ4_compress_destSize, lib.LZ4_compress_HC_destSize
-            version, state_size = lib.LZ4_versionNumber(), lib.LZ4_sizeofStateHC()
+            for name in ("LZ4_compress_destSize", "LZ4_compress_HC_destSize",
+                         "LZ4_versionNumber", "LZ4_sizeofStateHC"):
+                getattr(lib, name)
         except (OSError, AttributeError):
             continue
-        # int LZ4_compress_destSize(const char* src, char* dst, int* srcSizePtr,
-        #                           int targetDstSize);
-        fast.argtypes = (pointer, pointer, pointer, size)
-        # int LZ4_compress_HC_destSize(void* stateHC, const char* src, char* dst,
-        #                              int* srcSizePtr, int targetDstSize, int level);
-        hc.argtypes = (pointer, pointer, pointer, pointer, size, size)
-        fast.restype = hc.restype = size
-        return fast, hc, state_size, version < TRUSTED_LZ4
+        return lib
     return None
+
+
+def _destsize_functions() -> tuple[Any, Any, int, bool] | None:
+    """liblz4's fixed-output calls (:func:`liblz4`). Returns the two calls, the size of
+    an lz4hc state and whether the library predates :data:`TRUSTED_LZ4` (each fitted
+    block is then checked). None when there is no such library: extents are then
+    fixed-input."""
+    import ctypes
+
+    lib = liblz4()
+    if lib is None:
+        return None
+    fast, hc = lib.LZ4_compress_destSize, lib.LZ4_compress_HC_destSize
+    version, state_size = lib.LZ4_versionNumber(), lib.LZ4_sizeofStateHC()
+    pointer, size = ctypes.c_void_p, ctypes.c_int
+    # int LZ4_compress_destSize(const char* src, char* dst, int* srcSizePtr,
+    #                           int targetDstSize);
+    fast.argtypes = (pointer, pointer, pointer, size)
+    # int LZ4_compress_HC_destSize(void* stateHC, const char* src, char* dst,
+    #                              int* srcSizePtr, int targetDstSize, int level);
+    hc.argtypes = (pointer, pointer, pointer, pointer, size, size)
+    fast.restype = hc.restype = size
+    return fast, hc, state_size, version < TRUSTED_LZ4
 
 
 @functools.cache

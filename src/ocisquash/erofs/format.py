@@ -107,6 +107,18 @@ XATTR_PREFIXES: tuple[tuple[bytes, int], ...] = (
 )
 
 
+#: "struct erofs_inode_compact" and "struct erofs_inode_extended", as
+#: :func:`compact_inode` and :func:`extended_inode` fill them
+COMPACT_INODE = struct.Struct("<HHHHIIIIHHI")
+EXTENDED_INODE = struct.Struct("<HHHHQIIIIQII16x")
+
+
+def has_magic(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (at least its first 1028 bytes) is an EROFS
+    image: the superblock's magic at byte 1024."""
+    return head[SUPER_OFFSET:SUPER_OFFSET + 4] == MAGIC.to_bytes(4, "little")
+
+
 def compact_inode(
     layout: int, xattr_icount: int, mode: int, nlink: int, size: int, i_u: int, ino: int,
     uid: int, gid: int,
@@ -116,8 +128,8 @@ def compact_inode(
     (u32, seconds after the superblock's epoch: always 0 here, so that kernels from
     before that field read the same time), i_u, i_ino, i_uid (u16), i_gid (u16),
     reserved."""
-    return struct.pack("<HHHHIIIIHHI", layout << 1, xattr_icount, mode, nlink, size, 0,
-                       i_u, ino, uid, gid, 0)
+    return COMPACT_INODE.pack(layout << 1, xattr_icount, mode, nlink, size, 0, i_u, ino,
+                              uid, gid, 0)
 
 
 def extended_inode(
@@ -127,8 +139,8 @@ def extended_inode(
     """"64-byte complete form of an ondisk inode": i_format (version 1), i_xattr_icount,
     i_mode, i_nb (0), i_size (u64), i_u, i_ino, i_uid (u32), i_gid (u32), i_mtime (u64,
     absolute seconds), i_mtime_nsec, i_nlink (u32), reserved[16]."""
-    return struct.pack("<HHHHQIIIIQII16x", 1 | layout << 1, xattr_icount, mode, 0, size,
-                       i_u, ino, uid, gid, mtime, 0, nlink)
+    return EXTENDED_INODE.pack(1 | layout << 1, xattr_icount, mode, 0, size, i_u, ino, uid,
+                               gid, mtime, 0, nlink)
 
 
 @dataclass(frozen=True)

@@ -46,40 +46,35 @@ from .compress import (
     LCLUSTER_INDEX,
     LCLUSTER_NONHEAD,
     LCLUSTER_PLAIN,
+    MAP_HEADER,
     WHOLE_FRAGMENT,
+    liblz4,
 )
 from .format import (
     BLOCK_BITS,
     BLOCK_SIZE,
+    COMPACT_INODE,
     DIRENT,
+    EXTENDED_INODE,
     INCOMPAT_ZERO_PADDING,
     INODE_SLOT,
-    MAGIC,
+    MODE_TYPE,
     NULL_ADDR,
     SUPER_OFFSET,
     DataLayout,
     FileType,
+    has_magic,
 )
-from .zindex import blocks_before, sections
+from .zindex import blocks_before, entry, one_block_blocks_before, sections
 
 #: The most bytes one extent of a compressed file may decompress to here: the writer's
 #: largest pcluster holds 1 MiB of a file (the packed inode's).
 MAX_EXTENT = 4 << 20
 
 _S_IFMT = 0o170000
-_KIND_OF_MODE = {mode: kind for kind, mode in (
-    (FileType.REG_FILE, 0o100000), (FileType.DIR, 0o040000), (FileType.CHRDEV, 0o020000),
-    (FileType.BLKDEV, 0o060000), (FileType.FIFO, 0o010000), (FileType.SOCK, 0o140000),
-    (FileType.SYMLINK, 0o120000))}
-#: "struct erofs_inode_compact" and "struct erofs_inode_extended" (see format.py)
-_COMPACT = struct.Struct("<HHHHIIIIHHI")
-_EXTENDED = struct.Struct("<HHHHQIIIIQII16x")
+_KIND_OF_MODE = {mode: kind for kind, mode in MODE_TYPE.items()}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-#: "struct z_erofs_map_header": h_fragmentoff / (h_reserved1, h_idata_size), h_advise,
-#: h_algorithmtype, h_clusterbits
-_MAP_HEADER = struct.Struct("<IHBB")
-_HEAD_LO = 0xFFF  # a compact entry's value bits (lclusterbits 12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +127,9 @@ class ErofsReader(ImageReader[_Inode]):
     def _superblock(self) -> None:
         if self._size < SUPER_OFFSET + 128:
             raise ErofsError(f"{self.path} is not an EROFS image (shorter than a superblock)")
-        sb = self._read_at(SUPER_OFFSET, 128)
-        if _U32.unpack_from(sb, 0)[0] != MAGIC:
+        head = self._read_at(0, SUPER_OFFSET + 128)
+        sb = head[SUPER_OFFSET:]
+        if not has_magic(head):
             raise ErofsError(f"{self.path} is not an EROFS image (no magic at byte 1024)")
         if sb[12] != BLOCK_BITS:
             raise ErofsError(f"{self.path} has blocks of {1 << sb[12]} bytes; only "
@@ -153,15 +149,15 @@ class ErofsReader(ImageReader[_Inode]):
 
     def _inode(self, nid: int) -> _Inode:
         at = self._meta + nid * INODE_SLOT
-        head = self._read_at(at, _COMPACT.size)
+        head = self._read_at(at, COMPACT_INODE.size)
         i_format = head[0] | head[1] << 8
         if i_format & 1:  # "extended inode"
             (_, icount, mode, _, size, i_u, _, uid, gid, _, _, _) = \
-                _EXTENDED.unpack(self._read_at(at, _EXTENDED.size))
-            isize = _EXTENDED.size
+                EXTENDED_INODE.unpack(self._read_at(at, EXTENDED_INODE.size))
+            isize = EXTENDED_INODE.size
         else:
-            (_, icount, mode, _, size, _, i_u, _, uid, gid, _) = _COMPACT.unpack(head)
-            isize = _COMPACT.size
+            (_, icount, mode, _, size, _, i_u, _, uid, gid, _) = COMPACT_INODE.unpack(head)
+            isize = COMPACT_INODE.size
         if i_format >> 5:
             raise self._damaged(f"inode {nid} has unknown format bits {i_format:#x}")
         kind = _KIND_OF_MODE.get(mode & _S_IFMT)
@@ -268,7 +264,7 @@ class ErofsReader(ImageReader[_Inode]):
         (word,) = _U64.unpack(header)
         if word & WHOLE_FRAGMENT:  # "the whole file is stored in the packed inode"
             return self._fragment(word & ~WHOLE_FRAGMENT, start, length)
-        fragmentoff, advise, algorithm, clusterbits = _MAP_HEADER.unpack(header)
+        fragmentoff, advise, algorithm, clusterbits = MAP_HEADER.unpack(header)
         if clusterbits:
             raise ErofsError(f"{self.path}: lclusters of more than a block are not read")
         count = -(-inode.size // BLOCK_SIZE)
@@ -361,15 +357,15 @@ class ErofsReader(ImageReader[_Inode]):
                     group = [bits >> (14 * j) & 0x3FFF for j in range(16)]
                 (base,) = _U32.unpack_from(raw, size - 4)
                 for j, value in enumerate(group[:count - len(kinds)]):
-                    kind = value >> 12 & 3
+                    kind, lo = entry(value)
                     kinds.append(kind)
-                    values.append(value & _HEAD_LO)
+                    values.append(lo)
                     addr = -1  # a NONHEAD, or a HEAD whose pack cannot be counted
                     if kind != LCLUSTER_NONHEAD and big:
                         with contextlib.suppress(ValueError):
                             addr = base + blocks_before(group, j)
                     elif kind != LCLUSTER_NONHEAD:
-                        addr = base + _one_block_pclusters_before(group, j)
+                        addr = base + one_block_blocks_before(group, j)
                     addrs.append(addr)
         return kinds, values, addrs, at
 
@@ -420,54 +416,37 @@ class ErofsReader(ImageReader[_Inode]):
 
 def _lz4_partial(data: bytes, size: int) -> bytes:
     """The first ``size`` bytes an lz4 block at the start of ``data`` decodes to, what
-    follows it in ``data`` not read (liblz4's ``LZ4_decompress_safe_partial``, from the
-    library python-lz4 carries)."""
+    follows it in ``data`` not read (liblz4's ``LZ4_decompress_safe_partial``)."""
     import ctypes
 
-    import lz4.block
-
-    call = _partial_call(getattr(getattr(lz4.block, "_block", None), "__file__", None))
     out = ctypes.create_string_buffer(size)
-    n = call(data, out, len(data), size, size)
+    n = _partial_call()(data, out, len(data), size, size)
     if n < 0:
         raise ValueError(f"lz4 error {n}")
     return out.raw[:n]
 
 
 @functools.cache
-def _partial_call(path: str | None) -> Any:
+def _partial_call() -> Any:
     import ctypes
 
-    if path is None:
+    lib = liblz4()
+    if lib is None:
         raise ValueError("no liblz4 to decode a pcluster without zero padding")
     # int LZ4_decompress_safe_partial(const char* src, char* dst, int srcSize,
     #                                 int targetOutputSize, int dstCapacity);
-    call = ctypes.CDLL(path).LZ4_decompress_safe_partial
+    call = lib.LZ4_decompress_safe_partial
     size = ctypes.c_int
     call.argtypes = (ctypes.c_char_p, ctypes.c_char_p, size, size, size)
     call.restype = size
     return call
 
 
-def _one_block_pclusters_before(values: list[int], i: int) -> int:
-    """The kernel's ``nblk`` without big pclusters: 1, plus one for each pcluster before
-    entry ``i`` of the pack, a NONHEAD skipping back over its ``delta[0]``."""
-    blocks = 1
-    while i > 0:
-        i -= 1
-        if values[i] >> 12 & 3 == LCLUSTER_NONHEAD:
-            i -= values[i] & _HEAD_LO
-        if i >= 0:
-            blocks += 1
-    return blocks
-
-
 def is_erofs(path: str | os.PathLike[str]) -> bool:
-    """Whether the file at ``path`` starts as an EROFS image (its magic at byte 1024)."""
+    """Whether the file at ``path`` starts as an EROFS image (``format.has_magic``)."""
     try:
         with open(path, "rb") as f:
-            f.seek(SUPER_OFFSET)
-            return f.read(4) == _U32.pack(MAGIC)
+            return has_magic(f.read(SUPER_OFFSET + 4))
     except OSError:
         return False
 

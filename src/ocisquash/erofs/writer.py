@@ -67,6 +67,7 @@ from .data import ChunkedExtent, Extent, FlatData, Spool, measured
 from .directory import DirEntry, directory_size, pack_blocks, split_blocks
 from .format import (
     BLOCK_SIZE,
+    COMPACT_INODE,
     COMPACT_INODE_SIZE,
     EXTENDED_INODE_SIZE,
     INCOMPAT_BIG_PCLUSTER,
@@ -419,8 +420,8 @@ class _Gaps:
         return None
 
 
-#: "struct erofs_inode_compact" as ``format.compact_inode`` packs it, at speed
-_COMPACT = struct.Struct("<HHHHIIIIHHI")
+#: "struct erofs_inode_compact", packed here without ``format.compact_inode``'s call
+_COMPACT = COMPACT_INODE
 _REG = MODE_TYPE[FileType.REG_FILE]
 #: a compact FLAT_INLINE inode's i_format
 _INLINE_FORMAT = DataLayout.FLAT_INLINE << 1

@@ -89,6 +89,27 @@ def blocks_before(values: Sequence[int], i: int, start: int = 0) -> int:
     return blocks
 
 
+def one_block_blocks_before(values: Sequence[int], i: int) -> int:
+    """The same count without big pclusters (mkfs.erofs without ``-C``), as the kernel
+    makes it: 1, plus one for each pcluster before entry ``i`` of the pack, a NONHEAD
+    skipping back over its ``delta[0]``. (This writer always sets big pclusters; the
+    reader reads both.)"""
+    blocks = 1
+    while i > 0:
+        i -= 1
+        if values[i] >> _LO_BITS == _NONHEAD:
+            i -= values[i] & _LO_MASK
+        if i >= 0:
+            blocks += 1
+    return blocks
+
+
+def entry(value: int) -> tuple[int, int]:
+    """A compact entry's lcluster type and its value (clusterofs, a NONHEAD's delta
+    or block count)."""
+    return value >> _LO_BITS & 3, value & _LO_MASK
+
+
 #: An lcluster that is not a NONHEAD, by its type's low byte (HEADs and PLAINs).
 _NOT_NONHEAD = re.compile(b"[^\x02]")
 #: The high bytes of values that fit an entry (14 bits).
