@@ -246,13 +246,12 @@ class ImageCache:
     def entry_path(self, key: str) -> Path:
         return self.root / "images" / key
 
-    def get(self, key: str, *, adopt: bool = True) -> CacheEntry | None:
+    def get(self, key: str) -> CacheEntry | None:
         """The published entry for ``key``, or None (also when it is damaged, see
-        :meth:`damage`). With ``adopt``, an entry whose image is another file than its
-        record says (a copied cache) is hashed, and used when it still matches (see
-        :meth:`adopt`)."""
+        :meth:`damage`). An entry whose image is another file than its record says (a
+        copied cache) is hashed, and used when it still matches (see :meth:`adopt`)."""
         record, damage = self._glance(key)
-        if record is not None and damage in _MAYBE_WHOLE and adopt:
+        if record is not None and damage in _MAYBE_WHOLE:
             record = self.adopt(key, record)
             damage = None if record is not None else damage
         if record is None or damage is not None:
@@ -309,12 +308,20 @@ class ImageCache:
 
     def entries(self) -> list[CacheEntry]:
         """Every usable entry (damaged ones are left out; see :meth:`verify`)."""
-        return [e for key in self.keys() if (e := self.get(key, adopt=False)) is not None]
+        return self.listing()[0]
 
-    def unchecked(self) -> int:
-        """How many entries :meth:`entries` leaves out only because their image is
-        another file than their record says (a copied cache; see :meth:`adopt`)."""
-        return sum(1 for key in self.keys() if self._glance(key)[1] in _MAYBE_WHOLE)
+    def listing(self) -> tuple[list[CacheEntry], int]:
+        """:meth:`entries`, and how many it leaves out only because their image is
+        another file than their record says (a copied cache; see :meth:`adopt`): each
+        entry glanced at once."""
+        usable, unchecked = [], 0
+        for key in self.keys():
+            record, damage = self._glance(key)
+            if record is not None and damage is None:
+                usable.append(CacheEntry(key, self.entry_path(key), record, self._images))
+            elif damage in _MAYBE_WHOLE:
+                unchecked += 1
+        return usable, unchecked
 
     @contextlib.contextmanager
     def build_lock(self, key: str, what: str = "") -> Iterator[None]:

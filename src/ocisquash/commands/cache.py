@@ -22,8 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     pr.add_argument("--older-than", metavar="AGE", help="remove entries older than AGE (e.g. 7d, 12h)")
     pr.add_argument("--blobs", action="store_true", help="also remove blobs no compiled image uses")
     ve = csub.add_parser("verify", help="re-hash every blob and compiled image")
-    ve.add_argument("--repair", action="store_true", help="remove what is damaged; record the images of a copied cache "
-                    "(another inode) that still match their records")
+    ve.add_argument("--repair", action="store_true",
+                    help="remove what is damaged; record the images of a copied cache "
+                         "(another inode) that still match their records")
     p.set_defaults(func=run)
 
 
@@ -45,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
     cache = ImageCache(args.cache_dir)
     cmd = args.cache_command
     if cmd == "ls":
-        entries = cache.entries()
-        unchecked = cache.unchecked()
+        entries, unchecked = cache.listing()
         if unchecked:
             print(f"ocisquash: {unchecked} compiled image(s) not listed: copied or moved here "
                   "(their files are not the ones their records name); a compile that uses "

@@ -40,10 +40,10 @@ class PeekReader:
                 out, self._head = self._head[:n], self._head[n:]
         else:
             out = self._raw.read(n)
-        if n is not None and 0 <= len(out) < n and out:
+        if n is not None and 0 < len(out) < n:
             # Wait for all n bytes (or the end): how much of the blob is read for a given
             # stretch of the tar then depends on the blob alone, not on how its bytes
-            # arrived (``TarStream.compressed_at``).
+            # arrived (``TarStream.compressed``).
             parts = [out]
             have = len(out)
             while have < n:
