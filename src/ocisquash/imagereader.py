@@ -10,6 +10,8 @@ Every inconsistency is the format's error class saying the image is damaged.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import BinaryIO, Generic, Self, TypeVar
 
@@ -19,6 +21,17 @@ from .errors import LimitExceededError, OcisquashError
 MAX_SYMLINKS = 40
 
 _Inode = TypeVar("_Inode")
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """An entry's type (the format's own: squashfs's basic inode type, EROFS's file
+    type), permission bits and owner."""
+
+    kind: Enum
+    mode: int
+    uid: int
+    gid: int
 
 
 class ImageReader(Generic[_Inode]):
@@ -78,6 +91,9 @@ class ImageReader(Generic[_Inode]):
     def _file_data(self, inode: _Inode) -> bytes:
         raise NotImplementedError
 
+    def _stat(self, inode: _Inode) -> Stat:
+        raise NotImplementedError
+
     # -- lookups -------------------------------------------------------------------
 
     def read_file(self, path: str, *, limit: int = 16 << 20) -> bytes | None:
@@ -94,6 +110,11 @@ class ImageReader(Generic[_Inode]):
         if size > limit:
             raise LimitExceededError(f"{path} in {self.path} is {size} bytes, more than {limit}")
         return self._file_data(inode)
+
+    def stat(self, path: str) -> Stat | None:
+        """Type, mode and owner of ``path`` (symlinks followed), or None when absent."""
+        inode = self._resolve(path)
+        return None if inode is None else self._stat(inode)
 
     def is_dir(self, path: str) -> bool:
         """Whether ``path`` (symlinks followed) is a directory in the image."""
@@ -153,4 +174,4 @@ class ImageReader(Generic[_Inode]):
         return data
 
 
-__all__ = ["MAX_SYMLINKS", "ImageReader"]
+__all__ = ["MAX_SYMLINKS", "ImageReader", "Stat"]

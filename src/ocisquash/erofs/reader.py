@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ErofsError
-from ..imagereader import MAX_SYMLINKS, ImageReader
+from ..imagereader import MAX_SYMLINKS, ImageReader, Stat
 from .compress import (
     ADVISE_BIG_PCLUSTER_1,
     ADVISE_FRAGMENT_PCLUSTER,
@@ -78,16 +78,6 @@ _U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
-class Stat:
-    """An entry's type, permission bits and owner."""
-
-    kind: FileType
-    mode: int
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Inode:
     nid: int
     kind: FileType
@@ -113,13 +103,9 @@ class ErofsReader(ImageReader[_Inode]):
     def _open(self) -> None:
         self._superblock()
 
-    # -- public lookups ------------------------------------------------------------
+    # -- the entries as the base class asks for them --------------------------------
 
-    def stat(self, path: str) -> Stat | None:
-        """Type, mode and owner of ``path`` (symlinks followed), or None when absent."""
-        inode = self._resolve(path)
-        if inode is None:
-            return None
+    def _stat(self, inode: _Inode) -> Stat:
         return Stat(inode.kind, inode.mode & ~_S_IFMT, inode.uid, inode.gid)
 
     # -- structure -----------------------------------------------------------------

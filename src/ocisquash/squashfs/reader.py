@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import SquashfsError
-from ..imagereader import MAX_SYMLINKS, ImageReader
+from ..imagereader import MAX_SYMLINKS, ImageReader, Stat
 from .compressor import Compressor
 from .format import (
     DATA_UNCOMPRESSED,
@@ -58,16 +58,6 @@ _U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True, slots=True)
-class Stat:
-    """An entry's type (the basic inode type), permission bits and owner."""
-
-    kind: InodeType
-    mode: int
-    uid: int
-    gid: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Inode:
     kind: InodeType  # the basic type
     mode: int
@@ -101,13 +91,9 @@ class SquashfsReader(ImageReader[_Inode]):
     def superblock(self) -> Superblock:
         return self._sb
 
-    # -- public lookups ------------------------------------------------------------
+    # -- the entries as the base class asks for them --------------------------------
 
-    def stat(self, path: str) -> Stat | None:
-        """Type, mode and owner of ``path`` (symlinks followed), or None when absent."""
-        inode = self._resolve(path)
-        if inode is None:
-            return None
+    def _stat(self, inode: _Inode) -> Stat:
         return Stat(inode.kind, inode.mode, self._id(inode.uid_index),
                     self._id(inode.gid_index))
 
