@@ -229,8 +229,49 @@ def _boundaries() -> dict[str, bytes]:
         "text-noise-end-2": text[:200_000] + noise[:7_001],
         # a segment's last pcluster of a few bytes, then the next segment
         "zeros": bytes(700_000),
+        # steady prose (aims without a guess), then zeros and prose cut by noise (aims
+        # that miss), then prose again
+        "steady-changing": text[:600_000] + bytes(300_000) + _cut_by(text, noise)
+        + text[:700_000],
     }
     return files
+
+
+def _cut_by(text: bytes, noise: bytes) -> bytes:
+    """400 KB of ``text`` with a quarter of it replaced by ``noise``, 1 KB in every 4."""
+    return b"".join(text[i:i + 3000] + noise[i:i + 1000] for i in range(0, 400_000, 4000))
+
+
+def test_steady_data_aims_without_a_guess_until_a_fit_misses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """lz4hc aims a window at fast lz4's guess until a fit hits its aim on data as
+    compressible as the pcluster's before; the next windows aim at that ratio until one
+    misses (``TRUST_*``). Steady prose: a guess for the first two windows only; prose
+    that turns to zeros, then to prose cut by noise: a guess again after each change.
+    Every byte is in a piece either way; the kernel reads these back in
+    test_fitted_pclusters_read_back_through_the_kernel."""
+    codec = compress.Codec(LZ4HC, 9, 131072)
+    guessed: list[int] = []
+    guess = codec.guess_ratio
+    monkeypatch.setattr(codec, "guess_ratio",
+                        lambda window: guessed.append(len(window)) or guess(window))
+    rng = random.Random(5)
+    text = _prose(rng, 2 << 20)
+    pieces = compress.compress_segment(codec, text, 131072)
+    assert sum(n for n, _ in pieces) == len(text)
+    assert len(pieces) > 15 and len(guessed) == 2
+    guessed.clear()
+    changing = (text[:600_000] + bytes(300_000) + _cut_by(text, rng.randbytes(400_000))
+                + text[:800_000])[:2 << 20]
+    pieces = compress.compress_segment(codec, changing, 131072)
+    assert sum(n for n, _ in pieces) == len(changing)
+    # the first two, one where the zeros start, two more where the noise starts, ...
+    assert len(guessed) >= 5
+    for n, packed in pieces[:-1]:
+        assert packed is not None
+        assert compress.lz4.block.decompress(packed, uncompressed_size=n) \
+            == changing[:n]
+        changing = changing[n:]
 
 
 def _write_boundaries(w: ErofsWriter) -> None:
