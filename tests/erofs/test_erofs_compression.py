@@ -609,3 +609,49 @@ def test_levels_each_compressor_takes(compression: ErofsCompression, level: int,
     else:
         with pytest.raises(UsageError, match=f"{compression.value} has no level {level}"):
             ErofsOptions(compression=compression, level=level)
+
+
+def _random_full_index(rng: random.Random) -> bytes:
+    """A file's full cluster index as the writer makes it: compressed extents of one
+    to 32 blocks, raw one-block ones, maybe a tail, each non-last starting in an
+    lcluster of its own; its pclusters mostly follow each other on disk."""
+    from types import SimpleNamespace
+
+    f = SimpleNamespace(index=bytearray())
+    start, blkaddr, extents = 0, rng.randrange(1, 1 << 20), rng.randrange(1, 8)
+    for k in range(extents):
+        last = k == extents - 1
+        if last and rng.random() < 0.3:
+            n = rng.randrange(1, 4097)
+            compress.CompressedData._index(f, (start, 2, 0, 0), start + n, last=True)
+            break
+        if rng.random() < 0.25:
+            kind, blocks, n = 0, 1, 4096
+        else:
+            n = rng.randrange(4097 if not last else 1, 131073)
+            kind, blocks = 1, rng.randrange(1, max(2, min(33, n // 4096)))
+        compress.CompressedData._index(f, (start, kind, blkaddr, blocks), start + n, last)
+        start += n
+        blkaddr += blocks if rng.random() < 0.95 else 7  # now and then not contiguous
+    return bytes(f.index)
+
+
+def test_compact_index_of_a_few_lclusters_is_the_same_by_either_path() -> None:
+    """Indexes of fewer than 16 lclusters take a loop over their pairs
+    (``zindex._pairs``); the operations over whole sections (``_sections``) give the
+    same bytes, or the same refusal, at each alignment."""
+    from ocisquash.erofs import zindex
+
+    rng = random.Random(41)
+    seen = refused = 0
+    while seen < 2000:
+        full = _random_full_index(rng)
+        total = len(full) // 8
+        if total >= 16:
+            continue
+        seen += 1
+        small = zindex._pairs(full, total)
+        refused += small is None
+        for ebase in (0, 8, 16, 24):
+            assert zindex._sections(full, total, ebase) == small, (full.hex(), ebase)
+    assert 0 < refused < seen // 2

@@ -118,6 +118,41 @@ _NARROW = bytes(range(1 << _ENTRY_BITS - 8))
 _NONHEAD_HIGH = bytes(b | _NONHEAD << (_LO_BITS - 8) for b in range(256))
 
 
+def _pairs(full: bytes, total: int) -> bytes | None:
+    """:func:`to_compact` of an index of fewer than 16 lclusters, which has no pack of
+    16 wherever it starts: packs of 2 only, each pair from an even entry. Most
+    compressed files are this small (a few pclusters), and the whole-index operations
+    cost more than a loop over their entries at the end of a compile of thousands."""
+    entries = list(_DELTA.iter_unpack(full))
+    values = [_NONHEAD << _LO_BITS | word2 if kind == _NONHEAD else kind << _LO_BITS | lo
+              for kind, lo, word2, _ in entries]
+    if max(values) >> _ENTRY_BITS:
+        return None  # a value wider than its entry's 14 bits
+    if total % 2:
+        values.append(_PLAIN)
+        entries.append((_NONHEAD, 0, 0, 0))  # no block, not read
+    out = bytearray()
+    for start in range(0, total, 2):
+        base = None  # the block the pack's first pcluster starts at
+        for i in (start, start + 1):
+            kind, _, word2, word3 = entries[i]
+            if kind == _NONHEAD or not (word2 or word3):
+                continue
+            try:
+                want = (word2 | word3 << 16) - blocks_before(values, i, start)
+            except ValueError:
+                return None
+            if base is not None and base != want:
+                return None
+            base = want
+        last = values[start + 1]
+        if last >> _LO_BITS == _NONHEAD and not last & _CBLKCNT:
+            # a NONHEAD last in its pack holds its distance forward (delta[1]) instead
+            last = _NONHEAD << _LO_BITS | min(entries[start + 1][3], _LO_MASK)
+        out += _PACK2.pack(values[start], last, base or 0)
+    return bytes(out)
+
+
 def to_compact(full: bytes, ebase: int) -> bytes | None:
     """The compact form of the full index ``full`` placed at ``ebase``; None when the
     pclusters do not follow each other on disk (or an entry does not fit the form).
@@ -129,6 +164,13 @@ def to_compact(full: bytes, ebase: int) -> bytes | None:
     total = len(full) // 8
     if full[1::8].count(0) != total:
         return None  # a type of more than a byte
+    if total < 16:
+        return _pairs(full, total)
+    return _sections(full, total, ebase)
+
+
+def _sections(full: bytes, total: int, ebase: int) -> bytes | None:
+    """:func:`to_compact` of any index (the type bytes checked)."""
     # Each lcluster's compact value, 16 bits: its type and clusterofs, for a NONHEAD
     # delta[0] or the block count (the full form's blkaddr low half).
     value_bytes = bytearray(2 * total)
