@@ -323,7 +323,8 @@ def _build_erofs(
     layers = image.layers()
 
     def build() -> tuple[FlattenReport, ErofsSummary]:
-        with collector_paused(), switches_shortened(), ErofsWriter(dest, options) as writer:
+        with collector_paused(), switches_shortened(), \
+                ErofsWriter(dest, options, digest=isinstance(dest, Path)) as writer:
             report = _flatten_into(layers, writer, progress)
             return report, writer.finish()
 
@@ -476,6 +477,16 @@ def _hash_while_syncing(path: Path) -> Digest:
         return Digest.of_file(path)
     finally:
         syncer.join()
+
+
+def _image_sha256(path: Path, summary: WriteSummary | ErofsSummary, unchanged: bool) -> str:
+    """The built image's sha256: the writer's own when it gave one (EROFS, hashed while
+    its metadata was written) and the file is as it left it (no verity tree added), else
+    read while the file syncs."""
+    given = getattr(summary, "sha256", None)
+    if given is not None and unchanged and path.stat().st_size == summary.bytes_written:
+        return str(given)
+    return _hash_while_syncing(path).hex
 
 
 def _write_staged(path: Path, data: bytes) -> None:
@@ -731,7 +742,8 @@ def compile_image(
                         format_version=version,
                         options=ckey,
                         squashfs_size=(staged / IMAGE_FILE).stat().st_size,
-                        squashfs_sha256=_hash_while_syncing(staged / IMAGE_FILE).hex,
+                        squashfs_sha256=_image_sha256(staged / IMAGE_FILE, summary,
+                                                      vinfo is None),
                         files=summary.inodes,
                         layers=len(manifest.layers),
                         layer_bytes=sum(d.size for d in manifest.layers),

@@ -3,6 +3,7 @@ cache keeps the formats apart; every local source kind works."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -135,3 +136,25 @@ def test_every_local_source_kind_compiles_to_erofs(rules_image: Path, tmp_path: 
     assert len(trees[0]) > 15
     assert trees[0] == trees[1] == trees[2]
     assert os.path.getsize(tmp_path / "0.erofs") > 0
+
+
+def test_erofs_entries_record_the_digest_of_their_image(rules_image: Path,
+                                                        tmp_path: Path) -> None:
+    """An EROFS compile records the sha256 its writer read while finishing (or, with a
+    verity tree added after, the file's as it is then): ``cache verify`` rehashes each
+    image and finds it as recorded."""
+    cache = tmp_path / "cache"
+    ref = f"oci:{rules_image}:latest"
+    for out, extra in (("a.erofs", []), ("b.erofs", ["-c", "none"]),
+                       ("c.erofs", ["--verity"])):
+        _cli("compile", ref, "-o", str(tmp_path / out), "--format", "erofs",
+             "--cache-dir", str(cache), "--quiet", *extra)
+    entries = sorted((cache / "images").iterdir())
+    assert len(entries) == 3
+    for entry in entries:
+        record = json.loads((entry / "info.json").read_text())
+        image = (entry / "image.squashfs").read_bytes()
+        assert hashlib.sha256(image).hexdigest() == record["squashfs_sha256"]
+    proc = subprocess.run([sys.executable, "-m", "ocisquash", "cache", "verify",
+                           "--cache-dir", str(cache)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

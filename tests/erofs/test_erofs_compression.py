@@ -655,3 +655,34 @@ def test_compact_index_of_a_few_lclusters_is_the_same_by_either_path() -> None:
         for ebase in (0, 8, 16, 24):
             assert zindex._sections(full, total, ebase) == small, (full.hex(), ebase)
     assert 0 < refused < seen // 2
+
+
+@pytest.mark.parametrize("options", [
+    {"compression": LZ4HC}, {"compression": ErofsCompression.NONE},
+    {"compression": LZ4HC, "fragments": True}, {"compression": LZ4HC, "ztailpacking": True},
+], ids=["lz4hc", "none", "fragments", "ztailpacking"])
+def test_the_digest_read_while_finishing_is_the_images(tmp_path: Path,
+                                                       options: dict[str, object]) -> None:
+    """With ``digest``, the writer hashes the bytes before the metadata while it writes
+    the metadata; the sha256 it gives is the finished file's, also when a duplicate
+    file rewound the data area (its bytes are overwritten or cut off)."""
+    def build(w: ErofsWriter) -> None:
+        _write_boundaries(w)
+        m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+        twin = _prose(random.Random(3), 300_000)
+        w.add_file(b"twin-a", m, twin)
+        w.add_file(b"twin-b", m, twin)  # keyed now, its data written then taken back
+        w.add_file(b"last", m, b"x" * 5000)
+
+    image = tmp_path / "d.erofs"
+    with ErofsWriter(image, ErofsOptions(mkfs_time=MKFS_TIME, **options),  # type: ignore[arg-type]
+                     digest=True) as writer:
+        build(writer)
+        summary = writer.finish()
+    assert summary.duplicates >= 1
+    assert summary.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
+    plain = tmp_path / "p.erofs"
+    assert write_erofs(plain, build, **options).sha256 is None
+    assert plain.read_bytes() == image.read_bytes()
+    with pytest.raises(ValueError, match="path"), open(tmp_path / "s", "wb") as f:
+        ErofsWriter(f, digest=True)

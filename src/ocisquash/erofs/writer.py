@@ -42,8 +42,10 @@ from __future__ import annotations
 
 import bisect
 import functools
+import hashlib
 import os
 import struct
+import threading
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,6 +128,8 @@ class ErofsSummary:
     chunked_files: int = 0
     extended_inodes: int = 0
     shared_xattrs: int = 0
+    #: the image's sha256 (hex), when the writer was asked for it (see ErofsWriter)
+    sha256: str | None = None
 
 
 class FileNode(Node):
@@ -168,17 +172,24 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
 
     ``output`` is a path (created or truncated) or a seekable, writable binary stream
     (the image starts at offset 0). The interface is that of ``SquashfsWriter``, so the
-    flattener and ``pack`` feed either one.
+    flattener and ``pack`` feed either one. With ``digest`` (a path output only), the
+    summary gives the image's sha256, read while the metadata is written instead of
+    after it (what a compile records in its cache).
     """
 
     error = ErofsError
     _tree: EntryTree
 
     def __init__(self, output: str | os.PathLike[str] | BinaryIO,
-                 options: ErofsOptions | None = None) -> None:
+                 options: ErofsOptions | None = None, digest: bool = False) -> None:
         if options is None:
             options = ErofsOptions()
         self._options = options
+        #: whether finish() gives the image's sha256 (read on a thread of its own while
+        #: the metadata is written: the superblock is known once the inodes are placed)
+        self._digest = digest
+        if digest and hasattr(output, "write"):
+            raise ValueError("the image's digest needs an output given by its path")
         self._epoch = options.resolved_mkfs_time()
         self._owned = not hasattr(output, "write")
         self._path: str | bytes | None = None
@@ -371,6 +382,57 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         return summary
 
 
+class _Hasher:
+    """The sha256 of an image being finished: the bytes up to ``upto`` (final, on
+    disk through the output's descriptor) read on a thread of its own, the rest when
+    :meth:`finish` is called. hashlib releases the GIL, so the reading overlaps the
+    metadata's Python on a second core."""
+
+    def __init__(self, out: BinaryIO, upto: int) -> None:
+        out.flush()
+        self._fd = os.dup(out.fileno())
+        self._hash = hashlib.sha256()
+        self._at = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._guarded, args=(upto,),
+                                        name="ocisquash-digest", daemon=True)
+        self._thread.start()
+
+    def _guarded(self, upto: int) -> None:
+        try:
+            self._read(upto)
+        except BaseException as e:  # handed to finish()
+            self._error = e
+
+    def _read(self, upto: int) -> None:
+        self._upto = upto
+        while self._at < self._upto:
+            chunk = os.pread(self._fd, min(1 << 20, self._upto - self._at), self._at)
+            if not chunk:
+                raise ErofsError("the image ended before its bytes were all hashed")
+            self._hash.update(chunk)
+            self._at += len(chunk)
+
+    def finish(self, end: int) -> str:
+        """The hex digest of the image's ``end`` bytes (the output flushed)."""
+        self._thread.join()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._read(end)
+        finally:
+            self.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Stop (the image is not finished after all) and let go of the descriptor."""
+        self._upto = 0
+        self._thread.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class _Gaps:
     """The unused ends of metadata blocks, for records placed later: kept by size
     class, the newest of each class tried first, from the smallest class that may
@@ -508,7 +570,6 @@ class _Finisher:
     def run(self) -> ErofsSummary:
         data = self.w._data
         data.flush()
-        root = self.root
         self._order()
         packed = None
         if isinstance(data, CompressedData):
@@ -541,24 +602,53 @@ class _Finisher:
         meta_blkaddr = cursor
         meta_end = meta_blkaddr * BLOCK_SIZE + self._layout(max(len(area), INODE_SLOT))
 
-        # Write: out-of-line blocks, shared xattrs, inodes.
-        self.out.seek(data.position)
+        end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
+        self._write_superblock(end, meta_blkaddr, bool(area), packed)
+        # Everything before the metadata is final now: hash it while the rest is written.
+        hasher = _Hasher(self.out, data.position) if self.w._digest else None
+        try:
+            self._write_metadata(data.position, meta_blkaddr * BLOCK_SIZE, area, meta_end)
+            self.out.write(bytes(end - meta_end))
+            # A duplicate file rewound the data area: drop bytes past the image end.
+            self.out.truncate(end)
+            self.out.flush()
+        except BaseException:
+            if hasher is not None:
+                hasher.close()
+            raise
+        sha256 = hasher.finish(end) if hasher is not None else None
+        s = self.stats
+        return ErofsSummary(
+            bytes_written=end, inodes=self.inodes, files=s["files"],
+            directories=s["directories"], symlinks=s["symlinks"], devices=s["devices"],
+            hardlinks=s["hardlinks"], data_bytes_in=data.bytes_in + self.w._short_bytes,
+            duplicates=data.duplicates, compression=self.w._options.compression.value,
+            extended_inodes=s["extended"], shared_xattrs=len(self.xattrs),
+            compressed_files=data.compressed_files, sha256=sha256,
+            chunked_files=(data.chunked_files if isinstance(data, FlatData)
+                           else self.w._sparse.chunked_files if self.w._sparse is not None
+                           else 0),
+        )
+
+    def _write_metadata(self, at: int, base: int, area: bytes, meta_end: int) -> None:
+        """Out-of-line blocks from ``at``, then the shared xattrs and the inodes from
+        ``base``, up to ``meta_end``."""
+        self.out.seek(at)
         for node in self.outside:
             if isinstance(node, Dir):
                 if node.blocks_at:
                     self._write_outside(node)
             elif id(node) in self.blocks_at:
                 self._write_outside(node)
-        base = meta_blkaddr * BLOCK_SIZE
         assert self.out.tell() == base
         self.out.write(area)
         self._write_inodes(base)
         assert self.out.tell() == meta_end
-        end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
-        self.out.write(bytes(end - meta_end))
-        # A duplicate file rewound the data area: drop bytes past the image end.
-        self.out.truncate(end)
 
+    def _write_superblock(self, end: int, meta_blkaddr: int, xattrs: bool,
+                          packed: FileNode | None) -> None:
+        """The superblock (and the compressor's record after it), once the inodes are
+        placed: nothing in it depends on their bytes."""
         incompat = algs = 0
         codec = self.w._codec
         if self.compressed and codec is not None:
@@ -574,12 +664,12 @@ class _Finisher:
         if self.chunked:
             incompat |= INCOMPAT_CHUNKED_FILE
         superblock = Superblock(
-            root_nid=root.ref,
+            root_nid=self.root.ref,
             inodes=self.inodes,
             epoch=self.epoch,
             blocks=end // BLOCK_SIZE,
             meta_blkaddr=meta_blkaddr,
-            xattr_blkaddr=meta_blkaddr if area else 0,
+            xattr_blkaddr=meta_blkaddr if xattrs else 0,
             feature_incompat=incompat,
             compr_algs=algs,
             packed_nid=packed.ref if packed is not None else 0,
@@ -587,19 +677,6 @@ class _Finisher:
         )
         self.out.seek(SUPER_OFFSET)
         self.out.write(superblock.pack())
-        self.out.flush()
-        s = self.stats
-        return ErofsSummary(
-            bytes_written=end, inodes=self.inodes, files=s["files"],
-            directories=s["directories"], symlinks=s["symlinks"], devices=s["devices"],
-            hardlinks=s["hardlinks"], data_bytes_in=data.bytes_in + self.w._short_bytes,
-            duplicates=data.duplicates, compression=self.w._options.compression.value,
-            extended_inodes=s["extended"], shared_xattrs=len(self.xattrs),
-            compressed_files=data.compressed_files,
-            chunked_files=(data.chunked_files if isinstance(data, FlatData)
-                           else self.w._sparse.chunked_files if self.w._sparse is not None
-                           else 0),
-        )
 
     # -- numbering --------------------------------------------------------------------
 
