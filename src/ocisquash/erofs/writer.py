@@ -41,6 +41,7 @@ Rules enforced here:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import hashlib
 import os
@@ -383,10 +384,12 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
 
 
 class _Hasher:
-    """The sha256 of an image being finished: the bytes up to ``upto`` (final, on
-    disk through the output's descriptor) read on a thread of its own, the rest when
+    """The sha256 of an image being finished: the bytes up to ``upto`` (final, in the
+    file through the output's descriptor) read on a thread of its own, the rest when
     :meth:`finish` is called. hashlib releases the GIL, so the reading overlaps the
-    metadata's Python on a second core."""
+    metadata's Python on a second core. Meanwhile another thread syncs the file: the
+    cache syncs each entry's files as it publishes them, and most of the image's bytes
+    are on disk by then (as when the finished image was hashed while it synced)."""
 
     def __init__(self, out: BinaryIO, upto: int) -> None:
         out.flush()
@@ -397,6 +400,13 @@ class _Hasher:
         self._thread = threading.Thread(target=self._guarded, args=(upto,),
                                         name="ocisquash-digest", daemon=True)
         self._thread.start()
+        self._syncer = threading.Thread(target=self._sync, name="ocisquash-fsync",
+                                        daemon=True)
+        self._syncer.start()
+
+    def _sync(self) -> None:
+        with contextlib.suppress(OSError):  # publishing syncs again, and says so
+            os.fsync(self._fd)
 
     def _guarded(self, upto: int) -> None:
         try:
@@ -428,6 +438,7 @@ class _Hasher:
         """Stop (the image is not finished after all) and let go of the descriptor."""
         self._upto = 0
         self._thread.join()
+        self._syncer.join()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
