@@ -126,7 +126,8 @@ GUESS_MARGIN = 0.95
 #: within :data:`TRUST_DRIFT` of the pcluster's before, the next window aims at that
 #: ratio (times :data:`TRUST_MARGIN`) instead of paying for fast lz4's guess, until a
 #: fit misses. On bigfile's data 4 in 5 guesses go; on the other bench images' files
-#: 1 in 8 to 1 in 5, for 0.03-0.11 % more blocks (bench/RESULTS-erofs.md, "CPU").
+#: 1 in 7 to 1 in 4, for 0.03-0.11 % more blocks (bench/RESULTS-erofs.md, "Steady
+#: data").
 TRUST_SHARE = 0.85
 TRUST_DRIFT = 0.03
 TRUST_MARGIN = 0.98

@@ -126,7 +126,7 @@ def _pairs(full: bytes, total: int) -> bytes | None:
     entries = list(_DELTA.iter_unpack(full))
     values = [_NONHEAD << _LO_BITS | word2 if kind == _NONHEAD else kind << _LO_BITS | lo
               for kind, lo, word2, _ in entries]
-    if max(values) >> _ENTRY_BITS:
+    if max(values, default=0) >> _ENTRY_BITS:
         return None  # a value wider than its entry's 14 bits
     if total % 2:
         values.append(_PLAIN)
