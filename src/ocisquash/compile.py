@@ -483,9 +483,9 @@ def _image_sha256(path: Path, summary: WriteSummary | ErofsSummary, unchanged: b
     """The built image's sha256: the writer's own when it gave one (EROFS, hashed while
     its metadata was written) and the file is as it left it (no verity tree added), else
     read while the file syncs."""
-    given = getattr(summary, "sha256", None)
+    given = summary.sha256
     if given is not None and unchanged and path.stat().st_size == summary.bytes_written:
-        return str(given)
+        return given.hex()
     return _hash_while_syncing(path).hex
 
 

@@ -680,7 +680,7 @@ def test_the_digest_read_while_finishing_is_the_images(tmp_path: Path,
         build(writer)
         summary = writer.finish()
     assert summary.duplicates >= 1
-    assert summary.sha256 == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert summary.sha256 == hashlib.sha256(image.read_bytes()).digest()
     plain = tmp_path / "p.erofs"
     assert write_erofs(plain, build, **options).sha256 is None
     assert plain.read_bytes() == image.read_bytes()

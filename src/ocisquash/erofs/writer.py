@@ -129,8 +129,9 @@ class ErofsSummary:
     chunked_files: int = 0
     extended_inodes: int = 0
     shared_xattrs: int = 0
-    #: the image's sha256 (hex), when the writer was asked for it (see ErofsWriter)
-    sha256: str | None = None
+    #: the image's sha256, when the writer was asked for it (see ErofsWriter); bytes,
+    #: so not among the figures ``--json`` reports
+    sha256: bytes | None = None
 
 
 class FileNode(Node):
@@ -423,8 +424,8 @@ class _Hasher:
             self._hash.update(chunk)
             self._at += len(chunk)
 
-    def finish(self, end: int) -> str:
-        """The hex digest of the image's ``end`` bytes (the output flushed)."""
+    def finish(self, end: int) -> bytes:
+        """The digest of the image's ``end`` bytes (the output flushed)."""
         self._thread.join()
         try:
             if self._error is not None:
@@ -432,7 +433,7 @@ class _Hasher:
             self._read(end)
         finally:
             self.close()
-        return self._hash.hexdigest()
+        return self._hash.digest()
 
     def close(self) -> None:
         """Stop (the image is not finished after all) and let go of the descriptor."""

@@ -87,6 +87,9 @@ class WriteSummary:
     fragments: int  # fragment blocks
     compression: str
     block_size: int
+    #: the image's sha256 when the writer gives it (as the EROFS writer can); this one
+    #: does not: a compile reads the finished image
+    sha256: bytes | None = None
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
