@@ -686,3 +686,34 @@ def test_the_digest_read_while_finishing_is_the_images(tmp_path: Path,
     assert plain.read_bytes() == image.read_bytes()
     with pytest.raises(ValueError, match="path"), open(tmp_path / "s", "wb") as f:
         ErofsWriter(f, digest=True)
+
+
+def test_files_stored_whole_in_the_packed_inode_do_not_pile_up_in_the_queue(
+        tmp_path: Path) -> None:
+    """With fragments a small file has nothing of its own to compress, yet it waits in
+    the writer's queue like any file: each queued file counts ``QUEUED_FILE_BYTES``
+    toward the in-flight limit, so the queue stays bounded in files (it grew with every
+    small file before: 755 MB at the peak on the million-file bench image)."""
+    _require_fragments()
+    rng = random.Random(9)
+    words = _prose(rng, 200_000)
+    files = {b"f%05d" % i: words[i * 7:i * 7 + rng.randrange(16, 512)]
+             for i in range(20_000)}
+    longest = 0
+
+    def build(w: ErofsWriter) -> None:
+        nonlocal longest
+        m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+        data = w._data
+        assert isinstance(data, compress.CompressedData)
+        for name, body in files.items():
+            w.add_file(name, m, body)
+            longest = max(longest, len(data._queue))
+
+    image = tmp_path / "q.erofs"
+    write_erofs(image, build, compression=LZ4HC, fragments=True, workers=2)
+    bound = compress.IN_FLIGHT_BYTES * 2 // compress.QUEUED_FILE_BYTES + 1
+    assert 0 < longest <= bound < len(files)
+    with erofs_mounted(image, tmp_path / "m") as m:
+        for name in (b"f00000", b"f09999", b"f19999"):
+            assert (m / name.decode()).read_bytes() == files[name]
