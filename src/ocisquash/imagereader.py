@@ -13,25 +13,39 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO, Generic, Self, TypeVar
+from typing import BinaryIO, Generic, Protocol, Self, TypeVar
 
 from .errors import LimitExceededError, OcisquashError
 
 #: Linux follows at most 40 symlinks when it resolves one path (``MAXSYMLINKS``).
 MAX_SYMLINKS = 40
 
-_Inode = TypeVar("_Inode")
+
+
+class _Kinded(Protocol):
+    """What the shared code reads of a format's inode: its type, in the format's own
+    enum, and its size (a regular file's bytes)."""
+
+    @property
+    def kind(self) -> Enum: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+_Inode = TypeVar("_Inode", bound=_Kinded)
 
 
 @dataclass(frozen=True, slots=True)
 class Stat:
     """An entry's type (the format's own: squashfs's basic inode type, EROFS's file
-    type), permission bits and owner."""
+    type), permission bits and owner, and whether it is a directory."""
 
     kind: Enum
     mode: int
     uid: int
     gid: int
+    directory: bool
 
 
 class ImageReader(Generic[_Inode]):
@@ -39,6 +53,9 @@ class ImageReader(Generic[_Inode]):
 
     #: the error every problem with the image raises
     error: type[OcisquashError] = OcisquashError
+    #: the format's inode types of a directory and a regular file
+    _DIR: Enum
+    _FILE: Enum
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -75,23 +92,15 @@ class ImageReader(Generic[_Inode]):
         """The entry ``name`` of ``directory``, or None."""
         raise NotImplementedError
 
-    def _is_dir(self, inode: _Inode) -> bool:
-        raise NotImplementedError
-
-    def _is_file(self, inode: _Inode) -> bool:
-        raise NotImplementedError
-
     def _target(self, inode: _Inode) -> bytes | None:
         """A symlink's target, None for anything else."""
-        raise NotImplementedError
-
-    def _file_size(self, inode: _Inode) -> int:
         raise NotImplementedError
 
     def _file_data(self, inode: _Inode) -> bytes:
         raise NotImplementedError
 
-    def _stat(self, inode: _Inode) -> Stat:
+    def _owner(self, inode: _Inode) -> tuple[int, int, int]:
+        """The inode's permission bits, uid and gid."""
         raise NotImplementedError
 
     # -- lookups -------------------------------------------------------------------
@@ -104,9 +113,9 @@ class ImageReader(Generic[_Inode]):
         inode = self._resolve(path)
         if inode is None:
             return None
-        if not self._is_file(inode):
+        if inode.kind is not self._FILE:
             raise self.error(f"{path} in {self.path} is not a regular file")
-        size = self._file_size(inode)
+        size = inode.size
         if size > limit:
             raise LimitExceededError(f"{path} in {self.path} is {size} bytes, more than {limit}")
         return self._file_data(inode)
@@ -114,12 +123,15 @@ class ImageReader(Generic[_Inode]):
     def stat(self, path: str) -> Stat | None:
         """Type, mode and owner of ``path`` (symlinks followed), or None when absent."""
         inode = self._resolve(path)
-        return None if inode is None else self._stat(inode)
+        if inode is None:
+            return None
+        mode, uid, gid = self._owner(inode)
+        return Stat(inode.kind, mode, uid, gid, inode.kind is self._DIR)
 
     def is_dir(self, path: str) -> bool:
         """Whether ``path`` (symlinks followed) is a directory in the image."""
         inode = self._resolve(path)
-        return inode is not None and self._is_dir(inode)
+        return inode is not None and inode.kind is self._DIR
 
     def _resolve(self, path: str) -> _Inode | None:
         """The inode at ``path`` with every symlink followed inside the image (an
@@ -139,7 +151,7 @@ class ImageReader(Generic[_Inode]):
                     trail.pop()
                 continue
             here = trail[-1]
-            if not self._is_dir(here):
+            if here.kind is not self._DIR:
                 return None
             inode = self._child(here, name)
             if inode is None:

@@ -346,8 +346,8 @@ def runtime_config(config: ImageConfig, image: str | Path | None) -> dict[str, A
         user = resolve_user(c.user, passwd, group)
         volumes = []
         for volume in c.volumes:
-            st = reader.stat(volume) if reader.is_dir(volume) else None
-            if st is not None:
+            st = reader.stat(volume)
+            if st is not None and st.directory:
                 volumes.append(Volume(volume, st.mode, st.uid, st.gid))
             else:
                 # A runtime cannot create the mount point on a read-only root.

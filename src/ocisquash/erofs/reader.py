@@ -99,14 +99,16 @@ class ErofsReader(ImageReader[_Inode]):
     """
 
     error = ErofsError
+    _DIR = FileType.DIR
+    _FILE = FileType.REG_FILE
 
     def _open(self) -> None:
         self._superblock()
 
     # -- the entries as the base class asks for them --------------------------------
 
-    def _stat(self, inode: _Inode) -> Stat:
-        return Stat(inode.kind, inode.mode & ~_S_IFMT, inode.uid, inode.gid)
+    def _owner(self, inode: _Inode) -> tuple[int, int, int]:
+        return inode.mode & ~_S_IFMT, inode.uid, inode.gid
 
     # -- structure -----------------------------------------------------------------
 
@@ -183,21 +185,12 @@ class ErofsReader(ImageReader[_Inode]):
         nid = next((n for entry, n in self._entries(directory) if entry == name), None)
         return None if nid is None else self._inode(nid)
 
-    def _is_dir(self, inode: _Inode) -> bool:
-        return inode.kind is FileType.DIR
-
-    def _is_file(self, inode: _Inode) -> bool:
-        return inode.kind is FileType.REG_FILE
-
     def _target(self, inode: _Inode) -> bytes | None:
         if inode.kind is not FileType.SYMLINK:
             return None
         if inode.size > BLOCK_SIZE:
             raise self._damaged(f"a symlink target of {inode.size} bytes")
         return self._data(inode, 0, inode.size)
-
-    def _file_size(self, inode: _Inode) -> int:
-        return inode.size
 
     def _file_data(self, inode: _Inode) -> bytes:
         return self._data(inode, 0, inode.size)

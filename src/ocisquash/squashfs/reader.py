@@ -82,6 +82,8 @@ class SquashfsReader(ImageReader[_Inode]):
     """
 
     error = SquashfsError
+    _DIR = InodeType.DIR
+    _FILE = InodeType.FILE
 
     def _open(self) -> None:
         self._sb = self._superblock()
@@ -93,9 +95,8 @@ class SquashfsReader(ImageReader[_Inode]):
 
     # -- the entries as the base class asks for them --------------------------------
 
-    def _stat(self, inode: _Inode) -> Stat:
-        return Stat(inode.kind, inode.mode, self._id(inode.uid_index),
-                    self._id(inode.gid_index))
+    def _owner(self, inode: _Inode) -> tuple[int, int, int]:
+        return inode.mode, self._id(inode.uid_index), self._id(inode.gid_index)
 
     def _id(self, index: int) -> int:
         """Entry ``index`` of the id table: "a list of 64 bit unsigned integers ...
@@ -253,17 +254,8 @@ class SquashfsReader(ImageReader[_Inode]):
         ref = self._lookup(directory, name)
         return None if ref is None else self._inode(ref)
 
-    def _is_dir(self, inode: _Inode) -> bool:
-        return inode.kind is InodeType.DIR
-
-    def _is_file(self, inode: _Inode) -> bool:
-        return inode.kind is InodeType.FILE
-
     def _target(self, inode: _Inode) -> bytes | None:
         return inode.target if inode.kind is InodeType.SYMLINK else None
-
-    def _file_size(self, inode: _Inode) -> int:
-        return inode.size
 
     # -- file data -----------------------------------------------------------------
 
