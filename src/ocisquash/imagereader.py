@@ -1,8 +1,8 @@
 """What the squashfs and EROFS path readers share (``squashfs/reader.py``,
 ``erofs/reader.py``): the image file opened for reading, reads bounded by its size, and
 the walk of one path with its symlinks followed inside the image, as a runtime resolves
-them from the container's root. Each format supplies its inodes: the root, a directory's
-child by name, and what kind an inode is.
+them from the container's root; and telling the two formats apart. Each format supplies
+its inodes: the root, a directory's child by name, and what kind an inode is.
 
 Every inconsistency is the format's error class saying the image is damaged.
 """
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO, Generic, Protocol, Self, TypeVar
+from typing import BinaryIO, Generic, Literal, Protocol, Self, TypeVar
 
 from .errors import LimitExceededError, OcisquashError
 
@@ -186,4 +186,19 @@ class ImageReader(Generic[_Inode]):
         return data
 
 
-__all__ = ["MAX_SYMLINKS", "ImageReader", "Stat"]
+def image_format(path: str | os.PathLike[str]) -> Literal["squashfs", "erofs"] | None:
+    """Which image the file at ``path`` is, by its superblock's magic (``has_magic`` of
+    either format); None when it is neither. OSError when it cannot be read."""
+    from .erofs import format as erofs
+    from .squashfs import format as squashfs
+
+    with open(path, "rb") as f:
+        head = f.read(erofs.SUPER_OFFSET + 4)
+    if squashfs.has_magic(head):
+        return "squashfs"
+    if erofs.has_magic(head):
+        return "erofs"
+    return None
+
+
+__all__ = ["MAX_SYMLINKS", "ImageReader", "Stat", "image_format"]

@@ -84,15 +84,14 @@ def _state_dir(target: Path) -> Path:
 
 
 def _filesystem(image: Path) -> str:
-    """``erofs`` or ``squashfs``, by the image's magic (``erofs.format.has_magic``)."""
-    from .erofs.format import SUPER_OFFSET, has_magic
+    """``erofs`` or ``squashfs``, by the image's magic (anything but EROFS is left to
+    the squashfs mount to refuse)."""
+    from .imagereader import image_format
 
     try:
-        with open(image, "rb") as f:
-            head = f.read(SUPER_OFFSET + 4)
+        return image_format(image) or "squashfs"
     except OSError as e:
         raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
-    return "erofs" if has_magic(head) else "squashfs"
 
 
 def _mount_readonly(image: Path, target: Path) -> str:

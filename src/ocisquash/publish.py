@@ -42,9 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .digest import Digest
-from .erofs.format import SUPER_OFFSET, has_magic
+from .erofs.format import SUPER_OFFSET
+from .erofs.format import has_magic as erofs_magic
 from .errors import ImageNotFoundError, IntegrityError, ManifestError, OcisquashError
+from .imagereader import image_format
 from .model import OCI_INDEX, OCI_MANIFEST, Descriptor
+from .squashfs.format import has_magic as squashfs_magic
 
 if TYPE_CHECKING:
     from .cache import CacheRecord
@@ -561,29 +564,22 @@ def _check_verity(image: Path, root: str, wanted: Wanted, what: str) -> None:
     _expect(stored == root, "has a root hash file that differs from its annotation", what)
 
 
-_SQUASHFS_MAGIC = b"hsqs"
-_EROFS_SB = SUPER_OFFSET
-
-
 def _sniff_format(image: Path) -> str:
-    with open(image, "rb") as f:
-        head = f.read(_EROFS_SB + 32)
-    if head[:4] == _SQUASHFS_MAGIC:
-        return "squashfs"
-    if has_magic(head):
-        return "erofs"
-    raise IntegrityError("is neither a squashfs nor an EROFS image", context=str(image))
+    fmt = image_format(image)
+    if fmt is None:
+        raise IntegrityError("is neither a squashfs nor an EROFS image", context=str(image))
+    return fmt
 
 
 def _check_image(image: Path, fmt: str, what: str) -> int:
     """The image's inode count from its superblock; its magic must be ``fmt``'s."""
     with open(image, "rb") as f:
-        head = f.read(_EROFS_SB + 32)
+        head = f.read(SUPER_OFFSET + 32)
     if fmt == "squashfs":
-        _expect(head[:4] == _SQUASHFS_MAGIC, "has no squashfs image", what)
+        _expect(squashfs_magic(head), "has no squashfs image", what)
         return int.from_bytes(head[4:8], "little")  # "inode_count"
-    _expect(has_magic(head), "has no EROFS image", what)
-    return int.from_bytes(head[_EROFS_SB + 16:_EROFS_SB + 24], "little")  # "inos"
+    _expect(erofs_magic(head), "has no EROFS image", what)
+    return int.from_bytes(head[SUPER_OFFSET + 16:SUPER_OFFSET + 24], "little")  # "inos"
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:

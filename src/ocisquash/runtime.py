@@ -335,11 +335,15 @@ def runtime_config(config: ImageConfig, image: str | Path | None) -> dict[str, A
         return build_runtime_config(config, resolve_user(c.user, None, None),
                                     [Volume(v) for v in c.volumes])
 
-    from .erofs.reader import ErofsReader, is_erofs
+    from .erofs.reader import ErofsReader
+    from .imagereader import image_format
     from .squashfs.reader import SquashfsReader
 
-    reader: ErofsReader | SquashfsReader = \
-        ErofsReader(image) if is_erofs(image) else SquashfsReader(image)
+    try:
+        erofs = image_format(image) == "erofs"
+    except OSError:
+        erofs = False  # the squashfs reader says why it cannot open it
+    reader: ErofsReader | SquashfsReader = ErofsReader(image) if erofs else SquashfsReader(image)
     with reader:
         passwd = reader.read_file("/etc/passwd")
         group = reader.read_file("/etc/group")

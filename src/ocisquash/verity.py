@@ -904,17 +904,15 @@ class VerifyResult:
     signature_checked: bool
 
 
-_SQUASHFS_MAGIC = b"hsqs"
-
-
 def _image_size(head: bytes) -> int | None:
     """The bytes a squashfs or EROFS image says it uses, from its first 2 KiB."""
-    if head[:4] == _SQUASHFS_MAGIC and len(head) >= 48:
-        return int.from_bytes(head[40:48], "little")  # "bytes used"
-    from .erofs.format import SUPER_OFFSET, has_magic
+    from .erofs import format as erofs
+    from .squashfs import format as squashfs
 
-    sb = head[SUPER_OFFSET:SUPER_OFFSET + 40]
-    if has_magic(head) and len(sb) == 40:
+    if squashfs.has_magic(head) and len(head) >= 48:
+        return int.from_bytes(head[40:48], "little")  # "bytes used"
+    sb = head[erofs.SUPER_OFFSET:erofs.SUPER_OFFSET + 40]
+    if erofs.has_magic(head) and len(sb) == 40:
         # "blkszbits" at 12, "blocks" (u32, "used for statfs") at 36
         return int.from_bytes(sb[36:40], "little") << sb[12]
     return None

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -421,13 +420,4 @@ def _partial_call() -> Any:
     return call
 
 
-def is_erofs(path: str | os.PathLike[str]) -> bool:
-    """Whether the file at ``path`` starts as an EROFS image (``format.has_magic``)."""
-    try:
-        with open(path, "rb") as f:
-            return has_magic(f.read(SUPER_OFFSET + 4))
-    except OSError:
-        return False
-
-
-__all__ = ["MAX_SYMLINKS", "ErofsReader", "Stat", "is_erofs"]
+__all__ = ["MAX_SYMLINKS", "ErofsReader", "Stat"]

@@ -16,6 +16,13 @@ MAGIC = 0x73717368
 VERSION_MAJOR = 4
 VERSION_MINOR = 0
 
+
+def has_magic(head: bytes) -> bool:
+    """Whether a file starting with ``head`` is a squashfs image: the superblock's
+    magic in its first 4 bytes."""
+    return head[:4] == MAGIC.to_bytes(4, "little")
+
+
 #: "Metadata ... is chopped up into 8KiB blocks that are separately compressed."
 METADATA_SIZE = 8192
 #: "The MSB is set if the block is stored uncompressed" (metadata block header).
