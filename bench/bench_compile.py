@@ -15,6 +15,8 @@ reversed every other round), each cold from a local ``docker-registry``:
 * ``ocisquash-default``: ``ocisquash compile`` with its defaults, empty cache directory;
 * ``ocisquash-erofs``: ``ocisquash compile --format erofs --compression lz4hc`` (level 9,
   128 KiB physical clusters: EROFS's defaults), empty cache directory;
+* ``ocisquash-erofs-small``: the same with ``--erofs-fragments --erofs-metabox``, the
+  EROFS features that make images of small files small (Linux 6.17+);
 * ``ocisquash-lz4hc``: the squashfs compile at the same settings (lz4 in its
   high-compression mode, level 9, 128 KiB blocks), empty cache directory. The CLI offers
   lz4hc for EROFS only, so this one calls ``ocisquash.compile.compile_image`` in a fresh
@@ -70,6 +72,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -92,10 +95,12 @@ HERE = Path(__file__).resolve().parent
 NPROC = os.cpu_count() or 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "ocisquash-erofs",
+              "ocisquash-erofs-small",
               "ocisquash-lz4hc", "warm-registry", "warm-layout", "floor")
 EQUAL = ["--compression", "gzip", "--level", "9", "--block-size", "128K"]
 #: EROFS at its defaults, spelled out: lz4hc level 9, 128 KiB physical clusters.
 EROFS = ["--format", "erofs", "--compression", "lz4hc"]
+EROFS_SMALL = [*EROFS, "--erofs-fragments", "--erofs-metabox"]
 #: The squashfs compile at EROFS's settings, through the API (the CLI refuses lz4hc for
 #: squashfs): argv is IMAGE OUT CACHE.
 LZ4HC_SQUASHFS = """
@@ -711,6 +716,8 @@ def _round(name: str, ref: str, layout: Path, workdir: Path, contenders: list[st
             m = run_ocisquash(f"docker://{ref}", tmp, cache, EQUAL)
         elif c == "ocisquash-erofs":
             m = run_ocisquash(f"docker://{ref}", tmp, cache, EROFS)
+        elif c == "ocisquash-erofs-small":
+            m = run_ocisquash(f"docker://{ref}", tmp, cache, EROFS_SMALL)
         elif c == "ocisquash-lz4hc":
             m = run_lz4hc_squashfs(f"docker://{ref}", tmp, cache)
         else:
@@ -982,24 +989,28 @@ def erofs_section(all_results: dict[str, dict[str, list[Measure]]]) -> list[str]
     """EROFS against squashfs at the same settings (issue 23): time, CPU, memory, size."""
     rows = []
     verdicts = []
-    for name, res in all_results.items():
-        pairs = paired(res.get("ocisquash-erofs", []), res.get("ocisquash-lz4hc", []))
+    for (name, res), erofs in itertools.product(all_results.items(),
+                                                ("ocisquash-erofs", "ocisquash-erofs-small")):
+        if erofs not in res:
+            continue
+        pairs = paired(res.get(erofs, []), res.get("ocisquash-lz4hc", []))
+        label = name if erofs == "ocisquash-erofs" else f"{name}, small"
         if not pairs:
-            for c in ("ocisquash-erofs", "ocisquash-lz4hc"):
+            for c in (erofs, "ocisquash-lz4hc"):
                 bad = [m.error for m in res.get(c, []) if m.error]
                 if bad:
-                    rows.append(f"| {name} | {c} fails: {bad[0][:100]} | | | | | | |")
+                    rows.append(f"| {label} | {c} fails: {bad[0][:100]} | | | | | | |")
             continue
         ratios = [e.wall / q.wall for e, q in pairs]
         cpu_e, cpu_q = med([e.cpu for e, _ in pairs]), med([q.cpu for _, q in pairs])
         rss_e, rss_q = max(e.rss for e, _ in pairs), max(q.rss for _, q in pairs)
         size_e, size_q = med([e.size for e, _ in pairs]), med([q.size for _, q in pairs])
         rows.append(
-            f"| {name} | {med([e.wall for e, _ in pairs]):.2f} / {med([q.wall for _, q in pairs]):.2f} "
+            f"| {label} | {med([e.wall for e, _ in pairs]):.2f} / {med([q.wall for _, q in pairs]):.2f} "
             f"| {med(ratios):.3f} ({', '.join(f'{r:.2f}' for r in ratios)}) "
             f"| {cpu_e:.1f} / {cpu_q:.1f} ({cpu_e / cpu_q:.2f}) | {rss_text(rss_e)} / {rss_text(rss_q)} "
             f"| {size_e / 1e6:.1f} / {size_q / 1e6:.1f} ({size_e / size_q:.3f}) |")
-        verdicts.append(f"{name}: EROFS time / squashfs time {med(ratios):.3f} "
+        verdicts.append(f"{label}: EROFS time / squashfs time {med(ratios):.3f} "
                         f"(≤ 1: {'met' if med(ratios) <= 1 else 'NOT met'}); EROFS peak RSS "
                         f"{rss_e / 1e6:.0f} MB (< 200 MB: {'met' if rss_e < 200e6 else 'NOT met'})")
     if not rows:
@@ -1010,7 +1021,8 @@ def erofs_section(all_results: dict[str, dict[str, list[Measure]]]) -> list[str]
         "clusters) against the squashfs compile at lz4hc level 9, 128 KiB blocks (through "
         "`compile_image`: the CLI offers lz4hc for EROFS only), both cold from the registry "
         "into an empty cache, in the same rounds as the table above. Ratio: EROFS / squashfs "
-        "per round, then the median (each round's in brackets).", "",
+        "per round, then the median (each round's in brackets). Rows marked *small* add "
+        "`--erofs-fragments --erofs-metabox`.", "",
         "| image | wall s, EROFS / squashfs (medians) | time ratio | CPU s, EROFS / squashfs "
         "| peak RSS MiB, EROFS / squashfs | output MB, EROFS / squashfs (ratio) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -1155,6 +1167,7 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
         if ok:
             v.append(f"{name}: {c} {med(ok):.3f} s (≤ 0.3 s: {yes(med(ok) <= 0.3)})")
     rss = [m.rss for c in ("ocisquash-equal", "ocisquash-default", "ocisquash-erofs",
+                           "ocisquash-erofs-small",
                            "ocisquash-lz4hc") for m in res.get(c, [])
            if not m.error and m.rss > 0]
     if rss:

@@ -160,6 +160,7 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
         COMPRESSION_HELP,
         FRAGMENTS_MIN_KERNEL,
         HOLES_MIN_KERNEL,
+        METABOX_MIN_KERNEL,
         ZTAILPACKING_MIN_KERNEL,
     )
 
@@ -183,6 +184,11 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                    help="with --format erofs: store a compressed file's last physical cluster inline "
                         "after its inode when it fits, not in a block of its own "
                         f"(Linux {ZTAILPACKING_MIN_KERNEL}+)")
+    g.add_argument("--erofs-metabox", action="store_true",
+                   help="with --format erofs: store the inodes, with the directories and "
+                        "small files that go inline, in one compressed inode instead of "
+                        "uncompressed: much smaller images of many small files "
+                        f"(Linux {METABOX_MIN_KERNEL}+, which calls it experimental)")
     g.add_argument("--erofs-no-holes", action="store_true",
                    help="with --format erofs: write every zero of a file; by default a file "
                         "with an all-zero 4 KiB-aligned chunk (a sparse file's hole) is "
@@ -272,7 +278,7 @@ def erofs_options_from_args(args: argparse.Namespace, *,
     )
     # The feature flags only ever switch a feature one way.
     flags = {"fragments": args.erofs_fragments, "ztailpacking": args.erofs_ztailpacking,
-             "holes": not args.erofs_no_holes}
+             "metabox": args.erofs_metabox, "holes": not args.erofs_no_holes}
     if args.erofs_kernel is None:
         return ErofsOptions(**common, **flags)
     asked = {k: v for k, v in flags.items() if v != (k == "holes")}

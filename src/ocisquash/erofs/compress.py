@@ -379,7 +379,8 @@ class Codec:
 
 def largest_pcluster(pcluster_size: int, fragments: bool) -> int:
     """The most file bytes any pcluster holds: ``pcluster_size``, or the packed inode's
-    when that is larger (the codec's configuration record says so to the kernel)."""
+    (and the metabox's: ``fragments`` is true for either) when that is larger (the
+    codec's configuration record says so to the kernel)."""
     return max(pcluster_size, PACKED_PCLUSTER_BYTES) if fragments else pcluster_size
 
 
@@ -594,7 +595,8 @@ class CompressedData:
 
     def __init__(self, out: BinaryIO, position: int, spool: Spool, *, codec: Codec,
                  pcluster_size: int, workers: int, dedup: bool,
-                 fragments: bool = False, ztailpacking: bool = False) -> None:
+                 fragments: bool = False, ztailpacking: bool = False,
+                 metabox: bool = False) -> None:
         self._out = out
         #: where ``out``'s own position is, as left by ``_drain`` and ``_read`` (-1: not
         #: known), so that a write asks the kernel for it only when it moved: another
@@ -611,12 +613,14 @@ class CompressedData:
         self._codec = codec
         self._pcluster = pcluster_size
         self._segment = max(pcluster_size, SEGMENT_BYTES // pcluster_size * pcluster_size)
-        #: the packed inode's pcluster and segment sizes (see PACKED_PCLUSTER_BYTES)
-        self._packed_step = largest_pcluster(pcluster_size, fragments)
+        #: the packed inode's and the metabox's pcluster and segment sizes (see
+        #: PACKED_PCLUSTER_BYTES)
+        self._packed_step = largest_pcluster(pcluster_size, fragments or metabox)
         self._packed_segment = max(self._segment,
                                    PACKED_SEGMENT_PCLUSTERS * self._packed_step)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
         self._limit = IN_FLIGHT_BYTES * workers
+        self._workers = workers
         self._queue: deque[_File] = deque()
         #: the batch that short segments join, not handed to the pool yet
         self._filling: _Batch | None = None
@@ -722,6 +726,36 @@ class CompressedData:
             while self._queued > self._limit:
                 self._write_oldest()
         return extent
+
+    def write_alone(self, source: BinaryIO, size: int) -> Extent:
+        """Add a file that shares nothing and is not counted among the files (the
+        metabox): in the packed inode's pcluster size, no duplicate search, its last
+        extent not in the packed inode, no inline pcluster."""
+        packed, firsts, dedup = self._packed, self._firsts, self._dedup
+        sizes = self._pcluster, self._segment, self._limit
+        counts = self.bytes_in, self.compressed_files
+        self.flush()
+        self._packed = self._firsts = None
+        self._dedup = False
+        # Segments of one pcluster, two per thread in flight: enough to keep the
+        # threads busy, and the least memory at the end of a build, when the tree is
+        # largest.
+        step = self._packed_step
+        self._pcluster, self._segment, self._limit = step, step, 2 * self._workers * step
+        try:
+            extent = self.write(source, size, 0)
+            self.flush()
+            return extent
+        finally:
+            self._packed, self._firsts, self._dedup = packed, firsts, dedup
+            self._pcluster, self._segment, self._limit = sizes
+            self.bytes_in, self.compressed_files = counts
+
+    def skip_to(self, position: int) -> None:
+        """Go on at ``position``: the bytes before it were written by someone else."""
+        self._drain()
+        self.position = position
+        self._out_at = -1
 
     def _add_segment(self, f: _File, raw: bytes, last: bool,
                      digest: hashlib._Hash | None, streaming: bool) -> bool:

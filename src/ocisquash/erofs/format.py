@@ -55,6 +55,15 @@ INCOMPAT_CHUNKED_FILE = 0x0004
 INCOMPAT_ZTAILPACKING = 0x0010
 #: "#define EROFS_FEATURE_INCOMPAT_FRAGMENTS 0x00000020": file tails in a packed inode
 INCOMPAT_FRAGMENTS = 0x0020
+#: "#define EROFS_FEATURE_INCOMPAT_48BIT 0x00000080": among other things the root's nid
+#: is "rootnid_8b" (64 bits), which an inode in the metabox needs
+INCOMPAT_48BIT = 0x0080
+#: "#define EROFS_FEATURE_INCOMPAT_METABOX 0x00000100": inodes in a compressed
+#: "metabox" inode, whose nid is the superblock's ``metabox_nid`` (Linux 6.17+)
+INCOMPAT_METABOX = 0x0100
+#: "#define EROFS_DIRENT_NID_METABOX_BIT 63": a nid with this bit is the offset of the
+#: inode in the metabox inode's data (in 32-byte slots), not from ``meta_blkaddr``
+NID_METABOX = 1 << 63
 
 
 class DataLayout(IntEnum):
@@ -150,6 +159,11 @@ class Superblock:
     ``epoch`` is the "base seconds used for compact inodes" (the build time, since
     compact inodes here store a relative time of 0); ``root_nid`` goes to
     ``rootnid_2b``, so the root must have one of the first 65536 nids.
+
+    With a ``metabox_nid`` (the feature METABOX) it is 144 bytes, ``sb_extslots`` 1
+    ("superblock size = 128 + sb_extslots * 16"), which holds "metabox_nid"; the root
+    is then in the metabox and its nid, the metabox bit set, goes to "rootnid_8b"
+    (48BIT, with "blocks_hi" 0 where rootnid_2b was).
     """
 
     root_nid: int
@@ -166,18 +180,27 @@ class Superblock:
     volume_name: bytes = b""
     #: "nid of the special packed inode" (with fragments), else 0
     packed_nid: int = 0
+    #: "nid of the metabox inode" (METABOX), else 0
+    metabox_nid: int = 0
 
     def pack(self) -> bytes:
-        if not 0 <= self.root_nid < 1 << 16:
+        """The superblock's bytes: 128, or 144 with a metabox."""
+        box = self.metabox_nid != 0
+        if box:
+            if self.metabox_nid & NID_METABOX or not self.root_nid & NID_METABOX:
+                raise ValueError("with a metabox, the root is in it and the metabox "
+                                 "inode is not")
+        elif not 0 <= self.root_nid < 1 << 16:
             raise ValueError(f"root nid {self.root_nid} does not fit rootnid_2b")
-        return struct.pack(
-            "<IIIBBHQQIIII16s16sIHHHBBIQBB2xI8x8x8x8x",
+        incompat = self.feature_incompat | (INCOMPAT_48BIT | INCOMPAT_METABOX if box else 0)
+        packed = struct.pack(
+            "<IIIBBHQQIIII16s16sIHHHBBIQBB2xIQ8xQ8x",
             MAGIC,
             0,  # checksum: only read with EROFS_FEATURE_COMPAT_SB_CHKSUM, not set
             0,  # feature_compat
             BLOCK_BITS,
-            0,  # sb_extslots
-            self.root_nid,
+            1 if box else 0,  # sb_extslots
+            0 if box else self.root_nid,  # blocks_hi (48BIT) or rootnid_2b
             self.inodes,
             self.epoch,
             0,  # fixed_nsec
@@ -186,7 +209,7 @@ class Superblock:
             self.xattr_blkaddr,
             self.uuid,
             self.volume_name,
-            self.feature_incompat,
+            incompat,
             self.compr_algs,
             0,  # extra_devices
             0,  # devt_slotoff
@@ -197,4 +220,7 @@ class Superblock:
             0,  # xattr_filter_reserved
             0,  # ishare_xattr_prefix_id
             0,  # build_time: seconds after epoch, 0
-        )[:128]
+            self.root_nid if box else 0,  # rootnid_8b (48BIT)
+            self.metabox_nid,
+        )
+        return packed[:144 if box else 128]

@@ -48,6 +48,9 @@ FRAGMENTS_MIN_KERNEL = "6.1"
 #: (ZTAILPACKING).
 ZTAILPACKING_MIN_KERNEL = "5.17"
 
+#: The oldest Linux that mounts images whose inodes are in a metabox (METABOX, 48BIT).
+METABOX_MIN_KERNEL = "6.17"
+
 #: The oldest Linux that mounts images with a chunk-based file (CHUNKED_FILE): one
 #: with an all-zero chunk, stored as a hole (see ``chunks.py``).
 HOLES_MIN_KERNEL = "5.15"
@@ -92,6 +95,10 @@ class ErofsOptions:
     #: store a compressed file's last pcluster right after its inode when it fits in
     #: that block, instead of padding it to a block of its own; Linux 5.17+
     ztailpacking: bool = False
+    #: store the inodes, and with them the directories and small files that go inline,
+    #: in one compressed "metabox" inode instead of uncompressed: squashfs's size on
+    #: trees of many small files; Linux 6.17+, where it is marked experimental
+    metabox: bool = False
     #: store a file with an all-zero 4 KiB-aligned chunk chunk-based, its zero chunks as
     #: holes: a 1 TiB sparse file costs its data, not 1 TiB (Linux 5.15+ for an image
     #: with such a file); False writes every zero, as Linux 5.4 and 5.13 read
@@ -130,6 +137,9 @@ class ErofsOptions:
             raise UsageError("EROFS tail packing of compressed data needs a compressor",
                              hint="drop --erofs-ztailpacking (uncompressed tails are "
                                   "always inline) or choose --compression lz4hc")
+        if self.metabox and self.compression is ErofsCompression.NONE:
+            raise UsageError("an EROFS metabox is compressed: it needs a compressor",
+                             hint="drop --erofs-metabox or choose --compression lz4hc")
         if len(self.uuid) != 16:
             raise UsageError("the volume uuid must be 16 bytes")
 
@@ -140,7 +150,8 @@ class ErofsOptions:
         Every EROFS feature that ``kernel`` reads and that makes images smaller is
         switched on: fragments from 6.1 (which carry file tails, so tail packing is
         left off), else ztailpacking from 5.17; holes are kept from 5.15 and turned off
-        before it. ``settings`` are the other fields, and a feature given there wins
+        before it. The metabox (6.17) is left to be asked for: Linux calls it
+        experimental. ``settings`` are the other fields, and a feature given there wins
         (``holes=False`` on 6.1 stays off); a compressor or feature asked for there that
         ``kernel`` cannot mount raises UsageError, naming the version it needs.
         """
@@ -159,7 +170,7 @@ class ErofsOptions:
                 hint="choose --compression " + ", ".join(
                     c.value for c in ErofsCompression if have >= kernel_version(MIN_KERNEL[c])))
         wanted = {"fragments": FRAGMENTS_MIN_KERNEL, "ztailpacking": ZTAILPACKING_MIN_KERNEL,
-                  "holes": HOLES_MIN_KERNEL}
+                  "metabox": METABOX_MIN_KERNEL, "holes": HOLES_MIN_KERNEL}
         for name, since in wanted.items():
             if settings.get(name) and have < kernel_version(since):
                 raise UsageError(f"Linux {shown} cannot mount EROFS images with {name} "

@@ -45,6 +45,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import queue
 import struct
 import threading
 from array import array
@@ -82,6 +83,7 @@ from .format import (
     INODE_SLOT,
     MAX_NAME_LEN,
     MODE_TYPE,
+    NID_METABOX,
     SUPER_OFFSET,
     DataLayout,
     FileType,
@@ -225,8 +227,9 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         #: whether a file shorter than a block that fits beside its inode is stored
         #: there whole, without the data writers (not when it is compressed: into the
         #: packed inode, or inline in compressed form)
-        self._short_files = not (options.compression is not ErofsCompression.NONE
-                                 and (options.fragments or options.ztailpacking))
+        self._short_files = options.metabox or not (
+            options.compression is not ErofsCompression.NONE
+            and (options.fragments or options.ztailpacking))
         #: with holes, an uncompressed file of zeros is stored chunk-based
         self._zero_holes = options.compression is ErofsCompression.NONE and options.holes
         #: bytes of the files stored that way
@@ -238,12 +241,13 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
                                   options.holes)
         else:
             self._codec = Codec(options.compression, options.resolved_level(),
-                                largest_pcluster(options.pcluster_size, options.fragments))
+                                largest_pcluster(options.pcluster_size,
+                                                 options.fragments or options.metabox))
             self._data = CompressedData(
                 self._out, BLOCK_SIZE, self._spool, codec=self._codec,
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
                 workers=options.workers or os.cpu_count() or 1, fragments=options.fragments,
-                ztailpacking=options.ztailpacking)
+                ztailpacking=options.ztailpacking, metabox=options.metabox)
         #: with a compressor: the files that are mostly holes (see ``sparse.py``)
         self._sparse: SparseFiles | None = None
         if isinstance(self._data, CompressedData) and options.holes:
@@ -507,6 +511,8 @@ _POST = struct.Struct("<HH4x")
 _REG_FILE = int(FileType.REG_FILE)
 #: metadata records written at once
 _WRITE_BATCH = 1 << 20
+#: the metabox's writes (of about _WRITE_BATCH bytes each) that may wait to be read
+_BOX_PIECES = 2
 
 
 class _Short:
@@ -569,6 +575,11 @@ class _Finisher:
         #: whether any file is chunk-based (CHUNKED_FILE)
         self.chunked = False
         self.algorithm = writer._codec.algorithm if writer._codec is not None else 0
+        #: whether the inodes go in the metabox (see _run_boxed)
+        self.boxed = writer._options.metabox and isinstance(writer._data, CompressedData)
+        #: what a directory entry's nid carries besides the inode's slot: the metabox
+        #: bit when every inode a directory names is in the metabox
+        self.nid_bit = NID_METABOX if self.boxed else 0
         #: by metadata index, once the shared xattrs are sealed
         self.shorts: list[_Short] = []
         #: records placed in an earlier block's gap: nid, number and where the record
@@ -611,6 +622,9 @@ class _Finisher:
         # The shared xattrs open the metadata area (xattr_blkaddr == meta_blkaddr), and
         # the inodes follow. Nid 0 stays unused: readdir() skips entries numbered 0.
         area = self.xattrs.area()
+        if self.boxed:
+            assert isinstance(data, CompressedData)
+            return self._run_boxed(data, cursor, area)
         meta_blkaddr = cursor
         meta_end = meta_blkaddr * BLOCK_SIZE + self._layout(max(len(area), INODE_SLOT))
 
@@ -629,6 +643,10 @@ class _Finisher:
                 hasher.close()
             raise
         sha256 = hasher.finish(end) if hasher is not None else None
+        return self._summary(data, end, sha256)
+
+    def _summary(self, data: FlatData | CompressedData, end: int, sha256: bytes | None
+                 ) -> ErofsSummary:
         s = self.stats
         return ErofsSummary(
             bytes_written=end, inodes=self.inodes, files=s["files"],
@@ -642,23 +660,77 @@ class _Finisher:
                            else 0),
         )
 
-    def _write_metadata(self, at: int, base: int, area: bytes, meta_end: int) -> None:
-        """Out-of-line blocks from ``at``, then the shared xattrs and the inodes from
-        ``base``, up to ``meta_end``."""
-        self.out.seek(at)
+    def _run_boxed(self, data: CompressedData, cursor: int, area: bytes) -> ErofsSummary:
+        """The finish with a metabox: the inodes are laid out from the metabox's byte 0
+        (their nids carry the metabox bit, so none is 0) and written through the
+        compressor, as the data of the metabox inode, after the out-of-line blocks::
+
+            file data · directory and symlink blocks · the metabox's pclusters ·
+            metadata area: shared xattrs, the packed inode, the metabox inode
+
+        The superblock, which points at the metabox inode, is written last."""
+        packed, self.packed = self.packed, None  # in the metadata area, not in the box
+        box_end = self._layout(0)
+        self.out.seek(data.position)
+        self._write_outside_blocks()
+        data.skip_to(cursor * BLOCK_SIZE)
+        stream = _BoxStream(functools.partial(self._write_inodes, 0))
+        try:
+            extent = data.write_alone(stream, box_end)  # type: ignore[arg-type]
+            data.flush()
+            stream.finish()
+        finally:
+            stream.close()
+        box = FileNode(self.w._meta(EntryMeta(0o600, mtime=self.epoch)), extent)
+        box.nlink = 1
+        self.inodes += 1
+        box.number = self.inodes
+        self.compressed = True  # the metabox is: the superblock says how
+        meta_blkaddr = data.position // BLOCK_SIZE
+        base = meta_blkaddr * BLOCK_SIZE
+        gaps = _Gaps()
+        pos = max(len(area), INODE_SLOT)
+        for node in (packed, box):
+            if node is not None:
+                pos = self._place(node, pos, gaps)  # neither has an inline tail
+        meta_end = base + pos
+        end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
+        self.out.seek(base)
+        self.out.write(area)
+        records = _Records(self.out, base)
+        for node in (packed, box):
+            if node is not None:
+                records.put(node.ref, self._record(node, base + node.ref * INODE_SLOT))
+        records.close()
+        assert self.out.tell() == meta_end
+        self.out.write(bytes(end - meta_end))
+        self.out.truncate(end)
+        self._write_superblock(end, meta_blkaddr, bool(area), packed, box)
+        self.out.flush()
+        sha256 = _Hasher(self.out, end).finish(end) if self.w._digest else None
+        return self._summary(data, end, sha256)
+
+    def _write_outside_blocks(self) -> None:
+        """The blocks of directories and symlinks that do not go inline, in order."""
         for node in self.outside:
             if isinstance(node, Dir):
                 if node.blocks_at:
                     self._write_outside(node)
             elif id(node) in self.blocks_at:
                 self._write_outside(node)
+
+    def _write_metadata(self, at: int, base: int, area: bytes, meta_end: int) -> None:
+        """Out-of-line blocks from ``at``, then the shared xattrs and the inodes from
+        ``base``, up to ``meta_end``."""
+        self.out.seek(at)
+        self._write_outside_blocks()
         assert self.out.tell() == base
         self.out.write(area)
         self._write_inodes(base)
         assert self.out.tell() == meta_end
 
     def _write_superblock(self, end: int, meta_blkaddr: int, xattrs: bool,
-                          packed: FileNode | None) -> None:
+                          packed: FileNode | None, box: FileNode | None = None) -> None:
         """The superblock (and the compressor's record after it), once the inodes are
         placed: nothing in it depends on their bytes."""
         incompat = algs = 0
@@ -671,12 +743,13 @@ class _Finisher:
             if self.tailpacked:
                 incompat |= INCOMPAT_ZTAILPACKING
             algs = 1 << codec.algorithm
-            self.out.seek(SUPER_OFFSET + 128)
+            # The algorithm's record follows the superblock, whatever its size.
+            self.out.seek(SUPER_OFFSET + (144 if box is not None else 128))
             self.out.write(codec.config)
         if self.chunked:
             incompat |= INCOMPAT_CHUNKED_FILE
         superblock = Superblock(
-            root_nid=self.root.ref,
+            root_nid=self.root.ref | self.nid_bit,
             inodes=self.inodes,
             epoch=self.epoch,
             blocks=end // BLOCK_SIZE,
@@ -685,6 +758,7 @@ class _Finisher:
             feature_incompat=incompat,
             compr_algs=algs,
             packed_nid=packed.ref if packed is not None else 0,
+            metabox_nid=box.ref if box is not None else 0,
             uuid=self.w._options.uuid,
         )
         self.out.seek(SUPER_OFFSET)
@@ -977,10 +1051,11 @@ class _Finisher:
 
     # -- writing ----------------------------------------------------------------------
 
-    def _write_inodes(self, base: int) -> None:
+    def _write_inodes(self, base: int, out: BinaryIO | _BoxStream | None = None) -> None:
         """Every record at its nid, in nid order: those placed as the numbers go (their
-        nids grow), merged with the ones placed in gaps, sorted by nid."""
-        records = _Records(self.out, base)
+        nids grow), merged with the ones placed in gaps, sorted by nid; to ``out``
+        (the image by default) from ``base``, where nid 0 is."""
+        records = _Records(self.out if out is None else out, base)
         put = records.put
         buf = records.buf
         gap_nids = self.gap_nids
@@ -1088,7 +1163,8 @@ class _Finisher:
         nids = node.nids
         order = node.order
         assert order is not None and nids is not None
-        dots = [(b"..", node.parent_number), (b".", node.ref)]  # popped from the end
+        bit = self.nid_bit
+        dots = [(b"..", node.parent_number | bit), (b".", node.ref | bit)]  # popped from the end
         for j, at in enumerate(order):
             name = log[at]
             while dots and dots[-1][0] < name:
@@ -1096,11 +1172,11 @@ class _Finisher:
                 yield dot, FileType.DIR, nid
             v = data[at]
             if v >= 0:
-                yield name, _REG_FILE, nids[j] >> 1
+                yield name, _REG_FILE, nids[j] >> 1 | bit
             else:
                 child = self.refs[DIR_BASE - v] if v <= DIR_BASE else self.nodes[-1 - v]
                 assert child is not None
-                yield name, _FILE_TYPE[child.type], child.ref
+                yield name, _FILE_TYPE[child.type], child.ref | bit
         for dot, nid in reversed(dots):
             yield dot, FileType.DIR, nid
 
@@ -1139,10 +1215,91 @@ class _Finisher:
         return node.target[len(node.target) - inode.inline_len:]
 
 
+class _BoxStopped(Exception):
+    """The reader of a :class:`_BoxStream` went away."""
+
+
+class _BoxStream:
+    """The metabox's bytes as a file the data writer reads: ``produce`` writes them
+    (``write``, ``tell``) on a thread of its own, so that the records' Python runs while
+    the compressing threads work; at most :data:`_BOX_PIECES` writes wait."""
+
+    def __init__(self, produce: Callable[[_BoxStream], None]) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_BOX_PIECES)
+        self._written = 0
+        self._piece = memoryview(b"")
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(produce,),
+                                        name="ocisquash-metabox", daemon=True)
+        self._thread.start()
+
+    # -- the producing thread's side --
+
+    def _run(self, produce: Callable[[_BoxStream], None]) -> None:
+        try:
+            produce(self)
+        except _BoxStopped:
+            return
+        except BaseException as e:  # raised to the reader
+            self._error = e
+        with contextlib.suppress(_BoxStopped):
+            self._put(None)
+
+    def _put(self, item: bytes | None) -> None:
+        while True:
+            if self._stopped:
+                raise _BoxStopped
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+
+    def tell(self) -> int:
+        return self._written
+
+    def write(self, data: bytes | bytearray) -> None:
+        piece = bytes(data)
+        self._written += len(piece)
+        self._put(piece)
+
+    # -- the reader's side --
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes: fewer only at the end."""
+        out = bytearray()
+        while len(out) < n:
+            if not self._piece:
+                item = self._queue.get()
+                if item is None:
+                    self._queue.put(None)  # the end stays the end
+                    if self._error is not None:
+                        raise self._error
+                    break
+                self._piece = memoryview(item)
+            take = self._piece[:n - len(out)]
+            out += take
+            self._piece = self._piece[len(take):]
+        return bytes(out)
+
+    def finish(self) -> None:
+        """Check that the producer ended, and well, once its bytes are read."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        if self._piece or self._queue.get() is not None:
+            raise ErofsError("the metabox is longer than its layout")
+
+    def close(self) -> None:
+        self._stopped = True
+        self._thread.join()
+
+
 class _Records:
     """Writes records at their nids, in nid order, zeros between, in batches."""
 
-    def __init__(self, out: BinaryIO, base: int) -> None:
+    def __init__(self, out: BinaryIO | _BoxStream, base: int) -> None:
         self.out = out
         #: where the metadata area starts in the image
         self.base = base
