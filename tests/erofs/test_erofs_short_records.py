@@ -10,11 +10,12 @@ import os
 import random
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ocisquash.entry import EntryMeta
-from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress
 from ocisquash.erofs import tree as tree_module
 from ocisquash.erofs import writer as writer_module
 from ocisquash.erofs.tree import Tails
@@ -97,16 +98,24 @@ def test_short_files_as_records_make_the_image_streams_make(
         assert (mnt / files[5][0].decode()).is_dir()
 
 
+@pytest.mark.parametrize("features", [{}, {"fragments": True},
+                                      {"fragments": True, "metabox": True}],
+                         ids=["inline", "fragments", "fragments-metabox"])
 def test_a_short_file_costs_under_40_bytes_in_the_writer(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, features: dict[str, bool]) -> None:
     """Memory the writer holds per short file until the end (tracemalloc: its name and
-    record in the directory's log; their bytes are on disk here)."""
+    record in the directory's log; their bytes are on disk here, or compressed into
+    the packed inode as they come, with little in flight)."""
     monkeypatch.setattr(Tails, "FLUSH", 4096)
+    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 32 << 10)
+    monkeypatch.setattr(compress, "PACKED_PCLUSTER_BYTES", 16 << 10)
+    monkeypatch.setattr(compress, "SEGMENT_BYTES", 16 << 10)
+    monkeypatch.setattr(compress, "PACKED_SEGMENT_PCLUSTERS", 1)
     rng = random.Random(3)
     n = 20_000
     files = [(b"d%02d/file-%06d" % (i % 100, i), rng.randbytes(rng.randrange(16, 512)))
              for i in range(n)]
-    options = ErofsOptions(mkfs_time=MKFS_TIME, workers=1)
+    options = ErofsOptions(mkfs_time=MKFS_TIME, workers=1, **features)
     with ErofsWriter(tmp_path / "i.erofs", options) as w:
         per_file = bytes_held_per_file(w, files, META[0])
         w.finish()
@@ -150,17 +159,25 @@ def test_nothing_is_left_beside_the_output(
     fsck(image)
 
 
+@pytest.mark.parametrize("features", [
+    {}, {"fragments": True, "metabox": True, "pcluster_size": 16 << 10}],
+    ids=["inline", "fragments-metabox"])
 def test_laying_out_short_files_costs_under_44_bytes_each(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, features: dict[str, Any]) -> None:
     """What the finish sequence holds at its peak per short file, beyond what adding
     them held (tracemalloc; its buffers made small): numbers and nids in arrays, no
-    object or directory block kept per file or directory."""
+    object or directory block kept per file or directory; with a metabox, the records
+    stream through the compressor."""
     monkeypatch.setattr(Tails, "FLUSH", 4096)
     monkeypatch.setattr(Tails, "MAX_WINDOW", 4096)
     monkeypatch.setattr(writer_module, "_WRITE_BATCH", 4096)
+    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 32 << 10)
+    monkeypatch.setattr(compress, "PACKED_PCLUSTER_BYTES", 16 << 10)
+    monkeypatch.setattr(compress, "SEGMENT_BYTES", 16 << 10)
+    monkeypatch.setattr(compress, "PACKED_SEGMENT_PCLUSTERS", 1)
     rng = random.Random(5)
     n = 20_000
-    options = ErofsOptions(mkfs_time=MKFS_TIME, workers=1)
+    options = ErofsOptions(mkfs_time=MKFS_TIME, workers=1, **features)
     with ErofsWriter(tmp_path / "i.erofs", options) as w:
         for i in range(n):  # 200 directories of 100 files
             w.add_file(b"d%03d/file-%06d" % (i // 100, i), META[0],

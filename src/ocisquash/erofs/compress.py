@@ -751,6 +751,15 @@ class CompressedData:
             self._pcluster, self._segment, self._limit = sizes
             self.bytes_in, self.compressed_files = counts
 
+    def pack_whole(self, data: bytes) -> int:
+        """Put a small file whole in the packed inode (it is not looked at for
+        duplicates: a copy's record costs no less than the file's own); return its
+        offset there."""
+        at = self._pack(data)
+        while self._queued > self._limit:
+            self._write_oldest()
+        return at
+
     def skip_to(self, position: int) -> None:
         """Go on at ``position``: the bytes before it were written by someone else."""
         self._drain()

@@ -18,7 +18,10 @@ It reads what the writer in this package writes and what mkfs.erofs writes
   or a last extent in the packed inode (fragments), one-block pclusters (mkfs.erofs
   without ``-C``: a compact pack counts its blocks another way); lz4, deflate and zstd
   pclusters, their data at the pcluster's end after zero padding, or, without
-  ``LZ4_0PADDING``, lz4 data from its start, decoded only as far as the extent.
+  ``LZ4_0PADDING``, lz4 data from its start, decoded only as far as the extent;
+* the metabox (METABOX, with 48BIT's "rootnid_8b"): a nid with bit 63 set is the
+  inode's slot in the metabox inode's data, and whatever follows that inode (xattrs,
+  inline tail, block map, cluster index) is read from there too.
 
 It walks one path at a time and decompresses only the pclusters the file's bytes are
 in, so its memory is bounded by the size limit a caller passes. Every inconsistency (a
@@ -55,9 +58,12 @@ from .format import (
     COMPACT_INODE,
     DIRENT,
     EXTENDED_INODE,
+    INCOMPAT_48BIT,
+    INCOMPAT_METABOX,
     INCOMPAT_ZERO_PADDING,
     INODE_SLOT,
     MODE_TYPE,
+    NID_METABOX,
     NULL_ADDR,
     SUPER_OFFSET,
     DataLayout,
@@ -88,6 +94,8 @@ class _Inode:
     i_u: int
     #: where the inode's data area starts: after the inode and its xattrs
     tail_at: int
+    #: whether the inode, and so ``tail_at``, is in the metabox
+    boxed: bool = False
 
 
 class ErofsReader(ImageReader[_Inode]):
@@ -121,10 +129,24 @@ class ErofsReader(ImageReader[_Inode]):
         if sb[12] != BLOCK_BITS:
             raise ErofsError(f"{self.path} has blocks of {1 << sb[12]} bytes; only "
                              f"{BLOCK_SIZE} are read")
-        # "rootnid_2b", "meta_blkaddr", "packed_nid"
+        incompat = _U32.unpack_from(sb, 80)[0]
+        # "rootnid_2b", "meta_blkaddr", "packed_nid"; with 48BIT, "rootnid_8b" if set
         self._root_nid = struct.unpack_from("<H", sb, 14)[0]
+        if incompat & INCOMPAT_48BIT and _U64.unpack_from(sb, 112)[0]:
+            self._root_nid = _U64.unpack_from(sb, 112)[0]
         self._meta = _U32.unpack_from(sb, 40)[0] << BLOCK_BITS
         self._packed_nid = _U64.unpack_from(sb, 96)[0]
+        #: "metabox_nid", in the superblock's first extension slot (sb_extslots)
+        self._box_nid = 0
+        if incompat & INCOMPAT_METABOX:
+            if sb[13] < 1 or self._size < SUPER_OFFSET + 144:
+                raise self._damaged("a metabox but no room for its nid in the superblock")
+            self._box_nid = _U64.unpack_from(self._read_at(SUPER_OFFSET + 128, 8))[0]
+            if not self._box_nid or self._box_nid & NID_METABOX:
+                raise self._damaged("the metabox inode is in the metabox")
+        self._box: _Inode | None = None
+        #: the metabox's extents decoded last, by their start (see _compressed)
+        self._box_extents: dict[int, bytes] = {}
         #: "EROFS_FEATURE_INCOMPAT_LZ4_0PADDING": compressed data ends at its pcluster's
         #: end; without it (mkfs.erofs -E legacy-compress) it starts at the first block
         #: and what follows it is not part of it
@@ -135,12 +157,19 @@ class ErofsReader(ImageReader[_Inode]):
         self._maps: dict[int, tuple[list[int], list[int], list[int], int]] = {}
 
     def _inode(self, nid: int) -> _Inode:
-        at = self._meta + nid * INODE_SLOT
-        head = self._read_at(at, COMPACT_INODE.size)
+        boxed = bool(nid & NID_METABOX)
+        if boxed:
+            if not self._box_nid:
+                raise self._damaged(f"inode {nid & ~NID_METABOX} is in a metabox the image "
+                                    "does not have")
+            at = (nid & ~NID_METABOX) * INODE_SLOT
+        else:
+            at = self._meta + nid * INODE_SLOT
+        head = self._meta_at(boxed, at, COMPACT_INODE.size)
         i_format = head[0] | head[1] << 8
         if i_format & 1:  # "extended inode"
             (_, icount, mode, _, size, i_u, _, uid, gid, _, _, _) = \
-                EXTENDED_INODE.unpack(self._read_at(at, EXTENDED_INODE.size))
+                EXTENDED_INODE.unpack(self._meta_at(boxed, at, EXTENDED_INODE.size))
             isize = EXTENDED_INODE.size
         else:
             (_, icount, mode, _, size, _, i_u, _, uid, gid, _) = COMPACT_INODE.unpack(head)
@@ -153,7 +182,18 @@ class ErofsReader(ImageReader[_Inode]):
         # "xattr_isize = sizeof(struct erofs_xattr_ibody_header) + 4 * (icount - 1)"
         xattrs = 12 + 4 * (icount - 1) if icount else 0
         return _Inode(nid, kind, mode, uid, gid, size, (i_format >> 1) & 7, i_u,
-                      at + isize + xattrs)
+                      at + isize + xattrs, boxed)
+
+    def _meta_at(self, boxed: bool, at: int, n: int) -> bytes:
+        """``n`` bytes of metadata at ``at``: in the metabox's data, or in the image."""
+        if not boxed:
+            return self._read_at(at, n)
+        if self._box is None:
+            self._box = self._inode(self._box_nid)
+        box = self._box
+        if at + n > box.size:
+            raise self._damaged(f"metadata past the metabox's {box.size} bytes")
+        return self._data(box, at, n)
 
     def _entries(self, directory: _Inode) -> list[tuple[bytes, int]]:
         """The (name, nid) of every entry of ``directory``."""
@@ -211,7 +251,7 @@ class ErofsReader(ImageReader[_Inode]):
                 out = self._read_at((inode.i_u << BLOCK_BITS) + start, n)
                 start, length = start + n, length - n
             if length:
-                out += self._read_at(inode.tail_at + start - whole, length)
+                out += self._meta_at(inode.boxed, inode.tail_at + start - whole, length)
             return out
         if layout == DataLayout.CHUNK_BASED:
             return self._chunked(inode, start, length)
@@ -226,7 +266,7 @@ class ErofsReader(ImageReader[_Inode]):
         out = bytearray()
         while length:
             chunk = start >> bits
-            (blkaddr,) = _U32.unpack(self._read_at(inode.tail_at + 4 * chunk, 4))
+            (blkaddr,) = _U32.unpack(self._meta_at(inode.boxed, inode.tail_at + 4 * chunk, 4))
             n = min(length, ((chunk + 1) << bits) - start)
             if blkaddr == NULL_ADDR:
                 out += bytes(n)
@@ -238,7 +278,7 @@ class ErofsReader(ImageReader[_Inode]):
     def _compressed(self, inode: _Inode, start: int, length: int) -> bytes:
         """Bytes of a compressed inode: the extents they are in, each decompressed."""
         header_at = inode.tail_at + -inode.tail_at % 8
-        header = self._read_at(header_at, 8)
+        header = self._meta_at(inode.boxed, header_at, 8)
         (word,) = _U64.unpack(header)
         if word & WHOLE_FRAGMENT:  # "the whole file is stored in the packed inode"
             return self._fragment(word & ~WHOLE_FRAGMENT, start, length)
@@ -253,7 +293,7 @@ class ErofsReader(ImageReader[_Inode]):
             kinds, values, addrs, end_of_index = known
         elif inode.layout == DataLayout.COMPRESSED_FULL:
             ebase = header_at + 16  # the map header and its 8 reserved bytes
-            raw = self._read_at(ebase, count * LCLUSTER_INDEX.size)
+            raw = self._meta_at(inode.boxed, ebase, count * LCLUSTER_INDEX.size)
             entries = [LCLUSTER_INDEX.unpack_from(raw, i * 8) for i in range(count)]
             kinds = [e[0] & 3 for e in entries]
             values = [e[2] & 0xFFFF if kind == LCLUSTER_NONHEAD else e[1]
@@ -263,8 +303,8 @@ class ErofsReader(ImageReader[_Inode]):
         else:
             ebase = header_at + 8
             kinds, values, addrs, end_of_index = self._compact(
-                ebase, count, big=bool(advise & ADVISE_BIG_PCLUSTER_1))
-        if inode.nid == self._packed_nid:
+                inode.boxed, ebase, count, big=bool(advise & ADVISE_BIG_PCLUSTER_1))
+        if inode.nid in (self._packed_nid, self._box_nid):
             self._maps[inode.nid] = kinds, values, addrs, end_of_index
         # Extents start at the HEADs and PLAINs, clusterofs bytes into their lcluster.
         heads = [i for i in range(count) if kinds[i] != LCLUSTER_NONHEAD]
@@ -287,7 +327,7 @@ class ErofsReader(ImageReader[_Inode]):
             elif n == tail and advise & ADVISE_INLINE_PCLUSTER:
                 # "h_idata_size": the last pcluster right after the cluster index, its
                 # bytes as they are when its lcluster is PLAIN
-                packed = self._read_at(end_of_index, header[2] | header[3] << 8)
+                packed = self._meta_at(inode.boxed, end_of_index, header[2] | header[3] << 8)
                 data = packed[:hi - lo] if kinds[i] == LCLUSTER_PLAIN else \
                     self._decode(packed, algorithm & 0xF, hi - lo)
             elif addrs[i] < 0:
@@ -298,6 +338,8 @@ class ErofsReader(ImageReader[_Inode]):
                     raise self._damaged(f"a raw extent of {hi - lo} bytes in inode "
                                         f"{inode.nid}")
                 data = self._read_at(addrs[i] << BLOCK_BITS, hi - lo)
+            elif inode.nid == self._box_nid and not inode.boxed and lo in self._box_extents:
+                data = self._box_extents[lo]  # the next few inodes are in it too
             else:
                 blocks = 1
                 if i + 1 < count and kinds[i + 1] == LCLUSTER_NONHEAD \
@@ -305,12 +347,16 @@ class ErofsReader(ImageReader[_Inode]):
                     blocks = values[i + 1] & ~D0_CBLKCNT
                 packed = self._read_at(addrs[i] << BLOCK_BITS, blocks << BLOCK_BITS)
                 data = self._decode(packed, algorithm & 0xF, hi - lo)
+                if inode.nid == self._box_nid and not inode.boxed:
+                    if len(self._box_extents) >= 2:
+                        self._box_extents.pop(next(iter(self._box_extents)))
+                    self._box_extents[lo] = data
             out += data[max(0, start - lo):start + length - lo]
         if len(out) != length:
             raise self._damaged(f"inode {inode.nid} reads as {len(out)} bytes, not {length}")
         return bytes(out)
 
-    def _compact(self, ebase: int, count: int, big: bool
+    def _compact(self, boxed: bool, ebase: int, count: int, big: bool
                  ) -> tuple[list[int], list[int], list[int], int]:
         """A compact index decoded: per lcluster its type, its value (clusterofs, or a
         NONHEAD's delta or block count) and, for a HEAD or PLAIN, its first block. The
@@ -326,7 +372,7 @@ class ErofsReader(ImageReader[_Inode]):
         at = ebase
         for n, per, size in ((initial, 2, 8), (two, 16, 32), (rest, 2, 8)):
             for _ in range(-(-n // per)):
-                raw = self._read_at(at, size)
+                raw = self._meta_at(boxed, at, size)
                 at += size
                 if per == 2:
                     group = list(struct.unpack_from("<HH", raw))

@@ -12,10 +12,17 @@ only per-entry metadata (and the spooled tails, see ``data.py``) waits for the e
 and the inodes, whose nids the directories need, are laid out once the tree is
 complete. A file shorter than a block whose bytes fit beside its inode (most files
 of most images) skips the data writers: its bytes go to the spool and it is kept as
-a record in its directory's log, not as objects (``tree.py``); unless its data is
-compressed (fragments, ztailpacking), it is stored FLAT_INLINE whatever the
-compression, and a copy of it would still carry its own bytes, so it is not hashed
-for duplicates either. The inodes come last, in breadth-first order from the root, so the root
+a record in its directory's log, not as objects (``tree.py``). It is stored
+FLAT_INLINE whatever the compression, but with fragments, where its bytes go whole
+into the packed inode as they come and its record is its inode and a map header that
+says where; with ztailpacking alone (compressed beside the inode) it is an ordinary
+file. A copy of it would carry its own record anyway, so it is not hashed for
+duplicates either.
+
+With a metabox (``ErofsOptions.metabox``, Linux 6.17+) the inodes are not in the
+metadata area but in the data of one compressed inode, written through the
+compressor after the directory blocks (see ``_Finisher._run_boxed``); the metadata
+area then holds the shared xattrs, the packed inode and the metabox inode. The inodes come last, in breadth-first order from the root, so the root
 has a small nid (the superblock's ``rootnid_2b`` holds 16 bits, so shared xattrs
 beyond 2 MiB would be refused) and a directory's entries are stored near each other;
 but an inode whose inline data does not fit what is left of a block starts the next
@@ -60,6 +67,7 @@ from ..squashfs.format import InodeType
 from ..squashfs.tree import Node, SpecialNode, SymlinkNode, plain_path
 from .compress import (
     MAPPED_LAYOUTS,
+    WHOLE_FRAGMENT,
     Codec,
     CompressedData,
     index_bytes,
@@ -227,9 +235,13 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         #: whether a file shorter than a block that fits beside its inode is stored
         #: there whole, without the data writers (not when it is compressed: into the
         #: packed inode, or inline in compressed form)
-        self._short_files = options.metabox or not (
-            options.compression is not ErofsCompression.NONE
-            and (options.fragments or options.ztailpacking))
+        compressed = options.compression is not ErofsCompression.NONE
+        #: with fragments, a short file's bytes go whole into the packed inode as they
+        #: come (compressed with the others' there), and its record is its inode and a
+        #: map header that says where
+        self._short_fragments = compressed and options.fragments
+        self._short_files = (not compressed or options.fragments or options.metabox
+                             or not options.ztailpacking)
         #: with holes, an uncompressed file of zeros is stored chunk-based
         self._zero_holes = options.compression is ErofsCompression.NONE and options.holes
         #: bytes of the files stored that way
@@ -352,7 +364,13 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         and a copy would still carry its own bytes, so nothing is shared."""
         n = len(data)
         try:
-            at = self._tails.put(data) if n else 0
+            if not n:
+                at = 0
+            elif self._short_fragments:
+                assert isinstance(self._data, CompressedData)
+                at = self._data.pack_whole(data)
+            else:
+                at = self._tails.put(data)
         except OSError as e:
             raise self._write_error(e, path) from e
         self._tree.put_short(path, meta, at, n)
@@ -369,6 +387,10 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
         """A short file's record as a node (it gets a second name)."""
         if not size:
             return FileNode(self._meta_list[meta], Extent(DataLayout.FLAT_PLAIN, 0, 0, -1))
+        if self._short_fragments:  # tail_at is its offset in the packed inode
+            extent = Extent(DataLayout.COMPRESSED_FULL, size, 0, -1)
+            extent.fragment_at = tail_at
+            return FileNode(self._meta_list[meta], extent)
         return FileNode(self._meta_list[meta], Extent(DataLayout.FLAT_INLINE, size, 0,
                                                       self._spool.put(self._tails.get(tail_at, size))))
 
@@ -449,6 +471,20 @@ class _Hasher:
             self._fd = -1
 
 
+class _NoGaps:
+    """No gaps kept: in the metabox, the zeros a block's end is left as cost next to
+    nothing once compressed, and records placed in order cost no bookkeeping."""
+
+    def add(self, start: int, end: int) -> None:
+        pass
+
+    def take(self, place: Callable[[int, int], tuple[int, int] | None]) -> int | None:
+        return None
+
+    def take_len(self, n: int) -> int | None:
+        return None
+
+
 class _Gaps:
     """The unused ends of metadata blocks, for records placed later: kept by size
     class, the newest of each class tried first, from the smallest class that may
@@ -501,8 +537,7 @@ class _Gaps:
 #: "struct erofs_inode_compact", packed here without ``format.compact_inode``'s call
 _COMPACT = COMPACT_INODE
 _REG = MODE_TYPE[FileType.REG_FILE]
-#: a compact FLAT_INLINE inode's i_format
-_INLINE_FORMAT = DataLayout.FLAT_INLINE << 1
+_U64 = struct.Struct("<Q")
 #: the parts of ``_COMPACT``: before i_size, i_size to i_ino (i_mtime and i_u 0), after
 _PRE = struct.Struct("<HHHH")
 _SIZE_INO = struct.Struct("<I8xI")
@@ -518,10 +553,14 @@ _BOX_PIECES = 2
 class _Short:
     """What a short file's inode takes from its metadata, worked out once per value."""
 
-    __slots__ = ("body", "count", "extended", "head", "meta", "mode", "post", "pre")
+    __slots__ = ("body", "count", "extended", "head", "layout", "meta", "mode", "pad", "post",
+                 "pre")
 
-    def __init__(self, meta: EntryMeta, body: bytes, epoch: int) -> None:
+    def __init__(self, meta: EntryMeta, body: bytes, epoch: int, fragment: bool) -> None:
         self.meta = meta
+        #: FLAT_INLINE, or with its bytes in the packed inode a compressed inode whose map
+        #: header says so (unless it is empty: FLAT_PLAIN either way)
+        self.layout = DataLayout.COMPRESSED_FULL if fragment else DataLayout.FLAT_INLINE
         self.mode = _REG | meta.mode
         self.body = body
         self.count = icount(body)
@@ -529,11 +568,13 @@ class _Short:
         self.extended = meta.mtime != epoch or meta.uid > 0xFFFF or meta.gid > 0xFFFF
         #: the inode and its xattrs, before the inline tail
         self.head = (EXTENDED_INODE_SIZE if self.extended else COMPACT_INODE_SIZE) + len(body)
+        #: the zeros before a map header ("8-byte aligned" after the inode and xattrs)
+        self.pad = bytes(-self.head % 8)
         if not self.extended:
-            # A compact FLAT_INLINE record around its i_size, i_mtime, i_u and i_ino
-            # (_SIZE_INO): i_format, i_xattr_icount, i_mode, i_nlink before; i_uid,
-            # i_gid, the reserved field and the xattrs after.
-            self.pre = _PRE.pack(_INLINE_FORMAT, self.count, self.mode, 1)
+            # A compact record around its i_size, i_mtime, i_u and i_ino (_SIZE_INO):
+            # i_format, i_xattr_icount, i_mode, i_nlink before; i_uid, i_gid, the
+            # reserved field and the xattrs after.
+            self.pre = _PRE.pack(self.layout << 1, self.count, self.mode, 1)
             self.post = _POST.pack(meta.uid, meta.gid) + body
 
 
@@ -606,8 +647,8 @@ class _Finisher:
                 self.packed = packed
                 self.compressed = True
         self.xattrs.seal()
-        self.shorts = [_Short(m, self.xattrs.body(m.xattrs), self.epoch)
-                       for m in self.w._meta_list]
+        self.shorts = [_Short(m, self.xattrs.body(m.xattrs), self.epoch,
+                              self.w._short_fragments) for m in self.w._meta_list]
 
         # Blocks that directories and long symlinks need outside their inode.
         cursor = data.position // BLOCK_SIZE
@@ -851,9 +892,12 @@ class _Finisher:
         block starts the next, and the rest of the block is kept for later records
         that fit it (see _Gaps). Returns the end of the metadata area (from its
         start)."""
-        gaps = _Gaps()
+        gaps: _Gaps | _NoGaps = _NoGaps() if self.boxed else _Gaps()
         take = gaps.take_len
         heads = [short.head for short in self.shorts]
+        fragment = self.w._short_fragments
+        #: with fragments, a short file's record: the inode, xattrs and map header
+        framed = [head + -head % 8 + 8 for head in heads]
         nodes = self.nodes
         refs = self.refs
         root = self.root
@@ -871,7 +915,11 @@ class _Finisher:
                 if v >= 0:
                     number += 1
                     size = v & SIZE_MASK
-                    length = heads[metas[at]] + size
+                    if fragment:
+                        length = framed[metas[at]] if size else heads[metas[at]]
+                        size = 0  # nothing inline
+                    else:
+                        length = heads[metas[at]] + size
                     start = take(length)
                     if start is not None:
                         nids[j] = start // INODE_SLOT * 2 + 1
@@ -902,7 +950,7 @@ class _Finisher:
         root.parent_number = root.ref
         return pos
 
-    def _place(self, node: Node, pos: int, gaps: _Gaps) -> int:
+    def _place(self, node: Node, pos: int, gaps: _Gaps | _NoGaps) -> int:
         """Give ``node`` its nid (its ``ref``); returns the new end of the area."""
         inode = self._inode(node)
         at = gaps.take(functools.partial(self._span, node, inode))
@@ -1035,9 +1083,10 @@ class _Finisher:
         return bytes(record)
 
     def _short_record(self, short: _Short, size: int, tail_at: int, number: int) -> bytes:
-        """A short file's record: its inode, xattrs and whole data."""
+        """A short file's record: its inode, xattrs and whole data (or the map header
+        that says where in the packed inode it is)."""
         meta = short.meta
-        layout = DataLayout.FLAT_INLINE if size else DataLayout.FLAT_PLAIN
+        layout = short.layout if size else DataLayout.FLAT_PLAIN
         if short.extended:
             self.stats["extended"] += 1
             head = extended_inode(layout, short.count, short.mode, 1, size, 0, number,
@@ -1047,6 +1096,8 @@ class _Finisher:
                                  meta.uid, meta.gid, 0)
         if not size:
             return head + short.body
+        if short.layout == DataLayout.COMPRESSED_FULL:
+            return head + short.body + short.pad + _U64.pack(WHOLE_FRAGMENT | tail_at)
         return head + short.body + self.w._tails.get(tail_at, size)
 
     # -- writing ----------------------------------------------------------------------
@@ -1067,6 +1118,8 @@ class _Finisher:
         in_gaps = {id(node) for node in self.gap_nodes}
         shorts = self.shorts
         tails_get = self.w._tails.get
+        fragment = self.w._short_fragments
+        u64 = _U64.pack
         size_ino = _SIZE_INO.pack
         nodes = self.nodes
         refs = self.refs
@@ -1109,7 +1162,11 @@ class _Finisher:
                     buf += short.pre
                     buf += size_ino(size, number)
                     buf += short.post
-                    buf += tails_get(v >> SIZE_BITS, size)
+                    if fragment:
+                        buf += short.pad
+                        buf += u64(WHOLE_FRAGMENT | v >> SIZE_BITS)
+                    else:
+                        buf += tails_get(v >> SIZE_BITS, size)
                     if len(buf) >= _WRITE_BATCH:
                         records.flush()
                     continue

@@ -1,0 +1,205 @@
+"""The metabox (METABOX with 48BIT, Linux 6.17+): every inode, with what follows it
+(xattrs, inline tails and directories, block maps, cluster indexes), in the data of one
+compressed inode. erofs-utils 1.5 predates it (its fsck.erofs and dump.erofs refuse the
+feature), so the kernel judges these images, against squashfs of the same tree."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ocisquash.entry import EntryMeta
+from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress, writer
+from ocisquash.erofs.format import INCOMPAT_48BIT, INCOMPAT_METABOX, NID_METABOX
+from ocisquash.erofs.reader import ErofsReader
+from ocisquash.errors import UsageError
+from ocisquash.imagereader import image_format
+from ocisquash.pack import pack_directory
+from ocisquash.squashfs import WriterOptions
+from squashfs._util import build_feature_tree, diff_snapshots, link_groups, mounted, snapshot
+
+from ._util import MKFS_TIME, erofs_mounted, write_erofs
+from conftest import require_or_skip
+
+LZ4HC = ErofsCompression.LZ4HC
+
+
+def _require_metabox() -> None:
+    features = Path("/sys/fs/erofs/features")
+    names = set(os.listdir(features)) if features.is_dir() else set()
+    require_or_skip("metabox" in names and "48bit" in names,
+                    "missing kernel feature: this kernel's EROFS has no metabox (6.17+)")
+
+
+@pytest.fixture(scope="module")
+def feature_tree() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="ocisquash-erofs-mbox-") as tmp:
+        root = Path(tmp) / "tree"
+        build_feature_tree(root, block_size=4096)
+        rng = random.Random(3)
+        # A directory of more than a block (its blocks outside the metabox) and a file
+        # compressed into several pclusters.
+        many = root / "many"
+        many.mkdir()
+        for i in range(400):
+            (many / f"entry-{i:04d}").write_bytes(b"%d\n" % i)
+        (root / "text").write_bytes(b" ".join(rng.randbytes(2).hex().encode()
+                                              for _ in range(150_000)))
+        yield root
+
+
+def _superblock(image: Path) -> tuple[int, int, int, int]:
+    """feature_incompat, sb_extslots, rootnid_8b and metabox_nid, as erofs_fs.h places
+    them."""
+    with open(image, "rb") as f:
+        f.seek(1024)
+        sb = f.read(144)
+    return (struct.unpack_from("<I", sb, 80)[0], sb[13], struct.unpack_from("<Q", sb, 112)[0],
+            struct.unpack_from("<Q", sb, 128)[0])
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("features", [{}, {"fragments": True}, {"ztailpacking": True}],
+                         ids=["metabox", "with-fragments", "with-ztailpacking"])
+def test_metabox_tree_mounts_as_squashfs_of_the_same_tree(
+        feature_tree: Path, tmp_path: Path, features: dict[str, Any]) -> None:
+    _require_metabox()
+    boxed, plain, sqfs = tmp_path / "b.erofs", tmp_path / "p.erofs", tmp_path / "t.sqfs"
+    pack_directory(feature_tree, boxed, ErofsOptions(metabox=True, mkfs_time=MKFS_TIME,
+                                                     **features))
+    pack_directory(feature_tree, plain, ErofsOptions(mkfs_time=MKFS_TIME, **features))
+    pack_directory(feature_tree, sqfs, WriterOptions(mkfs_time=MKFS_TIME, workers=1))
+    assert boxed.stat().st_size < plain.stat().st_size
+    incompat, extslots, root_nid, box_nid = _superblock(boxed)
+    assert incompat & INCOMPAT_METABOX and incompat & INCOMPAT_48BIT and extslots == 1
+    assert root_nid & NID_METABOX and box_nid and not box_nid & NID_METABOX
+    with erofs_mounted(boxed, tmp_path / "e") as e, mounted(sqfs, tmp_path / "s") as s:
+        expected, actual = snapshot(s), snapshot(e)
+        assert len(actual) > 400
+        assert diff_snapshots(expected, actual) == []
+        assert link_groups(e) == link_groups(s) != set()
+        for rel in ("dir/small.txt", "dir", "dir/sub", "many", ""):
+            assert os.lstat(e / rel).st_nlink == os.lstat(s / rel).st_nlink, rel
+
+
+def _prose(rng: random.Random, n: int) -> bytes:
+    words = [rng.randbytes(3).hex().encode() for _ in range(300)]
+    return b" ".join(rng.choice(words) for _ in range(n // 7 + 1))[:n]
+
+
+def _many_small(w: ErofsWriter) -> None:
+    """Enough small files for a metabox of several 1 MiB pclusters: some with a time
+    or an owner only an extended inode holds, one sparse, one hard-linked."""
+    rng = random.Random(11)
+    for i in range(6000):
+        meta = EntryMeta(mode=0o644, mtime=MKFS_TIME if i % 7 else MKFS_TIME + i,
+                         uid=70_000 if i % 500 == 0 else 0)
+        w.add_file(b"d%02d/f%05d" % (i % 40, i), meta, _prose(rng, rng.randrange(0, 900)))
+    m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+    w.add_file(b"sparse", m, bytes(1 << 20) + b"end")
+    w.add_file(b"large", m, _prose(rng, 700_000))
+    w.add_hardlink(b"d00/again", b"d00/f00000")
+    w.add_symlink(b"link", EntryMeta(mode=0o777, mtime=MKFS_TIME), b"d01/f00001")
+
+
+def _expected_small() -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+
+    class Rec:
+        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
+            files[path.decode()] = data
+
+        def add_hardlink(self, path: bytes, target: bytes) -> None:
+            files[path.decode()] = files[target.decode()]
+
+        def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
+            pass
+
+    _many_small(Rec())  # type: ignore[arg-type]
+    return files
+
+
+@pytest.fixture
+def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A few hundred KiB in flight: the metabox streams past the limit in many segments.
+    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
+    monkeypatch.setattr(compress, "SEGMENT_BYTES", 256 << 10)
+
+
+@pytest.mark.usefixtures("small_in_flight")
+@pytest.mark.root
+def test_many_files_read_back_through_the_kernel_and_the_reader(tmp_path: Path) -> None:
+    _require_metabox()
+    digests = set()
+    for workers in (1, 3):
+        image = tmp_path / f"b{workers}.erofs"
+        summary = write_erofs(image, _many_small, compression=LZ4HC, metabox=True,
+                              workers=workers)
+        digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
+    assert len(digests) == 1  # the bytes do not depend on the threads
+    assert summary.files == 6002 and summary.extended_inodes > 800
+    files = _expected_small()
+    with erofs_mounted(image, tmp_path / "m") as m:
+        for name, data in files.items():
+            assert (m / name).read_bytes() == data, name
+        assert os.readlink(m / "link") == "d01/f00001"
+        assert os.lstat(m / "d00/again").st_nlink == 2
+        assert os.lstat(m / "d20/f00500").st_uid == 70_000
+        assert os.lstat(m / "d07/f00007").st_mtime == MKFS_TIME + 7
+        assert os.lstat(m / "d14/f00014").st_mtime == MKFS_TIME + 14
+    assert image_format(image) == "erofs"
+    with ErofsReader(image) as r:
+        for name in ("d00/f00000", "d39/f05999", "large", "sparse", "d00/again"):
+            assert r.read_file("/" + name) == files[name], name
+        assert r.read_file("/link") == files["d01/f00001"]
+        assert r.read_file("/d00/missing") is None
+
+
+def test_a_failure_while_the_metabox_is_written_is_raised_not_hung(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records are made on a thread of their own: its error reaches finish(), and
+    the data writer reading them is not left waiting."""
+    real = writer._Records.flush
+    calls = 0
+
+    def failing(self: writer._Records) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        real(self)
+
+    monkeypatch.setattr(writer._Records, "flush", failing)
+    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 100_000)
+    with pytest.raises(OSError, match="No space left"):
+        write_erofs(tmp_path / "x.erofs", _many_small, compression=LZ4HC, metabox=True,
+                    workers=2)
+    assert calls == 2
+
+
+def test_the_metabox_needs_a_compressor_and_linux_6_17() -> None:
+    with pytest.raises(UsageError, match="metabox is compressed"):
+        ErofsOptions(compression=ErofsCompression.NONE, metabox=True)
+    with pytest.raises(UsageError, match=r"Linux 6\.12 cannot mount EROFS images with "
+                                         r"metabox \(it needs Linux 6\.17\+\)"):
+        ErofsOptions.for_kernel("6.12", metabox=True)
+    assert ErofsOptions.for_kernel("6.17", metabox=True).metabox
+    # Linux calls it experimental: a kernel version alone does not switch it on.
+    assert not ErofsOptions.for_kernel("6.18").metabox
+
+
+def test_help_names_the_flag_and_its_kernel() -> None:
+    out = subprocess.run([sys.executable, "-m", "ocisquash", "compile", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    flat = " ".join(out.split())
+    assert "--erofs-metabox" in flat and "Linux 6.17+" in flat
