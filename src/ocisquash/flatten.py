@@ -246,8 +246,8 @@ class _Inode:
 
 #: the metadata of a file inode known by name only; never written (see _inode_at)
 _UNREAD_META = EntryMeta()
-#: ``_LayerPass.names``' value for a file emitted under that one name: a shared small
-#: int, where its member position would cost an int object per file
+#: What ``_LayerPass._named`` gives for a file emitted under that one name, which
+#: ``names`` does not hold (a name per file cost a million small files 95 MB)
 _BARE_FILE = -1
 
 
@@ -328,8 +328,9 @@ class _LayerPass:
         self.opaques: list[bytes] = []
         #: this layer's non-directories by name, as tar extraction would see them; a
         #: name emitted and not linked to yet holds only what a link may need of its
-        #: entry (an inode written under that one name: _BARE_FILE for a file, else
-        #: the entry), made an _Inode when a link finds it (see _inode_at)
+        #: entry (an inode written under that one name: the entry), made an _Inode
+        #: when a link finds it (see _inode_at). A file emitted under that one name is
+        #: not here: the decisions and the sink tell it (see _named).
         self.names: dict[bytes, _Inode | TarEntry | int] = {}
         #: the decision of every non-directory this layer emits (see _SharedNondir)
         self.nondir = _SharedNondir(_NONDIR, index, meta_layer=index)
@@ -390,7 +391,8 @@ class _LayerPass:
                 # a method (the main thread's time per entry bounds an image of many
                 # small files: bench/README.md).
                 assert data is not None
-                names.pop(path, None)
+                if names:
+                    names.pop(path, None)
                 if self.deferred:
                     self.deferred.pop(path, None)
                 size = entry.size
@@ -399,9 +401,6 @@ class _LayerPass:
                     written(entry.position)
                 f.files += 1
                 f.bytes += size
-                names[path] = _BARE_FILE
-                if self.kids is not None:
-                    self._index(path)
                 if self.index:
                     decided[path] = self.nondir
                 above = decided.get(parent)
@@ -601,7 +600,7 @@ class _LayerPass:
             p = _parent(p)
             node = self.decided.get(p)
             if node is None:
-                if own is None and p in self.names:
+                if own is None and self._named(p) is not None:
                     # This layer's non-directory not decided (the bottom layer's), or one
                     # it hid: an ancestor above then hides it, and ``path`` with it.
                     own = p
@@ -677,7 +676,8 @@ class _LayerPass:
             self._link(e)
         else:
             self._write(path, e, data)
-            self._bind(path, _BARE_FILE if e.kind == "file" else e)
+            if e.kind != "file":  # a file is told by _named
+                self._bind(path, e)
 
     def _write(self, path: bytes, e: TarEntry, data: BinaryIO | bytes | None) -> None:
         """Hand one non-directory, non-link entry to the sink under ``path``."""
@@ -759,7 +759,7 @@ class _LayerPass:
         """The inode ``name`` holds in this layer, if any, for the link at member
         position ``link``. A bare entry there (emitted under that one name only)
         becomes an _Inode written under it."""
-        found = self.names.get(name)
+        found = self._named(name)
         if found is None or isinstance(found, _Inode):
             return found
         if isinstance(found, int):
@@ -770,6 +770,21 @@ class _LayerPass:
             found = TarEntry(name, "file", _UNREAD_META, position=-1 - link)
         inode = self.names[name] = _Inode(found, [name])
         return inode
+
+    def _named(self, path: bytes) -> _Inode | TarEntry | int | None:
+        """What ``names`` holds for ``path``, or _BARE_FILE for a file this layer emitted
+        under that one name: a non-directory the sink has that this layer decided (the
+        bottom layer decides nothing for the files it emits, and every upper layer
+        decides whatever it emits) and ``names`` knows nothing more of."""
+        found = self.names.get(path)
+        if found is not None:
+            return found
+        node = self.decided.get(path)
+        if node is None:
+            mine = self.index == 0
+        else:
+            mine = node.kind == _NONDIR and node.layer == self.index
+        return _BARE_FILE if mine and self.sink.exists(path) else None
 
     def _bind(self, path: bytes, inode: _Inode | TarEntry | int) -> None:
         self.names[path] = inode
