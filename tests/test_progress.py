@@ -240,6 +240,19 @@ def test_piped_compile_prints_a_line_per_layer(many_layers: Path, tmp_path: Path
     assert lines[len(applying) + 1].startswith("compiled ")
 
 
+@pytest.mark.parametrize("output, said", [("erofs", "Writing the EROFS metadata"),
+                                          ("tar", "Finishing the tar archive")])
+def test_each_output_names_its_own_finish(many_layers: Path, tmp_path: Path, output: str,
+                                          said: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocisquash", "compile", f"oci:{many_layers}:latest", "-o",
+         str(tmp_path / "o.img"), "--format", output, "--cache-dir", str(tmp_path / "c")],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert f"{said} (" in proc.stderr
+    assert "squashfs" not in proc.stderr
+
+
 def test_control_characters_in_a_label_are_shown_not_sent() -> None:
     out = io.StringIO()
     feed(LineProgress(out), [BlobStarted(Digest.of(b"x"), 1, "layer\x1b[2J 1/1")])

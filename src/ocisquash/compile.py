@@ -252,7 +252,8 @@ class _ReportingLayer:
 
 def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
                   progress: ProgressCallback | None,
-                  phase: str = "apply", indexes: LayerIndexes | None = None) -> FlattenReport:
+                  phase: str = "apply", indexes: LayerIndexes | None = None,
+                  output: str = "squashfs") -> FlattenReport:
     from .flatten import flatten
 
     # The tar build needs the pause here; the squashfs build holds it through finish().
@@ -266,7 +267,7 @@ def _flatten_into(layers: Sequence[Layer], sink: TreeSink,
                    for i, layer in enumerate(layers)]
         report = flatten(wrapped, sink, indexes=indexes)
     if phase == "apply":
-        progress(Finishing(report.entries))
+        progress(Finishing(report.entries, output))
     return report
 
 
@@ -325,7 +326,7 @@ def _build_erofs(
     def build() -> tuple[FlattenReport, ErofsSummary]:
         with collector_paused(), switches_shortened(), \
                 ErofsWriter(dest, options, digest=isinstance(dest, Path)) as writer:
-            report = _flatten_into(layers, writer, progress)
+            report = _flatten_into(layers, writer, progress, output="erofs")
             return report, writer.finish()
 
     return _while_downloading(image, build)
@@ -1032,7 +1033,7 @@ def _write_tar(
         with out.open() as f:
             shape = _tar_shape(layers, progress)
             sink = TarSink(f, shape=shape)
-            report = _flatten_into(layers, sink, progress)
+            report = _flatten_into(layers, sink, progress, output="tar")
             sink.finish()
         return report, shape
 

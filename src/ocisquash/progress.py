@@ -88,9 +88,20 @@ class LayerApplying:
 
 @dataclass(frozen=True, slots=True)
 class Finishing:
-    """All layers are applied; the squashfs tables are being written."""
+    """All layers are applied; the image's metadata is being written (``output``:
+    squashfs, erofs or tar)."""
 
     files: int
+    output: str = "squashfs"
+
+
+#: What the finish of each output is called in progress lines.
+_FINISHING = {"squashfs": "writing the squashfs tables", "erofs": "writing the EROFS metadata",
+              "tar": "finishing the tar archive"}
+
+
+def finishing_text(event: Finishing) -> str:
+    return f"{_FINISHING.get(event.output, 'finishing')} ({event.files} entries)"
 
 
 #: Every event a downloader or the compiler emits.
@@ -245,7 +256,7 @@ class TtyProgress:
                 row.state = "scanned" if event.phase == "scan" else "applied"
             return finished
         if isinstance(event, Finishing):
-            self._finishing = f"writing the squashfs tables ({event.files} entries)"
+            self._finishing = finishing_text(event)
             return True
         return None
 
@@ -387,7 +398,8 @@ class LineProgress:
                     self._say(f"{verb} {_layer_label(event)} {event.digest}{again}")
                 self._applying[event.digest] = (event.phase, event.done)
             elif isinstance(event, Finishing):
-                self._say(f"Writing the squashfs tables ({event.files} entries)")
+                text = finishing_text(event)
+                self._say(text[0].upper() + text[1:])
 
     def close(self) -> None:
         """Nothing is pending: every line is written when its event arrives."""

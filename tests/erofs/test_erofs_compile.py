@@ -64,6 +64,28 @@ def test_compile_erofs_mounts_as_the_squashfs_compile(rules_image: Path,
     assert isinstance(xattrs, tuple) and xattrs[0][0] == "security.capability"
 
 
+def test_compile_with_fragments_and_a_metabox_mounts_as_the_squashfs_compile(
+        rules_image: Path, tmp_path: Path) -> None:
+    features = Path("/sys/fs/erofs/features")
+    names = set(os.listdir(features)) if features.is_dir() else set()
+    require_or_skip("metabox" in names,
+                    "missing kernel feature: this kernel's EROFS has no metabox (6.17+)")
+    ref = f"oci:{rules_image}:latest"
+    sq = tmp_path / "o.squashfs"
+    compile_image(ref, sq, source_options=SourceOptions(cache_dir=tmp_path / "c1"))
+    out = tmp_path / "o.erofs"
+    proc = _cli("compile", ref, "-o", str(out), "--format", "erofs", "--erofs-fragments",
+                "--erofs-metabox", "--cache-dir", str(tmp_path / "c2"), "--json")
+    assert json.loads(proc.stdout)["format"] == "erofs"
+    plain = compile_image(ref, tmp_path / "p.erofs", format="erofs",
+                          writer_options=ErofsOptions(fragments=True),
+                          source_options=SourceOptions(cache_dir=tmp_path / "c2"))
+    assert not plain.cached  # the metabox is part of the cache key
+    with mounted(sq, tmp_path / "s") as s, erofs_mounted(out, tmp_path / "e") as e:
+        assert diff_snapshots(snapshot(s), snapshot(e)) == []
+        assert tree_of(e) == tree_of(s)
+
+
 def test_compile_erofs_matches_umoci_unpack(rules_image: Path, tmp_path: Path) -> None:
     require_or_skip(shutil.which("umoci") is not None, "umoci is not installed")
     out = tmp_path / "o.erofs"

@@ -27,7 +27,8 @@ One module per on-disk concern::
     directory.py   directory blocks of sorted entries
     xattr.py       name prefixes, inline xattr bodies, the shared xattr area
     tree.py        the entries until the end: a log of compact records per directory
-    writer.py      ErofsWriter: the public API and the finish sequence
+    writer.py      ErofsWriter: the public API and the finish sequence, the
+                   metabox (the inodes in one compressed inode)
     reader.py      ErofsReader: one file read back by its path (runtime configs)
     version.py     FORMAT_VERSION, importable without the writer (a cache key)
 
