@@ -430,7 +430,8 @@ def test_fragments_read_back_and_do_not_depend_on_workers(tmp_path: Path) -> Non
 
 def test_packed_inode_of_many_megabytes_reads_back(tmp_path: Path) -> None:
     """Small files filling several 1 MiB pclusters of the packed inode and more than one
-    of its 4 MiB segments, fitted to whole blocks; files read in a shuffled order."""
+    of its 4 MiB segments, each holding its whole 1 MiB (fixed-input, padded); files
+    read in a shuffled order."""
     _require_fragments()
     rng = random.Random(41)
     files = {f"d{i % 7}/f{i:03d}": _prose(rng, rng.randrange(1, 120_000))

@@ -44,8 +44,10 @@ A file of at most one block, or one that no extent of shrinks, is stored uncompr
 With fragments (``EROFS_FEATURE_INCOMPAT_FRAGMENTS``, Linux 6.1+), each file's last
 ``pcluster_size`` bytes (a whole file up to that size) are not compressed on their own:
 they are appended to the "packed inode" (a regular file in no directory, ``packed_nid``
-in the superblock), whose segments are compressed (in pclusters of up to
-:data:`PACKED_PCLUSTER_BYTES`) and written as they fill, between the files' own. The file's map header says ``Z_EROFS_ADVISE_FRAGMENT_PCLUSTER`` and
+in the superblock), whose segments are compressed (in pclusters of
+:data:`PACKED_PCLUSTER_BYTES`, fixed-input: :data:`PACKED_FITTED`) and written as they
+fill, between the files' own. The file's map header says
+``Z_EROFS_ADVISE_FRAGMENT_PCLUSTER`` and
 holds the offset; a file of one extent has no indexes at all, only a header whose
 highest bit says "the whole file is stored in the packed inode". So small files and
 tails are compressed together, as squashfs compresses its fragment blocks.
@@ -114,6 +116,11 @@ PACKED_PCLUSTER_BYTES = 1 << 20
 BATCH_BYTES = 128 << 10
 #: The packed inode's segments hold this many of its pclusters (at least a segment).
 PACKED_SEGMENT_PCLUSTERS = 4
+#: Whether the packed inode's and the metabox's lz4 pclusters are fitted to whole
+#: blocks as a file's are. They are not: each holds its whole 1 MiB, compressed in one
+#: call and padded, since the fitting's guesses and fixed-output calls cost more per
+#: byte than the padding of a pcluster that long saves.
+PACKED_FITTED = False
 #: lz4hc's output over fast lz4's, roughly, as a segment starts: each lz4hc pcluster
 #: aims at fast lz4's size of its window (see :data:`GUESS_PIECES`) times this scale,
 #: which then moves halfway to what each fitted pcluster made of its guess (halfway:
@@ -384,7 +391,8 @@ def largest_pcluster(pcluster_size: int, fragments: bool) -> int:
     return max(pcluster_size, PACKED_PCLUSTER_BYTES) if fragments else pcluster_size
 
 
-def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
+def compress_segment(codec: Codec, data: bytes, step: int, fitted: bool = True
+                     ) -> list[Piece]:
     """Cut ``data`` (one segment of a file) into pclusters of at most ``step`` bytes of
     it each, in order; they hold all of it.
 
@@ -398,7 +406,8 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
     second pass over the window saved 0.02-0.04 % of the data's blocks on the bench
     images). The last pcluster, ``step`` bytes or less up to the segment's end, is
     compressed whole and padded (or, for a file's last, goes inline or to the packed
-    inode). Without it, every pcluster is ``step`` bytes, compressed whole. A pcluster
+    inode). Without it (or without ``fitted``), every pcluster is ``step`` bytes,
+    compressed whole. A pcluster
     that does not shrink by a block is stored raw (None), and the ratio is learned
     again: when fitted by a guess, the whole blocks of what the fit took (at least one),
     not compressed whole once more. The last piece
@@ -408,7 +417,7 @@ def compress_segment(codec: Codec, data: bytes, step: int) -> list[Piece]:
     pieces: list[Piece] = []
     view = memoryview(data)
     pos, n = 0, len(data)
-    fixed = codec.fixed_output
+    fixed = fitted and codec.fixed_output
     ratio = 0.0  # compressed / raw of the last fitted pcluster, 0 when unknown
     scale = HC_OVER_FAST  # that ratio over the guess for its window
     steady = False  # the last fit hit its aim (see TRUST_SHARE)
@@ -544,8 +553,9 @@ class _Batch:
         self.done: list[list[Piece]] | None = None
 
 
-def _compress_batch(codec: Codec, raws: list[bytes], step: int) -> list[list[Piece]]:
-    return [compress_segment(codec, raw, step) for raw in raws]
+def _compress_batch(codec: Codec, raws: list[bytes], step: int, fitted: bool
+                    ) -> list[list[Piece]]:
+    return [compress_segment(codec, raw, step, fitted) for raw in raws]
 
 
 #: How a segment is compressed: its own job, a place in a batch, or not at all (None).
@@ -621,6 +631,9 @@ class CompressedData:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
         self._limit = IN_FLIGHT_BYTES * workers
         self._workers = workers
+        #: whether lz4 pclusters are fitted to whole blocks (not the metabox's: see
+        #: PACKED_FITTED)
+        self._fitted = True
         self._queue: deque[_File] = deque()
         #: the batch that short segments join, not handed to the pool yet
         self._filling: _Batch | None = None
@@ -742,6 +755,7 @@ class CompressedData:
         # largest.
         step = self._packed_step
         self._pcluster, self._segment, self._limit = step, step, 2 * self._workers * step
+        self._fitted = PACKED_FITTED
         try:
             extent = self.write(source, size, 0)
             self.flush()
@@ -749,6 +763,7 @@ class CompressedData:
         finally:
             self._packed, self._firsts, self._dedup = packed, firsts, dedup
             self._pcluster, self._segment, self._limit = sizes
+            self._fitted = True
             self.bytes_in, self.compressed_files = counts
 
     def pack_whole(self, data: bytes) -> int:
@@ -784,7 +799,7 @@ class CompressedData:
         job: _Job = None
         if not (last and f.extent.size <= BLOCK_SIZE and not self._ztailpacking):
             job = self._batched(raw) if len(raw) < BATCH_BYTES else self._pool.submit(
-                compress_segment, self._codec, raw, self._pcluster)
+                compress_segment, self._codec, raw, self._pcluster, self._fitted)
         f.chunks.append((raw, job))
         f.raw_bytes += len(raw)
         if f.raw_bytes > self._limit:
@@ -815,7 +830,7 @@ class CompressedData:
         assert batch is not None
         self._filling = None
         batch.future = self._pool.submit(_compress_batch, self._codec, batch.raws,
-                                         self._pcluster)
+                                         self._pcluster, self._fitted)
 
     def _drop_jobs(self, f: _File) -> None:
         """Spare the compressing threads ``f``'s segments (it leaves nothing behind):
@@ -909,7 +924,8 @@ class CompressedData:
     def _queue_packed(self, piece: bytes) -> None:
         packed = self._packed
         assert packed is not None
-        future = self._pool.submit(compress_segment, self._codec, piece, self._packed_step) \
+        future = self._pool.submit(compress_segment, self._codec, piece, self._packed_step,
+                                   PACKED_FITTED) \
             if len(piece) > BLOCK_SIZE else None
         packed.chunks.append((piece, future))
         self._queue.append(packed)
