@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark the EROFS writer (plain, with fragments, with ztailpacking): size against ``mksquashfs -comp lz4 -Xhc -b 131072`` and
+"""Benchmark the EROFS writer (plain, with fragments, with ztailpacking, with fragments and a metabox): size against ``mksquashfs -comp lz4 -Xhc -b 131072`` and
 Debian's ``mkfs.erofs -zlz4hc``, time against ocisquash's own squashfs writer at the
 same settings (lz4hc level 9, 128 KiB of data per block or physical cluster).
 
@@ -33,8 +33,8 @@ from ocisquash.squashfs import WriterOptions, Compression
 fmt, src, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if fmt.startswith("erofs"):
     opts = ErofsOptions(compression=ErofsCompression.LZ4HC, level=9, mkfs_time=0,
-                        workers=workers, fragments=fmt == "erofs-fragments",
-                        ztailpacking=fmt == "erofs-ztailpacking")
+                        workers=workers, fragments="fragments" in fmt,
+                        ztailpacking=fmt == "erofs-ztailpacking", metabox="metabox" in fmt)
 else:
     opts = WriterOptions(compression=Compression.LZ4, lz4_hc=True, level=9, mkfs_time=0,
                          workers=workers)
@@ -62,6 +62,8 @@ def _tools(src: Path, workers: int) -> dict[str, Callable[[str], list[str]]]:
         "ocisquash erofs lz4hc": ours("erofs"),
         "ocisquash erofs lz4hc --erofs-fragments": ours("erofs-fragments"),
         "ocisquash erofs lz4hc --erofs-ztailpacking": ours("erofs-ztailpacking"),
+        "ocisquash erofs lz4hc --erofs-fragments --erofs-metabox": ours(
+            "erofs-fragments-metabox"),
         "ocisquash squashfs lz4hc": ours("squashfs"),
         "mksquashfs -comp lz4 -Xhc -b 131072": lambda out: [
             "mksquashfs", str(src), out, "-comp", "lz4", "-Xhc", "-b", "131072",
