@@ -138,13 +138,17 @@ def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("small_in_flight")
 @pytest.mark.root
-def test_many_files_read_back_through_the_kernel_and_the_reader(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fragments", [False, True], ids=["inline", "fragments"])
+def test_many_files_read_back_through_the_kernel_and_the_reader(tmp_path: Path,
+                                                                fragments: bool) -> None:
+    """Small files inline in the metabox, or whole in the packed inode (their records a
+    map header each), read back by the kernel and by ErofsReader."""
     _require_metabox()
     digests = set()
     for workers in (1, 3):
         image = tmp_path / f"b{workers}.erofs"
         summary = write_erofs(image, _many_small, compression=LZ4HC, metabox=True,
-                              workers=workers)
+                              fragments=fragments, workers=workers)
         digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
     assert len(digests) == 1  # the bytes do not depend on the threads
     assert summary.files == 6002 and summary.extended_inodes > 800
