@@ -16,13 +16,16 @@ a record in its directory's log, not as objects (``tree.py``). It is stored
 FLAT_INLINE whatever the compression, but with fragments, where its bytes go whole
 into the packed inode as they come and its record is its inode and a map header that
 says where; with ztailpacking alone (compressed beside the inode) it is an ordinary
-file. A copy of it would carry its own record anyway, so it is not hashed for
-duplicates either.
+file. A copy of it would carry its own record anyway, and a key per small file would
+cost more memory than copies save, so it is not hashed for duplicates either.
 
 With a metabox (``ErofsOptions.metabox``, Linux 6.17+) the inodes are not in the
 metadata area but in the data of one compressed inode, written through the
 compressor after the directory blocks (see ``_Finisher._run_boxed``); the metadata
-area then holds the shared xattrs, the packed inode and the metabox inode. The inodes come last, in breadth-first order from the root, so the root
+area then holds the shared xattrs, the packed inode and the metabox inode. There the
+records follow each other and no block ends are filled (see ``_NoGaps``).
+
+The inodes come last, in breadth-first order from the root, so the root
 has a small nid (the superblock's ``rootnid_2b`` holds 16 bits, so shared xattrs
 beyond 2 MiB would be refused) and a directory's entries are stored near each other;
 but an inode whose inline data does not fit what is left of a block starts the next
