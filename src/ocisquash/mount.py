@@ -94,15 +94,69 @@ def _filesystem(image: Path) -> str:
         raise UsageError(f"cannot read {image}: {e.strerror or e}") from e
 
 
+#: Where Linux lists the EROFS features its driver reads.
+EROFS_FEATURES = Path("/sys/fs/erofs/features")
+#: The EROFS superblock's incompatible feature bits (``erofs_fs.h``) this project's
+#: images may set, by the names Linux lists them under, with the oldest Linux that
+#: reads each where it is known here.
+_EROFS_INCOMPAT = ((0x0002, "big_pcluster", "5.13"), (0x0004, "chunked_file", "5.15"),
+                   (0x0010, "ztailpacking", "5.17"), (0x0020, "fragments", "6.1"),
+                   (0x0080, "48bit", ""), (0x0100, "metabox", "6.17"))
+
+
+def _erofs_features(image: Path) -> list[tuple[str, str]]:
+    """The features of :data:`_EROFS_INCOMPAT` the EROFS ``image`` uses (its
+    superblock's ``feature_incompat``, at byte 1104), with their Linux versions."""
+    try:
+        with open(image, "rb") as f:
+            f.seek(1024 + 80)
+            raw = f.read(4)
+    except OSError:
+        return []
+    bits = int.from_bytes(raw, "little") if len(raw) == 4 else 0
+    return [(name, since) for bit, name, since in _EROFS_INCOMPAT if bits & bit]
+
+
+def _erofs_hint(image: Path, fuse: bool) -> str:
+    """What a failed mount of the EROFS ``image`` may lack: the features it uses that
+    this kernel does not list (loop), or that an older erofsfuse cannot read."""
+    used = _erofs_features(image)
+    if fuse:
+        needs = [name for name, _ in used if name in ("fragments", "48bit", "metabox")]
+        return (f"the image uses {', '.join(needs)}, which erofsfuse from erofs-utils "
+                "1.5 (Debian 12) cannot read: mount it as root on a kernel that can"
+                if needs else "")
+    try:
+        have = set(os.listdir(EROFS_FEATURES))
+    except OSError:
+        return ""
+    missing = [name + (f" (Linux {since}+)" if since else "") for name, since in used
+               if name not in have]
+    if not missing:
+        return ""
+    return (f"this kernel's EROFS lacks {', '.join(missing)}: mount the image on a newer "
+            "kernel, or build it without the feature (--erofs-kernel VERSION)")
+
+
 def _mount_readonly(image: Path, target: Path) -> str:
     fs = _filesystem(image)
     if _is_root():
-        _run(["mount", "-t", fs, "-o", "loop,ro", str(image), str(target)],
-             f"cannot mount {image} on {target}")
+        try:
+            _run(["mount", "-t", fs, "-o", "loop,ro", str(image), str(target)],
+                 f"cannot mount {image} on {target}")
+        except OutputError as e:
+            if fs == "erofs" and not e.hint:
+                e.hint = _erofs_hint(image, fuse=False)
+            raise
         return "loop"
     fuse = "squashfuse" if fs == "squashfs" else "erofsfuse"
     if shutil.which(fuse) is not None and os.path.exists("/dev/fuse"):
-        _run([fuse, str(image), str(target)], f"cannot mount {image} on {target}")
+        try:
+            _run([fuse, str(image), str(target)], f"cannot mount {image} on {target}")
+        except OutputError as e:
+            if fs == "erofs" and not e.hint:
+                e.hint = _erofs_hint(image, fuse=True)
+            raise
         return fuse
     raise UnsupportedError(
         f"cannot mount {image}: not root, and {fuse} is not available",

@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
+from ocisquash import mount
 from ocisquash.entry import EntryMeta
 from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress, writer
 from ocisquash.erofs.format import INCOMPAT_48BIT, INCOMPAT_METABOX, NID_METABOX
 from ocisquash.erofs.reader import ErofsReader
-from ocisquash.errors import UsageError
+from ocisquash.errors import OutputError, UsageError
 from ocisquash.imagereader import image_format
 from ocisquash.pack import pack_directory
 from ocisquash.squashfs import WriterOptions
@@ -207,3 +208,37 @@ def test_help_names_the_flag_and_its_kernel() -> None:
                          capture_output=True, text=True, check=True).stdout
     flat = " ".join(out.split())
     assert "--erofs-metabox" in flat and "Linux 6.17+" in flat
+
+
+@pytest.mark.parametrize("listed, hint", [
+    (("zero_padding", "big_pcluster", "compr_cfgs", "fragments"),
+     "this kernel's EROFS lacks 48bit, metabox (Linux 6.17+): mount the image on a newer "
+     "kernel, or build it without the feature (--erofs-kernel VERSION)"),
+    (("zero_padding", "big_pcluster", "compr_cfgs", "fragments", "48bit", "metabox"), ""),
+], ids=["older-kernel", "kernel-with-both"])
+def test_a_refused_mount_names_the_features_the_kernel_lacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: tuple[str, ...],
+        hint: str) -> None:
+    """The kernel here reads the metabox, so an older one is played by its features
+    list and a refusing ``mount``; the hint compares the image's superblock bits with
+    the list."""
+    image = tmp_path / "b.erofs"
+    write_erofs(image, lambda w: w.add_file(b"f", EntryMeta(mode=0o644, mtime=MKFS_TIME),
+                                            b"x" * 100),
+                compression=LZ4HC, metabox=True)
+    features = tmp_path / "features"
+    features.mkdir()
+    for name in listed:
+        (features / name).write_text("1\n")
+    monkeypatch.setattr(mount, "EROFS_FEATURES", features)
+    monkeypatch.setattr(mount, "_is_root", lambda: True)
+
+    def refuse(argv: list[str], what: str) -> None:
+        raise OutputError(f"{what}: {argv[0]} failed: wrong fs type, bad option, bad "
+                          "superblock")
+
+    monkeypatch.setattr(mount, "_run", refuse)
+    (tmp_path / "m").mkdir()
+    with pytest.raises(OutputError, match="wrong fs type") as raised:
+        mount.mount_image(image, tmp_path / "m")
+    assert raised.value.hint == hint
