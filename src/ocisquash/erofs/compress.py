@@ -679,8 +679,11 @@ class CompressedData:
         hashing = self._dedup
         firsts = self._firsts
         if firsts is not None and size is not None and size > BLOCK_SIZE \
-                and size not in firsts:
-            # No earlier file has this size: none can be a copy of this one.
+                and size not in firsts and not (self._packed is not None
+                                                and size <= self._pcluster):
+            # No earlier file has this size: none can be a copy of this one. (A file
+            # that goes whole into the packed inode is hashed as it comes instead:
+            # reading it back would decompress a whole pcluster of the packed inode.)
             firsts[size] = f
             f.placed = []
             hashing = False
