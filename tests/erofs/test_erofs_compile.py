@@ -169,11 +169,13 @@ def test_erofs_entries_record_the_digest_of_their_image(rules_image: Path,
     cache = tmp_path / "cache"
     ref = f"oci:{rules_image}:latest"
     for out, extra in (("a.erofs", []), ("b.erofs", ["-c", "none"]),
-                       ("c.erofs", ["--verity"])):
+                       ("c.erofs", ["--verity"]),
+                       # the metabox: the superblock is written last, then hashed
+                       ("d.erofs", ["--erofs-fragments", "--erofs-metabox"])):
         _cli("compile", ref, "-o", str(tmp_path / out), "--format", "erofs",
              "--cache-dir", str(cache), "--quiet", *extra)
     entries = sorted((cache / "images").iterdir())
-    assert len(entries) == 3
+    assert len(entries) == 4
     for entry in entries:
         record = json.loads((entry / "info.json").read_text())
         image = (entry / "image.squashfs").read_bytes()
