@@ -96,25 +96,36 @@ def _filesystem(image: Path) -> str:
 
 #: Where Linux lists the EROFS features its driver reads.
 EROFS_FEATURES = Path("/sys/fs/erofs/features")
-#: The EROFS superblock's incompatible feature bits (``erofs_fs.h``) this project's
-#: images may set, by the names Linux lists them under, with the oldest Linux that
-#: reads each where it is known here.
-_EROFS_INCOMPAT = ((0x0002, "big_pcluster", "5.13"), (0x0004, "chunked_file", "5.15"),
-                   (0x0010, "ztailpacking", "5.17"), (0x0020, "fragments", "6.1"),
-                   (0x0080, "48bit", ""), (0x0100, "metabox", "6.17"))
 
 
 def _erofs_features(image: Path) -> list[tuple[str, str]]:
-    """The features of :data:`_EROFS_INCOMPAT` the EROFS ``image`` uses (its
-    superblock's ``feature_incompat``, at byte 1104), with their Linux versions."""
+    """The incompatible features the EROFS ``image`` uses (its superblock's
+    ``feature_incompat``) among those this project writes, by the names Linux lists
+    them under, with the oldest Linux that reads each where it is known here."""
+    from .erofs import format as fmt
+    from .erofs.options import (
+        FRAGMENTS_MIN_KERNEL,
+        HOLES_MIN_KERNEL,
+        METABOX_MIN_KERNEL,
+        MIN_KERNEL,
+        ZTAILPACKING_MIN_KERNEL,
+        ErofsCompression,
+    )
+
+    known = ((fmt.INCOMPAT_BIG_PCLUSTER, "big_pcluster", MIN_KERNEL[ErofsCompression.LZ4]),
+             (fmt.INCOMPAT_CHUNKED_FILE, "chunked_file", HOLES_MIN_KERNEL),
+             (fmt.INCOMPAT_ZTAILPACKING, "ztailpacking", ZTAILPACKING_MIN_KERNEL),
+             (fmt.INCOMPAT_FRAGMENTS, "fragments", FRAGMENTS_MIN_KERNEL),
+             (fmt.INCOMPAT_48BIT, "48bit", ""),
+             (fmt.INCOMPAT_METABOX, "metabox", METABOX_MIN_KERNEL))
     try:
         with open(image, "rb") as f:
-            f.seek(1024 + 80)
+            f.seek(fmt.SUPER_OFFSET + fmt.FEATURE_INCOMPAT_AT)
             raw = f.read(4)
     except OSError:
         return []
     bits = int.from_bytes(raw, "little") if len(raw) == 4 else 0
-    return [(name, since) for bit, name, since in _EROFS_INCOMPAT if bits & bit]
+    return [(name, since) for bit, name, since in known if bits & bit]
 
 
 def _erofs_hint(image: Path, fuse: bool) -> str:

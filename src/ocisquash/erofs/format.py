@@ -61,6 +61,8 @@ INCOMPAT_48BIT = 0x0080
 #: "#define EROFS_FEATURE_INCOMPAT_METABOX 0x00000100": inodes in a compressed
 #: "metabox" inode, whose nid is the superblock's ``metabox_nid`` (Linux 6.17+)
 INCOMPAT_METABOX = 0x0100
+#: Where "feature_incompat" is in the superblock.
+FEATURE_INCOMPAT_AT = 80
 #: "#define EROFS_DIRENT_NID_METABOX_BIT 63": a nid with this bit is the offset of the
 #: inode in the metabox inode's data (in 32-byte slots), not from ``meta_blkaddr``
 NID_METABOX = 1 << 63

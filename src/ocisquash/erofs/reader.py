@@ -58,6 +58,7 @@ from .format import (
     COMPACT_INODE,
     DIRENT,
     EXTENDED_INODE,
+    FEATURE_INCOMPAT_AT,
     INCOMPAT_48BIT,
     INCOMPAT_METABOX,
     INCOMPAT_ZERO_PADDING,
@@ -129,7 +130,7 @@ class ErofsReader(ImageReader[_Inode]):
         if sb[12] != BLOCK_BITS:
             raise ErofsError(f"{self.path} has blocks of {1 << sb[12]} bytes; only "
                              f"{BLOCK_SIZE} are read")
-        incompat = _U32.unpack_from(sb, 80)[0]
+        incompat = _U32.unpack_from(sb, FEATURE_INCOMPAT_AT)[0]
         # "rootnid_2b", "meta_blkaddr", "packed_nid"; with 48BIT, "rootnid_8b" if set
         self._root_nid = struct.unpack_from("<H", sb, 14)[0]
         if incompat & INCOMPAT_48BIT and _U64.unpack_from(sb, 112)[0]:
@@ -150,7 +151,7 @@ class ErofsReader(ImageReader[_Inode]):
         #: "EROFS_FEATURE_INCOMPAT_LZ4_0PADDING": compressed data ends at its pcluster's
         #: end; without it (mkfs.erofs -E legacy-compress) it starts at the first block
         #: and what follows it is not part of it
-        self._zero_padding = bool(_U32.unpack_from(sb, 80)[0] & INCOMPAT_ZERO_PADDING)
+        self._zero_padding = bool(incompat & INCOMPAT_ZERO_PADDING)
         self._packed: _Inode | None = None
         #: the packed inode's cluster index, decoded once: (types, values, first
         #: blocks, where the index ends)

@@ -787,9 +787,6 @@ class _Finisher:
             if self.tailpacked:
                 incompat |= INCOMPAT_ZTAILPACKING
             algs = 1 << codec.algorithm
-            # The algorithm's record follows the superblock, whatever its size.
-            self.out.seek(SUPER_OFFSET + (144 if box is not None else 128))
-            self.out.write(codec.config)
         if self.chunked:
             incompat |= INCOMPAT_CHUNKED_FILE
         superblock = Superblock(
@@ -805,8 +802,11 @@ class _Finisher:
             metabox_nid=box.ref if box is not None else 0,
             uuid=self.w._options.uuid,
         )
+        head = superblock.pack()
         self.out.seek(SUPER_OFFSET)
-        self.out.write(superblock.pack())
+        self.out.write(head)
+        if self.compressed and codec is not None:
+            self.out.write(codec.config)  # the algorithm's record follows the superblock
 
     # -- numbering --------------------------------------------------------------------
 
