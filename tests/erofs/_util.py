@@ -7,6 +7,7 @@ EROFS driver mounts with ``mount -t erofs -o loop,ro``.
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,3 +92,31 @@ def require_kernel_compressor(compression: ErofsCompression) -> None:
         with gzip.open(config, "rt") as f:
             if f"{option}=y" not in f.read():
                 pytest.skip(f"missing kernel feature: this kernel is built without {option}")
+
+
+def files_of(build: Callable[[ErofsWriter], None]) -> dict[str, bytes]:
+    """What ``build`` gives a writer, as the bytes each path should read back: its files
+    by name, a hard link as its target's bytes (symlinks and the rest left out)."""
+    files: dict[str, bytes] = {}
+
+    class Recorder:
+        def add_file(self, path: bytes, meta: object, data: bytes) -> None:
+            files[path.decode()] = data
+
+        def add_hardlink(self, path: bytes, target: bytes) -> None:
+            files[path.decode()] = files[target.decode()]
+
+        def __getattr__(self, name: str) -> Callable[..., None]:
+            return lambda *args: None
+
+    build(Recorder())  # type: ignore[arg-type]
+    return files
+
+
+def prose(rng: random.Random, n: int) -> bytes:
+    """``n`` bytes of lines of hex words that compress like text."""
+    words = [rng.randbytes(3).hex().encode() for _ in range(400)]
+    out = bytearray()
+    while len(out) < n:
+        out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
+    return bytes(out[:n])

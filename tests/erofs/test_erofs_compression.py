@@ -26,7 +26,9 @@ from ._util import (
     dump_inode,
     dump_super,
     erofs_mounted,
+    files_of,
     fsck,
+    prose,
     require_kernel_compressor,
     write_erofs,
 )
@@ -93,22 +95,7 @@ def _mixed(w: ErofsWriter) -> None:
 
 
 def _expected() -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-
-    class Rec:
-        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
-            files[path.decode()] = data
-
-    _mixed(Rec())  # type: ignore[arg-type]
-    return files
-
-
-@pytest.fixture
-def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A few hundred KiB in flight instead of 8 MiB per worker: "big" streams.
-    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
-    # Segments of 256 KiB: big files span several, each with its own padded end.
-    monkeypatch.setattr(compress, "SEGMENT_BYTES", 256 << 10)
+    return files_of(_mixed)
 
 
 @pytest.mark.usefixtures("small_in_flight")
@@ -147,10 +134,10 @@ def test_raw_pclusters_of_a_mebibyte_between_small_ones_read_back(tmp_path: Path
     """With 1 MiB pclusters, noise is stored raw a mebibyte at a time (a write of its
     own) between the pclusters of small files (gathered into one write)."""
     rng = random.Random(31)
-    files = {f"text-{i}": _prose(rng, 5_000 + 20_000 * i) for i in range(8)}
+    files = {f"text-{i}": prose(rng, 5_000 + 20_000 * i) for i in range(8)}
     # A file of one window that does not shrink is written raw whole.
     files |= {"noise": rng.randbytes(1 << 20), "noise-more": rng.randbytes(2_500_000),
-              "noise-text": rng.randbytes(1_100_000) + _prose(rng, 300_000)}
+              "noise-text": rng.randbytes(1_100_000) + prose(rng, 300_000)}
 
     def build(w: ErofsWriter) -> None:
         m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
@@ -201,20 +188,12 @@ def test_help_states_the_minimum_kernel_per_compressor() -> None:
 # -- fixed-output lz4 pclusters: extents that start mid-lcluster ----------------------
 
 
-def _prose(rng: random.Random, n: int) -> bytes:
-    words = [rng.randbytes(3).hex().encode() for _ in range(400)]
-    out = bytearray()
-    while len(out) < n:
-        out += b" ".join(rng.choice(words) for _ in range(12)) + b"\n"
-    return bytes(out[:n])
-
-
 def _boundaries() -> dict[str, bytes]:
     """Files at the block and pcluster boundaries, and extents that start mid-block:
     fitted pclusters, raw blocks after them (PLAIN extents shifted into the next
     lcluster), a raw end that passes into the next lcluster, pcluster-sized files."""
     rng = random.Random(23)
-    text = _prose(rng, 3_000_000)
+    text = prose(rng, 3_000_000)
     noise = rng.randbytes(400_000)
     files = {f"size-{n}": text[:n] for n in
              (0, 1, 4095, 4096, 4097, 8191, 8193, 65535, 65536, 65537, 131071, 131072,
@@ -256,7 +235,7 @@ def test_steady_data_aims_without_a_guess_until_a_fit_misses(
     monkeypatch.setattr(codec, "guess_ratio",
                         lambda window: guessed.append(len(window)) or guess(window))
     rng = random.Random(5)
-    text = _prose(rng, 2 << 20)
+    text = prose(rng, 2 << 20)
     pieces = compress.compress_segment(codec, text, 131072)
     assert sum(n for n, _ in pieces) == len(text)
     assert len(pieces) > 15 and len(guessed) == 2
@@ -362,19 +341,13 @@ def _compact_alignments(w: ErofsWriter) -> None:
                          xattrs=((b"user.p", b"v" * (8 * pad + 1)),) if pad else ())
         for blocks in (2, 3, 7, 8, 17, 18, 22, 23, 40, 100):
             size = blocks * 4096 - rng.randrange(0, 4000)
-            w.add_file(b"p%d/b%03d" % (pad, blocks), meta, _prose(rng, size))
+            w.add_file(b"p%d/b%03d" % (pad, blocks), meta, prose(rng, size))
 
 
 def test_compact_indexes_at_every_alignment_read_back(tmp_path: Path) -> None:
     image = tmp_path / "c.erofs"
     write_erofs(image, _compact_alignments, compression=LZ4HC, pcluster_size=16384)
-    expected: dict[str, bytes] = {}
-
-    class Rec:
-        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
-            expected[path.decode()] = data
-
-    _compact_alignments(Rec())  # type: ignore[arg-type]
+    expected = files_of(_compact_alignments)
     # (two or three blocks of this prose do not shrink by a block: stored flat)
     assert {dump_inode(image, "/" + p)["Layout"] for p in expected
             if len(expected[p]) > 6 * 4096} == {"3"}
@@ -434,7 +407,7 @@ def test_packed_inode_of_many_megabytes_reads_back(tmp_path: Path) -> None:
     read in a shuffled order."""
     _require_fragments()
     rng = random.Random(41)
-    files = {f"d{i % 7}/f{i:03d}": _prose(rng, rng.randrange(1, 120_000))
+    files = {f"d{i % 7}/f{i:03d}": prose(rng, rng.randrange(1, 120_000))
              for i in range(90)}
 
     def build(w: ErofsWriter) -> None:
@@ -516,14 +489,7 @@ def _tails(w: ErofsWriter) -> None:
 
 
 def _tails_expected() -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-
-    class Rec:
-        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
-            files[path.decode()] = data
-
-    _tails(Rec())  # type: ignore[arg-type]
-    return files
+    return files_of(_tails)
 
 
 @pytest.mark.usefixtures("small_in_flight")
@@ -670,7 +636,7 @@ def test_the_digest_read_while_finishing_is_the_images(tmp_path: Path,
     def build(w: ErofsWriter) -> None:
         _write_boundaries(w)
         m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
-        twin = _prose(random.Random(3), 300_000)
+        twin = prose(random.Random(3), 300_000)
         w.add_file(b"twin-a", m, twin)
         w.add_file(b"twin-b", m, twin)  # keyed now, its data written then taken back
         w.add_file(b"last", m, b"x" * 5000)
@@ -697,7 +663,7 @@ def test_files_stored_whole_in_the_packed_inode_do_not_pile_up_in_the_queue(
     small file before: 755 MB at the peak on the million-file bench image)."""
     _require_fragments()
     rng = random.Random(9)
-    words = _prose(rng, 200_000)
+    words = prose(rng, 200_000)
     files = {b"f%05d" % i: words[i * 7:i * 7 + rng.randrange(16, 512)]
              for i in range(20_000)}
     longest = 0

@@ -29,7 +29,7 @@ from ocisquash.pack import pack_directory
 from ocisquash.squashfs import WriterOptions
 from squashfs._util import build_feature_tree, diff_snapshots, link_groups, mounted, snapshot
 
-from ._util import MKFS_TIME, erofs_mounted, write_erofs
+from ._util import MKFS_TIME, erofs_mounted, files_of, prose, write_erofs
 from conftest import require_or_skip
 
 LZ4HC = ErofsCompression.LZ4HC
@@ -93,11 +93,6 @@ def test_metabox_tree_mounts_as_squashfs_of_the_same_tree(
             assert os.lstat(e / rel).st_nlink == os.lstat(s / rel).st_nlink, rel
 
 
-def _prose(rng: random.Random, n: int) -> bytes:
-    words = [rng.randbytes(3).hex().encode() for _ in range(300)]
-    return b" ".join(rng.choice(words) for _ in range(n // 7 + 1))[:n]
-
-
 def _many_small(w: ErofsWriter) -> None:
     """Enough small files for a metabox of several 1 MiB pclusters: some with a time
     or an owner only an extended inode holds, one sparse, one hard-linked."""
@@ -105,36 +100,12 @@ def _many_small(w: ErofsWriter) -> None:
     for i in range(6000):
         meta = EntryMeta(mode=0o644, mtime=MKFS_TIME if i % 7 else MKFS_TIME + i,
                          uid=70_000 if i % 500 == 0 else 0)
-        w.add_file(b"d%02d/f%05d" % (i % 40, i), meta, _prose(rng, rng.randrange(0, 900)))
+        w.add_file(b"d%02d/f%05d" % (i % 40, i), meta, prose(rng, rng.randrange(0, 900)))
     m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
     w.add_file(b"sparse", m, bytes(1 << 20) + b"end")
-    w.add_file(b"large", m, _prose(rng, 700_000))
+    w.add_file(b"large", m, prose(rng, 700_000))
     w.add_hardlink(b"d00/again", b"d00/f00000")
     w.add_symlink(b"link", EntryMeta(mode=0o777, mtime=MKFS_TIME), b"d01/f00001")
-
-
-def _expected_small() -> dict[str, bytes]:
-    files: dict[str, bytes] = {}
-
-    class Rec:
-        def add_file(self, path: bytes, meta: EntryMeta, data: bytes) -> None:
-            files[path.decode()] = data
-
-        def add_hardlink(self, path: bytes, target: bytes) -> None:
-            files[path.decode()] = files[target.decode()]
-
-        def add_symlink(self, path: bytes, meta: EntryMeta, target: bytes) -> None:
-            pass
-
-    _many_small(Rec())  # type: ignore[arg-type]
-    return files
-
-
-@pytest.fixture
-def small_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A few hundred KiB in flight: the metabox streams past the limit in many segments.
-    monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 200_000)
-    monkeypatch.setattr(compress, "SEGMENT_BYTES", 256 << 10)
 
 
 @pytest.mark.usefixtures("small_in_flight")
@@ -153,7 +124,7 @@ def test_many_files_read_back_through_the_kernel_and_the_reader(tmp_path: Path,
         digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
     assert len(digests) == 1  # the bytes do not depend on the threads
     assert summary.files == 6002 and summary.extended_inodes > 800
-    files = _expected_small()
+    files = files_of(_many_small)
     with erofs_mounted(image, tmp_path / "m") as m:
         for name, data in files.items():
             assert (m / name).read_bytes() == data, name
