@@ -15,6 +15,8 @@ reversed every other round), each cold from a local ``docker-registry``:
 * ``ocisquash-default``: ``ocisquash compile`` with its defaults, empty cache directory;
 * ``ocisquash-erofs``: ``ocisquash compile --format erofs --compression lz4hc`` (level 9,
   128 KiB physical clusters: EROFS's defaults), empty cache directory;
+* ``ocisquash-erofs-fragments``: the same with ``--erofs-fragments`` (Linux 6.1+): small
+  files and each file's tail compressed together in the packed inode;
 * ``ocisquash-erofs-small``: the same with ``--erofs-fragments --erofs-metabox``, the
   EROFS features that make images of small files small (Linux 6.17+);
 * ``ocisquash-lz4hc``: the squashfs compile at the same settings (lz4 in its
@@ -95,12 +97,16 @@ HERE = Path(__file__).resolve().parent
 NPROC = os.cpu_count() or 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CONTENDERS = ("P1", "P3", "ocisquash-equal", "ocisquash-default", "ocisquash-erofs",
-              "ocisquash-erofs-small",
+              "ocisquash-erofs-fragments", "ocisquash-erofs-small",
               "ocisquash-lz4hc", "warm-registry", "warm-layout", "floor")
 EQUAL = ["--compression", "gzip", "--level", "9", "--block-size", "128K"]
 #: EROFS at its defaults, spelled out: lz4hc level 9, 128 KiB physical clusters.
 EROFS = ["--format", "erofs", "--compression", "lz4hc"]
-EROFS_SMALL = [*EROFS, "--erofs-fragments", "--erofs-metabox"]
+EROFS_FRAGMENTS = [*EROFS, "--erofs-fragments"]
+EROFS_SMALL = [*EROFS_FRAGMENTS, "--erofs-metabox"]
+#: The EROFS contenders of issue 23's section: contender -> what its rows add to the name.
+EROFS_ROWS = {"ocisquash-erofs": "", "ocisquash-erofs-fragments": ", fragments",
+              "ocisquash-erofs-small": ", small"}
 #: The squashfs compile at EROFS's settings, through the API (the CLI refuses lz4hc for
 #: squashfs): argv is IMAGE OUT CACHE.
 LZ4HC_SQUASHFS = """
@@ -716,6 +722,8 @@ def _round(name: str, ref: str, layout: Path, workdir: Path, contenders: list[st
             m = run_ocisquash(f"docker://{ref}", tmp, cache, EQUAL)
         elif c == "ocisquash-erofs":
             m = run_ocisquash(f"docker://{ref}", tmp, cache, EROFS)
+        elif c == "ocisquash-erofs-fragments":
+            m = run_ocisquash(f"docker://{ref}", tmp, cache, EROFS_FRAGMENTS)
         elif c == "ocisquash-erofs-small":
             m = run_ocisquash(f"docker://{ref}", tmp, cache, EROFS_SMALL)
         elif c == "ocisquash-lz4hc":
@@ -989,12 +997,11 @@ def erofs_section(all_results: dict[str, dict[str, list[Measure]]]) -> list[str]
     """EROFS against squashfs at the same settings (issue 23): time, CPU, memory, size."""
     rows = []
     verdicts = []
-    for (name, res), erofs in itertools.product(all_results.items(),
-                                                ("ocisquash-erofs", "ocisquash-erofs-small")):
+    for (name, res), erofs in itertools.product(all_results.items(), EROFS_ROWS):
         if erofs not in res:
             continue
         pairs = paired(res.get(erofs, []), res.get("ocisquash-lz4hc", []))
-        label = name if erofs == "ocisquash-erofs" else f"{name}, small"
+        label = name + EROFS_ROWS[erofs]
         if not pairs:
             for c in (erofs, "ocisquash-lz4hc"):
                 bad = [m.error for m in res.get(c, []) if m.error]
@@ -1021,8 +1028,9 @@ def erofs_section(all_results: dict[str, dict[str, list[Measure]]]) -> list[str]
         "clusters) against the squashfs compile at lz4hc level 9, 128 KiB blocks (through "
         "`compile_image`: the CLI offers lz4hc for EROFS only), both cold from the registry "
         "into an empty cache, in the same rounds as the table above. Ratio: EROFS / squashfs "
-        "per round, then the median (each round's in brackets). Rows marked *small* add "
-        "`--erofs-fragments --erofs-metabox`.", "",
+        "per round, then the median (each round's in brackets). Rows marked *fragments* add "
+        "`--erofs-fragments` (Linux 6.1+), rows marked *small* "
+        "`--erofs-fragments --erofs-metabox` (Linux 6.17+).", "",
         "| image | wall s, EROFS / squashfs (medians) | time ratio | CPU s, EROFS / squashfs "
         "| peak RSS MiB, EROFS / squashfs | output MB, EROFS / squashfs (ratio) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -1166,8 +1174,7 @@ def targets(name: str, res: dict[str, list[Measure]], fl: dict[str, float]) -> l
         ok = [m.wall for m in res.get(c, []) if not m.error]
         if ok:
             v.append(f"{name}: {c} {med(ok):.3f} s (≤ 0.3 s: {yes(med(ok) <= 0.3)})")
-    rss = [m.rss for c in ("ocisquash-equal", "ocisquash-default", "ocisquash-erofs",
-                           "ocisquash-erofs-small",
+    rss = [m.rss for c in ("ocisquash-equal", "ocisquash-default", *EROFS_ROWS,
                            "ocisquash-lz4hc") for m in res.get(c, [])
            if not m.error and m.rss > 0]
     if rss:
