@@ -122,10 +122,15 @@ def test_a_short_file_costs_under_40_bytes_in_the_writer(
     assert per_file < 40, per_file
 
 
+@pytest.mark.parametrize("flush", [5000, 1000])
 @pytest.mark.parametrize("order", ["added", "reversed", "shuffled"])
 def test_short_files_bytes_read_back_in_any_order(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str) -> None:
-    monkeypatch.setattr(Tails, "FLUSH", 5000)  # most in the file, the last in memory
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str, flush: int) -> None:
+    # Most in the file, the last in memory; with 1000, pieces as long as the buffer go
+    # to the file directly, between buffered ones.
+    monkeypatch.setattr(Tails, "FLUSH", flush)
+    monkeypatch.setattr(Tails, "WINDOW", 8192)
+    monkeypatch.setattr(Tails, "BEHIND", 2048)
     rng = random.Random(order)
     pieces = [rng.randbytes(rng.randrange(0, 4000)) for _ in range(3000)]
     tails = Tails(str(tmp_path))
@@ -169,7 +174,7 @@ def test_laying_out_short_files_costs_under_44_bytes_each(
     object or directory block kept per file or directory; with a metabox, the records
     stream through the compressor."""
     monkeypatch.setattr(Tails, "FLUSH", 4096)
-    monkeypatch.setattr(Tails, "MAX_WINDOW", 4096)
+    monkeypatch.setattr(Tails, "WINDOW", 4096)
     monkeypatch.setattr(writer_module, "_WRITE_BATCH", 4096)
     monkeypatch.setattr(compress, "IN_FLIGHT_BYTES", 32 << 10)
     monkeypatch.setattr(compress, "PACKED_PCLUSTER_BYTES", 16 << 10)
