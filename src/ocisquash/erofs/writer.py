@@ -415,20 +415,25 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
 
 class _Hasher:
     """The sha256 of an image being finished: the bytes up to ``upto`` (final, in the
-    file through the output's descriptor) read on a thread of its own, the rest when
-    :meth:`finish` is called. hashlib releases the GIL, so the reading overlaps the
-    metadata's Python on a second core. Meanwhile another thread syncs the file: the
-    cache syncs each entry's files as it publishes them, and most of the image's bytes
-    are on disk by then (as when the finished image was hashed while it synced)."""
+    file through the output's descriptor), then each stretch that :meth:`advance` says
+    is final, read on a thread of its own; the rest when :meth:`finish` is called.
+    hashlib releases the GIL, so the reading overlaps the metadata's Python on a
+    second core. Meanwhile another thread syncs the file: the cache syncs each entry's
+    files as it publishes them, and most of the image's bytes are on disk by then (as
+    when the finished image was hashed while it synced)."""
 
     def __init__(self, out: BinaryIO, upto: int) -> None:
         out.flush()
         self._fd = os.dup(out.fileno())
         self._hash = hashlib.sha256()
         self._at = 0
+        #: the bytes known to be final; -1 once stopped (see close)
+        self._upto = upto
+        self._done = False  # finish() has the rest
+        self._more = threading.Condition()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._guarded, args=(upto,),
-                                        name="ocisquash-digest", daemon=True)
+        self._thread = threading.Thread(target=self._guarded, name="ocisquash-digest",
+                                        daemon=True)
         self._thread.start()
         self._syncer = threading.Thread(target=self._sync, name="ocisquash-fsync",
                                         daemon=True)
@@ -438,15 +443,28 @@ class _Hasher:
         with contextlib.suppress(OSError):  # publishing syncs again, and says so
             os.fsync(self._fd)
 
-    def _guarded(self, upto: int) -> None:
+    def advance(self, upto: int) -> None:
+        """The image's first ``upto`` bytes are final, in the file."""
+        with self._more:
+            if upto > self._upto >= 0:
+                self._upto = upto
+                self._more.notify()
+
+    def _guarded(self) -> None:
         try:
-            self._read(upto)
+            while True:
+                with self._more:
+                    while self._upto == self._at and not self._done:
+                        self._more.wait()
+                    if self._upto < 0 or (self._done and self._upto == self._at):
+                        return
+                self._read()
         except BaseException as e:  # handed to finish()
             self._error = e
 
-    def _read(self, upto: int) -> None:
-        self._upto = upto
-        while self._at < self._upto:
+    def _read(self) -> None:
+        """Hash up to ``_upto`` (as it is when each chunk is read)."""
+        while 0 <= self._at < self._upto:
             chunk = os.pread(self._fd, min(1 << 20, self._upto - self._at), self._at)
             if not chunk:
                 raise ErofsError("the image ended before its bytes were all hashed")
@@ -455,23 +473,25 @@ class _Hasher:
 
     def finish(self, end: int) -> bytes:
         """The digest of the image's ``end`` bytes (the output flushed)."""
+        with self._more:
+            self._done = True
+            self._more.notify()
         self._thread.join()
         try:
             if self._error is not None:
                 raise self._error
-            self._read(end)
+            self._upto = end
+            self._read()
         finally:
             self.close()
         return self._hash.digest()
 
     def close(self) -> None:
         """Stop (the image is not finished after all) and let go of the descriptor."""
-        self._upto = 0
+        with self._more:
+            self._upto = -1
+            self._more.notify()
         self._thread.join()
-        self._syncer.join()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 class _NoGaps:
@@ -607,6 +627,8 @@ class _Finisher:
         self.outside: list[Node] = []
         #: the packed inode (fragments), numbered last
         self.packed: FileNode | None = None
+        #: the image's digest, read behind the metadata as it is written (None: none asked)
+        self.hasher: _Hasher | None = None
         self.inodes = 0
         self.stats = {"files": 0, "directories": 0, "symlinks": 0, "devices": 0,
                       "hardlinks": 0, "extended": 0}
@@ -675,7 +697,7 @@ class _Finisher:
         end = -(-meta_end // BLOCK_SIZE) * BLOCK_SIZE
         self._write_superblock(end, meta_blkaddr, bool(area), packed)
         # Everything before the metadata is final now: hash it while the rest is written.
-        hasher = _Hasher(self.out, data.position) if self.w._digest else None
+        hasher = self.hasher = _Hasher(self.out, data.position) if self.w._digest else None
         try:
             self._write_metadata(data.position, meta_blkaddr * BLOCK_SIZE, area, meta_end)
             self.out.write(bytes(end - meta_end))
@@ -1109,7 +1131,9 @@ class _Finisher:
         """Every record at its nid, in nid order: those placed as the numbers go (their
         nids grow), merged with the ones placed in gaps, sorted by nid; to ``out``
         (the image by default) from ``base``, where nid 0 is."""
-        records = _Records(self.out if out is None else out, base)
+        # The image's records are hashed behind their writing (see _Hasher).
+        written = self.hasher.advance if out is None and self.hasher is not None else None
+        records = _Records(self.out if out is None else out, base, written)
         put = records.put
         buf = records.buf
         gap_nids = self.gap_nids
@@ -1359,8 +1383,11 @@ class _BoxStream:
 class _Records:
     """Writes records at their nids, in nid order, zeros between, in batches."""
 
-    def __init__(self, out: BinaryIO | _BoxStream, base: int) -> None:
+    def __init__(self, out: BinaryIO | _BoxStream, base: int,
+                 written: Callable[[int], None] | None = None) -> None:
         self.out = out
+        #: told the image offset up to which records are in the file, after each batch
+        self.written = written
         #: where the metadata area starts in the image
         self.base = base
         self.buf = bytearray()
@@ -1382,6 +1409,11 @@ class _Records:
         self.out.write(self.buf)
         self.start += len(self.buf)
         self.buf.clear()
+        if self.written is not None:
+            out = self.out
+            assert not isinstance(out, _BoxStream)  # only the image's records are hashed
+            out.flush()
+            self.written(self.start)
 
     def close(self) -> None:
         self.out.write(self.buf)
