@@ -5,6 +5,7 @@ streams, and fsck.erofs and the kernel read it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -278,3 +279,47 @@ def test_records_that_fill_the_gap_before_the_root_are_written_first(tmp_path: P
         for i in range(150):
             assert (mnt / f"file-{i:03d}").read_bytes() == b"%03d" % i * 33
         assert os.getxattr(mnt / "x2", "user.g0") == b"v" * 1990
+
+
+@pytest.mark.parametrize("compression", [ErofsCompression.NONE, ErofsCompression.LZ4HC])
+def test_the_digest_read_behind_the_records_is_the_image_s(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compression: ErofsCompression) -> None:
+    """The sha256 that finish() gives reads the records as each batch is written (a
+    small batch here: hundreds of them), then the rest: it is the finished file's."""
+    monkeypatch.setattr(writer_module, "_WRITE_BATCH", 4096)
+    image = tmp_path / "i.erofs"
+    options = ErofsOptions(compression=compression, mkfs_time=MKFS_TIME, workers=2)
+    with ErofsWriter(image, options, digest=True) as w:
+        for name, content, meta in _files(seed=9):
+            w.add_file(name, meta, content)
+        w.add_file(b"big", META[0], random.Random(9).randbytes(300_000))
+        summary = w.finish()
+    assert summary.sha256 == hashlib.sha256(image.read_bytes()).digest()
+    fsck(image)
+
+
+def test_a_build_that_fails_while_its_records_are_hashed_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest's thread, reading behind the records, stops when the finish fails
+    (no hang), and the image is discarded."""
+    monkeypatch.setattr(writer_module, "_WRITE_BATCH", 4096)
+    calls = 0
+    inline = writer_module._Finisher._inline
+
+    def failing(self: Any, *args: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 300:
+            raise RuntimeError("stop")
+        return inline(self, *args)
+
+    monkeypatch.setattr(writer_module._Finisher, "_inline", failing)
+    image = tmp_path / "i.erofs"
+    with pytest.raises(RuntimeError, match="stop"), ErofsWriter(
+            image, ErofsOptions(mkfs_time=MKFS_TIME), digest=True) as w:
+        for i in range(2000):
+            w.add_directory(b"d%04d" % i, META[0])
+            w.add_file(b"d%04d/f" % i, META[0], b"x" * 5000)
+        w.finish()
+    assert calls == 300
+    assert list(tmp_path.iterdir()) == []
