@@ -114,8 +114,8 @@ PACKED_PCLUSTER_BYTES = 1 << 20
 #: this many bytes, one job each: a job per small file cost the writer's thread more
 #: (a future, a lock, a wake-up) than the batch's own list.
 BATCH_BYTES = 128 << 10
-#: The packed inode's segments hold this many of its pclusters (at least a segment):
-#: the bytes collected before they are handed to the threads, a job per pcluster.
+#: The packed inode's segments hold this many of its pclusters (at least a segment),
+#: when they are fitted (see ``CompressedData._packed_job``).
 PACKED_SEGMENT_PCLUSTERS = 4
 #: Whether the packed inode's and the metabox's lz4 pclusters are fitted to whole
 #: blocks as a file's are. They are not: each holds its whole 1 MiB, compressed in one
@@ -627,8 +627,12 @@ class CompressedData:
         #: the packed inode's and the metabox's pcluster and segment sizes (see
         #: PACKED_PCLUSTER_BYTES)
         self._packed_step = largest_pcluster(pcluster_size, fragments or metabox)
-        self._packed_segment = max(self._segment,
-                                   PACKED_SEGMENT_PCLUSTERS * self._packed_step)
+        #: the packed inode's bytes handed to the threads as one job: a pcluster when
+        #: they are not fitted (each is compressed on its own then), so that its last
+        #: bytes, which come after every file, are compressed by all the threads, not
+        #: one; else a segment, within which pclusters are fitted one after another
+        self._packed_job = (max(self._segment, PACKED_SEGMENT_PCLUSTERS * self._packed_step)
+                            if PACKED_FITTED else self._packed_step)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ocisquash-erofs")
         self._limit = IN_FLIGHT_BYTES * workers
         self._workers = workers
@@ -919,27 +923,21 @@ class CompressedData:
         at = packed.extent.size
         packed.extent.size += len(raw)
         self._packing += raw
-        step = self._packed_segment
+        step = self._packed_job
         while len(self._packing) >= step:
             self._queue_packed(bytes(self._packing[:step]))
             del self._packing[:step]
         return at
 
     def _queue_packed(self, piece: bytes) -> None:
-        """Queue a segment of the packed inode, a job per pcluster when they are not
-        fitted (each is compressed on its own then): its last segment, which comes
-        after every file, is then compressed by all the threads, not one."""
         packed = self._packed
         assert packed is not None
-        step = self._packed_step
-        job = len(piece) if PACKED_FITTED else step
-        for at in range(0, len(piece), job):
-            part = piece[at:at + job] if len(piece) > job else piece
-            future = self._pool.submit(compress_segment, self._codec, part, step,
-                                       PACKED_FITTED) if len(part) > BLOCK_SIZE else None
-            packed.chunks.append((part, future))
-            self._queue.append(packed)
-            self._queued += len(part)
+        future = self._pool.submit(compress_segment, self._codec, piece, self._packed_step,
+                                   PACKED_FITTED) \
+            if len(piece) > BLOCK_SIZE else None
+        packed.chunks.append((piece, future))
+        self._queue.append(packed)
+        self._queued += len(piece)
 
     # -- writing extents and their index ----------------------------------------------
 
