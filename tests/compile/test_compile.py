@@ -24,7 +24,7 @@ from ocisquash.compile import compile_image
 from ocisquash.errors import ImageNotFoundError, OcisquashError
 from ocisquash.sources.options import SourceOptions
 
-from conftest import require_or_skip
+from conftest import reachable_by_others, require_or_skip
 from imagebuilder import Entry, write_oci_layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -291,17 +291,6 @@ def test_killed_compile_leaves_no_entry_and_next_succeeds(tmp_path: Path) -> Non
     assert "0 problem" in proc.stdout
 
 
-def _traversable_for_others(path: Path) -> list[tuple[Path, int]]:
-    """Add o+x to every ancestor of ``path`` that lacks it; return what to restore."""
-    changed = []
-    for parent in [path, *path.parents]:
-        mode = stat.S_IMODE(parent.stat().st_mode)
-        if not mode & 0o001:
-            os.chmod(parent, mode | 0o001)
-            changed.append((parent, mode))
-    return changed
-
-
 def test_rootless_compile_is_byte_identical(rules_image: Path, tmp_path: Path) -> None:
     """An unprivileged user gets the same bytes: owners, devices and capabilities included."""
     require_or_skip(os.geteuid() == 0, "switching to an unprivileged user needs root")
@@ -309,24 +298,22 @@ def test_rootless_compile_is_byte_identical(rules_image: Path, tmp_path: Path) -
     as_root = compile_image(f"oci:{rules_image}:latest", tmp_path / "root.squashfs",
                             source_options=SourceOptions(cache_dir=tmp_path / "c-root"))
     work = Path(tempfile.mkdtemp(prefix="ocisquash-rootless-"))
-    # The interpreter may live under a private home (pyenv in /root): let uid 65534 reach it.
-    restore = _traversable_for_others(Path(sys.executable).resolve().parent)
     try:
         os.chmod(work, 0o777)
         shutil.copytree(rules_image, work / "layout")
         subprocess.run(["chmod", "-R", "a+rX", str(work / "layout")], check=True)
         env = {**os.environ, "HOME": str(work), "PYTHONPATH": str(ROOT / "src")}
-        proc = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             sys.executable, "-m", "ocisquash", "compile", f"oci:{work / 'layout'}:latest",
-             "-o", str(work / "user.squashfs"), "--cache-dir", str(work / "cache")],
-            capture_output=True, text=True, env=env, cwd=work)
+        # The interpreter may live under a private home (pyenv in /root).
+        with reachable_by_others(Path(sys.executable).resolve().parent):
+            proc = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 sys.executable, "-m", "ocisquash", "compile", f"oci:{work / 'layout'}:latest",
+                 "-o", str(work / "user.squashfs"), "--cache-dir", str(work / "cache")],
+                capture_output=True, text=True, env=env, cwd=work)
         assert proc.returncode == 0, proc.stderr
         assert (work / "user.squashfs").stat().st_uid == 65534
         assert (work / "user.squashfs").read_bytes() == Path(as_root.path or "").read_bytes()
     finally:
-        for path, mode in restore:
-            os.chmod(path, mode)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -31,8 +31,7 @@ from ocisquash.pack import pack_directory
 from ocisquash.sources.options import SourceOptions
 from ocisquash.squashfs import WriterOptions
 
-from .test_compile import _traversable_for_others
-from conftest import require_or_skip
+from conftest import reachable_by_others, require_or_skip
 from imagebuilder import Entry, write_docker_archive, write_oci_layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -330,7 +329,6 @@ def test_an_unprivileged_user_gets_one_line(image: tuple[str, Path, bytes]) -> N
     require_or_skip(shutil.which("setpriv") is not None, "setpriv is not installed")
     ref, _, _ = image
     work = Path(tempfile.mkdtemp(prefix="ocisquash-output-"))
-    restore = _traversable_for_others(Path(sys.executable).resolve().parent)
     try:
         os.chmod(work, 0o777)
         layout = work / "layout"
@@ -341,16 +339,16 @@ def test_an_unprivileged_user_gets_one_line(image: tuple[str, Path, bytes]) -> N
         env = {**os.environ, "HOME": str(work), "PYTHONPATH": str(ROOT / "src")}
         for out, code, words in ((work / "locked" / "o.squashfs", 1, "not writable"),
                                  (work / "private" / "sub" / "o.squashfs", 1, "Permission denied")):
-            proc = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
-                 "-m", "ocisquash", "compile", f"oci:{layout}:latest", "-o", str(out),
-                 "--cache-dir", str(work / "nobody-cache"), "-q"],
-                capture_output=True, text=True, env=env, cwd=work)
+            # The interpreter may live under a private home (pyenv in /root).
+            with reachable_by_others(Path(sys.executable).resolve().parent):
+                proc = subprocess.run(
+                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                     sys.executable, "-m", "ocisquash", "compile", f"oci:{layout}:latest",
+                     "-o", str(out), "--cache-dir", str(work / "nobody-cache"), "-q"],
+                    capture_output=True, text=True, env=env, cwd=work)
             line = one_line(proc, code)
             assert str(out) in line and words in line, line
     finally:
-        for path, mode in restore:
-            os.chmod(path, mode)
         shutil.rmtree(work, ignore_errors=True)
 
 

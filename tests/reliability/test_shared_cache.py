@@ -31,7 +31,7 @@ from ocisquash.store import BlobStore
 
 from .conftest import Site, cli_source_args
 from .kit import cache_state, clean_error_line, run_cli
-from conftest import require_or_skip
+from conftest import reachable_by_others, require_or_skip
 from imagebuilder import Entry, write_oci_layout
 
 #: the source tree of the ocisquash under test, for a process of the second user
@@ -107,22 +107,11 @@ def test_new_cache_is_private(layout: Path, tmp_path: Path) -> None:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
 
 
-def _traversable_for_others(path: Path) -> list[tuple[Path, int]]:
-    changed = []
-    for parent in [path, *path.parents]:
-        mode = stat.S_IMODE(parent.stat().st_mode)
-        if not mode & 0o001:
-            os.chmod(parent, mode | 0o001)
-            changed.append((parent, mode))
-    return changed
-
-
 @pytest.mark.root
 def test_second_user_on_a_cache_of_the_first_gets_one_line(layout: Path) -> None:
     require_or_skip(os.geteuid() == 0, "switching to an unprivileged user needs root")
     require_or_skip(shutil.which("setpriv") is not None, "setpriv is not installed")
     work = Path(tempfile.mkdtemp(prefix="ocisquash-second-user-"))
-    restore = _traversable_for_others(Path(sys.executable).resolve().parent)
     try:
         os.chmod(work, 0o777)
         shutil.copytree(layout, work / "layout")
@@ -131,16 +120,15 @@ def test_second_user_on_a_cache_of_the_first_gets_one_line(layout: Path) -> None
         assert _compile(work / "layout", cache, work / "root.squashfs").returncode == 0
         os.chmod(cache, 0o755)  # readable by the second user, as a shared ~/.cache may be
         env = {**os.environ, "HOME": str(work), "PYTHONPATH": str(SRC)}
-        proc = subprocess.run(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-             sys.executable, "-m", "ocisquash", "compile", f"oci:{work / 'layout'}:latest",
-             "-o", str(work / "user.squashfs"), "--cache-dir", str(cache), "--quiet"],
-            capture_output=True, text=True, env=env, cwd=work)
+        with reachable_by_others(Path(sys.executable).resolve().parent):
+            proc = subprocess.run(
+                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                 sys.executable, "-m", "ocisquash", "compile", f"oci:{work / 'layout'}:latest",
+                 "-o", str(work / "user.squashfs"), "--cache-dir", str(cache), "--quiet"],
+                capture_output=True, text=True, env=env, cwd=work)
         line = clean_error_line(proc)
         assert f"cache directory {cache} belongs to root (uid 0), not to you" in line, line
     finally:
-        for path, mode in restore:
-            os.chmod(path, mode)
         shutil.rmtree(work, ignore_errors=True)
 
 

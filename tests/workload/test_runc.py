@@ -24,7 +24,10 @@ import pytest
 from ocisquash.runtime import DEFAULT_PATH
 
 from .images import APP_GID, APP_UID, EXTRA_GID, busybox_available, write_workload
-from conftest import require_or_skip
+from conftest import reachable_by_others, require_or_skip
+
+#: the package's sources, for a command run as another user
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 SCRIPT = (
     "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); "
@@ -179,12 +182,14 @@ def test_mount_refuses_clearly_without_root_or_squashfuse(
                    check=True, capture_output=True)
     target.mkdir()
     image.chmod(0o644)
-    # no root, and a PATH on which no squashfuse is found
-    proc = subprocess.run(
-        [shutil.which("setpriv") or "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-         sys.executable, "-m", "ocisquash", "mount", str(image), str(target)],
-        capture_output=True, text=True, check=False,
-        env={**os.environ, "PATH": "/nonexistent"})
+    # no root, and a PATH on which no squashfuse is found; the interpreter may live under
+    # a private home (pyenv in /root)
+    with reachable_by_others(Path(sys.executable).resolve().parent):
+        proc = subprocess.run(
+            [shutil.which("setpriv") or "setpriv", "--reuid", "65534", "--regid", "65534",
+             "--clear-groups", sys.executable, "-m", "ocisquash", "mount", str(image), str(target)],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "PATH": "/nonexistent", "PYTHONPATH": str(SRC)})
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines()[0] == (
         f"ocisquash: cannot mount {image}: not root, and squashfuse is not available")
