@@ -289,12 +289,14 @@ def test_the_digest_read_behind_the_records_is_the_image_s(
     monkeypatch.setattr(writer_module, "_WRITE_BATCH", 4096)
     image = tmp_path / "i.erofs"
     options = ErofsOptions(compression=compression, mkfs_time=MKFS_TIME, workers=2)
+    descriptors = len(os.listdir("/proc/self/fd"))
     with ErofsWriter(image, options, digest=True) as w:
         for name, content, meta in _files(seed=9):
             w.add_file(name, meta, content)
         w.add_file(b"big", META[0], random.Random(9).randbytes(300_000))
         summary = w.finish()
     assert summary.sha256 == hashlib.sha256(image.read_bytes()).digest()
+    assert len(os.listdir("/proc/self/fd")) == descriptors  # the digest's let go
     fsck(image)
 
 
@@ -315,6 +317,7 @@ def test_a_build_that_fails_while_its_records_are_hashed_leaves_nothing(
 
     monkeypatch.setattr(writer_module._Finisher, "_inline", failing)
     image = tmp_path / "i.erofs"
+    descriptors = len(os.listdir("/proc/self/fd"))
     with pytest.raises(RuntimeError, match="stop"), ErofsWriter(
             image, ErofsOptions(mkfs_time=MKFS_TIME), digest=True) as w:
         for i in range(2000):
@@ -323,3 +326,4 @@ def test_a_build_that_fails_while_its_records_are_hashed_leaves_nothing(
         w.finish()
     assert calls == 300
     assert list(tmp_path.iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) == descriptors

@@ -492,6 +492,10 @@ class _Hasher:
             self._upto = -1
             self._more.notify()
         self._thread.join()
+        self._syncer.join()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class _NoGaps:
