@@ -7,6 +7,7 @@ EROFS driver mounts with ``mount -t erofs -o loop,ro``.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -16,7 +17,16 @@ import pytest
 
 from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsSummary, ErofsWriter
 from ocisquash.erofs.options import MIN_KERNEL
-from squashfs._util import _mount, is_root, require_or_skip, require_tool, run
+from squashfs._util import (
+    _mount,
+    diff_snapshots,
+    is_root,
+    link_groups,
+    require_or_skip,
+    require_tool,
+    run,
+    snapshot,
+)
 
 MKFS_TIME = 1_700_000_000
 
@@ -30,6 +40,19 @@ def erofs_mounted(image: Path, where: Path) -> Iterator[Path]:
     with _mount(["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(where)],
                 where, "mount -t erofs -o loop") as mnt:
         yield mnt
+
+
+def assert_mounts_alike(erofs: Path, squashfs: Path, at_least: int,
+                        nlink_paths: tuple[str, ...]) -> None:
+    """The kernel's two mounted trees agree: every entry (types, modes, owners,
+    mtimes, xattrs, devices, targets, contents), the hard-link groups, and the link
+    counts of ``nlink_paths`` (a directory has 2 + its subdirectories)."""
+    expected, actual = snapshot(squashfs), snapshot(erofs)
+    assert len(actual) > at_least
+    assert diff_snapshots(expected, actual) == []
+    assert link_groups(erofs) == link_groups(squashfs) != set()
+    for rel in nlink_paths:
+        assert os.lstat(erofs / rel).st_nlink == os.lstat(squashfs / rel).st_nlink, rel
 
 
 def fsck(image: Path, *flags: str) -> str:
