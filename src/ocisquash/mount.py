@@ -149,25 +149,26 @@ def _erofs_hint(image: Path, fuse: bool) -> str:
             "kernel, or build it without the feature (--erofs-kernel VERSION)")
 
 
+def _mount_with(argv: list[str], fs: str, image: Path, target: Path, fuse: bool) -> None:
+    """Run a mount command; a failed EROFS mount's error says which of the image's
+    features the kernel (or erofsfuse) may lack."""
+    try:
+        _run(argv, f"cannot mount {image} on {target}")
+    except OutputError as e:
+        if fs == "erofs" and not e.hint:
+            e.hint = _erofs_hint(image, fuse=fuse)
+        raise
+
+
 def _mount_readonly(image: Path, target: Path) -> str:
     fs = _filesystem(image)
     if _is_root():
-        try:
-            _run(["mount", "-t", fs, "-o", "loop,ro", str(image), str(target)],
-                 f"cannot mount {image} on {target}")
-        except OutputError as e:
-            if fs == "erofs" and not e.hint:
-                e.hint = _erofs_hint(image, fuse=False)
-            raise
+        _mount_with(["mount", "-t", fs, "-o", "loop,ro", str(image), str(target)], fs, image,
+                    target, fuse=False)
         return "loop"
     fuse = "squashfuse" if fs == "squashfs" else "erofsfuse"
     if shutil.which(fuse) is not None and os.path.exists("/dev/fuse"):
-        try:
-            _run([fuse, str(image), str(target)], f"cannot mount {image} on {target}")
-        except OutputError as e:
-            if fs == "erofs" and not e.hint:
-                e.hint = _erofs_hint(image, fuse=True)
-            raise
+        _mount_with([fuse, str(image), str(target)], fs, image, target, fuse=True)
         return fuse
     raise UnsupportedError(
         f"cannot mount {image}: not root, and {fuse} is not available",
