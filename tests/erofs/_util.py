@@ -97,6 +97,15 @@ def write_erofs(path: Path, build: Callable[[ErofsWriter], None],
         return writer.finish()
 
 
+def require_erofs_features(*names: str, since: str) -> None:
+    """Skip (even in CI: a missing kernel feature) unless this kernel's EROFS lists each
+    of ``names`` in /sys/fs/erofs/features; ``since`` is the Linux that brought them."""
+    features = Path("/sys/fs/erofs/features")
+    have = set(os.listdir(features)) if features.is_dir() else set()
+    require_or_skip(have.issuperset(names), "missing kernel feature: this kernel's EROFS "
+                    f"has no {names[0]} ({since}+)")
+
+
 def require_kernel_compressor(compression: ErofsCompression) -> None:
     """Skip (even in CI: a missing kernel feature) when this kernel cannot mount
     ``compression``: older than ``MIN_KERNEL`` or built without the decompressor."""

@@ -21,7 +21,7 @@ from ocisquash.errors import UsageError
 from ocisquash.sources.options import SourceOptions
 from squashfs._util import diff_snapshots, mounted, snapshot
 
-from ._util import dump_super, erofs_mounted, fsck
+from ._util import dump_super, erofs_mounted, fsck, require_erofs_features
 from conftest import require_or_skip
 from imagebuilder import write_docker_archive, write_oci_layout
 
@@ -66,10 +66,7 @@ def test_compile_erofs_mounts_as_the_squashfs_compile(rules_image: Path,
 
 def test_compile_with_fragments_and_a_metabox_mounts_as_the_squashfs_compile(
         rules_image: Path, tmp_path: Path) -> None:
-    features = Path("/sys/fs/erofs/features")
-    names = set(os.listdir(features)) if features.is_dir() else set()
-    require_or_skip("metabox" in names,
-                    "missing kernel feature: this kernel's EROFS has no metabox (6.17+)")
+    require_erofs_features("metabox", since="6.17")
     ref = f"oci:{rules_image}:latest"
     sq = tmp_path / "o.squashfs"
     compile_image(ref, sq, source_options=SourceOptions(cache_dir=tmp_path / "c1"))

@@ -29,6 +29,7 @@ from ._util import (
     files_of,
     fsck,
     prose,
+    require_erofs_features,
     require_kernel_compressor,
     write_erofs,
 )
@@ -364,10 +365,7 @@ def test_compact_indexes_at_every_alignment_read_back(tmp_path: Path) -> None:
 
 
 def _require_fragments() -> None:
-    features = Path("/sys/fs/erofs/features")
-    names = set(os.listdir(features)) if features.is_dir() else set()
-    require_or_skip("fragments" in names,
-                    "missing kernel feature: this kernel's EROFS has no fragments (6.1+)")
+    require_erofs_features("fragments", since="6.1")
 
 
 def test_fragments_tree_mounts_as_squashfs_of_the_same_tree(feature_tree: Path,
@@ -446,10 +444,7 @@ def test_for_kernel_gives_each_kernel_what_it_reads_and_keeps_what_is_asked() ->
 
 
 def _require_ztailpacking() -> None:
-    features = Path("/sys/fs/erofs/features")
-    names = set(os.listdir(features)) if features.is_dir() else set()
-    require_or_skip("ztailpacking" in names,
-                    "missing kernel feature: this kernel's EROFS has no ztailpacking (5.17+)")
+    require_erofs_features("ztailpacking", since="5.17")
 
 
 def test_ztailpacking_tree_mounts_as_squashfs_of_the_same_tree(feature_tree: Path,

@@ -29,17 +29,21 @@ from ocisquash.pack import pack_directory
 from ocisquash.squashfs import WriterOptions
 from squashfs._util import build_feature_tree, mounted
 
-from ._util import MKFS_TIME, assert_mounts_alike, erofs_mounted, files_of, prose, write_erofs
-from conftest import require_or_skip
+from ._util import (
+    MKFS_TIME,
+    assert_mounts_alike,
+    erofs_mounted,
+    files_of,
+    prose,
+    require_erofs_features,
+    write_erofs,
+)
 
 LZ4HC = ErofsCompression.LZ4HC
 
 
 def _require_metabox() -> None:
-    features = Path("/sys/fs/erofs/features")
-    names = set(os.listdir(features)) if features.is_dir() else set()
-    require_or_skip("metabox" in names and "48bit" in names,
-                    "missing kernel feature: this kernel's EROFS has no metabox (6.17+)")
+    require_erofs_features("metabox", "48bit", since="6.17")
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ._util import dump_super, erofs_mounted, fsck
-from conftest import require_or_skip
+from ._util import dump_super, erofs_mounted, fsck, require_erofs_features
 
 
 def _cli(*argv: str | Path) -> subprocess.CompletedProcess[str]:
@@ -59,9 +58,7 @@ def test_a_compressor_the_format_lacks_is_one_usage_line(source: Path, tmp_path:
 
 
 def test_pack_erofs_fragments_flag(source: Path, tmp_path: Path) -> None:
-    features = Path("/sys/fs/erofs/features")
-    require_or_skip(features.is_dir() and "fragments" in os.listdir(features),
-                    "missing kernel feature: this kernel's EROFS has no fragments (6.1+)")
+    require_erofs_features("fragments", since="6.1")
     for i in range(5):  # distinct small files: each a block of its own without fragments
         (source / f"f{i}").write_bytes(b"line %d\n" % i * 700)
     out, plain = tmp_path / "f.erofs", tmp_path / "p.erofs"
