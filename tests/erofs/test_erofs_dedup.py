@@ -14,7 +14,7 @@ import pytest
 from ocisquash.entry import EntryMeta
 from ocisquash.erofs import ErofsCompression, ErofsOptions, ErofsWriter, compress
 
-from ._util import MKFS_TIME, erofs_mounted, fsck
+from ._util import MKFS_TIME, erofs_mounted, fsck, require_erofs_features, write_erofs
 
 pytestmark = pytest.mark.root
 
@@ -41,8 +41,9 @@ FILES = [
 ]
 #: The copies found: "small-again" is one only where short files' data is shared
 #: (compressed beside the inode); otherwise each short file's bytes go beside its own
-#: inode, or whole into the packed inode (fragments), unlooked at: a copy's record
-#: costs no less than the file's own, and a key per file would cost memory.
+#: inode, unlooked at (a copy would carry its own bytes anyway), or whole into the
+#: packed inode (fragments), where a file of 4 bytes is not looked up (see
+#: test_short_copies_in_the_packed_inode_name_the_bytes_stored_first).
 DUPLICATES = {"ztailpacking": 5}
 CASES = {
     "none": dict(compression=ErofsCompression.NONE),
@@ -129,3 +130,50 @@ def test_first_of_a_size_still_queued_is_keyed_from_its_segments(
         with erofs_mounted(late, tmp_path / "m") as mnt:
             for name, data in QUEUED:
                 assert (mnt / name).read_bytes() == data, name
+
+
+@pytest.mark.parametrize("bound", ["files", "bytes"])
+def test_short_copies_in_the_packed_inode_name_the_bytes_stored_first(
+        bound: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With fragments a short file goes whole into the packed inode. A copy of one of
+    the last distinct short files (SHORT_KEYS of them, SHORT_KEY_BYTES of their bytes)
+    is not stored again: its inode names the first one's bytes (here further back than
+    lz4's 64 KiB window, so a stored copy would cost its size). A copy of one further
+    back is stored again: what is held stays bounded. Files under SHORT_DEDUP_MIN bytes
+    are not looked up."""
+    require_erofs_features("fragments", since="6.1")
+    if bound == "files":
+        monkeypatch.setattr(compress, "SHORT_KEYS", 30)
+    else:
+        monkeypatch.setattr(compress, "SHORT_KEY_BYTES", 30 * 3000)
+    rng = random.Random(17)
+    uniques = [(f"u{i:02d}", rng.randbytes(3000)) for i in range(40)]
+    blob = dict(uniques)
+    files = [*uniques,
+             ("c15", blob["u15"]),      # 75 KB back, among the last 30 keys: shared
+             ("c12", blob["u12"]),      # shared
+             ("c00", blob["u00"]),      # no longer remembered: stored again
+             ("t0", blob["u01"][:compress.SHORT_DEDUP_MIN - 1]),
+             ("t1", blob["u01"][:compress.SHORT_DEDUP_MIN - 1])]  # too short to look up
+
+    def build(w: ErofsWriter) -> None:
+        m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
+        for name, data in files:
+            w.add_file(name.encode(), m, data)
+        w.add_hardlink(b"link-c15", b"c15")
+
+    images = {}
+    for dedup, workers in ((True, 1), (True, 2), (False, 2)):
+        image = images[dedup, workers] = tmp_path / f"{dedup}-{workers}.erofs"
+        summary = write_erofs(image, build, compression=ErofsCompression.LZ4HC,
+                              fragments=True, dedup=dedup, workers=workers)
+        assert summary.duplicates == (2 if dedup else 0)
+    shared, plain = images[True, 2], images[False, 2]
+    assert shared.read_bytes() == images[True, 1].read_bytes()
+    # Two copies of 3,000 random bytes not stored: at least a block less.
+    assert plain.stat().st_size - shared.stat().st_size >= 4096
+    with erofs_mounted(shared, tmp_path / "m") as mnt:
+        for name, data in [*files, ("link-c15", blob["u15"])]:
+            assert (mnt / name).read_bytes() == data, name
+        assert (mnt / "c15").stat().st_ino == (mnt / "link-c15").stat().st_ino
+        assert (mnt / "c15").stat().st_ino != (mnt / "u15").stat().st_ino

@@ -16,8 +16,9 @@ a record in its directory's log, not as objects (``tree.py``). It is stored
 FLAT_INLINE whatever the compression, but with fragments, where its bytes go whole
 into the packed inode as they come and its record is its inode and a map header that
 says where; with ztailpacking alone (compressed beside the inode) it is an ordinary
-file. A copy of it would carry its own record anyway, and a key per small file would
-cost more memory than copies save, so it is not hashed for duplicates either.
+file. Beside its inode a copy would carry its own bytes anyway, so it is not hashed for
+duplicates there; in the packed inode a copy of a recent file names the earlier one's
+bytes (``CompressedData.pack_whole``).
 
 With a metabox (``ErofsOptions.metabox``, Linux 6.17+) the inodes are not in the
 metadata area but in the data of one compressed inode, written through the
@@ -133,7 +134,8 @@ class ErofsSummary:
     hardlinks: int  # directory entries beyond the first for an inode
     data_bytes_in: int
     #: files whose data is stored once for an earlier identical file (a short file
-    #: stored whole beside its inode shares nothing, and is not counted)
+    #: stored whole beside its inode shares nothing, and is not counted; one stored
+    #: whole in the packed inode is)
     duplicates: int
     compression: str
     block_size: int = BLOCK_SIZE
