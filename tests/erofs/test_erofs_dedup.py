@@ -132,16 +132,19 @@ def test_first_of_a_size_still_queued_is_keyed_from_its_segments(
                 assert (mnt / name).read_bytes() == data, name
 
 
-@pytest.mark.parametrize("bound", ["files", "bytes"])
+@pytest.mark.parametrize(("bound", "metabox"), [("files", False), ("bytes", False),
+                                               ("files", True)])
 def test_short_copies_in_the_packed_inode_name_the_bytes_stored_first(
-        bound: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        bound: str, metabox: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """With fragments a short file goes whole into the packed inode. A copy of one of
     the last distinct short files (SHORT_KEYS of them, SHORT_KEY_BYTES of their bytes)
     is not stored again: its inode names the first one's bytes (here further back than
     lz4's 64 KiB window, so a stored copy would cost its size). A copy of one further
     back is stored again: what is held stays bounded. Files under SHORT_DEDUP_MIN bytes
-    are not looked up."""
+    are not looked up. With a metabox the shared offsets are in its records."""
     require_erofs_features("fragments", since="6.1")
+    if metabox:
+        require_erofs_features("metabox", "48bit", since="6.17")
     if bound == "files":
         monkeypatch.setattr(compress, "SHORT_KEYS", 30)
     else:
@@ -166,7 +169,8 @@ def test_short_copies_in_the_packed_inode_name_the_bytes_stored_first(
     for dedup, workers in ((True, 1), (True, 2), (False, 2)):
         image = images[dedup, workers] = tmp_path / f"{dedup}-{workers}.erofs"
         summary = write_erofs(image, build, compression=ErofsCompression.LZ4HC,
-                              fragments=True, dedup=dedup, workers=workers)
+                              fragments=True, metabox=metabox, dedup=dedup,
+                              workers=workers)
         assert summary.duplicates == (2 if dedup else 0)
     shared, plain = images[True, 2], images[False, 2]
     assert shared.read_bytes() == images[True, 1].read_bytes()
