@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 IN_CI = os.environ.get("CI") == "true"
+#: the sources of the ocisquash under test, for a command run as another user
+SRC = Path(__file__).resolve().parents[1] / "src"
+#: the unprivileged user (nobody) the tests that need another user run as
+NOBODY = 65534
 
 
 @contextlib.contextmanager
@@ -32,6 +38,20 @@ def reachable_by_others(path: Path) -> Iterator[None]:
     finally:
         for parent, mode in changed:
             os.chmod(parent, mode)
+
+
+def run_ocisquash_as_nobody(*args: str, env: dict[str, str] | None = None,
+                           cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m ocisquash ARGS`` as uid and gid 65534 with no other groups (setpriv,
+    run as root), from this checkout's sources, its output captured as text. ``env``
+    (default: this process's) gets ``PYTHONPATH``; the interpreter's directories are
+    made reachable while it runs (:func:`reachable_by_others`)."""
+    with reachable_by_others(Path(sys.executable).resolve().parent):
+        return subprocess.run(
+            [shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+             "--clear-groups", sys.executable, "-m", "ocisquash", *args],
+            capture_output=True, text=True, check=False, cwd=cwd,
+            env={**(os.environ if env is None else env), "PYTHONPATH": str(SRC)})
 
 
 def require_or_skip(condition: bool, reason: str) -> None:

@@ -24,7 +24,7 @@ from ocisquash.compile import compile_image
 from ocisquash.errors import ImageNotFoundError, OcisquashError
 from ocisquash.sources.options import SourceOptions
 
-from conftest import reachable_by_others, require_or_skip
+from conftest import require_or_skip, run_ocisquash_as_nobody
 from imagebuilder import Entry, write_oci_layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -302,14 +302,9 @@ def test_rootless_compile_is_byte_identical(rules_image: Path, tmp_path: Path) -
         os.chmod(work, 0o777)
         shutil.copytree(rules_image, work / "layout")
         subprocess.run(["chmod", "-R", "a+rX", str(work / "layout")], check=True)
-        env = {**os.environ, "HOME": str(work), "PYTHONPATH": str(ROOT / "src")}
-        # The interpreter may live under a private home (pyenv in /root).
-        with reachable_by_others(Path(sys.executable).resolve().parent):
-            proc = subprocess.run(
-                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                 sys.executable, "-m", "ocisquash", "compile", f"oci:{work / 'layout'}:latest",
-                 "-o", str(work / "user.squashfs"), "--cache-dir", str(work / "cache")],
-                capture_output=True, text=True, env=env, cwd=work)
+        proc = run_ocisquash_as_nobody(
+            "compile", f"oci:{work / 'layout'}:latest", "-o", str(work / "user.squashfs"),
+            "--cache-dir", str(work / "cache"), env={**os.environ, "HOME": str(work)}, cwd=work)
         assert proc.returncode == 0, proc.stderr
         assert (work / "user.squashfs").stat().st_uid == 65534
         assert (work / "user.squashfs").read_bytes() == Path(as_root.path or "").read_bytes()

@@ -31,7 +31,7 @@ from ocisquash.pack import pack_directory
 from ocisquash.sources.options import SourceOptions
 from ocisquash.squashfs import WriterOptions
 
-from conftest import reachable_by_others, require_or_skip
+from conftest import require_or_skip, run_ocisquash_as_nobody
 from imagebuilder import Entry, write_docker_archive, write_oci_layout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -336,16 +336,12 @@ def test_an_unprivileged_user_gets_one_line(image: tuple[str, Path, bytes]) -> N
         subprocess.run(["chmod", "-R", "a+rX", str(layout)], check=True)
         (work / "locked").mkdir(mode=0o555)
         (work / "private").mkdir(mode=0o700)
-        env = {**os.environ, "HOME": str(work), "PYTHONPATH": str(ROOT / "src")}
+        env = {**os.environ, "HOME": str(work)}
         for out, code, words in ((work / "locked" / "o.squashfs", 1, "not writable"),
                                  (work / "private" / "sub" / "o.squashfs", 1, "Permission denied")):
-            # The interpreter may live under a private home (pyenv in /root).
-            with reachable_by_others(Path(sys.executable).resolve().parent):
-                proc = subprocess.run(
-                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                     sys.executable, "-m", "ocisquash", "compile", f"oci:{layout}:latest",
-                     "-o", str(out), "--cache-dir", str(work / "nobody-cache"), "-q"],
-                    capture_output=True, text=True, env=env, cwd=work)
+            proc = run_ocisquash_as_nobody(
+                "compile", f"oci:{layout}:latest", "-o", str(out),
+                "--cache-dir", str(work / "nobody-cache"), "-q", env=env, cwd=work)
             line = one_line(proc, code)
             assert str(out) in line and words in line, line
     finally:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-import ocisquash
 from ocisquash.cache import ImageCache
 from ocisquash.digest import Digest
 from ocisquash.errors import CacheError
@@ -31,12 +30,8 @@ from ocisquash.store import BlobStore
 
 from .conftest import Site, cli_source_args
 from .kit import cache_state, clean_error_line, run_cli
-from conftest import reachable_by_others, require_or_skip
+from conftest import NOBODY, require_or_skip, run_ocisquash_as_nobody
 from imagebuilder import Entry, write_oci_layout
-
-#: the source tree of the ocisquash under test, for a process of the second user
-SRC = Path(ocisquash.__file__).resolve().parents[1]
-NOBODY = 65534
 
 
 @pytest.fixture
@@ -119,13 +114,10 @@ def test_second_user_on_a_cache_of_the_first_gets_one_line(layout: Path) -> None
         cache = work / "cache"
         assert _compile(work / "layout", cache, work / "root.squashfs").returncode == 0
         os.chmod(cache, 0o755)  # readable by the second user, as a shared ~/.cache may be
-        env = {**os.environ, "HOME": str(work), "PYTHONPATH": str(SRC)}
-        with reachable_by_others(Path(sys.executable).resolve().parent):
-            proc = subprocess.run(
-                ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                 sys.executable, "-m", "ocisquash", "compile", f"oci:{work / 'layout'}:latest",
-                 "-o", str(work / "user.squashfs"), "--cache-dir", str(cache), "--quiet"],
-                capture_output=True, text=True, env=env, cwd=work)
+        proc = run_ocisquash_as_nobody(
+            "compile", f"oci:{work / 'layout'}:latest", "-o", str(work / "user.squashfs"),
+            "--cache-dir", str(cache), "--quiet", env={**os.environ, "HOME": str(work)},
+            cwd=work)
         line = clean_error_line(proc)
         assert f"cache directory {cache} belongs to root (uid 0), not to you" in line, line
     finally:

@@ -24,10 +24,7 @@ import pytest
 from ocisquash.runtime import DEFAULT_PATH
 
 from .images import APP_GID, APP_UID, EXTRA_GID, busybox_available, write_workload
-from conftest import reachable_by_others, require_or_skip
-
-#: the package's sources, for a command run as another user
-SRC = Path(__file__).resolve().parents[2] / "src"
+from conftest import require_or_skip, run_ocisquash_as_nobody
 
 SCRIPT = (
     "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); "
@@ -182,14 +179,9 @@ def test_mount_refuses_clearly_without_root_or_squashfuse(
                    check=True, capture_output=True)
     target.mkdir()
     image.chmod(0o644)
-    # no root, and a PATH on which no squashfuse is found; the interpreter may live under
-    # a private home (pyenv in /root)
-    with reachable_by_others(Path(sys.executable).resolve().parent):
-        proc = subprocess.run(
-            [shutil.which("setpriv") or "setpriv", "--reuid", "65534", "--regid", "65534",
-             "--clear-groups", sys.executable, "-m", "ocisquash", "mount", str(image), str(target)],
-            capture_output=True, text=True, check=False,
-            env={**os.environ, "PATH": "/nonexistent", "PYTHONPATH": str(SRC)})
+    # no root, and a PATH on which no squashfuse is found
+    proc = run_ocisquash_as_nobody("mount", str(image), str(target),
+                                   env={**os.environ, "PATH": "/nonexistent"})
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines()[0] == (
         f"ocisquash: cannot mount {image}: not root, and squashfuse is not available")
