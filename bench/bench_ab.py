@@ -30,16 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-SQUASHFS = """
-import sys
-from pathlib import Path
-from ocisquash.compile import compile_image
-from ocisquash.sources.options import SourceOptions
-from ocisquash.squashfs.options import Compression, WriterOptions
-compile_image(sys.argv[1], sys.argv[2], source_options=SourceOptions(cache_dir=Path(sys.argv[3])),
-              writer_options=WriterOptions(compression=Compression.LZ4, lz4_hc=True, level=9,
-                                           block_size=128 << 10))
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_compile import LZ4HC_SQUASHFS  # the squashfs compile the variants are timed against
+
 EROFS = """
 import sys
 {prelude}
@@ -77,7 +70,7 @@ def main() -> None:
     cut = argv.index("--") if "--" in argv else len(argv)
     args = ap.parse_args(argv[:cut])
     args.flags = argv[cut + 1:]
-    contenders = [("squashfs", SQUASHFS, []),
+    contenders = [("squashfs", LZ4HC_SQUASHFS, []),
                   ("A", EROFS.format(prelude=args.a), args.flags),
                   ("B", EROFS.format(prelude=args.b), args.flags)]
     results: dict[str, list[Run]] = {name: [] for name, _, _ in contenders}
