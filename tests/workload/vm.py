@@ -2,7 +2,9 @@
 cloud kernel, and a busybox initramfs built here.
 
 The kernel package is the one pinned in ``.ci/setup`` (``KERNEL_PACKAGE`` and
-``KERNEL_VERSION``), which downloads it to ``KERNEL_DEB_DIR``. From the ``.deb`` we
+``KERNEL_VERSION``), which downloads it to ``KERNEL_DEB_DIR``; once Debian's archive no
+longer has that build, the one bookworm's ``linux-image-cloud-amd64`` depends on, named in
+``KERNEL_DEB_DIR/kernel`` (see :func:`kernel`). From the ``.deb`` we
 take ``vmlinuz`` and the modules the boot needs (virtio PCI and block, squashfs,
 erofs, overlay, with their dependencies read from each module's ``depends=``), and pack an
 initramfs (cpio ``newc``, gzip) whose ``/init``:
@@ -71,10 +73,21 @@ def pinned_kernel() -> tuple[str, str, Path]:
     return values["KERNEL_PACKAGE"], values["KERNEL_VERSION"], Path(values["KERNEL_DEB_DIR"])
 
 
-def kernel_deb() -> Path | None:
+def kernel() -> tuple[str, str, Path | None]:
+    """(package, version, its ``.deb`` or None when not downloaded): the pinned kernel,
+    else the one ``.ci/setup`` took when the pinned build had left the archive."""
     package, version, directory = pinned_kernel()
     deb = directory / f"{package}_{version}_amd64.deb"
-    return deb if deb.is_file() else None
+    if not deb.is_file():
+        try:
+            chosen = (directory / "kernel").read_text().split()
+        except OSError:
+            chosen = []
+        if len(chosen) == 2:
+            other = directory / f"{chosen[0]}_{chosen[1]}_amd64.deb"
+            if other.is_file():
+                return chosen[0], chosen[1], other
+    return package, version, deb if deb.is_file() else None
 
 
 def tools_missing() -> list[str]:
