@@ -483,6 +483,55 @@ def compress_segment(codec: Codec, data: bytes, step: int, fitted: bool = True
     return pieces
 
 
+#: One way to cut a file's last pcluster for ZTAILPACKING (see
+#: ``CompressedData._split_last``): where, the head compressed, the tail compressed.
+Cut = tuple[int, bytes, bytes]
+
+
+def last_cuts(codec: Codec, raw: bytes | memoryview, packed: bytes, room: int) -> list[Cut]:
+    """The cuts ``CompressedData._split_last`` tries for a last pcluster ``raw`` that
+    compressed whole to ``packed``, in order, whatever inline room it turns out to have
+    (at most ``room``): a head that fills the whole blocks ``packed`` filled and the rest
+    as the tail. With a fixed-output codec the head is fitted (one cut); else the cut is
+    estimated from the ratio and moved back a block while the head is too big (at most
+    three cuts). None when no cut can fit: the part of ``packed`` past its whole blocks
+    alone passes ``room``, or there are no whole blocks to fill."""
+    whole = len(packed) // BLOCK_SIZE
+    if not whole or len(raw) <= BLOCK_SIZE or len(packed) % BLOCK_SIZE > room:
+        return []
+    if codec.fixed_output:
+        head, cut = codec.fit(raw, whole * BLOCK_SIZE)
+        tail = raw[cut:]
+        return [(cut, head, codec.compress(tail) if tail else b"")]
+    cuts: list[Cut] = []
+    cut = whole * BLOCK_SIZE * len(raw) // len(packed) // BLOCK_SIZE * BLOCK_SIZE
+    while len(cuts) < 3 and 0 < cut < len(raw):
+        head = codec.compress(raw[:cut])
+        cuts.append((cut, head, codec.compress(raw[cut:])))
+        if len(head) <= whole * BLOCK_SIZE:
+            break
+        cut -= BLOCK_SIZE
+    return cuts
+
+
+#: What a compression job returns: the segment's pieces, and the cuts of its last piece
+#: (``last_cuts``) when the job was asked for them (a file's last segment with
+#: ZTAILPACKING), else None.
+Compressed = tuple[list[Piece], list[Cut] | None]
+
+
+def compress_job(codec: Codec, data: bytes, step: int, fitted: bool, room: int
+                 ) -> Compressed:
+    """``compress_segment``, then, when ``room`` is not negative, the cuts of the last
+    piece: computed here, on a compressing thread, rather than by the thread that
+    writes the file when it comes to its last pcluster, which would wait for them."""
+    pieces = compress_segment(codec, data, step, fitted)
+    n, packed = pieces[-1]
+    if room < 0 or packed is None:
+        return pieces, None
+    return pieces, last_cuts(codec, memoryview(data)[len(data) - n:], packed, room)
+
+
 def map_header(extent: Extent, algorithm: int) -> bytes:
     """The map header, plus the 8 reserved bytes before the first full index (none for
     compact indexes, nor for a file stored whole in the packed inode)."""
@@ -558,31 +607,34 @@ def _nonheads(n: int) -> bytes:
 class _Batch:
     """Short segments of several files, compressed by one job, in order."""
 
-    __slots__ = ("done", "future", "raws", "size")
+    __slots__ = ("done", "future", "raws", "rooms", "size")
 
     def __init__(self) -> None:
         self.raws: list[bytes] = []
+        #: each segment's ``room`` for ``compress_job``
+        self.rooms: list[int] = []
         self.size = 0
-        self.future: Future[list[list[Piece]]] | None = None  # None: still filling
+        self.future: Future[list[Compressed]] | None = None  # None: still filling
         #: the future's result, once a file asked for it
-        self.done: list[list[Piece]] | None = None
+        self.done: list[Compressed] | None = None
 
 
-def _compress_batch(codec: Codec, raws: list[bytes], step: int, fitted: bool
-                    ) -> list[list[Piece]]:
-    return [compress_segment(codec, raw, step, fitted) for raw in raws]
+def _compress_batch(codec: Codec, raws: list[bytes], rooms: list[int], step: int,
+                    fitted: bool) -> list[Compressed]:
+    return [compress_job(codec, raw, step, fitted, room) for raw, room in zip(raws, rooms,
+                                                                              strict=True)]
 
 
 #: How a segment is compressed: its own job, a place in a batch, or not at all (None).
-_Job = Future[list[Piece]] | tuple[_Batch, int] | None
+_Job = Future[Compressed] | tuple[_Batch, int] | None
 
 
 class _File:
     """One file on its way out: its segments, compressing or compressed, in order."""
 
-    __slots__ = ("chunks", "compressed", "extent", "index", "logical", "next_blk", "pending",
-                 "placed", "raw_bytes", "scattered", "start", "starts", "tail", "tail_len",
-                 "total_blocks")
+    __slots__ = ("chunks", "compressed", "cuts", "extent", "index", "logical", "next_blk",
+                 "pending", "placed", "raw_bytes", "scattered", "start", "starts", "tail",
+                 "tail_len", "total_blocks")
 
     def __init__(self, extent: Extent) -> None:
         self.extent = extent
@@ -608,6 +660,9 @@ class _File:
         self.placed: list[tuple[int, int, int]] | None = None
         #: the packed inode's: the offset in it where each ``placed`` entry starts
         self.starts: list[int] | None = None
+        #: the cuts of the last pcluster, held back for ZTAILPACKING (``last_cuts``);
+        #: None when its job did not look for them
+        self.cuts: list[Cut] | None = None
 
 
 class CompressedData:
@@ -844,8 +899,12 @@ class CompressedData:
         # compressed form may go inline.
         job: _Job = None
         if not (last and f.extent.size <= BLOCK_SIZE and not self._ztailpacking):
-            job = self._batched(raw) if len(raw) < BATCH_BYTES else self._pool.submit(
-                compress_segment, self._codec, raw, self._pcluster, self._fitted)
+            # With ZTAILPACKING a file's last pcluster may be cut to go inline: the job
+            # tries the cuts that the room beside the inode could take (see _write_last).
+            room = f.extent.room - INLINE_OVERHEAD \
+                if last and self._ztailpacking and self._packed is None else -1
+            job = self._batched(raw, room) if len(raw) < BATCH_BYTES else self._pool.submit(
+                compress_job, self._codec, raw, self._pcluster, self._fitted, room)
         f.chunks.append((raw, job))
         f.raw_bytes += len(raw)
         if f.raw_bytes > self._limit:
@@ -857,7 +916,7 @@ class CompressedData:
                 self._emit_one(f)
         return streaming
 
-    def _batched(self, raw: bytes) -> tuple[_Batch, int]:
+    def _batched(self, raw: bytes, room: int) -> tuple[_Batch, int]:
         """Put ``raw`` in the batch being filled (handed over first if ``raw`` would
         make it too long, so that the newest segment is always the filling batch's
         last until the next one comes)."""
@@ -868,6 +927,7 @@ class CompressedData:
         if batch is None:
             batch = self._filling = _Batch()
         batch.raws.append(raw)
+        batch.rooms.append(room)
         batch.size += len(raw)
         return batch, len(batch.raws) - 1
 
@@ -876,7 +936,7 @@ class CompressedData:
         assert batch is not None
         self._filling = None
         batch.future = self._pool.submit(_compress_batch, self._codec, batch.raws,
-                                         self._pcluster, self._fitted)
+                                         batch.rooms, self._pcluster, self._fitted)
 
     def _drop_jobs(self, f: _File) -> None:
         """Spare the compressing threads ``f``'s segments (it leaves nothing behind):
@@ -886,6 +946,7 @@ class CompressedData:
                 batch = job[0]
                 if batch is self._filling and batch.raws and batch.raws[-1] is raw:
                     batch.raws.pop()
+                    batch.rooms.pop()
                     batch.size -= len(raw)
             elif job is not None:
                 job.cancel()
@@ -970,8 +1031,8 @@ class CompressedData:
     def _queue_packed(self, piece: bytes) -> None:
         packed = self._packed
         assert packed is not None
-        future = self._pool.submit(compress_segment, self._codec, piece, self._packed_step,
-                                   PACKED_FITTED) \
+        future = self._pool.submit(compress_job, self._codec, piece, self._packed_step,
+                                   PACKED_FITTED, -1) \
             if len(piece) > BLOCK_SIZE else None
         packed.chunks.append((piece, future))
         self._queue.append(packed)
@@ -988,16 +1049,19 @@ class CompressedData:
         pieces: list[Piece]
         if job is None:
             pieces = [(len(raw), None)]
-        elif isinstance(job, tuple):
-            batch, i = job
-            if batch.done is None:
-                if batch.future is None:  # the batch still filling
-                    self._hand_over()
-                assert batch.future is not None
-                batch.done = batch.future.result()
-            pieces = batch.done[i]
         else:
-            pieces = job.result()
+            if isinstance(job, tuple):
+                batch, i = job
+                if batch.done is None:
+                    if batch.future is None:  # the batch still filling
+                        self._hand_over()
+                    assert batch.future is not None
+                    batch.done = batch.future.result()
+                pieces, cuts = batch.done[i]
+            else:
+                pieces, cuts = job.result()
+            if hold_last:
+                f.cuts = cuts
         if len(pieces) == 1:  # most segments: one pcluster, the segment's bytes whole
             packed = pieces[0][1]
             if hold_last:
@@ -1205,39 +1269,30 @@ class CompressedData:
         """Cut ``f``'s last pcluster in two: a head that fills the whole blocks the
         pcluster filled and a tail, the rest, that compresses into ``room``, as
         mkfs.erofs's fixed-output compression leaves a small last pcluster. The head is
-        written; the tail is returned (empty when the head took everything). With a
-        fixed-output codec the head is fitted; else the cut is estimated from the
-        ratio and moved back a block at most twice while the head is too big. None
-        when no cut fits (nothing written)."""
+        written; the tail is returned (empty when the head took everything). The cuts
+        to try (``last_cuts``) came with the pcluster from its compressing thread; the
+        first whose tail fits is taken if its head fills no more than those blocks.
+        None when no cut fits (nothing written)."""
         whole = len(packed) // BLOCK_SIZE
         # The tail holds at least what spills past the whole blocks: when that alone
-        # passes the room, no cut fits (skip the compressions).
+        # passes the room, no cut fits.
         if not whole or len(raw) <= BLOCK_SIZE or len(packed) % BLOCK_SIZE > room:
             return None
-        codec = self._codec
-        if codec.fixed_output:
-            head_packed, cut = self._pool.submit(codec.fit, raw, whole * BLOCK_SIZE).result()
-            tail = raw[cut:]
-            tail_packed = self._pool.submit(codec.compress, tail).result() if tail else b""
-            if len(tail_packed) > room or not saves(head_packed, cut):
-                return None
-        else:
-            cut = whole * BLOCK_SIZE * len(raw) // len(packed) // BLOCK_SIZE * BLOCK_SIZE
-            for _ in range(3):
-                if not 0 < cut < len(raw):
-                    return None
-                tail = raw[cut:]
-                jobs = [self._pool.submit(codec.compress, part) for part in (raw[:cut], tail)]
-                head_packed, tail_packed = (job.result() for job in jobs)
-                if len(tail_packed) > room:
-                    return None  # a shorter head only makes the tail bigger
-                if len(head_packed) <= whole * BLOCK_SIZE:
-                    break
-                cut -= BLOCK_SIZE
-            else:
-                return None
+        cuts = f.cuts if f.cuts is not None else last_cuts(self._codec, raw, packed, room)
+        chosen = None
+        for tried in cuts:
+            if len(tried[2]) > room:
+                return None  # a shorter head only makes the tail bigger
+            if len(tried[1]) <= whole * BLOCK_SIZE:
+                chosen = tried
+                break
+        if chosen is None:
+            return None
+        cut, head_packed, tail_packed = chosen
+        if self._codec.fixed_output and not saves(head_packed, cut):
+            return None
         self._write_piece(f, raw[:cut], head_packed)
-        return tail, tail_packed
+        return raw[cut:], tail_packed
 
     def _finish_fragmented(self, f: _File) -> None:
         """A file whose last extent is in the packed inode: stays compressed, its tail
