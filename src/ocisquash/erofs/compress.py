@@ -494,8 +494,8 @@ def last_cuts(codec: Codec, raw: bytes | memoryview, packed: bytes, room: int) -
     (at most ``room``): a head that fills the whole blocks ``packed`` filled and the rest
     as the tail. With a fixed-output codec the head is fitted (one cut); else the cut is
     estimated from the ratio and moved back a block while the head is too big (at most
-    three cuts). None when no cut can fit: the part of ``packed`` past its whole blocks
-    alone passes ``room``, or there are no whole blocks to fill."""
+    three cuts). None (an empty list) when no cut can fit: the part of ``packed`` past
+    its whole blocks alone passes ``room``, or there are no whole blocks to fill."""
     whole = len(packed) // BLOCK_SIZE
     if not whole or len(raw) <= BLOCK_SIZE or len(packed) % BLOCK_SIZE > room:
         return []
