@@ -1278,9 +1278,12 @@ class CompressedData:
         # passes the room, no cut fits.
         if not whole or len(raw) <= BLOCK_SIZE or len(packed) % BLOCK_SIZE > room:
             return None
-        cuts = f.cuts if f.cuts is not None else last_cuts(self._codec, raw, packed, room)
+        # The pcluster's job tried the cuts for a room of at least this one (the inline
+        # room less INLINE_OVERHEAD: see _add_segment), so a job that tried none had
+        # a negative room, and returned above.
+        assert f.cuts is not None
         chosen = None
-        for tried in cuts:
+        for tried in f.cuts:
             if len(tried[2]) > room:
                 return None  # a shorter head only makes the tail bigger
             if len(tried[1]) <= whole * BLOCK_SIZE:
