@@ -63,6 +63,8 @@ def test_an_option_before_the_command_is_not_reset_by_the_command(tmp_path: Path
 @pytest.mark.parametrize(("args", "status"), [
     (["compile", "--bogus", HELLO], 2),
     (["compile", "--level", "99", HELLO], 2),
+    (["compile", "-c", "none", "--level", "3", HELLO], 2),
+    (["compile", "-c", "lz4hc", "--level", "13", HELLO], 2),
     (["compile", "bad::reference"], 2),
     (["compile", "oci:/nonexistent/layout"], 3),
     (["pack", "/nonexistent/dir", "out.squashfs"], 3),
@@ -88,3 +90,6 @@ def test_level_hint_names_compiles_default() -> None:
     assert "compile's default is zstd level 5" in proc.stderr
     proc = run("compile", "-c", "zstd", "--level", "99", HELLO)
     assert "without --level, -c zstd uses level 15" in proc.stderr
+    proc = run("compile", "-c", "lz4hc", "--level", "13", HELLO)
+    assert proc.stderr.startswith("ocisquash: lz4hc level 13 is outside 1..12")
+    assert "without --level, -c lz4hc uses level 9" in proc.stderr

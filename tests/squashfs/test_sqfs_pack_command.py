@@ -70,6 +70,26 @@ def test_json_summary_describes_the_image(
     assert "Compression zstd" in run("unsquashfs", "-s", out).stdout
 
 
+def test_lz4hc_is_lz4_with_the_high_compression_flag(
+    source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # squashfs has no lz4hc compressor of its own: as mksquashfs -comp lz4 -Xhc, it is
+    # lz4 with a flag in the compressor options, which unsquashfs reports.
+    hc, plain = tmp_path / "hc.sqfs", tmp_path / "lz4.sqfs"
+    argv = ["pack", str(source), str(hc), "--json", "--mkfs-time", "0", "-c", "lz4hc"]
+    assert _run([*argv, "--level", "12"]) == 0
+    assert json.loads(capsys.readouterr().out)["compression"] == "lz4hc"
+    assert _run(["pack", str(source), str(plain), "--mkfs-time", "0", "-c", "lz4"]) == 0
+    described = run("unsquashfs", "-s", hc).stdout
+    assert "Compression lz4" in described and "(-Xhc)" in described
+    assert "Compression lz4" in run("unsquashfs", "-s", plain).stdout
+    assert "(-Xhc)" not in run("unsquashfs", "-s", plain).stdout
+    extracted = tmp_path / "x"
+    unsquashfs_extract(hc, extracted)
+    assert (extracted / "sub/file").read_bytes() == (source / "sub/file").read_bytes()
+    assert os.getxattr(extracted / "same", "user.tag") == b"v"
+
+
 def test_one_line_summary_and_quiet(
     source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

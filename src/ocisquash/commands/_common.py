@@ -170,7 +170,7 @@ def add_writer_arguments(p: argparse.ArgumentParser, *, compression_help: str,
                    help=f"{compression_help}; with --format erofs: {COMPRESSION_HELP}")
     g.add_argument("--level", type=int, default=None,
                    help="compression level (default: as above, else the compressor's own, as "
-                        "mksquashfs: gzip 9, xz 6, zstd 15)")
+                        "mksquashfs: gzip 9, xz 6, zstd 15, lz4hc 9)")
     g.add_argument("--block-size", "-b", default="128K", metavar="SIZE",
                    help="data block size, a power of two from 4K to 1M (default 128K); "
                         "for EROFS the most file data in one compressed cluster")
@@ -236,14 +236,18 @@ def writer_options_from_args(args: argparse.Namespace, *, default_compression: s
     from ..errors import UsageError
     from ..squashfs.options import Compression, WriterOptions
 
-    if args.compression in ("none", "lz4hc", "deflate"):
+    if args.compression in ("none", "deflate"):
         raise UsageError(f"squashfs cannot compress with {args.compression}",
-                         hint="use gzip, xz, zstd, lz4 or lzo, or --format erofs")
+                         hint="use gzip, xz, zstd, lz4, lz4hc or lzo, or --format erofs")
     level = args.level
     if level is None and args.compression is None:
         level = default_level
+    # lz4hc is squashfs's lz4 with its high-compression flag (mksquashfs -Xhc), which
+    # the kernel reads as plain lz4.
+    hc = args.compression == "lz4hc"
     return WriterOptions(
-        compression=Compression(args.compression or default_compression),
+        compression=Compression.LZ4 if hc else Compression(args.compression or default_compression),
+        lz4_hc=hc,
         level=level,
         block_size=parse_size(args.block_size),
         fragments=not args.no_fragments,

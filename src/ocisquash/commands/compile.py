@@ -113,7 +113,11 @@ def _check_level(compression: str | None, level: int | None) -> None:
 
     if level is None:
         return
-    kind = Compression(compression or DEFAULT_COMPRESSION)
+    shown = compression or DEFAULT_COMPRESSION
+    try:
+        kind = Compression.LZ4 if shown == "lz4hc" else Compression(shown)
+    except ValueError:
+        return  # not a squashfs compressor: writer_options_from_args says so
     low, high, default = LEVELS[kind]
     if low <= level <= high:
         return
@@ -121,8 +125,8 @@ def _check_level(compression: str | None, level: int | None) -> None:
         hint = (f"compile's default is {DEFAULT_COMPRESSION} level {DEFAULT_ZSTD_LEVEL}; "
                 f"{kind.value} levels go from {low} to {high}")
     else:
-        hint = f"without --level, -c {kind.value} uses level {default}"
-    raise UsageError(f"{kind.value} level {level} is outside {low}..{high}", hint=hint)
+        hint = f"without --level, -c {shown} uses level {default}"
+    raise UsageError(f"{shown} level {level} is outside {low}..{high}", hint=hint)
 
 
 def run(args: argparse.Namespace) -> int:

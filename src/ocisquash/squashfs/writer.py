@@ -53,6 +53,7 @@ from .inode import (
 )
 from .layerindex import IndexedFile
 from .metadata import MetadataWriter, pack_lookup_table
+from .options import Compression
 from .options import WriterOptions as WriterOptions
 from .reuse import BlockReuse
 from .tables import IdTable, XattrTable, check_xattrs
@@ -467,7 +468,8 @@ class SquashfsWriter(ImageWriter["WriteSummary"]):
             data_bytes_in=self._data.bytes_in,
             duplicates=self._data.duplicates,
             fragments=self._data.fragment_count,
-            compression=opts.compression.value,
+            compression="lz4hc" if opts.lz4_hc and opts.compression is Compression.LZ4
+            else opts.compression.value,
             block_size=opts.block_size,
         )
 
