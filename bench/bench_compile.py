@@ -19,10 +19,10 @@ reversed every other round), each cold from a local ``docker-registry``:
   files and each file's tail compressed together in the packed inode;
 * ``ocisquash-erofs-small``: the same with ``--erofs-fragments --erofs-metabox``, the
   EROFS features that make images of small files small (Linux 6.17+);
-* ``ocisquash-lz4hc``: the squashfs compile at the same settings (lz4 in its
-  high-compression mode, level 9, 128 KiB blocks), empty cache directory. The CLI offers
-  lz4hc for EROFS only, so this one calls ``ocisquash.compile.compile_image`` in a fresh
-  interpreter (issue 23 compares the two formats' compile times);
+* ``ocisquash-lz4hc``: the squashfs compile at the same settings, ``ocisquash compile
+  --compression lz4hc`` (lz4 in its high-compression mode, level 9, 128 KiB blocks),
+  empty cache directory: the same command as the EROFS contenders but for the format
+  (issue 23 compares the two formats' compile times);
 * ``warm-registry``: the same image again by tag from the registry, cache filled by the
   default run; ``warm-layout``: the same from the image's OCI layout.
 
@@ -107,19 +107,8 @@ EROFS_SMALL = [*EROFS_FRAGMENTS, "--erofs-metabox"]
 #: The EROFS contenders of issue 23's section: contender -> what its rows add to the name.
 EROFS_ROWS = {"ocisquash-erofs": "", "ocisquash-erofs-fragments": ", fragments",
               "ocisquash-erofs-small": ", small"}
-#: The squashfs compile at EROFS's settings, through the API (the CLI refuses lz4hc for
-#: squashfs): argv is IMAGE OUT CACHE.
-LZ4HC_SQUASHFS = """
-import sys
-from pathlib import Path
-from ocisquash.compile import compile_image
-from ocisquash.sources.options import SourceOptions
-from ocisquash.squashfs.options import Compression, WriterOptions
-image, out, cache = sys.argv[1:4]
-compile_image(image, out, source_options=SourceOptions(cache_dir=Path(cache)),
-              writer_options=WriterOptions(compression=Compression.LZ4, lz4_hc=True, level=9,
-                                           block_size=128 << 10))
-"""
+#: The squashfs compile at EROFS's settings (lz4hc level 9, 128 KiB blocks).
+LZ4HC = ["--compression", "lz4hc"]
 #: Settings of the recompile rounds of the versions images (label: compile options).
 RECOMPILE = {"defaults": [], "gzip 9, 128K": EQUAL}
 #: GNU time, for each step's own peak RSS (see step()).
@@ -405,18 +394,6 @@ def run_ocisquash(image: str, tmp: Path, cache: Path, extra: list[str]) -> Measu
                   info.get("stats", {}).get("squashfs", {}).get("compression")}
         m.size = out.stat().st_size
     except (StepFailed, ValueError) as e:
-        m.error = str(e)
-    return m
-
-
-def run_lz4hc_squashfs(image: str, tmp: Path, cache: Path) -> Measure:
-    """The squashfs compile at EROFS's settings (see LZ4HC_SQUASHFS), in a fresh interpreter."""
-    m = Measure()
-    out = tmp / "out.squashfs"
-    try:
-        step(m, "compile", [[sys.executable, "-c", LZ4HC_SQUASHFS, image, str(out), str(cache)]])
-        m.size = out.stat().st_size
-    except StepFailed as e:
         m.error = str(e)
     return m
 
@@ -727,7 +704,7 @@ def _round(name: str, ref: str, layout: Path, workdir: Path, contenders: list[st
         elif c == "ocisquash-erofs-small":
             m = run_ocisquash(f"docker://{ref}", tmp, cache, EROFS_SMALL)
         elif c == "ocisquash-lz4hc":
-            m = run_lz4hc_squashfs(f"docker://{ref}", tmp, cache)
+            m = run_ocisquash(f"docker://{ref}", tmp, cache, LZ4HC)
         else:
             m = run_ocisquash(f"docker://{ref}", tmp, cache, [])
             cache_default = cache
