@@ -1002,9 +1002,8 @@ def erofs_section(all_results: dict[str, dict[str, list[Measure]]]) -> list[str]
     return [
         "", "## EROFS against squashfs at the same settings (issue 23)", "",
         "`ocisquash compile --format erofs --compression lz4hc` (level 9, 128 KiB physical "
-        "clusters) against the squashfs compile at lz4hc level 9, 128 KiB blocks (through "
-        "`compile_image`: the CLI offers lz4hc for EROFS only), both cold from the registry "
-        "into an empty cache, in the same rounds as the table above. Ratio: EROFS / squashfs "
+        "clusters) against the squashfs compile at lz4hc level 9, 128 KiB blocks (`ocisquash "
+        "compile --compression lz4hc`), both cold from the registry into an empty cache, in the same rounds as the table above. Ratio: EROFS / squashfs "
         "per round, then the median (each round's in brackets). Rows marked *fragments* add "
         "`--erofs-fragments` (Linux 6.1+), rows marked *small* "
         "`--erofs-fragments --erofs-metabox` (Linux 6.17+).", "",
