@@ -172,9 +172,6 @@ TRUSTED_LZ4 = 10903
 #: 193.0 MB through lz4hc for a 76.61 MB image, 0.5 185.3 MB for 76.78, 1.0 186.2 MB
 #: for 77.17; cutting every last window whole, 231.6 MB for 76.55.
 TAIL_AIM = 0.25
-#: The most fits of a file's last window before its rest is compressed whole: each
-#: aims by the ratio the one before it made.
-TAIL_FITS = 2
 #: Fast lz4 guesses from this many pieces spread evenly over the window, half of it
 #: together: fast lz4 on all of it cost 5-10 % of lz4hc's time (bench/RESULTS-erofs.md).
 GUESS_PIECES = 8
