@@ -322,3 +322,41 @@ def test_skopeo_rejects_what_we_reject(tiny_layout: Path, tmp_path: Path, name: 
     result = _skopeo_repo_tags(tiny_layout, tmp_path / "o.tar", [name])
     assert isinstance(result, str), f"skopeo accepted {name!r}: {result}"
     assert "invalid reference format" in result
+
+
+# -- an image spec without a transport that names something local ----------------------
+
+
+def test_a_local_path_given_as_a_reference_gets_the_transport_as_hint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = tmp_path / "layout"
+    write_oci_layout(layout, [[Entry("f", data=b"x")]])
+    archive = tmp_path / "saved.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(layout, arcname=".")
+    squashfs = tmp_path / "root.sqfs"
+    squashfs.write_bytes(b"hsqs" + bytes(1024))
+    erofs = tmp_path / "root.erofs"
+    erofs.write_bytes(bytes(1024) + (0xE0F5E1E2).to_bytes(4, "little") + bytes(64))
+    monkeypatch.chdir(tmp_path)
+    expected = {
+        str(layout): f"{layout} is an OCI image layout here: give it as oci:{layout}",
+        "./saved.tar": "./saved.tar is a tar here: give a `docker save` archive as "
+                       "docker-archive:./saved.tar, an OCI layout in a tar as "
+                       "oci-archive:./saved.tar",
+        str(squashfs): f"{squashfs} is a squashfs image here: 'ocisquash mount {squashfs} "
+                       "DIR' mounts it",
+        "./root.erofs": "./root.erofs is an EROFS image here: 'ocisquash mount ./root.erofs "
+                        "DIR' mounts it",
+    }
+    for text, hint in expected.items():
+        with pytest.raises(ReferenceSyntaxError) as info:
+            parse_image_spec(text)
+        assert info.value.hint == hint, text
+    # Anything else keeps the reference's own hint.
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "notes.txt").write_text("not an image\n" * 100)
+    for text in ("./plain", "./notes.txt", "./absent.tar"):
+        with pytest.raises(ReferenceSyntaxError) as info:
+            parse_image_spec(text)
+        assert "is a" not in info.value.hint and "here" not in info.value.hint, text

@@ -33,7 +33,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="ocisquash",
         description=(
             "Compile OCI and Docker container images into one flattened, compressed, "
-            "read-only squashfs image that a VM, sandbox or HPC job mounts as its root."
+            "read-only squashfs or EROFS image that a VM, sandbox or HPC job mounts as its root."
         ),
         epilog=(
             "examples:\n"

@@ -311,6 +311,35 @@ ImageSpec = RegistrySpec | OciLayoutSpec | OciArchiveSpec | DockerArchiveSpec
 _UNSUPPORTED_TRANSPORTS = ("dir", "docker-daemon", "containers-storage", "ostree", "sif", "tarball")
 
 
+def local_path_hint(text: str) -> str | None:
+    """What to say when an image spec without a transport, read as a registry
+    reference, fails and ``text`` names something local that an image spec could mean:
+    an OCI layout directory, a tar (the transports that read them), or an image already
+    compiled. None for anything else (a directory of the image's name stays a reference
+    that failed for its own reason)."""
+    import os
+
+    try:
+        if os.path.isdir(text):
+            if os.path.isfile(os.path.join(text, "oci-layout")):
+                return f"{text} is an OCI image layout here: give it as oci:{text}"
+            return None
+        if not os.path.isfile(text):
+            return None
+        with open(text, "rb") as f:
+            head = f.read(1028)
+    except OSError:
+        return None
+    if head[:4] == b"hsqs":
+        return f"{text} is a squashfs image here: 'ocisquash mount {text} DIR' mounts it"
+    if head[1024:1028] == b"\xe2\xe1\xf5\xe0":  # EROFS_SUPER_MAGIC_V1, little-endian
+        return f"{text} is an EROFS image here: 'ocisquash mount {text} DIR' mounts it"
+    if head[257:262] == b"ustar":
+        return (f"{text} is a tar here: give a `docker save` archive as "
+                f"docker-archive:{text}, an OCI layout in a tar as oci-archive:{text}")
+    return None
+
+
 def parse_image_spec(text: str) -> ImageSpec:
     """Parse ``[TRANSPORT:]DETAILS`` as skopeo does; without a transport it is a registry reference.
 
@@ -326,7 +355,11 @@ def parse_image_spec(text: str) -> ImageSpec:
         return RegistrySpec(parse_reference(text[len("docker://"):]))
     transport, colon, details = text.partition(":")
     if not colon or "/" in transport:
-        return RegistrySpec(parse_reference(text))
+        try:
+            return RegistrySpec(parse_reference(text))
+        except ReferenceSyntaxError as e:
+            e.hint = local_path_hint(text) or e.hint
+            raise
     if transport == "docker":
         # 'docker:dind' is Docker Hub's image 'docker' with tag 'dind', not a transport.
         try:

@@ -18,10 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     p = sub.add_parser(
         "compile",
-        help="compile an image into one flattened squashfs",
+        help="compile an image into one flattened squashfs or EROFS image",
         description=(
             "Pull IMAGE (or read it from a local layout or archive), apply its layers by the "
-            "OCI rules (whiteouts, opaque directories, hardlinks) and write one squashfs that "
+            "OCI rules (whiteouts, opaque directories, hardlinks) and write one squashfs (or "
+            "EROFS, with --format erofs) that "
             "a VM, sandbox or HPC job mounts as its root filesystem. The result is cached: "
             "compiling the same image again costs one manifest request."
         ),

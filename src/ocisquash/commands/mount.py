@@ -12,11 +12,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
     p = sub.add_parser(
         "mount",
-        help="mount a compiled image (or a squashfs file) on a directory",
+        help="mount a compiled image (or a squashfs or EROFS file) on a directory",
         description=(
-            "Mount IMAGE_OR_FILE on DIR: a squashfs file, or an image reference that is "
+            "Mount IMAGE_OR_FILE on DIR: a squashfs or EROFS file, or an image reference that is "
             "compiled first (or taken from the cache). As root a loop mount; without root "
-            "squashfuse. --overlay (root) puts a tmpfs on top so the tree is writable; the "
+            "squashfuse (erofsfuse for EROFS). --overlay (root) puts a tmpfs on top so the tree is writable; the "
             "writes vanish at 'ocisquash umount DIR'."
         ),
         epilog=(
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("image", metavar="IMAGE_OR_FILE", help="a squashfs file or an image")
+    p.add_argument("image", metavar="IMAGE_OR_FILE", help="a squashfs or EROFS file, or an image")
     p.add_argument("target", metavar="DIR", type=Path, help="the mount point")
     p.add_argument("--overlay", action="store_true",
                    help="writable: a tmpfs overlay on top of the image (root only)")

@@ -20,13 +20,19 @@ def open_source(spec: str | ImageSpec, *, options: SourceOptions | None = None) 
     Opening does no I/O for registries and layouts; ``resolve()`` does the work.
     """
     options = options or SourceOptions()
+    given = None
     if isinstance(spec, str):
+        given = spec
         spec = parse_image_spec(spec)
     if isinstance(spec, RegistrySpec):
         # Imported on demand: local sources must not pay for the HTTP stack.
         from .registry import RegistrySource
 
-        return RegistrySource(spec.reference, options)
+        source = RegistrySource(spec.reference, options)
+        if given is not None and not given.startswith("docker://"):
+            # Without a transport the spec may have meant a local path of that name.
+            source.given = given
+        return source
     # Each source module is imported only when used, so a warm compile starts fast.
     if isinstance(spec, OciLayoutSpec):
         from .oci_layout import OciLayoutSource

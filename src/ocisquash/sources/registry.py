@@ -36,7 +36,7 @@ from ..model import (
     Platform,
     parse_manifest_or_index,
 )
-from ..reference import Reference
+from ..reference import Reference, local_path_hint
 from ..registry.client import RegistryClient
 from ..registry.options import RegistryOptions
 from ..registry.schemes import SchemeHints
@@ -78,6 +78,9 @@ class RegistrySource:
         self.client = client
         self._owns_client = owns_client
         self._store: BlobStore | None = None
+        #: the image spec as given, when it had no transport: a failed fetch of its
+        #: manifest says so if it also names a local path (see local_path_hint)
+        self.given: str | None = None
 
     @property
     def store(self) -> BlobStore:
@@ -103,7 +106,13 @@ class RegistrySource:
         """
         ref = self.reference
         what = f"manifest of {ref}"
-        fetched = self.client.get_manifest(ref.identifier, ref.digest, what=what)
+        try:
+            fetched = self.client.get_manifest(ref.identifier, ref.digest, what=what)
+        except OcisquashError as e:
+            local = local_path_hint(self.given) if self.given is not None else None
+            if local is not None:
+                e.hint = local
+            raise
         try:
             parsed = parse_manifest_or_index(fetched.raw, fetched.media_type)
         except OcisquashError as e:
