@@ -368,9 +368,14 @@ def _build_squashfs(
     def build_once(copy_blocks: bool) -> tuple[FlattenReport, WriteSummary] | None:
         reuse = None
         settings = settings_key(writer_options)
-        if copy_blocks and cache is not None and isinstance(dest, Path):
-            shared = [str(d.digest) for d in image.manifest().layers]
-            reuse = BlockReuse.load(settings, index_sources(cache.entries(), shared))
+        if cache is not None and isinstance(dest, Path):
+            # Built again without copying, the image still gets its block and layer
+            # indexes (from no earlier image), for the compiles after it.
+            sources = []
+            if copy_blocks:
+                shared = [str(d.digest) for d in image.manifest().layers]
+                sources = index_sources(cache.entries(), shared)
+            reuse = BlockReuse.load(settings, sources)
         indexes = None
         try:
             try:

@@ -42,12 +42,11 @@ def _replayed(result: CompiledImage) -> int:
 
 
 def _recompile(tmp_path: Path, v1: Layers, v2: Layers, options: WriterOptions = OPTIONS,
-               between: Callable[[Path], None] | None = None,
-               rebuilt: bool = False) -> tuple[CompiledImage, CompiledImage]:
+               between: Callable[[Path], None] | None = None
+               ) -> tuple[CompiledImage, CompiledImage]:
     """v2 cold, then v1 and v2 into one cache (``between`` gets v1's entry before v2
     is compiled); v2's two images must be the same bytes, and so must their layer
-    indexes unless v2 is ``rebuilt`` without copying (which keeps none). Returns v2's
-    results."""
+    indexes, also when v2 was built again without copying. Returns v2's results."""
     write_oci_layout(tmp_path / "v1", v1)
     write_oci_layout(tmp_path / "v2", v2)
     cold, cold_result = _compile(tmp_path / "v2", tmp_path / "cold-cache",
@@ -62,8 +61,11 @@ def _recompile(tmp_path: Path, v1: Layers, v2: Layers, options: WriterOptions = 
     assert warm == cold
     assert warm_result.fidelity == cold_result.fidelity
     # A replayed layer is recorded as decoding it records it.
-    assert _layer_indexes(tmp_path / "cache", warm_result) == (
-        {} if rebuilt else _layer_indexes(tmp_path / "cold-cache", cold_result))
+    indexes = _layer_indexes(tmp_path / "cache", warm_result)
+    assert indexes and indexes == _layer_indexes(tmp_path / "cold-cache", cold_result)
+    (entry,) = [e for e in ImageCache(tmp_path / "cache").entries()
+                if e.record.digest == warm_result.digest]
+    assert (entry.path / INDEX_FILE).is_file()  # its blocks, for the compiles after it
     return cold_result, warm_result
 
 
@@ -359,8 +361,7 @@ def test_a_block_that_cannot_be_fetched_builds_the_image_again(
     def unreadable(entry: Path) -> None:
         monkeypatch.setattr(reuse.BlockReuse, "read", lambda self, digest: None)
 
-    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=unreadable,
-                         rebuilt=True)
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=unreadable)
     assert any("the cache's earlier images cannot be reused" in r.getMessage()
                for r in caplog.records)
     assert _replayed(warm) == 0  # the build that was kept replayed nothing
@@ -402,7 +403,7 @@ def test_a_fragment_block_copied_without_decoding_is_checked_by_its_stored_bytes
     again without reusing anything, and is the cold compile's."""
     caplog.set_level(logging.WARNING, logger="ocisquash.compile")
     _, warm = _recompile(tmp_path, _many_small_files(), _top_changed(_many_small_files()),
-                         between=_rot_tail_block, rebuilt=True)
+                         between=_rot_tail_block)
     assert any("does not match the CRC-32 its block index keeps" in r.getMessage()
                for r in caplog.records)
     assert _replayed(warm) == 0
@@ -434,7 +435,7 @@ def test_a_data_block_copied_from_an_earlier_image_is_checked_by_its_stored_byte
                     "unsquashfs is not installed")
     caplog.set_level(logging.WARNING, logger="ocisquash.compile")
     lib3 = _data(3, 3 * BLOCK + 300)
-    _, warm = _recompile(tmp_path, _base(), changed(_base()), rebuilt=True,
+    _, warm = _recompile(tmp_path, _base(), changed(_base()),
                          between=lambda entry: _rot_data_block(
                              entry, lib3[which * BLOCK:(which + 1) * BLOCK]))
     assert any("does not match the CRC-32 its block index keeps" in r.getMessage()
@@ -603,8 +604,7 @@ def test_a_tail_that_does_not_match_its_check_builds_the_image_again(
             if read_layer_index(path).header.get("files", 0) > 10:  # the bottom layer's
                 _misplace_a_tail(path)
 
-    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=misplace,
-                         rebuilt=True)
+    _, warm = _recompile(tmp_path, _base(), _top_changed(_base()), between=misplace)
     assert any("does not match the CRC-32" in r.getMessage() for r in caplog.records)
     assert _replayed(warm) == 0
 
