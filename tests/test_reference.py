@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import subprocess
@@ -338,8 +339,13 @@ def test_a_local_path_given_as_a_reference_gets_the_transport_as_hint(
     squashfs.write_bytes(b"hsqs" + bytes(1024))
     erofs = tmp_path / "root.erofs"
     erofs.write_bytes(bytes(1024) + (0xE0F5E1E2).to_bytes(4, "little") + bytes(64))
+    gzipped = tmp_path / "saved.tar.gz"
+    gzipped.write_bytes(gzip.compress(archive.read_bytes()))
     monkeypatch.chdir(tmp_path)
     expected = {
+        "./saved.tar.gz": "./saved.tar.gz is gzip-compressed here: give a `docker save` "
+                          "archive as docker-archive:./saved.tar.gz, an OCI layout in a "
+                          "tar as oci-archive:./saved.tar.gz",
         str(layout): f"{layout} is an OCI image layout here: give it as oci:{layout}",
         "./saved.tar": "./saved.tar is a tar here: give a `docker save` archive as "
                        "docker-archive:./saved.tar, an OCI layout in a tar as "

@@ -314,8 +314,8 @@ _UNSUPPORTED_TRANSPORTS = ("dir", "docker-daemon", "containers-storage", "ostree
 def local_path_hint(text: str) -> str | None:
     """What to say when an image spec without a transport, read as a registry
     reference, fails and ``text`` names something local that an image spec could mean:
-    an OCI layout directory, a tar (the transports that read them), or an image already
-    compiled. None for anything else (a directory of the image's name stays a reference
+    an OCI layout directory, a tar or a compressed file (the transports that read them),
+    or an image already compiled. None for anything else (a directory of the image's name stays a reference
     that failed for its own reason)."""
     import os
 
@@ -334,8 +334,12 @@ def local_path_hint(text: str) -> str | None:
         return f"{text} is a squashfs image here: 'ocisquash mount {text} DIR' mounts it"
     if head[1024:1028] == b"\xe2\xe1\xf5\xe0":  # EROFS_SUPER_MAGIC_V1, little-endian
         return f"{text} is an EROFS image here: 'ocisquash mount {text} DIR' mounts it"
-    if head[257:262] == b"ustar":
-        return (f"{text} is a tar here: give a `docker save` archive as "
+    from .sniff import SNIFF_BYTES, sniff_compression
+
+    compression = sniff_compression(head[:SNIFF_BYTES])
+    if compression != "tar" or head[257:262] == b"ustar":
+        kind = "a tar" if compression == "tar" else f"{compression}-compressed"
+        return (f"{text} is {kind} here: give a `docker save` archive as "
                 f"docker-archive:{text}, an OCI layout in a tar as oci-archive:{text}")
     return None
 
