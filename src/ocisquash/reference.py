@@ -315,9 +315,12 @@ def local_path_hint(text: str) -> str | None:
     """What to say when an image spec without a transport, read as a registry
     reference, fails and ``text`` names something local that an image spec could mean:
     an OCI layout directory, a tar or a compressed file (the transports that read them),
-    or an image already compiled. None for anything else (a directory of the image's name stays a reference
-    that failed for its own reason)."""
+    or an image already compiled. None for anything else (a directory of the image's
+    name stays a reference that failed for its own reason)."""
     import os
+
+    from .erofs import format as erofs
+    from .squashfs import format as squashfs
 
     try:
         if os.path.isdir(text):
@@ -327,13 +330,12 @@ def local_path_hint(text: str) -> str | None:
         if not os.path.isfile(text):
             return None
         with open(text, "rb") as f:
-            head = f.read(1028)
+            head = f.read(erofs.SUPER_OFFSET + 4)  # as imagereader.image_format reads
     except OSError:
         return None
-    if head[:4] == b"hsqs":
-        return f"{text} is a squashfs image here: 'ocisquash mount {text} DIR' mounts it"
-    if head[1024:1028] == b"\xe2\xe1\xf5\xe0":  # EROFS_SUPER_MAGIC_V1, little-endian
-        return f"{text} is an EROFS image here: 'ocisquash mount {text} DIR' mounts it"
+    for kind, has_magic in (("a squashfs", squashfs.has_magic), ("an EROFS", erofs.has_magic)):
+        if has_magic(head):
+            return f"{text} is {kind} image here: 'ocisquash mount {text} DIR' mounts it"
     from .sniff import SNIFF_BYTES, sniff_compression
 
     compression = sniff_compression(head[:SNIFF_BYTES])
