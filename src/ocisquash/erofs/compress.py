@@ -112,6 +112,12 @@ SEGMENT_BYTES = 2 << 20
 #: 1 MiB, mksquashfs 14.81 MB), for a read of up to 1 MiB decompressed (kept in the
 #: page cache for the files beside it).
 PACKED_PCLUSTER_BYTES = 1 << 20
+#: The same for the metabox's pclusters (the inodes, with a metabox). Both cost lz4hc
+#: more per byte than 128 KiB would (more history to search), and the metabox holds
+#: more bytes than squashfs's inode and directory tables: millionfiles with fragments
+#: and a metabox, 104.0 MB and 1.35x the squashfs compile's lz4hc work; with both at
+#: 128 KiB, 134.6 MB and 1.29x (bench/README.md, "lz4hc work").
+METABOX_PCLUSTER_BYTES = 1 << 20
 #: Segments shorter than this (small files, mostly) are compressed in batches of up to
 #: this many bytes, one job each: a job per small file cost the writer's thread more
 #: (a future, a lock, a wake-up) than the batch's own list.
@@ -407,11 +413,12 @@ class Codec:
             raise ErofsError(f"cannot decompress a pcluster read back: {e}") from None
 
 
-def largest_pcluster(pcluster_size: int, fragments: bool) -> int:
+def largest_pcluster(pcluster_size: int, fragments: bool, metabox: bool = False) -> int:
     """The most file bytes any pcluster holds: ``pcluster_size``, or the packed inode's
-    (and the metabox's: ``fragments`` is true for either) when that is larger (the
+    (with ``fragments``) or the metabox's (with ``metabox``) when that is larger (the
     codec's configuration record says so to the kernel)."""
-    return max(pcluster_size, PACKED_PCLUSTER_BYTES) if fragments else pcluster_size
+    return max(pcluster_size, PACKED_PCLUSTER_BYTES if fragments else 0,
+               METABOX_PCLUSTER_BYTES if metabox else 0)
 
 
 def compress_segment(codec: Codec, data: bytes, step: int, fitted: bool = True,
@@ -720,9 +727,10 @@ class CompressedData:
         self._codec = codec
         self._pcluster = pcluster_size
         self._segment = max(pcluster_size, SEGMENT_BYTES // pcluster_size * pcluster_size)
-        #: the packed inode's and the metabox's pcluster and segment sizes (see
-        #: PACKED_PCLUSTER_BYTES)
-        self._packed_step = largest_pcluster(pcluster_size, fragments or metabox)
+        #: the packed inode's pcluster and segment size, and the metabox's (see
+        #: PACKED_PCLUSTER_BYTES, METABOX_PCLUSTER_BYTES)
+        self._packed_step = largest_pcluster(pcluster_size, fragments)
+        self._box_step = largest_pcluster(pcluster_size, False, metabox)
         #: the packed inode's bytes handed to the threads as one job: a pcluster when
         #: they are not fitted (each is compressed on its own then), so that its last
         #: bytes, which come after every file, are compressed by all the threads, not
@@ -852,8 +860,8 @@ class CompressedData:
 
     def write_alone(self, source: BinaryIO, size: int) -> Extent:
         """Add a file that shares nothing and is not counted among the files (the
-        metabox): in the packed inode's pcluster size, no duplicate search, its last
-        extent not in the packed inode, no inline pcluster."""
+        metabox): in pclusters of :data:`METABOX_PCLUSTER_BYTES`, no duplicate search,
+        its last extent not in the packed inode, no inline pcluster."""
         packed, firsts, dedup = self._packed, self._firsts, self._dedup
         sizes = self._pcluster, self._segment, self._limit
         counts = self.bytes_in, self.compressed_files
@@ -863,7 +871,7 @@ class CompressedData:
         # Segments of one pcluster, two per thread in flight: enough to keep the
         # threads busy, and the least memory at the end of a build, when the tree is
         # largest.
-        step = self._packed_step
+        step = self._box_step
         self._pcluster, self._segment, self._limit = step, step, 2 * self._workers * step
         self._fitted = PACKED_FITTED
         try:

@@ -258,8 +258,8 @@ class ErofsWriter(ImageWriter["ErofsSummary"]):
                                   options.holes)
         else:
             self._codec = Codec(options.compression, options.resolved_level(),
-                                largest_pcluster(options.pcluster_size,
-                                                 options.fragments or options.metabox))
+                                largest_pcluster(options.pcluster_size, options.fragments,
+                                                 options.metabox))
             self._data = CompressedData(
                 self._out, BLOCK_SIZE, self._spool, codec=self._codec,
                 pcluster_size=options.pcluster_size, dedup=options.dedup,
