@@ -5,13 +5,14 @@ On a shared 2-core machine a compile's time moves by ±10 % from round to round,
 than the difference between two compiles that compress the same bytes. This benchmark
 takes the compression out of the compile to compare it alone: each compile (the
 squashfs compile at lz4hc level 9 and 128 KiB blocks, and the EROFS compiles named by
-``--erofs``) runs once with every lz4hc call it makes recorded (the call's input, and
-for a fixed-output call its budget) to a file; then the recorded calls of all the
-compiles are made again on one thread, in twenty slices taken in turn from each
-compile, each slice timed ``--reps`` times (CPU time of the thread) and its fastest
-run kept. The sum over the slices is the compile's lz4hc work in seconds; the ratio to
-the squashfs compile's says how much more or less compressing the EROFS compile does
-for the same image, whatever the machine's load did meanwhile.
+``--erofs``) runs once with every lz4hc call it makes recorded to a file (the call's
+input and level, and for a fixed-output call its budget); then the recorded calls of
+all the compiles are made again on one thread, in twenty slices taken in turn from
+each compile, each slice timed ``--reps`` times (CPU time of the thread) and its
+fastest run kept. The sum over the slices is the compile's lz4hc work in seconds; the
+ratio to the squashfs compile's says how much more or less compressing the EROFS
+compile does for the same image. The load's swings still reach it (±5 % from run to
+run here), far less than a compile's own time.
 
 An EROFS contender is ``NAME=FLAGS[;PRELUDE]``: the flags after
 ``--format erofs --compression lz4hc``, and a line of Python run before the compile
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -37,8 +39,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 #: One compile with its lz4hc calls recorded: argv is RECORD IMAGE OUT CACHE FLAGS...
-#: Each record: kind (0 a whole call at a level, 1 a fixed-output call with a budget),
-#: the input's length, the level or the budget, then the input.
+#: Each record: kind (0 a whole call, 1 a fixed-output call), the input's length, the
+#: level, the budget (fixed-output calls), then the input.
 RECORD = """
 import struct, sys, threading
 {prelude}
@@ -50,26 +52,27 @@ def compress_hc(data, mode="default", **kw):
     if mode == "high_compression":
         raw = bytes(data)
         with lock:
-            record.write(struct.pack("<BII", 0, len(raw), kw.get("compression") or 9) + raw)
+            record.write(struct.pack("<BIII", 0, len(raw), kw.get("compression") or 9, 0)
+                         + raw)
     return whole(data, mode=mode, **kw)
 def fit(self, data, budget, start=0, end=None):
     if self.name is compress.ErofsCompression.LZ4HC:
         raw = bytes(data[start:len(data) if end is None else end])
         with lock:
-            record.write(struct.pack("<BII", 1, len(raw), budget) + raw)
+            record.write(struct.pack("<BIII", 1, len(raw), self._level or 9, budget) + raw)
     return fitted(self, data, budget, start, end)
 lz4.block.compress, compress.Codec.fit = compress_hc, fit
 from ocisquash.cli import main
 try:
-    main(["compile", sys.argv[2], "-o", sys.argv[3], "--cache-dir", sys.argv[4], "--quiet",
-          "--compression", "lz4hc", *sys.argv[5:]])
+    sys.exit(main(["compile", sys.argv[2], "-o", sys.argv[3], "--cache-dir", sys.argv[4],
+                   "--quiet", "--compression", "lz4hc", *sys.argv[5:]]))
 finally:
     record.close()
 """
 
-HEAD = struct.Struct("<BII")
-#: One recorded call: kind, level or budget, input.
-Call = tuple[int, int, bytes]
+HEAD = struct.Struct("<BIII")
+#: One recorded call: kind, level, budget, input.
+Call = tuple[int, int, int, bytes]
 SLICES = 20
 
 
@@ -77,7 +80,8 @@ def record(name: str, layout: Path, flags: list[str], prelude: str, rec: Path
            ) -> int:
     """Run one compile with its calls recorded to ``rec``; returns the image's size."""
     out, cache = rec.with_name("out"), rec.with_name("cache")
-    subprocess.run(["rm", "-rf", str(out), str(cache)], check=True)
+    out.unlink(missing_ok=True)
+    shutil.rmtree(cache, ignore_errors=True)
     code = RECORD.format(prelude=prelude)
     proc = subprocess.run([sys.executable, "-c", code, str(rec), f"oci:{layout}:latest",
                            str(out), str(cache), *flags])
@@ -90,8 +94,8 @@ def load(path: Path) -> list[Call]:
     calls: list[Call] = []
     with open(path, "rb") as f:
         while head := f.read(HEAD.size):
-            kind, n, arg = HEAD.unpack(head)
-            calls.append((kind, arg, f.read(n)))
+            kind, n, level, budget = HEAD.unpack(head)
+            calls.append((kind, level, budget, f.read(n)))
     return calls
 
 
@@ -102,13 +106,15 @@ def replay(calls: list[Call]) -> float:
     from ocisquash.erofs.compress import Codec
     from ocisquash.erofs.options import ErofsCompression
 
-    codec = Codec(ErofsCompression.LZ4HC, 9, 128 << 10)
+    codecs = {level: Codec(ErofsCompression.LZ4HC, level, 128 << 10)
+              for level in {level for _, level, _, _ in calls}}
     start = time.thread_time()
-    for kind, arg, raw in calls:
+    for kind, level, budget, raw in calls:
         if kind:
-            codec.fit(raw, arg)
+            codecs[level].fit(raw, budget)
         else:
-            lz4.block.compress(raw, mode="high_compression", compression=arg, store_size=False)
+            lz4.block.compress(raw, mode="high_compression", compression=level,
+                               store_size=False)
     return time.thread_time() - start
 
 
@@ -148,7 +154,7 @@ def main() -> None:
             for i, sliced in enumerate(parts):
                 totals[i] += min(replay(sliced[s]) for _ in range(args.reps))
         for (name, _, _), calls, total, size in zip(contenders, sets, totals, sizes, strict=True):
-            mb = sum(len(raw) for _, _, raw in calls) / 1e6
+            mb = sum(len(raw) for *_, raw in calls) / 1e6
             print(f"| {layout.name} | {name} | {len(calls)} | {mb:.1f} | {total:.2f} "
                   f"| {total / totals[0]:.3f} | {size / 1e6:.2f} | {size / sizes[0]:.3f} |",
                   flush=True)
