@@ -93,13 +93,17 @@ def test_metabox_tree_mounts_as_squashfs_of_the_same_tree(
 
 
 def _many_small(w: ErofsWriter) -> None:
-    """Enough small files for a metabox of several 1 MiB pclusters: some with a time
-    or an owner only an extended inode holds, one sparse, one hard-linked."""
+    """Enough small files for a metabox of several 1 MiB pclusters: some with times
+    before and after the build time (which compact inodes hold with a metabox), one
+    with a time too far after the earliest and some with an owner that only extended
+    inodes hold, one sparse, one hard-linked."""
     rng = random.Random(11)
     for i in range(6000):
-        meta = EntryMeta(mode=0o644, mtime=MKFS_TIME if i % 7 else MKFS_TIME + i,
-                         uid=70_000 if i % 500 == 0 else 0)
+        mtime = MKFS_TIME + i if i % 7 == 0 else MKFS_TIME - 1000 * i if i % 11 == 0 \
+            else MKFS_TIME
+        meta = EntryMeta(mode=0o644, mtime=mtime, uid=70_000 if i % 500 == 0 else 0)
         w.add_file(b"d%02d/f%05d" % (i % 40, i), meta, prose(rng, rng.randrange(0, 900)))
+    w.add_file(b"far", EntryMeta(mode=0o644, mtime=MKFS_TIME - 11_000 + (1 << 32)), b"far")
     m = EntryMeta(mode=0o644, mtime=MKFS_TIME)
     w.add_file(b"sparse", m, bytes(1 << 20) + b"end")
     w.add_file(b"large", m, prose(rng, 700_000))
@@ -122,7 +126,8 @@ def test_many_files_read_back_through_the_kernel_and_the_reader(tmp_path: Path,
                               fragments=fragments, workers=workers)
         digests.add(hashlib.sha256(image.read_bytes()).hexdigest())
     assert len(digests) == 1  # the bytes do not depend on the threads
-    assert summary.files == 6002 and summary.extended_inodes > 800
+    # Extended: the 12 files owned by uid 70000 and "far", 2^32 s after the earliest.
+    assert summary.files == 6003 and summary.extended_inodes == 13
     files = files_of(_many_small)
     with erofs_mounted(image, tmp_path / "m") as m:
         for name, data in files.items():
@@ -132,6 +137,10 @@ def test_many_files_read_back_through_the_kernel_and_the_reader(tmp_path: Path,
         assert os.lstat(m / "d20/f00500").st_uid == 70_000
         assert os.lstat(m / "d07/f00007").st_mtime == MKFS_TIME + 7
         assert os.lstat(m / "d14/f00014").st_mtime == MKFS_TIME + 14
+        assert os.lstat(m / "d11/f00011").st_mtime == MKFS_TIME - 11_000
+        assert os.lstat(m / "d13/f05973").st_mtime == MKFS_TIME - 5_973_000
+        assert os.lstat(m / "far").st_mtime == MKFS_TIME - 11_000 + (1 << 32)
+        assert os.lstat(m / "d00/f00000").st_mtime == MKFS_TIME + 0
     assert image_format(image) == "erofs"
     with ErofsReader(image) as r:
         for name in ("d00/f00000", "d39/f05999", "large", "sparse", "d00/again"):

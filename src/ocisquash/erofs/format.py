@@ -44,6 +44,10 @@ NULL_ADDR = 0xFFFF_FFFF
 
 #: "#define EROFS_FEATURE_INCOMPAT_LZ4_0PADDING 0x00000001": compressed data is
 #: aligned to the end of its physical cluster, zeros first.
+#: "EROFS_FEATURE_COMPAT_MTIME": compact inodes hold their own mtime, in seconds after
+#: the superblock's epoch (Linux 6.15+ reads it whatever this flag says, older kernels
+#: take the epoch for every compact inode)
+COMPAT_MTIME = 0x0002
 INCOMPAT_ZERO_PADDING = 0x0001
 #: "#define EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER 0x00000002" (also COMPR_CFGS: the
 #: superblock's ``available_compr_algs`` and the per-algorithm config records).
@@ -132,14 +136,14 @@ def has_magic(head: bytes) -> bool:
 
 def compact_inode(
     layout: int, xattr_icount: int, mode: int, nlink: int, size: int, i_u: int, ino: int,
-    uid: int, gid: int,
+    uid: int, gid: int, mtime: int = 0,
 ) -> bytes:
     """"32-byte reduced form of an ondisk inode": i_format (version 0 in bit 0, the
     datalayout in bits 1-3), i_xattr_icount, i_mode, i_nlink, i_size (u32), i_mtime
-    (u32, seconds after the superblock's epoch: always 0 here, so that kernels from
-    before that field read the same time), i_u, i_ino, i_uid (u16), i_gid (u16),
-    reserved."""
-    return COMPACT_INODE.pack(layout << 1, xattr_icount, mode, nlink, size, 0, i_u, ino,
+    (u32, seconds after the superblock's epoch; kernels before 6.15 do not read it, so
+    it is 0 unless the image needs a later kernel anyway), i_u, i_ino, i_uid (u16),
+    i_gid (u16), reserved."""
+    return COMPACT_INODE.pack(layout << 1, xattr_icount, mode, nlink, size, mtime, i_u, ino,
                               uid, gid, 0)
 
 
@@ -158,8 +162,10 @@ def extended_inode(
 class Superblock:
     """"erofs on-disk super block", 128 bytes with ``sb_extslots`` 0.
 
-    ``epoch`` is the "base seconds used for compact inodes" (the build time, since
-    compact inodes here store a relative time of 0); ``root_nid`` goes to
+    ``epoch`` is the "base seconds used for compact inodes" (the build time where
+    compact inodes store a relative time of 0; else at most the earliest time they
+    hold, with ``build_time`` the build time after it and COMPAT_MTIME in
+    ``feature_compat``); ``root_nid`` goes to
     ``rootnid_2b``, so the root must have one of the first 65536 nids.
 
     With a ``metabox_nid`` (the feature METABOX) it is 144 bytes, ``sb_extslots`` 1
@@ -184,6 +190,9 @@ class Superblock:
     packed_nid: int = 0
     #: "nid of the metabox inode" (METABOX), else 0
     metabox_nid: int = 0
+    #: "seconds added to epoch for mkfs time"
+    build_time: int = 0
+    feature_compat: int = 0
 
     def pack(self) -> bytes:
         """The superblock's bytes: 128, or 144 with a metabox."""
@@ -199,7 +208,7 @@ class Superblock:
             "<IIIBBHQQIIII16s16sIHHHBBIQBB2xIQ8xQ8x",
             MAGIC,
             0,  # checksum: only read with EROFS_FEATURE_COMPAT_SB_CHKSUM, not set
-            0,  # feature_compat
+            self.feature_compat,
             BLOCK_BITS,
             1 if box else 0,  # sb_extslots
             0 if box else self.root_nid,  # blocks_hi (48BIT) or rootnid_2b
@@ -221,7 +230,7 @@ class Superblock:
             self.packed_nid,
             0,  # xattr_filter_reserved
             0,  # ishare_xattr_prefix_id
-            0,  # build_time: seconds after epoch, 0
+            self.build_time,
             self.root_nid if box else 0,  # rootnid_8b (48BIT)
             self.metabox_nid,
         )

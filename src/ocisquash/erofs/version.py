@@ -2,4 +2,4 @@
 (a cached compile needs it for its cache key but never writes an image)."""
 
 #: Bump when the bytes written for the same input and options change (a cache key).
-FORMAT_VERSION = "erofs-14"
+FORMAT_VERSION = "erofs-15"

@@ -37,8 +37,11 @@ Rules enforced here:
 
 * an inode is compact (32 bytes) unless it needs the extended form (64 bytes), as
   mkfs.erofs decides: a size of 4 GiB or more, a uid, gid or link count above 65535,
-  or an mtime other than the superblock's epoch (compact inodes hold no time of their
-  own on kernels before 6.x, so exact times need the extended form);
+  or an mtime that its compact form cannot hold. Kernels before 6.15 give every compact
+  inode the superblock's epoch, so there only the build time fits; an image with a
+  metabox needs 6.17, which reads a compact inode's "i_mtime", seconds after the
+  epoch (COMPAT_MTIME): the epoch is then the earliest time, and every time up to
+  2^32 - 1 seconds after it fits;
 * inodes are 32-byte aligned ("nid = offset / 32" from ``meta_blkaddr``), and an
   inline tail does not cross a block boundary (the inode moves to the next block);
 * a directory's link count is 2 plus its sub-directories; other inodes count their
@@ -85,6 +88,7 @@ from .format import (
     BLOCK_SIZE,
     COMPACT_INODE,
     COMPACT_INODE_SIZE,
+    COMPAT_MTIME,
     EXTENDED_INODE_SIZE,
     INCOMPAT_BIG_PCLUSTER,
     INCOMPAT_CHUNKED_FILE,
@@ -567,9 +571,9 @@ class _Gaps:
 _COMPACT = COMPACT_INODE
 _REG = MODE_TYPE[FileType.REG_FILE]
 _U64 = struct.Struct("<Q")
-#: the parts of ``_COMPACT``: before i_size, i_size to i_ino (i_mtime and i_u 0), after
+#: the parts of ``_COMPACT``: before i_size, i_size to i_ino (i_u 0), after
 _PRE = struct.Struct("<HHHH")
-_SIZE_INO = struct.Struct("<I8xI")
+_SIZE_INO = struct.Struct("<II4xI")
 _POST = struct.Struct("<HH4x")
 #: a short file's dirent type
 _REG_FILE = int(FileType.REG_FILE)
@@ -579,13 +583,35 @@ _WRITE_BATCH = 1 << 20
 _BOX_PIECES = 2
 
 
+class _Times:
+    """The mtimes that compact inodes hold: the build time alone (their i_mtime 0, which
+    every kernel reads as the superblock's epoch), or with ``mtimes`` (an image for
+    Linux 6.15+) any up to 2^32 - 1 seconds after ``base``: the earliest of them and the
+    build time (the build time stays within that many seconds after it, in the
+    superblock's u32 "build_time")."""
+
+    __slots__ = ("base", "relative")
+
+    def __init__(self, build_time: int, mtimes: list[int] | None) -> None:
+        #: the superblock's epoch
+        self.base = build_time
+        self.relative = mtimes is not None
+        if mtimes:
+            self.base = max(min(build_time, min(mtimes)), build_time - 0xFFFF_FFFF, 0)
+
+    def fits(self, mtime: int) -> bool:
+        if self.relative:
+            return 0 <= mtime - self.base <= 0xFFFF_FFFF
+        return mtime == self.base
+
+
 class _Short:
     """What a short file's inode takes from its metadata, worked out once per value."""
 
     __slots__ = ("body", "count", "extended", "head", "layout", "meta", "mode", "pad", "post",
-                 "pre")
+                 "pre", "time")
 
-    def __init__(self, meta: EntryMeta, body: bytes, epoch: int, fragment: bool) -> None:
+    def __init__(self, meta: EntryMeta, body: bytes, times: _Times, fragment: bool) -> None:
         self.meta = meta
         #: FLAT_INLINE, or with its bytes in the packed inode a compressed inode whose map
         #: header says so (unless it is empty: FLAT_PLAIN either way)
@@ -594,7 +620,9 @@ class _Short:
         self.body = body
         self.count = icount(body)
         # A short file has one name and fewer than 4 GiB: only these make it extended.
-        self.extended = meta.mtime != epoch or meta.uid > 0xFFFF or meta.gid > 0xFFFF
+        self.extended = not times.fits(meta.mtime) or meta.uid > 0xFFFF or meta.gid > 0xFFFF
+        #: its compact inode's i_mtime
+        self.time = meta.mtime - times.base
         #: the inode and its xattrs, before the inline tail
         self.head = (EXTENDED_INODE_SIZE if self.extended else COMPACT_INODE_SIZE) + len(body)
         #: the zeros before a map header ("8-byte aligned" after the inode and xattrs)
@@ -649,6 +677,9 @@ class _Finisher:
         self.algorithm = writer._codec.algorithm if writer._codec is not None else 0
         #: whether the inodes go in the metabox (see _run_boxed)
         self.boxed = writer._options.metabox and isinstance(writer._data, CompressedData)
+        #: the times compact inodes can hold
+        self.times = _Times(self.epoch, [m.mtime for m in writer._meta_list] if self.boxed
+                            else None)
         #: what a directory entry's nid carries besides the inode's slot: the metabox
         #: bit when every inode a directory names is in the metabox
         self.nid_bit = NID_METABOX if self.boxed else 0
@@ -678,7 +709,7 @@ class _Finisher:
                 self.packed = packed
                 self.compressed = True
         self.xattrs.seal()
-        self.shorts = [_Short(m, self.xattrs.body(m.xattrs), self.epoch,
+        self.shorts = [_Short(m, self.xattrs.body(m.xattrs), self.times,
                               self.w._short_fragments) for m in self.w._meta_list]
 
         # Blocks that directories and long symlinks need outside their inode.
@@ -820,7 +851,9 @@ class _Finisher:
         superblock = Superblock(
             root_nid=self.root.ref | self.nid_bit,
             inodes=self.inodes,
-            epoch=self.epoch,
+            epoch=self.times.base,
+            build_time=self.epoch - self.times.base,
+            feature_compat=COMPAT_MTIME if self.times.relative else 0,
             blocks=end // BLOCK_SIZE,
             meta_blkaddr=meta_blkaddr,
             xattr_blkaddr=meta_blkaddr if xattrs else 0,
@@ -1051,7 +1084,7 @@ class _Finisher:
                 inode.i_u = extent.chunk_bits
                 inode.block_map = extent.index_len
             # _extended, written out
-            inode.extended = (meta.mtime != self.epoch or meta.uid > 0xFFFF
+            inode.extended = (not self.times.fits(meta.mtime) or meta.uid > 0xFFFF
                               or meta.gid > 0xFFFF or inode.nlink > 0xFFFF
                               or size > 0xFFFF_FFFF)
             return inode
@@ -1074,7 +1107,7 @@ class _Finisher:
         return inode
 
     def _extended(self, meta: EntryMeta, inode: _Inode) -> bool:
-        return (meta.mtime != self.epoch or meta.uid > 0xFFFF or meta.gid > 0xFFFF
+        return (not self.times.fits(meta.mtime) or meta.uid > 0xFFFF or meta.gid > 0xFFFF
                 or inode.nlink > 0xFFFF or inode.size > 0xFFFF_FFFF)
 
     def _record(self, node: Node, start: int) -> bytes:
@@ -1091,7 +1124,8 @@ class _Finisher:
                                   inode.i_u, node.number, meta.uid, meta.gid, meta.mtime)
         else:  # format.compact_inode, its struct at hand
             head = _COMPACT.pack(inode.layout << 1, count, inode.mode, inode.nlink,
-                                 inode.size, 0, inode.i_u, node.number, meta.uid, meta.gid, 0)
+                                 inode.size, meta.mtime - self.times.base, inode.i_u,
+                                 node.number, meta.uid, meta.gid, 0)
         record = bytearray(head)
         if xattrs:
             record += xattrs
@@ -1123,8 +1157,8 @@ class _Finisher:
             head = extended_inode(layout, short.count, short.mode, 1, size, 0, number,
                                   meta.uid, meta.gid, meta.mtime)
         else:
-            head = _COMPACT.pack(layout << 1, short.count, short.mode, 1, size, 0, 0, number,
-                                 meta.uid, meta.gid, 0)
+            head = _COMPACT.pack(layout << 1, short.count, short.mode, 1, size, short.time, 0,
+                                 number, meta.uid, meta.gid, 0)
         if not size:
             return head + short.body
         if short.layout == DataLayout.COMPRESSED_FULL:
@@ -1193,7 +1227,7 @@ class _Finisher:
                     if gap:
                         buf += bytes(gap)
                     buf += short.pre
-                    buf += size_ino(size, number)
+                    buf += size_ino(size, short.time, number)
                     buf += short.post
                     if fragment:
                         buf += short.pad
