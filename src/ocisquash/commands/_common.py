@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..progress import ProgressCallback, ProgressEvent
     from ..rules import FidelityIssue
     from ..sources.options import SourceOptions
-    from ..squashfs.options import WriterOptions
+    from ..squashfs.options import Compression, WriterOptions
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,12 +229,22 @@ def parse_size(text: str) -> int:
     return int(value * mult)
 
 
+def squashfs_compressor(name: str) -> tuple[Compression, bool]:
+    """The squashfs compressor that ``--compression NAME`` means, and whether it is
+    lz4hc: squashfs's lz4 with its high-compression flag (mksquashfs -Xhc), which the
+    kernel reads as plain lz4. ValueError for a name squashfs has no compressor for."""
+    from ..squashfs.options import Compression
+
+    hc = name == "lz4hc"
+    return (Compression.LZ4 if hc else Compression(name)), hc
+
+
 def writer_options_from_args(args: argparse.Namespace, *, default_compression: str,
                              default_level: int | None = None,
                              all_root: bool = False) -> WriterOptions:
     """The ``WriterOptions`` of the parsed arguments; ``default_level`` only with the default compressor."""
     from ..errors import UsageError
-    from ..squashfs.options import Compression, WriterOptions
+    from ..squashfs.options import WriterOptions
 
     if args.compression in ("none", "deflate"):
         raise UsageError(f"squashfs cannot compress with {args.compression}",
@@ -242,11 +252,9 @@ def writer_options_from_args(args: argparse.Namespace, *, default_compression: s
     level = args.level
     if level is None and args.compression is None:
         level = default_level
-    # lz4hc is squashfs's lz4 with its high-compression flag (mksquashfs -Xhc), which
-    # the kernel reads as plain lz4.
-    hc = args.compression == "lz4hc"
+    compression, hc = squashfs_compressor(args.compression or default_compression)
     return WriterOptions(
-        compression=Compression.LZ4 if hc else Compression(args.compression or default_compression),
+        compression=compression,
         lz4_hc=hc,
         level=level,
         block_size=parse_size(args.block_size),

@@ -110,13 +110,14 @@ def _check_level(compression: str | None, level: int | None) -> None:
     that applies to this command line (compile's own without -c, the compressor's with it)."""
     from ..compile import DEFAULT_COMPRESSION, DEFAULT_ZSTD_LEVEL
     from ..errors import UsageError
-    from ..squashfs.options import LEVELS, Compression
+    from ..squashfs.options import LEVELS
+    from ._common import squashfs_compressor
 
     if level is None:
         return
     shown = compression or DEFAULT_COMPRESSION
     try:
-        kind = Compression.LZ4 if shown == "lz4hc" else Compression(shown)
+        kind, _ = squashfs_compressor(shown)
     except ValueError:
         return  # not a squashfs compressor: writer_options_from_args says so
     low, high, default = LEVELS[kind]

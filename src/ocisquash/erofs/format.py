@@ -42,12 +42,12 @@ XATTR_ENTRY = struct.Struct("<BBH")
 #: "a data block address of 0xFFFFFFFF" means no block (mkfs.erofs' NULL_ADDR).
 NULL_ADDR = 0xFFFF_FFFF
 
-#: "#define EROFS_FEATURE_INCOMPAT_LZ4_0PADDING 0x00000001": compressed data is
-#: aligned to the end of its physical cluster, zeros first.
 #: "EROFS_FEATURE_COMPAT_MTIME": compact inodes hold their own mtime, in seconds after
 #: the superblock's epoch (Linux 6.15+ reads it whatever this flag says, older kernels
 #: take the epoch for every compact inode)
 COMPAT_MTIME = 0x0002
+#: "#define EROFS_FEATURE_INCOMPAT_LZ4_0PADDING 0x00000001": compressed data is
+#: aligned to the end of its physical cluster, zeros first.
 INCOMPAT_ZERO_PADDING = 0x0001
 #: "#define EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER 0x00000002" (also COMPR_CFGS: the
 #: superblock's ``available_compr_algs`` and the per-algorithm config records).
